@@ -1,0 +1,221 @@
+//! Message encoding: any `serde` type through postcard, into a caller's buffer, and back
+//! from a borrowed slice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Encodes `value` with postcard straight into `buf`, returning the number of bytes written.
+///
+/// Fails with [`ErrorKind::TooLarge`] when the encoding does not fit in `buf`; `buf` may then
+/// hold a partial encoding, which the caller must not use.
+///
+/// ```
+/// let mut buf = [0u8; 32];
+/// let n = ipc_core::encode_into(&("hi", 7u16), &mut buf)?;
+/// assert_eq!(&buf[..n], &[2, b'h', b'i', 7]);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<usize> {
+    let capacity = buf.len();
+    match postcard::to_slice(value, buf) {
+        Ok(written) => Ok(written.len()),
+        Err(postcard::Error::SerializeBufferFull) => Err(Error::new(
+            ErrorKind::TooLarge,
+            format!("message does not fit in buffer of {capacity} bytes"),
+        )),
+        Err(err) => Err(encode_error(err)),
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`, refusing to let it grow past `max_len`
+/// bytes of encoding. Returns the number of bytes appended; on error `out` is left as it was.
+///
+/// ```
+/// let mut out = Vec::new();
+/// let n = ipc_core::encode_to_vec(&[1u8, 2, 3][..], &mut out, 1024)?;
+/// assert_eq!(out, [3, 1, 2, 3]);
+/// assert_eq!(n, 4);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn encode_to_vec<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    max_len: usize,
+) -> Result<usize> {
+    let start = out.len();
+    let flavor = VecAppend {
+        out,
+        start,
+        max_len,
+    };
+    match postcard::serialize_with_flavor::<T, VecAppend<'_>, usize>(value, flavor) {
+        Ok(written) => Ok(written),
+        Err(err) => {
+            out.truncate(start);
+            match err {
+                postcard::Error::SerializeBufferFull => Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!("message encoding exceeds limit of {max_len} bytes"),
+                )),
+                err => Err(encode_error(err)),
+            }
+        }
+    }
+}
+
+/// The length of `value`'s postcard encoding, computed without writing it.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
+    postcard::serialize_with_flavor::<T, _, usize>(value, postcard::ser_flavors::Size::default())
+        .map_err(encode_error)
+}
+
+/// Decodes a `T` from exactly `bytes`. Borrowed fields (`&str`, `&[u8]`) point into `bytes`.
+///
+/// Bytes left over after the value are an error ([`ErrorKind::Decode`]), since a
+/// well-behaved peer never sends them. Hostile input never panics, and no allocation grows
+/// past the input's own size (postcard checks lengths against the remaining input).
+///
+/// ```
+/// let (text, n): (&str, u16) = ipc_core::decode(&[2, b'h', b'i', 7])?;
+/// assert_eq!((text, n), ("hi", 7));
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(Error::new(
+            ErrorKind::Decode,
+            format!(
+                "{} trailing bytes after a message of {} bytes",
+                rest.len(),
+                bytes.len() - rest.len()
+            ),
+        )),
+        Err(err) => Err(Error::new(
+            ErrorKind::Decode,
+            format!(
+                "payload of {} bytes does not decode as {}: {err}",
+                bytes.len(),
+                std::any::type_name::<T>()
+            ),
+        )
+        .with_source(err)),
+    }
+}
+
+fn encode_error(err: postcard::Error) -> Error {
+    Error::new(ErrorKind::Encode, format!("cannot encode message: {err}")).with_source(err)
+}
+
+/// A postcard flavor that appends to a caller's `Vec`, stopping at a length limit.
+struct VecAppend<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    max_len: usize,
+}
+
+impl VecAppend<'_> {
+    fn room(&self) -> usize {
+        self.max_len - (self.out.len() - self.start)
+    }
+}
+
+impl postcard::ser_flavors::Flavor for VecAppend<'_> {
+    type Output = usize;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() > self.room() {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.out.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        if self.room() == 0 {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.out.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.out.len() - self.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Borrowing<'a> {
+        name: &'a str,
+        #[serde(with = "serde_bytes_compat")]
+        data: &'a [u8],
+    }
+
+    // `&[u8]` needs `serialize_bytes` to borrow; serde's default for slices is a sequence.
+    mod serde_bytes_compat {
+        use serde::{Deserializer, Serializer};
+
+        pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(bytes)
+        }
+
+        pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
+            <&'de [u8] as serde::Deserialize<'de>>::deserialize(d)
+        }
+    }
+
+    #[test]
+    fn borrowed_fields_point_into_the_input() {
+        let value = Borrowing {
+            name: "sensor",
+            data: &[1, 2, 3, 4],
+        };
+        let mut buf = [0u8; 64];
+        let n = encode_into(&value, &mut buf).unwrap();
+        let decoded: Borrowing<'_> = decode(&buf[..n]).unwrap();
+        assert_eq!(decoded, value);
+        let range = buf.as_ptr_range();
+        assert!(range.contains(&decoded.name.as_ptr()));
+        assert!(range.contains(&decoded.data.as_ptr()));
+    }
+
+    #[test]
+    fn too_small_buffer_is_too_large_error() {
+        let mut buf = [0u8; 3];
+        let err = encode_into("hello", &mut buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert_eq!(err.to_string(), "message does not fit in buffer of 3 bytes");
+    }
+
+    #[test]
+    fn vec_append_respects_limit_and_restores_on_error() {
+        let mut out = vec![9, 9];
+        let err = encode_to_vec(&vec![0u8; 100], &mut out, 50).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert_eq!(out, [9, 9]);
+        let n = encode_to_vec(&vec![7u8; 3], &mut out, 50).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(out, [9, 9, 3, 7, 7, 7]);
+        assert_eq!(encoded_len(&vec![7u8; 3]).unwrap(), 4);
+    }
+
+    #[test]
+    fn trailing_bytes_and_garbage_are_decode_errors() {
+        let err = decode::<u8>(&[1, 2]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert_eq!(err.to_string(), "1 trailing bytes after a message of 1 bytes");
+
+        let err = decode::<String>(&[5, b'a']).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert!(err.to_string().starts_with("payload of 2 bytes does not decode as alloc::string::String"));
+
+        // A length prefix claiming 2^63 elements allocates nothing of that size.
+        let err = decode::<Vec<u64>>(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+    }
+}

@@ -1,0 +1,266 @@
+//! An incremental frame decoder for byte streams.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::frame::{Frame, FrameHeader, HEADER_LEN, Limits, check_prefix};
+
+/// How much spare room [`FrameDecoder::read_buf`] offers at least.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Splits a byte stream into frames. Input may arrive split at any byte.
+///
+/// Memory stays bounded by what the peer actually sent: a header is validated (magic,
+/// version, kind, length against the limit) before any payload byte is buffered, and
+/// buffer space grows with received bytes, never with a length the peer merely claims.
+///
+/// After an error the decoder stays failed: a stream that lost sync cannot be trusted again.
+///
+/// ```
+/// use ipc_core::{FrameDecoder, FrameKind, Limits};
+///
+/// let limits = Limits::default();
+/// let mut wire = Vec::new();
+/// ipc_core::encode_frame(&mut wire, FrameKind::Data, 0, "one", &limits)?;
+/// ipc_core::encode_frame(&mut wire, FrameKind::Data, 0, "two", &limits)?;
+///
+/// let mut decoder = FrameDecoder::new(limits);
+/// let mut seen = Vec::new();
+/// for byte in &wire {
+///     decoder.push(std::slice::from_ref(byte));
+///     while let Some(frame) = decoder.next_frame()? {
+///         seen.push(frame.decode::<&str>()?.to_owned());
+///     }
+/// }
+/// assert_eq!(seen, ["one", "two"]);
+/// decoder.finish()?; // nothing left half-read
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limits: Limits,
+    /// Received bytes live in `buf[start..end]`; `buf[end..]` is spare room to read into.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    failed: Option<ErrorKind>,
+}
+
+impl FrameDecoder {
+    /// A decoder that rejects frames over `limits`.
+    pub fn new(limits: Limits) -> FrameDecoder {
+        FrameDecoder {
+            limits,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            failed: None,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Changes the limits, for example after the handshake agreed on them.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Copies `bytes` into the decoder.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.make_room(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Spare room to read into directly, for example `stream.read(decoder.read_buf())`;
+    /// follow it with [`commit`](FrameDecoder::commit) of the number of bytes read.
+    /// The room is at least 16 KiB. While a large frame arrives it grows with the bytes
+    /// already received (doubling), so a peer that claims a large frame and sends nothing
+    /// costs 16 KiB, not the claimed length.
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        let missing = self.missing_for_current_frame();
+        let room = if missing > READ_CHUNK {
+            missing.min(self.buffered().max(READ_CHUNK))
+        } else {
+            READ_CHUNK
+        };
+        self.make_room(room);
+        &mut self.buf[self.end..]
+    }
+
+    /// Marks `n` bytes of [`read_buf`](FrameDecoder::read_buf) as received.
+    ///
+    /// # Panics
+    /// If `n` is more than the room `read_buf` offered: that is a bug in the caller.
+    pub fn commit(&mut self, n: usize) {
+        assert!(
+            n <= self.buf.len() - self.end,
+            "commit of {n} bytes exceeds the read buffer"
+        );
+        self.end += n;
+    }
+
+    /// The next complete frame, `None` if more input is needed, or an error if the input is
+    /// not a valid frame stream.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        if let Some(kind) = self.failed {
+            return Err(Error::new(
+                kind,
+                "frame decoder stopped after an earlier error",
+            ));
+        }
+        let available = &self.buf[self.start..self.end];
+        let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
+            if let Err(err) = check_prefix(available) {
+                self.failed = Some(err.kind());
+                return Err(err);
+            }
+            return Ok(None);
+        };
+        let header = match FrameHeader::parse(header_bytes, &self.limits) {
+            Ok(header) => header,
+            Err(err) => {
+                self.failed = Some(err.kind());
+                return Err(err);
+            }
+        };
+        let frame_len = header.frame_len();
+        if available.len() < frame_len {
+            return Ok(None);
+        }
+        let payload_start = self.start + HEADER_LEN;
+        self.start += frame_len;
+        let payload = &self.buf[payload_start..payload_start + header.len() as usize];
+        Ok(Some(Frame::from_parts(header, payload)))
+    }
+
+    /// Call at end of stream: [`ErrorKind::Truncated`] if a frame was only partly received.
+    pub fn finish(&self) -> Result<()> {
+        let buffered = self.buffered();
+        if buffered == 0 {
+            return Ok(());
+        }
+        let need = match self.buf[self.start..self.end].first_chunk::<HEADER_LEN>() {
+            Some(header) => match FrameHeader::parse(header, &self.limits) {
+                Ok(header) => header.frame_len(),
+                Err(err) => return Err(err),
+            },
+            None => HEADER_LEN,
+        };
+        Err(Error::truncated(
+            "stream ended inside a frame",
+            buffered,
+            need,
+        ))
+    }
+
+    /// How many more bytes the frame at the front needs (0 if unknown or complete).
+    fn missing_for_current_frame(&self) -> usize {
+        let available = &self.buf[self.start..self.end];
+        match available.first_chunk::<HEADER_LEN>() {
+            Some(header) => match FrameHeader::parse(header, &self.limits) {
+                Ok(header) => header.frame_len().saturating_sub(available.len()),
+                Err(_) => 0,
+            },
+            None => HEADER_LEN - available.len(),
+        }
+    }
+
+    /// Ensures `buf[end..]` has at least `n` bytes, moving unread bytes to the front first.
+    fn make_room(&mut self, n: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buf.len() - self.end >= n {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < n {
+            // Grow at least geometrically so that a large frame arriving in small reads
+            // costs amortised linear time.
+            let want = (self.end + n).max(self.buf.len() * 2);
+            self.buf.resize(want, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameKind, encode_frame, encode_raw_frame};
+
+    #[test]
+    fn garbage_fails_at_its_first_byte_and_stays_failed() {
+        let mut decoder = FrameDecoder::new(Limits::default());
+        decoder.push(b"G");
+        let err = decoder.next_frame().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadMagic);
+        decoder.push(&[0xA7]);
+        assert_eq!(decoder.next_frame().unwrap_err().kind(), ErrorKind::BadMagic);
+    }
+
+    #[test]
+    fn a_claimed_length_over_the_limit_fails_before_the_payload_arrives() {
+        let limits = Limits::new().with_max_frame_len(1024);
+        let mut decoder = FrameDecoder::new(limits);
+        let header = crate::frame::FrameHeader::new(FrameKind::Data, 0, u32::MAX).to_bytes();
+        decoder.push(&header);
+        let err = decoder.next_frame().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert_eq!(err.to_string(), "frame of 4294967295 bytes exceeds limit of 1024");
+    }
+
+    #[test]
+    fn reads_straight_into_its_buffer() {
+        let limits = Limits::default();
+        let mut wire = Vec::new();
+        let big = vec![7u8; 100_000];
+        encode_raw_frame(&mut wire, FrameKind::Data, 9, &big, &limits).unwrap();
+        encode_frame(&mut wire, FrameKind::Data, 10, &5u8, &limits).unwrap();
+
+        let mut decoder = FrameDecoder::new(limits);
+        let mut input = &wire[..];
+        let mut frames = Vec::new();
+        while !input.is_empty() {
+            let room = decoder.read_buf();
+            let n = room.len().min(input.len()).min(3000);
+            room[..n].copy_from_slice(&input[..n]);
+            input = &input[n..];
+            decoder.commit(n);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                frames.push((frame.id(), frame.payload().len()));
+            }
+        }
+        assert_eq!(frames, [(9, 100_000), (10, 1)]);
+        decoder.finish().unwrap();
+        // The buffer grew with the data, not beyond one frame plus a read chunk or so.
+        assert!(decoder.buf.len() <= 2 * (100_000 + HEADER_LEN + READ_CHUNK));
+    }
+
+    #[test]
+    fn finish_reports_a_half_received_frame() {
+        let limits = Limits::default();
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, FrameKind::Data, 0, "abc", &limits).unwrap();
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&wire[..wire.len() - 1]);
+        assert!(decoder.next_frame().unwrap().is_none());
+        let err = decoder.finish().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Truncated);
+        assert_eq!(
+            err.to_string(),
+            "stream ended inside a frame: input ended after 19 of 20 bytes"
+        );
+    }
+}
