@@ -129,7 +129,10 @@ fn kill_registered_peers() {
     let pids = PEERS.lock().map(|p| p.clone()).unwrap_or_default();
     for pid in pids {
         // SIGKILL by pid: the Child handles belong to other threads.
-        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
     }
 }
 
@@ -146,7 +149,9 @@ pub fn peer_exe() -> Result<PathBuf> {
         if candidate.is_file() {
             return Ok(candidate);
         }
-        dir = d.parent().filter(|p| p.file_name() != Some(OsStr::new("target")));
+        dir = d
+            .parent()
+            .filter(|p| p.file_name() != Some(OsStr::new("target")));
     }
     bail!(
         "cannot find the ipc-peer binary near {}; build it with `cargo build -p ipc-tests` or set IPC_PEER",

@@ -9,12 +9,14 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ipc_core::{
-    Close, CloseCode, ErrorKind, FrameDecoder, FrameKind, Hello, Limits, MessageType,
-};
+use ipc_core::{Close, CloseCode, ErrorKind, FrameDecoder, FrameKind, Hello, Limits, MessageType};
 use serde::{Deserialize, Serialize};
 
 use crate::{Checksum, fill_payload};
+
+mod queue;
+mod shm;
+mod socket;
 
 /// The message of the frame-stream roles. `payload` borrows from the receive buffer.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
@@ -81,9 +83,10 @@ pub fn run<I: IntoIterator<Item = String>>(args: I) -> i32 {
         "frame-source" => frame_source(&args, std::io::stdout().lock()),
         "frame-sink" => frame_sink(&args, std::io::stdin().lock()),
         "garbage-source" => garbage_source(&args, std::io::stdout().lock()),
-        other => bail!(
-            "unknown role `{other}`; roles: frame-source, frame-sink, garbage-source"
-        ),
+        other => shm::run(other, &args)
+            .or_else(|| socket::run(other, &args))
+            .or_else(|| queue::run(other, &args))
+            .unwrap_or_else(|| bail!("unknown role `{other}`")),
     });
     match result {
         Ok(()) => 0,
@@ -208,7 +211,7 @@ fn frame_sink(args: &Args, mut input: impl Read) -> Result<()> {
                     checksum.add(sample.seq, sample.payload);
                     count += 1;
                     bytes += sample.payload.len() as u64;
-                    if progress != 0 && count % progress == 0 {
+                    if progress != 0 && count.is_multiple_of(progress) {
                         println!("progress {count}");
                     }
                 }

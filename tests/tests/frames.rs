@@ -98,7 +98,10 @@ fn garbage_and_oversized_frames_end_in_clear_errors() -> Result<()> {
         let (mut source, mut sink) =
             source_into_sink("garbage-source", &["--bytes", "4096", "--seed", &seed], &[])?;
         let outcome = sink.expect_line(WAIT)?;
-        assert!(outcome.starts_with("error bad magic: bad magic byte"), "{outcome}");
+        assert!(
+            outcome.starts_with("error bad magic: bad magic byte"),
+            "{outcome}"
+        );
         assert_eq!(sink.wait(WAIT)?.code(), Some(1), "seed {seed}");
         let _ = source.wait(WAIT)?;
     }

@@ -208,14 +208,21 @@ mod tests {
     fn trailing_bytes_and_garbage_are_decode_errors() {
         let err = decode::<u8>(&[1, 2]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decode);
-        assert_eq!(err.to_string(), "1 trailing bytes after a message of 1 bytes");
+        assert_eq!(
+            err.to_string(),
+            "1 trailing bytes after a message of 1 bytes"
+        );
 
         let err = decode::<String>(&[5, b'a']).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decode);
-        assert!(err.to_string().starts_with("payload of 2 bytes does not decode as alloc::string::String"));
+        assert!(
+            err.to_string()
+                .starts_with("payload of 2 bytes does not decode as alloc::string::String")
+        );
 
         // A length prefix claiming 2^63 elements allocates nothing of that size.
-        let err = decode::<Vec<u64>>(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).unwrap_err();
+        let err = decode::<Vec<u64>>(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f])
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decode);
     }
 }

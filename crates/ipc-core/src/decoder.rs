@@ -207,7 +207,10 @@ mod tests {
         let err = decoder.next_frame().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BadMagic);
         decoder.push(&[0xA7]);
-        assert_eq!(decoder.next_frame().unwrap_err().kind(), ErrorKind::BadMagic);
+        assert_eq!(
+            decoder.next_frame().unwrap_err().kind(),
+            ErrorKind::BadMagic
+        );
     }
 
     #[test]
@@ -218,7 +221,10 @@ mod tests {
         decoder.push(&header);
         let err = decoder.next_frame().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TooLarge);
-        assert_eq!(err.to_string(), "frame of 4294967295 bytes exceeds limit of 1024");
+        assert_eq!(
+            err.to_string(),
+            "frame of 4294967295 bytes exceeds limit of 1024"
+        );
     }
 
     #[test]

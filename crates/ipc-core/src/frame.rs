@@ -217,15 +217,15 @@ pub(crate) fn check_prefix(bytes: &[u8]) -> Result<()> {
             ));
         }
     }
-    if let Some(&version) = bytes.get(2) {
-        if version != PROTOCOL_VERSION {
-            return Err(Error::new(
-                ErrorKind::UnsupportedVersion,
-                format!(
-                    "peer speaks protocol version {version}, this end speaks version {PROTOCOL_VERSION}"
-                ),
-            ));
-        }
+    if let Some(&version) = bytes.get(2)
+        && version != PROTOCOL_VERSION
+    {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "peer speaks protocol version {version}, this end speaks version {PROTOCOL_VERSION}"
+            ),
+        ));
     }
     Ok(())
 }
@@ -404,12 +404,32 @@ mod tests {
         let good = FrameHeader::new(FrameKind::Ping, 1, 0).to_bytes();
         let limits = Limits::default();
         let cases: [(usize, u8, ErrorKind, &str); 6] = [
-            (0, 0x00, ErrorKind::BadMagic, "bad magic byte 0: 0x00, expected 0xa7"),
-            (1, 0xFF, ErrorKind::BadMagic, "bad magic byte 1: 0xff, expected 0x1c"),
-            (2, 9, ErrorKind::UnsupportedVersion, "peer speaks protocol version 9, this end speaks version 1"),
+            (
+                0,
+                0x00,
+                ErrorKind::BadMagic,
+                "bad magic byte 0: 0x00, expected 0xa7",
+            ),
+            (
+                1,
+                0xFF,
+                ErrorKind::BadMagic,
+                "bad magic byte 1: 0xff, expected 0x1c",
+            ),
+            (
+                2,
+                9,
+                ErrorKind::UnsupportedVersion,
+                "peer speaks protocol version 9, this end speaks version 1",
+            ),
             (3, 0x7E, ErrorKind::Protocol, "unknown frame kind 0x7e"),
             (4, 0x80, ErrorKind::Protocol, "unknown frame flags 0x80"),
-            (6, 1, ErrorKind::Protocol, "reserved header bytes are 00 01 00, must be zero"),
+            (
+                6,
+                1,
+                ErrorKind::Protocol,
+                "reserved header bytes are 00 01 00, must be zero",
+            ),
         ];
         for (offset, byte, kind, message) in cases {
             let mut bytes = good;

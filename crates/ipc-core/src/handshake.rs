@@ -82,7 +82,11 @@ impl MessageType {
 
 impl fmt::Debug for MessageType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageType({:?}, {:#018x})", self.name, self.fingerprint)
+        write!(
+            f,
+            "MessageType({:?}, {:#018x})",
+            self.name, self.fingerprint
+        )
     }
 }
 
@@ -168,7 +172,11 @@ impl Hello {
     /// Decodes a hello payload, validating every field.
     pub fn decode(payload: &[u8]) -> Result<Hello> {
         let Some(fixed) = payload.first_chunk::<HELLO_FIXED_LEN>() else {
-            return Err(Error::truncated("hello payload", payload.len(), HELLO_FIXED_LEN));
+            return Err(Error::truncated(
+                "hello payload",
+                payload.len(),
+                HELLO_FIXED_LEN,
+            ));
         };
         let max_frame_len = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
         let features = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
@@ -373,13 +381,22 @@ mod tests {
         let err = ours.agree(&theirs).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TypeMismatch);
         assert!(err.to_string().contains("`a.Ping/2`"), "{err}");
-        assert!(err.to_string().contains("this end expects `a.Ping/1`"), "{err}");
+        assert!(
+            err.to_string().contains("this end expects `a.Ping/1`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn limits_are_agreed_per_direction() {
-        let ours = Hello::new(MessageType::of::<u32>(), &Limits::new().with_max_frame_len(100));
-        let theirs = Hello::new(MessageType::of::<u32>(), &Limits::new().with_max_frame_len(7));
+        let ours = Hello::new(
+            MessageType::of::<u32>(),
+            &Limits::new().with_max_frame_len(100),
+        );
+        let theirs = Hello::new(
+            MessageType::of::<u32>(),
+            &Limits::new().with_max_frame_len(7),
+        );
         let agreed = ours.agree(&theirs).unwrap();
         assert_eq!(agreed.send_limit().max_frame_len(), 7);
         assert_eq!(agreed.recv_limit().max_frame_len(), 100);
@@ -393,7 +410,10 @@ mod tests {
         hello.encode_payload(&mut payload);
         let decoded = Hello::decode(&payload).unwrap();
         assert_eq!(decoded.message_type().name().len(), 1024);
-        assert_eq!(decoded.message_type().fingerprint(), fnv1a64(long.as_bytes()));
+        assert_eq!(
+            decoded.message_type().fingerprint(),
+            fnv1a64(long.as_bytes())
+        );
         assert!(hello.agree(&decoded).is_ok());
     }
 
@@ -407,10 +427,16 @@ mod tests {
         let mut bad_len = payload.clone();
         bad_len[16..18].copy_from_slice(&2000u16.to_le_bytes());
         let err = Hello::decode(&bad_len).unwrap_err();
-        assert_eq!(err.to_string(), "hello type name of 2000 bytes exceeds limit of 1024");
+        assert_eq!(
+            err.to_string(),
+            "hello type name of 2000 bytes exceeds limit of 1024"
+        );
         let mut bad_utf8 = payload.clone();
         *bad_utf8.last_mut().unwrap() = 0xFF;
-        assert_eq!(Hello::decode(&bad_utf8).unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(
+            Hello::decode(&bad_utf8).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
     }
 
     #[test]

@@ -65,7 +65,5 @@ pub use crate::frame::{
     DEFAULT_MAX_FRAME_LEN, Frame, FrameHeader, FrameKind, HEADER_LEN, Limits, MAGIC,
     PROTOCOL_VERSION, encode_frame, encode_frame_into, encode_raw_frame,
 };
-pub use crate::handshake::{
-    Agreed, Close, CloseCode, Hello, MAX_NAME_LEN, MessageType, fnv1a64,
-};
+pub use crate::handshake::{Agreed, Close, CloseCode, Hello, MAX_NAME_LEN, MessageType, fnv1a64};
 pub use crate::transport::{AsyncReceiver, AsyncSender, Receiver, Sender};
