@@ -137,9 +137,21 @@ fn kill_registered_peers() {
     }
 }
 
-/// The path of the `ipc-peer` binary: `IPC_PEER` if set, else next to the running
-/// executable (`target/*/ipc-peer`, also from `target/*/deps/` of a test).
+static PEER_EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`peer_exe`] return `path` from now on in this process (xtask uses it after building
+/// the peer in the profile it wants). Returns false if a path was already set.
+pub fn set_peer_exe(path: PathBuf) -> bool {
+    PEER_EXE.set(path).is_ok()
+}
+
+/// The path of the `ipc-peer` binary: the one given to [`set_peer_exe`], else `IPC_PEER` if
+/// set, else next to the running executable (`target/*/ipc-peer`, also from
+/// `target/*/deps/` of a test).
 pub fn peer_exe() -> Result<PathBuf> {
+    if let Some(path) = PEER_EXE.get() {
+        return Ok(path.clone());
+    }
     if let Some(path) = std::env::var_os("IPC_PEER") {
         return Ok(PathBuf::from(path));
     }
