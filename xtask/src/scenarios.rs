@@ -152,7 +152,9 @@ pub(crate) fn run(name: Option<&str>, quick: bool) -> Result<bool> {
     println!();
     print!("{}", table.to_text());
     if failures > 0 {
-        println!("\n{failures} scenario(s) failed");
+        println!(
+            "\n{failures} scenario(s) failed; the peers' stderr is in target/ipc-scenarios/peers.log"
+        );
         return Ok(false);
     }
     println!("\nall scenarios passed");
@@ -169,6 +171,20 @@ fn format_duration(d: Duration) -> String {
 
 const WAIT: Duration = Duration::from_secs(300);
 
+/// Where the peers of scenarios write their stderr, so that expected errors (the hostile
+/// cases) do not clutter the terminal, yet stay there to read when a scenario fails.
+fn peer_log() -> Result<std::fs::File> {
+    let path = peers::workspace_root().join("target/ipc-scenarios/peers.log");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))
+}
+
 /// Spawns a `frame-source` whose stdout is a pipe into a `frame-sink`.
 fn pipe_pair(
     source_role: &str,
@@ -177,10 +193,10 @@ fn pipe_pair(
 ) -> Result<(Peer, Peer)> {
     let (reader, writer) = std::io::pipe().context("create pipe")?;
     let mut source = Peer::role_command(source_role, source_args)?;
-    source.stdout(writer);
+    source.stdout(writer).stderr(peer_log()?);
     let source = Peer::spawn_with_stdout("producer", source)?;
     let mut sink = Peer::role_command("frame-sink", sink_args)?;
-    sink.stdin(reader);
+    sink.stdin(reader).stderr(peer_log()?);
     let sink = Peer::spawn("consumer", sink)?;
     Ok((source, sink))
 }
