@@ -2,7 +2,7 @@
 //!
 //! The measuring happens inside a release build of `ipc-peer` (its `bench` role), never in
 //! this debug-built xtask; xtask collects the figures, prints a markdown table with each
-//! figure's ratio to its baseline, and writes the JSON report.
+//! figure's ratio to its baseline, and writes the JSON report and an SVG chart beside it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -87,6 +87,11 @@ pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
     std::fs::write(json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("write {}", json.display()))?;
     eprintln!("wrote {}", json.display());
+    let chart = json.with_extension("svg");
+    let title = format!("ipc bench ({effort}): {}", machine_line());
+    std::fs::write(&chart, crate::chart::render(&figures, &title))
+        .with_context(|| format!("write {}", chart.display()))?;
+    eprintln!("wrote {}", chart.display());
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod chart;
 mod ci;
 mod peers;
 mod scenarios;
