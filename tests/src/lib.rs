@@ -296,14 +296,15 @@ impl Peer {
         }
     }
 
-    /// Kills the peer with SIGKILL, on purpose, and reaps it.
-    pub fn kill(&mut self) -> Result<()> {
+    /// Kills the peer with SIGKILL, on purpose, reaps it, and returns its exit status
+    /// (which says SIGKILL, unless the peer had exited on its own just before).
+    pub fn kill(&mut self) -> Result<ExitStatus> {
         self.child
             .kill()
             .with_context(|| format!("kill peer `{}`", self.name))?;
-        self.child.wait().context("reap killed peer")?;
+        let status = self.child.wait().context("reap killed peer")?;
         unregister_peer(self.child.id());
-        Ok(())
+        Ok(status)
     }
 
     /// Waits at most `timeout` for the peer to exit, then returns its status; on timeout the
