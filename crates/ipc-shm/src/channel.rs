@@ -1,0 +1,1267 @@
+//! Typed channels over a single-producer, single-consumer byte ring in shared memory.
+//!
+//! # Layout of a channel segment
+//!
+//! After the 128-byte segment header, one 64-byte line per writer, so that the two ends
+//! never write to the same cache line:
+//!
+//! | offset | field | written by |
+//! |---|---|---|
+//! | 128 | `tail`: bytes ever published (u64) | sender |
+//! | 192 | `head`: bytes ever released (u64) | receiver |
+//! | 256 | sender pid (u32), state (u32), start time (u64) | sender |
+//! | 320 | receiver pid (u32), state (u32), start time (u64) | receiver |
+//! | 384 | `data_seq` futex word (u32), `receiver_waiting` (u32) | both |
+//! | 448 | `space_seq` futex word (u32), `sender_waiting` (u32) | both |
+//! | 512 | the ring: `capacity` bytes, a power of two | sender |
+//!
+//! A record is an 8-byte header (payload length u32, tag u32: 1 message, 2 padding) and the
+//! payload, padded to a multiple of 8. A record never wraps: when it does not fit before the
+//! end of the ring, the sender fills the rest with a padding record and starts at offset 0.
+//!
+//! # Trust
+//!
+//! Each end keeps its own copy of the index it writes (`tail` for the sender, `head` for the
+//! receiver) and of the capacity; what it reads of the other's index and of every record
+//! header is checked against them before use, so a peer that scribbles over the segment
+//! causes [`ErrorKind::Corrupted`] errors, never an access outside the ring.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use ipc_core::{Error, ErrorKind, MessageType, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::process::ProcessId;
+use crate::segment::{HEADER_LEN, Kind, Segment, Spec};
+use crate::sys::{self, Mapping};
+use crate::wait::{Deadline, LIVENESS_INTERVAL, WaitMode};
+
+const C_TAIL: usize = 128;
+const C_HEAD: usize = 192;
+const C_SENDER: usize = 256;
+const C_RECEIVER: usize = 320;
+const C_DATA_SEQ: usize = 384;
+const C_RECEIVER_WAITING: usize = 388;
+const C_SPACE_SEQ: usize = 448;
+const C_SENDER_WAITING: usize = 452;
+const RING: usize = 512;
+
+// Offsets inside an end's line.
+const END_PID: usize = 0;
+const END_STATE: usize = 4;
+const END_START: usize = 8;
+
+const END_DETACHED: u32 = 0;
+const END_ATTACHED: u32 = 1;
+const END_CLOSED: u32 = 2;
+
+const RECORD_HEADER: u64 = 8;
+const TAG_MESSAGE: u32 = 1;
+const TAG_PADDING: u32 = 2;
+
+/// The smallest ring.
+pub const MIN_CAPACITY: usize = 64;
+/// The largest ring (record lengths are 32-bit).
+pub const MAX_CAPACITY: usize = 1 << 31;
+
+/// Fingerprint of this layout, stored in the header so that a build with another layout
+/// refuses the segment instead of misreading it.
+fn layout_hash() -> u64 {
+    ipc_core::fnv1a64(
+        b"ipc-shm channel: header 128, tail 128, head 192, sender 256, receiver 320, \
+          data futex 384, space futex 448, ring 512, record header 8 (len u32, tag u32), align 8",
+    )
+}
+
+fn record_len(payload_len: u64) -> u64 {
+    RECORD_HEADER + payload_len.next_multiple_of(8)
+}
+
+/// How a channel is created or opened.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_shm::{ChannelConfig, WaitMode};
+///
+/// let config = ChannelConfig::new()
+///     .capacity(1 << 20)
+///     .wait_mode(WaitMode::Polling)
+///     .open_timeout(Duration::from_secs(2));
+/// assert_eq!(config.get_capacity(), 1 << 20);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ChannelConfig {
+    capacity: usize,
+    wait_mode: WaitMode,
+    spin: u32,
+    open_timeout: Duration,
+    message_type: Option<MessageType>,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> ChannelConfig {
+        ChannelConfig {
+            capacity: 256 * 1024,
+            wait_mode: WaitMode::Blocking,
+            spin: 2_000,
+            open_timeout: Duration::from_secs(5),
+            message_type: None,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// The defaults: a ring of 256 KiB, blocking waits after 2000 spins, 5 s open timeout,
+    /// the message type named by `std::any::type_name`.
+    pub fn new() -> ChannelConfig {
+        ChannelConfig::default()
+    }
+
+    /// The ring's size in bytes when creating: a power of two from [`MIN_CAPACITY`] to
+    /// [`MAX_CAPACITY`]. The largest message is 8 bytes smaller. Ignored by `open`, which
+    /// takes the creator's.
+    pub fn capacity(mut self, bytes: usize) -> ChannelConfig {
+        self.capacity = bytes;
+        self
+    }
+
+    /// The ring's size in bytes.
+    pub fn get_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How this end waits for its peer.
+    pub fn wait_mode(mut self, mode: WaitMode) -> ChannelConfig {
+        self.wait_mode = mode;
+        self
+    }
+
+    /// How many times a blocking wait polls before it sleeps.
+    pub fn spin_iterations(mut self, spins: u32) -> ChannelConfig {
+        self.spin = spins;
+        self
+    }
+
+    /// How long `open` waits for the creator to finish initialising the segment.
+    pub fn open_timeout(mut self, timeout: Duration) -> ChannelConfig {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// The message type both ends must agree on; by default `MessageType::of::<T>()`.
+    /// Name it explicitly when the two ends are built separately.
+    pub fn message_type(mut self, message_type: MessageType) -> ChannelConfig {
+        self.message_type = Some(message_type);
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Sender,
+    Receiver,
+}
+
+impl Role {
+    fn line(self) -> usize {
+        match self {
+            Role::Sender => C_SENDER,
+            Role::Receiver => C_RECEIVER,
+        }
+    }
+
+    fn peer(self) -> Role {
+        match self {
+            Role::Sender => Role::Receiver,
+            Role::Receiver => Role::Sender,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+        }
+    }
+}
+
+/// What both ends hold: the segment, the validated capacity, and how to wait.
+#[derive(Debug)]
+struct Channel {
+    segment: Segment,
+    role: Role,
+    capacity: u64,
+    wait_mode: WaitMode,
+    spin: u32,
+}
+
+impl Channel {
+    fn spec(message_type: &MessageType) -> Spec<'_> {
+        Spec {
+            kind: Kind::Channel,
+            layout: layout_hash(),
+            fingerprint: message_type.fingerprint(),
+            type_name: message_type.name(),
+        }
+    }
+
+    fn create(
+        name: &str,
+        config: &ChannelConfig,
+        message_type: MessageType,
+        role: Role,
+    ) -> Result<Channel> {
+        let capacity = config.capacity;
+        if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "ring capacity of {capacity} bytes; expected a power of two from {MIN_CAPACITY} to {MAX_CAPACITY}"
+                ),
+            ));
+        }
+        let me = ProcessId::current();
+        let segment = Segment::create(
+            name,
+            Channel::spec(&message_type),
+            capacity as u64,
+            RING + capacity,
+            |map| {
+                let line = role.line();
+                map.u32_at(line + END_PID).store(me.pid, Ordering::Relaxed);
+                map.u64_at(line + END_START)
+                    .store(me.start, Ordering::Relaxed);
+                map.u32_at(line + END_STATE)
+                    .store(END_ATTACHED, Ordering::Relaxed);
+            },
+        )?;
+        Ok(Channel {
+            segment,
+            role,
+            capacity: capacity as u64,
+            wait_mode: config.wait_mode,
+            spin: config.spin,
+        })
+    }
+
+    fn open(
+        name: &str,
+        config: &ChannelConfig,
+        message_type: MessageType,
+        role: Role,
+    ) -> Result<Channel> {
+        let segment = Segment::open(name, Channel::spec(&message_type), config.open_timeout)?;
+        let capacity = segment.capacity();
+        let len = segment.map().len() as u64;
+        if !capacity.is_power_of_two()
+            || !(MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&capacity)
+            || len != RING as u64 + capacity
+        {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!("channel `{name}` claims a ring of {capacity} bytes in a segment of {len}"),
+            ));
+        }
+        let channel = Channel {
+            segment,
+            role,
+            capacity,
+            wait_mode: config.wait_mode,
+            spin: config.spin,
+        };
+        channel.attach()?;
+        Ok(channel)
+    }
+
+    /// Claims this end's slot: free, closed, or left by a dead process.
+    fn attach(&self) -> Result<()> {
+        let map = self.map();
+        let line = self.role.line();
+        let me = ProcessId::current();
+        let pid = map.u32_at(line + END_PID);
+        let current = self.end(self.role);
+        let state = map.u32_at(line + END_STATE).load(Ordering::Acquire);
+        if state == END_ATTACHED && current.is_alive() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "channel `{}` already has a {}: process {}",
+                    self.segment.name(),
+                    self.role.name(),
+                    current.pid
+                ),
+            ));
+        }
+        if pid
+            .compare_exchange(current.pid, me.pid, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "channel `{}`: another process attached as {} at the same time",
+                    self.segment.name(),
+                    self.role.name()
+                ),
+            ));
+        }
+        map.u64_at(line + END_START)
+            .store(me.start, Ordering::Relaxed);
+        map.u32_at(line + END_STATE)
+            .store(END_ATTACHED, Ordering::Release);
+        Ok(())
+    }
+
+    fn map(&self) -> &Mapping {
+        self.segment.map()
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        self.map().u32_at(offset)
+    }
+
+    fn index(&self, offset: usize) -> &AtomicU64 {
+        self.map().u64_at(offset)
+    }
+
+    fn end(&self, role: Role) -> ProcessId {
+        let line = role.line();
+        ProcessId {
+            pid: self.map().u32_at(line + END_PID).load(Ordering::Relaxed),
+            start: self.map().u64_at(line + END_START).load(Ordering::Relaxed),
+        }
+    }
+
+    /// `Err(PeerClosed)` if the peer closed its end, `Err(PeerDied)` if it was attached and
+    /// its process is gone; `Ok` while it lives or has not attached yet.
+    fn peer_status(&self, check_liveness: bool) -> Result<()> {
+        let peer = self.role.peer();
+        let state = self.word(peer.line() + END_STATE).load(Ordering::Acquire);
+        match state {
+            END_CLOSED => Err(Error::new(
+                ErrorKind::PeerClosed,
+                format!(
+                    "the {} of channel `{}` closed it",
+                    peer.name(),
+                    self.segment.name()
+                ),
+            )),
+            END_ATTACHED if check_liveness => {
+                let process = self.end(peer);
+                if process.is_alive() {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::PeerDied,
+                        format!(
+                            "the {} of channel `{}`, process {}, died",
+                            peer.name(),
+                            self.segment.name(),
+                            process.pid
+                        ),
+                    ))
+                }
+            }
+            END_DETACHED | END_ATTACHED => Ok(()),
+            other => Err(self.corrupted(format!("{} state word holds {other}", peer.name()))),
+        }
+    }
+
+    /// Waits until the u64 at `index_offset` differs from `seen`, sleeping on the futex at
+    /// `seq_offset` after announcing it in `waiting_offset`. Ends with the peer's death or
+    /// close, or at the deadline (`timeout_error` is called for the error then).
+    fn wait_change(
+        &self,
+        index_offset: usize,
+        seen: u64,
+        seq_offset: usize,
+        waiting_offset: usize,
+        deadline: Deadline,
+        timeout_error: impl FnOnce() -> Error,
+    ) -> Result<()> {
+        let index = self.index(index_offset);
+        if let Deadline::Now = deadline {
+            return Err(timeout_error());
+        }
+        for _ in 0..self.spin {
+            if index.load(Ordering::Acquire) != seen {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        let seq = self.word(seq_offset);
+        let waiting = self.word(waiting_offset);
+        // Liveness costs system calls, so it is looked at once per interval, not per wait.
+        let mut last_check = Instant::now();
+        loop {
+            match self.wait_mode {
+                WaitMode::Blocking => {
+                    let observed = seq.load(Ordering::Acquire);
+                    waiting.store(1, Ordering::Relaxed);
+                    // Pairs with the fence in `notify`: either the peer sees `waiting` and
+                    // bumps `seq`, or we see its index change here.
+                    fence(Ordering::SeqCst);
+                    if index.load(Ordering::Acquire) != seen {
+                        waiting.store(0, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    sys::futex_wait(seq, observed, deadline.slice());
+                    waiting.store(0, Ordering::Relaxed);
+                }
+                WaitMode::Polling => {
+                    let slice = deadline.slice();
+                    let started = Instant::now();
+                    while index.load(Ordering::Acquire) == seen && started.elapsed() < slice {
+                        for _ in 0..32 {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+            }
+            if index.load(Ordering::Acquire) != seen {
+                return Ok(());
+            }
+            let check_liveness = last_check.elapsed() >= LIVENESS_INTERVAL;
+            if check_liveness {
+                last_check = Instant::now();
+            }
+            self.peer_status(check_liveness)?;
+            if deadline.passed() {
+                return Err(timeout_error());
+            }
+        }
+    }
+
+    /// Tells a peer that may be asleep on `seq_offset` that our index moved.
+    fn notify(&self, seq_offset: usize, waiting_offset: usize) {
+        fence(Ordering::SeqCst);
+        if self.word(waiting_offset).load(Ordering::Relaxed) != 0 {
+            let seq = self.word(seq_offset);
+            seq.fetch_add(1, Ordering::Release);
+            sys::futex_wake(seq, 1);
+        }
+    }
+
+    fn close(&self) {
+        let line = self.role.line();
+        self.word(line + END_STATE)
+            .store(END_CLOSED, Ordering::Release);
+        for seq_offset in [C_DATA_SEQ, C_SPACE_SEQ] {
+            let seq = self.word(seq_offset);
+            seq.fetch_add(1, Ordering::Release);
+            sys::futex_wake(seq, i32::MAX as u32);
+        }
+    }
+
+    fn corrupted(&self, what: String) -> Error {
+        Error::new(
+            ErrorKind::Corrupted,
+            format!("channel `{}`: {what}", self.segment.name()),
+        )
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The sending end of a shared-memory channel of `T` messages.
+///
+/// Messages are serialised with postcard straight into the ring. `Ok` from a send means the
+/// message is in the ring, visible to the receiver.
+///
+/// Only one sender may be attached to a channel at a time; the slot frees up when it is
+/// dropped or its process dies.
+pub struct ShmSender<T: ?Sized> {
+    channel: Channel,
+    tail: u64,
+    head: u64,
+    _message: PhantomData<fn(&T)>,
+}
+
+impl<T: ?Sized> std::fmt::Debug for ShmSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmSender")
+            .field("channel", &self.channel)
+            .field("tail", &self.tail)
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
+impl<T: Serialize + ?Sized> ShmSender<T> {
+    /// Creates channel `name` and attaches as its sender. The segment is removed again when
+    /// this sender is dropped.
+    ///
+    /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) when a live process owns the
+    /// name (a segment left by a dead one is reclaimed), `InvalidInput` for a bad name or
+    /// capacity, `Io` when `/dev/shm` has no room.
+    pub fn create(name: &str, config: &ChannelConfig) -> Result<ShmSender<T>> {
+        let message_type = config
+            .message_type
+            .clone()
+            .unwrap_or_else(MessageType::of::<T>);
+        let channel = Channel::create(name, config, message_type, Role::Sender)?;
+        Ok(ShmSender::new(channel))
+    }
+
+    /// Opens channel `name`, created by its receiver, and attaches as its sender.
+    ///
+    /// Errors: `NotFound`, `Timeout` (never initialised), `TypeMismatch`, `BadMagic`,
+    /// `UnsupportedVersion`, `PeerDied` (its creator is gone), `AlreadyExists` (a live
+    /// sender is attached).
+    pub fn open(name: &str, config: &ChannelConfig) -> Result<ShmSender<T>> {
+        let message_type = config
+            .message_type
+            .clone()
+            .unwrap_or_else(MessageType::of::<T>);
+        let channel = Channel::open(name, config, message_type, Role::Sender)?;
+        Ok(ShmSender::new(channel))
+    }
+
+    /// Sends `message`, waiting while the ring is full.
+    pub fn send(&mut self, message: &T) -> Result<()> {
+        self.send_until(message, Deadline::Never)
+    }
+
+    /// Sends `message` if it fits now; [`Full`](ErrorKind::Full) otherwise.
+    pub fn try_send(&mut self, message: &T) -> Result<()> {
+        self.send_until(message, Deadline::Now)
+    }
+
+    /// Sends `message`, waiting at most `timeout` for room.
+    pub fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<()> {
+        self.send_until(message, Deadline::after(timeout))
+    }
+
+    fn send_until(&mut self, message: &T, deadline: Deadline) -> Result<()> {
+        self.channel.peer_status(false)?;
+        // Fast path: encode straight into the contiguous room, without measuring first.
+        for refresh in [false, true] {
+            if refresh {
+                self.refresh_head()?;
+            }
+            if let Some(room) = self.contiguous_room() {
+                let offset = self.tail_offset();
+                // SAFETY (of `slot`): see `payload_mut`.
+                let slot = self.payload_mut(offset, room)?;
+                match ipc_core::encode_into(message, slot) {
+                    Ok(written) => {
+                        self.publish(offset, written as u64);
+                        return Ok(());
+                    }
+                    Err(err) if err.kind() == ErrorKind::TooLarge => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        // Slow path: the message does not fit now. Measure it, then wait for room.
+        let payload_len = ipc_core::encoded_len(message)? as u64;
+        let offset = self.make_room(payload_len, deadline)?;
+        let slot = self.payload_mut(offset, payload_len)?;
+        let written = ipc_core::encode_into(message, slot)?;
+        self.publish(offset, written as u64);
+        Ok(())
+    }
+}
+
+impl<T: ?Sized> ShmSender<T> {
+    fn new(channel: Channel) -> ShmSender<T> {
+        // The creator starts at 0; an opener continues where a previous sender stopped.
+        let tail = channel.index(C_TAIL).load(Ordering::Acquire);
+        let head = channel.index(C_HEAD).load(Ordering::Acquire);
+        ShmSender {
+            channel,
+            tail,
+            head: head.min(tail),
+            _message: PhantomData,
+        }
+    }
+
+    /// The ring's capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.channel.capacity as usize
+    }
+
+    /// The largest payload a record can hold.
+    pub fn max_message_len(&self) -> usize {
+        (self.channel.capacity - RECORD_HEADER) as usize
+    }
+
+    /// Reserves `len` bytes in the ring for a message written in place, waiting while the
+    /// ring is full. Write into the slot and [`commit`](SendSlot::commit) it; a slot dropped
+    /// without commit publishes nothing.
+    pub fn reserve(&mut self, len: usize) -> Result<SendSlot<'_, T>> {
+        self.reserve_until(len, Deadline::Never)
+    }
+
+    /// Reserves `len` bytes if there is room now; [`Full`](ErrorKind::Full) otherwise.
+    pub fn try_reserve(&mut self, len: usize) -> Result<SendSlot<'_, T>> {
+        self.reserve_until(len, Deadline::Now)
+    }
+
+    /// Reserves `len` bytes, waiting at most `timeout` for room.
+    pub fn reserve_timeout(&mut self, len: usize, timeout: Duration) -> Result<SendSlot<'_, T>> {
+        self.reserve_until(len, Deadline::after(timeout))
+    }
+
+    fn reserve_until(&mut self, len: usize, deadline: Deadline) -> Result<SendSlot<'_, T>> {
+        self.channel.peer_status(false)?;
+        let offset = self.make_room(len as u64, deadline)?;
+        // Check the slice can be formed before handing out the slot.
+        self.payload_mut(offset, len as u64)?;
+        Ok(SendSlot {
+            sender: self,
+            offset,
+            len,
+        })
+    }
+
+    fn tail_offset(&self) -> u64 {
+        self.tail & (self.channel.capacity - 1)
+    }
+
+    /// Re-reads the receiver's `head` and checks it against our `tail`.
+    fn refresh_head(&mut self) -> Result<()> {
+        let head = self.channel.index(C_HEAD).load(Ordering::Acquire);
+        if head < self.head || head > self.tail || !head.is_multiple_of(8) {
+            return Err(self.channel.corrupted(format!(
+                "receiver position {head} outside {}..={} or unaligned",
+                self.head, self.tail
+            )));
+        }
+        self.head = head;
+        Ok(())
+    }
+
+    /// Payload bytes that fit contiguously at the tail now, `None` if not even a header does.
+    fn contiguous_room(&self) -> Option<u64> {
+        let free = self.channel.capacity - (self.tail - self.head);
+        let to_end = self.channel.capacity - self.tail_offset();
+        let contiguous = free.min(to_end);
+        (contiguous >= RECORD_HEADER).then(|| contiguous - RECORD_HEADER)
+    }
+
+    /// Returns the ring offset at which a record for `payload_len` bytes can be written,
+    /// padding to the ring's end when needed, waiting for the receiver until `deadline`.
+    fn make_room(&mut self, payload_len: u64, deadline: Deadline) -> Result<u64> {
+        let capacity = self.channel.capacity;
+        let needed = record_len(payload_len);
+        if needed > capacity || payload_len > u64::from(u32::MAX) {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "ring of {capacity} bytes cannot hold a message of {payload_len} (at most {})",
+                    capacity - RECORD_HEADER
+                ),
+            ));
+        }
+        loop {
+            self.refresh_head()?;
+            let free = capacity - (self.tail - self.head);
+            let offset = self.tail_offset();
+            let to_end = capacity - offset;
+            if needed <= to_end {
+                if needed <= free {
+                    return Ok(offset);
+                }
+            } else if free >= to_end {
+                // The record cannot fit before the end: fill the rest with padding.
+                self.write_record_header(offset, to_end - RECORD_HEADER, TAG_PADDING);
+                self.tail += to_end;
+                self.channel
+                    .index(C_TAIL)
+                    .store(self.tail, Ordering::Release);
+                self.channel.notify(C_DATA_SEQ, C_RECEIVER_WAITING);
+                if needed <= free - to_end {
+                    return Ok(0);
+                }
+            }
+            let head = self.head;
+            let name = self.channel.segment.name().to_owned();
+            let used = self.tail - self.head;
+            let timeout_error = || {
+                let (kind, verb) = match deadline {
+                    Deadline::Now => (ErrorKind::Full, "is full"),
+                    _ => (ErrorKind::Timeout, "stayed full until the deadline"),
+                };
+                Error::new(
+                    kind,
+                    format!(
+                        "channel `{name}` {verb}: {used} of {capacity} bytes in use, message needs {needed}"
+                    ),
+                )
+            };
+            self.channel.wait_change(
+                C_HEAD,
+                head,
+                C_SPACE_SEQ,
+                C_SENDER_WAITING,
+                deadline,
+                timeout_error,
+            )?;
+        }
+    }
+
+    fn payload_mut(&mut self, offset: u64, len: u64) -> Result<&mut [u8]> {
+        let start = RING as u64 + offset + RECORD_HEADER;
+        // SAFETY: the range lies between our tail and the receiver's head (`make_room` or
+        // `contiguous_room` checked it), which only the sender writes; the returned slice
+        // borrows `self` mutably, so no other slice of this process overlaps it.
+        let bytes = unsafe { self.channel.map().bytes_mut(start as usize, len as usize) };
+        bytes.ok_or_else(|| {
+            self.channel.corrupted(format!(
+                "record at ring offset {offset} of {len} bytes outside the ring"
+            ))
+        })
+    }
+
+    fn write_record_header(&mut self, offset: u64, payload_len: u64, tag: u32) {
+        let start = RING + offset as usize;
+        // SAFETY: as in `payload_mut`; the header precedes the payload in the sender's range.
+        if let Some(header) = unsafe { self.channel.map().bytes_mut(start, RECORD_HEADER as usize) }
+        {
+            header[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+            header[4..].copy_from_slice(&tag.to_le_bytes());
+        }
+    }
+
+    fn publish(&mut self, offset: u64, payload_len: u64) {
+        self.write_record_header(offset, payload_len, TAG_MESSAGE);
+        self.tail += record_len(payload_len);
+        self.channel
+            .index(C_TAIL)
+            .store(self.tail, Ordering::Release);
+        self.channel.notify(C_DATA_SEQ, C_RECEIVER_WAITING);
+    }
+}
+
+/// Space reserved in the ring by [`ShmSender::reserve`]: write the message into it, then
+/// [`commit`](SendSlot::commit). Dropping it without commit publishes nothing.
+pub struct SendSlot<'a, T: ?Sized> {
+    sender: &'a mut ShmSender<T>,
+    offset: u64,
+    len: usize,
+}
+
+impl<T: ?Sized> std::fmt::Debug for SendSlot<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendSlot")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<T: ?Sized> SendSlot<'_, T> {
+    /// Publishes all reserved bytes as one message.
+    pub fn commit(self) {
+        let len = self.len;
+        self.commit_len(len);
+    }
+
+    /// Publishes the first `len` bytes (at most the reserved length) as one message.
+    pub fn commit_len(self, len: usize) {
+        let len = len.min(self.len) as u64;
+        self.sender.publish(self.offset, len);
+    }
+}
+
+impl<T: ?Sized> Deref for SendSlot<'_, T> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        let start = RING + (self.offset + RECORD_HEADER) as usize;
+        self.sender
+            .channel
+            .map()
+            .bytes(start, self.len)
+            .unwrap_or(&[])
+    }
+}
+
+impl<T: ?Sized> DerefMut for SendSlot<'_, T> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let (offset, len) = (self.offset, self.len as u64);
+        // Checked when the slot was made, so this cannot fail.
+        self.sender.payload_mut(offset, len).unwrap_or(&mut [])
+    }
+}
+
+impl<T: Serialize + ?Sized> ipc_core::Sender for ShmSender<T> {
+    type Message = T;
+
+    /// `Ok` means the message is in the ring.
+    fn send(&mut self, message: &T) -> Result<()> {
+        ShmSender::send(self, message)
+    }
+
+    fn try_send(&mut self, message: &T) -> Result<()> {
+        ShmSender::try_send(self, message)
+    }
+
+    fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<()> {
+        ShmSender::send_timeout(self, message, timeout)
+    }
+}
+
+/// The receiving end of a shared-memory channel of `T` messages.
+///
+/// [`recv`](ShmReceiver::recv) decodes an owned `T`; [`recv_ref`](ShmReceiver::recv_ref)
+/// hands out the record where it lies in shared memory, to decode in place with borrowed
+/// `&str` / `&[u8]` fields.
+pub struct ShmReceiver<T> {
+    channel: Channel,
+    head: u64,
+    tail: u64,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for ShmReceiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmReceiver")
+            .field("channel", &self.channel)
+            .field("head", &self.head)
+            .field("tail", &self.tail)
+            .finish()
+    }
+}
+
+impl<T> ShmReceiver<T> {
+    /// Creates channel `name` and attaches as its receiver. The segment is removed again
+    /// when this receiver is dropped. Errors as for [`ShmSender::create`].
+    pub fn create(name: &str, config: &ChannelConfig) -> Result<ShmReceiver<T>> {
+        let message_type = config
+            .message_type
+            .clone()
+            .unwrap_or_else(MessageType::of::<T>);
+        let channel = Channel::create(name, config, message_type, Role::Receiver)?;
+        Ok(ShmReceiver::new(channel))
+    }
+
+    /// Opens channel `name`, created by its sender, and attaches as its receiver. Errors as
+    /// for [`ShmSender::open`].
+    pub fn open(name: &str, config: &ChannelConfig) -> Result<ShmReceiver<T>> {
+        let message_type = config
+            .message_type
+            .clone()
+            .unwrap_or_else(MessageType::of::<T>);
+        let channel = Channel::open(name, config, message_type, Role::Receiver)?;
+        Ok(ShmReceiver::new(channel))
+    }
+
+    fn new(channel: Channel) -> ShmReceiver<T> {
+        let head = channel.index(C_HEAD).load(Ordering::Acquire);
+        ShmReceiver {
+            channel,
+            head,
+            tail: head,
+            _message: PhantomData,
+        }
+    }
+
+    /// The ring's capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.channel.capacity as usize
+    }
+
+    /// The next message where it lies in the ring, waiting for one. It is released (its
+    /// space given back to the sender) when the guard drops.
+    ///
+    /// Errors: `PeerClosed` / `PeerDied` once the ring is empty and the sender closed or
+    /// died; `Corrupted` when the ring's indices or record headers are inconsistent.
+    pub fn recv_ref(&mut self) -> Result<RecvGuard<'_, T>> {
+        self.recv_ref_until(Deadline::Never)
+    }
+
+    /// The next message if one is ready.
+    pub fn try_recv_ref(&mut self) -> Result<Option<RecvGuard<'_, T>>> {
+        match self.recv_ref_until(Deadline::Now) {
+            Ok(guard) => Ok(Some(guard)),
+            Err(err) if err.kind() == ErrorKind::Full => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The next message, waiting at most `timeout`.
+    pub fn recv_ref_timeout(&mut self, timeout: Duration) -> Result<RecvGuard<'_, T>> {
+        self.recv_ref_until(Deadline::after(timeout))
+    }
+
+    fn recv_ref_until(&mut self, deadline: Deadline) -> Result<RecvGuard<'_, T>> {
+        loop {
+            if let Some((start, len)) = self.next_record()? {
+                return Ok(RecvGuard {
+                    receiver: self,
+                    start,
+                    len,
+                });
+            }
+            // Empty: a closed or dead sender means nothing more will come, once its last
+            // published records are drained (they are re-checked after the status).
+            if let Err(err) = self.channel.peer_status(false) {
+                if self.next_record()?.is_none() {
+                    return Err(err);
+                }
+                continue;
+            }
+            let seen = self.tail;
+            let name = self.channel.segment.name().to_owned();
+            let timeout_error = || match deadline {
+                // `Full` is the internal "nothing now" signal of `try_recv_ref`.
+                Deadline::Now => Error::new(ErrorKind::Full, "empty"),
+                _ => Error::new(
+                    ErrorKind::Timeout,
+                    format!("no message on channel `{name}` before the deadline"),
+                ),
+            };
+            let waited = self.channel.wait_change(
+                C_TAIL,
+                seen,
+                C_DATA_SEQ,
+                C_RECEIVER_WAITING,
+                deadline,
+                timeout_error,
+            );
+            if let Err(err) = waited {
+                if err.is_peer_gone() && self.next_record()?.is_some() {
+                    continue;
+                }
+                return Err(err);
+            }
+        }
+    }
+
+    /// The next published message record, skipping padding: `(mapping offset, length)`.
+    fn next_record(&mut self) -> Result<Option<(usize, usize)>> {
+        let capacity = self.channel.capacity;
+        loop {
+            if self.head == self.tail {
+                let tail = self.channel.index(C_TAIL).load(Ordering::Acquire);
+                if tail < self.head || tail - self.head > capacity || !tail.is_multiple_of(8) {
+                    return Err(self.channel.corrupted(format!(
+                        "sender position {tail} inconsistent with receiver position {} in a ring of {capacity} bytes",
+                        self.head
+                    )));
+                }
+                self.tail = tail;
+                if tail == self.head {
+                    return Ok(None);
+                }
+            }
+            let offset = self.head & (capacity - 1);
+            let to_end = capacity - offset;
+            let available = self.tail - self.head;
+            let start = RING + offset as usize;
+            let header = self
+                .channel
+                .map()
+                .bytes(start, RECORD_HEADER as usize)
+                .ok_or_else(|| {
+                    self.channel
+                        .corrupted(format!("ring offset {offset} outside the ring"))
+                })?;
+            let payload_len = u64::from(u32::from_le_bytes([
+                header[0], header[1], header[2], header[3],
+            ]));
+            let tag = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            match tag {
+                TAG_PADDING => {
+                    if to_end > available {
+                        return Err(self.channel.corrupted(format!(
+                            "padding at ring offset {offset} runs past the {available} published bytes"
+                        )));
+                    }
+                    self.advance(to_end);
+                }
+                TAG_MESSAGE => {
+                    let len = record_len(payload_len);
+                    if len > to_end || len > available {
+                        return Err(self.channel.corrupted(format!(
+                            "record at ring offset {offset} claims {payload_len} bytes, but {} are published before the end",
+                            available.min(to_end).saturating_sub(RECORD_HEADER)
+                        )));
+                    }
+                    return Ok(Some((start + RECORD_HEADER as usize, payload_len as usize)));
+                }
+                other => {
+                    return Err(self.channel.corrupted(format!(
+                        "record at ring offset {offset} has unknown tag {other}"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.head += bytes;
+        self.channel
+            .index(C_HEAD)
+            .store(self.head, Ordering::Release);
+        self.channel.notify(C_SPACE_SEQ, C_SENDER_WAITING);
+    }
+}
+
+impl<T: DeserializeOwned> ShmReceiver<T> {
+    /// Receives the next message, waiting for one. A record that does not decode is skipped
+    /// and reported as [`Decode`](ErrorKind::Decode); the channel stays usable.
+    pub fn recv(&mut self) -> Result<T> {
+        self.recv_ref()?.decode()
+    }
+
+    /// Receives a message if one is ready.
+    pub fn try_recv(&mut self) -> Result<Option<T>> {
+        match self.try_recv_ref()? {
+            Some(guard) => guard.decode().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        self.recv_ref_timeout(timeout)?.decode()
+    }
+}
+
+impl<T: DeserializeOwned> ipc_core::Receiver for ShmReceiver<T> {
+    type Message = T;
+
+    fn recv(&mut self) -> Result<T> {
+        ShmReceiver::recv(self)
+    }
+
+    fn try_recv(&mut self) -> Result<Option<T>> {
+        ShmReceiver::try_recv(self)
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        ShmReceiver::recv_timeout(self, timeout)
+    }
+}
+
+/// A received message where it lies in shared memory. Dropping it gives its space back to
+/// the sender.
+///
+/// ```no_run
+/// # fn demo(receiver: &mut ipc_shm::ShmReceiver<()>) -> ipc_core::Result<()> {
+/// let message = receiver.recv_ref()?;
+/// let text: &str = message.decode()?; // borrows from the ring, no copy
+/// println!("{text} ({} bytes)", message.len());
+/// # Ok(()) }
+/// ```
+pub struct RecvGuard<'a, T> {
+    receiver: &'a mut ShmReceiver<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T> std::fmt::Debug for RecvGuard<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvGuard")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<T> RecvGuard<'_, T> {
+    /// The message's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // In range: `next_record` checked the record against the ring's bounds.
+        self.receiver
+            .channel
+            .map()
+            .bytes(self.start, self.len)
+            .unwrap_or(&[])
+    }
+
+    /// Decodes the message in place as `U`; borrowed fields point into shared memory.
+    ///
+    /// Any `U` can be asked for; the channel's type `T` (or its borrowing twin, such as
+    /// `Chat<'a>` for `Chat<'static>`) is what the sender wrote.
+    pub fn decode<'b, U: Deserialize<'b>>(&'b self) -> Result<U> {
+        ipc_core::decode(self.bytes())
+    }
+}
+
+impl<T> Deref for RecvGuard<'_, T> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl<T> Drop for RecvGuard<'_, T> {
+    fn drop(&mut self) {
+        self.receiver.advance(record_len(self.len as u64));
+    }
+}
+
+const _: () = assert!(RING >= HEADER_LEN + 6 * 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(tag: &str) -> String {
+        format!("unit-ch-{tag}-{}", std::process::id())
+    }
+
+    fn pair<T: Serialize + DeserializeOwned>(
+        tag: &str,
+        capacity: usize,
+    ) -> (ShmSender<T>, ShmReceiver<T>) {
+        let config = ChannelConfig::new().capacity(capacity);
+        let receiver = ShmReceiver::create(&name(tag), &config).unwrap();
+        let sender = ShmSender::open(&name(tag), &config).unwrap();
+        (sender, receiver)
+    }
+
+    #[test]
+    fn messages_of_every_size_wrap_around_in_order() {
+        let (mut sender, mut receiver) = pair::<Vec<u8>>("wrap", 256);
+        let mut expected = std::collections::VecDeque::new();
+        for (seq, round) in (0..2_000usize).enumerate() {
+            let len = (round * 7) % 200;
+            let message: Vec<u8> = (0..len).map(|i| (i + seq) as u8).collect();
+            match sender.try_send(&message) {
+                Ok(()) => expected.push_back(message),
+                Err(err) => {
+                    assert_eq!(err.kind(), ErrorKind::Full, "{err}");
+                    while let Some(got) = receiver.try_recv().unwrap() {
+                        assert_eq!(got, expected.pop_front().unwrap());
+                    }
+                    sender.try_send(&message).unwrap();
+                    expected.push_back(message);
+                }
+            }
+        }
+        while let Some(got) = receiver.try_recv().unwrap() {
+            assert_eq!(got, expected.pop_front().unwrap());
+        }
+        assert!(expected.is_empty());
+    }
+
+    #[test]
+    fn too_large_full_and_empty_are_distinct_errors() {
+        let (mut sender, mut receiver) = pair::<Vec<u8>>("limits", 128);
+        let err = sender.try_send(&vec![1u8; 121]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+        assert_eq!(
+            err.to_string(),
+            "ring of 128 bytes cannot hold a message of 122 (at most 120)"
+        );
+        // 119 bytes of payload + 1 length byte = the largest message.
+        sender.try_send(&vec![2u8; 119]).unwrap();
+        let err = sender.try_send(&vec![]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Full, "{err}");
+        let err = sender
+            .send_timeout(&vec![], Duration::from_millis(30))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert_eq!(receiver.recv().unwrap(), vec![2u8; 119]);
+        assert!(receiver.try_recv().unwrap().is_none());
+        // A timeout under one second waits (raw_sync's bug made such waits fail at once).
+        let started = Instant::now();
+        let err = receiver
+            .recv_timeout(Duration::from_millis(150))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn zero_copy_slots_and_borrowed_decoding() {
+        let (mut sender, mut receiver) = pair::<String>("slots", 1024);
+        let mut slot = sender.reserve(10).unwrap();
+        slot[..3].copy_from_slice(&[2, b'h', b'i']);
+        slot.commit_len(3);
+        let _abandoned = sender.try_reserve(100).unwrap(); // publishes nothing
+        sender.send(&"second".to_owned()).unwrap();
+        {
+            let message = receiver.recv_ref().unwrap();
+            let text: &str = message.decode().unwrap();
+            assert_eq!(text, "hi");
+            let range = receiver_range(&message);
+            assert!(range.contains(&(text.as_ptr() as usize)));
+        }
+        assert_eq!(receiver.recv().unwrap(), "second");
+        // A record that does not decode is skipped with an error; the channel goes on.
+        let mut slot = sender.reserve(1).unwrap();
+        slot[0] = 0xff;
+        slot.commit();
+        sender.send(&"third".to_owned()).unwrap();
+        let err = receiver.recv().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+        assert_eq!(receiver.recv().unwrap(), "third");
+    }
+
+    fn receiver_range<T>(guard: &RecvGuard<'_, T>) -> std::ops::Range<usize> {
+        let start = guard.as_ptr() as usize;
+        start..start + guard.len()
+    }
+
+    #[test]
+    fn closing_either_end_is_peer_closed() {
+        let (mut sender, mut receiver) = pair::<u32>("close", 256);
+        sender.send(&7).unwrap();
+        drop(sender);
+        assert_eq!(receiver.recv().unwrap(), 7);
+        let err = receiver.recv().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+
+        let (mut sender, receiver) = pair::<u32>("close2", 256);
+        drop(receiver);
+        let err = sender.send(&1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+    }
+
+    #[test]
+    fn a_second_live_sender_is_refused_and_bad_configs_are_invalid() {
+        let (_sender, _receiver) = pair::<u32>("second", 256);
+        let err = ShmSender::<u32>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        let err = ShmSender::<String>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TypeMismatch, "{err}");
+        for capacity in [0, 100, 32, MAX_CAPACITY * 2] {
+            let config = ChannelConfig::new().capacity(capacity);
+            let err = ShmSender::<u32>::create(&name("cap"), &config).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{capacity}: {err}");
+        }
+    }
+
+    #[test]
+    fn scribbled_ring_yields_errors_not_panics() {
+        let (mut sender, mut receiver) = pair::<Vec<u8>>("scribble", 512);
+        let path = crate::segment::shm_path(&name("scribble"));
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut errors = 0;
+        for round in 0..20_000u64 {
+            let _ = sender.try_send(&vec![round as u8; (round % 60) as usize]);
+            // Scribble a few bytes anywhere in the segment (header, indices, ring).
+            let offset = next() % (RING as u64 + 512);
+            let bytes = next().to_le_bytes();
+            std::os::unix::fs::FileExt::write_at(&file, &bytes[..(next() % 8) as usize], offset)
+                .unwrap();
+            match receiver.try_recv() {
+                Ok(_) => {}
+                Err(_) => errors += 1,
+            }
+        }
+        assert!(errors > 0);
+    }
+}
