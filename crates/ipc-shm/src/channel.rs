@@ -540,7 +540,30 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
         self.send_until(message, Deadline::after(timeout))
     }
 
-    fn send_until(&mut self, message: &T, deadline: Deadline) -> Result<()> {
+    /// Sends a value of another type with the same encoding as `T`: typically the
+    /// borrowing twin of the channel's type (`Sample<'a>` on a channel of
+    /// `Sample<'static>`), so that borrowed data need not be `'static` or copied first.
+    /// The type fingerprint cannot tell the difference: keep the two types in step.
+    pub fn send_as<U: Serialize + ?Sized>(&mut self, message: &U) -> Result<()> {
+        self.send_until(message, Deadline::Never)
+    }
+
+    /// [`send_as`](ShmSender::send_as) without waiting: [`Full`](ErrorKind::Full) if there
+    /// is no room now.
+    pub fn try_send_as<U: Serialize + ?Sized>(&mut self, message: &U) -> Result<()> {
+        self.send_until(message, Deadline::Now)
+    }
+
+    /// [`send_as`](ShmSender::send_as), waiting at most `timeout` for room.
+    pub fn send_as_timeout<U: Serialize + ?Sized>(
+        &mut self,
+        message: &U,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.send_until(message, Deadline::after(timeout))
+    }
+
+    fn send_until<U: Serialize + ?Sized>(&mut self, message: &U, deadline: Deadline) -> Result<()> {
         self.channel.peer_status(false)?;
         // Fast path: encode straight into the contiguous room, without measuring first.
         for refresh in [false, true] {

@@ -68,5 +68,11 @@ pub use crate::channel::{
 pub use crate::state::{Pod, ShmState, StateConfig, StateGuard};
 pub use crate::wait::WaitMode;
 
+/// The file that backs the segment named `name`: `/dev/shm/ipc-{name}` on Linux. Useful to
+/// check for leftovers; never needed to use a channel.
+pub fn segment_path(name: &str) -> std::path::PathBuf {
+    segment::shm_path(name)
+}
+
 /// The shared foundation: errors, encoding, traits.
 pub use ipc_core as core;

@@ -310,6 +310,17 @@ impl Segment {
                 ),
             ));
         }
+        // A dead owner first: whatever else the segment says, it is a leftover.
+        let owner = owner_of(&map);
+        if !owner.is_alive() {
+            return Err(Error::new(
+                ErrorKind::PeerDied,
+                format!(
+                    "shared-memory segment `{name}` belongs to process {}, which died",
+                    owner.pid
+                ),
+            ));
+        }
         let kind = map.u32_at(H_KIND).load(Ordering::Relaxed);
         let layout = map.u64_at(H_LAYOUT).load(Ordering::Relaxed);
         if kind != spec.kind as u32 || layout != spec.layout {
@@ -338,16 +349,6 @@ impl Segment {
                 format!(
                     "shared-memory segment `{name}` claims {total_len} bytes but maps {}",
                     map.len()
-                ),
-            ));
-        }
-        let owner = owner_of(&map);
-        if !owner.is_alive() {
-            return Err(Error::new(
-                ErrorKind::PeerDied,
-                format!(
-                    "shared-memory segment `{name}` belongs to process {}, which died",
-                    owner.pid
                 ),
             ));
         }
