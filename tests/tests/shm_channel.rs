@@ -120,3 +120,78 @@ fn the_checksum_helper_sees_a_changed_byte() {
     b.add(3, &payload);
     assert_ne!(a, b);
 }
+
+#[test]
+fn several_producer_processes_feed_one_consumer() -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let _watchdog = Watchdog::new("several shm producers", WAIT);
+    let name = unique_name("shm-mpsc");
+    let (producers, count) = (4u64, 20_000u64);
+    let producers_s = producers.to_string();
+    let mut sink = Peer::spawn_role(
+        "sink",
+        "shm-sink",
+        [
+            "--name",
+            &name,
+            "--create",
+            "1",
+            "--max-senders",
+            &producers_s,
+            "--producers",
+            &producers_s,
+            "--capacity",
+            "16384",
+        ],
+    )?;
+    assert_eq!(sink.expect_line(WAIT)?, "ready");
+    let mut sources = Vec::new();
+    for p in 0..producers {
+        // Producer p numbers its messages from p << 48: the sink checks order per producer.
+        let first = (p << 48).to_string();
+        let count_s = count.to_string();
+        let mut command = Peer::role_command(
+            "shm-source",
+            [
+                "--name",
+                &name,
+                "--count",
+                &count_s,
+                "--size",
+                "48",
+                "--first",
+                &first,
+                "--wait-go",
+                "1",
+            ],
+        )?;
+        command.stdin(Stdio::piped());
+        let mut source = Peer::spawn(format!("source-{p}"), command)?;
+        assert_eq!(source.expect_line(WAIT)?, "ready");
+        sources.push(source);
+    }
+    // A fifth producer finds every slot taken.
+    let mut extra = Peer::spawn_role("extra", "shm-source", ["--name", &name])?;
+    let outcome = extra.expect_prefixed("error", WAIT)?;
+    assert!(outcome.starts_with("already exists:"), "{outcome}");
+    for source in &mut sources {
+        let stdin = source.stdin().expect("piped stdin");
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+    }
+    for source in &mut sources {
+        source.wait_success(WAIT)?;
+    }
+    let outcome = sink.expect_prefixed("ok", WAIT)?;
+    let want = format!(
+        "count={} bytes={}",
+        producers * count,
+        producers * count * 48
+    );
+    assert!(outcome.starts_with(&want), "{outcome}\nwanted {want}");
+    sink.wait_success(WAIT)?;
+    assert!(!ipc_shm::segment_path(&name).exists());
+    Ok(())
+}

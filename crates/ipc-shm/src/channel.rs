@@ -1,19 +1,21 @@
-//! Typed channels over a single-producer, single-consumer byte ring in shared memory.
+//! Typed channels over single-producer, single-consumer byte rings in shared memory: one
+//! ring per sender slot, so that several producer processes can feed one consumer without a
+//! shared lock (a producer that dies can never block the others).
 //!
 //! # Layout of a channel segment
 //!
-//! After the 128-byte segment header, one 64-byte line per writer, so that the two ends
-//! never write to the same cache line:
+//! After the 128-byte segment header, one 64-byte line per writer, so that the ends never
+//! write to the same cache line:
 //!
 //! | offset | field | written by |
 //! |---|---|---|
-//! | 128 | `tail`: bytes ever published (u64) | sender |
-//! | 192 | `head`: bytes ever released (u64) | receiver |
-//! | 256 | sender pid (u32), state (u32), start time (u64) | sender |
-//! | 320 | receiver pid (u32), state (u32), start time (u64) | receiver |
-//! | 384 | `data_seq` futex word (u32), `receiver_waiting` (u32) | both |
-//! | 448 | `space_seq` futex word (u32), `sender_waiting` (u32) | both |
-//! | 512 | the ring: `capacity` bytes, a power of two | sender |
+//! | 128 | receiver pid (u32), state (u32), start time (u64), slot count `n` (u32) | receiver |
+//! | 192 | `data_seq` futex word (u32), `receiver_waiting` (u32) | both |
+//! | 256 + 256·i | slot i: `tail`, bytes ever published (u64) | sender i |
+//! | 320 + 256·i | slot i: `head`, bytes ever released (u64) | receiver |
+//! | 384 + 256·i | slot i: sender pid (u32), state (u32), start time (u64) | sender i |
+//! | 448 + 256·i | slot i: `space_seq` futex word (u32), `sender_waiting` (u32) | both |
+//! | 256 + 256·n + capacity·i | ring i: `capacity` bytes, a power of two | sender i |
 //!
 //! A record is an 8-byte header (payload length u32, tag u32: 1 message, 2 padding) and the
 //! payload, padded to a multiple of 8. A record never wraps: when it does not fit before the
@@ -21,10 +23,10 @@
 //!
 //! # Trust
 //!
-//! Each end keeps its own copy of the index it writes (`tail` for the sender, `head` for the
-//! receiver) and of the capacity; what it reads of the other's index and of every record
-//! header is checked against them before use, so a peer that scribbles over the segment
-//! causes [`ErrorKind::Corrupted`] errors, never an access outside the ring.
+//! Each end keeps its own copy of the index it writes (`tail` for a sender, `head` for the
+//! receiver), of the capacity and of the slot count; what it reads of the other's index and
+//! of every record header is checked against them before use, so a peer that scribbles over
+//! the segment causes [`ErrorKind::Corrupted`] errors, never an access outside the ring.
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -40,15 +42,18 @@ use crate::segment::{HEADER_LEN, Kind, Segment, Spec};
 use crate::sys::{self, Mapping};
 use crate::wait::{Deadline, LIVENESS_INTERVAL, WaitMode};
 
-const C_TAIL: usize = 128;
-const C_HEAD: usize = 192;
-const C_SENDER: usize = 256;
-const C_RECEIVER: usize = 320;
-const C_DATA_SEQ: usize = 384;
-const C_RECEIVER_WAITING: usize = 388;
-const C_SPACE_SEQ: usize = 448;
-const C_SENDER_WAITING: usize = 452;
-const RING: usize = 512;
+const RX_LINE: usize = 128;
+const RX_SLOT_COUNT: usize = 144;
+const DATA_SEQ: usize = 192;
+const RECEIVER_WAITING: usize = 196;
+const SLOTS: usize = 256;
+const SLOT_LEN: usize = 256;
+// Offsets inside a slot.
+const S_TAIL: usize = 0;
+const S_HEAD: usize = 64;
+const S_SENDER: usize = 128;
+const S_SPACE_SEQ: usize = 192;
+const S_SENDER_WAITING: usize = 196;
 
 // Offsets inside an end's line.
 const END_PID: usize = 0;
@@ -67,18 +72,30 @@ const TAG_PADDING: u32 = 2;
 pub const MIN_CAPACITY: usize = 64;
 /// The largest ring (record lengths are 32-bit).
 pub const MAX_CAPACITY: usize = 1 << 31;
+/// The most sender processes one channel can have attached at once.
+pub const MAX_SENDERS: usize = 64;
 
 /// Fingerprint of this layout, stored in the header so that a build with another layout
 /// refuses the segment instead of misreading it.
 fn layout_hash() -> u64 {
     ipc_core::fnv1a64(
-        b"ipc-shm channel: header 128, tail 128, head 192, sender 256, receiver 320, \
-          data futex 384, space futex 448, ring 512, record header 8 (len u32, tag u32), align 8",
+        b"ipc-shm channel: header 128, receiver 128, slot count 144, data futex 192, \
+          slots 256 x 256 (tail 0, head 64, sender 128, space futex 192), rings after slots, \
+          record header 8 (len u32, tag u32), align 8",
     )
 }
 
 fn record_len(payload_len: u64) -> u64 {
     RECORD_HEADER + payload_len.next_multiple_of(8)
+}
+
+fn slot_base(slot: usize) -> usize {
+    SLOTS + slot * SLOT_LEN
+}
+
+fn segment_len(slots: usize, capacity: usize) -> Option<usize> {
+    let per_slot = capacity.checked_add(SLOT_LEN)?;
+    per_slot.checked_mul(slots)?.checked_add(SLOTS)
 }
 
 /// How a channel is created or opened.
@@ -89,6 +106,7 @@ fn record_len(payload_len: u64) -> u64 {
 ///
 /// let config = ChannelConfig::new()
 ///     .capacity(1 << 20)
+///     .max_senders(4)
 ///     .wait_mode(WaitMode::Polling)
 ///     .open_timeout(Duration::from_secs(2));
 /// assert_eq!(config.get_capacity(), 1 << 20);
@@ -96,6 +114,7 @@ fn record_len(payload_len: u64) -> u64 {
 #[derive(Clone, Debug)]
 pub struct ChannelConfig {
     capacity: usize,
+    max_senders: usize,
     wait_mode: WaitMode,
     spin: u32,
     open_timeout: Duration,
@@ -106,6 +125,7 @@ impl Default for ChannelConfig {
     fn default() -> ChannelConfig {
         ChannelConfig {
             capacity: 256 * 1024,
+            max_senders: 1,
             wait_mode: WaitMode::Blocking,
             spin: 2_000,
             open_timeout: Duration::from_secs(5),
@@ -115,15 +135,15 @@ impl Default for ChannelConfig {
 }
 
 impl ChannelConfig {
-    /// The defaults: a ring of 256 KiB, blocking waits after 2000 spins, 5 s open timeout,
-    /// the message type named by `std::any::type_name`.
+    /// The defaults: one sender, a ring of 256 KiB, blocking waits after 2000 spins, 5 s
+    /// open timeout, the message type named by `std::any::type_name`.
     pub fn new() -> ChannelConfig {
         ChannelConfig::default()
     }
 
-    /// The ring's size in bytes when creating: a power of two from [`MIN_CAPACITY`] to
-    /// [`MAX_CAPACITY`]. The largest message is 8 bytes smaller. Ignored by `open`, which
-    /// takes the creator's.
+    /// The size in bytes of each sender's ring when creating: a power of two from
+    /// [`MIN_CAPACITY`] to [`MAX_CAPACITY`]. The largest message is 8 bytes smaller.
+    /// Ignored by `open`, which takes the creator's.
     pub fn capacity(mut self, bytes: usize) -> ChannelConfig {
         self.capacity = bytes;
         self
@@ -132,6 +152,14 @@ impl ChannelConfig {
     /// The ring's size in bytes.
     pub fn get_capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// How many sender processes may be attached at once (1 to [`MAX_SENDERS`]), when
+    /// creating. Each has its own ring of `capacity` bytes; messages of one sender arrive in
+    /// order, those of different senders interleave. Ignored by `open`.
+    pub fn max_senders(mut self, senders: usize) -> ChannelConfig {
+        self.max_senders = senders;
+        self
     }
 
     /// How this end waits for its peer.
@@ -166,34 +194,14 @@ enum Role {
     Receiver,
 }
 
-impl Role {
-    fn line(self) -> usize {
-        match self {
-            Role::Sender => C_SENDER,
-            Role::Receiver => C_RECEIVER,
-        }
-    }
-
-    fn peer(self) -> Role {
-        match self {
-            Role::Sender => Role::Receiver,
-            Role::Receiver => Role::Sender,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Role::Sender => "sender",
-            Role::Receiver => "receiver",
-        }
-    }
-}
-
-/// What both ends hold: the segment, the validated capacity, and how to wait.
+/// What both ends hold: the segment, the validated capacity and slot count, and how to
+/// wait. `slot` is the sender's slot (0 for the receiver).
 #[derive(Debug)]
 struct Channel {
     segment: Segment,
     role: Role,
+    slot: usize,
+    slots: usize,
     capacity: u64,
     wait_mode: WaitMode,
     spin: u32,
@@ -224,14 +232,32 @@ impl Channel {
                 ),
             ));
         }
+        let slots = config.max_senders;
+        if !(1..=MAX_SENDERS).contains(&slots) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{slots} senders; expected 1 to {MAX_SENDERS}"),
+            ));
+        }
+        let len = segment_len(slots, capacity).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("{slots} rings of {capacity} bytes exceed the address space"),
+            )
+        })?;
         let me = ProcessId::current();
+        let line = match role {
+            Role::Receiver => RX_LINE,
+            Role::Sender => slot_base(0) + S_SENDER,
+        };
         let segment = Segment::create(
             name,
             Channel::spec(&message_type),
             capacity as u64,
-            RING + capacity,
+            len,
             |map| {
-                let line = role.line();
+                map.u32_at(RX_SLOT_COUNT)
+                    .store(slots as u32, Ordering::Relaxed);
                 map.u32_at(line + END_PID).store(me.pid, Ordering::Relaxed);
                 map.u64_at(line + END_START)
                     .store(me.start, Ordering::Relaxed);
@@ -242,6 +268,8 @@ impl Channel {
         Ok(Channel {
             segment,
             role,
+            slot: 0,
+            slots,
             capacity: capacity as u64,
             wait_mode: config.wait_mode,
             spin: config.spin,
@@ -256,42 +284,71 @@ impl Channel {
     ) -> Result<Channel> {
         let segment = Segment::open(name, Channel::spec(&message_type), config.open_timeout)?;
         let capacity = segment.capacity();
-        let len = segment.map().len() as u64;
-        if !capacity.is_power_of_two()
-            || !(MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&capacity)
-            || len != RING as u64 + capacity
-        {
+        let slots = segment.map().u32_at(RX_SLOT_COUNT).load(Ordering::Relaxed) as usize;
+        let len = segment.map().len();
+        let valid = capacity.is_power_of_two()
+            && (MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&capacity)
+            && (1..=MAX_SENDERS).contains(&slots)
+            && segment_len(slots, capacity as usize) == Some(len);
+        if !valid {
             return Err(Error::new(
                 ErrorKind::Corrupted,
-                format!("channel `{name}` claims a ring of {capacity} bytes in a segment of {len}"),
+                format!(
+                    "channel `{name}` claims {slots} rings of {capacity} bytes in a segment of {len}"
+                ),
             ));
         }
-        let channel = Channel {
+        let mut channel = Channel {
             segment,
             role,
+            slot: 0,
+            slots,
             capacity,
             wait_mode: config.wait_mode,
             spin: config.spin,
         };
-        channel.attach()?;
+        match role {
+            Role::Receiver => channel.attach(RX_LINE, "receiver")?,
+            Role::Sender => {
+                let mut last_err = None;
+                for slot in 0..slots {
+                    match channel.attach(slot_base(slot) + S_SENDER, "sender") {
+                        Ok(()) => {
+                            channel.slot = slot;
+                            last_err = None;
+                            break;
+                        }
+                        Err(err) => last_err = Some(err),
+                    }
+                }
+                if let Some(err) = last_err {
+                    return Err(if slots == 1 {
+                        err
+                    } else {
+                        Error::new(
+                            ErrorKind::AlreadyExists,
+                            format!("channel `{name}` already has its {slots} senders attached"),
+                        )
+                    });
+                }
+            }
+        }
         Ok(channel)
     }
 
-    /// Claims this end's slot: free, closed, or left by a dead process.
-    fn attach(&self) -> Result<()> {
+    /// Claims the end at `line`: free, closed, or left by a dead process.
+    fn attach(&self, line: usize, what: &str) -> Result<()> {
         let map = self.map();
-        let line = self.role.line();
         let me = ProcessId::current();
         let pid = map.u32_at(line + END_PID);
-        let current = self.end(self.role);
+        let current = self.process_at(line);
         let state = map.u32_at(line + END_STATE).load(Ordering::Acquire);
         if state == END_ATTACHED && current.is_alive() {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!(
-                    "channel `{}` already has a {}: process {}",
+                    "channel `{}` already has a {what}: process {}",
                     self.segment.name(),
-                    self.role.name(),
                     current.pid
                 ),
             ));
@@ -303,9 +360,8 @@ impl Channel {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!(
-                    "channel `{}`: another process attached as {} at the same time",
-                    self.segment.name(),
-                    self.role.name()
+                    "channel `{}`: another process attached as {what} at the same time",
+                    self.segment.name()
                 ),
             ));
         }
@@ -328,67 +384,105 @@ impl Channel {
         self.map().u64_at(offset)
     }
 
-    fn end(&self, role: Role) -> ProcessId {
-        let line = role.line();
+    fn tail_at(slot: usize) -> usize {
+        slot_base(slot) + S_TAIL
+    }
+
+    fn head_at(slot: usize) -> usize {
+        slot_base(slot) + S_HEAD
+    }
+
+    /// The mapping offset of ring `slot`.
+    fn ring_at(&self, slot: usize) -> usize {
+        SLOTS + self.slots * SLOT_LEN + slot * self.capacity as usize
+    }
+
+    fn process_at(&self, line: usize) -> ProcessId {
         ProcessId {
             pid: self.map().u32_at(line + END_PID).load(Ordering::Relaxed),
             start: self.map().u64_at(line + END_START).load(Ordering::Relaxed),
         }
     }
 
-    /// `Err(PeerClosed)` if the peer closed its end, `Err(PeerDied)` if it was attached and
-    /// its process is gone; `Ok` while it lives or has not attached yet.
-    fn peer_status(&self, check_liveness: bool) -> Result<()> {
-        let peer = self.role.peer();
-        let state = self.word(peer.line() + END_STATE).load(Ordering::Acquire);
+    /// The state of the end at `line`: `Ok(true)` attached and alive (or not checked),
+    /// `Ok(false)` never attached, or the error it ended with.
+    fn end_status(&self, line: usize, what: &str, check_liveness: bool) -> Result<bool> {
+        let state = self.word(line + END_STATE).load(Ordering::Acquire);
         match state {
+            END_DETACHED => Ok(false),
             END_CLOSED => Err(Error::new(
                 ErrorKind::PeerClosed,
-                format!(
-                    "the {} of channel `{}` closed it",
-                    peer.name(),
-                    self.segment.name()
-                ),
+                format!("the {what} of channel `{}` closed it", self.segment.name()),
             )),
-            END_ATTACHED if check_liveness => {
-                let process = self.end(peer);
-                if process.is_alive() {
-                    Ok(())
-                } else {
-                    Err(Error::new(
-                        ErrorKind::PeerDied,
-                        format!(
-                            "the {} of channel `{}`, process {}, died",
-                            peer.name(),
-                            self.segment.name(),
-                            process.pid
-                        ),
-                    ))
+            END_ATTACHED => {
+                if !check_liveness {
+                    return Ok(true);
                 }
+                let process = self.process_at(line);
+                if process.is_alive() {
+                    return Ok(true);
+                }
+                Err(Error::new(
+                    ErrorKind::PeerDied,
+                    format!(
+                        "the {what} of channel `{}`, process {}, died",
+                        self.segment.name(),
+                        process.pid
+                    ),
+                ))
             }
-            END_DETACHED | END_ATTACHED => Ok(()),
-            other => Err(self.corrupted(format!("{} state word holds {other}", peer.name()))),
+            other => Err(self.corrupted(format!("{what} state word holds {other}"))),
         }
     }
 
-    /// Waits until the u64 at `index_offset` differs from `seen`, sleeping on the futex at
-    /// `seq_offset` after announcing it in `waiting_offset`. Ends with the peer's death or
-    /// close, or at the deadline (`timeout_error` is called for the error then).
-    fn wait_change(
+    /// `Err(PeerClosed)` if the peer closed its end, `Err(PeerDied)` if it was attached and
+    /// its process is gone; `Ok` while it lives or has not attached yet. For the receiver
+    /// the peer is every sender: it is gone once no sender is attached and alive and at
+    /// least one has closed or died.
+    fn peer_status(&self, check_liveness: bool) -> Result<()> {
+        match self.role {
+            Role::Sender => self
+                .end_status(RX_LINE, "receiver", check_liveness)
+                .map(drop),
+            Role::Receiver => {
+                let mut gone = None;
+                for slot in 0..self.slots {
+                    match self.end_status(slot_base(slot) + S_SENDER, "sender", check_liveness) {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => {}
+                        Err(err) if err.kind() == ErrorKind::Corrupted => return Err(err),
+                        // A death outranks an orderly close in what we report.
+                        Err(err) => {
+                            if gone
+                                .as_ref()
+                                .is_none_or(|g: &Error| g.kind() != ErrorKind::PeerDied)
+                            {
+                                gone = Some(err);
+                            }
+                        }
+                    }
+                }
+                gone.map_or(Ok(()), Err)
+            }
+        }
+    }
+
+    /// Waits until `changed()` holds, sleeping on the futex at `seq_offset` after announcing
+    /// it in `waiting_offset`. Ends with the peer's death or close, or at the deadline
+    /// (`timeout_error` makes the error then).
+    fn wait_until(
         &self,
-        index_offset: usize,
-        seen: u64,
+        changed: impl Fn() -> bool,
         seq_offset: usize,
         waiting_offset: usize,
         deadline: Deadline,
         timeout_error: impl FnOnce() -> Error,
     ) -> Result<()> {
-        let index = self.index(index_offset);
         if let Deadline::Now = deadline {
             return Err(timeout_error());
         }
         for _ in 0..self.spin {
-            if index.load(Ordering::Acquire) != seen {
+            if changed() {
                 return Ok(());
             }
             std::hint::spin_loop();
@@ -405,7 +499,7 @@ impl Channel {
                     // Pairs with the fence in `notify`: either the peer sees `waiting` and
                     // bumps `seq`, or we see its index change here.
                     fence(Ordering::SeqCst);
-                    if index.load(Ordering::Acquire) != seen {
+                    if changed() {
                         waiting.store(0, Ordering::Relaxed);
                         return Ok(());
                     }
@@ -415,14 +509,14 @@ impl Channel {
                 WaitMode::Polling => {
                     let slice = deadline.slice();
                     let started = Instant::now();
-                    while index.load(Ordering::Acquire) == seen && started.elapsed() < slice {
+                    while !changed() && started.elapsed() < slice {
                         for _ in 0..32 {
                             std::hint::spin_loop();
                         }
                     }
                 }
             }
-            if index.load(Ordering::Acquire) != seen {
+            if changed() {
                 return Ok(());
             }
             let check_liveness = last_check.elapsed() >= LIVENESS_INTERVAL;
@@ -436,7 +530,7 @@ impl Channel {
         }
     }
 
-    /// Tells a peer that may be asleep on `seq_offset` that our index moved.
+    /// Tells a peer that may be asleep on `seq_offset` that an index moved.
     fn notify(&self, seq_offset: usize, waiting_offset: usize) {
         fence(Ordering::SeqCst);
         if self.word(waiting_offset).load(Ordering::Relaxed) != 0 {
@@ -446,14 +540,27 @@ impl Channel {
         }
     }
 
+    fn wake(&self, seq_offset: usize) {
+        let seq = self.word(seq_offset);
+        seq.fetch_add(1, Ordering::Release);
+        sys::futex_wake(seq, i32::MAX as u32);
+    }
+
     fn close(&self) {
-        let line = self.role.line();
-        self.word(line + END_STATE)
-            .store(END_CLOSED, Ordering::Release);
-        for seq_offset in [C_DATA_SEQ, C_SPACE_SEQ] {
-            let seq = self.word(seq_offset);
-            seq.fetch_add(1, Ordering::Release);
-            sys::futex_wake(seq, i32::MAX as u32);
+        match self.role {
+            Role::Sender => {
+                let line = slot_base(self.slot) + S_SENDER;
+                self.word(line + END_STATE)
+                    .store(END_CLOSED, Ordering::Release);
+                self.wake(DATA_SEQ);
+            }
+            Role::Receiver => {
+                self.word(RX_LINE + END_STATE)
+                    .store(END_CLOSED, Ordering::Release);
+                for slot in 0..self.slots {
+                    self.wake(slot_base(slot) + S_SPACE_SEQ);
+                }
+            }
         }
     }
 
@@ -597,8 +704,12 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
 impl<T: ?Sized> ShmSender<T> {
     fn new(channel: Channel) -> ShmSender<T> {
         // The creator starts at 0; an opener continues where a previous sender stopped.
-        let tail = channel.index(C_TAIL).load(Ordering::Acquire);
-        let head = channel.index(C_HEAD).load(Ordering::Acquire);
+        let tail = channel
+            .index(Channel::tail_at(channel.slot))
+            .load(Ordering::Acquire);
+        let head = channel
+            .index(Channel::head_at(channel.slot))
+            .load(Ordering::Acquire);
         ShmSender {
             channel,
             tail,
@@ -652,7 +763,10 @@ impl<T: ?Sized> ShmSender<T> {
 
     /// Re-reads the receiver's `head` and checks it against our `tail`.
     fn refresh_head(&mut self) -> Result<()> {
-        let head = self.channel.index(C_HEAD).load(Ordering::Acquire);
+        let head = self
+            .channel
+            .index(Channel::head_at(self.channel.slot))
+            .load(Ordering::Acquire);
         if head < self.head || head > self.tail || !head.is_multiple_of(8) {
             return Err(self.channel.corrupted(format!(
                 "receiver position {head} outside {}..={} or unaligned",
@@ -699,17 +813,19 @@ impl<T: ?Sized> ShmSender<T> {
                 self.write_record_header(offset, to_end - RECORD_HEADER, TAG_PADDING);
                 self.tail += to_end;
                 self.channel
-                    .index(C_TAIL)
+                    .index(Channel::tail_at(self.channel.slot))
                     .store(self.tail, Ordering::Release);
-                self.channel.notify(C_DATA_SEQ, C_RECEIVER_WAITING);
+                self.channel.notify(DATA_SEQ, RECEIVER_WAITING);
                 if needed <= free - to_end {
                     return Ok(0);
                 }
             }
-            let head = self.head;
-            let name = self.channel.segment.name().to_owned();
             let used = self.tail - self.head;
+            let channel = &self.channel;
+            let head_index = channel.index(Channel::head_at(channel.slot));
+            let head = self.head;
             let timeout_error = || {
+                let name = channel.segment.name();
                 let (kind, verb) = match deadline {
                     Deadline::Now => (ErrorKind::Full, "is full"),
                     _ => (ErrorKind::Timeout, "stayed full until the deadline"),
@@ -721,11 +837,11 @@ impl<T: ?Sized> ShmSender<T> {
                     ),
                 )
             };
-            self.channel.wait_change(
-                C_HEAD,
-                head,
-                C_SPACE_SEQ,
-                C_SENDER_WAITING,
+            let slot = slot_base(channel.slot);
+            channel.wait_until(
+                || head_index.load(Ordering::Acquire) != head,
+                slot + S_SPACE_SEQ,
+                slot + S_SENDER_WAITING,
                 deadline,
                 timeout_error,
             )?;
@@ -733,7 +849,7 @@ impl<T: ?Sized> ShmSender<T> {
     }
 
     fn payload_mut(&mut self, offset: u64, len: u64) -> Result<&mut [u8]> {
-        let start = RING as u64 + offset + RECORD_HEADER;
+        let start = (self.channel.ring_at(self.channel.slot) as u64) + offset + RECORD_HEADER;
         // SAFETY: the range lies between our tail and the receiver's head (`make_room` or
         // `contiguous_room` checked it), which only the sender writes; the returned slice
         // borrows `self` mutably, so no other slice of this process overlaps it.
@@ -746,7 +862,7 @@ impl<T: ?Sized> ShmSender<T> {
     }
 
     fn write_record_header(&mut self, offset: u64, payload_len: u64, tag: u32) {
-        let start = RING + offset as usize;
+        let start = self.channel.ring_at(self.channel.slot) + offset as usize;
         // SAFETY: as in `payload_mut`; the header precedes the payload in the sender's range.
         if let Some(header) = unsafe { self.channel.map().bytes_mut(start, RECORD_HEADER as usize) }
         {
@@ -759,9 +875,9 @@ impl<T: ?Sized> ShmSender<T> {
         self.write_record_header(offset, payload_len, TAG_MESSAGE);
         self.tail += record_len(payload_len);
         self.channel
-            .index(C_TAIL)
+            .index(Channel::tail_at(self.channel.slot))
             .store(self.tail, Ordering::Release);
-        self.channel.notify(C_DATA_SEQ, C_RECEIVER_WAITING);
+        self.channel.notify(DATA_SEQ, RECEIVER_WAITING);
     }
 }
 
@@ -800,7 +916,8 @@ impl<T: ?Sized> Deref for SendSlot<'_, T> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        let start = RING + (self.offset + RECORD_HEADER) as usize;
+        let channel = &self.sender.channel;
+        let start = channel.ring_at(channel.slot) + (self.offset + RECORD_HEADER) as usize;
         self.sender
             .channel
             .map()
@@ -841,17 +958,24 @@ impl<T: Serialize + ?Sized> ipc_core::Sender for ShmSender<T> {
 /// `&str` / `&[u8]` fields.
 pub struct ShmReceiver<T> {
     channel: Channel,
+    /// Per sender slot: our `head` and the last `tail` we validated.
+    cursors: Vec<Cursor>,
+    /// The slot to look at first, for fairness between senders.
+    next_slot: usize,
+    _message: PhantomData<fn() -> T>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
     head: u64,
     tail: u64,
-    _message: PhantomData<fn() -> T>,
 }
 
 impl<T> std::fmt::Debug for ShmReceiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmReceiver")
             .field("channel", &self.channel)
-            .field("head", &self.head)
-            .field("tail", &self.tail)
+            .field("cursors", &self.cursors)
             .finish()
     }
 }
@@ -865,7 +989,7 @@ impl<T> ShmReceiver<T> {
             .clone()
             .unwrap_or_else(MessageType::of::<T>);
         let channel = Channel::create(name, config, message_type, Role::Receiver)?;
-        Ok(ShmReceiver::new(channel))
+        ShmReceiver::new(channel)
     }
 
     /// Opens channel `name`, created by its sender, and attaches as its receiver. Errors as
@@ -876,29 +1000,44 @@ impl<T> ShmReceiver<T> {
             .clone()
             .unwrap_or_else(MessageType::of::<T>);
         let channel = Channel::open(name, config, message_type, Role::Receiver)?;
-        Ok(ShmReceiver::new(channel))
+        ShmReceiver::new(channel)
     }
 
-    fn new(channel: Channel) -> ShmReceiver<T> {
-        let head = channel.index(C_HEAD).load(Ordering::Acquire);
-        ShmReceiver {
-            channel,
-            head,
-            tail: head,
-            _message: PhantomData,
+    fn new(channel: Channel) -> Result<ShmReceiver<T>> {
+        let mut cursors = Vec::with_capacity(channel.slots);
+        for slot in 0..channel.slots {
+            let head = channel
+                .index(Channel::head_at(slot))
+                .load(Ordering::Acquire);
+            if !head.is_multiple_of(8) {
+                return Err(channel.corrupted(format!("ring {slot} starts at unaligned {head}")));
+            }
+            cursors.push(Cursor { head, tail: head });
         }
+        Ok(ShmReceiver {
+            channel,
+            cursors,
+            next_slot: 0,
+            _message: PhantomData,
+        })
     }
 
-    /// The ring's capacity in bytes.
+    /// Each ring's capacity in bytes.
     pub fn capacity(&self) -> usize {
         self.channel.capacity as usize
+    }
+
+    /// How many senders may be attached at once.
+    pub fn max_senders(&self) -> usize {
+        self.channel.slots
     }
 
     /// The next message where it lies in the ring, waiting for one. It is released (its
     /// space given back to the sender) when the guard drops.
     ///
-    /// Errors: `PeerClosed` / `PeerDied` once the ring is empty and the sender closed or
-    /// died; `Corrupted` when the ring's indices or record headers are inconsistent.
+    /// Errors: `PeerClosed` / `PeerDied` once the rings are empty and no sender is left
+    /// (one closed or died and none is attached); `Corrupted` when a ring's indices or
+    /// record headers are inconsistent.
     pub fn recv_ref(&mut self) -> Result<RecvGuard<'_, T>> {
         self.recv_ref_until(Deadline::Never)
     }
@@ -919,9 +1058,10 @@ impl<T> ShmReceiver<T> {
 
     fn recv_ref_until(&mut self, deadline: Deadline) -> Result<RecvGuard<'_, T>> {
         loop {
-            if let Some((start, len)) = self.next_record()? {
+            if let Some((slot, start, len)) = self.next_any()? {
                 return Ok(RecvGuard {
                     receiver: self,
+                    slot,
                     start,
                     len,
                 });
@@ -929,31 +1069,36 @@ impl<T> ShmReceiver<T> {
             // Empty: a closed or dead sender means nothing more will come, once its last
             // published records are drained (they are re-checked after the status).
             if let Err(err) = self.channel.peer_status(false) {
-                if self.next_record()?.is_none() {
+                if self.next_any()?.is_none() {
                     return Err(err);
                 }
                 continue;
             }
-            let seen = self.tail;
-            let name = self.channel.segment.name().to_owned();
+            let channel = &self.channel;
+            let cursors = &self.cursors;
             let timeout_error = || match deadline {
                 // `Full` is the internal "nothing now" signal of `try_recv_ref`.
                 Deadline::Now => Error::new(ErrorKind::Full, "empty"),
                 _ => Error::new(
                     ErrorKind::Timeout,
-                    format!("no message on channel `{name}` before the deadline"),
+                    format!(
+                        "no message on channel `{}` before the deadline",
+                        channel.segment.name()
+                    ),
                 ),
             };
-            let waited = self.channel.wait_change(
-                C_TAIL,
-                seen,
-                C_DATA_SEQ,
-                C_RECEIVER_WAITING,
-                deadline,
-                timeout_error,
-            );
+            let changed = || {
+                cursors.iter().enumerate().any(|(slot, cursor)| {
+                    channel
+                        .index(Channel::tail_at(slot))
+                        .load(Ordering::Acquire)
+                        != cursor.tail
+                })
+            };
+            let waited =
+                channel.wait_until(changed, DATA_SEQ, RECEIVER_WAITING, deadline, timeout_error);
             if let Err(err) = waited {
-                if err.is_peer_gone() && self.next_record()?.is_some() {
+                if err.is_peer_gone() && self.next_any()?.is_some() {
                     continue;
                 }
                 return Err(err);
@@ -961,27 +1106,48 @@ impl<T> ShmReceiver<T> {
         }
     }
 
-    /// The next published message record, skipping padding: `(mapping offset, length)`.
-    fn next_record(&mut self) -> Result<Option<(usize, usize)>> {
+    /// The next published message of any ring, starting with `next_slot`:
+    /// `(slot, mapping offset, length)`.
+    fn next_any(&mut self) -> Result<Option<(usize, usize, usize)>> {
+        let slots = self.channel.slots;
+        for i in 0..slots {
+            let slot = (self.next_slot + i) % slots;
+            if let Some((start, len)) = self.next_record(slot)? {
+                self.next_slot = (slot + 1) % slots;
+                return Ok(Some((slot, start, len)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next published message record of ring `slot`, skipping padding:
+    /// `(mapping offset, length)`.
+    fn next_record(&mut self, slot: usize) -> Result<Option<(usize, usize)>> {
         let capacity = self.channel.capacity;
+        let ring = self.channel.ring_at(slot);
         loop {
-            if self.head == self.tail {
-                let tail = self.channel.index(C_TAIL).load(Ordering::Acquire);
-                if tail < self.head || tail - self.head > capacity || !tail.is_multiple_of(8) {
+            let cursor = self.cursors[slot];
+            if cursor.head == cursor.tail {
+                let tail = self
+                    .channel
+                    .index(Channel::tail_at(slot))
+                    .load(Ordering::Acquire);
+                if tail < cursor.head || tail - cursor.head > capacity || !tail.is_multiple_of(8) {
                     return Err(self.channel.corrupted(format!(
-                        "sender position {tail} inconsistent with receiver position {} in a ring of {capacity} bytes",
-                        self.head
+                        "sender position {tail} inconsistent with receiver position {} in ring {slot} of {capacity} bytes",
+                        cursor.head
                     )));
                 }
-                self.tail = tail;
-                if tail == self.head {
+                self.cursors[slot].tail = tail;
+                if tail == cursor.head {
                     return Ok(None);
                 }
             }
-            let offset = self.head & (capacity - 1);
+            let Cursor { head, tail } = self.cursors[slot];
+            let offset = head & (capacity - 1);
             let to_end = capacity - offset;
-            let available = self.tail - self.head;
-            let start = RING + offset as usize;
+            let available = tail - head;
+            let start = ring + offset as usize;
             let header = self
                 .channel
                 .map()
@@ -1001,7 +1167,7 @@ impl<T> ShmReceiver<T> {
                             "padding at ring offset {offset} runs past the {available} published bytes"
                         )));
                     }
-                    self.advance(to_end);
+                    self.advance(slot, to_end);
                 }
                 TAG_MESSAGE => {
                     let len = record_len(payload_len);
@@ -1022,12 +1188,15 @@ impl<T> ShmReceiver<T> {
         }
     }
 
-    fn advance(&mut self, bytes: u64) {
-        self.head += bytes;
+    fn advance(&mut self, slot: usize, bytes: u64) {
+        let cursor = &mut self.cursors[slot];
+        cursor.head += bytes;
         self.channel
-            .index(C_HEAD)
-            .store(self.head, Ordering::Release);
-        self.channel.notify(C_SPACE_SEQ, C_SENDER_WAITING);
+            .index(Channel::head_at(slot))
+            .store(cursor.head, Ordering::Release);
+        let base = slot_base(slot);
+        self.channel
+            .notify(base + S_SPACE_SEQ, base + S_SENDER_WAITING);
     }
 }
 
@@ -1080,6 +1249,7 @@ impl<T: DeserializeOwned> ipc_core::Receiver for ShmReceiver<T> {
 /// ```
 pub struct RecvGuard<'a, T> {
     receiver: &'a mut ShmReceiver<T>,
+    slot: usize,
     start: usize,
     len: usize,
 }
@@ -1123,11 +1293,12 @@ impl<T> Deref for RecvGuard<'_, T> {
 
 impl<T> Drop for RecvGuard<'_, T> {
     fn drop(&mut self) {
-        self.receiver.advance(record_len(self.len as u64));
+        self.receiver
+            .advance(self.slot, record_len(self.len as u64));
     }
 }
 
-const _: () = assert!(RING >= HEADER_LEN + 6 * 64);
+const _: () = assert!(RX_LINE >= HEADER_LEN && SLOTS >= DATA_SEQ + 64);
 
 #[cfg(test)]
 mod tests {
@@ -1276,7 +1447,7 @@ mod tests {
         for round in 0..20_000u64 {
             let _ = sender.try_send(&vec![round as u8; (round % 60) as usize]);
             // Scribble a few bytes anywhere in the segment (header, indices, ring).
-            let offset = next() % (RING as u64 + 512);
+            let offset = next() % (SLOTS as u64 + SLOT_LEN as u64 + 512);
             let bytes = next().to_le_bytes();
             std::os::unix::fs::FileExt::write_at(&file, &bytes[..(next() % 8) as usize], offset)
                 .unwrap();
@@ -1286,5 +1457,49 @@ mod tests {
             }
         }
         assert!(errors > 0);
+    }
+}
+
+#[cfg(test)]
+mod multi_sender_tests {
+    use super::*;
+
+    #[test]
+    fn senders_get_their_own_rings_and_free_slots_are_reused() {
+        let name = format!("unit-mpsc-{}", std::process::id());
+        let config = ChannelConfig::new().capacity(256).max_senders(2);
+        let mut receiver = ShmReceiver::<u32>::create(&name, &config).unwrap();
+        assert_eq!(receiver.max_senders(), 2);
+        let mut a = ShmSender::<u32>::open(&name, &config).unwrap();
+        let mut b = ShmSender::<u32>::open(&name, &config).unwrap();
+        let err = ShmSender::<u32>::open(&name, &config).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        for i in 0..10 {
+            a.send(&i).unwrap();
+            b.send(&(100 + i)).unwrap();
+        }
+        let mut from_a = Vec::new();
+        let mut from_b = Vec::new();
+        while let Some(value) = receiver.try_recv().unwrap() {
+            if value < 100 {
+                from_a.push(value);
+            } else {
+                from_b.push(value - 100);
+            }
+        }
+        assert_eq!(from_a, (0..10).collect::<Vec<_>>());
+        assert_eq!(from_b, (0..10).collect::<Vec<_>>());
+        // One sender closing does not end the channel while the other is attached.
+        drop(a);
+        b.send(&7).unwrap();
+        assert_eq!(receiver.recv().unwrap(), 7);
+        // Its slot is free again.
+        let mut c = ShmSender::<u32>::open(&name, &config).unwrap();
+        c.send(&8).unwrap();
+        assert_eq!(receiver.recv().unwrap(), 8);
+        drop(b);
+        drop(c);
+        let err = receiver.recv().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
     }
 }

@@ -63,7 +63,8 @@ mod sys;
 mod wait;
 
 pub use crate::channel::{
-    ChannelConfig, MAX_CAPACITY, MIN_CAPACITY, RecvGuard, SendSlot, ShmReceiver, ShmSender,
+    ChannelConfig, MAX_CAPACITY, MAX_SENDERS, MIN_CAPACITY, RecvGuard, SendSlot, ShmReceiver,
+    ShmSender,
 };
 pub use crate::state::{Pod, ShmState, StateConfig, StateGuard};
 pub use crate::wait::WaitMode;

@@ -1,10 +1,11 @@
 //! Peer roles for ipc-shm. Each role is named `shm-...`.
 //!
 //! - `shm-source --name N --count C --size S [--create 1] [--capacity B] [--polling 1]
-//!   [--progress K] [--first F]`: sends `Sample`s `F..F+C` of `S` bytes; prints `ready` once
-//!   the channel exists, `progress n` every K messages, and `ok count=.. bytes=..`.
-//! - `shm-sink --name N [--create 1] [--capacity B] [--polling 1] [--progress K]
-//!   [--producers P]`: receives `Sample`s until the sender closes, checking order (per
+//!   [--progress K] [--first F] [--wait-go 1]`: sends `Sample`s `F..F+C` of `S` bytes;
+//!   prints `ready` once the channel exists (then, with `--wait-go`, waits for a line on
+//!   stdin), `progress n` every K messages, and `ok count=.. bytes=..`.
+//! - `shm-sink --name N [--create 1] [--capacity B] [--max-senders P] [--polling 1]
+//!   [--progress K] [--producers P]`: receives `Sample`s until the sender closes, checking order (per
 //!   producer: the high 16 bits of `seq`) and every payload byte; prints `ok count=..
 //!   bytes=.. checksum=0x..`.
 //! - `shm-tolerant-sink --name N --max-errors E`: receives and counts errors (a scribble
@@ -48,6 +49,7 @@ const BYTES_TYPE: &str = "ipc-tests.Bytes/1";
 
 fn config(args: &Args) -> Result<ChannelConfig> {
     let capacity: usize = args.get("capacity", 256 * 1024)?;
+    let max_senders: usize = args.get("max-senders", 1)?;
     let polling: u8 = args.get("polling", 0)?;
     let mode = if polling != 0 {
         WaitMode::Polling
@@ -56,6 +58,7 @@ fn config(args: &Args) -> Result<ChannelConfig> {
     };
     Ok(ChannelConfig::new()
         .capacity(capacity)
+        .max_senders(max_senders)
         .wait_mode(mode)
         .message_type(MessageType::named(SAMPLE_TYPE)))
 }
@@ -73,6 +76,11 @@ fn source(args: &Args) -> Result<()> {
         SampleSender::open(&name, &config)?
     };
     println!("ready");
+    if args.get::<u8>("wait-go", 0)? != 0 {
+        // Wait for the test's go-ahead on stdin, so that every producer is attached first.
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+    }
     let mut payload = vec![0u8; size];
     for seq in first..first + count {
         fill_payload(seq, &mut payload);
