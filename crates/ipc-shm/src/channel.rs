@@ -9,11 +9,11 @@
 //!
 //! | offset | field | written by |
 //! |---|---|---|
-//! | 128 | receiver pid (u32), state (u32), start time (u64), slot count `n` (u32) | receiver |
+//! | 128 | receiver pid (u32), state (u32), start time (u64), sleeps (u32), slot count `n` (u32) at 152 | receiver |
 //! | 192 | `data_seq` futex word (u32), `receiver_waiting` (u32) | both |
 //! | 256 + 256·i | slot i: `tail`, bytes ever published (u64) | sender i |
 //! | 320 + 256·i | slot i: `head`, bytes ever released (u64) | receiver |
-//! | 384 + 256·i | slot i: sender pid (u32), state (u32), start time (u64) | sender i |
+//! | 384 + 256·i | slot i: sender pid (u32), state (u32), start time (u64), sleeps (u32) | sender i |
 //! | 448 + 256·i | slot i: `space_seq` futex word (u32), `sender_waiting` (u32) | both |
 //! | 256 + 256·n + capacity·i | ring i: `capacity` bytes, a power of two | sender i |
 //!
@@ -43,7 +43,7 @@ use crate::sys::{self, Mapping};
 use crate::wait::{Deadline, LIVENESS_INTERVAL, WaitMode};
 
 const RX_LINE: usize = 128;
-const RX_SLOT_COUNT: usize = 144;
+const RX_SLOT_COUNT: usize = 152;
 const DATA_SEQ: usize = 192;
 const RECEIVER_WAITING: usize = 196;
 const SLOTS: usize = 256;
@@ -59,10 +59,16 @@ const S_SENDER_WAITING: usize = 196;
 const END_PID: usize = 0;
 const END_STATE: usize = 4;
 const END_START: usize = 8;
+/// 1 if this end sleeps on its futex when it waits (blocking mode), 0 if it only polls, so
+/// that the other end can skip the fence and the check that waking it would take.
+const END_SLEEPS: usize = 16;
 
 const END_DETACHED: u32 = 0;
 const END_ATTACHED: u32 = 1;
 const END_CLOSED: u32 = 2;
+
+/// How long a blocking wait yields its core before it sleeps on the futex.
+const YIELD_FOR: Duration = Duration::from_micros(50);
 
 const RECORD_HEADER: u64 = 8;
 const TAG_MESSAGE: u32 = 1;
@@ -79,7 +85,7 @@ pub const MAX_SENDERS: usize = 64;
 /// refuses the segment instead of misreading it.
 fn layout_hash() -> u64 {
     ipc_core::fnv1a64(
-        b"ipc-shm channel: header 128, receiver 128, slot count 144, data futex 192, \
+        b"ipc-shm channel: header 128, receiver 128 (pid, state, start, sleeps 16), slot count 152, data futex 192, \
           slots 256 x 256 (tail 0, head 64, sender 128, space futex 192), rings after slots, \
           record header 8 (len u32, tag u32), align 8",
     )
@@ -127,7 +133,7 @@ impl Default for ChannelConfig {
             capacity: 256 * 1024,
             max_senders: 1,
             wait_mode: WaitMode::Blocking,
-            spin: 2_000,
+            spin: 100,
             open_timeout: Duration::from_secs(5),
             message_type: None,
         }
@@ -135,7 +141,7 @@ impl Default for ChannelConfig {
 }
 
 impl ChannelConfig {
-    /// The defaults: one sender, a ring of 256 KiB, blocking waits after 2000 spins, 5 s
+    /// The defaults: one sender, a ring of 256 KiB, blocking waits after 100 spins, 5 s
     /// open timeout, the message type named by `std::any::type_name`.
     pub fn new() -> ChannelConfig {
         ChannelConfig::default()
@@ -172,6 +178,11 @@ impl ChannelConfig {
     pub fn spin_iterations(mut self, spins: u32) -> ChannelConfig {
         self.spin = spins;
         self
+    }
+
+    /// How many times a blocking wait polls before it sleeps.
+    pub fn get_spin_iterations(&self) -> u32 {
+        self.spin
     }
 
     /// How long `open` waits for the creator to finish initialising the segment.
@@ -246,6 +257,7 @@ impl Channel {
             )
         })?;
         let me = ProcessId::current();
+        let sleeps = u32::from(config.wait_mode == WaitMode::Blocking);
         let line = match role {
             Role::Receiver => RX_LINE,
             Role::Sender => slot_base(0) + S_SENDER,
@@ -261,6 +273,8 @@ impl Channel {
                 map.u32_at(line + END_PID).store(me.pid, Ordering::Relaxed);
                 map.u64_at(line + END_START)
                     .store(me.start, Ordering::Relaxed);
+                map.u32_at(line + END_SLEEPS)
+                    .store(sleeps, Ordering::Relaxed);
                 map.u32_at(line + END_STATE)
                     .store(END_ATTACHED, Ordering::Relaxed);
             },
@@ -367,6 +381,10 @@ impl Channel {
         }
         map.u64_at(line + END_START)
             .store(me.start, Ordering::Relaxed);
+        map.u32_at(line + END_SLEEPS).store(
+            u32::from(self.wait_mode == WaitMode::Blocking),
+            Ordering::Relaxed,
+        );
         map.u32_at(line + END_STATE)
             .store(END_ATTACHED, Ordering::Release);
         Ok(())
@@ -487,6 +505,21 @@ impl Channel {
             }
             std::hint::spin_loop();
         }
+        if self.wait_mode == WaitMode::Blocking {
+            // Before sleeping, yield for a short while: on a busy machine this lets the
+            // peer run on our core, and when the peer is just slower than us (a big copy
+            // per message) it spares it a futex wake per message.
+            let yield_for = deadline
+                .remaining()
+                .map_or(YIELD_FOR, |left| left.min(YIELD_FOR));
+            let started = Instant::now();
+            while started.elapsed() < yield_for {
+                if changed() {
+                    return Ok(());
+                }
+                std::thread::yield_now();
+            }
+        }
         let seq = self.word(seq_offset);
         let waiting = self.word(waiting_offset);
         // Liveness costs system calls, so it is looked at once per interval, not per wait.
@@ -530,8 +563,12 @@ impl Channel {
         }
     }
 
-    /// Tells a peer that may be asleep on `seq_offset` that an index moved.
-    fn notify(&self, seq_offset: usize, waiting_offset: usize) {
+    /// Tells the peer whose end is at `peer_line`, which may be asleep on `seq_offset`,
+    /// that an index moved. A polling peer never sleeps: nothing to do then.
+    fn notify(&self, peer_line: usize, seq_offset: usize, waiting_offset: usize) {
+        if self.word(peer_line + END_SLEEPS).load(Ordering::Relaxed) == 0 {
+            return;
+        }
         fence(Ordering::SeqCst);
         if self.word(waiting_offset).load(Ordering::Relaxed) != 0 {
             let seq = self.word(seq_offset);
@@ -799,8 +836,11 @@ impl<T: ?Sized> ShmSender<T> {
                 ),
             ));
         }
+        // The receiver's `head` lives on a line it writes: read it only when our cached copy
+        // says there is not enough room, not on every message.
+        // (The cached copy is never ahead of the real one, so the room it shows is real.)
+        let mut fresh = false;
         loop {
-            self.refresh_head()?;
             let free = capacity - (self.tail - self.head);
             let offset = self.tail_offset();
             let to_end = capacity - offset;
@@ -815,10 +855,15 @@ impl<T: ?Sized> ShmSender<T> {
                 self.channel
                     .index(Channel::tail_at(self.channel.slot))
                     .store(self.tail, Ordering::Release);
-                self.channel.notify(DATA_SEQ, RECEIVER_WAITING);
+                self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
                 if needed <= free - to_end {
                     return Ok(0);
                 }
+            }
+            if !fresh {
+                self.refresh_head()?;
+                fresh = true;
+                continue;
             }
             let used = self.tail - self.head;
             let channel = &self.channel;
@@ -845,6 +890,7 @@ impl<T: ?Sized> ShmSender<T> {
                 deadline,
                 timeout_error,
             )?;
+            self.refresh_head()?;
         }
     }
 
@@ -877,7 +923,7 @@ impl<T: ?Sized> ShmSender<T> {
         self.channel
             .index(Channel::tail_at(self.channel.slot))
             .store(self.tail, Ordering::Release);
-        self.channel.notify(DATA_SEQ, RECEIVER_WAITING);
+        self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
     }
 }
 
@@ -1196,7 +1242,7 @@ impl<T> ShmReceiver<T> {
             .store(cursor.head, Ordering::Release);
         let base = slot_base(slot);
         self.channel
-            .notify(base + S_SPACE_SEQ, base + S_SENDER_WAITING);
+            .notify(base + S_SENDER, base + S_SPACE_SEQ, base + S_SENDER_WAITING);
     }
 }
 

@@ -55,6 +55,8 @@
 //!
 //! None.
 
+#[doc(hidden)]
+pub mod baseline;
 mod channel;
 mod process;
 mod segment;

@@ -13,13 +13,20 @@
 //! - `shm-counter --name N --count K`: increments the shared `u64` K times under the lock.
 //! - `shm-hold-lock --name N`: takes the lock, prints `holding`, and sleeps until killed.
 //! - `shm-create-and-hold --name N`: creates a channel, prints `ready`, sleeps until killed.
-//! - `shm-ping --name N --count C --size S [--polling 1]` / `shm-pong`: round trips over two
-//!   channels `N.ab` / `N.ba`, for benchmarks.
+//! - `shm-pong --name N [--polling 1]`: opens channel `N.ab` (bytes), creates `N.ba`, prints
+//!   `ready` and echoes every record until the pinger closes; for benchmarks.
+//! - `shm-baseline-pong --name N --wait spin|futex`: the raw two-atomics baseline's pong side.
+//!
+//! For benchmarks, `shm-source --fill 0` sends the same payload every time and `shm-sink
+//! --verify 0` only decodes, so that they measure the channel rather than the checks;
+//! `--raw 1` on both uses the zero-copy byte path (`reserve`/`commit`, `recv_ref`) with
+//! raw payloads instead of postcard `Sample`s; `--spin N` sets the spin iterations.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use ipc_core::{Error, ErrorKind, MessageType};
+use ipc_shm::baseline::{BaselineWait, PingPong};
 use ipc_shm::{ChannelConfig, ShmReceiver, ShmSender, ShmState, StateConfig, WaitMode};
 
 use super::{Args, SAMPLE_TYPE, Sample};
@@ -34,7 +41,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "shm-counter" => counter(args),
         "shm-hold-lock" => hold_lock(args),
         "shm-create-and-hold" => create_and_hold(args),
-        "shm-ping" => ping(args),
+        "shm-baseline-pong" => baseline_pong(args),
         "shm-pong" => pong(args),
         _ => return None,
     })
@@ -50,6 +57,7 @@ const BYTES_TYPE: &str = "ipc-tests.Bytes/1";
 fn config(args: &Args) -> Result<ChannelConfig> {
     let capacity: usize = args.get("capacity", 256 * 1024)?;
     let max_senders: usize = args.get("max-senders", 1)?;
+    let spin: u32 = args.get("spin", ChannelConfig::new().get_spin_iterations())?;
     let polling: u8 = args.get("polling", 0)?;
     let mode = if polling != 0 {
         WaitMode::Polling
@@ -59,6 +67,7 @@ fn config(args: &Args) -> Result<ChannelConfig> {
     Ok(ChannelConfig::new()
         .capacity(capacity)
         .max_senders(max_senders)
+        .spin_iterations(spin)
         .wait_mode(mode)
         .message_type(MessageType::named(SAMPLE_TYPE)))
 }
@@ -81,9 +90,25 @@ fn source(args: &Args) -> Result<()> {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
     }
+    let fill = args.get::<u8>("fill", 1)? != 0;
     let mut payload = vec![0u8; size];
+    if args.get::<u8>("raw", 0)? != 0 {
+        // The zero-copy byte path: write each payload straight into its slot in the ring.
+        for seq in first..first + count {
+            if fill {
+                fill_payload(seq, &mut payload);
+            }
+            let mut slot = sender.reserve(size)?;
+            slot.copy_from_slice(&payload);
+            slot.commit();
+        }
+        println!("ok count={count} bytes={}", count * size as u64);
+        return Ok(());
+    }
     for seq in first..first + count {
-        fill_payload(seq, &mut payload);
+        if fill {
+            fill_payload(seq, &mut payload);
+        }
         sender.send_as(&Sample {
             seq,
             payload: &payload,
@@ -112,15 +137,32 @@ fn sink(args: &Args) -> Result<()> {
     let mut expected = Vec::new();
     // Per producer: the next sequence number, in the low 48 bits.
     let mut next = vec![0u64; producers];
+    let verify = args.get::<u8>("verify", 1)? != 0;
+    let raw = args.get::<u8>("raw", 0)? != 0;
     let (mut count, mut bytes) = (0u64, 0u64);
-    let started = Instant::now();
+    // The clock starts at the first message, so that the sender's start-up is not counted.
+    let mut started = None;
     loop {
         let message = match receiver.recv_ref() {
             Ok(message) => message,
             Err(err) if err.kind() == ErrorKind::PeerClosed => break,
             Err(err) => return Err(err.into()),
         };
+        started.get_or_insert_with(Instant::now);
+        if raw {
+            // Read the bytes where they lie: the first and last of every record.
+            let record: &[u8] = &message;
+            std::hint::black_box((record.first(), record.last()));
+            count += 1;
+            bytes += record.len() as u64;
+            continue;
+        }
         let sample: Sample<'_> = message.decode()?;
+        if !verify {
+            count += 1;
+            bytes += sample.payload.len() as u64;
+            continue;
+        }
         let producer = (sample.seq >> 48) as usize;
         let Some(slot) = next.get_mut(producer) else {
             bail!(Error::new(
@@ -156,7 +198,7 @@ fn sink(args: &Args) -> Result<()> {
     println!(
         "ok count={count} bytes={bytes} checksum={:#018x} micros={}",
         checksum.value(),
-        started.elapsed().as_micros()
+        started.map_or(0, |s| s.elapsed().as_micros())
     );
     Ok(())
 }
@@ -222,37 +264,6 @@ fn create_and_hold(args: &Args) -> Result<()> {
     }
 }
 
-/// `shm-ping`: creates `N.ab`, opens `N.ba`, sends C messages of S bytes and waits for each
-/// echo; prints `ok count=.. nanos_per_round_trip=..`.
-fn ping(args: &Args) -> Result<()> {
-    let name = args.text("name", "");
-    let count: u64 = args.get("count", 10_000)?;
-    let size: usize = args.get("size", 64)?;
-    let config = config(args)?.message_type(MessageType::named(BYTES_TYPE));
-    let mut out = ShmSender::<[u8]>::create(&format!("{name}.ab"), &config)?;
-    println!("ready");
-    let mut back = open_retrying::<ShmReceiver<Vec<u8>>>(|| {
-        ShmReceiver::<Vec<u8>>::open(&format!("{name}.ba"), &config)
-    })?;
-    let payload = vec![7u8; size];
-    // Warm up, then measure.
-    let warmup = (count / 10).max(1);
-    let mut started = Instant::now();
-    for i in 0..warmup + count {
-        if i == warmup {
-            started = Instant::now();
-        }
-        out.send(&payload[..])?;
-        let echo = back.recv_ref()?;
-        if echo.len() != size + varint_len(size) {
-            bail!("echo of {} bytes, expected {}", echo.len(), size + 1);
-        }
-    }
-    let nanos = started.elapsed().as_nanos() as f64 / count as f64;
-    println!("ok count={count} nanos_per_round_trip={nanos:.0}");
-    Ok(())
-}
-
 /// `shm-pong`: opens `N.ab`, creates `N.ba`, echoes every record until the ping closes.
 fn pong(args: &Args) -> Result<()> {
     let name = args.text("name", "");
@@ -276,16 +287,6 @@ fn pong(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn varint_len(n: usize) -> usize {
-    let mut len = 1;
-    let mut n = n >> 7;
-    while n != 0 {
-        len += 1;
-        n >>= 7;
-    }
-    len
-}
-
 /// Opens with retries while the name does not exist yet (the peer creates it concurrently).
 fn open_retrying<T>(mut open: impl FnMut() -> ipc_core::Result<T>) -> Result<T> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -298,4 +299,18 @@ fn open_retrying<T>(mut open: impl FnMut() -> ipc_core::Result<T>) -> Result<T> 
             Err(err) => return Err(err.into()),
         }
     }
+}
+
+fn baseline_pong(args: &Args) -> Result<()> {
+    let name = args.text("name", "");
+    let wait = match args.text("wait", "spin").as_str() {
+        "spin" => BaselineWait::Spin,
+        "futex" => BaselineWait::Futex,
+        other => bail!("--wait {other}: expected spin or futex"),
+    };
+    let pair = PingPong::create(&name)?;
+    println!("ready");
+    let answered = pair.pong(wait)?;
+    println!("ok count={answered}");
+    Ok(())
 }
