@@ -652,7 +652,7 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
             .clone()
             .unwrap_or_else(MessageType::of::<T>);
         let channel = Channel::create(name, config, message_type, Role::Sender)?;
-        Ok(ShmSender::new(channel))
+        ShmSender::new(channel)
     }
 
     /// Opens channel `name`, created by its receiver, and attaches as its sender.
@@ -666,7 +666,7 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
             .clone()
             .unwrap_or_else(MessageType::of::<T>);
         let channel = Channel::open(name, config, message_type, Role::Sender)?;
-        Ok(ShmSender::new(channel))
+        ShmSender::new(channel)
     }
 
     /// Sends `message`, waiting while the ring is full.
@@ -710,21 +710,36 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
     fn send_until<U: Serialize + ?Sized>(&mut self, message: &U, deadline: Deadline) -> Result<()> {
         self.channel.peer_status(false)?;
         // Fast path: encode straight into the contiguous room, without measuring first.
+        // postcard is called directly here because its "buffer full" is a plain value, where
+        // an `ipc_core::Error` would allocate its message: this path must not allocate.
         for refresh in [false, true] {
             if refresh {
+                let to_end = self.channel.capacity - self.tail_offset();
+                let free = self.channel.capacity - (self.tail - self.head);
+                if free >= to_end {
+                    // The end of the ring was the limit, not the receiver: no use looking.
+                    break;
+                }
                 self.refresh_head()?;
             }
             if let Some(room) = self.contiguous_room() {
                 let offset = self.tail_offset();
-                // SAFETY (of `slot`): see `payload_mut`.
                 let slot = self.payload_mut(offset, room)?;
-                match ipc_core::encode_into(message, slot) {
+                match postcard::to_slice(message, slot) {
                     Ok(written) => {
-                        self.publish(offset, written as u64);
+                        let written = written.len() as u64;
+                        self.publish(offset, written);
                         return Ok(());
                     }
-                    Err(err) if err.kind() == ErrorKind::TooLarge => {}
-                    Err(err) => return Err(err),
+                    Err(postcard::Error::SerializeBufferFull) => {}
+                    // Any other failure is the value's own, worded as ipc-core does.
+                    Err(err) => {
+                        return Err(Error::new(
+                            ErrorKind::Encode,
+                            format!("cannot encode message: {err}"),
+                        )
+                        .with_source(err));
+                    }
                 }
             }
         }
@@ -739,20 +754,31 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
 }
 
 impl<T: ?Sized> ShmSender<T> {
-    fn new(channel: Channel) -> ShmSender<T> {
-        // The creator starts at 0; an opener continues where a previous sender stopped.
+    fn new(channel: Channel) -> Result<ShmSender<T>> {
+        // The creator starts at 0; an opener continues where a previous sender stopped,
+        // after checking what it left.
         let tail = channel
             .index(Channel::tail_at(channel.slot))
             .load(Ordering::Acquire);
         let head = channel
             .index(Channel::head_at(channel.slot))
             .load(Ordering::Acquire);
-        ShmSender {
+        if head > tail
+            || tail - head > channel.capacity
+            || !head.is_multiple_of(8)
+            || !tail.is_multiple_of(8)
+        {
+            return Err(channel.corrupted(format!(
+                "ring {} has sender position {tail} and receiver position {head}",
+                channel.slot
+            )));
+        }
+        Ok(ShmSender {
             channel,
             tail,
-            head: head.min(tail),
+            head,
             _message: PhantomData,
-        }
+        })
     }
 
     /// The ring's capacity in bytes.
@@ -826,8 +852,7 @@ impl<T: ?Sized> ShmSender<T> {
     /// padding to the ring's end when needed, waiting for the receiver until `deadline`.
     fn make_room(&mut self, payload_len: u64, deadline: Deadline) -> Result<u64> {
         let capacity = self.channel.capacity;
-        let needed = record_len(payload_len);
-        if needed > capacity || payload_len > u64::from(u32::MAX) {
+        if payload_len > capacity - RECORD_HEADER {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!(
@@ -836,6 +861,7 @@ impl<T: ?Sized> ShmSender<T> {
                 ),
             ));
         }
+        let needed = record_len(payload_len);
         // The receiver's `head` lives on a line it writes: read it only when our cached copy
         // says there is not enough room, not on every message.
         // (The cached copy is never ahead of the real one, so the room it shows is real.)
@@ -1446,6 +1472,24 @@ mod tests {
     fn receiver_range<T>(guard: &RecvGuard<'_, T>) -> std::ops::Range<usize> {
         let start = guard.as_ptr() as usize;
         start..start + guard.len()
+    }
+
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refuses to be encoded"))
+        }
+    }
+
+    #[test]
+    fn a_value_that_fails_to_encode_is_an_encode_error_and_sends_nothing() {
+        let (mut sender, mut receiver) = pair::<u32>("encode", 256);
+        let err = sender.send_as(&Unencodable).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+        assert!(receiver.try_recv().unwrap().is_none());
+        sender.send(&3).unwrap();
+        assert_eq!(receiver.recv().unwrap(), 3);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //!   serialised with postcard straight into a ring in shared memory, and the receiver can
 //!   decode them in place ([`ShmReceiver::recv_ref`]) with borrowed `&str` / `&[u8]` fields.
 //!   [`ShmSender::reserve`] gives a zero-copy byte path for large payloads. A full ring blocks
-//!   the sender or returns [`Full`](ipc_core::ErrorKind::Full); memory never grows.
+//!   the sender or returns [`Full`](ipc_core::ErrorKind::Full); memory never grows. Up to
+//!   [`MAX_SENDERS`] sender processes can feed one receiver
+//!   ([`ChannelConfig::max_senders`]): each gets its own ring, so no lock is shared and a
+//!   sender that dies cannot block the others.
 //! - [`ShmState`]: a named plain-old-data value under a cross-process lock with timeouts,
 //!   taken over when its holder dies.
 //!
@@ -25,6 +28,17 @@
 //!   segment causes errors, not out-of-bounds access, panics or unbounded allocation.
 //! - Segments are created with mode 0600 and fully allocated up front, so a full `/dev/shm`
 //!   is an error at `create` instead of a SIGBUS later.
+//! - Sending and receiving allocate nothing per message.
+//!
+//! # Waiting, and why not raw_sync
+//!
+//! A waiting end spins briefly, yields for up to 50 µs, then sleeps on a Linux futex in the
+//! segment, in slices of at most 20 ms so that it notices a dead peer. The ring's own
+//! atomics carry the data; the futex is only a wake-up hint. raw_sync is not used: its mutex
+//! is not robust (a holder killed with SIGKILL blocks everybody forever), its timed waits
+//! under one second can fail at once, and its `Event` merges signals. Our futex waits take a
+//! relative timeout, which has no such bug; sub-second timeouts are tested.
+//! [`WaitMode::Polling`] never sleeps, for the lowest latency.
 //!
 //! # Example
 //!

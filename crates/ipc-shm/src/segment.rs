@@ -556,4 +556,51 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::BadMagic, "{err}");
         std::fs::remove_file(&path).unwrap();
     }
+
+    #[test]
+    fn a_half_initialised_segment_is_waited_for_then_reclaimed_once_abandoned() {
+        let name = name("halfinit");
+        let path = shm_path(&name);
+        // What a creator leaves between sizing the segment and writing its header.
+        let file = File::create_new(&path).unwrap();
+        file.set_len(4096).unwrap();
+        // Open waits for the ready state, bounded.
+        let started = Instant::now();
+        let err = Segment::open(&name, SPEC, Duration::from_millis(50)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // A young one may still be initialised by a live creator: not reclaimed.
+        let err = Segment::create(&name, SPEC, 16, 4096, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        // An old one was abandoned by a creator that died: reclaimed.
+        file.set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+        drop(file);
+        let created = Segment::create(&name, SPEC, 16, 4096, |_| {}).unwrap();
+        assert_eq!(created.capacity(), 16);
+        drop(created);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_segment_of_a_dead_owner_is_refused_by_open_and_reclaimed_by_create() {
+        let name = name("deadowner");
+        let created = Segment::create(&name, SPEC, 16, 4096, |_| {}).unwrap();
+        // Pretend the owner died: a pid that cannot exist.
+        created
+            .map()
+            .u32_at(H_OWNER_PID)
+            .store(u32::MAX - 7, Ordering::Relaxed);
+        // Keep the file when this handle goes (as after a SIGKILL).
+        let mut created = created;
+        created.map.set_owner(false);
+        created.owner = false;
+        drop(created);
+        let err = Segment::open(&name, SPEC, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerDied, "{err}");
+        let again = Segment::create(&name, SPEC, 32, 4096, |_| {}).unwrap();
+        assert_eq!(again.capacity(), 32);
+        drop(again);
+        assert!(!shm_path(&name).exists());
+    }
 }
