@@ -195,3 +195,41 @@ fn several_producer_processes_feed_one_consumer() -> Result<()> {
     assert!(!ipc_shm::segment_path(&name).exists());
     Ok(())
 }
+
+#[test]
+fn the_channel_works_through_the_ipc_core_traits_across_processes() -> Result<()> {
+    use ipc_core::{ErrorKind, Receiver};
+
+    /// Generic code: drains any receiver of samples until its sender is gone.
+    fn drain<R: Receiver<Message = (u64, Vec<u8>)>>(receiver: &mut R) -> ipc_core::Result<u64> {
+        let mut count = 0;
+        loop {
+            match receiver.recv_timeout(WAIT) {
+                Ok((seq, _)) if seq == count => count += 1,
+                Ok((seq, _)) => {
+                    return Err(ipc_core::Error::new(
+                        ErrorKind::Corrupted,
+                        format!("got {seq}, expected {count}"),
+                    ));
+                }
+                Err(err) if err.kind() == ErrorKind::PeerClosed => return Ok(count),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    let _watchdog = Watchdog::new("shm through the traits", WAIT);
+    let name = unique_name("shm-traits");
+    // The owned twin of `Sample`: same encoding (a u64 and a length-prefixed byte string).
+    let config = ipc_shm::ChannelConfig::new()
+        .message_type(ipc_core::MessageType::named(ipc_tests::roles::SAMPLE_TYPE));
+    let mut receiver = ipc_shm::ShmReceiver::<(u64, Vec<u8>)>::create(&name, &config)?;
+    let mut source = Peer::spawn_role(
+        "source",
+        "shm-source",
+        ["--name", &name, "--count", "5000", "--size", "10"],
+    )?;
+    assert_eq!(drain(&mut receiver)?, 5000);
+    source.wait_success(WAIT)?;
+    Ok(())
+}

@@ -14,24 +14,47 @@ const WAIT: Duration = Duration::from_secs(60);
 #[test]
 fn a_sender_killed_mid_stream_is_peer_died_at_the_receiver() -> Result<()> {
     let _watchdog = Watchdog::new("killed shm sender", WAIT);
-    let name = unique_name("shm-kill-tx");
-    let mut sink = Peer::spawn_role(
-        "sink",
-        "shm-sink",
-        ["--name", &name, "--create", "1", "--progress", "1000"],
-    )?;
-    assert_eq!(sink.expect_line(WAIT)?, "ready");
-    let mut source = Peer::spawn_role(
-        "source",
-        "shm-source",
-        ["--name", &name, "--count", "1000000000", "--size", "100"],
-    )?;
-    assert_eq!(sink.expect_prefixed("progress", WAIT)?, "1000");
-    source.kill()?;
-    let outcome = sink.expect_prefixed("error", WAIT)?;
-    assert!(outcome.starts_with("peer died:"), "{outcome}");
-    assert!(!sink.wait(WAIT)?.success());
-    assert!(!ipc_shm::segment_path(&name).exists());
+    for polling in ["0", "1"] {
+        let name = unique_name("shm-kill-tx");
+        let mut sink = Peer::spawn_role(
+            "sink",
+            "shm-sink",
+            [
+                "--name",
+                &name,
+                "--create",
+                "1",
+                "--progress",
+                "1000",
+                "--polling",
+                polling,
+            ],
+        )?;
+        assert_eq!(sink.expect_line(WAIT)?, "ready");
+        let mut source = Peer::spawn_role(
+            "source",
+            "shm-source",
+            [
+                "--name",
+                &name,
+                "--count",
+                "1000000000",
+                "--size",
+                "100",
+                "--polling",
+                polling,
+            ],
+        )?;
+        assert_eq!(sink.expect_prefixed("progress", WAIT)?, "1000");
+        source.kill()?;
+        let outcome = sink.expect_prefixed("error", WAIT)?;
+        assert!(
+            outcome.starts_with("peer died:"),
+            "polling={polling}: {outcome}"
+        );
+        assert!(!sink.wait(WAIT)?.success());
+        assert!(!ipc_shm::segment_path(&name).exists());
+    }
     Ok(())
 }
 
