@@ -203,6 +203,12 @@ fn a_reader_of_a_scribbled_segment_returns_errors_and_never_panics() -> Result<(
         matches!(status.code(), Some(0 | 1)),
         "sink ended with {status}"
     );
-    drop(source.kill());
+    // The sender read the same scribbled control words: it too must end with an error (the
+    // receiver closed, or the ring is corrupted), not a panic or a hang.
+    let status = source.wait(WAIT)?;
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "source ended with {status}"
+    );
     Ok(())
 }

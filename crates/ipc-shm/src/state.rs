@@ -236,9 +236,11 @@ impl<T: Pod> ShmState<T> {
         let lock = map.u32_at(L_LOCK);
         let me = self.me;
         for _ in 0..200 {
-            if lock
-                .compare_exchange(0, me.pid, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+            // Test before test-and-set: a contended line is only read while it is held.
+            if lock.load(Ordering::Relaxed) == 0
+                && lock
+                    .compare_exchange(0, me.pid, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
             {
                 return Ok(self.acquired(false));
             }
@@ -264,8 +266,10 @@ impl<T: Pod> ShmState<T> {
                     0
                 };
                 let process = ProcessId { pid: holder, start };
-                // Our own pid is never dead; a `lock` elsewhere in this process just waits.
-                if holder != me.pid && !process.is_alive() {
+                // Our own pid with our start time is alive (another handle in this process
+                // holds the lock): we wait. With another start time it was a dead process
+                // whose pid we reuse.
+                if !process.is_alive() {
                     if lock
                         .compare_exchange(holder, me.pid, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
