@@ -1,25 +1,95 @@
-//! Shared-memory channels and shared state between processes on one machine.
+//! Shared-memory channels and shared state between processes on one machine (Linux).
 //!
-//! **Status: not yet implemented.** This crate reserves its place in the workspace; the
-//! shared-memory issue fills it with typed channels that serialise straight into a ring in
-//! shared memory, a zero-copy byte path, and shared state under a cross-process lock, all
-//! surviving crashed and hostile peers.
+//! - [`ShmSender`] / [`ShmReceiver`]: a typed channel. Messages (any serde type) are
+//!   serialised with postcard straight into a ring in shared memory, and the receiver can
+//!   decode them in place ([`ShmReceiver::recv_ref`]) with borrowed `&str` / `&[u8]` fields.
+//!   [`ShmSender::reserve`] gives a zero-copy byte path for large payloads. A full ring blocks
+//!   the sender or returns [`Full`](ipc_core::ErrorKind::Full); memory never grows. Up to
+//!   [`MAX_SENDERS`] sender processes can feed one receiver
+//!   ([`ChannelConfig::max_senders`]): each gets its own ring, so no lock is shared and a
+//!   sender that dies cannot block the others.
+//! - [`ShmState`]: a named plain-old-data value under a cross-process lock with timeouts,
+//!   taken over when its holder dies.
 //!
 //! Choose it over `ipc-socket` and `ipc-queue` when both processes run on one machine and
-//! latency or bandwidth matters most.
+//! latency or bandwidth matters most. Use `ipc-socket` to talk across machines or languages,
+//! `ipc-queue` when messages must outlive the processes.
+//!
+//! # Guarantees
+//!
+//! - A peer killed with SIGKILL at any moment yields `PeerDied` (or `PeerClosed` for an
+//!   orderly close) within tens of milliseconds, never a hang: waiting ends look at their
+//!   peer's pid (and start time, against pid reuse) at least every 20 ms.
+//! - The creator of a name removes it from `/dev/shm` when dropped; a segment left by a
+//!   process that died is reclaimed by the next `create`, never one whose owner lives.
+//! - `open` waits, bounded, until the creator has initialised the segment, and checks its
+//!   header (magic, version, layout, message-type fingerprint, capacity, owner).
+//! - Everything read from shared memory is validated before use: a peer scribbling over the
+//!   segment causes errors, not out-of-bounds access, panics or unbounded allocation.
+//! - Segments are created with mode 0600 and fully allocated up front, so a full `/dev/shm`
+//!   is an error at `create` instead of a SIGBUS later.
+//! - Sending and receiving allocate nothing per message.
+//!
+//! # Waiting, and why not raw_sync
+//!
+//! A waiting end spins briefly, yields for up to 50 µs, then sleeps on a Linux futex in the
+//! segment, in slices of at most 20 ms so that it notices a dead peer. The ring's own
+//! atomics carry the data; the futex is only a wake-up hint. raw_sync is not used: its mutex
+//! is not robust (a holder killed with SIGKILL blocks everybody forever), its timed waits
+//! under one second can fail at once, and its `Event` merges signals. Our futex waits take a
+//! relative timeout, which has no such bug; sub-second timeouts are tested.
+//! [`WaitMode::Polling`] never sleeps, for the lowest latency.
 //!
 //! # Example
 //!
-//! The channel's message types come from `ipc-core`, re-exported here:
-//!
 //! ```
-//! let limits = ipc_shm::core::Limits::default();
-//! assert_eq!(limits.max_frame_len(), 16 * 1024 * 1024);
+//! use ipc_shm::{ChannelConfig, ShmReceiver, ShmSender};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct Chat<'a> {
+//!     from: &'a str,
+//!     text: &'a str,
+//! }
+//!
+//! let name = format!("doc-chat-{}", std::process::id());
+//! let config = ChannelConfig::new().capacity(64 * 1024);
+//! // Usually in two processes; here both ends live in one for the example.
+//! let mut receiver = ShmReceiver::<Chat<'static>>::create(&name, &config)?;
+//! let mut sender = ShmSender::<Chat<'static>>::open(&name, &config)?;
+//!
+//! sender.send(&Chat { from: "ann", text: "hi" })?;
+//! let message = receiver.recv_ref()?;
+//! let chat: Chat<'_> = message.decode()?; // borrows from shared memory
+//! assert_eq!(chat, Chat { from: "ann", text: "hi" });
+//! # Ok::<(), ipc_shm::core::Error>(())
 //! ```
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! None.
+
+#[doc(hidden)]
+pub mod baseline;
+mod channel;
+mod process;
+mod segment;
+mod state;
+mod sys;
+mod wait;
+
+pub use crate::channel::{
+    ChannelConfig, MAX_CAPACITY, MAX_SENDERS, MIN_CAPACITY, RecvGuard, SendSlot, ShmReceiver,
+    ShmSender,
+};
+pub use crate::state::{Pod, ShmState, StateConfig, StateGuard};
+pub use crate::wait::WaitMode;
+
+/// The file that backs the segment named `name`: `/dev/shm/ipc-{name}` on Linux. Useful to
+/// check for leftovers; never needed to use a channel.
+pub fn segment_path(name: &str) -> std::path::PathBuf {
+    segment::shm_path(name)
+}
 
 /// The shared foundation: errors, encoding, traits.
 pub use ipc_core as core;

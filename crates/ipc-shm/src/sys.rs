@@ -1,0 +1,205 @@
+//! The one module with raw pointers and system calls: the mapping of a segment, atomics and
+//! byte ranges inside it, futex waits, process liveness and preallocation.
+//!
+//! Everything outside this module works with offsets and the safe accessors below; every
+//! offset and length that comes from shared memory is validated by the caller before it
+//! reaches [`Mapping::bytes`] or [`Mapping::bytes_mut`], and those two check bounds again.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
+
+use shared_memory::Shmem;
+
+/// A shared-memory mapping, owned by this process.
+///
+/// `shared_memory::Shmem` holds a raw pointer and is therefore neither `Send` nor `Sync`;
+/// the mapping itself is process-wide and has no thread affinity, so this wrapper is both.
+pub(crate) struct Mapping {
+    shmem: Shmem,
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is valid in every thread of the process until `Shmem` is dropped, and
+// `Shmem` has no thread-local state; dropping it on another thread only munmaps and closes.
+unsafe impl Send for Mapping {}
+// SAFETY: shared access goes through atomics or through byte ranges whose exclusive use the
+// callers arrange (the ring protocol, the lock); `&Mapping` itself mutates nothing.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Wraps a mapping made by `shared_memory`.
+    pub(crate) fn new(shmem: Shmem) -> Mapping {
+        let base = shmem.as_ptr();
+        let len = shmem.len();
+        Mapping { shmem, base, len }
+    }
+
+    /// The mapping's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Makes this handle the owner (the one that unlinks the name on drop) or not.
+    pub(crate) fn set_owner(&mut self, owner: bool) {
+        self.shmem.set_owner(owner);
+    }
+
+    fn check(&self, offset: usize, len: usize, align: usize) {
+        // Offsets of atomics are constants of the layout; a failure here is a bug in this
+        // crate, never a consequence of what a peer wrote.
+        assert!(
+            offset.is_multiple_of(align)
+                && offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "offset {offset} + {len} outside mapping of {} bytes",
+            self.len
+        );
+    }
+
+    /// The atomic `u32` at `offset` (a multiple of 4 inside the mapping).
+    pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        self.check(offset, 4, 4);
+        // SAFETY: in bounds and aligned (checked above; the base is page aligned); the memory
+        // lives as long as `self`; every process accesses these words only atomically, and
+        // any bit pattern is a valid `u32`.
+        unsafe { AtomicU32::from_ptr(self.base.add(offset).cast::<u32>()) }
+    }
+
+    /// The atomic `u64` at `offset` (a multiple of 8 inside the mapping).
+    pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        self.check(offset, 8, 8);
+        // SAFETY: as for `u32_at`, with 8-byte alignment.
+        unsafe { AtomicU64::from_ptr(self.base.add(offset).cast::<u64>()) }
+    }
+
+    /// The bytes `offset..offset + len`, or `None` if that range is not inside the mapping.
+    ///
+    /// Another process may write these bytes at any time. The ring protocol makes an honest
+    /// peer leave a published record alone until it is released; a hostile peer can change
+    /// the bytes under us, which yields wrong values but never an access outside the range.
+    pub(crate) fn bytes(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: the range is inside the mapping (checked above), which lives as long as
+        // `self`; every bit pattern is a valid `u8`. See the doc comment on concurrent writes.
+        Some(unsafe { std::slice::from_raw_parts(self.base.add(offset), len) })
+    }
+
+    /// The bytes `offset..offset + len` for writing, or `None` if outside the mapping.
+    ///
+    /// # Safety
+    ///
+    /// No other reference into this range may be alive in this process while the returned
+    /// slice is (the ring's sender and the lock holder are the only writers of their ranges).
+    #[allow(clippy::mut_from_ref)] // Exclusivity is the caller's contract, stated above.
+    pub(crate) unsafe fn bytes_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); exclusivity within this process is the caller's
+        // promise; other processes are handled as in `bytes`.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), len) })
+    }
+
+    /// The `T` at `offset` (checked for bounds and alignment), for reading and writing.
+    ///
+    /// # Safety
+    ///
+    /// Every bit pattern must be a valid `T` (another process may write any), and no other
+    /// reference to this `T` may be alive in this process while the returned one is.
+    #[allow(clippy::mut_from_ref)] // Exclusivity is the caller's contract, stated above.
+    pub(crate) unsafe fn value_mut<T>(&self, offset: usize) -> &mut T {
+        self.check(offset, size_of::<T>(), align_of::<T>());
+        // SAFETY: in bounds and aligned (checked above; the base is page aligned); any bit
+        // pattern is a valid `T` and the reference is exclusive in this process (the
+        // caller's promise); the memory lives as long as `self`.
+        unsafe { &mut *self.base.add(offset).cast::<T>() }
+    }
+}
+
+/// What a futex wait ended with. Callers re-check their condition either way.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Woken, the value had already changed, or interrupted by a signal.
+    Woken,
+    /// The timeout passed.
+    TimedOut,
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout` (a relative timeout, so there is
+/// no deadline arithmetic that could lose nanoseconds, unlike raw_sync's timed waits).
+///
+/// The futex is shared (no `FUTEX_PRIVATE_FLAG`): the word lives in memory mapped by several
+/// processes, and the kernel keys it by the underlying page.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> Wake {
+    let timespec = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; `timespec` is a
+    // valid pointer; the unused arguments are ignored by FUTEX_WAIT.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timespec as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    if rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
+        return Wake::TimedOut;
+    }
+    Wake::Woken
+}
+
+/// Wakes up to `n` processes or threads sleeping on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+    let n = n.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE reads no other argument.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// True if a process with `pid` exists (it may belong to another user).
+pub(crate) fn pid_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission; no signal is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Allocates the pages of `file` up to `len` bytes now, so that a full `/dev/shm` is an
+/// error here instead of a SIGBUS on first touch.
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds off_t"))?;
+    // SAFETY: plain system call on a file descriptor we own for the duration of the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
