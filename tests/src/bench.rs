@@ -1,14 +1,15 @@
 //! Cross-process benchmarks, shared with `cargo xtask bench`: each mechanism's module measures
 //! its figures and the raw baselines they are compared with, in the same run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+pub mod core;
 pub mod queue;
 pub mod shm;
 pub mod socket;
 
 /// One measured figure beside the raw baseline it is compared with.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Figure {
     /// `ipc-core`, `ipc-shm`, `ipc-socket`, `ipc-queue`.
     pub mechanism: String,
@@ -45,4 +46,23 @@ pub enum Effort {
     Quick,
     /// Counts large enough for stable numbers.
     Full,
+}
+
+/// Runs every mechanism's benches, calling `report` with each figure as soon as it is measured.
+/// Must run in an optimised build: `cargo xtask bench` runs it inside a release `ipc-peer`.
+pub fn run_all(effort: Effort, mut report: impl FnMut(&Figure)) -> anyhow::Result<()> {
+    type Bench = fn(Effort) -> anyhow::Result<Vec<Figure>>;
+    let benches: [(&str, Bench); 4] = [
+        ("ipc-core", core::run),
+        ("ipc-shm", shm::run),
+        ("ipc-socket", socket::run),
+        ("ipc-queue", queue::run),
+    ];
+    for (name, bench) in benches {
+        let figures = bench(effort).map_err(|err| err.context(format!("{name} bench")))?;
+        for figure in &figures {
+            report(figure);
+        }
+    }
+    Ok(())
 }

@@ -137,9 +137,21 @@ fn kill_registered_peers() {
     }
 }
 
-/// The path of the `ipc-peer` binary: `IPC_PEER` if set, else next to the running
-/// executable (`target/*/ipc-peer`, also from `target/*/deps/` of a test).
+static PEER_EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`peer_exe`] return `path` from now on in this process (xtask uses it after building
+/// the peer in the profile it wants). Returns false if a path was already set.
+pub fn set_peer_exe(path: PathBuf) -> bool {
+    PEER_EXE.set(path).is_ok()
+}
+
+/// The path of the `ipc-peer` binary: the one given to [`set_peer_exe`], else `IPC_PEER` if
+/// set, else next to the running executable (`target/*/ipc-peer`, also from
+/// `target/*/deps/` of a test).
 pub fn peer_exe() -> Result<PathBuf> {
+    if let Some(path) = PEER_EXE.get() {
+        return Ok(path.clone());
+    }
     if let Some(path) = std::env::var_os("IPC_PEER") {
         return Ok(PathBuf::from(path));
     }
@@ -284,14 +296,15 @@ impl Peer {
         }
     }
 
-    /// Kills the peer with SIGKILL, on purpose, and reaps it.
-    pub fn kill(&mut self) -> Result<()> {
+    /// Kills the peer with SIGKILL, on purpose, reaps it, and returns its exit status
+    /// (which says SIGKILL, unless the peer had exited on its own just before).
+    pub fn kill(&mut self) -> Result<ExitStatus> {
         self.child
             .kill()
             .with_context(|| format!("kill peer `{}`", self.name))?;
-        self.child.wait().context("reap killed peer")?;
+        let status = self.child.wait().context("reap killed peer")?;
         unregister_peer(self.child.id());
-        Ok(())
+        Ok(status)
     }
 
     /// Waits at most `timeout` for the peer to exit, then returns its status; on timeout the
@@ -382,3 +395,8 @@ pub fn fill_payload(seq: u64, buf: &mut [u8]) {
         chunk.copy_from_slice(&bytes[..chunk.len()]);
     }
 }
+
+/// The examples in the workspace README, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadme;

@@ -23,7 +23,9 @@ mod socket;
 pub struct Sample<'a> {
     /// Position in the stream, from 0.
     pub seq: u64,
-    /// `fill_payload(seq)` bytes.
+    /// `fill_payload(seq)` bytes; `serde_bytes` makes postcard copy them in one go
+    /// (a plain `&[u8]` is a sequence, encoded byte by byte).
+    #[serde(with = "serde_bytes")]
     pub payload: &'a [u8],
 }
 
@@ -83,6 +85,7 @@ pub fn run<I: IntoIterator<Item = String>>(args: I) -> i32 {
         "frame-source" => frame_source(&args, std::io::stdout().lock()),
         "frame-sink" => frame_sink(&args, std::io::stdin().lock()),
         "garbage-source" => garbage_source(&args, std::io::stdout().lock()),
+        "bench" => bench(&args),
         other => shm::run(other, &args)
             .or_else(|| socket::run(other, &args))
             .or_else(|| queue::run(other, &args))
@@ -96,7 +99,8 @@ pub fn run<I: IntoIterator<Item = String>>(args: I) -> i32 {
                 .map(|e| e.kind().as_str())
                 .unwrap_or("error");
             // The outcome line goes to stdout for the parent; stderr gets the same for people.
-            println!("error {kind}: {err:#}");
+            // Stdout may be a pipe whose reader is gone (a producer's): ignore that failure.
+            let _ = writeln!(std::io::stdout(), "error {kind}: {err:#}");
             eprintln!("ipc-peer {role}: {kind}: {err:#}");
             1
         }
@@ -234,6 +238,25 @@ fn frame_sink(args: &Args, mut input: impl Read) -> Result<()> {
             }
         }
     }
+}
+
+/// `bench --effort quick|full`: runs every bench, printing `figure {json}` per figure.
+fn bench(args: &Args) -> Result<()> {
+    let effort = match args.text("effort", "full").as_str() {
+        "quick" => crate::bench::Effort::Quick,
+        "full" => crate::bench::Effort::Full,
+        other => bail!("--effort {other}: expected quick or full"),
+    };
+    let mut count = 0;
+    crate::bench::run_all(effort, |figure| {
+        count += 1;
+        match serde_json::to_string(figure) {
+            Ok(json) => println!("figure {json}"),
+            Err(err) => eprintln!("cannot serialise figure: {err}"),
+        }
+    })?;
+    println!("ok figures={count}");
+    Ok(())
 }
 
 /// The checksum a `frame-sink` reports for `count` messages of `size` bytes.

@@ -1,1 +1,75 @@
-fn main() {}
+//! The project's tasks, run as `cargo xtask <task>`:
+//!
+//! - `scenarios [NAME] [--quick] [--list]`: cross-crate scenarios with real separate processes;
+//! - `bench [--quick] [--json PATH]`: every mechanism beside its raw baseline, as a table and JSON;
+//! - `ci`: the same steps as `.ci/run` (format, lint, test, docs, packaging, quick scenarios).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod chart;
+mod ci;
+mod peers;
+mod scenarios;
+mod table;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Tasks of the ipc workspace", version)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the cross-process scenarios (all, or the one named) and print a summary table.
+    Scenarios {
+        /// Run only this scenario (see --list).
+        name: Option<String>,
+        /// Small sizes, for CI: every scenario still runs its real processes.
+        #[arg(long)]
+        quick: bool,
+        /// List the scenarios with one line each, and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Measure every mechanism beside its raw baseline; print a markdown table, write JSON.
+    Bench {
+        /// Short runs, to check that every bench works; the numbers are rough.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "target/ipc-bench/report.json")]
+        json: PathBuf,
+    },
+    /// Run the CI steps of `.ci/run`: fmt, clippy, tests, docs, packaging, quick scenarios.
+    Ci,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<bool> = match cli.task {
+        Task::Scenarios { name, quick, list } => {
+            if list {
+                scenarios::list();
+                Ok(true)
+            } else {
+                scenarios::run(name.as_deref(), quick)
+            }
+        }
+        Task::Bench { quick, json } => bench::run(quick, &json).map(|()| true),
+        Task::Ci => ci::run().map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

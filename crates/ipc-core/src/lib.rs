@@ -67,3 +67,8 @@ pub use crate::frame::{
 };
 pub use crate::handshake::{Agreed, Close, CloseCode, Hello, MAX_NAME_LEN, MessageType, fnv1a64};
 pub use crate::transport::{AsyncReceiver, AsyncSender, Receiver, Sender};
+
+/// The example in this crate's README, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct Readme;

@@ -1,0 +1,327 @@
+//! `cargo xtask scenarios`: each mechanism doing what it is for, with real separate processes.
+//!
+//! Every scenario spawns `ipc-peer` processes, checks its own result, and cleans up after
+//! itself also when it fails (a dropped `Peer` is killed and reaped).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use ipc_tests::Peer;
+use ipc_tests::roles::expected_checksum;
+
+use crate::peers::{self, Profile};
+use crate::table::{Table, si};
+
+/// What one scenario did, for the summary table.
+struct Outcome {
+    processes: u32,
+    messages: u64,
+    bytes: u64,
+}
+
+/// The size of a run.
+#[derive(Clone, Copy)]
+struct Ctx {
+    quick: bool,
+}
+
+impl Ctx {
+    /// `full` normally, `quick` under `--quick`.
+    fn size(&self, full: u64, quick: u64) -> u64 {
+        if self.quick { quick } else { full }
+    }
+}
+
+struct Scenario {
+    name: &'static str,
+    mechanism: &'static str,
+    about: &'static str,
+    run: fn(Ctx, &ProgressBar) -> Result<Outcome>,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "frames",
+        mechanism: "ipc-core / pipe",
+        about: "a producer process streams 64-byte messages as ipc-core frames through an OS pipe; the consumer checks order, every byte and the checksum",
+        run: frames_small,
+    },
+    Scenario {
+        name: "frames-large",
+        mechanism: "ipc-core / pipe",
+        about: "the same with 64 KiB messages, decoded in place from the consumer's buffer",
+        run: frames_large,
+    },
+    Scenario {
+        name: "frames-hostile",
+        mechanism: "ipc-core / pipe",
+        about: "garbage, a frame over the limit and a peer speaking another message type: the consumer refuses each with a clear error, never a panic or a hang",
+        run: frames_hostile,
+    },
+];
+
+/// Prints the scenarios, one line each.
+pub(crate) fn list() {
+    let mut table = Table::new(&["scenario", "mechanism", "what it shows"]);
+    for s in SCENARIOS {
+        table.push(vec![s.name.into(), s.mechanism.into(), s.about.into()]);
+    }
+    print!("{}", table.to_text());
+}
+
+/// Runs all scenarios or the one named; returns whether all passed.
+pub(crate) fn run(name: Option<&str>, quick: bool) -> Result<bool> {
+    let selected: Vec<&Scenario> = match name {
+        None => SCENARIOS.iter().collect(),
+        Some(name) => match SCENARIOS.iter().find(|s| s.name == name) {
+            Some(s) => vec![s],
+            None => {
+                let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+                bail!("no scenario `{name}`; scenarios: {}", names.join(", "));
+            }
+        },
+    };
+    let profile = if quick {
+        Profile::Debug
+    } else {
+        Profile::Release
+    };
+    eprintln!("building the peer process (ipc-peer, {profile:?} profile)...");
+    peers::build_peer(profile)?;
+
+    let ctx = Ctx { quick };
+    let mut table = Table::new(&[
+        "scenario",
+        "mechanism",
+        ">processes",
+        ">messages",
+        ">time",
+        ">throughput",
+        "result",
+    ]);
+    let mut failures = 0;
+    for scenario in selected {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                .context("progress template")?
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(scenario.name);
+        let started = Instant::now();
+        let result = (scenario.run)(ctx, &bar);
+        let elapsed = started.elapsed();
+        bar.finish_and_clear();
+        match result {
+            Ok(outcome) => {
+                let secs = elapsed.as_secs_f64();
+                let throughput = if outcome.messages > 0 && secs > 0.0 {
+                    let rate = outcome.messages as f64 / secs;
+                    let bandwidth = outcome.bytes as f64 / secs;
+                    format!("{}msg/s, {}B/s", si(rate), si(bandwidth))
+                } else {
+                    "-".into()
+                };
+                eprintln!("{:>16} ok in {}", scenario.name, format_duration(elapsed));
+                table.push(vec![
+                    scenario.name.into(),
+                    scenario.mechanism.into(),
+                    outcome.processes.to_string(),
+                    outcome.messages.to_string(),
+                    format_duration(elapsed),
+                    throughput,
+                    "ok".into(),
+                ]);
+            }
+            Err(err) => {
+                failures += 1;
+                eprintln!("{:>16} FAILED: {err:#}", scenario.name);
+                table.push(vec![
+                    scenario.name.into(),
+                    scenario.mechanism.into(),
+                    "-".into(),
+                    "-".into(),
+                    format_duration(elapsed),
+                    "-".into(),
+                    format!("FAILED: {err:#}"),
+                ]);
+            }
+        }
+    }
+    println!();
+    print!("{}", table.to_text());
+    if failures > 0 {
+        println!(
+            "\n{failures} scenario(s) failed; the peers' stderr is in target/ipc-scenarios/peers.log"
+        );
+        return Ok(false);
+    }
+    println!("\nall scenarios passed");
+    Ok(true)
+}
+
+fn format_duration(d: Duration) -> String {
+    if d.as_secs() >= 1 {
+        format!("{:.2} s", d.as_secs_f64())
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(300);
+
+/// Where the peers of scenarios write their stderr, so that expected errors (the hostile
+/// cases) do not clutter the terminal, yet stay there to read when a scenario fails.
+fn peer_log() -> Result<std::fs::File> {
+    let path = peers::workspace_root().join("target/ipc-scenarios/peers.log");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))
+}
+
+/// Spawns a `frame-source` whose stdout is a pipe into a `frame-sink`.
+fn pipe_pair(
+    source_role: &str,
+    source_args: &[String],
+    sink_args: &[String],
+) -> Result<(Peer, Peer)> {
+    let (reader, writer) = std::io::pipe().context("create pipe")?;
+    let mut source = Peer::role_command(source_role, source_args)?;
+    source.stdout(writer).stderr(peer_log()?);
+    let source = Peer::spawn_with_stdout("producer", source)?;
+    let mut sink = Peer::role_command("frame-sink", sink_args)?;
+    sink.stdin(reader).stderr(peer_log()?);
+    let sink = Peer::spawn("consumer", sink)?;
+    Ok((source, sink))
+}
+
+fn frame_stream(count: u64, size: usize, bar: &ProgressBar) -> Result<Outcome> {
+    let step = (count / 100).max(1);
+    bar.set_length(count);
+    bar.set_message(format!("messages of {size} B"));
+    let (mut source, mut sink) = pipe_pair(
+        "frame-source",
+        &[
+            "--count".into(),
+            count.to_string(),
+            "--size".into(),
+            size.to_string(),
+        ],
+        &["--progress".into(), step.to_string()],
+    )?;
+    let outcome = loop {
+        let line = sink.expect_line(WAIT)?;
+        match line.strip_prefix("progress ") {
+            Some(n) => bar.set_position(n.parse().unwrap_or(0)),
+            None => break line,
+        }
+    };
+    source.wait_success(WAIT)?;
+    sink.wait_success(WAIT)
+        .with_context(|| format!("consumer said: {outcome}"))?;
+    let checksum = expected_checksum(count, size).value();
+    let want = format!(
+        "ok count={count} bytes={} checksum={checksum:#018x}",
+        count * size as u64
+    );
+    if !outcome.starts_with(&want) {
+        bail!("consumer reported `{outcome}`, expected `{want}`");
+    }
+    Ok(Outcome {
+        processes: 2,
+        messages: count,
+        bytes: count * size as u64,
+    })
+}
+
+fn frames_small(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    frame_stream(ctx.size(1_000_000, 50_000), 64, bar)
+}
+
+fn frames_large(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    frame_stream(ctx.size(10_000, 300), 64 * 1024, bar)
+}
+
+/// A hostile case: what it is, the producer role and its arguments, the consumer's
+/// arguments, and the start of the error the consumer must report.
+struct HostileCase {
+    what: &'static str,
+    role: &'static str,
+    source_args: Vec<String>,
+    sink_args: Vec<String>,
+    expected: &'static str,
+}
+
+fn frames_hostile(_ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let case = |what, role, source_args, sink_args, expected| HostileCase {
+        what,
+        role,
+        source_args,
+        sink_args,
+        expected,
+    };
+    let cases = [
+        case(
+            "garbage from the first byte",
+            "garbage-source",
+            s(&["--bytes", "65536", "--seed", "7"]),
+            vec![],
+            "error bad magic: bad magic byte 0",
+        ),
+        case(
+            "garbage after a valid handshake",
+            "garbage-source",
+            s(&["--bytes", "65536", "--seed", "8", "--after-hello", "1"]),
+            vec![],
+            "error bad magic: bad magic byte 0",
+        ),
+        case(
+            "a frame over the consumer's limit",
+            "frame-source",
+            s(&["--count", "10", "--size", "70000"]),
+            s(&["--max-frame-len", "65536"]),
+            "error too large: frame of 70004 bytes exceeds limit of 65536",
+        ),
+        case(
+            "a producer of another message type",
+            "frame-source",
+            s(&["--count", "10", "--type", "someone.Else/2"]),
+            vec![],
+            "error message type mismatch: peer exchanges `someone.Else/2`",
+        ),
+    ];
+    bar.set_length(cases.len() as u64);
+    for HostileCase {
+        what,
+        role,
+        source_args,
+        sink_args,
+        expected,
+    } in cases
+    {
+        bar.set_message(what);
+        let (mut source, mut sink) = pipe_pair(role, &source_args, &sink_args)?;
+        let outcome = sink.expect_line(WAIT)?;
+        let status = sink.wait(WAIT)?;
+        // The producer may see a broken pipe once the consumer has given up: that is fine.
+        let _ = source.wait(WAIT)?;
+        if !outcome.starts_with(expected) || status.code() != Some(1) {
+            bail!(
+                "{what}: consumer said `{outcome}` ({status}), expected `{expected}...` and exit code 1"
+            );
+        }
+        bar.inc(1);
+    }
+    Ok(Outcome {
+        processes: 8,
+        messages: 0,
+        bytes: 0,
+    })
+}
