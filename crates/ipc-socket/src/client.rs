@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::address::Address;
 use crate::async_conn::{Handshaken, handshake};
-use crate::config::{Beat, ConnectionConfig, Liveness};
+use crate::config::{Beat, ConnectionConfig, FEATURE_PATTERNS, Liveness};
 use crate::stream::{AsyncReadHalf, AsyncStream, AsyncWriteHalf};
 use crate::wire;
 
@@ -211,7 +211,8 @@ impl<T> std::fmt::Debug for Client<T> {
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Client<T> {
     /// Connects (one attempt, with the handshake) and starts the client's reader task; must
     /// run inside a tokio runtime.
-    pub async fn connect(config: ClientConfig) -> Result<Client<T>> {
+    pub async fn connect(mut config: ClientConfig) -> Result<Client<T>> {
+        config.connection = config.connection.with_patterns();
         let first = connect_once(&config).await?;
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(None),
@@ -422,9 +423,23 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> AsyncReceiver for 
 
 async fn connect_once(config: &ClientConfig) -> Result<Handshaken> {
     let stream = AsyncStream::connect(&config.address).await?;
-    handshake(stream, &config.connection)
+    let mut shaken = handshake(stream, &config.connection)
         .await
-        .map_err(|err| err.context(format_args!("handshake with {}", config.address)))
+        .map_err(|err| err.context(format_args!("handshake with {}", config.address)))?;
+    if shaken.peer.features() & FEATURE_PATTERNS == 0 {
+        let err = Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "{} does not announce the messaging patterns (hello feature bit 0); is it an ipc_socket::Server?",
+                config.address
+            ),
+        );
+        let mut close = Vec::new();
+        let _ = Close::new(CloseCode::PROTOCOL_ERROR, err.to_string()).encode_frame(&mut close);
+        let _ = shaken.writer.write_all(&close).await;
+        return Err(err);
+    }
+    Ok(shaken)
 }
 
 async fn supervise<T: Serialize + DeserializeOwned + Send + Sync + 'static>(

@@ -45,7 +45,12 @@ pub struct ConnectionConfig {
     handshake_timeout: Duration,
     heartbeat: Option<Heartbeat>,
     flush_threshold: usize,
+    features: u32,
 }
+
+/// `Hello` feature bit 0: this side speaks the messaging patterns of PATTERNS.md (frame
+/// kinds 0x06 to 0x0B). [`Server`](crate::Server) and [`Client`](crate::Client) set it.
+pub(crate) const FEATURE_PATTERNS: u32 = 1;
 
 impl ConnectionConfig {
     /// Defaults for messages of type `T`, identified by [`MessageType::of`]; peers built
@@ -58,6 +63,7 @@ impl ConnectionConfig {
             handshake_timeout: Duration::from_secs(5),
             heartbeat: Some(Heartbeat::default()),
             flush_threshold: 64 * 1024,
+            features: 0,
         }
     }
 
@@ -123,7 +129,12 @@ impl ConnectionConfig {
     }
 
     pub(crate) fn hello(&self) -> Hello {
-        Hello::new(self.message_type.clone(), &self.limits)
+        Hello::new(self.message_type.clone(), &self.limits).with_features(self.features)
+    }
+
+    pub(crate) fn with_patterns(mut self) -> ConnectionConfig {
+        self.features |= FEATURE_PATTERNS;
+        self
     }
 }
 

@@ -464,7 +464,8 @@ pub struct Server<T> {
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
     /// Listens on the config's address; must run inside a tokio runtime. A socket file left
     /// by a crashed server is reclaimed, a live server's is not ([`ErrorKind::AlreadyExists`]).
-    pub async fn bind(config: ServerConfig) -> Result<Server<T>> {
+    pub async fn bind(mut config: ServerConfig) -> Result<Server<T>> {
+        config.connection = config.connection.with_patterns();
         let (listener, address) = AsyncListener::bind(&config.address).await?;
         let (events_tx, events) = mpsc::channel(config.event_capacity);
         let shared = Arc::new(Shared {
