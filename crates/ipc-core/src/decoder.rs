@@ -140,6 +140,34 @@ impl FrameDecoder {
         Ok(Some(Frame::from_parts(header, payload)))
     }
 
+    /// The header of the next frame if the whole frame has arrived, without consuming it;
+    /// `None` if more input is needed. Lets a caller look at the kind before it decides how
+    /// to decode the frame that [`next_frame`](FrameDecoder::next_frame) returns next.
+    pub fn peek_header(&mut self) -> Result<Option<FrameHeader>> {
+        if let Some(kind) = self.failed {
+            return Err(Error::new(
+                kind,
+                "frame decoder stopped after an earlier error",
+            ));
+        }
+        let available = &self.buf[self.start..self.end];
+        let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
+            if let Err(err) = check_prefix(available) {
+                self.failed = Some(err.kind());
+                return Err(err);
+            }
+            return Ok(None);
+        };
+        match FrameHeader::parse(header_bytes, &self.limits) {
+            Ok(header) if available.len() >= header.frame_len() => Ok(Some(header)),
+            Ok(_) => Ok(None),
+            Err(err) => {
+                self.failed = Some(err.kind());
+                Err(err)
+            }
+        }
+    }
+
     /// Call at end of stream: [`ErrorKind::Truncated`] if a frame was only partly received.
     pub fn finish(&self) -> Result<()> {
         let buffered = self.buffered();
@@ -252,6 +280,26 @@ mod tests {
         decoder.finish().unwrap();
         // The buffer grew with the data, not beyond one frame plus a read chunk or so.
         assert!(decoder.buf.len() <= 2 * (100_000 + HEADER_LEN + READ_CHUNK));
+    }
+
+    #[test]
+    fn peek_header_does_not_consume() {
+        let limits = Limits::default();
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, FrameKind::Ping, 4, &(), &limits).unwrap();
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&wire[..10]);
+        assert_eq!(decoder.peek_header().unwrap(), None);
+        decoder.push(&wire[10..]);
+        let header = decoder.peek_header().unwrap().unwrap();
+        assert_eq!((header.kind(), header.id()), (FrameKind::Ping, 4));
+        assert_eq!(decoder.next_frame().unwrap().unwrap().id(), 4);
+        assert_eq!(decoder.peek_header().unwrap(), None);
+        decoder.push(b"x");
+        assert_eq!(
+            decoder.peek_header().unwrap_err().kind(),
+            ErrorKind::BadMagic
+        );
     }
 
     #[test]

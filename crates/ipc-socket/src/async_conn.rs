@@ -254,9 +254,13 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                     wait
                 }
             };
-            match tokio::time::timeout(wait, self.reader.read(self.decoder.read_buf())).await {
-                Err(_elapsed) => {}
-                Ok(Ok(0)) => {
+            let read = self
+                .liveness
+                .within(wait, self.reader.read(self.decoder.read_buf()))
+                .await;
+            match read {
+                None => {}
+                Some(Ok(0)) => {
                     let err = match self.decoder.finish() {
                         Err(err) => err.context("peer vanished"),
                         Ok(()) => Error::new(
@@ -266,11 +270,11 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                     };
                     return Err(self.fail(err));
                 }
-                Ok(Ok(n)) => {
+                Some(Ok(n)) => {
                     self.decoder.commit(n);
                     self.liveness.heard();
                 }
-                Ok(Err(err)) => {
+                Some(Err(err)) => {
                     let err = Error::io("read from peer", err);
                     return Err(self.fail(err));
                 }

@@ -8,8 +8,8 @@ use ipc_core::{
     Close, CloseCode, Error, ErrorKind, Frame, FrameDecoder, FrameKind, Hello, Limits, Receiver,
     Result, Sender,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
@@ -291,18 +291,21 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         }
     }
 
-    /// Returns the next buffered message, handling control frames; `None` if more input is
-    /// needed.
-    fn next_buffered(&mut self) -> Result<Option<T>> {
+    /// Handles the control frames at the front of the buffer. True when a data frame is at
+    /// the front, false when more input is needed.
+    fn front_is_data(&mut self) -> Result<bool> {
         loop {
-            let inbound = match self.decoder.next_frame() {
-                Ok(Some(frame)) => classify::<T>(frame),
-                Ok(None) => return Ok(None),
+            let inbound = match self.decoder.peek_header() {
+                Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(true),
+                Ok(None) => return Ok(false),
+                Ok(Some(_)) => match self.decoder.next_frame() {
+                    Ok(Some(frame)) => classify::<serde::de::IgnoredAny>(frame),
+                    Ok(None) => return Ok(false),
+                    Err(err) => Inbound::Bad(err),
+                },
                 Err(err) => Inbound::Bad(err),
             };
             match inbound {
-                Inbound::Message(message) => return Ok(Some(message)),
-                Inbound::Undecodable(err) => return Err(err),
                 Inbound::Ping(id) => {
                     ipc_core::encode_raw_frame(
                         &mut self.out,
@@ -312,7 +315,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                         &self.send_limits,
                     )?;
                 }
-                Inbound::Ignore => {}
+                Inbound::Message(_) | Inbound::Undecodable(_) | Inbound::Ignore => {}
                 Inbound::Closed(err) => return Err(self.fail(err)),
                 Inbound::Bad(err) => {
                     self.out.extend_from_slice(&close_frame_for(&err));
@@ -323,11 +326,26 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         }
     }
 
-    fn recv_until(&mut self, deadline: Option<Instant>) -> Result<T> {
+    /// Decodes the data frame that [`front_is_data`](Self::front_is_data) found. A payload
+    /// that does not decode is skipped: the error is returned and the connection stays
+    /// usable.
+    fn take_data<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
+        match self.decoder.next_frame()? {
+            Some(frame) => frame.decode::<M>(),
+            None => Err(Error::new(
+                ErrorKind::Other,
+                "data frame vanished from the receive buffer",
+            )),
+        }
+    }
+
+    /// Waits until a data frame is at the front of the buffer, flushing output, answering
+    /// pings and watching the peer's liveness meanwhile.
+    fn wait_for_data(&mut self, deadline: Option<Instant>) -> Result<()> {
         self.check_usable()?;
         loop {
-            if let Some(message) = self.next_buffered()? {
-                return Ok(message);
+            if self.front_is_data()? {
+                return Ok(());
             }
             if self.pending() > 0 {
                 self.write_out()?;
@@ -360,6 +378,17 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             self.set_read_timeout(wait)?;
             self.read_some()?;
         }
+    }
+
+    /// Receives the next message as `M`, which may borrow from the connection's receive
+    /// buffer: `&str` and `&[u8]` fields point into it, with no allocation and no copy.
+    ///
+    /// `M` must have `T`'s wire format: typically `T`'s borrowing twin (`struct Msg<'a> {
+    /// text: &'a str }` for `struct Msg { text: String }`). The message borrows the
+    /// connection, so it must be dropped before the next call.
+    pub fn recv_ref<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
+        self.wait_for_data(None)?;
+        self.take_data()
     }
 }
 
@@ -434,13 +463,14 @@ impl<T: Serialize + DeserializeOwned> Receiver for Connection<T> {
     /// Flushes buffered output, then waits for a message, answering pings and checking the
     /// peer's liveness meanwhile.
     fn recv(&mut self) -> Result<T> {
-        self.recv_until(None)
+        self.wait_for_data(None)?;
+        self.take_data()
     }
 
     fn try_recv(&mut self) -> Result<Option<T>> {
         self.check_usable()?;
-        if let Some(message) = self.next_buffered()? {
-            return Ok(Some(message));
+        if self.front_is_data()? {
+            return self.take_data().map(Some);
         }
         if self.pending() > 0 {
             self.write_out()?;
@@ -453,11 +483,15 @@ impl<T: Serialize + DeserializeOwned> Receiver for Connection<T> {
             .set_nonblocking(false)
             .map_err(|err| Error::io("set blocking", err))?;
         read?;
-        self.next_buffered()
+        if self.front_is_data()? {
+            return self.take_data().map(Some);
+        }
+        Ok(None)
     }
 
     fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
-        self.recv_until(Some(Instant::now() + timeout))
+        self.wait_for_data(Some(Instant::now() + timeout))?;
+        self.take_data()
     }
 }
 

@@ -642,9 +642,9 @@ async fn read_frames<T: DeserializeOwned + Send>(
                 wait
             }
         };
-        match tokio::time::timeout(wait, reader.read(decoder.read_buf())).await {
-            Err(_elapsed) => {}
-            Ok(Ok(0)) => {
+        match liveness.within(wait, reader.read(decoder.read_buf())).await {
+            None => {}
+            Some(Ok(0)) => {
                 decoder
                     .finish()
                     .map_err(|err| err.context("server vanished"))?;
@@ -653,11 +653,11 @@ async fn read_frames<T: DeserializeOwned + Send>(
                     "server closed the stream without a close frame",
                 ));
             }
-            Ok(Ok(n)) => {
+            Some(Ok(n)) => {
                 decoder.commit(n);
                 liveness.heard();
             }
-            Ok(Err(err)) => return Err(Error::io("read from server", err)),
+            Some(Err(err)) => return Err(Error::io("read from server", err)),
         }
     }
 }

@@ -195,6 +195,20 @@ impl Liveness {
         self.heartbeat.map(|heartbeat| heartbeat.interval)
     }
 
+    /// Awaits `future` for at most `wait` when heartbeats are on (`None` if the time ran
+    /// out), or without a timer when they are off: a timer per read costs a round trip
+    /// measurable time.
+    pub(crate) async fn within<F: std::future::Future>(
+        &self,
+        wait: Duration,
+        future: F,
+    ) -> Option<F::Output> {
+        if self.heartbeat.is_none() {
+            return Some(future.await);
+        }
+        tokio::time::timeout(wait, future).await.ok()
+    }
+
     /// Decides, at `now`, whether to ping or declare the peer dead.
     pub(crate) fn check(&mut self, now: Instant) -> Result<Beat> {
         let Some(heartbeat) = self.heartbeat else {

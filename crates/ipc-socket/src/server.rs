@@ -804,14 +804,14 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                 }
             };
             let read = tokio::select! {
-                read = tokio::time::timeout(wait, self.half.read(self.decoder.read_buf())) => read,
+                read = self.liveness.within(wait, self.half.read(self.decoder.read_buf())) => read,
                 () = self.conn.shutdown.notified() => {
                     return Err(Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server")));
                 }
             };
             match read {
-                Err(_elapsed) => {}
-                Ok(Ok(0)) => {
+                None => {}
+                Some(Ok(0)) => {
                     return Err(match self.decoder.finish() {
                         Err(err) => err.context("client vanished"),
                         Ok(()) => Error::new(
@@ -820,11 +820,11 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                         ),
                     });
                 }
-                Ok(Ok(n)) => {
+                Some(Ok(n)) => {
                     self.decoder.commit(n);
                     self.liveness.heard();
                 }
-                Ok(Err(err)) => return Err(Error::io("read from client", err)),
+                Some(Err(err)) => return Err(Error::io("read from client", err)),
             }
         }
     }

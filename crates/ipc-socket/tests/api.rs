@@ -74,6 +74,9 @@ fn echo_over(address: Address) {
         assert_eq!(client.recv().unwrap(), format!("MESSAGE {i}"));
     }
     assert!(client.try_recv().unwrap().is_none());
+    // A borrowed receive: the &str points into the connection's buffer.
+    client.send(&"borrowed".to_owned()).unwrap();
+    assert_eq!(client.recv_ref::<&str>().unwrap(), "BORROWED");
     let err = client.recv_timeout(Duration::from_millis(20)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     client.close().unwrap();

@@ -31,6 +31,14 @@ pub struct Blob {
     pub bytes: Vec<u8>,
 }
 
+/// [`Blob`]'s borrowing twin: the same wire format, decoded in place.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef<'a> {
+    /// The bytes, borrowed from the receive buffer.
+    #[serde(with = "serde_bytes")]
+    pub bytes: &'a [u8],
+}
+
 /// The connection settings of the benchmark roles: no heartbeats (a bench measures only the
 /// data path).
 pub fn blob_config() -> ConnectionConfig {

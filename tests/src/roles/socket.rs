@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use ipc_core::{ErrorKind, MessageType, Receiver, Sender};
 
-use crate::bench::socket::{Blob, blob_config};
+use crate::bench::socket::{Blob, BlobRef, blob_config};
 use ipc_socket::{
     Address, Client, ClientConfig, Connection, ConnectionConfig, Event, Incoming, Listener, Policy,
     Server, ServerConfig,
@@ -274,14 +274,25 @@ fn echo_server(args: &Args) -> Result<()> {
     say(format_args!("ready address={}", listener.address()));
     let mode = args.text("mode", "echo");
     let mut conn: Connection<Blob> = listener.accept()?;
+    let echo = mode == "echo";
     loop {
-        let message = match conn.recv() {
-            Ok(message) => message,
+        if echo {
+            let message = match conn.recv() {
+                Ok(message) => message,
+                Err(err) if err.is_peer_gone() => break,
+                Err(err) => return Err(err.into()),
+            };
+            conn.send(&message)?;
+            continue;
+        }
+        // Sink: borrow each message from the receive buffer (no allocation per message).
+        let is_marker = match conn.recv_ref::<BlobRef<'_>>() {
+            Ok(message) => message.bytes.is_empty(),
             Err(err) if err.is_peer_gone() => break,
             Err(err) => return Err(err.into()),
         };
-        if mode == "echo" || message.bytes.is_empty() {
-            conn.send(&message)?;
+        if is_marker {
+            conn.send(&Blob { bytes: Vec::new() })?;
         }
     }
     say("ok");
