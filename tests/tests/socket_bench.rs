@@ -10,7 +10,7 @@ use ipc_tests::bench::{Effort, socket};
 #[test]
 fn socket_benches_produce_every_figure() -> Result<()> {
     let _watchdog = Watchdog::new("socket benches", Duration::from_secs(300));
-    let figures = socket::run(Effort::Full)?;
+    let figures = socket::run(Effort::Quick)?;
     // Two transports, each: 2 round trips + 2 sizes x (blocking + async) streams.
     assert_eq!(figures.len(), 12, "{figures:#?}");
     for figure in &figures {
