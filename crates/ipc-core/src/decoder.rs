@@ -42,6 +42,8 @@ pub struct FrameDecoder {
     start: usize,
     end: usize,
     failed: Option<ErrorKind>,
+    /// The validated header of the complete frame at the front, as found by `peek_header`.
+    peeked: Option<FrameHeader>,
 }
 
 impl FrameDecoder {
@@ -53,6 +55,7 @@ impl FrameDecoder {
             start: 0,
             end: 0,
             failed: None,
+            peeked: None,
         }
     }
 
@@ -64,6 +67,7 @@ impl FrameDecoder {
     /// Changes the limits, for example after the handshake agreed on them.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+        self.peeked = None;
     }
 
     /// Bytes received but not yet returned as frames.
@@ -115,25 +119,32 @@ impl FrameDecoder {
                 "frame decoder stopped after an earlier error",
             ));
         }
-        let available = &self.buf[self.start..self.end];
-        let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
-            if let Err(err) = check_prefix(available) {
-                self.failed = Some(err.kind());
-                return Err(err);
-            }
-            return Ok(None);
-        };
-        let header = match FrameHeader::parse(header_bytes, &self.limits) {
-            Ok(header) => header,
-            Err(err) => {
-                self.failed = Some(err.kind());
-                return Err(err);
+        let header = match self.peeked.take() {
+            // Already validated and complete: the bytes at the front have not changed.
+            Some(header) => header,
+            None => {
+                let available = &self.buf[self.start..self.end];
+                let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
+                    if let Err(err) = check_prefix(available) {
+                        self.failed = Some(err.kind());
+                        return Err(err);
+                    }
+                    return Ok(None);
+                };
+                let header = match FrameHeader::parse(header_bytes, &self.limits) {
+                    Ok(header) => header,
+                    Err(err) => {
+                        self.failed = Some(err.kind());
+                        return Err(err);
+                    }
+                };
+                if available.len() < header.frame_len() {
+                    return Ok(None);
+                }
+                header
             }
         };
         let frame_len = header.frame_len();
-        if available.len() < frame_len {
-            return Ok(None);
-        }
         let payload_start = self.start + HEADER_LEN;
         self.start += frame_len;
         let payload = &self.buf[payload_start..payload_start + header.len() as usize];
@@ -150,6 +161,9 @@ impl FrameDecoder {
                 "frame decoder stopped after an earlier error",
             ));
         }
+        if let Some(header) = self.peeked {
+            return Ok(Some(header));
+        }
         let available = &self.buf[self.start..self.end];
         let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
             if let Err(err) = check_prefix(available) {
@@ -159,13 +173,23 @@ impl FrameDecoder {
             return Ok(None);
         };
         match FrameHeader::parse(header_bytes, &self.limits) {
-            Ok(header) if available.len() >= header.frame_len() => Ok(Some(header)),
+            Ok(header) if available.len() >= header.frame_len() => {
+                self.peeked = Some(header);
+                Ok(Some(header))
+            }
             Ok(_) => Ok(None),
             Err(err) => {
                 self.failed = Some(err.kind());
                 Err(err)
             }
         }
+    }
+
+    /// Grows the buffer to hold at least `n` bytes, so that [`read_buf`](FrameDecoder::read_buf)
+    /// offers up to `n` bytes of room from now on: fewer, larger reads when a stream carries
+    /// many small frames. Costs `n` bytes of memory; the buffer never shrinks.
+    pub fn reserve(&mut self, n: usize) {
+        self.make_room(n);
     }
 
     /// Call at end of stream: [`ErrorKind::Truncated`] if a frame was only partly received.

@@ -157,7 +157,11 @@ impl<T> Clone for AsyncSendHalf<T> {
 impl<T: Serialize + Sync> AsyncSendHalf<T> {
     /// Queues `message`; writes the buffer once it reaches the flush threshold.
     pub async fn send(&mut self, message: &T) -> Result<()> {
-        let mut writer = self.writer.lock().await;
+        // Uncontended in the common case: skip the lock future.
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(_) => self.writer.lock().await,
+        };
         let limits = writer.send_limits;
         ipc_core::encode_frame(&mut writer.out, FrameKind::Data, 0, message, &limits)?;
         if writer.out.len() - writer.out_pos >= writer.flush_threshold {
@@ -356,7 +360,11 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
             },
             recv: AsyncRecvHalf {
                 reader: shaken.reader,
-                decoder: shaken.decoder,
+                decoder: {
+                    let mut decoder = shaken.decoder;
+                    decoder.reserve(64 * 1024);
+                    decoder
+                },
                 liveness: Liveness::new(config.heartbeat()),
                 writer,
                 failed: None,

@@ -15,6 +15,16 @@ use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
 use crate::stream::{SyncListener, SyncStream};
 
+/// How much a one-peer connection reads at once at most: many small frames per read.
+const READ_ROOM: usize = 64 * 1024;
+
+/// A decoder for a one-peer connection, with room for large reads.
+pub(crate) fn read_decoder(config: &ConnectionConfig) -> FrameDecoder {
+    let mut decoder = FrameDecoder::new(*config.limits());
+    decoder.reserve(READ_ROOM);
+    decoder
+}
+
 /// What one received frame asks of a plain duplex connection.
 pub(crate) enum Inbound<T> {
     Message(T),
@@ -117,7 +127,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         let ours = config.hello();
         let mut conn = Connection {
             stream,
-            decoder: FrameDecoder::new(*config.limits()),
+            decoder: read_decoder(config),
             out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
             out_pos: 0,
             send_limits: Limits::default(),

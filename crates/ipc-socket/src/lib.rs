@@ -76,3 +76,8 @@ pub use crate::server::{ConnId, Event, Policy, Server, ServerConfig, ServerHandl
 
 /// The shared foundation: frames, handshake, errors, traits.
 pub use ipc_core as core;
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
