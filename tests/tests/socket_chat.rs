@@ -148,3 +148,8 @@ fn chat_over_a_socket_file_with_a_killed_client_and_python() -> Result<()> {
 fn chat_over_tcp_with_a_killed_client_and_python() -> Result<()> {
     chat("tcp:127.0.0.1:0")
 }
+
+#[test]
+fn chat_over_a_namespaced_local_socket_with_a_killed_client_and_python() -> Result<()> {
+    chat(&format!("local:{}", ipc_tests::unique_name("chat")))
+}

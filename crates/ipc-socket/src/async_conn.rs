@@ -41,23 +41,29 @@ pub(crate) async fn handshake(
     let exchange = async {
         let mut hello = Vec::new();
         ours.encode_frame(&mut hello)?;
-        writer
+        // A server that refuses us may close before our hello arrives: its close frame,
+        // which says why, is then still ours to read.
+        let sent = writer
             .write_all(&hello)
             .await
-            .map_err(|err| Error::io("send hello", err))?;
+            .map_err(|err| Error::io("send hello", err));
         loop {
             if let Some(frame) = decoder.next_frame()? {
-                return check_peer_hello(frame, &ours);
+                let checked = check_peer_hello(frame, &ours);
+                return match (checked, sent) {
+                    (Ok(_), Err(err)) => Err(err),
+                    (checked, _) => checked,
+                };
             }
-            let n = reader
-                .read(decoder.read_buf())
-                .await
-                .map_err(|err| Error::io("read hello", err))?;
+            let n = match reader.read(decoder.read_buf()).await {
+                Ok(n) => n,
+                Err(err) => return Err(sent.err().unwrap_or(Error::io("read hello", err))),
+            };
             if n == 0 {
-                return Err(Error::new(
+                return Err(sent.err().unwrap_or(Error::new(
                     ErrorKind::PeerDied,
                     "peer closed the stream during the handshake",
-                ));
+                )));
             }
             decoder.commit(n);
         }

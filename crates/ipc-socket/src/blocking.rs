@@ -142,13 +142,17 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             .set_write_timeout(Some(config.handshake_timeout()))
             .map_err(|err| Error::io("set write timeout", err))?;
         ours.encode_frame(&mut conn.out)?;
-        conn.write_out()?;
+        // A server that refuses us may close before our hello arrives: its close frame,
+        // which says why, is then still ours to read.
+        let sent = conn.write_out();
+        conn.failed = None;
         loop {
             let checked = conn
                 .decoder
                 .next_frame()?
                 .map(|frame| check_peer_hello(frame, &ours));
             match checked {
+                Some(Ok(_)) if sent.is_err() => return sent.map(|()| conn),
                 Some(Ok((theirs, send_limits))) => {
                     conn.peer = theirs;
                     conn.send_limits = send_limits;
@@ -174,7 +178,12 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 ));
             }
             conn.set_read_timeout(Some(left))?;
-            conn.read_some()?;
+            if let Err(err) = conn.read_some() {
+                return Err(match sent {
+                    Err(sent) => sent,
+                    Ok(()) => err,
+                });
+            }
         }
         conn.stream
             .set_write_timeout(None)

@@ -501,9 +501,11 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
         self.events.recv().await
     }
 
-    /// Stops accepting, and closes every client with code "going away".
-    pub fn shutdown(&self) {
+    /// Stops accepting (the listener is closed, and its socket file removed, when this
+    /// returns) and closes every client with code "going away" after what is queued for it.
+    pub async fn shutdown(&mut self) {
         self.accept_task.abort();
+        let _ = (&mut self.accept_task).await;
         for conn in self.handle.shared.all() {
             let mut out = Vec::new();
             let _ =
@@ -543,20 +545,23 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         let events = events.clone();
         tokio::spawn(async move {
             let refusal = admission(&shared, uid);
-            let (_reader, mut writer) = match &refusal {
-                Some(_) => {
-                    let (r, w) = stream.into_split();
-                    (Some(r), w)
-                }
-                None => {
-                    serve(stream, peer, shared, events).await;
-                    return;
-                }
+            let Some(err) = refusal else {
+                serve(stream, peer, shared, events).await;
+                return;
             };
-            if let Some(err) = refusal {
+            {
+                let (mut reader, mut writer) = stream.into_split();
                 let close = close_wire(&err);
-                let _ = tokio::time::timeout(Duration::from_millis(500), writer.write_all(&close))
-                    .await;
+                // Say why, then read what the client sent (its hello) until it goes away, so
+                // that closing does not reset the connection before the close frame is read.
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    writer.write_all(&close).await?;
+                    writer.shutdown().await?;
+                    let mut sink = [0u8; 1024];
+                    while reader.read(&mut sink).await? > 0 {}
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
                 tracing::warn!("refused {peer}: {err}");
                 let _ = events.send(Event::Rejected { peer, error: err }).await;
             }

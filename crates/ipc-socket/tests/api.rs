@@ -531,7 +531,7 @@ fn a_slow_client_is_disconnected_or_loses_old_frames_per_policy() {
 fn a_client_reconnects_and_resubscribes_after_a_server_restart() {
     runtime().block_on(async {
         let address = unique_local();
-        let server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
+        let mut server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
             .await
             .unwrap();
         let fast = Backoff {
@@ -544,7 +544,7 @@ fn a_client_reconnects_and_resubscribes_after_a_server_restart() {
                 .await
                 .unwrap();
         client.subscribe("t").await.unwrap();
-        server.shutdown();
+        server.shutdown().await;
         drop(server);
         match client.recv().await.unwrap() {
             Incoming::Disconnected(err) => assert!(err.is_peer_gone(), "{err}"),
@@ -575,5 +575,103 @@ fn a_client_reconnects_and_resubscribes_after_a_server_restart() {
         }
         assert_eq!(client.connections(), 2);
         drop(server);
+    });
+}
+
+#[test]
+fn peer_credentials_allow_list() {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    runtime().block_on(async {
+        let dir = Dir::new();
+        for (allowed, welcome) in [(me, true), (me.wrapping_add(1), false)] {
+            let address = Address::path(dir.0.join(format!("uid-{allowed}.sock")));
+            let server = Server::<String>::bind(
+                ServerConfig::new(address.clone(), config()).allow_uids(vec![allowed]),
+            )
+            .await
+            .unwrap();
+            let outcome =
+                Client::<String>::connect(ClientConfig::new(address, config()).no_reconnect())
+                    .await;
+            match (welcome, outcome) {
+                (true, Ok(client)) => client.close().await.unwrap(),
+                (false, Err(err)) => {
+                    assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+                    assert!(
+                        err.to_string()
+                            .contains(&format!("user id {me} is not allowed")),
+                        "{err}"
+                    );
+                }
+                (welcome, outcome) => {
+                    panic!("allowed {allowed} (me {me}), welcome {welcome}: {outcome:?}")
+                }
+            }
+            drop(server);
+        }
+    });
+}
+
+#[test]
+fn a_client_refuses_a_server_without_the_patterns() {
+    let listener = Listener::<String>::bind(&"tcp:127.0.0.1:0".parse().unwrap(), config()).unwrap();
+    let address = listener.address().clone();
+    let server = std::thread::spawn(move || {
+        let mut conn = listener.accept().unwrap();
+        conn.recv().unwrap_err()
+    });
+    let err = runtime()
+        .block_on(Client::<String>::connect(ClientConfig::new(
+            address,
+            config(),
+        )))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("feature bit 0"), "{err}");
+    let server_err = server.join().unwrap();
+    assert_eq!(server_err.kind(), ErrorKind::PeerClosed, "{server_err}");
+}
+
+#[test]
+fn the_server_drops_a_silent_client() {
+    let quick = config().with_heartbeat(Heartbeat {
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_millis(150),
+    });
+    runtime().block_on(async {
+        let mut server =
+            Server::<String>::bind(ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), quick))
+                .await
+                .unwrap();
+        let Address::Tcp(host_port) = server.address().clone() else {
+            unreachable!()
+        };
+        // Completes the handshake, then reads pings without ever answering.
+        let mut stream = tokio::net::TcpStream::connect(&host_port).await.unwrap();
+        let mut hello = Vec::new();
+        Hello::new(MessageType::named("test.Text/1"), &Limits::default())
+            .encode_frame(&mut hello)
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &hello)
+            .await
+            .unwrap();
+        let drain = tokio::spawn(async move {
+            let mut sink = vec![0u8; 4096];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let error = loop {
+            match server.next_event().await.unwrap() {
+                Event::Disconnected { error, .. } => break error.unwrap(),
+                Event::Connected { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(error.kind(), ErrorKind::PeerDied, "{error}");
+        drain.await.unwrap();
     });
 }

@@ -140,7 +140,7 @@ async fn server(args: &Args) -> Result<()> {
             }
         }
     }
-    server.shutdown();
+    server.shutdown().await;
     say("ok");
     Ok(())
 }
