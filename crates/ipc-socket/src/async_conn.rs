@@ -101,45 +101,85 @@ pub(crate) async fn handshake(
 }
 
 /// The write side shared by both halves (the receive half answers pings through it).
+///
+/// Senders append frames to `pending` under a plain mutex (no await, no allocation once
+/// warm); whoever flushes takes the I/O lock, swaps the pending bytes into the I/O buffer
+/// and writes them. Progress is recorded after every write, so a flush future dropped
+/// midway never makes a frame go out twice or half.
 #[derive(Debug)]
-struct WriteState {
-    half: AsyncWriteHalf,
-    out: Vec<u8>,
-    out_pos: usize,
+struct Writer {
+    pending: std::sync::Mutex<Pending>,
+    io: Mutex<Io>,
     send_limits: Limits,
     flush_threshold: usize,
+}
+
+#[derive(Debug)]
+struct Pending {
+    out: Vec<u8>,
     failed: Option<ErrorKind>,
 }
 
-impl WriteState {
-    /// Writes the buffer out. Cancel-safe: progress is recorded after every write, so a
-    /// dropped future never makes a frame go out twice or half.
-    async fn write_out(&mut self) -> Result<()> {
-        if let Some(kind) = self.failed {
-            return Err(Error::new(kind, "connection failed earlier"));
-        }
-        while self.out_pos < self.out.len() {
-            match self.half.write(&self.out[self.out_pos..]).await {
-                Ok(0) => {
-                    self.failed = Some(ErrorKind::PeerClosed);
-                    return Err(Error::new(ErrorKind::PeerClosed, "peer stopped reading"));
-                }
-                Ok(n) => self.out_pos += n,
-                Err(err) => {
-                    let err = Error::io("write to peer", err);
-                    self.failed = Some(err.kind());
-                    return Err(err);
-                }
-            }
-        }
-        self.out.clear();
-        self.out_pos = 0;
-        Ok(())
+#[derive(Debug)]
+struct Io {
+    half: AsyncWriteHalf,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Writer {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push_control(&mut self, kind: FrameKind, id: u32) -> Result<()> {
-        ipc_core::encode_raw_frame(&mut self.out, kind, id, &[], &self.send_limits)?;
-        Ok(())
+    /// Appends a frame with `encode`; true when the pending bytes reached the threshold.
+    fn queue(&self, encode: impl FnOnce(&mut Vec<u8>, &Limits) -> Result<usize>) -> Result<bool> {
+        let mut pending = self.pending();
+        if let Some(kind) = pending.failed {
+            return Err(Error::new(kind, "connection failed earlier"));
+        }
+        encode(&mut pending.out, &self.send_limits)?;
+        Ok(pending.out.len() >= self.flush_threshold)
+    }
+
+    fn queue_control(&self, kind: FrameKind, id: u32) -> Result<()> {
+        self.queue(|out, limits| ipc_core::encode_raw_frame(out, kind, id, &[], limits))
+            .map(|_| ())
+    }
+
+    fn fail(&self, err: Error) -> Error {
+        self.pending().failed = Some(err.kind());
+        err
+    }
+
+    /// Writes everything queued so far.
+    async fn flush(&self) -> Result<()> {
+        let mut guard = self.io.lock().await;
+        let io = &mut *guard;
+        loop {
+            while io.pos < io.buf.len() {
+                match io.half.write(&io.buf[io.pos..]).await {
+                    Ok(0) => {
+                        let err = Error::new(ErrorKind::PeerClosed, "peer stopped reading");
+                        return Err(self.fail(err));
+                    }
+                    Ok(n) => io.pos += n,
+                    Err(err) => return Err(self.fail(Error::io("write to peer", err))),
+                }
+            }
+            io.buf.clear();
+            io.pos = 0;
+            let mut pending = self.pending();
+            if let Some(kind) = pending.failed {
+                return Err(Error::new(kind, "connection failed earlier"));
+            }
+            if pending.out.is_empty() {
+                return Ok(());
+            }
+            std::mem::swap(&mut pending.out, &mut io.buf);
+        }
     }
 }
 
@@ -147,7 +187,7 @@ impl WriteState {
 /// connection; frames from one clone are never interleaved with another's.
 #[derive(Debug)]
 pub struct AsyncSendHalf<T> {
-    writer: Arc<Mutex<WriteState>>,
+    writer: Arc<Writer>,
     _message: PhantomData<fn(T)>,
 }
 
@@ -163,32 +203,28 @@ impl<T> Clone for AsyncSendHalf<T> {
 impl<T: Serialize + Sync> AsyncSendHalf<T> {
     /// Queues `message`; writes the buffer once it reaches the flush threshold.
     pub async fn send(&mut self, message: &T) -> Result<()> {
-        // Uncontended in the common case: skip the lock future.
-        let mut writer = match self.writer.try_lock() {
-            Ok(writer) => writer,
-            Err(_) => self.writer.lock().await,
-        };
-        let limits = writer.send_limits;
-        ipc_core::encode_frame(&mut writer.out, FrameKind::Data, 0, message, &limits)?;
-        if writer.out.len() - writer.out_pos >= writer.flush_threshold {
-            writer.write_out().await?;
+        let full = self.writer.queue(|out, limits| {
+            ipc_core::encode_frame(out, FrameKind::Data, 0, message, limits)
+        })?;
+        if full {
+            self.writer.flush().await?;
         }
         Ok(())
     }
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<()> {
-        self.writer.lock().await.write_out().await
+        self.writer.flush().await
     }
 
     /// Sends a close frame with `code` and `reason`, flushes, and shuts the stream's write
     /// side down where the transport supports it.
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
-        let mut writer = self.writer.lock().await;
-        Close::new(code, reason).encode_frame(&mut writer.out)?;
-        writer.write_out().await?;
-        let _ = writer.half.shutdown().await;
-        writer.failed = Some(ErrorKind::Closed);
+        self.writer
+            .queue(|out, _| Close::new(code, reason).encode_frame(out))?;
+        self.writer.flush().await?;
+        let _ = self.writer.io.lock().await.half.shutdown().await;
+        self.writer.fail(Error::new(ErrorKind::Closed, "closed"));
         Ok(())
     }
 }
@@ -212,7 +248,7 @@ pub struct AsyncRecvHalf<T> {
     reader: AsyncReadHalf,
     decoder: FrameDecoder,
     liveness: Liveness,
-    writer: Arc<Mutex<WriteState>>,
+    writer: Arc<Writer>,
     failed: Option<ErrorKind>,
     _message: PhantomData<fn() -> T>,
 }
@@ -238,18 +274,24 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                 Some(Inbound::Message(message)) => return Ok(message),
                 Some(Inbound::Undecodable(err)) => return Err(err),
                 Some(Inbound::Ping(id)) => {
-                    let mut writer = self.writer.lock().await;
-                    writer.push_control(FrameKind::Pong, id)?;
-                    writer.write_out().await?;
+                    self.writer.queue_control(FrameKind::Pong, id)?;
+                    self.writer.flush().await?;
                     continue;
                 }
                 Some(Inbound::Ignore) => continue,
                 Some(Inbound::Closed(err)) => return Err(self.fail(err)),
                 Some(Inbound::Bad(err)) => {
-                    let mut writer = self.writer.lock().await;
-                    writer.out.extend_from_slice(&close_frame_for(&err));
-                    let _ = writer.write_out().await;
-                    drop(writer);
+                    let close = close_frame_for(&err);
+                    if self
+                        .writer
+                        .queue(|out, _| {
+                            out.extend_from_slice(&close);
+                            Ok(close.len())
+                        })
+                        .is_ok()
+                    {
+                        let _ = self.writer.flush().await;
+                    }
                     return Err(self.fail(err));
                 }
                 None => {}
@@ -258,9 +300,8 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                 Err(err) => return Err(self.fail(err)),
                 Ok(Beat::Wait(wait)) => wait,
                 Ok(Beat::Ping(nonce, wait)) => {
-                    let mut writer = self.writer.lock().await;
-                    writer.push_control(FrameKind::Ping, nonce)?;
-                    writer.write_out().await?;
+                    self.writer.queue_control(FrameKind::Ping, nonce)?;
+                    self.writer.flush().await?;
                     wait
                 }
             };
@@ -351,14 +392,19 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
     }
 
     pub(crate) fn from_handshaken(shaken: Handshaken, config: &ConnectionConfig) -> Self {
-        let writer = Arc::new(Mutex::new(WriteState {
-            half: shaken.writer,
-            out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
-            out_pos: 0,
+        let writer = Arc::new(Writer {
+            pending: std::sync::Mutex::new(Pending {
+                out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+                failed: None,
+            }),
+            io: Mutex::new(Io {
+                half: shaken.writer,
+                buf: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+                pos: 0,
+            }),
             send_limits: shaken.send_limits,
             flush_threshold: config.flush_threshold(),
-            failed: None,
-        }));
+        });
         AsyncConnection {
             send: AsyncSendHalf {
                 writer: Arc::clone(&writer),
