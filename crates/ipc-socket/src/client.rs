@@ -336,20 +336,28 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Client<T> {
         let id = self.shared.next_id();
         let (ack_tx, ack) = oneshot::channel();
         lock(&self.shared.acks).insert(id, ack_tx);
-        self.send_frame(|out, limits| {
-            ipc_core::encode_raw_frame(out, FrameKind::Subscribe, id, prefix.as_bytes(), limits)
-        })
-        .await?;
+        let sent = self
+            .send_frame(|out, limits| {
+                ipc_core::encode_raw_frame(out, FrameKind::Subscribe, id, prefix.as_bytes(), limits)
+            })
+            .await;
+        if let Err(err) = sent {
+            lock(&self.shared.acks).remove(&id);
+            return Err(err);
+        }
         match tokio::time::timeout(Duration::from_secs(5), ack).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::new(
                 ErrorKind::PeerDied,
                 format!("subscription to `{prefix}` lost with the connection"),
             )),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no acknowledgement of subscription to `{prefix}` within 5000 ms"),
-            )),
+            Err(_) => {
+                lock(&self.shared.acks).remove(&id);
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("no acknowledgement of subscription to `{prefix}` within 5000 ms"),
+                ))
+            }
         }
     }
 
