@@ -153,3 +153,23 @@ fn chat_over_tcp_with_a_killed_client_and_python() -> Result<()> {
 fn chat_over_a_namespaced_local_socket_with_a_killed_client_and_python() -> Result<()> {
     chat(&format!("local:{}", ipc_tests::unique_name("chat")))
 }
+
+#[test]
+fn python_requests_in_flight_come_back_as_their_echo() -> Result<()> {
+    let Some(python) = python() else {
+        return Ok(());
+    };
+    let _watchdog = Watchdog::new("python requests", WAIT);
+    let (mut server, bound) = spawn_server("tcp:127.0.0.1:0")?;
+    let mut command = Command::new(python);
+    command
+        .arg(python_client())
+        .args(["requests", "--address", &bound, "--count", "200"]);
+    let mut client = Peer::spawn("python requests", command)?;
+    assert_eq!(client.expect_line(WAIT)?, "ok requests=200");
+    client.wait_success(WAIT)?;
+    server.close_stdin();
+    server.expect_prefixed("ok", WAIT)?;
+    server.wait_success(WAIT)?;
+    Ok(())
+}

@@ -14,7 +14,9 @@ Use as a library:
     client.close()
 
 or run `ipc_client.py chat --address A --name NAME --count N --expect a,b`, which behaves like
-the `socket-chat` role of the ipc-tests peer (see tests/src/roles/socket.rs).
+the `socket-chat` role of the ipc-tests peer (see tests/src/roles/socket.rs), or
+`ipc_client.py requests --address A --count N`, which checks that N requests (four in flight
+at a time) come back as their echo from the `socket-server` role.
 """
 
 import queue
@@ -252,9 +254,10 @@ class Client:
             self.inbox.put(("error", None, str(err)))
 
     def _fresh_id(self) -> int:
-        ident = self.next_id
-        self.next_id = (self.next_id + 1) & 0xFFFFFFFF or 1
-        return ident
+        with self.write_lock:
+            ident = self.next_id
+            self.next_id = (self.next_id + 1) & 0xFFFFFFFF or 1
+            return ident
 
     def subscribe(self, prefix: str, timeout=5.0):
         ident = self._fresh_id()
@@ -339,15 +342,43 @@ def chat(args):
     print(f"ok received={received} senders={senders}", flush=True)
 
 
+def requests(args):
+    """Sends --count requests, several in flight at once from threads, and checks that each
+    response is the echo of its request (the socket-server role echoes requests)."""
+    count = int(args.get("count", "100"))
+    client = Client.connect(args["address"], "ipc-tests.ChatLine/1")
+    failures = []
+
+    def worker(first):
+        try:
+            for seq in range(first, count, 4):
+                line = encode_chat_line("py", seq, f"question {seq}")
+                if client.request(line, timeout=30) != line:
+                    failures.append(f"response to request {seq} differs")
+        except Exception as err:  # reported below
+            failures.append(repr(err))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise ProtocolError(failures[0])
+    client.close()
+    print(f"ok requests={count}", flush=True)
+
+
 def main(argv):
-    if len(argv) < 2 or argv[1] != "chat":
+    commands = {"chat": chat, "requests": requests}
+    if len(argv) < 2 or argv[1] not in commands:
         raise SystemExit(__doc__)
     args = {}
     rest = argv[2:]
     for key, value in zip(rest[::2], rest[1::2]):
         args[key.lstrip("-")] = value
     try:
-        chat(args)
+        commands[argv[1]](args)
     except Exception as err:  # the outcome line, as the Rust roles print it
         print(f"error {type(err).__name__}: {err}", flush=True)
         return 1
