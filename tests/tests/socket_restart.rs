@@ -97,3 +97,57 @@ fn clients_find_a_restarted_server_again() -> Result<()> {
     second.wait_success(WAIT)?;
     Ok(())
 }
+
+#[test]
+fn a_stopped_client_is_dropped_by_the_heartbeat_and_others_stay() -> Result<()> {
+    let _watchdog = Watchdog::new("stopped client", WAIT);
+    let mut command = Peer::role_command(
+        "socket-server",
+        ["--address", "tcp:127.0.0.1:0", "--heartbeat-ms", "100"],
+    )?;
+    command.stdin(Stdio::piped());
+    let mut server = Peer::spawn("server", command)?;
+    let address = server.expect_prefixed("ready address=", WAIT)?;
+    let mut frozen = Peer::spawn_role("frozen", "socket-watch", ["--address", &address])?;
+    assert_eq!(frozen.expect_line(WAIT)?, "connected");
+    let mut lively = Peer::spawn_role("lively", "socket-watch", ["--address", &address])?;
+    assert_eq!(lively.expect_line(WAIT)?, "connected");
+    server.expect_prefixed("connected", WAIT)?;
+    server.expect_prefixed("connected", WAIT)?;
+
+    // SIGSTOP: the process is alive and its socket open, but it answers nothing.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &frozen.pid().to_string()])
+        .status()?;
+    assert!(stopped.success());
+    let line = server.expect_prefixed("closed", WAIT)?;
+    assert!(
+        line.contains("error=peer died: peer silent for"),
+        "server reported {line:?}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &frozen.pid().to_string()])
+        .status();
+    frozen.kill()?;
+
+    // The lively client is still served: a publication reaches it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = ConnectionConfig::new::<ChatLine>()
+        .with_message_type(MessageType::named("ipc-tests.ChatLine/1"));
+    let publisher = runtime.block_on(Client::<ChatLine>::connect(ClientConfig::new(
+        address.parse()?,
+        config,
+    )))?;
+    let bye = ChatLine {
+        from: "test".into(),
+        seq: 0,
+        text: "bye".into(),
+    };
+    runtime.block_on(publisher.publish("t", &bye))?;
+    assert_eq!(lively.expect_line(WAIT)?, "got bye");
+    lively.expect_prefixed("ok", WAIT)?;
+    lively.wait_success(WAIT)?;
+    Ok(())
+}

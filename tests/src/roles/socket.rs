@@ -1,6 +1,7 @@
 //! Peer roles for ipc-socket. Each role is named `socket-...`.
 //!
-//! - `socket-server --address A [--policy wait|drop-oldest|disconnect] [--max-connections N]`:
+//! - `socket-server --address A [--policy wait|drop-oldest|disconnect] [--max-connections N]
+//!   [--heartbeat-ms MS]`:
 //!   a chat server (a publish/subscribe broker that also echoes requests). Prints
 //!   `ready address=A`, then one line per connection event (`connected`, `closed conn=#n
 //!   error=<kind>: <message>`, `rejected error=...`), and `ok` when its stdin closes.
@@ -17,14 +18,15 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ipc_core::{ErrorKind, MessageType, Receiver, Sender};
 
 use crate::bench::socket::{Blob, BlobRef, blob_config};
 use ipc_socket::{
-    Address, Client, ClientConfig, Connection, ConnectionConfig, Event, Incoming, Listener, Policy,
-    Server, ServerConfig,
+    Address, Client, ClientConfig, Connection, ConnectionConfig, Event, Heartbeat, Incoming,
+    Listener, Policy, Server, ServerConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +100,15 @@ async fn server(args: &Args) -> Result<()> {
         "disconnect" => Policy::Disconnect,
         other => bail!("--policy {other}: expected wait, drop-oldest or disconnect"),
     };
-    let config = ServerConfig::new(address(args)?, chat_config())
+    let heartbeat_ms: u64 = args.get("heartbeat-ms", 0)?;
+    let mut connection = chat_config();
+    if heartbeat_ms != 0 {
+        connection = connection.with_heartbeat(Heartbeat {
+            interval: Duration::from_millis(heartbeat_ms),
+            timeout: Duration::from_millis(heartbeat_ms * 5),
+        });
+    }
+    let config = ServerConfig::new(address(args)?, connection)
         .policy(policy)
         .max_connections(args.get("max-connections", 1024)?);
     let mut server = Server::<ChatLine>::bind(config).await?;
