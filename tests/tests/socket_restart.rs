@@ -103,7 +103,7 @@ fn a_stopped_client_is_dropped_by_the_heartbeat_and_others_stay() -> Result<()> 
     let _watchdog = Watchdog::new("stopped client", WAIT);
     let mut command = Peer::role_command(
         "socket-server",
-        ["--address", "tcp:127.0.0.1:0", "--heartbeat-ms", "100"],
+        ["--address", "tcp:127.0.0.1:0", "--heartbeat-ms", "200"],
     )?;
     command.stdin(Stdio::piped());
     let mut server = Peer::spawn("server", command)?;
