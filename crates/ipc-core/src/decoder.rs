@@ -42,6 +42,8 @@ pub struct FrameDecoder {
     start: usize,
     end: usize,
     failed: Option<ErrorKind>,
+    /// The validated header of the complete frame at the front, as found by `peek_header`.
+    peeked: Option<FrameHeader>,
 }
 
 impl FrameDecoder {
@@ -53,6 +55,7 @@ impl FrameDecoder {
             start: 0,
             end: 0,
             failed: None,
+            peeked: None,
         }
     }
 
@@ -64,6 +67,7 @@ impl FrameDecoder {
     /// Changes the limits, for example after the handshake agreed on them.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+        self.peeked = None;
     }
 
     /// Bytes received but not yet returned as frames.
@@ -115,6 +119,51 @@ impl FrameDecoder {
                 "frame decoder stopped after an earlier error",
             ));
         }
+        let header = match self.peeked.take() {
+            // Already validated and complete: the bytes at the front have not changed.
+            Some(header) => header,
+            None => {
+                let available = &self.buf[self.start..self.end];
+                let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
+                    if let Err(err) = check_prefix(available) {
+                        self.failed = Some(err.kind());
+                        return Err(err);
+                    }
+                    return Ok(None);
+                };
+                let header = match FrameHeader::parse(header_bytes, &self.limits) {
+                    Ok(header) => header,
+                    Err(err) => {
+                        self.failed = Some(err.kind());
+                        return Err(err);
+                    }
+                };
+                if available.len() < header.frame_len() {
+                    return Ok(None);
+                }
+                header
+            }
+        };
+        let frame_len = header.frame_len();
+        let payload_start = self.start + HEADER_LEN;
+        self.start += frame_len;
+        let payload = &self.buf[payload_start..payload_start + header.len() as usize];
+        Ok(Some(Frame::from_parts(header, payload)))
+    }
+
+    /// The header of the next frame if the whole frame has arrived, without consuming it;
+    /// `None` if more input is needed. Lets a caller look at the kind before it decides how
+    /// to decode the frame that [`next_frame`](FrameDecoder::next_frame) returns next.
+    pub fn peek_header(&mut self) -> Result<Option<FrameHeader>> {
+        if let Some(kind) = self.failed {
+            return Err(Error::new(
+                kind,
+                "frame decoder stopped after an earlier error",
+            ));
+        }
+        if let Some(header) = self.peeked {
+            return Ok(Some(header));
+        }
         let available = &self.buf[self.start..self.end];
         let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
             if let Err(err) = check_prefix(available) {
@@ -123,21 +172,24 @@ impl FrameDecoder {
             }
             return Ok(None);
         };
-        let header = match FrameHeader::parse(header_bytes, &self.limits) {
-            Ok(header) => header,
+        match FrameHeader::parse(header_bytes, &self.limits) {
+            Ok(header) if available.len() >= header.frame_len() => {
+                self.peeked = Some(header);
+                Ok(Some(header))
+            }
+            Ok(_) => Ok(None),
             Err(err) => {
                 self.failed = Some(err.kind());
-                return Err(err);
+                Err(err)
             }
-        };
-        let frame_len = header.frame_len();
-        if available.len() < frame_len {
-            return Ok(None);
         }
-        let payload_start = self.start + HEADER_LEN;
-        self.start += frame_len;
-        let payload = &self.buf[payload_start..payload_start + header.len() as usize];
-        Ok(Some(Frame::from_parts(header, payload)))
+    }
+
+    /// Grows the buffer to hold at least `n` bytes, so that [`read_buf`](FrameDecoder::read_buf)
+    /// offers up to `n` bytes of room from now on: fewer, larger reads when a stream carries
+    /// many small frames. Costs `n` bytes of memory; the buffer never shrinks.
+    pub fn reserve(&mut self, n: usize) {
+        self.make_room(n);
     }
 
     /// Call at end of stream: [`ErrorKind::Truncated`] if a frame was only partly received.
@@ -252,6 +304,26 @@ mod tests {
         decoder.finish().unwrap();
         // The buffer grew with the data, not beyond one frame plus a read chunk or so.
         assert!(decoder.buf.len() <= 2 * (100_000 + HEADER_LEN + READ_CHUNK));
+    }
+
+    #[test]
+    fn peek_header_does_not_consume() {
+        let limits = Limits::default();
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, FrameKind::Ping, 4, &(), &limits).unwrap();
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&wire[..10]);
+        assert_eq!(decoder.peek_header().unwrap(), None);
+        decoder.push(&wire[10..]);
+        let header = decoder.peek_header().unwrap().unwrap();
+        assert_eq!((header.kind(), header.id()), (FrameKind::Ping, 4));
+        assert_eq!(decoder.next_frame().unwrap().unwrap().id(), 4);
+        assert_eq!(decoder.peek_header().unwrap(), None);
+        decoder.push(b"x");
+        assert_eq!(
+            decoder.peek_header().unwrap_err().kind(),
+            ErrorKind::BadMagic
+        );
     }
 
     #[test]

@@ -87,6 +87,19 @@ pub enum FrameKind {
     Ping,
     /// `0x05`: the answer to a ping, echoing its id.
     Pong,
+    /// `0x06`: a request; the id is its correlation id, the payload a postcard message.
+    Request,
+    /// `0x07`: the response to the request with the same id; the payload a postcard message.
+    Response,
+    /// `0x08`: subscribe to a topic prefix (payload: the topic's UTF-8 bytes); the id is
+    /// echoed by the [`SubscribeAck`](FrameKind::SubscribeAck).
+    Subscribe,
+    /// `0x09`: the subscription with the same id is in force; empty payload.
+    SubscribeAck,
+    /// `0x0A`: cancel a subscription (payload: the topic's UTF-8 bytes).
+    Unsubscribe,
+    /// `0x0B`: a message on a topic: u16 LE topic length, topic UTF-8 bytes, postcard message.
+    Publish,
 }
 
 impl FrameKind {
@@ -98,6 +111,12 @@ impl FrameKind {
             FrameKind::Close => 0x03,
             FrameKind::Ping => 0x04,
             FrameKind::Pong => 0x05,
+            FrameKind::Request => 0x06,
+            FrameKind::Response => 0x07,
+            FrameKind::Subscribe => 0x08,
+            FrameKind::SubscribeAck => 0x09,
+            FrameKind::Unsubscribe => 0x0A,
+            FrameKind::Publish => 0x0B,
         }
     }
 
@@ -109,6 +128,12 @@ impl FrameKind {
             0x03 => FrameKind::Close,
             0x04 => FrameKind::Ping,
             0x05 => FrameKind::Pong,
+            0x06 => FrameKind::Request,
+            0x07 => FrameKind::Response,
+            0x08 => FrameKind::Subscribe,
+            0x09 => FrameKind::SubscribeAck,
+            0x0A => FrameKind::Unsubscribe,
+            0x0B => FrameKind::Publish,
             other => {
                 return Err(Error::new(
                     ErrorKind::Protocol,

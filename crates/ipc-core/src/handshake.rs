@@ -135,6 +135,13 @@ impl Hello {
         }
     }
 
+    /// The same hello announcing `features` (bits defined by the mechanism's documents,
+    /// such as ipc-socket's messaging patterns).
+    pub fn with_features(mut self, features: u32) -> Hello {
+        self.features = features;
+        self
+    }
+
     /// The largest payload the sender of this hello accepts.
     pub fn max_frame_len(&self) -> u32 {
         self.max_frame_len

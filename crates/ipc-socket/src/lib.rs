@@ -1,27 +1,83 @@
-#![forbid(unsafe_code)]
-
-//! Typed, framed connections over local sockets (Unix domain sockets, named pipes) and TCP.
+//! Typed, framed connections over local sockets (Unix domain sockets, named pipes) and TCP,
+//! blocking and async, for many clients and any language.
 //!
-//! **Status: not yet implemented.** This crate reserves its place in the workspace; the
-//! socket issue fills it with blocking and async connections carrying ipc-core frames, a
-//! server for many clients with request/response and publish/subscribe, heartbeats,
-//! reconnection and backpressure.
+//! Choose this crate over `ipc-shm` when the processes may run on different machines or are
+//! written in other languages (the wire format is ipc-core's `PROTOCOL.md` plus this crate's
+//! `PATTERNS.md`), and over `ipc-queue` when both sides run at the same time and nothing
+//! needs to survive a crash.
 //!
-//! Choose it over `ipc-shm` when the processes may run on different machines or are written
-//! in other languages (the wire format is documented in ipc-core's `PROTOCOL.md`), and over
-//! `ipc-queue` when both sides are running at the same time.
+//! - [`Address`]: `local:NAME`, `unix:/path` or `tcp:HOST:PORT`, one API over all three.
+//! - [`Connection`] / [`Listener`]: blocking, one peer, messages both ways
+//!   ([`Sender`](ipc_core::Sender) / [`Receiver`](ipc_core::Receiver)).
+//! - [`AsyncConnection`]: the same for tokio, splittable into halves
+//!   ([`AsyncSender`](ipc_core::AsyncSender) / [`AsyncReceiver`](ipc_core::AsyncReceiver)).
+//! - [`Server`]: tokio, many clients, bounded per-client queues with a [`Policy`], duplex
+//!   messages, request/response and publish/subscribe with topics.
+//! - [`Client`]: tokio, requests with correlation ids and deadlines, subscriptions, and
+//!   reconnection with jittered exponential back-off that resubscribes.
+//!
+//! Every connection starts with ipc-core's handshake (protocol version, frame limits,
+//! message-type fingerprint), watches its peer with ping/pong heartbeats and ends with an
+//! explicit close frame.
 //!
 //! # Example
 //!
-//! The wire format it speaks is ipc-core's, re-exported here:
+//! ```
+//! use ipc_socket::{Client, ClientConfig, ConnectionConfig, Incoming, Server, ServerConfig};
+//! use ipc_core::MessageType;
 //!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let config = ConnectionConfig::new::<String>().with_message_type(MessageType::named("chat/1"));
+//! let server = Server::<String>::bind(ServerConfig::new("tcp:127.0.0.1:0".parse()?, config.clone())).await?;
+//!
+//! let mut ann = Client::<String>::connect(ClientConfig::new(server.address().clone(), config.clone())).await?;
+//! let bob = Client::<String>::connect(ClientConfig::new(server.address().clone(), config)).await?;
+//! ann.subscribe("room/1").await?; // acknowledged: everything published from now on arrives
+//! bob.publish("room/1", &"hi ann".to_owned()).await?;
+//! match ann.recv().await? {
+//!     Incoming::Publication { topic, message } => {
+//!         assert_eq!((topic.as_str(), message.as_str()), ("room/1", "hi ann"));
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! # Ok::<(), ipc_core::Error>(())
+//! # }).unwrap();
 //! ```
-//! assert_eq!(ipc_socket::core::HEADER_LEN, 16);
-//! ```
+//!
+//! # Security
+//!
+//! Socket files are created with mode 0600 (owner only). Namespaced names on Linux are
+//! abstract sockets without permission bits: restrict them with
+//! [`ServerConfig::allow_uids`] (peer credentials) or use a socket file. A socket file left
+//! by a crashed server is removed only after a connect attempt to it is refused; a live
+//! server's socket is never taken over.
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! None.
+
+#![forbid(unsafe_code)]
+
+mod address;
+mod async_conn;
+mod blocking;
+mod client;
+mod config;
+mod server;
+mod stream;
+mod wire;
+
+pub use crate::address::Address;
+pub use crate::async_conn::{AsyncConnection, AsyncRecvHalf, AsyncSendHalf};
+pub use crate::blocking::{Connection, Listener};
+pub use crate::client::{Backoff, Client, ClientConfig, Incoming};
+pub use crate::config::{ConnectionConfig, Heartbeat};
+pub use crate::server::{ConnId, Event, Policy, Server, ServerConfig, ServerHandle};
 
 /// The shared foundation: frames, handshake, errors, traits.
 pub use ipc_core as core;
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

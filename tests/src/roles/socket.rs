@@ -1,12 +1,363 @@
 //! Peer roles for ipc-socket. Each role is named `socket-...`.
+//!
+//! - `socket-server --address A [--policy wait|drop-oldest|disconnect] [--max-connections N]
+//!   [--heartbeat-ms MS]`:
+//!   a chat server (a publish/subscribe broker that also echoes requests). Prints
+//!   `ready address=A`, then one line per connection event (`connected`, `closed conn=#n
+//!   error=<kind>: <message>`, `rejected error=...`), and `ok` when its stdin closes.
+//! - `socket-chat --address A --name NAME --count N [--expect a,b] [--progress K]`: joins the
+//!   chat (subscribes to `chat`), prints `subscribed`, waits for `go` on stdin, publishes N
+//!   lines while receiving everyone's, checks that every sender's lines arrive in order, and
+//!   prints `ok received=.. senders=..` once every sender named in `--expect` (and itself)
+//!   delivered N lines.
+//! - `socket-watch --address A`: subscribes to `t` and prints `connected`, `disconnected`,
+//!   `reconnected`, `got TEXT` as they happen; ends with `ok` after `got bye`.
+//! - `socket-echo-server --address A --transport blocking|async`, `socket-raw-echo --address A`:
+//!   bench partners, see `bench/socket.rs`.
 
-use anyhow::Result;
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ipc_core::{ErrorKind, MessageType, Receiver, Sender};
+
+use crate::bench::socket::{Blob, BlobRef, blob_config};
+use ipc_socket::{
+    Address, Client, ClientConfig, Connection, ConnectionConfig, Event, Heartbeat, Incoming,
+    Listener, Policy, Server, ServerConfig,
+};
+use serde::{Deserialize, Serialize};
 
 use super::Args;
 
+/// One chat line: who sent it, its position in the sender's stream, and the text.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChatLine {
+    /// The sender's name.
+    pub(crate) from: String,
+    /// The sender's sequence number, from 0.
+    pub(crate) seq: u64,
+    /// The text.
+    pub(crate) text: String,
+}
+
+/// The explicit wire name of [`ChatLine`], shared with the Python client.
+pub(crate) const CHAT_TYPE: &str = "ipc-tests.ChatLine/1";
+
+/// The connection settings of every chat role.
+pub(crate) fn chat_config() -> ConnectionConfig {
+    ConnectionConfig::new::<ChatLine>().with_message_type(MessageType::named(CHAT_TYPE))
+}
+
 /// Runs `role` if it is one of this module's; `None` if the name is not ours.
 pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
-    // No roles yet: the ipc-socket issue adds them here, as `"socket-name" => Some(name(args)),`.
-    let _ = (role, args);
-    None
+    match role {
+        "socket-server" => Some(runtime().and_then(|rt| rt.block_on(server(args)))),
+        "socket-chat" => Some(runtime().and_then(|rt| rt.block_on(chat(args)))),
+        "socket-watch" => Some(runtime().and_then(|rt| rt.block_on(watch(args)))),
+        "socket-echo-server" => Some(echo_server(args)),
+        "socket-raw-echo" => Some(raw_echo(args)),
+        _ => None,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start tokio runtime")
+}
+
+fn address(args: &Args) -> Result<Address> {
+    Ok(args.text("address", "").parse::<Address>()?)
+}
+
+/// A line to stdout, flushed at once (the parent reads it to synchronise).
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Resolves when stdin reaches its end (the parent closed it or died).
+fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().lock().read_to_end(&mut sink);
+        let _ = tx.send(());
+    });
+    rx
+}
+
+async fn server(args: &Args) -> Result<()> {
+    let policy = match args.text("policy", "wait").as_str() {
+        "wait" => Policy::Wait,
+        "drop-oldest" => Policy::DropOldest,
+        "disconnect" => Policy::Disconnect,
+        other => bail!("--policy {other}: expected wait, drop-oldest or disconnect"),
+    };
+    let heartbeat_ms: u64 = args.get("heartbeat-ms", 0)?;
+    let mut connection = chat_config();
+    if heartbeat_ms != 0 {
+        connection = connection.with_heartbeat(Heartbeat {
+            interval: Duration::from_millis(heartbeat_ms),
+            timeout: Duration::from_millis(heartbeat_ms * 5),
+        });
+    }
+    let config = ServerConfig::new(address(args)?, connection)
+        .policy(policy)
+        .max_connections(args.get("max-connections", 1024)?);
+    let mut server = Server::<ChatLine>::bind(config).await?;
+    say(format_args!("ready address={}", server.address()));
+    let handle = server.handle();
+    let mut done = stdin_closed();
+    loop {
+        let event = tokio::select! {
+            event = server.next_event() => event,
+            _ = &mut done => break,
+        };
+        let Some(event) = event else { break };
+        match event {
+            Event::Connected { conn, peer } => {
+                say(format_args!("connected conn={conn} peer={peer}"))
+            }
+            Event::Disconnected { conn, error: None } => {
+                say(format_args!("closed conn={conn} normal"))
+            }
+            Event::Disconnected {
+                conn,
+                error: Some(err),
+            } => say(format_args!(
+                "closed conn={conn} error={}: {err}",
+                err.kind()
+            )),
+            Event::Rejected { peer, error } => {
+                say(format_args!(
+                    "rejected peer={peer} error={}: {error}",
+                    error.kind()
+                ));
+            }
+            Event::Request { conn, id, message } => {
+                // Echo: the request comes back as the response.
+                let _ = handle.respond(conn, id, &message).await;
+            }
+            Event::Message { conn, message } => {
+                let _ = handle.send(conn, &message).await;
+            }
+        }
+    }
+    server.shutdown().await;
+    say("ok");
+    Ok(())
+}
+
+async fn chat(args: &Args) -> Result<()> {
+    let name = args.text("name", "anon");
+    let count: u64 = args.get("count", 1000)?;
+    let progress: u64 = args.get("progress", 0)?;
+    let mut expected: Vec<String> = args
+        .text("expect", "")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !expected.contains(&name) {
+        expected.push(name.clone());
+    }
+    let client = Arc::new(
+        Client::<ChatLine>::connect(
+            ClientConfig::new(address(args)?, chat_config()).no_reconnect(),
+        )
+        .await?,
+    );
+    client.subscribe("chat").await?;
+    say("subscribed");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("read go from stdin")?;
+    if line.trim() != "go" {
+        bail!("expected `go` on stdin, got {line:?}");
+    }
+    let publisher = {
+        let client = Arc::clone(&client);
+        let name = name.clone();
+        tokio::spawn(async move {
+            for seq in 0..count {
+                let line = ChatLine {
+                    from: name.clone(),
+                    seq,
+                    text: format!("{name} says {seq}"),
+                };
+                client.publish("chat", &line).await?;
+                if progress != 0 && (seq + 1).is_multiple_of(progress) {
+                    say(format_args!("progress {}", seq + 1));
+                }
+            }
+            Ok::<(), ipc_core::Error>(())
+        })
+    };
+    let mut next: HashMap<String, u64> = HashMap::new();
+    let mut received: u64 = 0;
+    let complete = |next: &HashMap<String, u64>| {
+        expected
+            .iter()
+            .all(|sender| next.get(sender).copied().unwrap_or(0) >= count)
+    };
+    while !complete(&next) {
+        let (topic, line) = match client.recv().await? {
+            Incoming::Publication { topic, message } => (topic, message),
+            other => bail!("unexpected {other:?}"),
+        };
+        if topic != "chat" {
+            bail!("publication on unexpected topic {topic:?}");
+        }
+        let want = next.entry(line.from.clone()).or_insert(0);
+        if line.seq != *want {
+            bail!(ipc_core::Error::new(
+                ErrorKind::Corrupted,
+                format!(
+                    "from {}: got line {} where line {} was due",
+                    line.from, line.seq, *want
+                )
+            ));
+        }
+        if line.text != format!("{} says {}", line.from, line.seq) {
+            bail!(ipc_core::Error::new(
+                ErrorKind::Corrupted,
+                format!(
+                    "from {}: line {} has text {:?}",
+                    line.from, line.seq, line.text
+                )
+            ));
+        }
+        *want += 1;
+        received += 1;
+    }
+    publisher.await.context("publisher task")??;
+    let mut senders: Vec<String> = next.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    senders.sort();
+    match Arc::try_unwrap(client) {
+        Ok(client) => client.close().await?,
+        Err(_) => bail!("client still shared"),
+    }
+    say(format_args!(
+        "ok received={received} senders={}",
+        senders.join(",")
+    ));
+    Ok(())
+}
+
+async fn watch(args: &Args) -> Result<()> {
+    let client =
+        Client::<ChatLine>::connect(ClientConfig::new(address(args)?, chat_config())).await?;
+    client.subscribe("t").await?;
+    say("connected");
+    loop {
+        match client.recv().await? {
+            Incoming::Disconnected(err) => say(format_args!("disconnected {err}")),
+            Incoming::Reconnected => say("reconnected"),
+            Incoming::Publication { message, .. } => {
+                say(format_args!("got {}", message.text));
+                if message.text == "bye" {
+                    break;
+                }
+            }
+            Incoming::Message(message) => say(format_args!("message {}", message.text)),
+        }
+    }
+    say(format_args!("ok connections={}", client.connections()));
+    client.close().await?;
+    Ok(())
+}
+
+/// `socket-echo-server --address A --mode echo|sink`: one blocking connection at a time;
+/// `echo` sends every message back (round trips), `sink` counts messages until one of zero
+/// bytes arrives and then answers it (streaming).
+fn echo_server(args: &Args) -> Result<()> {
+    let listener = Listener::<Blob>::bind(&address(args)?, blob_config())?;
+    say(format_args!("ready address={}", listener.address()));
+    let mode = args.text("mode", "echo");
+    let mut conn: Connection<Blob> = listener.accept()?;
+    let echo = mode == "echo";
+    loop {
+        if echo {
+            let message = match conn.recv() {
+                Ok(message) => message,
+                Err(err) if err.is_peer_gone() => break,
+                Err(err) => return Err(err.into()),
+            };
+            conn.send(&message)?;
+            continue;
+        }
+        // Sink: borrow each message from the receive buffer (no allocation per message).
+        let is_marker = match conn.recv_ref::<BlobRef<'_>>() {
+            Ok(message) => message.bytes.is_empty(),
+            Err(err) if err.is_peer_gone() => break,
+            Err(err) => return Err(err.into()),
+        };
+        if is_marker {
+            conn.send(&Blob { bytes: Vec::new() })?;
+        }
+    }
+    say("ok");
+    Ok(())
+}
+
+/// `socket-raw-echo --address A --mode echo|sink`: the raw baseline: length-prefixed byte
+/// messages (u32 LE length + bytes) over a plain `UnixStream` / `TcpStream`, buffered.
+fn raw_echo(args: &Args) -> Result<()> {
+    let address = address(args)?;
+    let mode = args.text("mode", "echo");
+    match &address {
+        Address::Tcp(host_port) => {
+            let listener = std::net::TcpListener::bind(host_port.as_str())?;
+            say(format_args!("ready address=tcp:{}", listener.local_addr()?));
+            let (stream, _) = listener.accept()?;
+            stream.set_nodelay(true)?;
+            raw_echo_loop(&stream, &mode)
+        }
+        Address::Path(path) => {
+            let listener = std::os::unix::net::UnixListener::bind(path)?;
+            say(format_args!("ready address={address}"));
+            let (stream, _) = listener.accept()?;
+            let outcome = raw_echo_loop(&stream, &mode);
+            let _ = std::fs::remove_file(path);
+            outcome
+        }
+        Address::Local(_) => bail!("raw echo needs a tcp: or unix: address"),
+    }
+}
+
+fn raw_echo_loop<S>(stream: S, mode: &str) -> Result<()>
+where
+    S: Read + Write + Copy,
+{
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
+    let mut writer = std::io::BufWriter::with_capacity(64 * 1024, stream);
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        if reader.read_exact(&mut len).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > 16 * 1024 * 1024 {
+            bail!("raw message of {len} bytes exceeds 16 MiB");
+        }
+        buf.resize(len, 0);
+        reader.read_exact(&mut buf)?;
+        if mode == "echo" || len == 0 {
+            writer.write_all(&(len as u32).to_le_bytes())?;
+            writer.write_all(&buf)?;
+            writer.flush()?;
+        }
+    }
+    say("ok");
+    Ok(())
 }

@@ -1,0 +1,153 @@
+//! Addresses: which transport, and where.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipc_core::{Error, ErrorKind, Result};
+
+/// Where a server listens and a client connects; the variant picks the transport.
+///
+/// Parsed from text with a scheme prefix, and printed back the same way:
+///
+/// | text | transport |
+/// |---|---|
+/// | `local:NAME` | a namespaced local socket: an abstract Unix socket on Linux, `\\.\pipe\NAME` on Windows; no file |
+/// | `unix:/path/to/sock` | a Unix domain socket file (owner-only, mode 0600) |
+/// | `tcp:HOST:PORT` | TCP; `tcp:127.0.0.1:0` lets the server pick a port ([`Server::address`](crate::Server::address) tells which) |
+///
+/// ```
+/// use ipc_socket::Address;
+///
+/// let tcp: Address = "tcp:127.0.0.1:9000".parse()?;
+/// assert_eq!(tcp, Address::tcp("127.0.0.1:9000"));
+/// let path: Address = "unix:/run/app/sock".parse()?;
+/// assert_eq!(path.to_string(), "unix:/run/app/sock");
+/// assert!("ftp:x".parse::<Address>().is_err());
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A namespaced local socket name (no file on disk).
+    ///
+    /// On Linux this is an abstract socket, which has no permission bits: any local user can
+    /// connect. Use [`ServerConfig::allow_uids`](crate::ServerConfig::allow_uids) or a
+    /// [`Path`](Address::Path) address when that matters.
+    Local(String),
+    /// A socket file on the filesystem.
+    Path(PathBuf),
+    /// A TCP `host:port`.
+    Tcp(String),
+}
+
+impl Address {
+    /// A namespaced local socket name.
+    pub fn local(name: impl Into<String>) -> Address {
+        Address::Local(name.into())
+    }
+
+    /// A socket file path.
+    pub fn path(path: impl Into<PathBuf>) -> Address {
+        Address::Path(path.into())
+    }
+
+    /// A TCP `host:port`.
+    pub fn tcp(host_port: impl Into<String>) -> Address {
+        Address::Tcp(host_port.into())
+    }
+
+    /// The socket file, for a [`Path`](Address::Path) address.
+    pub fn as_path(&self) -> Option<&Path> {
+        match self {
+            Address::Path(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let empty = match self {
+            Address::Local(name) => name.is_empty(),
+            Address::Path(path) => path.as_os_str().is_empty(),
+            Address::Tcp(host_port) => host_port.is_empty(),
+        };
+        if empty {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("address `{self}` names nothing"),
+            ));
+        }
+        if let Address::Tcp(host_port) = self
+            && !host_port.contains(':')
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("tcp address `{host_port}` has no port (expected host:port)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Address {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Address> {
+        let address = if let Some(name) = text.strip_prefix("local:") {
+            Address::Local(name.to_owned())
+        } else if let Some(path) = text.strip_prefix("unix:") {
+            Address::Path(PathBuf::from(path))
+        } else if let Some(host_port) = text.strip_prefix("tcp:") {
+            Address::Tcp(host_port.to_owned())
+        } else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("address `{text}` must start with local:, unix: or tcp:"),
+            ));
+        };
+        address.validate()?;
+        Ok(address)
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Local(name) => write!(f, "local:{name}"),
+            Address::Path(path) => write!(f, "unix:{}", path.display()),
+            Address::Tcp(host_port) => write!(f, "tcp:{host_port}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_every_scheme() {
+        for text in ["local:chat", "unix:/tmp/x.sock", "tcp:127.0.0.1:9000"] {
+            let address: Address = text.parse().unwrap();
+            assert_eq!(address.to_string(), text);
+        }
+        assert_eq!("local:a".parse::<Address>().unwrap(), Address::local("a"));
+    }
+
+    #[test]
+    fn rejects_bad_addresses_with_clear_errors() {
+        for (text, message) in [
+            (
+                "chat",
+                "address `chat` must start with local:, unix: or tcp:",
+            ),
+            ("local:", "address `local:` names nothing"),
+            (
+                "tcp:localhost",
+                "tcp address `localhost` has no port (expected host:port)",
+            ),
+        ] {
+            let err = text.parse::<Address>().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert_eq!(err.to_string(), message);
+        }
+    }
+}

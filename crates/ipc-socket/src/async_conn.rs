@@ -1,0 +1,479 @@
+//! The tokio connection: a handshake, then a send half and a receive half that may live in
+//! different tasks.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_core::{
+    AsyncReceiver, AsyncSender, Close, CloseCode, Error, ErrorKind, FrameDecoder, FrameKind, Hello,
+    Limits, Result,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+use crate::address::Address;
+use crate::blocking::{Inbound, check_peer_hello, classify};
+use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
+use crate::stream::{AsyncReadHalf, AsyncStream, AsyncWriteHalf};
+
+/// A stream after a successful handshake.
+#[derive(Debug)]
+pub(crate) struct Handshaken {
+    pub(crate) reader: AsyncReadHalf,
+    pub(crate) writer: AsyncWriteHalf,
+    pub(crate) decoder: FrameDecoder,
+    pub(crate) peer: Hello,
+    pub(crate) send_limits: Limits,
+}
+
+/// Exchanges hellos on `stream` within the config's handshake timeout. On a mismatch the
+/// peer is told why with a close frame.
+pub(crate) async fn handshake(
+    stream: AsyncStream,
+    config: &ConnectionConfig,
+) -> Result<Handshaken> {
+    let (mut reader, mut writer) = stream.into_split();
+    let ours = config.hello();
+    let mut decoder = FrameDecoder::new(*config.limits());
+    let exchange = async {
+        let mut hello = Vec::new();
+        ours.encode_frame(&mut hello)?;
+        // A server that refuses us may close before our hello arrives: its close frame,
+        // which says why, is then still ours to read.
+        let sent = writer
+            .write_all(&hello)
+            .await
+            .map_err(|err| Error::io("send hello", err));
+        loop {
+            if let Some(frame) = decoder.next_frame()? {
+                let checked = check_peer_hello(frame, &ours);
+                return match (checked, sent) {
+                    (Ok(_), Err(err)) => Err(err),
+                    (checked, _) => checked,
+                };
+            }
+            let n = match reader.read(decoder.read_buf()).await {
+                Ok(n) => n,
+                Err(err) => return Err(sent.err().unwrap_or(Error::io("read hello", err))),
+            };
+            if n == 0 {
+                return Err(sent.err().unwrap_or(Error::new(
+                    ErrorKind::PeerDied,
+                    "peer closed the stream during the handshake",
+                )));
+            }
+            decoder.commit(n);
+        }
+    };
+    let outcome = match tokio::time::timeout(config.handshake_timeout(), exchange).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "no hello from peer within {} ms",
+                config.handshake_timeout().as_millis()
+            ),
+        )),
+    };
+    match outcome {
+        Ok((peer, send_limits)) => Ok(Handshaken {
+            reader,
+            writer,
+            decoder,
+            peer,
+            send_limits,
+        }),
+        Err(err) => {
+            if !matches!(
+                err.kind(),
+                ErrorKind::PeerClosed | ErrorKind::PeerDied | ErrorKind::Io
+            ) {
+                let close = close_frame_for(&err);
+                let _ = tokio::time::timeout(Duration::from_millis(200), writer.write_all(&close))
+                    .await;
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The write side shared by both halves (the receive half answers pings through it).
+///
+/// Senders append frames to `pending` under a plain mutex (no await, no allocation once
+/// warm); whoever flushes takes the I/O lock, swaps the pending bytes into the I/O buffer
+/// and writes them. Progress is recorded after every write, so a flush future dropped
+/// midway never makes a frame go out twice or half.
+#[derive(Debug)]
+struct Writer {
+    pending: std::sync::Mutex<Pending>,
+    io: Mutex<Io>,
+    send_limits: Limits,
+    flush_threshold: usize,
+}
+
+#[derive(Debug)]
+struct Pending {
+    out: Vec<u8>,
+    failed: Option<ErrorKind>,
+}
+
+#[derive(Debug)]
+struct Io {
+    half: AsyncWriteHalf,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Writer {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends a frame with `encode`; true when the pending bytes reached the threshold.
+    fn queue(&self, encode: impl FnOnce(&mut Vec<u8>, &Limits) -> Result<usize>) -> Result<bool> {
+        let mut pending = self.pending();
+        if let Some(kind) = pending.failed {
+            return Err(Error::new(kind, "connection failed earlier"));
+        }
+        encode(&mut pending.out, &self.send_limits)?;
+        Ok(pending.out.len() >= self.flush_threshold)
+    }
+
+    fn queue_control(&self, kind: FrameKind, id: u32) -> Result<()> {
+        self.queue(|out, limits| ipc_core::encode_raw_frame(out, kind, id, &[], limits))
+            .map(|_| ())
+    }
+
+    fn fail(&self, err: Error) -> Error {
+        self.pending().failed = Some(err.kind());
+        err
+    }
+
+    /// Writes everything queued so far.
+    async fn flush(&self) -> Result<()> {
+        let mut guard = self.io.lock().await;
+        let io = &mut *guard;
+        loop {
+            while io.pos < io.buf.len() {
+                match io.half.write(&io.buf[io.pos..]).await {
+                    Ok(0) => {
+                        let err = Error::new(ErrorKind::PeerClosed, "peer stopped reading");
+                        return Err(self.fail(err));
+                    }
+                    Ok(n) => io.pos += n,
+                    Err(err) => return Err(self.fail(Error::io("write to peer", err))),
+                }
+            }
+            io.buf.clear();
+            io.pos = 0;
+            let mut pending = self.pending();
+            if let Some(kind) = pending.failed {
+                return Err(Error::new(kind, "connection failed earlier"));
+            }
+            if pending.out.is_empty() {
+                return Ok(());
+            }
+            std::mem::swap(&mut pending.out, &mut io.buf);
+        }
+    }
+}
+
+/// The sending half of an [`AsyncConnection`]. Cloning it gives another sender on the same
+/// connection; frames from one clone are never interleaved with another's.
+#[derive(Debug)]
+pub struct AsyncSendHalf<T> {
+    writer: Arc<Writer>,
+    _message: PhantomData<fn(T)>,
+}
+
+impl<T> Clone for AsyncSendHalf<T> {
+    fn clone(&self) -> Self {
+        AsyncSendHalf {
+            writer: Arc::clone(&self.writer),
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + Sync> AsyncSendHalf<T> {
+    /// Queues `message`; writes the buffer once it reaches the flush threshold.
+    pub async fn send(&mut self, message: &T) -> Result<()> {
+        let full = self.writer.queue(|out, limits| {
+            ipc_core::encode_frame(out, FrameKind::Data, 0, message, limits)
+        })?;
+        if full {
+            self.writer.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.writer.flush().await
+    }
+
+    /// Sends a close frame with `code` and `reason`, flushes, and shuts the stream's write
+    /// side down where the transport supports it.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
+        self.writer
+            .queue(|out, _| Close::new(code, reason).encode_frame(out))?;
+        self.writer.flush().await?;
+        let _ = self.writer.io.lock().await.half.shutdown().await;
+        self.writer.fail(Error::new(ErrorKind::Closed, "closed"));
+        Ok(())
+    }
+}
+
+impl<T: Serialize + Sync> AsyncSender for AsyncSendHalf<T> {
+    type Message = T;
+
+    async fn send(&mut self, message: &T) -> Result<()> {
+        AsyncSendHalf::send(self, message).await
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        AsyncSendHalf::flush(self).await
+    }
+}
+
+/// The receiving half of an [`AsyncConnection`]. It answers pings and watches the peer's
+/// liveness while a `recv` is pending.
+#[derive(Debug)]
+pub struct AsyncRecvHalf<T> {
+    reader: AsyncReadHalf,
+    decoder: FrameDecoder,
+    liveness: Liveness,
+    writer: Arc<Writer>,
+    failed: Option<ErrorKind>,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
+    fn fail(&mut self, err: Error) -> Error {
+        self.failed = Some(err.kind());
+        err
+    }
+
+    /// Receives the next message. Cancel-safe: a dropped future loses nothing.
+    pub async fn recv(&mut self) -> Result<T> {
+        if let Some(kind) = self.failed {
+            return Err(Error::new(kind, "connection failed earlier"));
+        }
+        loop {
+            let inbound = match self.decoder.next_frame() {
+                Ok(Some(frame)) => Some(classify::<T>(frame)),
+                Ok(None) => None,
+                Err(err) => Some(Inbound::Bad(err)),
+            };
+            match inbound {
+                Some(Inbound::Message(message)) => return Ok(message),
+                Some(Inbound::Undecodable(err)) => return Err(err),
+                Some(Inbound::Ping(id)) => {
+                    self.writer.queue_control(FrameKind::Pong, id)?;
+                    self.writer.flush().await?;
+                    continue;
+                }
+                Some(Inbound::Ignore) => continue,
+                Some(Inbound::Closed(err)) => return Err(self.fail(err)),
+                Some(Inbound::Bad(err)) => {
+                    let close = close_frame_for(&err);
+                    if self
+                        .writer
+                        .queue(|out, _| {
+                            out.extend_from_slice(&close);
+                            Ok(close.len())
+                        })
+                        .is_ok()
+                    {
+                        let _ = self.writer.flush().await;
+                    }
+                    return Err(self.fail(err));
+                }
+                None => {}
+            }
+            let wait = match self.liveness.check(std::time::Instant::now()) {
+                Err(err) => return Err(self.fail(err)),
+                Ok(Beat::Wait(wait)) => wait,
+                Ok(Beat::Ping(nonce, wait)) => {
+                    self.writer.queue_control(FrameKind::Ping, nonce)?;
+                    self.writer.flush().await?;
+                    wait
+                }
+            };
+            let read = self
+                .liveness
+                .within(wait, self.reader.read(self.decoder.read_buf()))
+                .await;
+            match read {
+                None => {}
+                Some(Ok(0)) => {
+                    let err = match self.decoder.finish() {
+                        Err(err) => err.context("peer vanished"),
+                        Ok(()) => Error::new(
+                            ErrorKind::PeerDied,
+                            "peer closed the stream without a close frame",
+                        ),
+                    };
+                    return Err(self.fail(err));
+                }
+                Some(Ok(n)) => {
+                    self.decoder.commit(n);
+                    self.liveness.heard();
+                }
+                Some(Err(err)) => {
+                    let err = Error::io("read from peer", err);
+                    return Err(self.fail(err));
+                }
+            }
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send> AsyncReceiver for AsyncRecvHalf<T> {
+    type Message = T;
+
+    async fn recv(&mut self) -> Result<T> {
+        AsyncRecvHalf::recv(self).await
+    }
+}
+
+/// A tokio connection carrying messages of type `T` both ways.
+///
+/// Sends are coalesced and written at the flush threshold or on [`flush`](Self::flush).
+/// Split it with [`into_split`](Self::into_split) to send and receive from different tasks.
+///
+/// ```
+/// use ipc_socket::{AsyncConnection, ConnectionConfig, Event, Server, ServerConfig};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let config = ConnectionConfig::new::<u64>();
+/// let mut server = Server::<u64>::bind(ServerConfig::new(
+///     "tcp:127.0.0.1:0".parse()?,
+///     config.clone(),
+/// ))
+/// .await?;
+/// let mut client = AsyncConnection::<u64>::connect(server.address(), config).await?;
+/// client.send(&41).await?;
+/// client.flush().await?;
+/// loop {
+///     match server.next_event().await {
+///         Some(Event::Message { conn, message }) => {
+///             server.handle().send(conn, &(message + 1)).await?;
+///             break;
+///         }
+///         Some(_) => continue,
+///         None => unreachable!(),
+///     }
+/// }
+/// assert_eq!(client.recv().await?, 42);
+/// # Ok::<(), ipc_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct AsyncConnection<T> {
+    send: AsyncSendHalf<T>,
+    recv: AsyncRecvHalf<T>,
+    peer: Hello,
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
+    /// Connects to `address` and performs the handshake; must run inside a tokio runtime.
+    pub async fn connect(address: &Address, config: ConnectionConfig) -> Result<Self> {
+        let stream = AsyncStream::connect(address).await?;
+        let shaken = handshake(stream, &config)
+            .await
+            .map_err(|err| err.context(format_args!("handshake with {address}")))?;
+        Ok(AsyncConnection::from_handshaken(shaken, &config))
+    }
+
+    pub(crate) fn from_handshaken(shaken: Handshaken, config: &ConnectionConfig) -> Self {
+        let writer = Arc::new(Writer {
+            pending: std::sync::Mutex::new(Pending {
+                out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+                failed: None,
+            }),
+            io: Mutex::new(Io {
+                half: shaken.writer,
+                buf: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+                pos: 0,
+            }),
+            send_limits: shaken.send_limits,
+            flush_threshold: config.flush_threshold(),
+        });
+        AsyncConnection {
+            send: AsyncSendHalf {
+                writer: Arc::clone(&writer),
+                _message: PhantomData,
+            },
+            recv: AsyncRecvHalf {
+                reader: shaken.reader,
+                decoder: {
+                    let mut decoder = shaken.decoder;
+                    decoder.reserve(64 * 1024);
+                    decoder
+                },
+                liveness: Liveness::new(config.heartbeat()),
+                writer,
+                failed: None,
+                _message: PhantomData,
+            },
+            peer: shaken.peer,
+        }
+    }
+
+    /// The peer's hello.
+    pub fn peer_hello(&self) -> &Hello {
+        &self.peer
+    }
+
+    /// Queues `message` (see [`AsyncSendHalf::send`]).
+    pub async fn send(&mut self, message: &T) -> Result<()> {
+        self.send.send(message).await
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.send.flush().await
+    }
+
+    /// Flushes, then receives the next message.
+    pub async fn recv(&mut self) -> Result<T> {
+        self.send.flush().await?;
+        self.recv.recv().await
+    }
+
+    /// Sends a normal close frame and flushes.
+    pub async fn close(mut self) -> Result<()> {
+        self.send.close(CloseCode::NORMAL, "").await
+    }
+
+    /// The two halves, to use from different tasks.
+    pub fn into_split(self) -> (AsyncSendHalf<T>, AsyncRecvHalf<T>) {
+        (self.send, self.recv)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncSender for AsyncConnection<T> {
+    type Message = T;
+
+    async fn send(&mut self, message: &T) -> Result<()> {
+        AsyncConnection::send(self, message).await
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        AsyncConnection::flush(self).await
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncReceiver for AsyncConnection<T> {
+    type Message = T;
+
+    async fn recv(&mut self) -> Result<T> {
+        AsyncConnection::recv(self).await
+    }
+}

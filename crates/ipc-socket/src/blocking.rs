@@ -1,0 +1,551 @@
+//! The blocking connection and listener.
+
+use std::io;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use ipc_core::{
+    Close, CloseCode, Error, ErrorKind, Frame, FrameDecoder, FrameKind, Hello, Limits, Receiver,
+    Result, Sender,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
+use crate::stream::{SyncListener, SyncStream};
+
+/// How much a one-peer connection reads at once at most: many small frames per read.
+const READ_ROOM: usize = 64 * 1024;
+
+/// A decoder for a one-peer connection, with room for large reads.
+pub(crate) fn read_decoder(config: &ConnectionConfig) -> FrameDecoder {
+    let mut decoder = FrameDecoder::new(*config.limits());
+    decoder.reserve(READ_ROOM);
+    decoder
+}
+
+/// What one received frame asks of a plain duplex connection.
+pub(crate) enum Inbound<T> {
+    Message(T),
+    Undecodable(Error),
+    Ping(u32),
+    Ignore,
+    Closed(Error),
+    Bad(Error),
+}
+
+/// Sorts a frame received after the handshake on a duplex connection.
+pub(crate) fn classify<T: DeserializeOwned>(frame: Frame<'_>) -> Inbound<T> {
+    match frame.kind() {
+        FrameKind::Data => match frame.decode::<T>() {
+            Ok(message) => Inbound::Message(message),
+            Err(err) => Inbound::Undecodable(err),
+        },
+        FrameKind::Ping => Inbound::Ping(frame.id()),
+        FrameKind::Pong => Inbound::Ignore,
+        FrameKind::Close => match Close::decode(frame.payload()) {
+            Ok(close) => Inbound::Closed(close.into_error()),
+            Err(err) => Inbound::Bad(err.context("bad close frame")),
+        },
+        kind => Inbound::Bad(Error::new(
+            ErrorKind::Protocol,
+            format!("unexpected {kind:?} frame on a duplex connection"),
+        )),
+    }
+}
+
+/// Checks the peer's first frame: a hello that agrees with ours.
+pub(crate) fn check_peer_hello(frame: Frame<'_>, ours: &Hello) -> Result<(Hello, Limits)> {
+    match frame.kind() {
+        FrameKind::Hello => {
+            let theirs = Hello::decode(frame.payload())?;
+            let agreed = ours.agree(&theirs)?;
+            Ok((theirs, agreed.send_limit()))
+        }
+        FrameKind::Close => Err(Close::decode(frame.payload())?.into_error()),
+        kind => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("expected a hello frame first, got {kind:?}"),
+        )),
+    }
+}
+
+/// A blocking connection carrying messages of type `T` both ways.
+///
+/// Sends are coalesced in a buffer and written when it reaches the flush threshold, on
+/// [`flush`](Sender::flush), or before a receive blocks. A blocking connection answers
+/// pings and checks the peer's liveness only while it is inside a call (`recv` and
+/// friends); a side that stays out of `recv` longer than the peer's heartbeat timeout looks
+/// dead to the peer. Use [`AsyncConnection`](crate::AsyncConnection) for an always-live side.
+///
+/// ```
+/// use ipc_socket::{Address, Connection, ConnectionConfig, Listener};
+/// use ipc_core::{Receiver, Sender};
+///
+/// let config = ConnectionConfig::new::<String>();
+/// let listener = Listener::<String>::bind(&"tcp:127.0.0.1:0".parse()?, config.clone())?;
+/// let address = listener.address().clone();
+/// let server = std::thread::spawn(move || -> ipc_core::Result<()> {
+///     let mut conn = listener.accept()?;
+///     let text = conn.recv()?;
+///     conn.send(&text.to_uppercase())?;
+///     conn.flush()
+/// });
+/// let mut client = Connection::<String>::connect(&address, config)?;
+/// client.send(&"hello".to_owned())?;
+/// assert_eq!(client.recv()?, "HELLO");
+/// server.join().unwrap()?;
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Connection<T> {
+    stream: SyncStream,
+    decoder: FrameDecoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    send_limits: Limits,
+    flush_threshold: usize,
+    liveness: Liveness,
+    read_timeout: Option<Duration>,
+    failed: Option<ErrorKind>,
+    peer: Hello,
+    _message: PhantomData<fn(T) -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Connection<T> {
+    /// Connects to a server at `address` and performs the handshake within the config's
+    /// handshake timeout. [`ErrorKind::NotFound`] if nobody listens there.
+    pub fn connect(address: &Address, config: ConnectionConfig) -> Result<Connection<T>> {
+        let stream = SyncStream::connect(address)?;
+        Connection::handshake(stream, &config)
+            .map_err(|err| err.context(format_args!("handshake with {address}")))
+    }
+
+    fn handshake(stream: SyncStream, config: &ConnectionConfig) -> Result<Connection<T>> {
+        let deadline = Instant::now() + config.handshake_timeout();
+        let ours = config.hello();
+        let mut conn = Connection {
+            stream,
+            decoder: read_decoder(config),
+            out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+            out_pos: 0,
+            send_limits: Limits::default(),
+            flush_threshold: config.flush_threshold(),
+            liveness: Liveness::new(config.heartbeat()),
+            read_timeout: None,
+            failed: None,
+            peer: ours.clone(),
+            _message: PhantomData,
+        };
+        conn.stream
+            .set_write_timeout(Some(config.handshake_timeout()))
+            .map_err(|err| Error::io("set write timeout", err))?;
+        ours.encode_frame(&mut conn.out)?;
+        // A server that refuses us may close before our hello arrives: its close frame,
+        // which says why, is then still ours to read.
+        let sent = conn.write_out();
+        conn.failed = None;
+        loop {
+            let checked = conn
+                .decoder
+                .next_frame()?
+                .map(|frame| check_peer_hello(frame, &ours));
+            match checked {
+                Some(Ok(_)) if sent.is_err() => return sent.map(|()| conn),
+                Some(Ok((theirs, send_limits))) => {
+                    conn.peer = theirs;
+                    conn.send_limits = send_limits;
+                    break;
+                }
+                Some(Err(err)) => {
+                    if err.kind() != ErrorKind::PeerClosed {
+                        conn.out.extend_from_slice(&close_frame_for(&err));
+                        let _ = conn.write_out();
+                    }
+                    return Err(err);
+                }
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no hello from peer within {} ms",
+                        config.handshake_timeout().as_millis()
+                    ),
+                ));
+            }
+            conn.set_read_timeout(Some(left))?;
+            if let Err(err) = conn.read_some() {
+                return Err(match sent {
+                    Err(sent) => sent,
+                    Ok(()) => err,
+                });
+            }
+        }
+        conn.stream
+            .set_write_timeout(None)
+            .map_err(|err| Error::io("clear write timeout", err))?;
+        conn.liveness.heard();
+        Ok(conn)
+    }
+
+    /// The peer's hello: its message type and limits.
+    pub fn peer_hello(&self) -> &Hello {
+        &self.peer
+    }
+
+    /// Sends a close frame with code [`CloseCode::NORMAL`] and flushes; the peer's next
+    /// receive fails with [`ErrorKind::PeerClosed`].
+    pub fn close(mut self) -> Result<()> {
+        Close::new(CloseCode::NORMAL, "").encode_frame(&mut self.out)?;
+        self.write_out()
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match self.failed {
+            None => Ok(()),
+            Some(kind) => Err(Error::new(
+                kind,
+                "connection failed earlier and can no longer be used",
+            )),
+        }
+    }
+
+    fn fail(&mut self, err: Error) -> Error {
+        self.failed = Some(err.kind());
+        err
+    }
+
+    fn pending(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    fn encode(&mut self, message: &T) -> Result<()> {
+        ipc_core::encode_frame(
+            &mut self.out,
+            FrameKind::Data,
+            0,
+            message,
+            &self.send_limits,
+        )?;
+        Ok(())
+    }
+
+    /// Writes all buffered output, honouring the socket's current write timeout.
+    fn write_out(&mut self) -> Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => {
+                    let err = Error::new(ErrorKind::PeerClosed, "peer stopped reading");
+                    return Err(self.fail(err));
+                }
+                Ok(n) => self.out_pos += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // The unwritten rest stays buffered: the stream remains in sync.
+                    return Err(Error::io("write to peer", err));
+                }
+                Err(err) => {
+                    let err = Error::io("write to peer", err);
+                    return Err(self.fail(err));
+                }
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(())
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        if self.read_timeout != timeout {
+            self.stream
+                .set_read_timeout(timeout)
+                .map_err(|err| Error::io("set read timeout", err))?;
+            self.read_timeout = timeout;
+        }
+        Ok(())
+    }
+
+    /// One read into the decoder. `Ok(false)` when the read timed out.
+    fn read_some(&mut self) -> Result<bool> {
+        loop {
+            match self.stream.read(self.decoder.read_buf()) {
+                Ok(0) => {
+                    let err = match self.decoder.finish() {
+                        Err(err) => err.context("peer vanished"),
+                        Ok(()) => Error::new(
+                            ErrorKind::PeerDied,
+                            "peer closed the stream without a close frame",
+                        ),
+                    };
+                    return Err(self.fail(err));
+                }
+                Ok(n) => {
+                    self.decoder.commit(n);
+                    self.liveness.heard();
+                    return Ok(true);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(false);
+                }
+                Err(err) => {
+                    let err = Error::io("read from peer", err);
+                    return Err(self.fail(err));
+                }
+            }
+        }
+    }
+
+    /// Handles the control frames at the front of the buffer. True when a data frame is at
+    /// the front, false when more input is needed.
+    fn front_is_data(&mut self) -> Result<bool> {
+        loop {
+            let inbound = match self.decoder.peek_header() {
+                Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(true),
+                Ok(None) => return Ok(false),
+                Ok(Some(_)) => match self.decoder.next_frame() {
+                    Ok(Some(frame)) => classify::<serde::de::IgnoredAny>(frame),
+                    Ok(None) => return Ok(false),
+                    Err(err) => Inbound::Bad(err),
+                },
+                Err(err) => Inbound::Bad(err),
+            };
+            match inbound {
+                Inbound::Ping(id) => {
+                    ipc_core::encode_raw_frame(
+                        &mut self.out,
+                        FrameKind::Pong,
+                        id,
+                        &[],
+                        &self.send_limits,
+                    )?;
+                }
+                Inbound::Message(_) | Inbound::Undecodable(_) | Inbound::Ignore => {}
+                Inbound::Closed(err) => return Err(self.fail(err)),
+                Inbound::Bad(err) => {
+                    self.out.extend_from_slice(&close_frame_for(&err));
+                    let _ = self.write_out();
+                    return Err(self.fail(err));
+                }
+            }
+        }
+    }
+
+    /// Decodes the data frame that [`front_is_data`](Self::front_is_data) found. A payload
+    /// that does not decode is skipped: the error is returned and the connection stays
+    /// usable.
+    fn take_data<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
+        match self.decoder.next_frame()? {
+            Some(frame) => frame.decode::<M>(),
+            None => Err(Error::new(
+                ErrorKind::Other,
+                "data frame vanished from the receive buffer",
+            )),
+        }
+    }
+
+    /// Waits until a data frame is at the front of the buffer, flushing output, answering
+    /// pings and watching the peer's liveness meanwhile.
+    fn wait_for_data(&mut self, deadline: Option<Instant>) -> Result<()> {
+        self.check_usable()?;
+        loop {
+            if self.front_is_data()? {
+                return Ok(());
+            }
+            if self.pending() > 0 {
+                self.write_out()?;
+            }
+            let now = Instant::now();
+            let mut wait = match self.liveness.check(now).map_err(|err| self.fail(err))? {
+                Beat::Wait(_) => self.liveness.poll_interval(),
+                Beat::Ping(nonce, _) => {
+                    ipc_core::encode_raw_frame(
+                        &mut self.out,
+                        FrameKind::Ping,
+                        nonce,
+                        &[],
+                        &self.send_limits,
+                    )?;
+                    self.write_out()?;
+                    self.liveness.poll_interval()
+                }
+            };
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(now);
+                if left.is_zero() {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        "no message within the timeout",
+                    ));
+                }
+                wait = Some(wait.map_or(left, |wait| wait.min(left)));
+            }
+            self.set_read_timeout(wait)?;
+            self.read_some()?;
+        }
+    }
+
+    /// Receives the next message as `M`, which may borrow from the connection's receive
+    /// buffer: `&str` and `&[u8]` fields point into it, with no allocation and no copy.
+    ///
+    /// `M` must have `T`'s wire format: typically `T`'s borrowing twin (`struct Msg<'a> {
+    /// text: &'a str }` for `struct Msg { text: String }`). The message borrows the
+    /// connection, so it must be dropped before the next call.
+    pub fn recv_ref<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
+        self.wait_for_data(None)?;
+        self.take_data()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Sender for Connection<T> {
+    type Message = T;
+
+    /// Queues `message` in the write buffer, writing the buffer out once it reaches the flush
+    /// threshold. `Ok` means queued; [`flush`](Sender::flush) pushes it to the peer.
+    fn send(&mut self, message: &T) -> Result<()> {
+        self.check_usable()?;
+        self.encode(message)?;
+        if self.pending() >= self.flush_threshold {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// [`ErrorKind::Full`] if the buffer is at the threshold and the socket takes no more
+    /// without waiting.
+    fn try_send(&mut self, message: &T) -> Result<()> {
+        self.check_usable()?;
+        if self.pending() >= self.flush_threshold {
+            self.stream
+                .set_nonblocking(true)
+                .map_err(|err| Error::io("set nonblocking", err))?;
+            let written = self.write_out();
+            self.stream
+                .set_nonblocking(false)
+                .map_err(|err| Error::io("set blocking", err))?;
+            match written {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::Timeout => {
+                    return Err(Error::new(
+                        ErrorKind::Full,
+                        format!(
+                            "{} bytes wait for the peer to read; the socket is full",
+                            self.pending()
+                        ),
+                    ));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        self.encode(message)
+    }
+
+    fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<()> {
+        self.check_usable()?;
+        self.encode(message)?;
+        if self.pending() < self.flush_threshold {
+            return Ok(());
+        }
+        self.stream
+            .set_write_timeout(Some(timeout.max(Duration::from_micros(1))))
+            .map_err(|err| Error::io("set write timeout", err))?;
+        let written = self.write_out();
+        self.stream
+            .set_write_timeout(None)
+            .map_err(|err| Error::io("clear write timeout", err))?;
+        written
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.check_usable()?;
+        self.write_out()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Receiver for Connection<T> {
+    type Message = T;
+
+    /// Flushes buffered output, then waits for a message, answering pings and checking the
+    /// peer's liveness meanwhile.
+    fn recv(&mut self) -> Result<T> {
+        self.wait_for_data(None)?;
+        self.take_data()
+    }
+
+    fn try_recv(&mut self) -> Result<Option<T>> {
+        self.check_usable()?;
+        if self.front_is_data()? {
+            return self.take_data().map(Some);
+        }
+        if self.pending() > 0 {
+            self.write_out()?;
+        }
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|err| Error::io("set nonblocking", err))?;
+        let read = self.read_some();
+        self.stream
+            .set_nonblocking(false)
+            .map_err(|err| Error::io("set blocking", err))?;
+        read?;
+        if self.front_is_data()? {
+            return self.take_data().map(Some);
+        }
+        Ok(None)
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        self.wait_for_data(Some(Instant::now() + timeout))?;
+        self.take_data()
+    }
+}
+
+/// A blocking listener that accepts [`Connection`]s; see [`Server`](crate::Server) for many
+/// clients at once.
+#[derive(Debug)]
+pub struct Listener<T> {
+    inner: SyncListener,
+    address: Address,
+    config: ConnectionConfig,
+    _message: PhantomData<fn(T) -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Listener<T> {
+    /// Listens on `address`. A socket file left by a crashed server is reclaimed; a live
+    /// server's is not ([`ErrorKind::AlreadyExists`]). Socket files get mode 0600.
+    pub fn bind(address: &Address, config: ConnectionConfig) -> Result<Listener<T>> {
+        let (inner, address) = SyncListener::bind(address)?;
+        Ok(Listener {
+            inner,
+            address,
+            config,
+            _message: PhantomData,
+        })
+    }
+
+    /// The address clients connect to (for `tcp:…:0`, the port actually bound).
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Waits for a client and performs the handshake with it.
+    pub fn accept(&self) -> Result<Connection<T>> {
+        let (stream, _uid) = self.inner.accept()?;
+        Connection::handshake(stream, &self.config)
+            .map_err(|err| err.context("handshake with a new client"))
+    }
+}

@@ -1,0 +1,245 @@
+//! Connection settings shared by every side, and helpers common to the blocking and async code.
+
+use std::time::{Duration, Instant};
+
+use ipc_core::{Close, CloseCode, Error, ErrorKind, Hello, Limits, MessageType, Result};
+
+/// How often an idle side probes its peer, and when it gives up on a silent one.
+///
+/// A side that has heard nothing for `interval` sends a ping; one that has heard nothing
+/// (no frame at all, data or pong) for `timeout` fails with [`ErrorKind::PeerDied`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Idle time before a ping is sent.
+    pub interval: Duration,
+    /// Silence after which the peer counts as dead.
+    pub timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    /// A ping after 1 s of silence, dead after 5 s.
+    fn default() -> Heartbeat {
+        Heartbeat {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Settings of one connection: the message type, limits, handshake deadline, heartbeats,
+/// and how much output is coalesced before it is written.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_socket::ConnectionConfig;
+///
+/// let config = ConnectionConfig::new::<String>()
+///     .with_handshake_timeout(Duration::from_secs(2))
+///     .without_heartbeat();
+/// assert!(config.heartbeat().is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConnectionConfig {
+    message_type: MessageType,
+    limits: Limits,
+    handshake_timeout: Duration,
+    heartbeat: Option<Heartbeat>,
+    flush_threshold: usize,
+    features: u32,
+}
+
+/// `Hello` feature bit 0: this side speaks the messaging patterns of PATTERNS.md (frame
+/// kinds 0x06 to 0x0B). [`Server`](crate::Server) and [`Client`](crate::Client) set it.
+pub(crate) const FEATURE_PATTERNS: u32 = 1;
+
+impl ConnectionConfig {
+    /// Defaults for messages of type `T`, identified by [`MessageType::of`]; peers built
+    /// separately (or in another language) should use
+    /// [`with_message_type`](ConnectionConfig::with_message_type) with an explicit name.
+    pub fn new<T: ?Sized>() -> ConnectionConfig {
+        ConnectionConfig {
+            message_type: MessageType::of::<T>(),
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat: Some(Heartbeat::default()),
+            flush_threshold: 64 * 1024,
+            features: 0,
+        }
+    }
+
+    /// The message type announced in the handshake.
+    pub fn with_message_type(mut self, message_type: MessageType) -> ConnectionConfig {
+        self.message_type = message_type;
+        self
+    }
+
+    /// The largest frame this side accepts (announced to the peer in the handshake).
+    pub fn with_limits(mut self, limits: Limits) -> ConnectionConfig {
+        self.limits = limits;
+        self
+    }
+
+    /// How long connecting and the handshake may take.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> ConnectionConfig {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Heartbeat timing.
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> ConnectionConfig {
+        self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// No pings; a silent peer is never declared dead (a closed socket still is).
+    pub fn without_heartbeat(mut self) -> ConnectionConfig {
+        self.heartbeat = None;
+        self
+    }
+
+    /// Output is written once this many bytes are buffered (or on `flush`); default 64 KiB.
+    pub fn with_flush_threshold(mut self, bytes: usize) -> ConnectionConfig {
+        self.flush_threshold = bytes.max(1);
+        self
+    }
+
+    /// The message type.
+    pub fn message_type(&self) -> &MessageType {
+        &self.message_type
+    }
+
+    /// The receive limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// The heartbeat, if any.
+    pub fn heartbeat(&self) -> Option<Heartbeat> {
+        self.heartbeat
+    }
+
+    /// The flush threshold in bytes.
+    pub fn flush_threshold(&self) -> usize {
+        self.flush_threshold
+    }
+
+    pub(crate) fn hello(&self) -> Hello {
+        Hello::new(self.message_type.clone(), &self.limits).with_features(self.features)
+    }
+
+    pub(crate) fn with_patterns(mut self) -> ConnectionConfig {
+        self.features |= FEATURE_PATTERNS;
+        self
+    }
+}
+
+/// The close code that tells a peer why its input was refused.
+pub(crate) fn close_code_for(err: &Error) -> CloseCode {
+    match err.kind() {
+        ErrorKind::TooLarge => CloseCode::TOO_LARGE,
+        ErrorKind::TypeMismatch => CloseCode::TYPE_MISMATCH,
+        ErrorKind::Decode => CloseCode::DECODE_ERROR,
+        ErrorKind::Full => CloseCode::TOO_SLOW,
+        ErrorKind::PermissionDenied => CloseCode::REFUSED,
+        _ => CloseCode::PROTOCOL_ERROR,
+    }
+}
+
+/// The close frame that tells a peer about `err`.
+pub(crate) fn close_frame_for(err: &Error) -> Vec<u8> {
+    let mut out = Vec::new();
+    // A close frame's payload is bounded (reason cut to MAX_NAME_LEN), so encoding succeeds.
+    let _ = Close::new(close_code_for(err), err.to_string()).encode_frame(&mut out);
+    out
+}
+
+/// Liveness bookkeeping for one connection.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    heartbeat: Option<Heartbeat>,
+    last_heard: Instant,
+    pinged: bool,
+    nonce: u32,
+}
+
+/// What the heartbeat wants done now.
+pub(crate) enum Beat {
+    /// Nothing; check again within the duration.
+    Wait(Duration),
+    /// Send a ping with this nonce, then check again within the duration.
+    Ping(u32, Duration),
+}
+
+impl Liveness {
+    pub(crate) fn new(heartbeat: Option<Heartbeat>) -> Liveness {
+        Liveness {
+            heartbeat,
+            last_heard: Instant::now(),
+            pinged: false,
+            nonce: 0,
+        }
+    }
+
+    pub(crate) fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.pinged = false;
+    }
+
+    /// The interval to wait in reads when nothing else bounds the wait.
+    pub(crate) fn poll_interval(&self) -> Option<Duration> {
+        self.heartbeat.map(|heartbeat| heartbeat.interval)
+    }
+
+    /// Awaits `future` for at most `wait` when heartbeats are on (`None` if the time ran
+    /// out), or without a timer when they are off: a timer per read costs a round trip
+    /// measurable time.
+    pub(crate) async fn within<F: std::future::Future>(
+        &self,
+        wait: Duration,
+        future: F,
+    ) -> Option<F::Output> {
+        if self.heartbeat.is_none() {
+            return Some(future.await);
+        }
+        tokio::time::timeout(wait, future).await.ok()
+    }
+
+    /// Decides, at `now`, whether to ping or declare the peer dead.
+    pub(crate) fn check(&mut self, now: Instant) -> Result<Beat> {
+        let Some(heartbeat) = self.heartbeat else {
+            return Ok(Beat::Wait(Duration::from_secs(3600)));
+        };
+        let silent = now.saturating_duration_since(self.last_heard);
+        if silent >= heartbeat.timeout {
+            return Err(Error::new(
+                ErrorKind::PeerDied,
+                format!(
+                    "peer silent for {} ms (heartbeat timeout {} ms)",
+                    silent.as_millis(),
+                    heartbeat.timeout.as_millis()
+                ),
+            ));
+        }
+        let until_timeout = heartbeat.timeout - silent;
+        if silent >= heartbeat.interval && !self.pinged {
+            self.pinged = true;
+            self.nonce = self.nonce.wrapping_add(1);
+            return Ok(Beat::Ping(
+                self.nonce,
+                until_timeout.min(heartbeat.interval),
+            ));
+        }
+        let until_ping = heartbeat.interval.saturating_sub(silent);
+        let wait = if self.pinged {
+            until_timeout
+        } else {
+            until_ping.min(until_timeout)
+        };
+        Ok(Beat::Wait(wait.max(Duration::from_millis(1))))
+    }
+}

@@ -1,0 +1,836 @@
+//! The tokio server: many clients, bounded outbound queues, duplex messages, request/response
+//! and publish/subscribe.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipc_core::{
+    Close, CloseCode, Error, ErrorKind, FrameDecoder, FrameKind, HEADER_LEN, Limits, Result,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::address::Address;
+use crate::async_conn::handshake;
+use crate::config::{Beat, ConnectionConfig, Liveness, close_code_for};
+use crate::stream::{AsyncListener, AsyncReadHalf, AsyncWriteHalf};
+use crate::wire;
+
+/// What a full outbound queue does when one more frame is sent to a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The sender waits until the client has read enough. Nothing is lost; a slow client
+    /// slows down whoever sends to it (and only them).
+    Wait,
+    /// The oldest queued frame is dropped to make room. The client misses messages.
+    DropOldest,
+    /// The client is disconnected with close code "too slow".
+    Disconnect,
+}
+
+/// Settings of a [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    address: Address,
+    connection: ConnectionConfig,
+    max_connections: usize,
+    queue_capacity: usize,
+    policy: Policy,
+    allow_uids: Option<Vec<u32>>,
+    event_capacity: usize,
+}
+
+impl ServerConfig {
+    /// Defaults: 1024 connections, 1024 queued frames per client, [`Policy::Wait`].
+    pub fn new(address: Address, connection: ConnectionConfig) -> ServerConfig {
+        ServerConfig {
+            address,
+            connection,
+            max_connections: 1024,
+            queue_capacity: 1024,
+            policy: Policy::Wait,
+            allow_uids: None,
+            event_capacity: 1024,
+        }
+    }
+
+    /// At most `max` clients at once; more are refused with close code "refused".
+    pub fn max_connections(mut self, max: usize) -> ServerConfig {
+        self.max_connections = max;
+        self
+    }
+
+    /// At most `frames` frames waiting to be written to one client.
+    pub fn queue_capacity(mut self, frames: usize) -> ServerConfig {
+        self.queue_capacity = frames.max(1);
+        self
+    }
+
+    /// What a full queue does.
+    pub fn policy(mut self, policy: Policy) -> ServerConfig {
+        self.policy = policy;
+        self
+    }
+
+    /// Accept local-socket clients only from these user ids (checked through peer
+    /// credentials). TCP clients carry no credentials and are refused when this is set.
+    pub fn allow_uids(mut self, uids: Vec<u32>) -> ServerConfig {
+        self.allow_uids = Some(uids);
+        self
+    }
+
+    /// How many events may wait for [`Server::next_event`] before clients' readers wait.
+    pub fn event_capacity(mut self, events: usize) -> ServerConfig {
+        self.event_capacity = events.max(1);
+        self
+    }
+}
+
+/// A client connection's id, unique within one server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What happened on the server.
+#[derive(Debug)]
+pub enum Event<T> {
+    /// A client completed the handshake.
+    Connected {
+        /// Its id.
+        conn: ConnId,
+        /// Who it is, for logs (`127.0.0.1:5555`, `local uid 1000`).
+        peer: String,
+    },
+    /// A client sent a data message (a duplex stream).
+    Message {
+        /// Who sent it.
+        conn: ConnId,
+        /// The message.
+        message: T,
+    },
+    /// A client sent a request; answer with [`ServerHandle::respond`] and the same `id`.
+    Request {
+        /// Who asked.
+        conn: ConnId,
+        /// The correlation id.
+        id: u32,
+        /// The request.
+        message: T,
+    },
+    /// A client is gone: `error` is `None` after an orderly close, else why it was closed
+    /// (bad input, heartbeat timeout, too slow, its process died).
+    Disconnected {
+        /// Its id.
+        conn: ConnId,
+        /// Why, unless it closed normally.
+        error: Option<Error>,
+    },
+    /// A connection was refused before or during the handshake (limits, credentials,
+    /// another protocol version or message type, garbage).
+    Rejected {
+        /// Who it was.
+        peer: String,
+        /// Why.
+        error: Error,
+    },
+}
+
+/// A frame ready to write, shared between every queue it is in.
+type Wire = Arc<[u8]>;
+
+#[derive(Debug, Default)]
+struct OutState {
+    frames: VecDeque<Wire>,
+    /// Frames that ignore the capacity (acks, pongs, close): counted separately.
+    n_data: usize,
+    closed: bool,
+    dropped: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    state: Mutex<OutState>,
+    writer_wake: Notify,
+    space: Notify,
+    shutdown: Notify,
+    subscriptions: Mutex<Vec<String>>,
+    send_limits: Limits,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<U>(mutex: &Mutex<U>) -> std::sync::MutexGuard<'_, U> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Conn {
+    /// Queues a frame outside the capacity (control frames).
+    fn push_control(&self, frame: Wire) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        state.frames.push_back(frame);
+        drop(state);
+        self.writer_wake.notify_one();
+    }
+
+    /// Queues a data frame, applying the policy when the queue is full.
+    async fn push(&self, frame: Wire, capacity: usize, policy: Policy) -> Result<()> {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            {
+                let mut state = lock(&self.state);
+                if state.closed {
+                    return Err(Error::new(
+                        ErrorKind::Closed,
+                        format!("connection {} is closed", self.id),
+                    ));
+                }
+                if state.n_data < capacity {
+                    state.frames.push_back(frame);
+                    state.n_data += 1;
+                    drop(state);
+                    self.writer_wake.notify_one();
+                    return Ok(());
+                }
+                match policy {
+                    Policy::DropOldest => {
+                        // Drop the oldest data frame; control frames (acks, pongs) stay.
+                        if let Some(pos) = state.frames.iter().position(|f| is_data_frame(f)) {
+                            state.frames.remove(pos);
+                            state.n_data -= 1;
+                            state.dropped += 1;
+                        }
+                        state.frames.push_back(frame);
+                        state.n_data += 1;
+                        drop(state);
+                        self.writer_wake.notify_one();
+                        return Ok(());
+                    }
+                    Policy::Disconnect => {
+                        let err = Error::new(
+                            ErrorKind::Full,
+                            format!(
+                                "client {} too slow: outbound queue of {capacity} frames is full",
+                                self.id
+                            ),
+                        );
+                        state.frames.clear();
+                        state.n_data = 0;
+                        state.frames.push_back(close_wire(&err));
+                        state.closed = true;
+                        drop(state);
+                        self.writer_wake.notify_one();
+                        self.shutdown.notify_one();
+                        self.space.notify_waiters();
+                        return Err(err);
+                    }
+                    Policy::Wait => {
+                        notified.as_mut().enable();
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops accepting frames; queues a final close frame if given.
+    fn close(&self, close: Option<Wire>) {
+        let mut state = lock(&self.state);
+        if !state.closed {
+            if let Some(close) = close {
+                state.frames.push_back(close);
+            }
+            state.closed = true;
+        }
+        drop(state);
+        self.writer_wake.notify_one();
+        self.space.notify_waiters();
+    }
+
+    fn subscribed(&self, topic: &str) -> bool {
+        lock(&self.subscriptions)
+            .iter()
+            .any(|prefix| topic.starts_with(prefix.as_str()))
+    }
+}
+
+fn is_data_frame(frame: &[u8]) -> bool {
+    matches!(
+        frame.get(3).copied(),
+        Some(b) if b == FrameKind::Data.to_byte()
+            || b == FrameKind::Publish.to_byte()
+            || b == FrameKind::Response.to_byte()
+    )
+}
+
+fn close_wire(err: &Error) -> Wire {
+    let mut out = Vec::new();
+    let _ = Close::new(close_code_for(err), err.to_string()).encode_frame(&mut out);
+    out.into()
+}
+
+fn control_wire(kind: FrameKind, id: u32) -> Wire {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    let _ = ipc_core::encode_raw_frame(&mut out, kind, id, &[], &Limits::default());
+    out.into()
+}
+
+#[derive(Debug)]
+struct Shared {
+    conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
+    n_conns: AtomicUsize,
+    next_id: AtomicU64,
+    config: ServerConfig,
+}
+
+impl Shared {
+    fn conn(&self, conn: ConnId) -> Result<Arc<Conn>> {
+        lock(&self.conns).get(&conn).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no connection {conn} (it closed)"),
+            )
+        })
+    }
+
+    fn all(&self) -> Vec<Arc<Conn>> {
+        lock(&self.conns).values().cloned().collect()
+    }
+
+    async fn publish_wire(&self, topic: &str, frame: Wire) -> usize {
+        let mut delivered = 0;
+        for conn in self.all() {
+            if conn.subscribed(topic)
+                && conn
+                    .push(
+                        Arc::clone(&frame),
+                        self.config.queue_capacity,
+                        self.config.policy,
+                    )
+                    .await
+                    .is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+/// A cheap, cloneable handle for sending to a [`Server`]'s clients from any task.
+#[derive(Debug)]
+pub struct ServerHandle<T> {
+    shared: Arc<Shared>,
+    _message: PhantomData<fn(T)>,
+}
+
+impl<T> Clone for ServerHandle<T> {
+    fn clone(&self) -> Self {
+        ServerHandle {
+            shared: Arc::clone(&self.shared),
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + Sync> ServerHandle<T> {
+    fn encode(&self, conn: &Conn, kind: FrameKind, id: u32, message: &T) -> Result<Wire> {
+        let mut out = Vec::new();
+        ipc_core::encode_frame(&mut out, kind, id, message, &conn.send_limits)?;
+        Ok(out.into())
+    }
+
+    /// Sends a data message to one client (through its bounded queue and policy).
+    pub async fn send(&self, conn: ConnId, message: &T) -> Result<()> {
+        let conn = self.shared.conn(conn)?;
+        let frame = self.encode(&conn, FrameKind::Data, 0, message)?;
+        let config = &self.shared.config;
+        conn.push(frame, config.queue_capacity, config.policy).await
+    }
+
+    /// Answers request `id` of `conn`.
+    pub async fn respond(&self, conn: ConnId, id: u32, message: &T) -> Result<()> {
+        let conn = self.shared.conn(conn)?;
+        let frame = self.encode(&conn, FrameKind::Response, id, message)?;
+        let config = &self.shared.config;
+        conn.push(frame, config.queue_capacity, config.policy).await
+    }
+
+    /// Sends a data message to every client; returns how many queued it. Encoded once.
+    pub async fn broadcast(&self, message: &T) -> Result<usize> {
+        let mut out = Vec::new();
+        let limits = Limits::new().with_max_frame_len(self.min_send_limit());
+        ipc_core::encode_frame(&mut out, FrameKind::Data, 0, message, &limits)?;
+        let frame: Wire = out.into();
+        let config = &self.shared.config;
+        let mut delivered = 0;
+        for conn in self.shared.all() {
+            if conn
+                .push(Arc::clone(&frame), config.queue_capacity, config.policy)
+                .await
+                .is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Publishes `message` on `topic` to every client subscribed to a prefix of it; returns
+    /// how many queued it. Encoded once.
+    pub async fn publish(&self, topic: &str, message: &T) -> Result<usize> {
+        let mut out = Vec::new();
+        let limits = Limits::new().with_max_frame_len(self.min_send_limit());
+        wire::encode_publish(&mut out, topic, message, &limits)?;
+        Ok(self.shared.publish_wire(topic, out.into()).await)
+    }
+
+    fn min_send_limit(&self) -> u32 {
+        self.shared
+            .all()
+            .iter()
+            .map(|conn| conn.send_limits.max_frame_len())
+            .min()
+            .unwrap_or(u32::MAX)
+    }
+}
+
+impl<T> ServerHandle<T> {
+    /// Closes one client's connection with `code` and `reason` (after what is queued).
+    pub fn disconnect(&self, conn: ConnId, code: CloseCode, reason: &str) -> Result<()> {
+        let conn = self.shared.conn(conn)?;
+        let mut out = Vec::new();
+        Close::new(code, reason).encode_frame(&mut out)?;
+        conn.close(Some(out.into()));
+        conn.shutdown.notify_one();
+        Ok(())
+    }
+
+    /// The ids of the connected clients.
+    pub fn connections(&self) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = lock(&self.shared.conns).keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Frames dropped so far for `conn` by [`Policy::DropOldest`].
+    pub fn dropped(&self, conn: ConnId) -> Result<u64> {
+        Ok(lock(&self.shared.conn(conn)?.state).dropped)
+    }
+}
+
+/// A tokio server for many clients exchanging messages of type `T`.
+///
+/// Every client gets a reader task and a writer task. The reader validates every frame
+/// (a client that sends garbage, an over-limit length, a truncated frame, another protocol
+/// version or message type is closed with a close frame saying why, and reported as
+/// [`Event::Disconnected`] or [`Event::Rejected`]; the others are not disturbed), answers
+/// pings, handles subscriptions and forwards publications to subscribers. The writer
+/// drains the client's bounded queue, coalescing whatever is queued into one write.
+///
+/// See [`AsyncConnection`](crate::AsyncConnection) for an example.
+#[derive(Debug)]
+pub struct Server<T> {
+    handle: ServerHandle<T>,
+    events: mpsc::Receiver<Event<T>>,
+    address: Address,
+    accept_task: JoinHandle<()>,
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
+    /// Listens on the config's address; must run inside a tokio runtime. A socket file left
+    /// by a crashed server is reclaimed, a live server's is not ([`ErrorKind::AlreadyExists`]).
+    pub async fn bind(mut config: ServerConfig) -> Result<Server<T>> {
+        config.connection = config.connection.with_patterns();
+        let (listener, address) = AsyncListener::bind(&config.address).await?;
+        let (events_tx, events) = mpsc::channel(config.event_capacity);
+        let shared = Arc::new(Shared {
+            conns: Mutex::new(HashMap::new()),
+            n_conns: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            config,
+        });
+        let accept_task = tokio::spawn(accept_loop::<T>(listener, Arc::clone(&shared), events_tx));
+        Ok(Server {
+            handle: ServerHandle {
+                shared,
+                _message: PhantomData,
+            },
+            events,
+            address,
+            accept_task,
+        })
+    }
+
+    /// The address clients connect to (for `tcp:…:0`, the port actually bound).
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// A handle to send from other tasks.
+    pub fn handle(&self) -> ServerHandle<T> {
+        self.handle.clone()
+    }
+
+    /// The next event; `None` only after the server stopped.
+    pub async fn next_event(&mut self) -> Option<Event<T>> {
+        self.events.recv().await
+    }
+
+    /// Stops accepting (the listener is closed, and its socket file removed, when this
+    /// returns) and closes every client with code "going away" after what is queued for it.
+    pub async fn shutdown(&mut self) {
+        self.accept_task.abort();
+        let _ = (&mut self.accept_task).await;
+        for conn in self.handle.shared.all() {
+            let mut out = Vec::new();
+            let _ =
+                Close::new(CloseCode::GOING_AWAY, "server shutting down").encode_frame(&mut out);
+            conn.close(Some(out.into()));
+            conn.shutdown.notify_one();
+        }
+    }
+}
+
+impl<T> Drop for Server<T> {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        for conn in self.handle.shared.all() {
+            conn.close(None);
+            conn.shutdown.notify_one();
+        }
+    }
+}
+
+async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
+    listener: AsyncListener,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event<T>>,
+) {
+    loop {
+        let (stream, uid, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("accept failed: {err}");
+                // Out of descriptors and the like: back off briefly instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        let events = events.clone();
+        tokio::spawn(async move {
+            let refusal = admission(&shared, uid);
+            let Some(err) = refusal else {
+                serve(stream, peer, shared, events).await;
+                return;
+            };
+            {
+                let (mut reader, mut writer) = stream.into_split();
+                let close = close_wire(&err);
+                // Say why, then read what the client sent (its hello) until it goes away, so
+                // that closing does not reset the connection before the close frame is read.
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    writer.write_all(&close).await?;
+                    writer.shutdown().await?;
+                    let mut sink = [0u8; 1024];
+                    while reader.read(&mut sink).await? > 0 {}
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
+                tracing::warn!("refused {peer}: {err}");
+                let _ = events.send(Event::Rejected { peer, error: err }).await;
+            }
+        });
+    }
+}
+
+fn admission(shared: &Shared, uid: Option<u32>) -> Option<Error> {
+    if let Some(allowed) = &shared.config.allow_uids {
+        match uid {
+            Some(uid) if allowed.contains(&uid) => {}
+            Some(uid) => {
+                return Some(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("user id {uid} is not allowed"),
+                ));
+            }
+            None => {
+                return Some(Error::new(
+                    ErrorKind::PermissionDenied,
+                    "peer credentials unavailable and an allow-list is set",
+                ));
+            }
+        }
+    }
+    let max = shared.config.max_connections;
+    if shared.n_conns.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.n_conns.fetch_sub(1, Ordering::AcqRel);
+        return Some(Error::new(
+            ErrorKind::PermissionDenied,
+            format!("server has reached its maximum of {max} connections"),
+        ));
+    }
+    None
+}
+
+async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
+    stream: crate::stream::AsyncStream,
+    peer: String,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event<T>>,
+) {
+    let config = shared.config.connection.clone();
+    let shaken = match handshake(stream, &config).await {
+        Ok(shaken) => shaken,
+        Err(err) => {
+            shared.n_conns.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("handshake with {peer} failed: {err}");
+            let _ = events.send(Event::Rejected { peer, error: err }).await;
+            return;
+        }
+    };
+    let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+    let conn = Arc::new(Conn {
+        id,
+        state: Mutex::new(OutState::default()),
+        writer_wake: Notify::new(),
+        space: Notify::new(),
+        shutdown: Notify::new(),
+        subscriptions: Mutex::new(Vec::new()),
+        send_limits: shaken.send_limits,
+    });
+    lock(&shared.conns).insert(id, Arc::clone(&conn));
+    let writer = tokio::spawn(write_loop(Arc::clone(&conn), shaken.writer));
+    let _ = events.send(Event::Connected { conn: id, peer }).await;
+
+    let mut reader = Reader::<T> {
+        half: shaken.reader,
+        decoder: shaken.decoder,
+        liveness: Liveness::new(config.heartbeat()),
+        conn: Arc::clone(&conn),
+        shared: Arc::clone(&shared),
+        events: events.clone(),
+        _message: PhantomData,
+    };
+    let outcome = reader.run().await;
+    lock(&shared.conns).remove(&id);
+    shared.n_conns.fetch_sub(1, Ordering::AcqRel);
+    let error = match outcome {
+        Ok(()) => {
+            conn.close(None);
+            None
+        }
+        Err(err) => {
+            if !matches!(
+                err.kind(),
+                ErrorKind::PeerDied | ErrorKind::PeerClosed | ErrorKind::Io
+            ) {
+                conn.close(Some(close_wire(&err)));
+            } else {
+                conn.close(None);
+            }
+            tracing::warn!("connection {id} closed: {err}");
+            Some(err)
+        }
+    };
+    // The writer sends what is queued (ending with the close frame); a client that does
+    // not read gets a short grace period.
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    let _ = events.send(Event::Disconnected { conn: id, error }).await;
+}
+
+async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let done = {
+            let mut state = lock(&conn.state);
+            while let Some(frame) = state.frames.pop_front() {
+                if is_data_frame(&frame) {
+                    state.n_data = state.n_data.saturating_sub(1);
+                }
+                batch.extend_from_slice(&frame);
+                if batch.len() >= 256 * 1024 {
+                    break;
+                }
+            }
+            state.closed && state.frames.is_empty()
+        };
+        if !batch.is_empty() {
+            conn.space.notify_waiters();
+            if half.write_all(&batch).await.is_err() {
+                conn.close(None);
+                conn.shutdown.notify_one();
+                return;
+            }
+            batch.clear();
+            continue;
+        }
+        if done {
+            let _ = half.shutdown().await;
+            return;
+        }
+        conn.writer_wake.notified().await;
+    }
+}
+
+struct Reader<T> {
+    half: AsyncReadHalf,
+    decoder: FrameDecoder,
+    liveness: Liveness,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event<T>>,
+    _message: PhantomData<fn() -> T>,
+}
+
+/// One received frame, owned, so the decoder's borrow ends before we await.
+enum Action<T> {
+    Event(Event<T>),
+    Control(Wire),
+    Publish(String, Wire),
+    Closed(Option<Error>),
+    None,
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
+    async fn run(&mut self) -> Result<()> {
+        let id = self.conn.id;
+        loop {
+            loop {
+                let action = match self.decoder.next_frame()? {
+                    None => break,
+                    Some(frame) => match frame.kind() {
+                        FrameKind::Data => Action::Event(Event::Message {
+                            conn: id,
+                            message: frame.decode::<T>()?,
+                        }),
+                        FrameKind::Request => Action::Event(Event::Request {
+                            conn: id,
+                            id: frame.id(),
+                            message: frame.decode::<T>()?,
+                        }),
+                        FrameKind::Ping => {
+                            Action::Control(control_wire(FrameKind::Pong, frame.id()))
+                        }
+                        FrameKind::Pong => Action::None,
+                        FrameKind::Subscribe => {
+                            let topic = wire::parse_topic(frame.payload())?;
+                            let mut subs = lock(&self.conn.subscriptions);
+                            if subs.len() >= 1024 {
+                                return Err(Error::new(
+                                    ErrorKind::Protocol,
+                                    "more than 1024 subscriptions on one connection",
+                                ));
+                            }
+                            if !subs.iter().any(|s| s == topic) {
+                                subs.push(topic.to_owned());
+                            }
+                            Action::Control(control_wire(FrameKind::SubscribeAck, frame.id()))
+                        }
+                        FrameKind::Unsubscribe => {
+                            let topic = wire::parse_topic(frame.payload())?;
+                            lock(&self.conn.subscriptions).retain(|s| s != topic);
+                            Action::None
+                        }
+                        FrameKind::Publish => {
+                            let (topic, message) = wire::parse_publish(frame.payload())?;
+                            // Only well-typed messages are forwarded.
+                            ipc_core::decode::<T>(message)?;
+                            let mut out = Vec::with_capacity(frame.header().frame_len());
+                            out.extend_from_slice(&frame.header().to_bytes());
+                            out.extend_from_slice(frame.payload());
+                            Action::Publish(topic.to_owned(), out.into())
+                        }
+                        FrameKind::Close => {
+                            let close = Close::decode(frame.payload())?;
+                            if close.code == CloseCode::NORMAL {
+                                Action::Closed(None)
+                            } else {
+                                Action::Closed(Some(close.into_error()))
+                            }
+                        }
+                        kind => {
+                            return Err(Error::new(
+                                ErrorKind::Protocol,
+                                format!("unexpected {kind:?} frame from a client"),
+                            ));
+                        }
+                    },
+                };
+                match action {
+                    Action::Event(event) => {
+                        let _ = self.events.send(event).await;
+                    }
+                    Action::Control(frame) => self.conn.push_control(frame),
+                    Action::Publish(topic, frame) => {
+                        self.shared.publish_wire(&topic, frame).await;
+                    }
+                    Action::Closed(None) => return Ok(()),
+                    Action::Closed(Some(err)) => return Err(err),
+                    Action::None => {}
+                }
+            }
+            let wait = match self.liveness.check(Instant::now())? {
+                Beat::Wait(wait) => wait,
+                Beat::Ping(nonce, wait) => {
+                    self.conn.push_control(control_wire(FrameKind::Ping, nonce));
+                    wait
+                }
+            };
+            let read = tokio::select! {
+                read = self.liveness.within(wait, self.half.read(self.decoder.read_buf())) => read,
+                () = self.conn.shutdown.notified() => {
+                    return Err(Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server")));
+                }
+            };
+            match read {
+                None => {}
+                Some(Ok(0)) => {
+                    return Err(match self.decoder.finish() {
+                        Err(err) => err.context("client vanished"),
+                        Ok(()) => Error::new(
+                            ErrorKind::PeerDied,
+                            "client closed the stream without a close frame",
+                        ),
+                    });
+                }
+                Some(Ok(n)) => {
+                    self.decoder.commit(n);
+                    self.liveness.heard();
+                }
+                Some(Err(err)) => return Err(Error::io("read from client", err)),
+            }
+        }
+    }
+}

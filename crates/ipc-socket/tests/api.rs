@@ -1,0 +1,677 @@
+//! In-process tests of the API over every transport. Cross-process behaviour (crashes,
+//! many client processes, the Python client) is tested in the `ipc-tests` package.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ipc_core::{
+    AsyncReceiver, CloseCode, ErrorKind, FrameKind, Hello, Limits, MessageType, Receiver, Sender,
+};
+use ipc_socket::{
+    Address, AsyncConnection, Backoff, Client, ClientConfig, Connection, ConnectionConfig, Event,
+    Heartbeat, Incoming, Listener, Policy, Server, ServerConfig,
+};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ipc-socket-api-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut builder = std::fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&path).unwrap();
+        Dir(path)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn unique_local() -> Address {
+    static N: AtomicU32 = AtomicU32::new(0);
+    Address::local(format!(
+        "ipc-socket-api-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn config() -> ConnectionConfig {
+    ConnectionConfig::new::<String>().with_message_type(MessageType::named("test.Text/1"))
+}
+
+fn echo_over(address: Address) {
+    let listener = Listener::<String>::bind(&address, config()).unwrap();
+    let address = listener.address().clone();
+    let server = std::thread::spawn(move || {
+        let mut conn = listener.accept().unwrap();
+        loop {
+            match conn.recv() {
+                Ok(text) => conn.send(&text.to_uppercase()).unwrap(),
+                Err(err) => {
+                    assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+                    return;
+                }
+            }
+        }
+    });
+    let mut client = Connection::<String>::connect(&address, config()).unwrap();
+    for i in 0..100 {
+        client.send(&format!("message {i}")).unwrap();
+    }
+    client.flush().unwrap();
+    for i in 0..100 {
+        assert_eq!(client.recv().unwrap(), format!("MESSAGE {i}"));
+    }
+    assert!(client.try_recv().unwrap().is_none());
+    // A borrowed receive: the &str points into the connection's buffer.
+    client.send(&"borrowed".to_owned()).unwrap();
+    assert_eq!(client.recv_ref::<&str>().unwrap(), "BORROWED");
+    let err = client.recv_timeout(Duration::from_millis(20)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    client.close().unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn blocking_echo_over_tcp_local_name_and_socket_file() {
+    echo_over("tcp:127.0.0.1:0".parse().unwrap());
+    echo_over(unique_local());
+    let dir = Dir::new();
+    echo_over(Address::path(dir.0.join("echo.sock")));
+}
+
+#[test]
+fn socket_files_are_owner_only_and_live_servers_are_not_displaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new();
+    let address = Address::path(dir.0.join("s.sock"));
+    let first = Listener::<String>::bind(&address, config()).unwrap();
+    let mode = std::fs::metadata(address.as_path().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let err = Listener::<String>::bind(&address, config()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.to_string().contains("already listening"), "{err}");
+    drop(first);
+}
+
+#[test]
+fn a_stale_socket_file_is_reclaimed() {
+    let dir = Dir::new();
+    let path = dir.0.join("stale.sock");
+    // A socket file with nobody listening: what a SIGKILLed server leaves behind.
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    assert!(path.exists());
+    let address = Address::path(&path);
+    let err = Connection::<String>::connect(&address, config()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let listener = Listener::<String>::bind(&address, config()).unwrap();
+    drop(listener);
+    // A regular file is never removed.
+    std::fs::write(&path, b"not a socket").unwrap();
+    let err = Listener::<String>::bind(&address, config()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.to_string().contains("is not a socket"), "{err}");
+}
+
+#[test]
+fn another_message_type_fails_the_handshake_on_both_sides() {
+    let listener = Listener::<String>::bind(&"tcp:127.0.0.1:0".parse().unwrap(), config()).unwrap();
+    let address = listener.address().clone();
+    let server = std::thread::spawn(move || listener.accept().unwrap_err());
+    let other = ConnectionConfig::new::<String>().with_message_type(MessageType::named("x/2"));
+    let err = Connection::<String>::connect(&address, other).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::TypeMismatch | ErrorKind::PeerClosed),
+        "{err}"
+    );
+    let server_err = server.join().unwrap();
+    assert!(
+        matches!(
+            server_err.kind(),
+            ErrorKind::TypeMismatch | ErrorKind::PeerClosed
+        ),
+        "{server_err}"
+    );
+}
+
+#[test]
+fn a_silent_peer_is_declared_dead_by_the_heartbeat() {
+    let quick = config().with_heartbeat(Heartbeat {
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_millis(150),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = Address::tcp(listener.local_addr().unwrap().to_string());
+    // A peer that completes the handshake and then never says anything again.
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut hello = Vec::new();
+        Hello::new(MessageType::named("test.Text/1"), &Limits::default())
+            .encode_frame(&mut hello)
+            .unwrap();
+        stream.write_all(&hello).unwrap();
+        let mut sink = [0u8; 1024];
+        // Read (and ignore pings) until the client gives up and closes.
+        while let Ok(n) = stream.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let mut client = Connection::<String>::connect(&address, quick).unwrap();
+    let err = client.recv().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PeerDied);
+    assert!(
+        err.to_string().contains("heartbeat timeout 150 ms"),
+        "{err}"
+    );
+    drop(client);
+    peer.join().unwrap();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn next_message(server: &mut Server<String>) -> (ipc_socket::ConnId, String) {
+    loop {
+        match server.next_event().await.unwrap() {
+            Event::Message { conn, message } => return (conn, message),
+            Event::Connected { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn async_duplex_over_every_transport() {
+    runtime().block_on(async {
+        let dir = Dir::new();
+        for address in [
+            "tcp:127.0.0.1:0".parse().unwrap(),
+            unique_local(),
+            Address::path(dir.0.join("a.sock")),
+        ] {
+            let mut server = Server::<String>::bind(ServerConfig::new(address, config()))
+                .await
+                .unwrap();
+            let conn = AsyncConnection::<String>::connect(server.address(), config())
+                .await
+                .unwrap();
+            let (mut send, mut recv) = conn.into_split();
+            for i in 0..50 {
+                send.send(&format!("m{i}")).await.unwrap();
+            }
+            send.flush().await.unwrap();
+            let handle = server.handle();
+            for i in 0..50 {
+                let (conn, message) = next_message(&mut server).await;
+                assert_eq!(message, format!("m{i}"));
+                handle.send(conn, &format!("r{i}")).await.unwrap();
+            }
+            for i in 0..50 {
+                assert_eq!(
+                    AsyncReceiver::recv(&mut recv).await.unwrap(),
+                    format!("r{i}")
+                );
+            }
+            send.close(CloseCode::NORMAL, "").await.unwrap();
+            match server.next_event().await.unwrap() {
+                Event::Disconnected { error, .. } => assert!(error.is_none(), "{error:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn many_requests_in_flight_and_a_deadline() {
+    runtime().block_on(async {
+        let mut server = Server::<String>::bind(ServerConfig::new(
+            "tcp:127.0.0.1:0".parse().unwrap(),
+            config(),
+        ))
+        .await
+        .unwrap();
+        let address = server.address().clone();
+        let handle = server.handle();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(event) = server.next_event().await {
+                if let Event::Request { conn, id, message } = event {
+                    if message == "ignore me" {
+                        continue;
+                    }
+                    held.push((conn, id, message));
+                    if held.len() == 10 {
+                        for (conn, id, message) in held.drain(..).rev() {
+                            handle
+                                .respond(conn, id, &format!("re: {message}"))
+                                .await
+                                .unwrap();
+                        }
+                    }
+                }
+            }
+        });
+        let client = Client::<String>::connect(ClientConfig::new(address, config()))
+            .await
+            .unwrap();
+        let ignored = "ignore me".to_owned();
+        let err = client
+            .request(&ignored, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        let questions: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
+        let requests: Vec<_> = questions
+            .iter()
+            .map(|q| client.request(q, Duration::from_secs(20)))
+            .collect();
+        let replies = futures_join_all(requests).await;
+        for (i, reply) in replies.into_iter().enumerate() {
+            assert_eq!(reply.unwrap(), format!("re: q{i}"));
+        }
+    });
+}
+
+/// Polls the futures concurrently (a tiny `join_all` without a futures dependency).
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.unwrap()).collect()
+}
+
+#[test]
+fn a_late_subscriber_gets_everything_published_after_its_ack() {
+    runtime().block_on(async {
+        let server = Server::<String>::bind(ServerConfig::new(unique_local(), config()))
+            .await
+            .unwrap();
+        let connect =
+            || Client::<String>::connect(ClientConfig::new(server.address().clone(), config()));
+        let publisher = connect().await.unwrap();
+        let early = connect().await.unwrap();
+        early.subscribe("news/").await.unwrap();
+        for i in 0..5 {
+            publisher
+                .publish("news/a", &format!("before {i}"))
+                .await
+                .unwrap();
+        }
+        // Wait until the early subscriber has seen the first five, so "before" is before.
+        for i in 0..5 {
+            match early.recv().await.unwrap() {
+                Incoming::Publication { message, .. } => assert_eq!(message, format!("before {i}")),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let late = connect().await.unwrap();
+        late.subscribe("news/").await.unwrap();
+        publisher
+            .publish("sport/x", &"not news".to_owned())
+            .await
+            .unwrap();
+        for i in 0..5 {
+            publisher
+                .publish("news/b", &format!("after {i}"))
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            match late.recv().await.unwrap() {
+                Incoming::Publication { topic, message } => {
+                    assert_eq!(topic, "news/b");
+                    assert_eq!(message, format!("after {i}"));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn bad_input_closes_only_that_connection() {
+    runtime().block_on(async {
+        let mut server = Server::<String>::bind(ServerConfig::new(
+            "tcp:127.0.0.1:0".parse().unwrap(),
+            config(),
+        ))
+        .await
+        .unwrap();
+        let address = server.address().clone();
+        let Address::Tcp(host_port) = address.clone() else {
+            unreachable!()
+        };
+        let good = Client::<String>::connect(ClientConfig::new(address, config()))
+            .await
+            .unwrap();
+        let mut hello = Vec::new();
+        Hello::new(MessageType::named("test.Text/1"), &Limits::default())
+            .encode_frame(&mut hello)
+            .unwrap();
+        let mut over_limit = hello.clone();
+        over_limit.extend_from_slice(
+            &ipc_core::FrameHeader::new(FrameKind::Data, 0, u32::MAX).to_bytes(),
+        );
+        let mut wrong_version = hello.clone();
+        let mut frame = Vec::new();
+        ipc_core::encode_frame(&mut frame, FrameKind::Data, 0, "x", &Limits::default()).unwrap();
+        frame[2] = 9;
+        wrong_version.extend_from_slice(&frame);
+        let mut not_a_string = hello.clone();
+        ipc_core::encode_raw_frame(
+            &mut not_a_string,
+            FrameKind::Data,
+            0,
+            &[5, 0xFF],
+            &Limits::default(),
+        )
+        .unwrap();
+        let mut truncated = hello.clone();
+        truncated.extend_from_slice(&frame[..frame.len() - 1]);
+        truncated[hello.len() + 2] = 1;
+        let cases: Vec<(&str, Vec<u8>, ErrorKind)> = vec![
+            (
+                "garbage",
+                b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+                ErrorKind::BadMagic,
+            ),
+            ("over limit", over_limit, ErrorKind::TooLarge),
+            (
+                "wrong version",
+                wrong_version,
+                ErrorKind::UnsupportedVersion,
+            ),
+            ("not the message type", not_a_string, ErrorKind::Decode),
+            ("truncated", truncated, ErrorKind::Truncated),
+        ];
+        for (what, bytes, kind) in cases {
+            let mut stream = tokio::net::TcpStream::connect(&host_port).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &bytes)
+                .await
+                .unwrap();
+            if what == "truncated" {
+                tokio::io::AsyncWriteExt::shutdown(&mut stream)
+                    .await
+                    .unwrap();
+            }
+            let error = loop {
+                match server.next_event().await.unwrap() {
+                    Event::Disconnected { error, .. } => break error.unwrap(),
+                    Event::Rejected { error, .. } => break error,
+                    Event::Connected { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            assert_eq!(error.kind(), kind, "{what}: {error}");
+        }
+        // The good client is still served.
+        good.subscribe("t").await.unwrap();
+        good.publish("t", &"still here".to_owned()).await.unwrap();
+        match good.recv().await.unwrap() {
+            Incoming::Publication { message, .. } => assert_eq!(message, "still here"),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn the_connection_limit_refuses_with_a_reason() {
+    runtime().block_on(async {
+        let server = Server::<String>::bind(
+            ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), config()).max_connections(1),
+        )
+        .await
+        .unwrap();
+        let first = Client::<String>::connect(
+            ClientConfig::new(server.address().clone(), config()).no_reconnect(),
+        )
+        .await
+        .unwrap();
+        let err = Client::<String>::connect(ClientConfig::new(server.address().clone(), config()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+        assert!(
+            err.to_string().contains("maximum of 1 connections"),
+            "{err}"
+        );
+        first.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_slow_client_is_disconnected_or_loses_old_frames_per_policy() {
+    runtime().block_on(async {
+        for policy in [Policy::Disconnect, Policy::DropOldest] {
+            let mut server = Server::<String>::bind(
+                ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), config())
+                    .queue_capacity(4)
+                    .policy(policy),
+            )
+            .await
+            .unwrap();
+            // A client that never reads: its socket buffers fill, then its queue.
+            let slow = AsyncConnection::<String>::connect(server.address(), config())
+                .await
+                .unwrap();
+            let conn = loop {
+                if let Some(Event::Connected { conn, .. }) = server.next_event().await {
+                    break conn;
+                }
+            };
+            let handle = server.handle();
+            let big = "x".repeat(64 * 1024);
+            let mut outcome = Ok(());
+            for _ in 0..2000 {
+                outcome = handle.send(conn, &big).await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            match policy {
+                Policy::Disconnect => {
+                    let err = outcome.unwrap_err();
+                    assert!(
+                        matches!(
+                            err.kind(),
+                            ErrorKind::Full | ErrorKind::Closed | ErrorKind::NotFound
+                        ),
+                        "{err}"
+                    );
+                }
+                _ => {
+                    outcome.unwrap();
+                    assert!(handle.dropped(conn).unwrap() > 0);
+                }
+            }
+            drop(slow);
+        }
+    });
+}
+
+#[test]
+fn a_client_reconnects_and_resubscribes_after_a_server_restart() {
+    runtime().block_on(async {
+        let address = unique_local();
+        let mut server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
+            .await
+            .unwrap();
+        let fast = Backoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+            max_attempts: None,
+        };
+        let client =
+            Client::<String>::connect(ClientConfig::new(address.clone(), config()).reconnect(fast))
+                .await
+                .unwrap();
+        client.subscribe("t").await.unwrap();
+        server.shutdown().await;
+        drop(server);
+        match client.recv().await.unwrap() {
+            Incoming::Disconnected(err) => assert!(err.is_peer_gone(), "{err}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
+            .await
+            .unwrap();
+        match client.recv().await.unwrap() {
+            Incoming::Reconnected => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        // The resubscription's ack may still be on its way: publish until one arrives.
+        let publisher = Client::<String>::connect(ClientConfig::new(address, config()))
+            .await
+            .unwrap();
+        for attempt in 0.. {
+            assert!(attempt < 100, "resubscription never took effect");
+            publisher.publish("t", &"again".to_owned()).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(100), client.recv()).await {
+                Ok(Ok(Incoming::Publication { message, .. })) => {
+                    assert_eq!(message, "again");
+                    break;
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => continue,
+            }
+        }
+        assert_eq!(client.connections(), 2);
+        drop(server);
+    });
+}
+
+#[test]
+fn peer_credentials_allow_list() {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    runtime().block_on(async {
+        let dir = Dir::new();
+        for (allowed, welcome) in [(me, true), (me.wrapping_add(1), false)] {
+            let address = Address::path(dir.0.join(format!("uid-{allowed}.sock")));
+            let server = Server::<String>::bind(
+                ServerConfig::new(address.clone(), config()).allow_uids(vec![allowed]),
+            )
+            .await
+            .unwrap();
+            let outcome =
+                Client::<String>::connect(ClientConfig::new(address, config()).no_reconnect())
+                    .await;
+            match (welcome, outcome) {
+                (true, Ok(client)) => client.close().await.unwrap(),
+                (false, Err(err)) => {
+                    assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+                    assert!(
+                        err.to_string()
+                            .contains(&format!("user id {me} is not allowed")),
+                        "{err}"
+                    );
+                }
+                (welcome, outcome) => {
+                    panic!("allowed {allowed} (me {me}), welcome {welcome}: {outcome:?}")
+                }
+            }
+            drop(server);
+        }
+    });
+}
+
+#[test]
+fn a_client_refuses_a_server_without_the_patterns() {
+    let listener = Listener::<String>::bind(&"tcp:127.0.0.1:0".parse().unwrap(), config()).unwrap();
+    let address = listener.address().clone();
+    let server = std::thread::spawn(move || {
+        let mut conn = listener.accept().unwrap();
+        conn.recv().unwrap_err()
+    });
+    let err = runtime()
+        .block_on(Client::<String>::connect(ClientConfig::new(
+            address,
+            config(),
+        )))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("feature bit 0"), "{err}");
+    let server_err = server.join().unwrap();
+    assert_eq!(server_err.kind(), ErrorKind::PeerClosed, "{server_err}");
+}
+
+#[test]
+fn the_server_drops_a_silent_client() {
+    let quick = config().with_heartbeat(Heartbeat {
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_millis(150),
+    });
+    runtime().block_on(async {
+        let mut server =
+            Server::<String>::bind(ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), quick))
+                .await
+                .unwrap();
+        let Address::Tcp(host_port) = server.address().clone() else {
+            unreachable!()
+        };
+        // Completes the handshake, then reads pings without ever answering.
+        let mut stream = tokio::net::TcpStream::connect(&host_port).await.unwrap();
+        let mut hello = Vec::new();
+        Hello::new(MessageType::named("test.Text/1"), &Limits::default())
+            .encode_frame(&mut hello)
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &hello)
+            .await
+            .unwrap();
+        let drain = tokio::spawn(async move {
+            let mut sink = vec![0u8; 4096];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let error = loop {
+            match server.next_event().await.unwrap() {
+                Event::Disconnected { error, .. } => break error.unwrap(),
+                Event::Connected { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(error.kind(), ErrorKind::PeerDied, "{error}");
+        drain.await.unwrap();
+    });
+}
