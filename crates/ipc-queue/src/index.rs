@@ -1,0 +1,360 @@
+//! The consumer side of the log: an index from sequence number to record position, built
+//! by scanning segments, with corruption found on the way reported and quarantined.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+
+use ipc_core::{Error, ErrorKind, Result};
+
+use crate::appender::{Bad, examine_bad, lock};
+use crate::fsx;
+use crate::queue::Layout;
+use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
+use crate::state::View;
+
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// Damage found while scanning: messages `from..to` are lost (possibly none, when only a
+/// seal or a torn tail was damaged).
+#[derive(Debug)]
+pub(crate) struct Finding {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    /// A torn tail (a crash artefact, truncated) rather than corruption.
+    pub(crate) torn: bool,
+    pub(crate) what: String,
+}
+
+struct SegIndex {
+    file: File,
+    /// `(seq, offset)` of every message record, ascending.
+    offsets: Vec<(u64, u64)>,
+    seal: Option<u64>,
+}
+
+pub(crate) struct LogIndex {
+    layout: Layout,
+    max_payload: usize,
+    append_lock: File,
+    segs: BTreeMap<u64, SegIndex>,
+    cur: u64,
+    end: u64,
+    next_seq: u64,
+    buf: Vec<u8>,
+}
+
+enum Step {
+    Continue,
+    Bad(u64),
+}
+
+impl LogIndex {
+    /// Opens the index at the segment holding `floor`. Also returns the segments entirely
+    /// below `floor` (safe to delete once the state is durable).
+    pub(crate) fn open(
+        layout: &Layout,
+        max_payload: usize,
+        floor: u64,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(LogIndex, Vec<u64>)> {
+        let firsts = fsx::list_segments(&layout.segments())?;
+        let Some(&oldest) = firsts.first() else {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!("queue {} has no segment files", layout.root().display()),
+            ));
+        };
+        let start = firsts
+            .iter()
+            .copied()
+            .rfind(|&first| first <= floor)
+            .unwrap_or(oldest);
+        if start > floor {
+            findings.push(Finding {
+                from: floor,
+                to: start,
+                torn: false,
+                what: format!(
+                    "segment holding message {floor} is missing; messages {floor}..{start} are lost"
+                ),
+            });
+        }
+        let stale = firsts
+            .iter()
+            .copied()
+            .filter(|&first| first < start)
+            .collect();
+        let path = layout.segments().join(fsx::segment_name(start));
+        let file = fsx::open_existing(&path)
+            .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+        let mut segs = BTreeMap::new();
+        segs.insert(
+            start,
+            SegIndex {
+                file,
+                offsets: Vec::new(),
+                seal: None,
+            },
+        );
+        let index = LogIndex {
+            layout: layout.clone(),
+            max_payload,
+            append_lock: fsx::open_rw(&layout.append_lock())?,
+            segs,
+            cur: start,
+            end: 0,
+            next_seq: start,
+            buf: Vec::new(),
+        };
+        Ok((index, stale))
+    }
+
+    /// One past the highest sequence number indexed.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Indexes records appended since the last call.
+    pub(crate) fn refresh(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<()> {
+        loop {
+            let cur = self.cur;
+            let Some(seg) = self.segs.get(&cur) else {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    "segment index lost its current segment",
+                ));
+            };
+            if let Some(next) = seg.seal {
+                if !self.advance_to(next, view, findings)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let size = fsx::file_len(&seg.file)?;
+            if self.end >= size {
+                return Ok(());
+            }
+            let want =
+                ((size - self.end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
+            let mut buf = std::mem::take(&mut self.buf);
+            let step = fsx::read_at(&seg.file, self.end, want, &mut buf)
+                .map(|n| self.scan(&buf[..n], size, findings));
+            self.buf = buf;
+            match step? {
+                Step::Continue => {}
+                Step::Bad(offset) => self.bad(offset, size, view, findings)?,
+            }
+        }
+    }
+
+    fn scan(&mut self, buf: &[u8], size: u64, findings: &mut Vec<Finding>) -> Step {
+        let mut pos = 0;
+        let cur = self.cur;
+        let mut step = Step::Continue;
+        while pos < buf.len() {
+            match record::parse(&buf[pos..], self.max_payload) {
+                Parsed::Valid(header) if matches!(header.kind, Kind::Message | Kind::Seal) => {
+                    if header.seq < self.next_seq {
+                        step = Step::Bad(self.end + pos as u64);
+                        break;
+                    }
+                    if header.seq > self.next_seq {
+                        findings.push(Finding {
+                            from: self.next_seq,
+                            to: header.seq,
+                            torn: false,
+                            what: format!(
+                                "segment {cur} skips from message {} to {}",
+                                self.next_seq, header.seq
+                            ),
+                        });
+                    }
+                    let Some(seg) = self.segs.get_mut(&cur) else {
+                        break;
+                    };
+                    if header.kind == Kind::Seal {
+                        seg.seal = Some(header.seq);
+                        self.next_seq = header.seq;
+                        pos += header.record_len();
+                        break;
+                    }
+                    seg.offsets.push((header.seq, self.end + pos as u64));
+                    self.next_seq = header.seq + 1;
+                    pos += header.record_len();
+                }
+                Parsed::Incomplete if self.end + (buf.len() as u64) < size => break,
+                _ => {
+                    step = Step::Bad(self.end + pos as u64);
+                    break;
+                }
+            }
+        }
+        self.end += pos as u64;
+        step
+    }
+
+    /// Moves to segment `next` after a seal. False if it does not exist yet.
+    fn advance_to(&mut self, next: u64, view: &View, findings: &mut Vec<Finding>) -> Result<bool> {
+        let path = self.layout.segments().join(fsx::segment_name(next));
+        let (first, file) = match fsx::open_existing(&path) {
+            Ok(file) => (next, file),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let later = fsx::list_segments(&self.layout.segments())?
+                    .into_iter()
+                    .find(|&first| first > next);
+                let Some(later) = later else {
+                    return Ok(false);
+                };
+                if !view.knows_lost(next, later) {
+                    findings.push(Finding {
+                        from: next,
+                        to: later,
+                        torn: false,
+                        what: format!(
+                            "segment {next} is missing; messages {next}..{later} are lost"
+                        ),
+                    });
+                }
+                let path = self.layout.segments().join(fsx::segment_name(later));
+                let file = fsx::open_existing(&path)
+                    .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+                (later, file)
+            }
+            Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
+        };
+        self.segs.insert(
+            first,
+            SegIndex {
+                file,
+                offsets: Vec::new(),
+                seal: None,
+            },
+        );
+        self.cur = first;
+        self.end = 0;
+        self.next_seq = first;
+        Ok(true)
+    }
+
+    fn bad(
+        &mut self,
+        offset: u64,
+        size: u64,
+        view: &View,
+        findings: &mut Vec<Finding>,
+    ) -> Result<()> {
+        let _guard = lock(&self.append_lock, "queue append lock")?;
+        let cur = self.cur;
+        let Some(seg) = self.segs.get(&cur) else {
+            return Ok(());
+        };
+        let bad = examine_bad(
+            &self.layout,
+            &seg.file,
+            cur,
+            offset,
+            size,
+            self.max_payload,
+            &mut self.buf,
+        )?;
+        let (until, to) = match bad {
+            Bad::ValidNow => return Ok(()),
+            Bad::TornTail => {
+                findings.push(Finding {
+                    from: self.next_seq,
+                    to: self.next_seq,
+                    torn: true,
+                    what: format!("torn tail of segment {cur} at offset {offset} truncated"),
+                });
+                return Ok(());
+            }
+            Bad::Resync { at, seq } => (at, seq),
+            Bad::LaterSegment(later) => (fsx::file_len(&seg.file)?, later),
+        };
+        let from = self.next_seq;
+        if !view.knows_lost(from, to.max(from + 1)) || to <= from {
+            let len = (until - offset) as usize;
+            let mut bytes = Vec::new();
+            let n = fsx::read_at(&seg.file, offset, len, &mut bytes)?;
+            let lost = to.saturating_sub(from);
+            let what = format!(
+                "segment {cur}: {n} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost"
+            );
+            let path = fsx::quarantine(
+                self.layout.root(),
+                &format!("corrupt-{cur:020}-{offset}"),
+                &bytes[..n],
+                &what,
+            )?;
+            findings.push(Finding {
+                from,
+                to,
+                torn: false,
+                what: format!("{what}; damaged bytes copied to {}", path.display()),
+            });
+        }
+        match bad {
+            Bad::LaterSegment(later) => {
+                if let Some(seg) = self.segs.get_mut(&cur) {
+                    seg.seal = Some(later);
+                }
+                self.end = until;
+            }
+            _ => {
+                self.end = until;
+                self.next_seq = to.max(from);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the message `seq` into `buf` (header and payload). `None` if the index has no
+    /// record for it (lost, or not yet scanned).
+    pub(crate) fn read(&self, seq: u64, buf: &mut Vec<u8>) -> Result<Option<Header>> {
+        let Some((&first, seg)) = self.segs.range(..=seq).next_back() else {
+            return Ok(None);
+        };
+        let Ok(i) = seg.offsets.binary_search_by_key(&seq, |&(s, _)| s) else {
+            return Ok(None);
+        };
+        let offset = seg.offsets[i].1;
+        let mut want = HEADER_LEN + 1024;
+        loop {
+            let n = fsx::read_at(&seg.file, offset, want, buf)?;
+            match record::parse(&buf[..n], self.max_payload) {
+                Parsed::Valid(header) if header.kind == Kind::Message && header.seq == seq => {
+                    buf.truncate(header.record_len());
+                    return Ok(Some(header));
+                }
+                Parsed::Incomplete if n == want => {
+                    let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+                    want = HEADER_LEN + len;
+                }
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupted,
+                        format!(
+                            "message {seq} at offset {offset} of segment {first} changed on disk after it was checked: {other:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Drops sealed segments entirely below `floor` from the index; returns their first
+    /// sequence numbers for deletion.
+    pub(crate) fn prune(&mut self, floor: u64) -> Vec<u64> {
+        let mut done = Vec::new();
+        for (&first, seg) in &self.segs {
+            match seg.seal {
+                Some(next) if next <= floor && first != self.cur => done.push(first),
+                _ => break,
+            }
+        }
+        for first in &done {
+            self.segs.remove(first);
+        }
+        done
+    }
+}
