@@ -87,20 +87,22 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(firsts)
 }
 
-/// Reads `len` bytes at `offset` into `buf` (resized), returning how many were read (fewer
-/// at end of file).
+/// Reads `len` bytes at `offset` into the start of `buf` (grown if needed, never shrunk, so
+/// that a reused buffer is not zeroed again), returning how many were read (fewer at end of
+/// file). The caller uses `buf[..n]`.
 pub(crate) fn read_at(file: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<usize> {
-    buf.resize(len, 0);
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
     let mut done = 0;
     while done < len {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        match file.read_at(&mut buf[done..len], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => return Err(Error::io(format!("read at offset {offset}"), err)),
         }
     }
-    buf.truncate(done);
     Ok(done)
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, Result};
 
@@ -13,6 +14,7 @@ use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
 use crate::state::View;
 
 const SCAN_CHUNK: usize = 1 << 20;
+const UNSEALED_CHECK: Duration = Duration::from_millis(50);
 
 /// Damage found while scanning: messages `from..to` are lost (possibly none, when only a
 /// seal or a torn tail was damaged).
@@ -41,6 +43,7 @@ pub(crate) struct LogIndex {
     end: u64,
     next_seq: u64,
     buf: Vec<u8>,
+    unsealed_checked: Option<Instant>,
 }
 
 enum Step {
@@ -105,6 +108,7 @@ impl LogIndex {
             end: 0,
             next_seq: start,
             buf: Vec::new(),
+            unsealed_checked: None,
         };
         Ok((index, stale))
     }
@@ -132,7 +136,7 @@ impl LogIndex {
             }
             let size = fsx::file_len(&seg.file)?;
             if self.end >= size {
-                return Ok(());
+                return self.check_unsealed_end(view, findings);
             }
             let want =
                 ((size - self.end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
@@ -191,6 +195,51 @@ impl LogIndex {
         }
         self.end += pos as u64;
         step
+    }
+
+    /// At the end of a segment without a seal: if a later segment exists, this one lost its
+    /// end (it was truncated). Checked at most every `UNSEALED_CHECK`, as it lists the
+    /// directory.
+    fn check_unsealed_end(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<()> {
+        if self
+            .unsealed_checked
+            .is_some_and(|at| at.elapsed() < UNSEALED_CHECK)
+        {
+            return Ok(());
+        }
+        self.unsealed_checked = Some(Instant::now());
+        let cur = self.cur;
+        let later = fsx::list_segments(&self.layout.segments())?
+            .into_iter()
+            .find(|&first| first > cur);
+        let Some(later) = later else {
+            return Ok(());
+        };
+        // A writer seals a segment before it creates the next: if this one grew meanwhile,
+        // the seal may be there now.
+        if let Some(seg) = self.segs.get(&cur)
+            && fsx::file_len(&seg.file)? > self.end
+        {
+            self.unsealed_checked = None;
+            return Ok(());
+        }
+        let from = self.next_seq;
+        if !view.knows_lost(from, later.max(from + 1)) {
+            findings.push(Finding {
+                from,
+                to: later,
+                torn: false,
+                what: format!(
+                    "segment {cur} ends at offset {} without a seal, but segment {later} follows; messages {from}..{later} are lost",
+                    self.end
+                ),
+            });
+        }
+        if let Some(seg) = self.segs.get_mut(&cur) {
+            seg.seal = Some(later);
+        }
+        self.next_seq = later;
+        Ok(())
     }
 
     /// Moves to segment `next` after a seal. False if it does not exist yet.
