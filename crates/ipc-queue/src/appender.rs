@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use ipc_core::{Error, ErrorKind, Result};
 
@@ -19,8 +20,8 @@ pub(crate) struct Appender {
     layout: Layout,
     max_payload: usize,
     segment_len: u64,
-    append_lock: File,
-    sync_lock: File,
+    append_lock: Arc<File>,
+    sync_lock: Arc<File>,
     synced: File,
     seg: File,
     seg_first: u64,
@@ -37,8 +38,9 @@ pub(crate) struct Appender {
     pub(crate) seen_bytes: u64,
 }
 
-/// Releases a `File::lock` when dropped; holds its own descriptor of the locked file.
-pub(crate) struct LockGuard(File);
+/// Releases a `File::lock` when dropped. Shares the lock file through an `Arc`, so that the
+/// guard does not borrow its owner.
+pub(crate) struct LockGuard(Arc<File>);
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
@@ -47,13 +49,15 @@ impl Drop for LockGuard {
 }
 
 /// Takes the exclusive lock on `file`, waiting for it.
-pub(crate) fn lock(file: &File, what: &str) -> Result<LockGuard> {
-    let file = file
-        .try_clone()
-        .map_err(|err| Error::io(format!("duplicate {what}"), err))?;
+pub(crate) fn lock(file: &Arc<File>, what: &str) -> Result<LockGuard> {
     file.lock()
         .map_err(|err| Error::io(format!("lock {what}"), err))?;
-    Ok(LockGuard(file))
+    Ok(LockGuard(Arc::clone(file)))
+}
+
+/// Opens a lock file.
+pub(crate) fn open_lock(path: &std::path::Path) -> Result<Arc<File>> {
+    fsx::open_rw(path).map(Arc::new)
 }
 
 impl Appender {
@@ -63,8 +67,8 @@ impl Appender {
         segment_len: u64,
         faults: Faults,
     ) -> Result<Appender> {
-        let append_lock = fsx::open_rw(&layout.append_lock())?;
-        let sync_lock = fsx::open_rw(&layout.sync_lock())?;
+        let append_lock = open_lock(&layout.append_lock())?;
+        let sync_lock = open_lock(&layout.sync_lock())?;
         let synced = fsx::open_rw(&layout.synced())?;
         let (seg_first, seg) = open_last_segment(layout)?;
         let mut appender = Appender {
@@ -87,7 +91,7 @@ impl Appender {
             syncs: 0,
             seen_bytes: 0,
         };
-        appender.check_poison()?;
+        appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
         appender.catch_up()?;
         Ok(appender)
@@ -110,6 +114,13 @@ impl Appender {
                 format!("queue is poisoned: {reason}"),
             ));
         }
+        Ok(())
+    }
+
+    /// Also checks for a poisoning by another process (a file read: on open and before
+    /// each sync, where it is cheap next to the sync).
+    fn check_poison_file(&self) -> Result<()> {
+        self.check_poison()?;
         if let Ok(reason) = std::fs::read_to_string(self.layout.poisoned()) {
             return Err(Error::new(
                 ErrorKind::Poisoned,
@@ -394,6 +405,7 @@ impl Appender {
         if read_watermark(&self.synced)? >= upto {
             return Ok(());
         }
+        self.check_poison_file()?;
         if upto.0 != self.seg_first {
             // An older segment: sealing synced it. A newer one cannot be ours.
             return Ok(());
@@ -479,7 +491,7 @@ pub(crate) fn examine_bad(
     seg.set_len(offset)
         .map_err(|err| Error::io(format!("truncate segment {seg_first} to {offset}"), err))?;
     // The watermark must not claim bytes that are gone: later appends reuse the offsets.
-    let sync_lock = fsx::open_rw(&layout.sync_lock())?;
+    let sync_lock = open_lock(&layout.sync_lock())?;
     let _guard = lock(&sync_lock, "queue sync lock")?;
     let synced = fsx::open_rw(&layout.synced())?;
     let mark = read_watermark(&synced)?;

@@ -37,7 +37,7 @@ struct SegIndex {
 pub(crate) struct LogIndex {
     layout: Layout,
     max_payload: usize,
-    append_lock: File,
+    append_lock: std::sync::Arc<File>,
     segs: BTreeMap<u64, SegIndex>,
     cur: u64,
     end: u64,
@@ -102,7 +102,7 @@ impl LogIndex {
         let index = LogIndex {
             layout: layout.clone(),
             max_payload,
-            append_lock: fsx::open_rw(&layout.append_lock())?,
+            append_lock: crate::appender::open_lock(&layout.append_lock())?,
             segs,
             cur: start,
             end: 0,

@@ -178,7 +178,7 @@ impl View {
 /// The state log file and its lock.
 pub(crate) struct StateLog {
     layout: Layout,
-    lock_file: File,
+    lock_file: std::sync::Arc<File>,
     file: File,
     ino: u64,
     offset: u64,
@@ -190,7 +190,7 @@ pub(crate) struct StateLog {
 
 impl StateLog {
     pub(crate) fn open(layout: &Layout) -> Result<StateLog> {
-        let lock_file = fsx::open_rw(&layout.state_lock())?;
+        let lock_file = crate::appender::open_lock(&layout.state_lock())?;
         let file = fsx::open_rw(&layout.state_log())?;
         let ino = file
             .metadata()
