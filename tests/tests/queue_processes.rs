@@ -112,13 +112,16 @@ fn competing_consumer_processes_share_the_messages_exactly_once() -> Result<()> 
     Ok(())
 }
 
+/// A message's identity: (producer, incarnation, n).
+type Key = (u32, u32, u64);
+
 /// What the kill loop's peers printed.
 #[derive(Default)]
 struct Record {
     /// Messages with a receipt: (producer, incarnation, n) -> seq.
-    receipted: HashMap<(u32, u32, u64), u64>,
+    receipted: HashMap<Key, u64>,
     /// Deliveries: seq -> [(key, delivery count)].
-    delivered: BTreeMap<u64, Vec<((u32, u32, u64), u32)>>,
+    delivered: BTreeMap<u64, Vec<(Key, u32)>>,
     /// Acknowledged: seq -> the delivery counts acknowledged.
     acked: BTreeMap<u64, Vec<u32>>,
 }
@@ -203,12 +206,12 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
     let seed = std::env::var("IPC_QUEUE_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand_seed());
+        .unwrap_or_else(clock_seed);
     eprintln!("kill loop: {rounds} rounds, seed {seed} (IPC_QUEUE_KILL_SEED to repeat)");
     let mut rng = Rng(seed | 1);
 
     let mut incarnation = 0u32;
-    let mut spawn = |slot: usize, incarnation: &mut u32| -> Result<Peer> {
+    let spawn = |slot: usize, incarnation: &mut u32| -> Result<Peer> {
         *incarnation += 1;
         let inc = incarnation.to_string();
         if slot < 2 {
@@ -295,7 +298,7 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
     Ok(())
 }
 
-fn fastrand_seed() -> u64 {
+fn clock_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
