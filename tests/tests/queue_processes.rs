@@ -62,7 +62,10 @@ fn competing_consumer_processes_share_the_messages_exactly_once() -> Result<()> 
     let _watchdog = Watchdog::new("competing consumers", WAIT);
     let dir = TempDir::new("ipcq-compete")?;
     let path = dir.path().join("q");
-    Queue::create(&path, &QueueConfig::new().with_segment_len(64 << 10))?;
+    let config = QueueConfig::new()
+        .with_segment_len(64 << 10)
+        .with_state_compaction_at(4096);
+    Queue::create(&path, &config)?;
     let path = path_arg(&path);
     let producers: Vec<Peer> = (0..2)
         .map(|id| {
@@ -109,6 +112,10 @@ fn competing_consumer_processes_share_the_messages_exactly_once() -> Result<()> 
         assert!(consumer.wait(WAIT)?.success());
     }
     assert_eq!(seen.len(), 1000);
+    // 1000 leases and acks are about 84 KB of state records: compaction kept it small.
+    let state_len = std::fs::metadata(Path::new(&path).join("state.log"))?.len();
+    assert!(state_len < 16 << 10, "state log of {state_len} bytes");
+    assert_eq!(Queue::open(&path)?.stats()?.depth, 0);
     Ok(())
 }
 
@@ -198,8 +205,11 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
     let _watchdog = Watchdog::new("kill loop", WAIT + Duration::from_secs(rounds as u64 * 2));
     let dir = TempDir::new("ipcq-kill")?;
     let path = dir.path().join("q");
+    // Small segments and a small state log: rollover, reclamation and compaction all
+    // happen many times, and get killed in the middle.
     let config = QueueConfig::new()
         .with_segment_len(16 << 10)
+        .with_state_compaction_at(32 << 10)
         .with_max_deliveries(0);
     Queue::create(&path, &config)?;
     let path = path_arg(&path);

@@ -27,6 +27,7 @@ pub struct QueueConfig {
     pub(crate) ttl_ms: u64,
     pub(crate) max_messages: u64,
     pub(crate) max_bytes: u64,
+    pub(crate) compact_at: u64,
 }
 
 impl Default for QueueConfig {
@@ -39,6 +40,7 @@ impl Default for QueueConfig {
             ttl_ms: 0,
             max_messages: 0,
             max_bytes: 0,
+            compact_at: 8 << 20,
         }
     }
 }
@@ -96,6 +98,14 @@ impl QueueConfig {
         self
     }
 
+    /// The size past which the consumer-state log is rewritten as one snapshot (default
+    /// 8 MiB; at least 4 KiB). Exposed for tests of compaction.
+    #[doc(hidden)]
+    pub fn with_state_compaction_at(mut self, bytes: u64) -> QueueConfig {
+        self.compact_at = bytes.max(4096);
+        self
+    }
+
     /// The largest encoded message, in bytes.
     pub fn max_message_len(&self) -> u32 {
         self.max_message_len
@@ -141,6 +151,15 @@ impl QueueConfig {
                 ),
             ));
         }
+        if self.max_bytes != 0 && self.max_bytes < 2 * self.segment_len {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "a bound of {} bytes cannot work with segments of {}: space is reclaimed a whole segment at a time, so allow at least two",
+                    self.max_bytes, self.segment_len
+                ),
+            ));
+        }
         if !(4096..=1 << 30).contains(&self.segment_len) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -164,6 +183,7 @@ impl QueueConfig {
             ttl_ms: self.ttl_ms,
             max_messages: self.max_messages,
             max_bytes: self.max_bytes,
+            compact_at: self.compact_at,
         }
     }
 
@@ -182,6 +202,7 @@ impl QueueConfig {
             ttl_ms: stored.ttl_ms,
             max_messages: stored.max_messages,
             max_bytes: stored.max_bytes,
+            compact_at: stored.compact_at.max(4096),
         };
         config.validate()?;
         Ok(config)
@@ -199,6 +220,7 @@ pub(crate) struct StoredConfig {
     ttl_ms: u64,
     max_messages: u64,
     max_bytes: u64,
+    compact_at: u64,
 }
 
 /// When a producer's `send` returns, and what an operating-system crash or power loss can

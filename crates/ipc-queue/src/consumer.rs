@@ -127,7 +127,7 @@ impl<T: DeserializeOwned> Consumer<T> {
         owner_lock
             .lock()
             .map_err(|err| Error::io("lock consumer liveness file", err))?;
-        let mut state = StateLog::open(layout)?;
+        let mut state = StateLog::open(layout, queue.config.compact_at)?;
         let mut view = View::default();
         let guard = state.lock()?;
         state.catch_up(&mut view, true)?;

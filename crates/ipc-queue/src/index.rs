@@ -28,7 +28,10 @@ pub(crate) struct Finding {
 }
 
 struct SegIndex {
-    file: File,
+    /// Open while it is the segment being scanned; older segments are opened on demand
+    /// (one at a time, see `read_cache`), so a long backlog does not hold a descriptor per
+    /// segment.
+    file: Option<File>,
     /// `(seq, offset)` of every message record, ascending.
     offsets: Vec<(u64, u64)>,
     seal: Option<u64>,
@@ -44,6 +47,7 @@ pub(crate) struct LogIndex {
     next_seq: u64,
     buf: Vec<u8>,
     unsealed_checked: Option<Instant>,
+    read_cache: Option<(u64, File)>,
 }
 
 enum Step {
@@ -94,7 +98,7 @@ impl LogIndex {
         segs.insert(
             start,
             SegIndex {
-                file,
+                file: Some(file),
                 offsets: Vec::new(),
                 seal: None,
             },
@@ -109,6 +113,7 @@ impl LogIndex {
             next_seq: start,
             buf: Vec::new(),
             unsealed_checked: None,
+            read_cache: None,
         };
         Ok((index, stale))
     }
@@ -134,14 +139,17 @@ impl LogIndex {
                 }
                 continue;
             }
-            let size = fsx::file_len(&seg.file)?;
+            let Some(file) = seg.file.as_ref() else {
+                return Err(Error::new(ErrorKind::Other, "current segment is not open"));
+            };
+            let size = fsx::file_len(file)?;
             if self.end >= size {
                 return self.check_unsealed_end(view, findings);
             }
             let want =
                 ((size - self.end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
             let mut buf = std::mem::take(&mut self.buf);
-            let step = fsx::read_at(&seg.file, self.end, want, &mut buf)
+            let step = fsx::read_at(file, self.end, want, &mut buf)
                 .map(|n| self.scan(&buf[..n], size, findings));
             self.buf = buf;
             match step? {
@@ -217,8 +225,8 @@ impl LogIndex {
         };
         // A writer seals a segment before it creates the next: if this one grew meanwhile,
         // the seal may be there now.
-        if let Some(seg) = self.segs.get(&cur)
-            && fsx::file_len(&seg.file)? > self.end
+        if let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref())
+            && fsx::file_len(file)? > self.end
         {
             self.unsealed_checked = None;
             return Ok(());
@@ -274,11 +282,14 @@ impl LogIndex {
         self.segs.insert(
             first,
             SegIndex {
-                file,
+                file: Some(file),
                 offsets: Vec::new(),
                 seal: None,
             },
         );
+        if let Some(old) = self.segs.get_mut(&self.cur) {
+            old.file = None;
+        }
         self.cur = first;
         self.end = 0;
         self.next_seq = first;
@@ -294,12 +305,12 @@ impl LogIndex {
     ) -> Result<()> {
         let _guard = lock(&self.append_lock, "queue append lock")?;
         let cur = self.cur;
-        let Some(seg) = self.segs.get(&cur) else {
+        let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref()) else {
             return Ok(());
         };
         let bad = examine_bad(
             &self.layout,
-            &seg.file,
+            file,
             cur,
             offset,
             size,
@@ -318,13 +329,13 @@ impl LogIndex {
                 return Ok(());
             }
             Bad::Resync { at, seq } => (at, seq),
-            Bad::LaterSegment(later) => (fsx::file_len(&seg.file)?, later),
+            Bad::LaterSegment(later) => (fsx::file_len(file)?, later),
         };
         let from = self.next_seq;
         if !view.knows_lost(from, to.max(from + 1)) || to <= from {
             let len = (until - offset) as usize;
             let mut bytes = Vec::new();
-            let n = fsx::read_at(&seg.file, offset, len, &mut bytes)?;
+            let n = fsx::read_at(file, offset, len, &mut bytes)?;
             let lost = to.saturating_sub(from);
             let what = format!(
                 "segment {cur}: {n} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost"
@@ -359,7 +370,7 @@ impl LogIndex {
 
     /// Reads the message `seq` into `buf` (header and payload). `None` if the index has no
     /// record for it (lost, or not yet scanned).
-    pub(crate) fn read(&self, seq: u64, buf: &mut Vec<u8>) -> Result<Option<Header>> {
+    pub(crate) fn read(&mut self, seq: u64, buf: &mut Vec<u8>) -> Result<Option<Header>> {
         let Some((&first, seg)) = self.segs.range(..=seq).next_back() else {
             return Ok(None);
         };
@@ -367,9 +378,33 @@ impl LogIndex {
             return Ok(None);
         };
         let offset = seg.offsets[i].1;
+        let file = match &seg.file {
+            Some(file) => file,
+            None => {
+                if self
+                    .read_cache
+                    .as_ref()
+                    .is_none_or(|(cached, _)| *cached != first)
+                {
+                    let path = self.layout.segments().join(fsx::segment_name(first));
+                    let file = match fsx::open_existing(&path) {
+                        Ok(file) => file,
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                        Err(err) => {
+                            return Err(Error::io(format!("open {}", path.display()), err));
+                        }
+                    };
+                    self.read_cache = Some((first, file));
+                }
+                match &self.read_cache {
+                    Some((_, file)) => file,
+                    None => return Ok(None),
+                }
+            }
+        };
         let mut want = HEADER_LEN + 1024;
         loop {
-            let n = fsx::read_at(&seg.file, offset, want, buf)?;
+            let n = fsx::read_at(file, offset, want, buf)?;
             match record::parse(&buf[..n], self.max_payload) {
                 Parsed::Valid(header) if header.kind == Kind::Message && header.seq == seq => {
                     buf.truncate(header.record_len());

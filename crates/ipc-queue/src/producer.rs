@@ -57,7 +57,10 @@ impl<T: Serialize + ?Sized> Producer<T> {
             options.faults.clone(),
         )?;
         let bound = if config.max_messages != 0 || config.max_bytes != 0 {
-            Some((StateLog::open(&queue.layout)?, View::default()))
+            Some((
+                StateLog::open(&queue.layout, config.compact_at)?,
+                View::default(),
+            ))
         } else {
             None
         };

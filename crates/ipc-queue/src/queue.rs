@@ -149,7 +149,7 @@ impl Queue {
     /// Looks inside: depth, unacknowledged deliveries, dead letters, oldest message age.
     /// Also repairs a torn tail, like any consumer.
     pub fn stats(&self) -> Result<Stats> {
-        let mut state = StateLog::open(&self.layout)?;
+        let mut state = StateLog::open(&self.layout, self.config.compact_at)?;
         let mut view = View::default();
         let guard = state.lock()?;
         state.catch_up(&mut view, true)?;

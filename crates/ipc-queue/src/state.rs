@@ -15,8 +15,6 @@ use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
 
 /// The largest state record (a compaction snapshot).
 const MAX_STATE_PAYLOAD: usize = 64 << 20;
-/// The state log is compacted once it grows past this.
-const COMPACT_AT: u64 = 8 << 20;
 const READ_CHUNK: usize = 256 << 10;
 
 /// The state of one message at or above the floor.
@@ -186,10 +184,12 @@ pub(crate) struct StateLog {
     out: Vec<u8>,
     /// Damaged state records skipped (safe: at worst a message is delivered again).
     pub(crate) skipped: u64,
+    compact_at: u64,
 }
 
 impl StateLog {
-    pub(crate) fn open(layout: &Layout) -> Result<StateLog> {
+    /// Opens the state log, to be compacted once it grows past `compact_at` bytes.
+    pub(crate) fn open(layout: &Layout, compact_at: u64) -> Result<StateLog> {
         let lock_file = crate::appender::open_lock(&layout.state_lock())?;
         let file = fsx::open_rw(&layout.state_log())?;
         let ino = file
@@ -205,6 +205,7 @@ impl StateLog {
             buf: Vec::new(),
             out: Vec::new(),
             skipped: 0,
+            compact_at,
         })
     }
 
@@ -217,7 +218,7 @@ impl StateLog {
     /// (`locked`), a torn tail is truncated and damage in the middle skipped; without it,
     /// reading stops at the first record that is not whole yet.
     pub(crate) fn catch_up(&mut self, view: &mut View, locked: bool) -> Result<()> {
-        if locked {
+        {
             let ino = std::fs::metadata(self.layout.state_log())
                 .map_err(|err| Error::io("stat state log", err))?
                 .ino();
@@ -267,7 +268,15 @@ impl StateLog {
                 let result = if locked {
                     self.repair(&buf[pos..n])
                 } else {
-                    Ok(false)
+                    // Without the lock only damage with valid records after it is skipped;
+                    // the end may be a write in progress.
+                    match record::resync(&buf[pos..n], 1, MAX_STATE_PAYLOAD) {
+                        Some(at) => {
+                            self.offset += at as u64;
+                            Ok(true)
+                        }
+                        None => Ok(false),
+                    }
                 };
                 self.buf = buf;
                 if result? {
@@ -335,7 +344,7 @@ impl StateLog {
 
     /// Rewrites the state log as one snapshot once it is large (under the lock).
     pub(crate) fn maybe_compact(&mut self, view: &View) -> Result<()> {
-        if self.offset < COMPACT_AT {
+        if self.offset < self.compact_at {
             return Ok(());
         }
         let mut payload = Vec::new();
