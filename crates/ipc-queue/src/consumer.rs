@@ -199,33 +199,32 @@ impl<T: DeserializeOwned> Consumer<T> {
 
     /// Gives a delivery back: it becomes deliverable again, after `delay` if given.
     pub fn nack(&mut self, delivery: &Delivery<T>, delay: Option<Duration>) -> Result<()> {
+        self.nack_seq(delivery.seq, delay)
+    }
+
+    pub(crate) fn nack_seq(&mut self, seq: u64, delay: Option<Duration>) -> Result<()> {
         let delay = delay.map_or(0, |d| d.as_millis() as u64);
-        self.settle(
-            delivery.seq,
-            Kind::Nack,
-            fsx::now_ms().saturating_add(delay),
-        )
+        self.settle(seq, Kind::Nack, fsx::now_ms().saturating_add(delay))
     }
 
     /// Sends a delivery to the dead-letter queue with `reason`.
     pub fn reject(&mut self, delivery: &Delivery<T>, reason: &str) -> Result<()> {
+        self.reject_seq(delivery.seq, delivery.deliveries, reason)
+    }
+
+    pub(crate) fn reject_seq(&mut self, seq: u64, deliveries: u32, reason: &str) -> Result<()> {
         let _guard = self.state.lock()?;
         self.state.catch_up(&mut self.view, true)?;
-        if self.is_done(delivery.seq) {
+        if self.is_done(seq) {
             return Ok(());
         }
-        let Some(header) = self.index.read(delivery.seq, &mut self.buf)? else {
+        let Some(header) = self.index.read(seq, &mut self.buf)? else {
             return Err(Error::new(
                 ErrorKind::NotFound,
-                format!("message {} is not in the log", delivery.seq),
+                format!("message {seq} is not in the log"),
             ));
         };
-        self.dead_letter(
-            delivery.seq,
-            delivery.deliveries,
-            header.time,
-            &format!("rejected: {reason}"),
-        )?;
+        self.dead_letter(seq, deliveries, header.time, &format!("rejected: {reason}"))?;
         self.reclaim()
     }
 

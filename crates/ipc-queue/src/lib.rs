@@ -30,8 +30,9 @@
 //! - [`Queue::stats`]: depth, unacknowledged, dead letters, oldest message age.
 //!
 //! The API is backend-neutral (receipts, deliveries, ack/nack/reject, leases, delivery
-//! counts, dead letters), so that a RabbitMQ backend can sit behind it. There is no async
-//! API yet: from async code, call the blocking methods inside `spawn_blocking`.
+//! counts, dead letters), so that a RabbitMQ backend can sit behind it. For async code,
+//! [`AsyncProducer`] and [`AsyncConsumer`] (feature `tokio`) run the blocking calls on
+//! tokio's blocking pool.
 //!
 //! # Example
 //!
@@ -66,9 +67,13 @@
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! - `tokio` (default): [`AsyncProducer`] and [`AsyncConsumer`], which implement
+//!   [`ipc_core::AsyncSender`] and [`ipc_core::AsyncReceiver`] by running the blocking calls
+//!   in `tokio::task::spawn_blocking` (and sleeping on the runtime between polls).
 
 mod appender;
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod config;
 mod consumer;
 mod fsx;
@@ -78,6 +83,8 @@ mod queue;
 mod record;
 mod state;
 
+#[cfg(feature = "tokio")]
+pub use crate::asynchronous::{AsyncConsumer, AsyncProducer};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,
 };

@@ -136,6 +136,34 @@ impl<T: Serialize + ?Sized> Producer<T> {
         Ok(Receipt { seq })
     }
 
+    /// Sends an already encoded message (the async wrapper encodes outside the blocking
+    /// pool).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_encoded(&mut self, payload: &[u8]) -> Result<Receipt> {
+        let wait = match self.options.when_full {
+            WhenFull::Wait => Wait::Until(None),
+            WhenFull::Fail => Wait::No,
+        };
+        let now = fsx::now_ms();
+        let expires = match self.queue.config.ttl_ms {
+            0 => 0,
+            ttl => now.saturating_add(ttl),
+        };
+        self.appender.begin_batch();
+        self.appender.push(now, expires, |buf, max| {
+            if payload.len() > max {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!("message of {} bytes exceeds limit of {max}", payload.len()),
+                ));
+            }
+            buf.extend_from_slice(payload);
+            Ok(payload.len())
+        })?;
+        let (seq, _) = self.commit(wait)?;
+        Ok(Receipt { seq })
+    }
+
     fn push(&mut self, message: &T) -> Result<()> {
         let now = fsx::now_ms();
         let expires = match self.queue.config.ttl_ms {
