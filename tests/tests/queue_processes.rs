@@ -119,6 +119,50 @@ fn competing_consumer_processes_share_the_messages_exactly_once() -> Result<()> 
     Ok(())
 }
 
+#[test]
+fn a_killed_consumer_process_gives_its_lease_back_at_once() -> Result<()> {
+    let _watchdog = Watchdog::new("killed consumer", WAIT);
+    let dir = TempDir::new("ipcq-lease")?;
+    let path = dir.path().join("q");
+    // A lease far longer than the test: only the death of the holder can end it.
+    let queue = Queue::create(
+        &path,
+        &QueueConfig::new().with_lease(Duration::from_secs(3600)),
+    )?;
+    let mut producer = Peer::spawn_role(
+        "producer",
+        "queue-produce",
+        ["--path", &path_arg(&path), "--count", "1", "--quiet", "1"],
+    )?;
+    producer.wait_success(WAIT)?;
+    let mut holder = Peer::spawn_role(
+        "holder",
+        "queue-consume",
+        ["--path", &path_arg(&path), "--hold", "1"],
+    )?;
+    let got = holder.expect_prefixed("got", WAIT)?;
+    assert!(got.ends_with(" 0 1"), "{got}");
+    let mut consumer = queue.consumer::<RawJob>()?;
+    assert!(consumer.try_recv()?.is_none(), "the lease is held");
+    assert_eq!(queue.stats()?.unacked, 1);
+    holder.kill()?;
+    let delivery = consumer.recv_timeout(WAIT)?;
+    assert_eq!((delivery.seq(), delivery.deliveries()), (0, 2));
+    consumer.ack(&delivery)?;
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}
+
+/// The shape of the roles' `QueueJob`, enough to receive one here.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)] // Fields are read by the decoder only.
+struct RawJob {
+    producer: u32,
+    incarnation: u32,
+    n: u64,
+    payload: Vec<u8>,
+}
+
 /// A message's identity: (producer, incarnation, n).
 type Key = (u32, u32, u64);
 

@@ -132,6 +132,14 @@ impl View {
         self.lost_total += to - from;
         self.lost_pending += to - from;
         self.lost.insert(from, to);
+        // Whatever was known about the lost messages no longer matters: none can be
+        // delivered again.
+        let inside: Vec<u64> = self.entries.range(from..to).map(|(&seq, _)| seq).collect();
+        for seq in inside {
+            if self.entries.remove(&seq) == Some(Entry::Done) {
+                self.done_count -= 1;
+            }
+        }
     }
 
     /// Moves the floor past done and lost messages.
@@ -376,5 +384,67 @@ impl StateLog {
         self.file = file;
         self.offset = out.len() as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: Kind, seq: u64, time: u64, aux: u64) -> Header {
+        Header {
+            kind,
+            seq,
+            time,
+            aux,
+            payload_len: 0,
+        }
+    }
+
+    #[test]
+    fn the_floor_follows_acks_in_any_order_and_skips_lost_ranges() {
+        let mut view = View::default();
+        for seq in 0..4 {
+            view.apply(&header(Kind::Lease, seq, 100, 7), &1u32.to_le_bytes());
+        }
+        assert_eq!(view.next_fresh, 4);
+        view.apply(&header(Kind::Ack, 1, 0, 7), &[]);
+        view.apply(&header(Kind::Ack, 3, 0, 7), &[]);
+        assert_eq!((view.floor, view.done_count), (0, 2));
+        view.apply(&header(Kind::Ack, 0, 0, 7), &[]);
+        assert_eq!((view.floor, view.done_count), (2, 1));
+        assert_eq!(view.depth(10), 7);
+        // Message 2 (leased) turns out lost, and so do 6..9, not yet delivered.
+        view.apply(&header(Kind::Lost, 6, 0, 9), &[]);
+        view.apply(&header(Kind::Lost, 2, 0, 3), &[]);
+        assert_eq!(view.floor, 4);
+        assert!(view.entries.is_empty());
+        assert_eq!(view.skip_lost(6), 9);
+        assert_eq!(view.depth(10), 3);
+        for seq in 4..6 {
+            view.apply(&header(Kind::Lease, seq, 100, 7), &1u32.to_le_bytes());
+            view.apply(&header(Kind::Ack, seq, 0, 7), &[]);
+        }
+        assert_eq!((view.floor, view.lost_pending, view.lost_total), (9, 0, 4));
+    }
+
+    #[test]
+    fn a_nack_keeps_the_delivery_count_and_a_snapshot_restores_everything() {
+        let mut view = View::default();
+        view.apply(&header(Kind::Lease, 0, 100, 7), &3u32.to_le_bytes());
+        view.apply(&header(Kind::Nack, 0, 500, 7), &[]);
+        assert_eq!(
+            view.entries.get(&0),
+            Some(&Entry::Waiting {
+                not_before: 500,
+                count: 3
+            })
+        );
+        let mut payload = Vec::new();
+        ipc_core::encode_to_vec(&view, &mut payload, 1 << 20).unwrap();
+        let mut restored = View::default();
+        restored.apply(&header(Kind::Snapshot, 0, 0, 0), &payload);
+        assert_eq!(restored.entries, view.entries);
+        assert_eq!(restored.next_fresh, 1);
     }
 }

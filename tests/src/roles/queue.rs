@@ -3,7 +3,8 @@
 //! - `queue-produce --path P --producer ID --incarnation I [--count N] [--batch B]
 //!   [--size BYTES] [--durability always|never|MS]`: sends [`QueueJob`]s, printing
 //!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`.
-//! - `queue-consume --path P [--expect N] [--idle-exit-ms MS] [--quiet 1]`: receives, checks
+//! - `queue-consume --path P [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]`:
+//!   receives (with `--hold 1`: one message, then keeps its lease until killed), checks
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
 //!   `acked SEQ DELIVERIES` after; ends with `ok received=N checksum=0x.. micros=..` after
 //!   `N` messages, or once the queue has been empty for `MS` ms.
@@ -119,6 +120,7 @@ fn consume(args: &Args) -> Result<()> {
     let expect: u64 = args.get("expect", u64::MAX)?;
     let idle_exit_ms: u64 = args.get("idle-exit-ms", 0)?;
     let quiet: u8 = args.get("quiet", 0)?;
+    let hold: u8 = args.get("hold", 0)?;
     let mut consumer = queue.consumer::<QueueJob>()?;
     let mut out = std::io::stdout().lock();
     let mut checksum = Checksum::default();
@@ -170,6 +172,12 @@ fn consume(args: &Args) -> Result<()> {
             out.flush()?;
         }
         checksum.add(job_seed(job.producer, job.incarnation, job.n), &job.payload);
+        if hold != 0 {
+            // Keep the lease and never settle it: the test kills this process.
+            loop {
+                std::thread::park();
+            }
+        }
         consumer.ack(&delivery)?;
         if quiet == 0 {
             writeln!(out, "acked {} {}", delivery.seq(), delivery.deliveries())?;
