@@ -457,22 +457,12 @@ pub(crate) fn examine_bad(
     if offset >= size {
         return Ok(Bad::ValidNow);
     }
-    let limit = 2 * (1u64 << 30) + (HEADER_LEN + max_payload) as u64;
-    let len = (size - offset).min(limit) as usize;
-    let n = fsx::read_at(seg, offset, len, buf)?;
-    let bytes = &buf[..n];
-    if let Parsed::Valid(_) = record::parse(bytes, max_payload) {
+    let n = fsx::read_at(seg, offset, HEADER_LEN + max_payload, buf)?;
+    if let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
         return Ok(Bad::ValidNow);
     }
-    if let Some(at) = record::resync(bytes, 1, max_payload) {
-        let seq = match record::parse(&bytes[at..], max_payload) {
-            Parsed::Valid(header) => header.seq,
-            _ => 0,
-        };
-        return Ok(Bad::Resync {
-            at: offset + at as u64,
-            seq,
-        });
+    if let Some((at, seq)) = find_valid_record(seg, offset + 1, size, max_payload, buf)? {
+        return Ok(Bad::Resync { at, seq });
     }
     let later = fsx::list_segments(&layout.segments())?
         .into_iter()
@@ -483,9 +473,12 @@ pub(crate) fn examine_bad(
     fsx::quarantine(
         layout.root(),
         &format!("torn-{seg_first:020}-{offset}"),
-        bytes,
+        seg,
+        offset,
+        size,
         &format!(
-            "torn tail of segment {seg_first}: {n} bytes from offset {offset} did not form a valid record; truncated"
+            "torn tail of segment {seg_first}: {} bytes from offset {offset} did not form a valid record; truncated",
+            size - offset
         ),
     )?;
     seg.set_len(offset)
@@ -499,6 +492,46 @@ pub(crate) fn examine_bad(
         write_watermark(&synced, (seg_first, offset))?;
     }
     Ok(Bad::TornTail)
+}
+
+/// The first valid record at or after `from` (before `size`) and its sequence number,
+/// reading a window at a time so that memory stays bounded by the window plus one record.
+fn find_valid_record(
+    seg: &File,
+    from: u64,
+    size: u64,
+    max_payload: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<(u64, u64)>> {
+    const WINDOW: usize = 1 << 20;
+    let mut record = Vec::new();
+    let mut pos = from;
+    while pos < size {
+        let n = fsx::read_at(seg, pos, WINDOW, buf)?;
+        let window = &buf[..n];
+        let mut start = 0;
+        while let Some(found) = window[start..].windows(4).position(|w| w == record::MAGIC) {
+            let at = start + found;
+            let parsed = match record::parse(&window[at..], max_payload) {
+                Parsed::Incomplete if pos + (n as u64) < size => {
+                    // The candidate runs past the window: read it whole (bounded by the limit).
+                    let m = fsx::read_at(seg, pos + at as u64, HEADER_LEN + max_payload, &mut record)?;
+                    record::parse(&record[..m], max_payload)
+                }
+                parsed => parsed,
+            };
+            if let Parsed::Valid(header) = parsed {
+                return Ok(Some((pos + at as u64, header.seq)));
+            }
+            start = at + 1;
+        }
+        if n < WINDOW {
+            break;
+        }
+        // Overlap by three bytes: a magic may straddle the windows.
+        pos += (n - 3) as u64;
+    }
+    Ok(None)
 }
 
 /// Opens the newest segment.

@@ -113,30 +113,42 @@ pub(crate) fn file_len(file: &File) -> Result<u64> {
         .map_err(|err| Error::io("stat queue file", err))
 }
 
-/// Copies damaged bytes into `quarantine/` of the queue directory and returns the file's
-/// path. Quarantine files are never read by the queue again; they are evidence for people.
-pub(crate) fn quarantine(root: &Path, what: &str, bytes: &[u8], note: &str) -> Result<PathBuf> {
+/// Copies bytes `from..to` of `source` (damaged) into `quarantine/` of the queue directory,
+/// 64 KiB at a time, with a note beside them; returns the copy's path. Quarantine files are
+/// never read by the queue again: they are evidence for people.
+pub(crate) fn quarantine(
+    root: &Path,
+    what: &str,
+    source: &File,
+    from: u64,
+    to: u64,
+    note: &str,
+) -> Result<PathBuf> {
+    use std::io::Write;
     let dir = root.join("quarantine");
     ensure_dir(&dir)?;
     let path = dir.join(format!("{what}-{}.bin", now_ms()));
     let mut file = OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
         .open(&path)
-        .or_else(|_| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-        })
         .map_err(|err| Error::io(format!("create {}", path.display()), err))?;
-    use std::io::Write;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_data())
-        .map_err(|err| Error::io(format!("write {}", path.display()), err))?;
+    let mut buf = Vec::new();
+    let mut at = from;
+    while at < to {
+        let want = ((to - at) as usize).min(64 << 10);
+        let n = read_at(source, at, want, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])
+            .map_err(|err| Error::io(format!("write {}", path.display()), err))?;
+        at += n as u64;
+    }
+    file.sync_data()
+        .map_err(|err| Error::io(format!("fdatasync {}", path.display()), err))?;
     let note_path = path.with_extension("txt");
     fs::write(&note_path, format!("{note}\n"))
         .map_err(|err| Error::io(format!("write {}", note_path.display()), err))?;

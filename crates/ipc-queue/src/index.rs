@@ -333,17 +333,17 @@ impl LogIndex {
         };
         let from = self.next_seq;
         if !view.knows_lost(from, to.max(from + 1)) || to <= from {
-            let len = (until - offset) as usize;
-            let mut bytes = Vec::new();
-            let n = fsx::read_at(file, offset, len, &mut bytes)?;
             let lost = to.saturating_sub(from);
             let what = format!(
-                "segment {cur}: {n} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost"
+                "segment {cur}: {} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost",
+                until - offset
             );
             let path = fsx::quarantine(
                 self.layout.root(),
                 &format!("corrupt-{cur:020}-{offset}"),
-                &bytes[..n],
+                file,
+                offset,
+                until,
                 &what,
             )?;
             findings.push(Finding {
