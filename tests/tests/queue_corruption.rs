@@ -203,6 +203,40 @@ fn a_bit_flip_anywhere_in_a_sealed_segment_loses_at_most_the_damaged_message_and
     Ok(())
 }
 
+#[test]
+fn a_bit_flip_in_the_last_segment_is_reported_unless_it_hits_the_last_record() -> Result<()> {
+    let _watchdog = Watchdog::new("last segment flips", WAIT);
+    let dir = TempDir::new("ipcq-lastflip")?;
+    let template_path = dir.path().join("template");
+    template(&template_path, 5)?;
+    let segment = segment_paths(&template_path)?.remove(0);
+    let bytes = std::fs::read(&segment)?;
+    for offset in (0..bytes.len()).step_by(3) {
+        let path = dir.path().join(format!("flip-{offset}"));
+        copy_dir(&template_path, &path)?;
+        let mut damaged = bytes.clone();
+        damaged[offset] ^= 1 << (offset % 8);
+        std::fs::write(segment_paths(&path)?.remove(0), &damaged)?;
+        let drained = drain(&path).with_context(|| format!("flip at {offset}"))?;
+        let hit = offset as u64 / RECORD_LEN;
+        let expected: BTreeSet<u64> = (0..5).filter(|&seq| seq != hit).collect();
+        assert_eq!(drained.seqs, expected, "flip at {offset}");
+        // Damage before valid records is corruption; damage in the last record looks
+        // exactly like a torn write: cut (and kept in quarantine), not reported.
+        let reports = usize::from(hit < 4);
+        assert_eq!(
+            drained.reports.len(),
+            reports,
+            "flip at {offset}: {:?}",
+            drained.reports
+        );
+        assert_eq!(quarantined(&path), 1, "flip at {offset}");
+        still_works(&path).with_context(|| format!("flip at {offset}"))?;
+        std::fs::remove_dir_all(&path)?;
+    }
+    Ok(())
+}
+
 fn three_segments(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>, u64)> {
     let path = dir.join("q");
     let count = 250;
