@@ -515,7 +515,8 @@ fn find_valid_record(
             let parsed = match record::parse(&window[at..], max_payload) {
                 Parsed::Incomplete if pos + (n as u64) < size => {
                     // The candidate runs past the window: read it whole (bounded by the limit).
-                    let m = fsx::read_at(seg, pos + at as u64, HEADER_LEN + max_payload, &mut record)?;
+                    let m =
+                        fsx::read_at(seg, pos + at as u64, HEADER_LEN + max_payload, &mut record)?;
                     record::parse(&record[..m], max_payload)
                 }
                 parsed => parsed,

@@ -237,7 +237,7 @@ pub struct Stats {
     pub oldest_age: Option<Duration>,
     /// The sequence number the next message will get.
     pub next_seq: u64,
-    /// Acknowledgements recorded since the state log was last compacted.
+    /// Acknowledgements recorded over the queue's life.
     pub acked: u64,
     /// Messages lost to corruption (reported and quarantined).
     pub lost: u64,

@@ -8,6 +8,9 @@
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
 //!   `acked SEQ DELIVERIES` after; ends with `ok received=N checksum=0x.. micros=..` after
 //!   `N` messages, or once the queue has been empty for `MS` ms.
+//! - `queue-echo --in P --out Q --count N [--durability ..]`: receives `Vec<u8>` messages
+//!   from queue P and sends each to queue Q before acknowledging it; prints `ready` once
+//!   both are open and `ok echoed=N` at the end.
 //! - `queue-stats --path P`: prints the queue's stats as `ok depth=.. unacked=.. ...`.
 
 use std::io::Write;
@@ -46,6 +49,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "queue-produce" => Some(produce(args)),
         "queue-consume" => Some(consume(args)),
         "queue-stats" => Some(stats(args)),
+        "queue-echo" => Some(echo(args)),
         _ => None,
     }
 }
@@ -191,6 +195,26 @@ fn consume(args: &Args) -> Result<()> {
         "ok received={received} checksum={:#018x} micros={micros}",
         checksum.value()
     )?;
+    Ok(())
+}
+
+fn echo(args: &Args) -> Result<()> {
+    let input = Queue::open(args.text("in", ""))?;
+    let output = Queue::open(args.text("out", ""))?;
+    let count: u64 = args.get("count", u64::MAX)?;
+    let options =
+        ProducerOptions::new().with_durability(durability(&args.text("durability", "always"))?);
+    let mut consumer = input.consumer::<Vec<u8>>()?;
+    let mut producer = output.producer::<Vec<u8>>(options)?;
+    println!("ready");
+    let mut echoed = 0;
+    while echoed < count {
+        let delivery = consumer.recv()?;
+        producer.send(delivery.message())?;
+        consumer.ack(&delivery)?;
+        echoed += 1;
+    }
+    println!("ok echoed={echoed}");
     Ok(())
 }
 
