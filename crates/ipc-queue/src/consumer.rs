@@ -127,6 +127,7 @@ impl<T: DeserializeOwned> Consumer<T> {
         owner_lock
             .lock()
             .map_err(|err| Error::io("lock consumer liveness file", err))?;
+        remove_dead_consumer_files(layout, owner);
         let mut state = StateLog::open(layout, queue.config.compact_at)?;
         let mut view = View::default();
         let guard = state.lock()?;
@@ -495,6 +496,29 @@ fn is_alive(layout: &Layout, cache: &mut HashMap<u64, (bool, Instant)>, owner: u
     };
     cache.insert(owner, (alive, Instant::now()));
     alive
+}
+
+/// Removes the liveness files of consumers that died holding no lease (nobody else would
+/// ever look at them).
+fn remove_dead_consumer_files(layout: &Layout, me: u64) {
+    let Ok(entries) = std::fs::read_dir(layout.consumers()) else {
+        return;
+    };
+    let mut cache = HashMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".lock"))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        else {
+            continue;
+        };
+        if owner != me {
+            // Removes the file if its owner is gone.
+            is_alive(layout, &mut cache, owner);
+        }
+    }
 }
 
 fn remove_segment(layout: &Layout, first: u64) {
