@@ -1,12 +1,238 @@
 //! Peer roles for ipc-queue. Each role is named `queue-...`.
+//!
+//! - `queue-produce --path P --producer ID --incarnation I [--count N] [--batch B]
+//!   [--size BYTES] [--durability always|never|MS]`: sends [`QueueJob`]s, printing
+//!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`.
+//! - `queue-consume --path P [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]`:
+//!   receives (with `--hold 1`: one message, then keeps its lease until killed), checks
+//!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
+//!   `acked SEQ DELIVERIES` after; ends with `ok received=N checksum=0x.. micros=..` after
+//!   `N` messages, or once the queue has been empty for `MS` ms.
+//! - `queue-echo --in P --out Q --count N [--durability ..]`: receives `Vec<u8>` messages
+//!   from queue P and sends each to queue Q before acknowledging it; prints `ready` once
+//!   both are open and `ok echoed=N` at the end.
+//! - `queue-stats --path P`: prints the queue's stats as `ok depth=.. unacked=.. ...`.
 
-use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ipc_core::ErrorKind;
+use ipc_queue::{Durability, ProducerOptions, Queue};
+use serde::{Deserialize, Serialize};
 
 use super::Args;
+use crate::{Checksum, fill_payload};
+
+/// The message of the queue roles.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueJob {
+    /// Which producer sent it.
+    pub(crate) producer: u32,
+    /// Which run of that producer (a restarted producer counts up).
+    pub(crate) incarnation: u32,
+    /// Position in that run's stream, from 0.
+    pub(crate) n: u64,
+    /// `fill_payload(job_seed(..))` bytes.
+    pub(crate) payload: Vec<u8>,
+}
+
+/// The payload seed of a job, so a consumer can check every byte.
+pub(crate) fn job_seed(producer: u32, incarnation: u32, n: u64) -> u64 {
+    (u64::from(producer) << 48) ^ (u64::from(incarnation) << 32) ^ n
+}
 
 /// Runs `role` if it is one of this module's; `None` if the name is not ours.
 pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
-    // No roles yet: the ipc-queue issue adds them here, as `"queue-name" => Some(name(args)),`.
-    let _ = (role, args);
-    None
+    match role {
+        "queue-produce" => Some(produce(args)),
+        "queue-consume" => Some(consume(args)),
+        "queue-stats" => Some(stats(args)),
+        "queue-echo" => Some(echo(args)),
+        _ => None,
+    }
+}
+
+fn path(args: &Args) -> Result<PathBuf> {
+    let path = args.text("path", "");
+    if path.is_empty() {
+        bail!("--path is required");
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn durability(text: &str) -> Result<Durability> {
+    Ok(match text {
+        "always" => Durability::Always,
+        "never" => Durability::Never,
+        ms => Durability::Interval(Duration::from_millis(
+            ms.parse().with_context(|| format!("--durability {ms}"))?,
+        )),
+    })
+}
+
+fn produce(args: &Args) -> Result<()> {
+    let queue = Queue::open(path(args)?)?;
+    let producer_id: u32 = args.get("producer", 0)?;
+    let incarnation: u32 = args.get("incarnation", 0)?;
+    let count: u64 = args.get("count", u64::MAX)?;
+    let batch: u64 = args.get("batch", 1)?;
+    let size: usize = args.get("size", 16)?;
+    let quiet: u8 = args.get("quiet", 0)?;
+    let options =
+        ProducerOptions::new().with_durability(durability(&args.text("durability", "always"))?);
+    let mut producer = queue.producer::<QueueJob>(options)?;
+    let mut out = std::io::stdout().lock();
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    let mut n = 0;
+    while n < count {
+        jobs.clear();
+        let end = n.saturating_add(batch.max(1)).min(count);
+        for k in n..end {
+            let mut payload = vec![0u8; size];
+            fill_payload(job_seed(producer_id, incarnation, k), &mut payload);
+            jobs.push(QueueJob {
+                producer: producer_id,
+                incarnation,
+                n: k,
+                payload,
+            });
+        }
+        let receipts = producer.send_batch(&jobs)?;
+        if quiet == 0 {
+            for (job, receipt) in jobs.iter().zip(&receipts) {
+                writeln!(
+                    out,
+                    "sent {producer_id} {incarnation} {} {}",
+                    job.n,
+                    receipt.seq()
+                )?;
+            }
+            out.flush()?;
+        }
+        n = end;
+    }
+    producer.flush()?;
+    writeln!(out, "ok sent={n} micros={}", started.elapsed().as_micros())?;
+    Ok(())
+}
+
+fn consume(args: &Args) -> Result<()> {
+    let queue = Queue::open(path(args)?)?;
+    let expect: u64 = args.get("expect", u64::MAX)?;
+    let idle_exit_ms: u64 = args.get("idle-exit-ms", 0)?;
+    let quiet: u8 = args.get("quiet", 0)?;
+    let hold: u8 = args.get("hold", 0)?;
+    let mut consumer = queue.consumer::<QueueJob>()?;
+    let mut out = std::io::stdout().lock();
+    let mut checksum = Checksum::default();
+    let mut expected = Vec::new();
+    let mut received = 0u64;
+    let mut started = None;
+    while received < expect {
+        let wait = if idle_exit_ms == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(idle_exit_ms)
+        };
+        let delivery = match consumer.recv_timeout(wait) {
+            Ok(delivery) => delivery,
+            Err(err) if err.kind() == ErrorKind::Timeout && idle_exit_ms != 0 => {
+                if queue.stats()?.depth == 0 {
+                    break;
+                }
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        started.get_or_insert_with(Instant::now);
+        let job = delivery.message();
+        expected.resize(job.payload.len(), 0);
+        fill_payload(
+            job_seed(job.producer, job.incarnation, job.n),
+            &mut expected,
+        );
+        if job.payload != expected {
+            bail!(ipc_core::Error::new(
+                ErrorKind::Corrupted,
+                format!(
+                    "payload of message {} differs from what was sent",
+                    delivery.seq()
+                )
+            ));
+        }
+        if quiet == 0 {
+            writeln!(
+                out,
+                "got {} {} {} {} {}",
+                job.producer,
+                job.incarnation,
+                job.n,
+                delivery.seq(),
+                delivery.deliveries()
+            )?;
+            out.flush()?;
+        }
+        checksum.add(job_seed(job.producer, job.incarnation, job.n), &job.payload);
+        if hold != 0 {
+            // Keep the lease and never settle it: the test kills this process.
+            loop {
+                std::thread::park();
+            }
+        }
+        consumer.ack(&delivery)?;
+        if quiet == 0 {
+            writeln!(out, "acked {} {}", delivery.seq(), delivery.deliveries())?;
+            out.flush()?;
+        }
+        received += 1;
+    }
+    let micros = started.map_or(0, |s| s.elapsed().as_micros());
+    writeln!(
+        out,
+        "ok received={received} checksum={:#018x} micros={micros}",
+        checksum.value()
+    )?;
+    Ok(())
+}
+
+fn echo(args: &Args) -> Result<()> {
+    let input = Queue::open(args.text("in", ""))?;
+    let output = Queue::open(args.text("out", ""))?;
+    let count: u64 = args.get("count", u64::MAX)?;
+    let options =
+        ProducerOptions::new().with_durability(durability(&args.text("durability", "always"))?);
+    let mut consumer = input.consumer::<Vec<u8>>()?;
+    let mut producer = output.producer::<Vec<u8>>(options)?;
+    println!("ready");
+    let mut echoed = 0;
+    while echoed < count {
+        let delivery = consumer.recv()?;
+        producer.send(delivery.message())?;
+        consumer.ack(&delivery)?;
+        echoed += 1;
+    }
+    println!("ok echoed={echoed}");
+    Ok(())
+}
+
+fn stats(args: &Args) -> Result<()> {
+    let queue = Queue::open(path(args)?)?;
+    let stats = queue.stats()?;
+    println!(
+        "ok depth={} unacked={} delayed={} dead_letters={} oldest_age_ms={} next_seq={} lost={} quarantined_files={} segments={} bytes={}",
+        stats.depth,
+        stats.unacked,
+        stats.delayed,
+        stats.dead_letters,
+        stats.oldest_age.map_or(0, |age| age.as_millis()),
+        stats.next_seq,
+        stats.lost,
+        stats.quarantined_files,
+        stats.segments,
+        stats.bytes
+    );
+    Ok(())
 }

@@ -1,0 +1,574 @@
+//! The producer side of the log: finding and repairing the tail under the append lock,
+//! appending batches, rolling segments over, and group commit.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use ipc_core::{Error, ErrorKind, Result};
+
+use crate::config::Faults;
+use crate::fsx;
+use crate::queue::Layout;
+use crate::record::{self, HEADER_LEN, Kind, Parsed};
+
+/// The smallest read when scanning a segment.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// One process's appending handle on a queue's log.
+pub(crate) struct Appender {
+    layout: Layout,
+    max_payload: usize,
+    segment_len: u64,
+    append_lock: Arc<File>,
+    sync_lock: Arc<File>,
+    synced: File,
+    seg: File,
+    seg_first: u64,
+    seg_end: u64,
+    next_seq: u64,
+    batch: Vec<u8>,
+    bounds: Vec<(usize, usize)>,
+    scan: Vec<u8>,
+    poisoned: Option<String>,
+    faults: Faults,
+    written: u64,
+    syncs: u64,
+    /// Bytes this handle saw appended to the log (its own and others'), for the byte bound.
+    pub(crate) seen_bytes: u64,
+}
+
+/// Releases a `File::lock` when dropped. Shares the lock file through an `Arc`, so that the
+/// guard does not borrow its owner.
+pub(crate) struct LockGuard(Arc<File>);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Takes the exclusive lock on `file`, waiting for it.
+pub(crate) fn lock(file: &Arc<File>, what: &str) -> Result<LockGuard> {
+    file.lock()
+        .map_err(|err| Error::io(format!("lock {what}"), err))?;
+    Ok(LockGuard(Arc::clone(file)))
+}
+
+/// Opens a lock file.
+pub(crate) fn open_lock(path: &std::path::Path) -> Result<Arc<File>> {
+    fsx::open_rw(path).map(Arc::new)
+}
+
+impl Appender {
+    pub(crate) fn open(
+        layout: &Layout,
+        max_payload: usize,
+        segment_len: u64,
+        faults: Faults,
+    ) -> Result<Appender> {
+        let append_lock = open_lock(&layout.append_lock())?;
+        let sync_lock = open_lock(&layout.sync_lock())?;
+        let synced = fsx::open_rw(&layout.synced())?;
+        let (seg_first, seg) = open_last_segment(layout)?;
+        let mut appender = Appender {
+            layout: layout.clone(),
+            max_payload,
+            segment_len,
+            append_lock,
+            sync_lock,
+            synced,
+            seg,
+            seg_first,
+            seg_end: 0,
+            next_seq: seg_first,
+            batch: Vec::new(),
+            bounds: Vec::new(),
+            scan: Vec::new(),
+            poisoned: None,
+            faults,
+            written: 0,
+            syncs: 0,
+            seen_bytes: 0,
+        };
+        appender.check_poison_file()?;
+        let _guard = lock(&appender.append_lock, "queue append lock")?;
+        appender.catch_up()?;
+        Ok(appender)
+    }
+
+    /// The sequence number the next appended message gets (as of the last catch-up).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The first sequence number of the current segment and the bytes in it.
+    pub(crate) fn position(&self) -> (u64, u64) {
+        (self.seg_first, self.seg_end)
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        if let Some(reason) = &self.poisoned {
+            return Err(Error::new(
+                ErrorKind::Poisoned,
+                format!("queue is poisoned: {reason}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Also checks for a poisoning by another process (a file read: on open and before
+    /// each sync, where it is cheap next to the sync).
+    fn check_poison_file(&self) -> Result<()> {
+        self.check_poison()?;
+        if let Ok(reason) = std::fs::read_to_string(self.layout.poisoned()) {
+            return Err(Error::new(
+                ErrorKind::Poisoned,
+                format!(
+                    "queue {} is poisoned: {}; check the disk, then remove the POISONED file",
+                    self.layout.root().display(),
+                    reason.trim()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts a batch.
+    pub(crate) fn begin_batch(&mut self) {
+        self.batch.clear();
+        self.bounds.clear();
+    }
+
+    /// Adds one message to the batch; `encode` appends the payload to the buffer (at most
+    /// `max_payload` bytes) and returns its length.
+    pub(crate) fn push(
+        &mut self,
+        time: u64,
+        expires: u64,
+        encode: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize>,
+    ) -> Result<()> {
+        let start = record::begin(&mut self.batch, Kind::Message, 0, time, expires);
+        if let Err(err) = encode(&mut self.batch, self.max_payload) {
+            self.batch.truncate(start);
+            return Err(err);
+        }
+        self.bounds.push((start, self.batch.len()));
+        Ok(())
+    }
+
+    /// The number of messages and bytes in the batch.
+    pub(crate) fn batch_size(&self) -> (usize, usize) {
+        (self.bounds.len(), self.batch.len())
+    }
+
+    /// Appends the batch under the append lock. Returns the first sequence number and the
+    /// position (segment, end offset) that must be synced for the batch to be durable.
+    /// `admit(next_seq, batch_len)` runs under the lock after catching up and may refuse
+    /// the batch (a full queue).
+    pub(crate) fn append(
+        &mut self,
+        admit: &mut dyn FnMut(&Appender, usize) -> Result<bool>,
+    ) -> Result<Option<(u64, (u64, u64))>> {
+        self.check_poison()?;
+        if self.bounds.is_empty() {
+            return Ok(Some((self.next_seq, (self.seg_first, self.seg_end))));
+        }
+        let _guard = lock(&self.append_lock, "queue append lock")?;
+        self.catch_up()?;
+        if !admit(self, self.batch.len())? {
+            return Ok(None);
+        }
+        if self.seg_end > 0 && self.seg_end + self.batch.len() as u64 > self.segment_len {
+            self.roll_over()?;
+        }
+        let first = self.next_seq;
+        for (i, &(start, end)) in self.bounds.iter().enumerate() {
+            record::set_seq(&mut self.batch, start, first + i as u64);
+            record::finish(&mut self.batch[..end], start);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let result = self.write_at_end(&batch);
+        self.batch = batch;
+        result?;
+        self.next_seq += self.bounds.len() as u64;
+        Ok(Some((first, (self.seg_first, self.seg_end))))
+    }
+
+    /// Writes `bytes` at the end of the current segment; on failure removes any partial
+    /// write, so no partial record stays visible.
+    fn write_at_end(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut result = Ok(());
+        let mut to_write = bytes;
+        if let Some(limit) = self.faults.write_limit {
+            let room = limit.saturating_sub(self.written) as usize;
+            if room < bytes.len() {
+                to_write = &bytes[..room];
+                result = Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+        }
+        let written = self.seg.write_all_at(to_write, self.seg_end);
+        let result = written.and(result);
+        match result {
+            Ok(()) => {
+                self.seg_end += bytes.len() as u64;
+                self.written += bytes.len() as u64;
+                self.seen_bytes += bytes.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                if let Err(trunc) = self.seg.set_len(self.seg_end) {
+                    self.poison(format!(
+                        "cannot remove a partial write at offset {} of segment {}: {trunc}",
+                        self.seg_end, self.seg_first
+                    ));
+                }
+                let what = if err.raw_os_error() == Some(28) {
+                    "disk full: "
+                } else {
+                    ""
+                };
+                Err(Error::io(
+                    format!(
+                        "{what}append {} bytes at offset {} of segment {}",
+                        bytes.len(),
+                        self.seg_end,
+                        self.seg_first
+                    ),
+                    err,
+                ))
+            }
+        }
+    }
+
+    fn poison(&mut self, reason: String) {
+        let _ = std::fs::write(self.layout.poisoned(), format!("{reason}\n"));
+        self.poisoned = Some(reason);
+    }
+
+    fn fail_sync(&mut self) -> bool {
+        self.syncs += 1;
+        self.faults.fail_sync_after.is_some_and(|n| self.syncs >= n)
+    }
+
+    fn sync_segment(&mut self) -> Result<()> {
+        let result = if self.fail_sync() {
+            Err(std::io::Error::from_raw_os_error(5)) // EIO
+        } else {
+            self.seg.sync_data()
+        };
+        if let Err(err) = result {
+            let reason = format!("fdatasync of segment {} failed: {err}", self.seg_first);
+            self.poison(reason.clone());
+            return Err(Error::new(ErrorKind::Poisoned, reason).with_source(err));
+        }
+        Ok(())
+    }
+
+    /// Seals the current segment and starts the next (under the append lock).
+    fn roll_over(&mut self) -> Result<()> {
+        let mut seal = Vec::with_capacity(HEADER_LEN);
+        record::write(&mut seal, Kind::Seal, self.next_seq, fsx::now_ms(), 0, &[]);
+        self.write_at_end(&seal)?;
+        self.sync_segment()?;
+        let next = self.next_seq;
+        let path = self.layout.segments().join(fsx::segment_name(next));
+        let file = fsx::open_rw(&path)?;
+        fsx::sync_dir(&self.layout.segments())?;
+        self.seg = file;
+        self.seg_first = next;
+        self.seg_end = 0;
+        Ok(())
+    }
+
+    /// Brings this handle's view of the tail up to date (under the append lock): follows
+    /// seals into newer segments, and truncates a torn tail left by a writer that died.
+    fn catch_up(&mut self) -> Result<()> {
+        loop {
+            let size = fsx::file_len(&self.seg)?;
+            if size < self.seg_end {
+                // Shorter than what this handle saw: damaged from outside. Rescan.
+                self.seg_end = 0;
+                self.next_seq = self.seg_first;
+                continue;
+            }
+            if size == self.seg_end {
+                return Ok(());
+            }
+            let want =
+                ((size - self.seg_end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
+            let mut scan = std::mem::take(&mut self.scan);
+            let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
+            let outcome = read.and_then(|n| self.scan_chunk(&scan[..n], size));
+            self.scan = scan;
+            match outcome? {
+                Scan::More => {}
+                Scan::Bad(offset) => self.repair(offset, size)?,
+                Scan::Sealed(next) => self.follow_seal(next)?,
+            }
+        }
+    }
+
+    fn scan_chunk(&mut self, buf: &[u8], size: u64) -> Result<Scan> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            match record::parse(&buf[pos..], self.max_payload) {
+                Parsed::Valid(header) if header.kind == Kind::Message => {
+                    self.next_seq = header.seq + 1;
+                    pos += header.record_len();
+                    self.seen_bytes += header.record_len() as u64;
+                }
+                Parsed::Valid(header) if header.kind == Kind::Seal => {
+                    self.seg_end += pos as u64;
+                    return Ok(Scan::Sealed(header.seq));
+                }
+                Parsed::Incomplete if self.seg_end + (buf.len() as u64) < size => break,
+                _ => {
+                    self.seg_end += pos as u64;
+                    return Ok(Scan::Bad(self.seg_end));
+                }
+            }
+        }
+        self.seg_end += pos as u64;
+        Ok(Scan::More)
+    }
+
+    fn follow_seal(&mut self, next: u64) -> Result<()> {
+        let path = self.layout.segments().join(fsx::segment_name(next));
+        match fsx::open_existing(&path) {
+            Ok(file) => {
+                self.seg = file;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // The writer that sealed died before creating the next segment, or the
+                // segment was reclaimed long ago: go to the newest segment there is.
+                let firsts = fsx::list_segments(&self.layout.segments())?;
+                match firsts.last() {
+                    Some(&last) if last > self.seg_first => {
+                        let (first, file) = open_last_segment(&self.layout)?;
+                        self.seg = file;
+                        self.seg_first = first;
+                        self.seg_end = 0;
+                        self.next_seq = first;
+                        let _ = last;
+                        return Ok(());
+                    }
+                    _ => {
+                        self.seg = fsx::open_rw(&path)?;
+                        fsx::sync_dir(&self.layout.segments())?;
+                    }
+                }
+            }
+            Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
+        }
+        self.seg_first = next;
+        self.seg_end = 0;
+        self.next_seq = next;
+        Ok(())
+    }
+
+    /// Handles a record that is not valid at `offset` (under the append lock, so no write
+    /// is in progress): corruption before valid records is skipped here (consumers report
+    /// and quarantine it); a torn tail is quarantined and truncated.
+    fn repair(&mut self, offset: u64, size: u64) -> Result<()> {
+        match examine_bad(
+            &self.layout,
+            &self.seg,
+            self.seg_first,
+            offset,
+            size,
+            self.max_payload,
+            &mut self.scan,
+        )? {
+            Bad::ValidNow => Ok(()),
+            Bad::Resync { at, .. } => {
+                self.seg_end = at;
+                Ok(())
+            }
+            Bad::LaterSegment(_) => {
+                let (first, file) = open_last_segment(&self.layout)?;
+                self.seg = file;
+                self.seg_first = first;
+                self.seg_end = 0;
+                self.next_seq = first;
+                Ok(())
+            }
+            Bad::TornTail => Ok(()),
+        }
+    }
+
+    /// Makes everything up to `upto` (segment, offset) durable, sharing the `fdatasync` with
+    /// every other process through the sync lock and the `synced` watermark.
+    pub(crate) fn sync_upto(&mut self, upto: (u64, u64)) -> Result<()> {
+        self.check_poison()?;
+        let _guard = lock(&self.sync_lock, "queue sync lock")?;
+        if read_watermark(&self.synced)? >= upto {
+            return Ok(());
+        }
+        self.check_poison_file()?;
+        if upto.0 != self.seg_first {
+            // An older segment: sealing synced it. A newer one cannot be ours.
+            return Ok(());
+        }
+        let size = fsx::file_len(&self.seg)?;
+        self.sync_segment()?;
+        write_watermark(&self.synced, (self.seg_first, size))
+    }
+
+    /// Syncs whatever this handle appended, per `durability` (`force`: regardless of mode).
+    pub(crate) fn sync_now(&mut self) -> Result<()> {
+        self.sync_upto((self.seg_first, self.seg_end))
+    }
+}
+
+enum Scan {
+    More,
+    Bad(u64),
+    Sealed(u64),
+}
+
+/// What a bad record turned out to be.
+pub(crate) enum Bad {
+    /// A write finished meanwhile: the record is valid now.
+    ValidNow,
+    /// Damaged bytes up to offset `at`, a valid record with sequence number `seq` there:
+    /// corruption in the middle.
+    Resync { at: u64, seq: u64 },
+    /// No valid record after it, but a later segment exists: this segment's end is damaged.
+    LaterSegment(u64),
+    /// No valid record after it in the last segment: a torn write, now quarantined and
+    /// truncated.
+    TornTail,
+}
+
+/// Examines the invalid record at `offset` of segment `seg_first` (the caller holds the
+/// append lock, so no write is in progress). Truncates a torn tail, keeping a copy in
+/// `quarantine/`.
+pub(crate) fn examine_bad(
+    layout: &Layout,
+    seg: &File,
+    seg_first: u64,
+    offset: u64,
+    _size: u64,
+    max_payload: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Bad> {
+    let size = fsx::file_len(seg)?;
+    if offset >= size {
+        return Ok(Bad::ValidNow);
+    }
+    let n = fsx::read_at(seg, offset, HEADER_LEN + max_payload, buf)?;
+    if let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
+        return Ok(Bad::ValidNow);
+    }
+    if let Some((at, seq)) = find_valid_record(seg, offset + 1, size, max_payload, buf)? {
+        return Ok(Bad::Resync { at, seq });
+    }
+    let later = fsx::list_segments(&layout.segments())?
+        .into_iter()
+        .find(|&first| first > seg_first);
+    if let Some(later) = later {
+        return Ok(Bad::LaterSegment(later));
+    }
+    fsx::quarantine(
+        layout.root(),
+        &format!("torn-{seg_first:020}-{offset}"),
+        seg,
+        offset,
+        size,
+        &format!(
+            "torn tail of segment {seg_first}: {} bytes from offset {offset} did not form a valid record; truncated",
+            size - offset
+        ),
+    )?;
+    seg.set_len(offset)
+        .map_err(|err| Error::io(format!("truncate segment {seg_first} to {offset}"), err))?;
+    // The watermark must not claim bytes that are gone: later appends reuse the offsets.
+    let sync_lock = open_lock(&layout.sync_lock())?;
+    let _guard = lock(&sync_lock, "queue sync lock")?;
+    let synced = fsx::open_rw(&layout.synced())?;
+    let mark = read_watermark(&synced)?;
+    if mark.0 == seg_first && mark.1 > offset {
+        write_watermark(&synced, (seg_first, offset))?;
+    }
+    Ok(Bad::TornTail)
+}
+
+/// The first valid record at or after `from` (before `size`) and its sequence number,
+/// reading a window at a time so that memory stays bounded by the window plus one record.
+fn find_valid_record(
+    seg: &File,
+    from: u64,
+    size: u64,
+    max_payload: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<(u64, u64)>> {
+    const WINDOW: usize = 1 << 20;
+    let mut record = Vec::new();
+    let mut pos = from;
+    while pos < size {
+        let n = fsx::read_at(seg, pos, WINDOW, buf)?;
+        let window = &buf[..n];
+        let mut start = 0;
+        while let Some(found) = window[start..].windows(4).position(|w| w == record::MAGIC) {
+            let at = start + found;
+            let parsed = match record::parse(&window[at..], max_payload) {
+                Parsed::Incomplete if pos + (n as u64) < size => {
+                    // The candidate runs past the window: read it whole (bounded by the limit).
+                    let m =
+                        fsx::read_at(seg, pos + at as u64, HEADER_LEN + max_payload, &mut record)?;
+                    record::parse(&record[..m], max_payload)
+                }
+                parsed => parsed,
+            };
+            if let Parsed::Valid(header) = parsed {
+                return Ok(Some((pos + at as u64, header.seq)));
+            }
+            start = at + 1;
+        }
+        if n < WINDOW {
+            break;
+        }
+        // Overlap by three bytes: a magic may straddle the windows.
+        pos += (n - 3) as u64;
+    }
+    Ok(None)
+}
+
+/// Opens the newest segment.
+pub(crate) fn open_last_segment(layout: &Layout) -> Result<(u64, File)> {
+    let firsts = fsx::list_segments(&layout.segments())?;
+    let Some(&last) = firsts.last() else {
+        return Err(Error::new(
+            ErrorKind::Corrupted,
+            format!("queue {} has no segment files", layout.root().display()),
+        ));
+    };
+    let path = layout.segments().join(fsx::segment_name(last));
+    let file = fsx::open_existing(&path)
+        .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+    Ok((last, file))
+}
+
+fn read_watermark(file: &File) -> Result<(u64, u64)> {
+    let mut buf = [0u8; 16];
+    let n = file
+        .read_at(&mut buf, 0)
+        .map_err(|err| Error::io("read sync watermark", err))?;
+    if n < 16 {
+        return Ok((0, 0));
+    }
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&buf[..8]);
+    b.copy_from_slice(&buf[8..]);
+    Ok((u64::from_le_bytes(a), u64::from_le_bytes(b)))
+}
+
+fn write_watermark(file: &File, mark: (u64, u64)) -> Result<()> {
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&mark.0.to_le_bytes());
+    buf[8..].copy_from_slice(&mark.1.to_le_bytes());
+    file.write_all_at(&buf, 0)
+        .map_err(|err| Error::io("write sync watermark", err))
+}

@@ -1,0 +1,568 @@
+//! Typed consumers, deliveries and dead letters.
+
+use std::collections::HashMap;
+use std::fs::{File, TryLockError};
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ipc_core::{Error, ErrorKind, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::appender::Appender;
+use crate::config::Faults;
+use crate::fsx;
+use crate::index::{Finding, LogIndex};
+use crate::queue::{Layout, Queue};
+use crate::record::{HEADER_LEN, Kind};
+use crate::state::{Entry, StateLog, View};
+
+/// Reasons stored with dead letters are cut to this many bytes.
+const MAX_REASON_LEN: usize = 1024;
+/// How long a consumer believes another one alive before checking its lock again.
+const LIVENESS_TTL: Duration = Duration::from_millis(20);
+
+/// A message handed to one consumer. Settle it with [`Consumer::ack`], [`Consumer::nack`]
+/// or [`Consumer::reject`]; one left unsettled comes back to some consumer when its lease
+/// runs out or its consumer goes away.
+#[derive(Debug)]
+#[must_use = "a delivery must be acknowledged, or it comes back"]
+pub struct Delivery<T> {
+    message: T,
+    seq: u64,
+    deliveries: u32,
+    enqueued_ms: u64,
+}
+
+impl<T> Delivery<T> {
+    /// The message.
+    pub fn message(&self) -> &T {
+        &self.message
+    }
+
+    /// The message's sequence number in the queue (the same as its [`Receipt`](crate::Receipt)'s).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// How many times the message has been delivered, this time included (1 the first time).
+    pub fn deliveries(&self) -> u32 {
+        self.deliveries
+    }
+
+    /// When the message was sent (the producer's clock).
+    pub fn enqueued_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.enqueued_ms)
+    }
+
+    /// The message, taking it out of the delivery (settle the delivery first, or keep its
+    /// [`seq`](Delivery::seq) to settle with [`Consumer::ack_seq`]).
+    pub fn into_message(self) -> T {
+        self.message
+    }
+}
+
+/// A message in the dead-letter queue: the original bytes and why they are there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The sequence number the message had in its queue.
+    pub seq: u64,
+    /// Why it was dead-lettered (`rejected: ...`, `expired ...`, `does not decode ...`,
+    /// `delivered N times ...`).
+    pub reason: String,
+    /// How many times it had been delivered.
+    pub deliveries: u32,
+    /// When it was first sent, in milliseconds since the Unix epoch.
+    pub enqueued_ms: u64,
+    /// The original encoded message.
+    pub payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// Decodes the original message as `M`.
+    pub fn decode<M: DeserializeOwned>(&self) -> Result<M> {
+        ipc_core::decode(&self.payload)
+    }
+}
+
+/// The borrowed form of [`DeadLetter`], encoded identically (postcard encodes a byte slice
+/// and a `Vec<u8>` the same way).
+#[derive(Serialize)]
+struct DeadLetterRef<'a> {
+    seq: u64,
+    reason: &'a str,
+    deliveries: u32,
+    enqueued_ms: u64,
+    payload: &'a [u8],
+}
+
+/// Receives `T` messages from a queue, competing with the queue's other consumers (in this
+/// and other processes): each message goes to one of them at a time.
+///
+/// Implements [`ipc_core::Receiver`], which acknowledges each message as it returns it
+/// (at-most-once processing); use [`recv`](Consumer::recv) and [`ack`](Consumer::ack) for
+/// at-least-once.
+pub struct Consumer<T> {
+    queue: Queue,
+    owner: u64,
+    owner_path: PathBuf,
+    _owner_lock: File,
+    state: StateLog,
+    view: View,
+    index: LogIndex,
+    liveness: HashMap<u64, (bool, Instant)>,
+    dead: Option<Appender>,
+    buf: Vec<u8>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Consumer<T> {
+    pub(crate) fn open(queue: &Queue) -> Result<Consumer<T>> {
+        let layout = &queue.layout;
+        fsx::ensure_dir(&layout.consumers())?;
+        let owner = (u64::from(std::process::id()) << 32) ^ fastrand::u64(..);
+        let owner_path = layout.consumers().join(format!("{owner:016x}.lock"));
+        let owner_lock = fsx::open_rw(&owner_path)?;
+        owner_lock
+            .lock()
+            .map_err(|err| Error::io("lock consumer liveness file", err))?;
+        remove_dead_consumer_files(layout, owner);
+        let mut state = StateLog::open(layout, queue.config.compact_at)?;
+        let mut view = View::default();
+        let guard = state.lock()?;
+        state.catch_up(&mut view, true)?;
+        let mut findings = Vec::new();
+        let (index, stale) = LogIndex::open(
+            layout,
+            queue.config.max_message_len as usize,
+            view.floor,
+            &mut findings,
+        )?;
+        let mut consumer = Consumer {
+            queue: queue.clone(),
+            owner,
+            owner_path,
+            _owner_lock: owner_lock,
+            state,
+            view,
+            index,
+            liveness: HashMap::new(),
+            dead: None,
+            buf: Vec::new(),
+            _type: PhantomData,
+        };
+        if !stale.is_empty() {
+            consumer.state.sync()?;
+            for first in stale {
+                remove_segment(layout, first);
+            }
+        }
+        let report = consumer.record_findings(findings)?;
+        drop(guard);
+        match report {
+            Some(err) => Err(err),
+            None => Ok(consumer),
+        }
+    }
+
+    /// Receives the next message, waiting for one.
+    ///
+    /// Errors: [`Corrupted`](ErrorKind::Corrupted) once for each damaged stretch of the log
+    /// (its bytes are quarantined and the next call goes on past it);
+    /// [`Decode`](ErrorKind::Decode) for a message that is not a `T` (it goes to the
+    /// dead-letter queue; the next call goes on).
+    pub fn recv(&mut self) -> Result<Delivery<T>> {
+        self.recv_until(None)
+    }
+
+    /// Receives the next message if one is ready.
+    pub fn try_recv(&mut self) -> Result<Option<Delivery<T>>> {
+        self.try_once()
+    }
+
+    /// Receives the next message, waiting at most `timeout`:
+    /// [`Timeout`](ErrorKind::Timeout) if none came.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery<T>> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// Acknowledges a delivery: the message is done and never delivered again. Acking a
+    /// delivery whose lease ran out still counts (the message was processed).
+    pub fn ack(&mut self, delivery: &Delivery<T>) -> Result<()> {
+        self.ack_seq(delivery.seq)
+    }
+
+    /// Acknowledges the message with sequence number `seq`.
+    pub fn ack_seq(&mut self, seq: u64) -> Result<()> {
+        self.settle(seq, Kind::Ack, 0)
+    }
+
+    /// Gives a delivery back: it becomes deliverable again, after `delay` if given.
+    pub fn nack(&mut self, delivery: &Delivery<T>, delay: Option<Duration>) -> Result<()> {
+        self.nack_seq(delivery.seq, delay)
+    }
+
+    pub(crate) fn nack_seq(&mut self, seq: u64, delay: Option<Duration>) -> Result<()> {
+        let delay = delay.map_or(0, |d| d.as_millis() as u64);
+        self.settle(seq, Kind::Nack, fsx::now_ms().saturating_add(delay))
+    }
+
+    /// Sends a delivery to the dead-letter queue with `reason`.
+    pub fn reject(&mut self, delivery: &Delivery<T>, reason: &str) -> Result<()> {
+        self.reject_seq(delivery.seq, delivery.deliveries, reason)
+    }
+
+    pub(crate) fn reject_seq(&mut self, seq: u64, deliveries: u32, reason: &str) -> Result<()> {
+        let _guard = self.state.lock()?;
+        self.state.catch_up(&mut self.view, true)?;
+        if self.is_done(seq) {
+            return Ok(());
+        }
+        let Some(header) = self.index.read(seq, &mut self.buf)? else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("message {seq} is not in the log"),
+            ));
+        };
+        self.dead_letter(seq, deliveries, header.time, &format!("rejected: {reason}"))?;
+        self.reclaim()
+    }
+
+    /// The queue this consumer receives from.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    fn is_done(&self, seq: u64) -> bool {
+        seq < self.view.floor || matches!(self.view.entries.get(&seq), Some(Entry::Done))
+    }
+
+    fn settle(&mut self, seq: u64, kind: Kind, time: u64) -> Result<()> {
+        let _guard = self.state.lock()?;
+        self.state.catch_up(&mut self.view, true)?;
+        if self.is_done(seq) {
+            return Ok(());
+        }
+        self.state
+            .append(&mut self.view, kind, seq, time, self.owner, &[])?;
+        self.reclaim()
+    }
+
+    /// Deletes segments that are entirely done, and compacts the state log (under the lock).
+    fn reclaim(&mut self) -> Result<()> {
+        let done = self.index.prune(self.view.floor);
+        if !done.is_empty() {
+            // The acknowledgements must be durable before the messages disappear.
+            self.state.sync()?;
+            for first in done {
+                remove_segment(&self.queue.layout, first);
+            }
+        }
+        self.state.maybe_compact(&self.view)
+    }
+
+    fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Delivery<T>> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_micros(50);
+        loop {
+            if let Some(delivery) = self.try_once()? {
+                return Ok(delivery);
+            }
+            let mut nap = backoff;
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("no message within {} ms", started.elapsed().as_millis()),
+                    ));
+                }
+                nap = nap.min(left);
+            }
+            std::thread::sleep(nap);
+            backoff = (backoff * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    fn try_once(&mut self) -> Result<Option<Delivery<T>>> {
+        let guard = self.state.lock()?;
+        self.state.catch_up(&mut self.view, true)?;
+        let mut findings = Vec::new();
+        self.index.refresh(&self.view, &mut findings)?;
+        if let Some(err) = self.record_findings(findings)? {
+            return Err(err);
+        }
+        let config = self.queue.config.clone();
+        let (seq, deliveries, enqueued_ms) = loop {
+            let now = fsx::now_ms();
+            let Some((seq, count)) = self.pick(now) else {
+                return Ok(None);
+            };
+            let header = match self.index.read(seq, &mut self.buf) {
+                Ok(Some(header)) => header,
+                Ok(None) => {
+                    self.state
+                        .append(&mut self.view, Kind::Lost, seq, now, seq + 1, &[])?;
+                    continue;
+                }
+                Err(err) => {
+                    self.state
+                        .append(&mut self.view, Kind::Lost, seq, now, seq + 1, &[])?;
+                    return Err(err);
+                }
+            };
+            if header.aux != 0 && header.aux <= now {
+                let age = now.saturating_sub(header.time);
+                self.dead_letter(seq, count, header.time, &format!("expired after {age} ms"))?;
+                continue;
+            }
+            if config.max_deliveries != 0 && count >= config.max_deliveries {
+                self.dead_letter(
+                    seq,
+                    count,
+                    header.time,
+                    &format!("delivered {count} times without an acknowledgement"),
+                )?;
+                continue;
+            }
+            let until = now.saturating_add(config.lease_ms);
+            let deliveries = count + 1;
+            self.state.append(
+                &mut self.view,
+                Kind::Lease,
+                seq,
+                until,
+                self.owner,
+                &deliveries.to_le_bytes(),
+            )?;
+            break (seq, deliveries, header.time);
+        };
+        drop(guard);
+        match ipc_core::decode::<T>(&self.buf[HEADER_LEN..]) {
+            Ok(message) => Ok(Some(Delivery {
+                message,
+                seq,
+                deliveries,
+                enqueued_ms,
+            })),
+            Err(err) => {
+                let reason = format!("does not decode as {}: {err}", std::any::type_name::<T>());
+                let _guard = self.state.lock()?;
+                self.state.catch_up(&mut self.view, true)?;
+                self.dead_letter(seq, deliveries, enqueued_ms, &reason)?;
+                Err(Error::new(
+                    ErrorKind::Decode,
+                    format!("message {seq} {reason}; moved to the dead-letter queue"),
+                ))
+            }
+        }
+    }
+
+    /// The next message to deliver: an expired or orphaned lease or a due nack first, else
+    /// the oldest message never delivered. Returns its sequence number and delivery count.
+    fn pick(&mut self, now: u64) -> Option<(u64, u32)> {
+        let mut candidate = None;
+        for (&seq, entry) in &self.view.entries {
+            match *entry {
+                Entry::Leased {
+                    owner,
+                    until,
+                    count,
+                } if until <= now
+                    || (owner != self.owner
+                        && !is_alive(&self.queue.layout, &mut self.liveness, owner)) =>
+                {
+                    candidate = Some((seq, count));
+                    break;
+                }
+                Entry::Waiting { not_before, count } if not_before <= now => {
+                    candidate = Some((seq, count));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if candidate.is_some() {
+            return candidate;
+        }
+        let fresh = self
+            .view
+            .skip_lost(self.view.next_fresh.max(self.view.floor));
+        (fresh < self.index.next_seq()).then_some((fresh, 0))
+    }
+
+    /// Writes the message in `self.buf` to the dead-letter queue and marks it done (under
+    /// the state lock).
+    fn dead_letter(
+        &mut self,
+        seq: u64,
+        deliveries: u32,
+        enqueued_ms: u64,
+        reason: &str,
+    ) -> Result<()> {
+        let mut cut = reason.len().min(MAX_REASON_LEN);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let reason = &reason[..cut];
+        if self.dead.is_none() {
+            let dead = Queue::open(self.queue.layout.dead())?;
+            self.dead = Some(Appender::open(
+                &dead.layout,
+                dead.config.max_message_len as usize,
+                dead.config.segment_len,
+                Faults::default(),
+            )?);
+        }
+        let Some(dead) = self.dead.as_mut() else {
+            return Ok(());
+        };
+        let letter = DeadLetterRef {
+            seq,
+            reason,
+            deliveries,
+            enqueued_ms,
+            payload: self.buf.get(HEADER_LEN..).unwrap_or(&[]),
+        };
+        dead.begin_batch();
+        dead.push(fsx::now_ms(), 0, |buf, max| {
+            ipc_core::encode_to_vec(&letter, buf, max)
+        })?;
+        let Some((_, upto)) = dead.append(&mut |_, _| Ok(true))? else {
+            return Ok(());
+        };
+        dead.sync_upto(upto)?;
+        self.state.append(
+            &mut self.view,
+            Kind::Dead,
+            seq,
+            fsx::now_ms(),
+            self.owner,
+            reason.as_bytes(),
+        )
+    }
+
+    /// Records damage found in the log as lost ranges; returns the error to report for the
+    /// first stretch not reported before.
+    fn record_findings(&mut self, findings: Vec<Finding>) -> Result<Option<Error>> {
+        let mut report = None;
+        for finding in findings {
+            if finding.torn {
+                continue;
+            }
+            let known = finding.to > finding.from && self.view.knows_lost(finding.from, finding.to);
+            if finding.to > finding.from && !known {
+                self.state.append(
+                    &mut self.view,
+                    Kind::Lost,
+                    finding.from,
+                    fsx::now_ms(),
+                    finding.to,
+                    &[],
+                )?;
+            }
+            if !known && report.is_none() {
+                report = Some(Error::new(
+                    ErrorKind::Corrupted,
+                    format!("queue {}: {}", self.queue.path().display(), finding.what),
+                ));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Whether the consumer `owner` still holds its liveness lock.
+fn is_alive(layout: &Layout, cache: &mut HashMap<u64, (bool, Instant)>, owner: u64) -> bool {
+    if let Some(&(alive, checked)) = cache.get(&owner)
+        && (!alive || checked.elapsed() < LIVENESS_TTL)
+    {
+        return alive;
+    }
+    let path = layout.consumers().join(format!("{owner:016x}.lock"));
+    let alive = match fsx::open_existing(&path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+        Ok(file) => match file.try_lock() {
+            Ok(()) => {
+                // Its process is gone (the kernel released the lock): tidy up.
+                let _ = std::fs::remove_file(&path);
+                false
+            }
+            Err(TryLockError::WouldBlock) => true,
+            Err(TryLockError::Error(_)) => true,
+        },
+    };
+    cache.insert(owner, (alive, Instant::now()));
+    alive
+}
+
+/// Removes the liveness files of consumers that died holding no lease (nobody else would
+/// ever look at them).
+fn remove_dead_consumer_files(layout: &Layout, me: u64) {
+    let Ok(entries) = std::fs::read_dir(layout.consumers()) else {
+        return;
+    };
+    let mut cache = HashMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".lock"))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        else {
+            continue;
+        };
+        if owner != me {
+            // Removes the file if its owner is gone.
+            is_alive(layout, &mut cache, owner);
+        }
+    }
+}
+
+fn remove_segment(layout: &Layout, first: u64) {
+    let _ = std::fs::remove_file(layout.segments().join(fsx::segment_name(first)));
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        // Others see the missing file as a dead consumer and take its leases back at once.
+        let _ = std::fs::remove_file(&self.owner_path);
+    }
+}
+
+impl<T: DeserializeOwned> ipc_core::Receiver for Consumer<T> {
+    type Message = T;
+
+    fn recv(&mut self) -> Result<T> {
+        let delivery = Consumer::recv(self)?;
+        self.ack(&delivery)?;
+        Ok(delivery.into_message())
+    }
+
+    fn try_recv(&mut self) -> Result<Option<T>> {
+        match Consumer::try_recv(self)? {
+            Some(delivery) => {
+                self.ack(&delivery)?;
+                Ok(Some(delivery.into_message()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        let delivery = Consumer::recv_timeout(self, timeout)?;
+        self.ack(&delivery)?;
+        Ok(delivery.into_message())
+    }
+}
+
+impl<T> std::fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue.path())
+            .field("owner", &format_args!("{:016x}", self.owner))
+            .finish()
+    }
+}

@@ -1,0 +1,178 @@
+//! File-system helpers: owner-only modes, directory fsync, segment names, quarantine.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipc_core::{Error, ErrorKind, Result};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Creates `path` as an owner-only (0700) directory; fails if it exists.
+pub(crate) fn create_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|err| Error::io(format!("create directory {}", path.display()), err))
+}
+
+/// Creates `path` as an owner-only directory unless it exists already.
+pub(crate) fn ensure_dir(path: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(Error::io(
+            format!("create directory {}", path.display()),
+            err,
+        )),
+    }
+}
+
+/// Opens (creating if needed, mode 0600) `path` for reading and writing.
+pub(crate) fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| Error::io(format!("open {}", path.display()), err))
+}
+
+/// Opens an existing `path` for reading and writing.
+pub(crate) fn open_existing(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// Makes the directory entries of `dir` durable (after creating, renaming or removing files).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|err| Error::io(format!("fsync directory {}", dir.display()), err))
+}
+
+/// The file name of the segment whose first sequence number is `first`.
+pub(crate) fn segment_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+/// The first sequence numbers of the segment files in `dir`, ascending.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let entries =
+        fs::read_dir(dir).map_err(|err| Error::io(format!("list {}", dir.display()), err))?;
+    let mut firsts = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|err| Error::io(format!("list {}", dir.display()), err))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        if stem.len() == 20
+            && let Ok(first) = stem.parse::<u64>()
+        {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+/// Reads `len` bytes at `offset` into the start of `buf` (grown if needed, never shrunk, so
+/// that a reused buffer is not zeroed again), returning how many were read (fewer at end of
+/// file). The caller uses `buf[..n]`.
+pub(crate) fn read_at(file: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<usize> {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..len], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(Error::io(format!("read at offset {offset}"), err)),
+        }
+    }
+    Ok(done)
+}
+
+/// Length of an open file.
+pub(crate) fn file_len(file: &File) -> Result<u64> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|err| Error::io("stat queue file", err))
+}
+
+/// Copies bytes `from..to` of `source` (damaged) into `quarantine/` of the queue directory,
+/// 64 KiB at a time, with a note beside them; returns the copy's path. Quarantine files are
+/// never read by the queue again: they are evidence for people.
+pub(crate) fn quarantine(
+    root: &Path,
+    what: &str,
+    source: &File,
+    from: u64,
+    to: u64,
+    note: &str,
+) -> Result<PathBuf> {
+    use std::io::Write;
+    let dir = root.join("quarantine");
+    ensure_dir(&dir)?;
+    let path = dir.join(format!("{what}-{}.bin", now_ms()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|err| Error::io(format!("create {}", path.display()), err))?;
+    let mut buf = Vec::new();
+    let mut at = from;
+    while at < to {
+        let want = ((to - at) as usize).min(64 << 10);
+        let n = read_at(source, at, want, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])
+            .map_err(|err| Error::io(format!("write {}", path.display()), err))?;
+        at += n as u64;
+    }
+    file.sync_data()
+        .map_err(|err| Error::io(format!("fdatasync {}", path.display()), err))?;
+    let note_path = path.with_extension("txt");
+    fs::write(&note_path, format!("{note}\n"))
+        .map_err(|err| Error::io(format!("write {}", note_path.display()), err))?;
+    sync_dir(&dir)?;
+    Ok(path)
+}
+
+/// Reads a whole small file.
+pub(crate) fn read_small(path: &Path, max_len: u64) -> Result<Vec<u8>> {
+    let file =
+        File::open(path).map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+    let len = file_len(&file)?;
+    if len > max_len {
+        return Err(Error::new(
+            ErrorKind::Corrupted,
+            format!(
+                "{} is {len} bytes, more than the {max_len} allowed",
+                path.display()
+            ),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(max_len)
+        .read_to_end(&mut buf)
+        .map_err(|err| Error::io(format!("read {}", path.display()), err))?;
+    Ok(buf)
+}

@@ -1,0 +1,444 @@
+//! The consumer side of the log: an index from sequence number to record position, built
+//! by scanning segments, with corruption found on the way reported and quarantined.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use ipc_core::{Error, ErrorKind, Result};
+
+use crate::appender::{Bad, examine_bad, lock};
+use crate::fsx;
+use crate::queue::Layout;
+use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
+use crate::state::View;
+
+const SCAN_CHUNK: usize = 1 << 20;
+const UNSEALED_CHECK: Duration = Duration::from_millis(50);
+
+/// Damage found while scanning: messages `from..to` are lost (possibly none, when only a
+/// seal or a torn tail was damaged).
+#[derive(Debug)]
+pub(crate) struct Finding {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    /// A torn tail (a crash artefact, truncated) rather than corruption.
+    pub(crate) torn: bool,
+    pub(crate) what: String,
+}
+
+struct SegIndex {
+    /// Open while it is the segment being scanned; older segments are opened on demand
+    /// (one at a time, see `read_cache`), so a long backlog does not hold a descriptor per
+    /// segment.
+    file: Option<File>,
+    /// `(seq, offset)` of every message record, ascending.
+    offsets: Vec<(u64, u64)>,
+    seal: Option<u64>,
+}
+
+pub(crate) struct LogIndex {
+    layout: Layout,
+    max_payload: usize,
+    append_lock: std::sync::Arc<File>,
+    segs: BTreeMap<u64, SegIndex>,
+    cur: u64,
+    end: u64,
+    next_seq: u64,
+    buf: Vec<u8>,
+    unsealed_checked: Option<Instant>,
+    read_cache: Option<(u64, File)>,
+}
+
+enum Step {
+    Continue,
+    Bad(u64),
+}
+
+impl LogIndex {
+    /// Opens the index at the segment holding `floor`. Also returns the segments entirely
+    /// below `floor` (safe to delete once the state is durable).
+    pub(crate) fn open(
+        layout: &Layout,
+        max_payload: usize,
+        floor: u64,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(LogIndex, Vec<u64>)> {
+        let firsts = fsx::list_segments(&layout.segments())?;
+        let Some(&oldest) = firsts.first() else {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!("queue {} has no segment files", layout.root().display()),
+            ));
+        };
+        let start = firsts
+            .iter()
+            .copied()
+            .rfind(|&first| first <= floor)
+            .unwrap_or(oldest);
+        if start > floor {
+            findings.push(Finding {
+                from: floor,
+                to: start,
+                torn: false,
+                what: format!(
+                    "segment holding message {floor} is missing; messages {floor}..{start} are lost"
+                ),
+            });
+        }
+        let stale = firsts
+            .iter()
+            .copied()
+            .filter(|&first| first < start)
+            .collect();
+        let path = layout.segments().join(fsx::segment_name(start));
+        let file = fsx::open_existing(&path)
+            .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+        let mut segs = BTreeMap::new();
+        segs.insert(
+            start,
+            SegIndex {
+                file: Some(file),
+                offsets: Vec::new(),
+                seal: None,
+            },
+        );
+        let index = LogIndex {
+            layout: layout.clone(),
+            max_payload,
+            append_lock: crate::appender::open_lock(&layout.append_lock())?,
+            segs,
+            cur: start,
+            end: 0,
+            next_seq: start,
+            buf: Vec::new(),
+            unsealed_checked: None,
+            read_cache: None,
+        };
+        Ok((index, stale))
+    }
+
+    /// One past the highest sequence number indexed.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Indexes records appended since the last call.
+    pub(crate) fn refresh(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<()> {
+        loop {
+            let cur = self.cur;
+            let Some(seg) = self.segs.get(&cur) else {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    "segment index lost its current segment",
+                ));
+            };
+            if let Some(next) = seg.seal {
+                if !self.advance_to(next, view, findings)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let Some(file) = seg.file.as_ref() else {
+                return Err(Error::new(ErrorKind::Other, "current segment is not open"));
+            };
+            let size = fsx::file_len(file)?;
+            if self.end >= size {
+                return self.check_unsealed_end(view, findings);
+            }
+            let want =
+                ((size - self.end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
+            let mut buf = std::mem::take(&mut self.buf);
+            let step = fsx::read_at(file, self.end, want, &mut buf)
+                .map(|n| self.scan(&buf[..n], size, findings));
+            self.buf = buf;
+            match step? {
+                Step::Continue => {}
+                Step::Bad(offset) => self.bad(offset, size, view, findings)?,
+            }
+        }
+    }
+
+    fn scan(&mut self, buf: &[u8], size: u64, findings: &mut Vec<Finding>) -> Step {
+        let mut pos = 0;
+        let cur = self.cur;
+        let mut step = Step::Continue;
+        while pos < buf.len() {
+            match record::parse(&buf[pos..], self.max_payload) {
+                Parsed::Valid(header) if matches!(header.kind, Kind::Message | Kind::Seal) => {
+                    if header.seq < self.next_seq {
+                        step = Step::Bad(self.end + pos as u64);
+                        break;
+                    }
+                    if header.seq > self.next_seq {
+                        findings.push(Finding {
+                            from: self.next_seq,
+                            to: header.seq,
+                            torn: false,
+                            what: format!(
+                                "segment {cur} skips from message {} to {}",
+                                self.next_seq, header.seq
+                            ),
+                        });
+                    }
+                    let Some(seg) = self.segs.get_mut(&cur) else {
+                        break;
+                    };
+                    if header.kind == Kind::Seal {
+                        seg.seal = Some(header.seq);
+                        self.next_seq = header.seq;
+                        pos += header.record_len();
+                        break;
+                    }
+                    seg.offsets.push((header.seq, self.end + pos as u64));
+                    self.next_seq = header.seq + 1;
+                    pos += header.record_len();
+                }
+                Parsed::Incomplete if self.end + (buf.len() as u64) < size => break,
+                _ => {
+                    step = Step::Bad(self.end + pos as u64);
+                    break;
+                }
+            }
+        }
+        self.end += pos as u64;
+        step
+    }
+
+    /// At the end of a segment without a seal: if a later segment exists, this one lost its
+    /// end (it was truncated). Checked at most every `UNSEALED_CHECK`, as it lists the
+    /// directory.
+    fn check_unsealed_end(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<()> {
+        if self
+            .unsealed_checked
+            .is_some_and(|at| at.elapsed() < UNSEALED_CHECK)
+        {
+            return Ok(());
+        }
+        self.unsealed_checked = Some(Instant::now());
+        let cur = self.cur;
+        let later = fsx::list_segments(&self.layout.segments())?
+            .into_iter()
+            .find(|&first| first > cur);
+        let Some(later) = later else {
+            return Ok(());
+        };
+        // A writer seals a segment before it creates the next: if this one grew meanwhile,
+        // the seal may be there now.
+        if let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref())
+            && fsx::file_len(file)? > self.end
+        {
+            self.unsealed_checked = None;
+            return Ok(());
+        }
+        let from = self.next_seq;
+        if !view.knows_lost(from, later.max(from + 1)) {
+            findings.push(Finding {
+                from,
+                to: later,
+                torn: false,
+                what: format!(
+                    "segment {cur} ends at offset {} without a seal, but segment {later} follows; messages {from}..{later} are lost",
+                    self.end
+                ),
+            });
+        }
+        if let Some(seg) = self.segs.get_mut(&cur) {
+            seg.seal = Some(later);
+        }
+        self.next_seq = later;
+        Ok(())
+    }
+
+    /// Moves to segment `next` after a seal. False if it does not exist yet.
+    fn advance_to(&mut self, next: u64, view: &View, findings: &mut Vec<Finding>) -> Result<bool> {
+        let path = self.layout.segments().join(fsx::segment_name(next));
+        let (first, file) = match fsx::open_existing(&path) {
+            Ok(file) => (next, file),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let later = fsx::list_segments(&self.layout.segments())?
+                    .into_iter()
+                    .find(|&first| first > next);
+                let Some(later) = later else {
+                    return Ok(false);
+                };
+                if !view.knows_lost(next, later) {
+                    findings.push(Finding {
+                        from: next,
+                        to: later,
+                        torn: false,
+                        what: format!(
+                            "segment {next} is missing; messages {next}..{later} are lost"
+                        ),
+                    });
+                }
+                let path = self.layout.segments().join(fsx::segment_name(later));
+                let file = fsx::open_existing(&path)
+                    .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+                (later, file)
+            }
+            Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
+        };
+        self.segs.insert(
+            first,
+            SegIndex {
+                file: Some(file),
+                offsets: Vec::new(),
+                seal: None,
+            },
+        );
+        if let Some(old) = self.segs.get_mut(&self.cur) {
+            old.file = None;
+        }
+        self.cur = first;
+        self.end = 0;
+        self.next_seq = first;
+        Ok(true)
+    }
+
+    fn bad(
+        &mut self,
+        offset: u64,
+        size: u64,
+        view: &View,
+        findings: &mut Vec<Finding>,
+    ) -> Result<()> {
+        let _guard = lock(&self.append_lock, "queue append lock")?;
+        let cur = self.cur;
+        let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref()) else {
+            return Ok(());
+        };
+        let bad = examine_bad(
+            &self.layout,
+            file,
+            cur,
+            offset,
+            size,
+            self.max_payload,
+            &mut self.buf,
+        )?;
+        let (until, to) = match bad {
+            Bad::ValidNow => return Ok(()),
+            Bad::TornTail => {
+                findings.push(Finding {
+                    from: self.next_seq,
+                    to: self.next_seq,
+                    torn: true,
+                    what: format!("torn tail of segment {cur} at offset {offset} truncated"),
+                });
+                return Ok(());
+            }
+            Bad::Resync { at, seq } => (at, seq),
+            Bad::LaterSegment(later) => (fsx::file_len(file)?, later),
+        };
+        let from = self.next_seq;
+        if !view.knows_lost(from, to.max(from + 1)) || to <= from {
+            let lost = to.saturating_sub(from);
+            let what = format!(
+                "segment {cur}: {} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost",
+                until - offset
+            );
+            let path = fsx::quarantine(
+                self.layout.root(),
+                &format!("corrupt-{cur:020}-{offset}"),
+                file,
+                offset,
+                until,
+                &what,
+            )?;
+            findings.push(Finding {
+                from,
+                to,
+                torn: false,
+                what: format!("{what}; damaged bytes copied to {}", path.display()),
+            });
+        }
+        match bad {
+            Bad::LaterSegment(later) => {
+                if let Some(seg) = self.segs.get_mut(&cur) {
+                    seg.seal = Some(later);
+                }
+                self.end = until;
+            }
+            _ => {
+                self.end = until;
+                self.next_seq = to.max(from);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the message `seq` into `buf` (header and payload). `None` if the index has no
+    /// record for it (lost, or not yet scanned).
+    pub(crate) fn read(&mut self, seq: u64, buf: &mut Vec<u8>) -> Result<Option<Header>> {
+        let Some((&first, seg)) = self.segs.range(..=seq).next_back() else {
+            return Ok(None);
+        };
+        let Ok(i) = seg.offsets.binary_search_by_key(&seq, |&(s, _)| s) else {
+            return Ok(None);
+        };
+        let offset = seg.offsets[i].1;
+        let file = match &seg.file {
+            Some(file) => file,
+            None => {
+                if self
+                    .read_cache
+                    .as_ref()
+                    .is_none_or(|(cached, _)| *cached != first)
+                {
+                    let path = self.layout.segments().join(fsx::segment_name(first));
+                    let file = match fsx::open_existing(&path) {
+                        Ok(file) => file,
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                        Err(err) => {
+                            return Err(Error::io(format!("open {}", path.display()), err));
+                        }
+                    };
+                    self.read_cache = Some((first, file));
+                }
+                match &self.read_cache {
+                    Some((_, file)) => file,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let mut want = HEADER_LEN + 1024;
+        loop {
+            let n = fsx::read_at(file, offset, want, buf)?;
+            match record::parse(&buf[..n], self.max_payload) {
+                Parsed::Valid(header) if header.kind == Kind::Message && header.seq == seq => {
+                    buf.truncate(header.record_len());
+                    return Ok(Some(header));
+                }
+                Parsed::Incomplete if n == want => {
+                    let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+                    want = HEADER_LEN + len;
+                }
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupted,
+                        format!(
+                            "message {seq} at offset {offset} of segment {first} changed on disk after it was checked: {other:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Drops sealed segments entirely below `floor` from the index; returns their first
+    /// sequence numbers for deletion.
+    pub(crate) fn prune(&mut self, floor: u64) -> Vec<u64> {
+        let mut done = Vec::new();
+        for (&first, seg) in &self.segs {
+            match seg.seal {
+                Some(next) if next <= floor && first != self.cur => done.push(first),
+                _ => break,
+            }
+        }
+        for first in &done {
+            self.segs.remove(first);
+        }
+        done
+    }
+}
