@@ -23,6 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use wait_timeout::ChildExt;
 
 pub mod bench;
+pub mod flows;
 pub mod roles;
 
 /// A name unique across processes and runs: `{prefix}-{pid}-{time}-{counter}`, short enough

@@ -1,0 +1,512 @@
+//! Multi-process flows: each spawns its `ipc-peer` processes, drives them through their
+//! stdout lines, checks the result, and cleans up (peers are killed and reaped on drop,
+//! directories removed). `cargo xtask scenarios` runs them at scale with progress bars; the
+//! tests in `tests/` run them small.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::roles::expected_checksum;
+use crate::{Peer, TempDir, unique_name};
+
+/// How long any one step of a flow may take before the flow fails.
+pub const STEP: Duration = Duration::from_secs(300);
+
+/// What a flow did, for a summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Processes spawned, including killed ones.
+    pub processes: u32,
+    /// Messages delivered and checked.
+    pub messages: u64,
+    /// Payload bytes delivered and checked.
+    pub bytes: u64,
+    /// Anything else worth showing (`3 redelivered after the kill`).
+    pub detail: String,
+}
+
+/// Progress of a flow: `(done, total)`.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// No progress reporting.
+pub fn no_progress(_done: u64, _total: u64) {}
+
+/// Reads lines from `peer` until one starts with `ok` (returning the rest), reporting every
+/// `progress N` line. An `error ...` line fails with its text.
+fn until_ok(peer: &mut Peer, total: u64, progress: Progress<'_>) -> Result<String> {
+    loop {
+        let line = peer.expect_line(STEP)?;
+        if let Some(n) = line.strip_prefix("progress ") {
+            progress(n.trim().parse().unwrap_or(0), total);
+        } else if let Some(rest) = line.strip_prefix("ok") {
+            return Ok(rest.trim().to_owned());
+        } else if line.starts_with("error") {
+            bail!("{} reported: {line}", peer.name());
+        }
+    }
+}
+
+/// ipc-core frames through an OS pipe: `frame-source` writes `count` messages of `size`
+/// bytes into `frame-sink`, which checks order, every byte and the checksum.
+pub fn frames_over_pipe(count: u64, size: usize, progress: Progress<'_>) -> Result<Outcome> {
+    let step = (count / 100).max(1).to_string();
+    let (count_s, size_s) = (count.to_string(), size.to_string());
+    let (reader, writer) = std::io::pipe().context("create pipe")?;
+    let mut source = Peer::role_command("frame-source", ["--count", &count_s, "--size", &size_s])?;
+    source.stdout(writer);
+    let mut source = Peer::spawn_with_stdout("producer", source)?;
+    let mut sink = Peer::role_command("frame-sink", ["--progress", &step])?;
+    sink.stdin(reader);
+    let mut sink = Peer::spawn("consumer", sink)?;
+    let outcome = until_ok(&mut sink, count, progress)?;
+    source.wait_success(STEP)?;
+    sink.wait_success(STEP)?;
+    let want = format!(
+        "count={count} bytes={} checksum={:#018x}",
+        count * size as u64,
+        expected_checksum(count, size).value()
+    );
+    ensure!(
+        outcome.starts_with(&want),
+        "consumer reported `{outcome}`, expected `{want}`"
+    );
+    Ok(Outcome {
+        processes: 2,
+        messages: count,
+        bytes: count * size as u64,
+        detail: String::new(),
+    })
+}
+
+/// ipc-shm: a `shm-source` process streams `count` messages of `size` bytes through a
+/// shared-memory ring of `capacity` bytes to a `shm-sink` process; the sink checks order,
+/// every byte and the checksum, and no segment is left behind.
+pub fn shm_stream(
+    count: u64,
+    size: usize,
+    capacity: usize,
+    progress: Progress<'_>,
+) -> Result<Outcome> {
+    let name = unique_name("shm-flow");
+    let step = (count / 100).max(1).to_string();
+    let (count_s, size_s, cap_s) = (count.to_string(), size.to_string(), capacity.to_string());
+    let mut sink = Peer::spawn_role(
+        "shm consumer",
+        "shm-sink",
+        [
+            "--name",
+            &name,
+            "--create",
+            "1",
+            "--capacity",
+            &cap_s,
+            "--progress",
+            &step,
+        ],
+    )?;
+    let ready = sink.expect_line(STEP)?;
+    ensure!(
+        ready == "ready",
+        "shm consumer said `{ready}`, expected `ready`"
+    );
+    let mut source = Peer::spawn_role(
+        "shm producer",
+        "shm-source",
+        ["--name", &name, "--count", &count_s, "--size", &size_s],
+    )?;
+    let outcome = until_ok(&mut sink, count, progress)?;
+    source.wait_success(STEP)?;
+    sink.wait_success(STEP)?;
+    let want = format!(
+        "count={count} bytes={} checksum={:#018x}",
+        count * size as u64,
+        expected_checksum(count, size).value()
+    );
+    ensure!(
+        outcome.starts_with(&want),
+        "shm consumer reported `{outcome}`, expected `{want}`"
+    );
+    ensure!(
+        !ipc_shm::segment_path(&name).exists(),
+        "segment {} left behind",
+        ipc_shm::segment_path(&name).display()
+    );
+    Ok(Outcome {
+        processes: 2,
+        messages: count,
+        bytes: count * size as u64,
+        detail: String::new(),
+    })
+}
+
+/// ipc-shm shared state: `processes` processes each increment one shared `u64`
+/// `per_process` times under the cross-process lock; the total must be exact.
+pub fn shm_counter(processes: u32, per_process: u64, progress: Progress<'_>) -> Result<Outcome> {
+    use ipc_shm::{ShmState, StateConfig};
+
+    let name = unique_name("shm-counter");
+    let mut state = ShmState::<u64>::create(&name, 0, &StateConfig::new())?;
+    let per_s = per_process.to_string();
+    let mut peers = (0..processes)
+        .map(|i| {
+            Peer::spawn_role(
+                format!("counter {i}"),
+                "shm-counter",
+                ["--name", &name, "--count", &per_s],
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (done, peer) in peers.iter_mut().enumerate() {
+        progress(done as u64, u64::from(processes));
+        peer.expect_prefixed("ok", STEP)?;
+        peer.wait_success(STEP)?;
+    }
+    let total = *state.lock(Duration::from_secs(10))?;
+    let want = u64::from(processes) * per_process;
+    ensure!(
+        total == want,
+        "the shared counter is {total}, expected {want}"
+    );
+    Ok(Outcome {
+        processes,
+        messages: want,
+        bytes: 0,
+        detail: format!("counter = {total}"),
+    })
+}
+
+/// Where the socket of a chat lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatTransport {
+    /// A Unix domain socket file in an owner-only temporary directory.
+    LocalSocket,
+    /// TCP on 127.0.0.1, on a port the server picks.
+    Tcp,
+}
+
+/// The Python chat client, if `python3` is on this machine.
+pub fn python_chat_client() -> Option<PathBuf> {
+    let found = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/ipc-socket/python/ipc_client.py")
+    })
+}
+
+/// ipc-socket: a chat server and `clients` client processes (the last one the Python
+/// client, when `python3` is there) each publish `count` lines while receiving everyone's;
+/// one more client is killed with SIGKILL in the middle of its stream. Every surviving client
+/// must receive every survivor's lines, in order per sender, and the server must report the
+/// killed client and keep serving.
+pub fn chat(
+    transport: ChatTransport,
+    clients: usize,
+    count: u64,
+    progress: Progress<'_>,
+) -> Result<Outcome> {
+    let dir = TempDir::new("chat")?;
+    let address = match transport {
+        ChatTransport::LocalSocket => format!("unix:{}", dir.path().join("chat.sock").display()),
+        ChatTransport::Tcp => "tcp:127.0.0.1:0".to_owned(),
+    };
+    let mut command = Peer::role_command("socket-server", ["--address", &address])?;
+    command.stdin(Stdio::piped());
+    let mut server = Peer::spawn("chat server", command)?;
+    let bound = server.expect_prefixed("ready address=", STEP)?;
+
+    let python = python_chat_client();
+    let mut names: Vec<String> = (0..clients).map(|i| format!("rust{i}")).collect();
+    if python.is_some() && clients > 0 {
+        names[clients - 1] = "python".to_owned();
+    }
+    let expect = names.join(",");
+    let count_s = count.to_string();
+    let step = (count / 20).max(1).to_string();
+    let chat_args = |name: &str, count: &str| {
+        vec![
+            "--address".to_owned(),
+            bound.clone(),
+            "--name".to_owned(),
+            name.to_owned(),
+            "--count".to_owned(),
+            count.to_owned(),
+            "--expect".to_owned(),
+            expect.clone(),
+        ]
+    };
+    let mut peers = Vec::new();
+    for name in &names {
+        let mut command = match (&python, name.as_str()) {
+            (Some(script), "python") => {
+                let mut command = Command::new("python3");
+                command
+                    .arg(script)
+                    .arg("chat")
+                    .args(chat_args(name, &count_s));
+                command
+            }
+            _ => Peer::role_command("socket-chat", chat_args(name, &count_s))?,
+        };
+        command.stdin(Stdio::piped());
+        peers.push(Peer::spawn(format!("client {name}"), command)?);
+    }
+    // The victim would stream far more than it lives to send.
+    let mut victim = Peer::role_command("socket-chat", chat_args("victim", "100000000"))?;
+    victim.args(["--progress", &step]).stdin(Stdio::piped());
+    let mut victim = Peer::spawn("victim", victim)?;
+
+    for peer in peers.iter_mut().chain(std::iter::once(&mut victim)) {
+        let line = peer.expect_line(STEP)?;
+        ensure!(
+            line == "subscribed",
+            "{}: expected `subscribed`, got `{line}`",
+            peer.name()
+        );
+    }
+    for peer in peers.iter_mut().chain(std::iter::once(&mut victim)) {
+        let stdin = peer.stdin().context("client stdin is piped")?;
+        writeln!(stdin, "go")?;
+        stdin.flush()?;
+    }
+    victim.expect_prefixed(&format!("progress {step}"), STEP)?;
+    victim.kill()?;
+
+    let total = peers.len() as u64;
+    for (done, peer) in peers.iter_mut().enumerate() {
+        progress(done as u64, total);
+        let outcome = peer
+            .expect_prefixed("ok", STEP)
+            .with_context(|| format!("{} did not finish", peer.name()))?;
+        for name in &names {
+            let want = format!("{name}:{count}");
+            ensure!(
+                outcome.split([' ', ',', '=']).any(|part| part == want),
+                "{}: `{outcome}` lacks {want}",
+                peer.name()
+            );
+        }
+        peer.wait_success(STEP)?;
+    }
+    server.close_stdin();
+    let mut saw_victim_close = false;
+    loop {
+        let line = server.expect_line(STEP)?;
+        if line.starts_with("closed") && line.contains("error=") {
+            saw_victim_close = true;
+        }
+        if line == "ok" {
+            break;
+        }
+    }
+    ensure!(
+        saw_victim_close,
+        "the server never reported the killed client"
+    );
+    server.wait_success(STEP)?;
+    let n = names.len() as u64;
+    Ok(Outcome {
+        processes: n as u32 + 2,
+        messages: n * n * count,
+        bytes: 0,
+        detail: if python.is_some() {
+            "python client joined; victim killed".to_owned()
+        } else {
+            "python3 missing: Rust clients only; victim killed".to_owned()
+        },
+    })
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Reads the peer's lines until it exits (or was killed and its stdout closed).
+fn all_lines(peer: &mut Peer) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok(line) = peer.expect_line(STEP) {
+        lines.push(line);
+    }
+    lines
+}
+
+/// ipc-queue, decoupled in time: a producer process sends `count` durable messages and
+/// exits; only then does a consumer process start, and it receives all of them.
+pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
+    use ipc_queue::{Queue, QueueConfig};
+
+    let dir = TempDir::new("queue-later")?;
+    let path = dir.path().join("q");
+    Queue::create(&path, &QueueConfig::new())?;
+    let path = path_arg(&path);
+    let count_s = count.to_string();
+    let mut producer = Peer::spawn_role(
+        "producer",
+        "queue-produce",
+        [
+            "--path", &path, "--count", &count_s, "--batch", "100", "--size", "100", "--quiet", "1",
+        ],
+    )?;
+    let sent = producer.expect_prefixed("ok", STEP)?;
+    ensure!(
+        sent.starts_with(&format!("sent={count} ")),
+        "producer said `{sent}`"
+    );
+    producer.wait_success(STEP)?;
+    drop(producer);
+    progress(count / 2, count);
+
+    let mut consumer = Peer::spawn_role(
+        "consumer",
+        "queue-consume",
+        ["--path", &path, "--expect", &count_s, "--quiet", "1"],
+    )?;
+    let received = consumer.expect_prefixed("ok", STEP)?;
+    consumer.wait_success(STEP)?;
+    ensure!(
+        received.starts_with(&format!("received={count} ")),
+        "consumer said `{received}`"
+    );
+    let stats = queue_stats(&path)?;
+    ensure!(
+        stats.starts_with("depth=0 unacked=0"),
+        "queue stats: {stats}"
+    );
+    Ok(Outcome {
+        processes: 3,
+        messages: count,
+        bytes: count * 100,
+        detail: "producer exited before the consumer started".to_owned(),
+    })
+}
+
+fn queue_stats(path: &str) -> Result<String> {
+    let mut stats = Peer::spawn_role("stats", "queue-stats", ["--path", path])?;
+    let line = stats.expect_prefixed("ok", STEP)?;
+    stats.wait_success(STEP)?;
+    Ok(line)
+}
+
+/// ipc-queue under a crash: `count` messages are queued; a consumer process is killed with
+/// SIGKILL after acknowledging about a third of them; a new consumer takes over. Every
+/// message is acknowledged at least once, and the ones the killed consumer held are
+/// redelivered (counted in the detail).
+pub fn queue_crash(count: u64, progress: Progress<'_>) -> Result<Outcome> {
+    use ipc_queue::{Queue, QueueConfig};
+
+    let dir = TempDir::new("queue-crash")?;
+    let path = dir.path().join("q");
+    Queue::create(&path, &QueueConfig::new())?;
+    let path = path_arg(&path);
+    let count_s = count.to_string();
+    let mut producer = Peer::spawn_role(
+        "producer",
+        "queue-produce",
+        [
+            "--path", &path, "--count", &count_s, "--batch", "100", "--size", "100", "--quiet", "1",
+        ],
+    )?;
+    producer.expect_prefixed("ok", STEP)?;
+    producer.wait_success(STEP)?;
+
+    // The first consumer: killed once it has acknowledged a third of the messages.
+    let mut first = Peer::spawn_role("consumer", "queue-consume", ["--path", &path])?;
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    let mut got_first: BTreeSet<u64> = BTreeSet::new();
+    // Kill it right after it printed `got` for a message: that delivery is then most
+    // likely received but not yet acknowledged.
+    loop {
+        let line = first.expect_line(STEP)?;
+        record_line(&line, &mut got_first, &mut acked)?;
+        progress(acked.len() as u64, count);
+        if acked.len() as u64 >= count / 3 && line.starts_with("got") {
+            break;
+        }
+    }
+    first.kill()?;
+    // Lines it printed before dying are still in the pipe.
+    for line in all_lines(&mut first) {
+        record_line(&line, &mut got_first, &mut acked)?;
+    }
+
+    let acked_by_first = acked.len();
+
+    // The second consumer takes over; it exits once the queue has stayed empty for a while.
+    let mut second = Peer::spawn_role(
+        "consumer (restarted)",
+        "queue-consume",
+        ["--path", &path, "--idle-exit-ms", "500"],
+    )?;
+    let mut got_second: BTreeMap<u64, u32> = BTreeMap::new();
+    loop {
+        let line = second.expect_line(STEP)?;
+        let fields: Vec<&str> = line.split(' ').collect();
+        match fields[0] {
+            "got" if fields.len() == 6 => {
+                let seq: u64 = fields[4].parse()?;
+                let deliveries: u32 = fields[5].parse()?;
+                got_second.insert(seq, deliveries);
+            }
+            "acked" if fields.len() == 3 => {
+                acked.insert(fields[1].parse()?);
+                progress(acked.len() as u64, count);
+            }
+            "ok" => break,
+            _ => bail!("restarted consumer said `{line}`"),
+        }
+    }
+    second.wait_success(STEP)?;
+    ensure!(
+        acked.len() as u64 == count,
+        "{} of {count} messages acknowledged",
+        acked.len()
+    );
+    let redelivered: Vec<u64> = got_second
+        .iter()
+        .filter(|(_, deliveries)| **deliveries > 1)
+        .map(|(seq, _)| *seq)
+        .collect();
+    for seq in &redelivered {
+        ensure!(
+            got_first.contains(seq),
+            "message {seq} was redelivered but the killed consumer never had it"
+        );
+    }
+    let stats = queue_stats(&path)?;
+    ensure!(
+        stats.starts_with("depth=0 unacked=0"),
+        "queue stats: {stats}"
+    );
+    Ok(Outcome {
+        processes: 4,
+        messages: count,
+        bytes: count * 100,
+        detail: format!(
+            "consumer killed after {} acks; {} redelivered",
+            acked_by_first,
+            redelivered.len()
+        ),
+    })
+}
+
+fn record_line(line: &str, got: &mut BTreeSet<u64>, acked: &mut BTreeSet<u64>) -> Result<()> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    match fields[0] {
+        "got" if fields.len() == 6 => {
+            got.insert(fields[4].parse()?);
+        }
+        "acked" if fields.len() == 3 => {
+            acked.insert(fields[1].parse()?);
+        }
+        _ => bail!("consumer said `{line}`"),
+    }
+    Ok(())
+}
