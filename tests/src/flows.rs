@@ -510,3 +510,123 @@ fn record_line(line: &str, got: &mut BTreeSet<u64>, acked: &mut BTreeSet<u64>) -
     }
     Ok(())
 }
+
+/// Across crates: a client process sends `requests` requests over a socket to a gateway
+/// process, which persists them in a durable queue; `workers` worker processes take them
+/// from the queue and send their answers back through shared memory; the gateway answers
+/// each request. One worker is killed with SIGKILL a quarter of the way through: its tasks
+/// come back from the queue to the others. Every request is answered exactly once, with
+/// the right value.
+pub fn pipeline(requests: u64, workers: u32, progress: Progress<'_>) -> Result<Outcome> {
+    use ipc_queue::{Queue, QueueConfig};
+
+    let dir = TempDir::new("pipeline")?;
+    let queue_path = dir.path().join("tasks");
+    Queue::create(&queue_path, &QueueConfig::new())?;
+    let queue_path = path_arg(&queue_path);
+    let socket = format!("unix:{}", dir.path().join("gateway.sock").display());
+    let shm = unique_name("pipeline");
+    let workers_s = workers.to_string();
+
+    let mut gateway = Peer::role_command(
+        "pipeline-gateway",
+        [
+            "--address",
+            &socket,
+            "--queue",
+            &queue_path,
+            "--shm",
+            &shm,
+            "--workers",
+            &workers_s,
+        ],
+    )?;
+    gateway.stdin(Stdio::piped());
+    let mut gateway = Peer::spawn("gateway", gateway)?;
+    let bound = gateway.expect_prefixed("ready address=", STEP)?;
+
+    let mut worker_peers = Vec::new();
+    for id in 0..workers {
+        let id = id.to_string();
+        let mut worker = Peer::spawn_role(
+            format!("worker {id}"),
+            "pipeline-worker",
+            [
+                "--queue",
+                &queue_path,
+                "--shm",
+                &shm,
+                "--id",
+                &id,
+                "--workers",
+                &workers_s,
+            ],
+        )?;
+        let ready = worker.expect_line(STEP)?;
+        ensure!(ready == "ready", "worker {id} said `{ready}`");
+        worker_peers.push(worker);
+    }
+
+    let requests_s = requests.to_string();
+    let mut client = Peer::spawn_role(
+        "client",
+        "pipeline-client",
+        [
+            "--address",
+            &bound,
+            "--count",
+            &requests_s,
+            "--in-flight",
+            "32",
+        ],
+    )?;
+    let mut killed = false;
+    let answered = loop {
+        let line = client.expect_line(STEP)?;
+        if let Some(n) = line.strip_prefix("progress ") {
+            let n: u64 = n.trim().parse().unwrap_or(0);
+            progress(n, requests);
+            if !killed && n >= requests / 4 {
+                worker_peers[0].kill()?;
+                killed = true;
+            }
+        } else if let Some(rest) = line.strip_prefix("ok ") {
+            break rest.to_owned();
+        } else {
+            bail!("client said `{line}`");
+        }
+    };
+    client.wait_success(STEP)?;
+    ensure!(
+        answered == format!("answered={requests}"),
+        "client reported `{answered}`"
+    );
+
+    gateway.close_stdin();
+    let summary = gateway.expect_prefixed("ok", STEP)?;
+    gateway.wait_success(STEP)?;
+    let want = format!("requests={requests} answered={requests} ");
+    ensure!(
+        summary.starts_with(&want),
+        "gateway reported `{summary}`, expected `{want}duplicates=..`"
+    );
+    // The surviving workers are idle in `recv`: stop them, then check that the queue holds
+    // nothing, acknowledged or not.
+    for worker in &mut worker_peers {
+        worker.kill()?;
+    }
+    let stats = queue_stats(&queue_path)?;
+    ensure!(
+        stats.starts_with("depth=0 unacked=0"),
+        "queue stats: {stats}"
+    );
+    let duplicates = summary.rsplit('=').next().unwrap_or("?").to_owned();
+    Ok(Outcome {
+        processes: workers + 3,
+        messages: requests,
+        bytes: 0,
+        detail: format!(
+            "worker 0 killed mid-way; {duplicates} duplicate answers dropped; each request answered once"
+        ),
+    })
+}

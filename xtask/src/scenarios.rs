@@ -88,6 +88,12 @@ const SCENARIOS: &[Scenario] = &[
         about: "a consumer is killed with SIGKILL mid-stream and restarted; nothing is lost, and the redelivered messages are counted",
         run: queue_crash,
     },
+    Scenario {
+        name: "pipeline",
+        mechanism: "socket + queue + shm",
+        about: "requests arrive over a socket, are persisted in the queue, and are processed by 4 worker processes that answer through shared memory; a worker is killed mid-way; every request is answered once",
+        run: pipeline,
+    },
 ];
 
 /// Prints the scenarios, one line each.
@@ -295,6 +301,11 @@ fn queue_decoupled(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
 fn queue_crash(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("messages acknowledged");
     with_bar(bar, |p| flows::queue_crash(ctx.size(10_000, 1_000), p))
+}
+
+fn pipeline(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    bar.set_message("requests answered");
+    with_bar(bar, |p| flows::pipeline(ctx.size(20_000, 2_000), 4, p))
 }
 
 /// A hostile case: what it is, the producer role and its arguments, the consumer's

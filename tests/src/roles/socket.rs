@@ -63,7 +63,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,14 +76,14 @@ fn address(args: &Args) -> Result<Address> {
 }
 
 /// A line to stdout, flushed at once (the parent reads it to synchronise).
-fn say(line: impl std::fmt::Display) {
+pub(super) fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 
 /// Resolves when stdin reaches its end (the parent closed it or died).
-fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
+pub(super) fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let mut sink = Vec::new();
