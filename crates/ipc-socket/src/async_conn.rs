@@ -297,9 +297,8 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                 None => {}
             }
             let wait = match self.liveness.check(std::time::Instant::now()) {
-                Err(err) => return Err(self.fail(err)),
-                Ok(Beat::Wait(wait)) => wait,
-                Ok(Beat::Ping(nonce, wait)) => {
+                Beat::Wait(wait) => wait,
+                Beat::Ping(nonce, wait) => {
                     self.writer.queue_control(FrameKind::Ping, nonce)?;
                     self.writer.flush().await?;
                     wait
@@ -310,7 +309,11 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                 .within(wait, self.reader.read(self.decoder.read_buf()))
                 .await;
             match read {
-                None => {}
+                None => {
+                    if let Err(err) = self.liveness.expired(std::time::Instant::now()) {
+                        return Err(self.fail(err));
+                    }
+                }
                 Some(Ok(0)) => {
                     let err = match self.decoder.finish() {
                         Err(err) => err.context("peer vanished"),

@@ -370,7 +370,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 self.write_out()?;
             }
             let now = Instant::now();
-            let mut wait = match self.liveness.check(now).map_err(|err| self.fail(err))? {
+            let mut wait = match self.liveness.check(now) {
                 Beat::Wait(_) => self.liveness.poll_interval(),
                 Beat::Ping(nonce, _) => {
                     ipc_core::encode_raw_frame(
@@ -395,7 +395,11 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 wait = Some(wait.map_or(left, |wait| wait.min(left)));
             }
             self.set_read_timeout(wait)?;
-            self.read_some()?;
+            if !self.read_some()? {
+                self.liveness
+                    .expired(Instant::now())
+                    .map_err(|err| self.fail(err))?;
+            }
         }
     }
 

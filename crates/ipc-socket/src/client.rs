@@ -633,7 +633,7 @@ async fn read_frames<T: DeserializeOwned + Send>(
                 Step::Nothing => {}
             }
         }
-        let wait = match liveness.check(Instant::now())? {
+        let wait = match liveness.check(Instant::now()) {
             Beat::Wait(wait) => wait,
             Beat::Ping(nonce, wait) => {
                 if let Some(writer) = shared.writer.lock().await.as_mut() {
@@ -651,7 +651,7 @@ async fn read_frames<T: DeserializeOwned + Send>(
             }
         };
         match liveness.within(wait, reader.read(decoder.read_buf())).await {
-            None => {}
+            None => liveness.expired(Instant::now())?,
             Some(Ok(0)) => {
                 decoder
                     .finish()

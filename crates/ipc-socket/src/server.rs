@@ -175,6 +175,8 @@ struct Conn {
     shutdown: Notify,
     subscriptions: Mutex<Vec<String>>,
     send_limits: Limits,
+    /// Why the writer stopped, if it failed: the reader reports it.
+    write_error: Mutex<Option<Error>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -623,6 +625,7 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         shutdown: Notify::new(),
         subscriptions: Mutex::new(Vec::new()),
         send_limits: shaken.send_limits,
+        write_error: Mutex::new(None),
     });
     lock(&shared.conns).insert(id, Arc::clone(&conn));
     let writer = tokio::spawn(write_loop(Arc::clone(&conn), shaken.writer));
@@ -688,7 +691,8 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
         };
         if !batch.is_empty() {
             conn.space.notify_waiters();
-            if half.write_all(&batch).await.is_err() {
+            if let Err(err) = half.write_all(&batch).await {
+                *lock(&conn.write_error) = Some(Error::io("write to client", err));
                 conn.close(None);
                 conn.shutdown.notify_one();
                 return;
@@ -801,7 +805,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                     Action::None => {}
                 }
             }
-            let wait = match self.liveness.check(Instant::now())? {
+            let wait = match self.liveness.check(Instant::now()) {
                 Beat::Wait(wait) => wait,
                 Beat::Ping(nonce, wait) => {
                     self.conn.push_control(control_wire(FrameKind::Ping, nonce));
@@ -811,11 +815,13 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
             let read = tokio::select! {
                 read = self.liveness.within(wait, self.half.read(self.decoder.read_buf())) => read,
                 () = self.conn.shutdown.notified() => {
-                    return Err(Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server")));
+                    return Err(lock(&self.conn.write_error).take().unwrap_or_else(|| {
+                        Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server"))
+                    }));
                 }
             };
             match read {
-                None => {}
+                None => self.liveness.expired(Instant::now())?,
                 Some(Ok(0)) => {
                     return Err(match self.decoder.finish() {
                         Err(err) => err.context("client vanished"),
