@@ -480,10 +480,15 @@ fn the_connection_limit_refuses_with_a_reason() {
 #[test]
 fn a_slow_client_is_disconnected_or_loses_old_frames_per_policy() {
     runtime().block_on(async {
-        for policy in [Policy::Disconnect, Policy::DropOldest] {
+        for (policy, frames, bytes) in [
+            (Policy::Disconnect, 4, 16 << 20),
+            (Policy::DropOldest, 4, 16 << 20),
+            (Policy::DropOldest, 1024, 200_000),
+        ] {
             let mut server = Server::<String>::bind(
                 ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), config())
-                    .queue_capacity(4)
+                    .queue_capacity(frames)
+                    .queue_bytes(bytes)
                     .policy(policy),
             )
             .await
