@@ -681,3 +681,32 @@ fn the_server_drops_a_silent_client() {
         drain.await.unwrap();
     });
 }
+
+#[test]
+fn a_client_can_wait_for_a_server_that_is_not_up_yet() {
+    runtime().block_on(async {
+        let dir = Dir::new();
+        let address = Address::path(dir.0.join("late.sock"));
+        let fast = Backoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+            max_attempts: None,
+        };
+        let err = Client::<String>::connect(ClientConfig::new(address.clone(), config()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let waiting = tokio::spawn(Client::<String>::connect(
+            ClientConfig::new(address.clone(), config())
+                .reconnect(fast)
+                .wait_for_server(),
+        ));
+        let server = Server::<String>::bind(ServerConfig::new(address, config()))
+            .await
+            .unwrap();
+        let client = waiting.await.unwrap().unwrap();
+        client.subscribe("x").await.unwrap();
+        client.close().await.unwrap();
+        drop(server);
+    });
+}
