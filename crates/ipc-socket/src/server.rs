@@ -880,7 +880,15 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                     self.decoder.commit(n);
                     self.liveness.heard();
                 }
-                Some(Err(err)) => return Err(Error::io("read from client", err)),
+                Some(Err(err)) => {
+                    let err = Error::io("read from client", err);
+                    return Err(match self.decoder.buffered() {
+                        0 => err,
+                        n => err.context(format_args!(
+                            "client vanished mid-frame ({n} bytes of a frame received)"
+                        )),
+                    });
+                }
             }
         }
     }
