@@ -151,3 +151,50 @@ fn a_stopped_client_is_dropped_by_the_heartbeat_and_others_stay() -> Result<()> 
     lively.wait_success(WAIT)?;
     Ok(())
 }
+
+#[test]
+fn a_client_killed_mid_frame_disturbs_nobody() -> Result<()> {
+    let _watchdog = Watchdog::new("client killed mid-frame", WAIT);
+    let mut server = spawn_server("server", "tcp:127.0.0.1:0")?;
+    let address = server.expect_prefixed("ready address=", WAIT)?;
+    let mut watcher = Peer::spawn_role("watcher", "socket-watch", ["--address", &address])?;
+    assert_eq!(watcher.expect_line(WAIT)?, "connected");
+    server.expect_prefixed("connected", WAIT)?;
+    let mut command = Peer::role_command("socket-half-frame", ["--address", &address])?;
+    command.stdin(Stdio::piped());
+    let mut half = Peer::spawn("half frame", command)?;
+    assert_eq!(half.expect_line(WAIT)?, "sent");
+    server.expect_prefixed("connected", WAIT)?;
+    half.kill()?;
+    let line = server.expect_prefixed("closed", WAIT)?;
+    // End of stream inside a frame, or a reset (the killed client left the server's hello
+    // unread) while a frame was half received.
+    assert!(
+        line.contains("error=truncated: client vanished: stream ended inside a frame")
+            || line.contains("error=peer closed: client vanished mid-frame"),
+        "server reported {line:?}"
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = ConnectionConfig::new::<ChatLine>()
+        .with_message_type(MessageType::named("ipc-tests.ChatLine/1"));
+    let publisher = runtime.block_on(Client::<ChatLine>::connect(ClientConfig::new(
+        address.parse()?,
+        config,
+    )))?;
+    let bye = ChatLine {
+        from: "test".into(),
+        seq: 0,
+        text: "bye".into(),
+    };
+    runtime.block_on(publisher.publish("t", &bye))?;
+    assert_eq!(watcher.expect_line(WAIT)?, "got bye");
+    watcher.expect_prefixed("ok", WAIT)?;
+    watcher.wait_success(WAIT)?;
+    server.close_stdin();
+    server.expect_prefixed("ok", WAIT)?;
+    server.wait_success(WAIT)?;
+    Ok(())
+}

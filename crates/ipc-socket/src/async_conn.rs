@@ -9,8 +9,8 @@ use ipc_core::{
     AsyncReceiver, AsyncSender, Close, CloseCode, Error, ErrorKind, FrameDecoder, FrameKind, Hello,
     Limits, Result,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -261,18 +261,46 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
 
     /// Receives the next message. Cancel-safe: a dropped future loses nothing.
     pub async fn recv(&mut self) -> Result<T> {
+        self.wait_for_data().await?;
+        self.take_data()
+    }
+
+    /// Receives the next message as `M`, which may borrow from the receive buffer (`&str`,
+    /// `&[u8]` fields: no allocation, no copy); `M` must have `T`'s wire format. See
+    /// [`Connection::recv_ref`](crate::Connection::recv_ref). Cancel-safe.
+    pub async fn recv_ref<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
+        self.wait_for_data().await?;
+        self.take_data()
+    }
+
+    fn take_data<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
+        match self.decoder.next_frame()? {
+            Some(frame) => frame.decode::<M>(),
+            None => Err(Error::new(
+                ErrorKind::Other,
+                "data frame vanished from the receive buffer",
+            )),
+        }
+    }
+
+    /// Waits until a data frame is at the front of the buffer, answering pings and watching
+    /// the peer's liveness meanwhile.
+    async fn wait_for_data(&mut self) -> Result<()> {
         if let Some(kind) = self.failed {
             return Err(Error::new(kind, "connection failed earlier"));
         }
         loop {
-            let inbound = match self.decoder.next_frame() {
-                Ok(Some(frame)) => Some(classify::<T>(frame)),
+            let inbound = match self.decoder.peek_header() {
+                Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(()),
                 Ok(None) => None,
+                Ok(Some(_)) => match self.decoder.next_frame() {
+                    Ok(Some(frame)) => Some(classify(frame)),
+                    Ok(None) => None,
+                    Err(err) => Some(Inbound::Bad(err)),
+                },
                 Err(err) => Some(Inbound::Bad(err)),
             };
             match inbound {
-                Some(Inbound::Message(message)) => return Ok(message),
-                Some(Inbound::Undecodable(err)) => return Err(err),
                 Some(Inbound::Ping(id)) => {
                     self.writer.queue_control(FrameKind::Pong, id)?;
                     self.writer.flush().await?;
@@ -297,9 +325,8 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                 None => {}
             }
             let wait = match self.liveness.check(std::time::Instant::now()) {
-                Err(err) => return Err(self.fail(err)),
-                Ok(Beat::Wait(wait)) => wait,
-                Ok(Beat::Ping(nonce, wait)) => {
+                Beat::Wait(wait) => wait,
+                Beat::Ping(nonce, wait) => {
                     self.writer.queue_control(FrameKind::Ping, nonce)?;
                     self.writer.flush().await?;
                     wait
@@ -310,7 +337,11 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                 .within(wait, self.reader.read(self.decoder.read_buf()))
                 .await;
             match read {
-                None => {}
+                None => {
+                    if let Err(err) = self.liveness.expired(std::time::Instant::now()) {
+                        return Err(self.fail(err));
+                    }
+                }
                 Some(Ok(0)) => {
                     let err = match self.decoder.finish() {
                         Err(err) => err.context("peer vanished"),
@@ -445,6 +476,13 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
     pub async fn recv(&mut self) -> Result<T> {
         self.send.flush().await?;
         self.recv.recv().await
+    }
+
+    /// Flushes, then receives the next message as `M`, borrowing from the receive buffer
+    /// (see [`AsyncRecvHalf::recv_ref`]).
+    pub async fn recv_ref<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
+        self.send.flush().await?;
+        self.recv.recv_ref().await
     }
 
     /// Sends a normal close frame and flushes.

@@ -25,25 +25,20 @@ pub(crate) fn read_decoder(config: &ConnectionConfig) -> FrameDecoder {
     decoder
 }
 
-/// What one received frame asks of a plain duplex connection.
-pub(crate) enum Inbound<T> {
-    Message(T),
-    Undecodable(Error),
+/// What a control frame (anything but data) asks of a plain duplex connection.
+pub(crate) enum Inbound {
     Ping(u32),
     Ignore,
     Closed(Error),
     Bad(Error),
 }
 
-/// Sorts a frame received after the handshake on a duplex connection.
-pub(crate) fn classify<T: DeserializeOwned>(frame: Frame<'_>) -> Inbound<T> {
+/// Sorts a control frame received after the handshake on a duplex connection; callers
+/// take data frames before (see `FrameDecoder::peek_header`).
+pub(crate) fn classify(frame: Frame<'_>) -> Inbound {
     match frame.kind() {
-        FrameKind::Data => match frame.decode::<T>() {
-            Ok(message) => Inbound::Message(message),
-            Err(err) => Inbound::Undecodable(err),
-        },
+        FrameKind::Data | FrameKind::Pong => Inbound::Ignore,
         FrameKind::Ping => Inbound::Ping(frame.id()),
-        FrameKind::Pong => Inbound::Ignore,
         FrameKind::Close => match Close::decode(frame.payload()) {
             Ok(close) => Inbound::Closed(close.into_error()),
             Err(err) => Inbound::Bad(err.context("bad close frame")),
@@ -318,7 +313,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(true),
                 Ok(None) => return Ok(false),
                 Ok(Some(_)) => match self.decoder.next_frame() {
-                    Ok(Some(frame)) => classify::<serde::de::IgnoredAny>(frame),
+                    Ok(Some(frame)) => classify(frame),
                     Ok(None) => return Ok(false),
                     Err(err) => Inbound::Bad(err),
                 },
@@ -334,7 +329,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                         &self.send_limits,
                     )?;
                 }
-                Inbound::Message(_) | Inbound::Undecodable(_) | Inbound::Ignore => {}
+                Inbound::Ignore => {}
                 Inbound::Closed(err) => return Err(self.fail(err)),
                 Inbound::Bad(err) => {
                     self.out.extend_from_slice(&close_frame_for(&err));
@@ -370,7 +365,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 self.write_out()?;
             }
             let now = Instant::now();
-            let mut wait = match self.liveness.check(now).map_err(|err| self.fail(err))? {
+            let mut wait = match self.liveness.check(now) {
                 Beat::Wait(_) => self.liveness.poll_interval(),
                 Beat::Ping(nonce, _) => {
                     ipc_core::encode_raw_frame(
@@ -395,7 +390,11 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 wait = Some(wait.map_or(left, |wait| wait.min(left)));
             }
             self.set_read_timeout(wait)?;
-            self.read_some()?;
+            if !self.read_some()? {
+                self.liveness
+                    .expired(Instant::now())
+                    .map_err(|err| self.fail(err))?;
+            }
         }
     }
 

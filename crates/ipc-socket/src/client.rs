@@ -66,6 +66,7 @@ pub struct ClientConfig {
     connection: ConnectionConfig,
     reconnect: Option<Backoff>,
     inbox_capacity: usize,
+    wait_for_server: bool,
 }
 
 impl ClientConfig {
@@ -76,6 +77,7 @@ impl ClientConfig {
             connection,
             reconnect: Some(Backoff::default()),
             inbox_capacity: 1024,
+            wait_for_server: false,
         }
     }
 
@@ -88,6 +90,14 @@ impl ClientConfig {
     /// Never reconnect: a lost connection ends the client.
     pub fn no_reconnect(mut self) -> ClientConfig {
         self.reconnect = None;
+        self
+    }
+
+    /// Makes [`Client::connect`] wait for a server that is not up yet, trying again with the
+    /// reconnection back-off (until its `max_attempts`), instead of failing at once with
+    /// [`ErrorKind::NotFound`].
+    pub fn wait_for_server(mut self) -> ClientConfig {
+        self.wait_for_server = true;
         self
     }
 
@@ -209,11 +219,33 @@ impl<T> std::fmt::Debug for Client<T> {
 }
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Client<T> {
-    /// Connects (one attempt, with the handshake) and starts the client's reader task; must
-    /// run inside a tokio runtime.
+    /// Connects (one attempt, or until a server is up with
+    /// [`ClientConfig::wait_for_server`]), performs the handshake, and starts the client's
+    /// reader task; must run inside a tokio runtime.
     pub async fn connect(mut config: ClientConfig) -> Result<Client<T>> {
         config.connection = config.connection.with_patterns();
-        let first = connect_once(&config).await?;
+        let first = match (config.wait_for_server, config.reconnect) {
+            (true, Some(backoff)) => {
+                let mut attempt = 0u32;
+                loop {
+                    match connect_once(&config).await {
+                        Ok(first) => break first,
+                        // Only "nobody listens yet" is worth waiting for.
+                        Err(err) if err.kind() == ErrorKind::NotFound => {
+                            attempt = attempt.saturating_add(1);
+                            if backoff.max_attempts.is_some_and(|max| attempt >= max) {
+                                return Err(err.context(format!(
+                                    "gave up waiting for the server after {attempt} attempts"
+                                )));
+                            }
+                            tokio::time::sleep(backoff.delay(attempt - 1)).await;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            _ => connect_once(&config).await?,
+        };
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
@@ -633,7 +665,7 @@ async fn read_frames<T: DeserializeOwned + Send>(
                 Step::Nothing => {}
             }
         }
-        let wait = match liveness.check(Instant::now())? {
+        let wait = match liveness.check(Instant::now()) {
             Beat::Wait(wait) => wait,
             Beat::Ping(nonce, wait) => {
                 if let Some(writer) = shared.writer.lock().await.as_mut() {
@@ -651,7 +683,7 @@ async fn read_frames<T: DeserializeOwned + Send>(
             }
         };
         match liveness.within(wait, reader.read(decoder.read_buf())).await {
-            None => {}
+            None => liveness.expired(Instant::now())?,
             Some(Ok(0)) => {
                 decoder
                     .finish()

@@ -209,30 +209,26 @@ impl Liveness {
         tokio::time::timeout(wait, future).await.ok()
     }
 
-    /// Decides, at `now`, whether to ping or declare the peer dead.
-    pub(crate) fn check(&mut self, now: Instant) -> Result<Beat> {
+    /// Decides, at `now`, whether to ping, and how long the next read may wait.
+    ///
+    /// It never declares the peer dead by itself: that is [`expired`](Self::expired)'s job,
+    /// asked only after a read timed out, so that bytes that arrived while this side was
+    /// busy elsewhere count before a verdict.
+    pub(crate) fn check(&mut self, now: Instant) -> Beat {
         let Some(heartbeat) = self.heartbeat else {
-            return Ok(Beat::Wait(Duration::from_secs(3600)));
+            return Beat::Wait(Duration::from_secs(3600));
         };
         let silent = now.saturating_duration_since(self.last_heard);
-        if silent >= heartbeat.timeout {
-            return Err(Error::new(
-                ErrorKind::PeerDied,
-                format!(
-                    "peer silent for {} ms (heartbeat timeout {} ms)",
-                    silent.as_millis(),
-                    heartbeat.timeout.as_millis()
-                ),
-            ));
-        }
-        let until_timeout = heartbeat.timeout - silent;
+        let until_timeout = heartbeat.timeout.saturating_sub(silent);
         if silent >= heartbeat.interval && !self.pinged {
             self.pinged = true;
             self.nonce = self.nonce.wrapping_add(1);
-            return Ok(Beat::Ping(
+            return Beat::Ping(
                 self.nonce,
-                until_timeout.min(heartbeat.interval),
-            ));
+                until_timeout
+                    .min(heartbeat.interval)
+                    .max(Duration::from_millis(1)),
+            );
         }
         let until_ping = heartbeat.interval.saturating_sub(silent);
         let wait = if self.pinged {
@@ -240,6 +236,26 @@ impl Liveness {
         } else {
             until_ping.min(until_timeout)
         };
-        Ok(Beat::Wait(wait.max(Duration::from_millis(1))))
+        Beat::Wait(wait.max(Duration::from_millis(1)))
+    }
+
+    /// After a read timed out: [`ErrorKind::PeerDied`] if the peer has been silent for the
+    /// heartbeat timeout.
+    pub(crate) fn expired(&self, now: Instant) -> Result<()> {
+        let Some(heartbeat) = self.heartbeat else {
+            return Ok(());
+        };
+        let silent = now.saturating_duration_since(self.last_heard);
+        if silent < heartbeat.timeout {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::PeerDied,
+            format!(
+                "peer silent for {} ms (heartbeat timeout {} ms)",
+                silent.as_millis(),
+                heartbeat.timeout.as_millis()
+            ),
+        ))
     }
 }

@@ -27,11 +27,14 @@
 //! use ipc_core::MessageType;
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! let config = ConnectionConfig::new::<String>().with_message_type(MessageType::named("chat/1"));
-//! let server = Server::<String>::bind(ServerConfig::new("tcp:127.0.0.1:0".parse()?, config.clone())).await?;
+//! let config =
+//!     ConnectionConfig::new::<String>().with_message_type(MessageType::named("chat/1"));
+//! let server_config = ServerConfig::new("tcp:127.0.0.1:0".parse()?, config.clone());
+//! let server = Server::<String>::bind(server_config).await?;
 //!
-//! let mut ann = Client::<String>::connect(ClientConfig::new(server.address().clone(), config.clone())).await?;
-//! let bob = Client::<String>::connect(ClientConfig::new(server.address().clone(), config)).await?;
+//! let client_config = ClientConfig::new(server.address().clone(), config);
+//! let ann = Client::<String>::connect(client_config.clone()).await?;
+//! let bob = Client::<String>::connect(client_config).await?;
 //! ann.subscribe("room/1").await?; // acknowledged: everything published from now on arrives
 //! bob.publish("room/1", &"hi ann".to_owned()).await?;
 //! match ann.recv().await? {

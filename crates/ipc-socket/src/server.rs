@@ -42,19 +42,22 @@ pub struct ServerConfig {
     connection: ConnectionConfig,
     max_connections: usize,
     queue_capacity: usize,
+    queue_bytes: usize,
     policy: Policy,
     allow_uids: Option<Vec<u32>>,
     event_capacity: usize,
 }
 
 impl ServerConfig {
-    /// Defaults: 1024 connections, 1024 queued frames per client, [`Policy::Wait`].
+    /// Defaults: 1024 connections, at most 1024 queued frames and 16 MiB per client,
+    /// [`Policy::Wait`].
     pub fn new(address: Address, connection: ConnectionConfig) -> ServerConfig {
         ServerConfig {
             address,
             connection,
             max_connections: 1024,
             queue_capacity: 1024,
+            queue_bytes: 16 * 1024 * 1024,
             policy: Policy::Wait,
             allow_uids: None,
             event_capacity: 1024,
@@ -70,6 +73,13 @@ impl ServerConfig {
     /// At most `frames` frames waiting to be written to one client.
     pub fn queue_capacity(mut self, frames: usize) -> ServerConfig {
         self.queue_capacity = frames.max(1);
+        self
+    }
+
+    /// At most `bytes` bytes of frames waiting to be written to one client (default 16 MiB;
+    /// a single larger frame is still taken when the queue is empty).
+    pub fn queue_bytes(mut self, bytes: usize) -> ServerConfig {
+        self.queue_bytes = bytes.max(1);
         self
     }
 
@@ -160,10 +170,33 @@ type Wire = Arc<[u8]>;
 #[derive(Debug, Default)]
 struct OutState {
     frames: VecDeque<Wire>,
-    /// Frames that ignore the capacity (acks, pongs, close): counted separately.
+    /// Data frames queued and their bytes; control frames (acks, pongs, close) are few and
+    /// not counted against the limits.
     n_data: usize,
+    data_bytes: usize,
     closed: bool,
     dropped: u64,
+}
+
+impl OutState {
+    /// A frame of `len` bytes fits; an empty queue always takes one frame, however large.
+    fn has_room(&self, limits: &QueueLimits, len: usize) -> bool {
+        self.n_data == 0 || (self.n_data < limits.frames && self.data_bytes + len <= limits.bytes)
+    }
+
+    fn push_data(&mut self, frame: Wire) {
+        self.n_data += 1;
+        self.data_bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+}
+
+/// The bounds of one client's outbound queue and what happens when they are reached.
+#[derive(Clone, Copy, Debug)]
+struct QueueLimits {
+    frames: usize,
+    bytes: usize,
+    policy: Policy,
 }
 
 #[derive(Debug)]
@@ -175,6 +208,8 @@ struct Conn {
     shutdown: Notify,
     subscriptions: Mutex<Vec<String>>,
     send_limits: Limits,
+    /// Why the writer stopped, if it failed: the reader reports it.
+    write_error: Mutex<Option<Error>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -197,7 +232,7 @@ impl Conn {
     }
 
     /// Queues a data frame, applying the policy when the queue is full.
-    async fn push(&self, frame: Wire, capacity: usize, policy: Policy) -> Result<()> {
+    async fn push(&self, frame: Wire, limits: QueueLimits) -> Result<()> {
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
@@ -209,23 +244,28 @@ impl Conn {
                         format!("connection {} is closed", self.id),
                     ));
                 }
-                if state.n_data < capacity {
-                    state.frames.push_back(frame);
-                    state.n_data += 1;
+                if state.has_room(&limits, frame.len()) {
+                    state.push_data(frame);
                     drop(state);
                     self.writer_wake.notify_one();
                     return Ok(());
                 }
-                match policy {
+                match limits.policy {
                     Policy::DropOldest => {
-                        // Drop the oldest data frame; control frames (acks, pongs) stay.
-                        if let Some(pos) = state.frames.iter().position(|f| is_data_frame(f)) {
-                            state.frames.remove(pos);
-                            state.n_data -= 1;
-                            state.dropped += 1;
+                        // Drop the oldest data frames until the new one fits; control frames
+                        // (acks, pongs) stay.
+                        while !state.has_room(&limits, frame.len()) {
+                            let Some(pos) = state.frames.iter().position(|f| is_data_frame(f))
+                            else {
+                                break;
+                            };
+                            if let Some(old) = state.frames.remove(pos) {
+                                state.n_data -= 1;
+                                state.data_bytes -= old.len();
+                                state.dropped += 1;
+                            }
                         }
-                        state.frames.push_back(frame);
-                        state.n_data += 1;
+                        state.push_data(frame);
                         drop(state);
                         self.writer_wake.notify_one();
                         return Ok(());
@@ -234,12 +274,17 @@ impl Conn {
                         let err = Error::new(
                             ErrorKind::Full,
                             format!(
-                                "client {} too slow: outbound queue of {capacity} frames is full",
-                                self.id
+                                "client {} too slow: its outbound queue holds {} frames of {} bytes (limits {} frames, {} bytes)",
+                                self.id,
+                                state.n_data,
+                                state.data_bytes,
+                                limits.frames,
+                                limits.bytes
                             ),
                         );
                         state.frames.clear();
                         state.n_data = 0;
+                        state.data_bytes = 0;
                         state.frames.push_back(close_wire(&err));
                         state.closed = true;
                         drop(state);
@@ -308,6 +353,14 @@ struct Shared {
 }
 
 impl Shared {
+    fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            frames: self.config.queue_capacity,
+            bytes: self.config.queue_bytes,
+            policy: self.config.policy,
+        }
+    }
+
     fn conn(&self, conn: ConnId) -> Result<Arc<Conn>> {
         lock(&self.conns).get(&conn).cloned().ok_or_else(|| {
             Error::new(
@@ -326,11 +379,7 @@ impl Shared {
         for conn in self.all() {
             if conn.subscribed(topic)
                 && conn
-                    .push(
-                        Arc::clone(&frame),
-                        self.config.queue_capacity,
-                        self.config.policy,
-                    )
+                    .push(Arc::clone(&frame), self.queue_limits())
                     .await
                     .is_ok()
             {
@@ -368,16 +417,14 @@ impl<T: Serialize + Sync> ServerHandle<T> {
     pub async fn send(&self, conn: ConnId, message: &T) -> Result<()> {
         let conn = self.shared.conn(conn)?;
         let frame = self.encode(&conn, FrameKind::Data, 0, message)?;
-        let config = &self.shared.config;
-        conn.push(frame, config.queue_capacity, config.policy).await
+        conn.push(frame, self.shared.queue_limits()).await
     }
 
     /// Answers request `id` of `conn`.
     pub async fn respond(&self, conn: ConnId, id: u32, message: &T) -> Result<()> {
         let conn = self.shared.conn(conn)?;
         let frame = self.encode(&conn, FrameKind::Response, id, message)?;
-        let config = &self.shared.config;
-        conn.push(frame, config.queue_capacity, config.policy).await
+        conn.push(frame, self.shared.queue_limits()).await
     }
 
     /// Sends a data message to every client; returns how many queued it. Encoded once.
@@ -386,11 +433,10 @@ impl<T: Serialize + Sync> ServerHandle<T> {
         let limits = Limits::new().with_max_frame_len(self.min_send_limit());
         ipc_core::encode_frame(&mut out, FrameKind::Data, 0, message, &limits)?;
         let frame: Wire = out.into();
-        let config = &self.shared.config;
         let mut delivered = 0;
         for conn in self.shared.all() {
             if conn
-                .push(Arc::clone(&frame), config.queue_capacity, config.policy)
+                .push(Arc::clone(&frame), self.shared.queue_limits())
                 .await
                 .is_ok()
             {
@@ -623,6 +669,7 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         shutdown: Notify::new(),
         subscriptions: Mutex::new(Vec::new()),
         send_limits: shaken.send_limits,
+        write_error: Mutex::new(None),
     });
     lock(&shared.conns).insert(id, Arc::clone(&conn));
     let writer = tokio::spawn(write_loop(Arc::clone(&conn), shaken.writer));
@@ -678,6 +725,7 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
             while let Some(frame) = state.frames.pop_front() {
                 if is_data_frame(&frame) {
                     state.n_data = state.n_data.saturating_sub(1);
+                    state.data_bytes = state.data_bytes.saturating_sub(frame.len());
                 }
                 batch.extend_from_slice(&frame);
                 if batch.len() >= 256 * 1024 {
@@ -688,7 +736,8 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
         };
         if !batch.is_empty() {
             conn.space.notify_waiters();
-            if half.write_all(&batch).await.is_err() {
+            if let Err(err) = half.write_all(&batch).await {
+                *lock(&conn.write_error) = Some(Error::io("write to client", err));
                 conn.close(None);
                 conn.shutdown.notify_one();
                 return;
@@ -801,7 +850,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                     Action::None => {}
                 }
             }
-            let wait = match self.liveness.check(Instant::now())? {
+            let wait = match self.liveness.check(Instant::now()) {
                 Beat::Wait(wait) => wait,
                 Beat::Ping(nonce, wait) => {
                     self.conn.push_control(control_wire(FrameKind::Ping, nonce));
@@ -811,11 +860,13 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
             let read = tokio::select! {
                 read = self.liveness.within(wait, self.half.read(self.decoder.read_buf())) => read,
                 () = self.conn.shutdown.notified() => {
-                    return Err(Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server")));
+                    return Err(lock(&self.conn.write_error).take().unwrap_or_else(|| {
+                        Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server"))
+                    }));
                 }
             };
             match read {
-                None => {}
+                None => self.liveness.expired(Instant::now())?,
                 Some(Ok(0)) => {
                     return Err(match self.decoder.finish() {
                         Err(err) => err.context("client vanished"),
@@ -829,7 +880,15 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                     self.decoder.commit(n);
                     self.liveness.heard();
                 }
-                Some(Err(err)) => return Err(Error::io("read from client", err)),
+                Some(Err(err)) => {
+                    let err = Error::io("read from client", err);
+                    return Err(match self.decoder.buffered() {
+                        0 => err,
+                        n => err.context(format_args!(
+                            "client vanished mid-frame ({n} bytes of a frame received)"
+                        )),
+                    });
+                }
             }
         }
     }

@@ -122,6 +122,24 @@ mod tests {
     }
 
     #[test]
+    fn the_publish_example_in_patterns_md_is_exact() {
+        let mut out = Vec::new();
+        encode_publish(&mut out, "chat", "hi", &Limits::default()).unwrap();
+        let expected = [
+            0xa7, 0x1c, 0x01, 0x0b, 0, 0, 0, 0, 0x09, 0, 0, 0, 0, 0, 0, 0, 0x04, 0x00, b'c', b'h',
+            b'a', b't', 0x02, b'h', b'i',
+        ];
+        assert_eq!(out, expected);
+        let doc = include_str!("../PATTERNS.md");
+        assert!(
+            doc.contains(
+                "a7 1c 01 0b 00 00 00 00 09 00 00 00 00 00 00 00\n04 00 63 68 61 74 02 68 69"
+            ),
+            "PATTERNS.md lost its publish example"
+        );
+    }
+
+    #[test]
     fn bad_publish_payloads_are_errors() {
         assert_eq!(
             parse_publish(&[1]).unwrap_err().kind(),

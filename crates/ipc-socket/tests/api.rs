@@ -228,12 +228,13 @@ fn async_duplex_over_every_transport() {
                 assert_eq!(message, format!("m{i}"));
                 handle.send(conn, &format!("r{i}")).await.unwrap();
             }
-            for i in 0..50 {
+            for i in 0..49 {
                 assert_eq!(
                     AsyncReceiver::recv(&mut recv).await.unwrap(),
                     format!("r{i}")
                 );
             }
+            assert_eq!(recv.recv_ref::<&str>().await.unwrap(), "r49");
             send.close(CloseCode::NORMAL, "").await.unwrap();
             match server.next_event().await.unwrap() {
                 Event::Disconnected { error, .. } => assert!(error.is_none(), "{error:?}"),
@@ -480,10 +481,15 @@ fn the_connection_limit_refuses_with_a_reason() {
 #[test]
 fn a_slow_client_is_disconnected_or_loses_old_frames_per_policy() {
     runtime().block_on(async {
-        for policy in [Policy::Disconnect, Policy::DropOldest] {
+        for (policy, frames, bytes) in [
+            (Policy::Disconnect, 4, 16 << 20),
+            (Policy::DropOldest, 4, 16 << 20),
+            (Policy::DropOldest, 1024, 200_000),
+        ] {
             let mut server = Server::<String>::bind(
                 ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), config())
-                    .queue_capacity(4)
+                    .queue_capacity(frames)
+                    .queue_bytes(bytes)
                     .policy(policy),
             )
             .await
@@ -673,5 +679,34 @@ fn the_server_drops_a_silent_client() {
         };
         assert_eq!(error.kind(), ErrorKind::PeerDied, "{error}");
         drain.await.unwrap();
+    });
+}
+
+#[test]
+fn a_client_can_wait_for_a_server_that_is_not_up_yet() {
+    runtime().block_on(async {
+        let dir = Dir::new();
+        let address = Address::path(dir.0.join("late.sock"));
+        let fast = Backoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+            max_attempts: None,
+        };
+        let err = Client::<String>::connect(ClientConfig::new(address.clone(), config()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let waiting = tokio::spawn(Client::<String>::connect(
+            ClientConfig::new(address.clone(), config())
+                .reconnect(fast)
+                .wait_for_server(),
+        ));
+        let server = Server::<String>::bind(ServerConfig::new(address, config()))
+            .await
+            .unwrap();
+        let client = waiting.await.unwrap().unwrap();
+        client.subscribe("x").await.unwrap();
+        client.close().await.unwrap();
+        drop(server);
     });
 }

@@ -12,8 +12,10 @@
 //!   delivered N lines.
 //! - `socket-watch --address A`: subscribes to `t` and prints `connected`, `disconnected`,
 //!   `reconnected`, `got TEXT` as they happen; ends with `ok` after `got bye`.
-//! - `socket-echo-server --address A --transport blocking|async`, `socket-raw-echo --address A`:
-//!   bench partners, see `bench/socket.rs`.
+//! - `socket-half-frame --address tcp:A`: sends a hello and half a frame, then waits to be
+//!   killed.
+//! - `socket-echo-server --address A --mode echo|sink`, `socket-raw-echo --address A --mode
+//!   echo|sink`: bench partners, see `bench/socket.rs`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
@@ -57,6 +59,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "socket-server" => Some(runtime().and_then(|rt| rt.block_on(server(args)))),
         "socket-chat" => Some(runtime().and_then(|rt| rt.block_on(chat(args)))),
         "socket-watch" => Some(runtime().and_then(|rt| rt.block_on(watch(args)))),
+        "socket-half-frame" => Some(half_frame(args)),
         "socket-echo-server" => Some(echo_server(args)),
         "socket-raw-echo" => Some(raw_echo(args)),
         _ => None,
@@ -273,6 +276,34 @@ async fn watch(args: &Args) -> Result<()> {
     }
     say(format_args!("ok connections={}", client.connections()));
     client.close().await?;
+    Ok(())
+}
+
+/// `socket-half-frame --address tcp:A`: performs the handshake by hand, writes the first half
+/// of a chat frame, prints `sent`, and waits for stdin to close (or for SIGKILL).
+fn half_frame(args: &Args) -> Result<()> {
+    let address = address(args)?;
+    let Address::Tcp(host_port) = &address else {
+        bail!("socket-half-frame needs a tcp: address");
+    };
+    let mut stream = std::net::TcpStream::connect(host_port.as_str())?;
+    let limits = ipc_core::Limits::default();
+    let mut bytes = Vec::new();
+    ipc_core::Hello::new(MessageType::named(CHAT_TYPE), &limits).encode_frame(&mut bytes)?;
+    let hello_len = bytes.len();
+    let line = ChatLine {
+        from: "half".into(),
+        seq: 0,
+        text: "x".repeat(1000),
+    };
+    ipc_core::encode_frame(&mut bytes, ipc_core::FrameKind::Data, 0, &line, &limits)?;
+    let half = hello_len + (bytes.len() - hello_len) / 2;
+    stream.write_all(&bytes[..half])?;
+    stream.flush()?;
+    say("sent");
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().lock().read_to_end(&mut sink);
+    say("ok");
     Ok(())
 }
 
