@@ -49,6 +49,12 @@ fn python_decodes_every_golden_vector() -> Result<()> {
         "ping: ping id=7",
         "pong: pong id=7",
         "close: close code=0 reason=bye",
+        "request: request id=5 message=hi",
+        "response: response id=5 message=hi!",
+        "subscribe: subscribe id=3 prefix=chat",
+        "subscribe-ack: subscribe-ack id=3",
+        "unsubscribe: unsubscribe id=0 prefix=chat",
+        "publish: publish topic=chat message=hi",
     ];
     for line in expected {
         assert_eq!(peer.expect_line(WAIT)?, line);

@@ -113,40 +113,12 @@ impl FrameDecoder {
     /// The next complete frame, `None` if more input is needed, or an error if the input is
     /// not a valid frame stream.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
-        if let Some(kind) = self.failed {
-            return Err(Error::new(
-                kind,
-                "frame decoder stopped after an earlier error",
-            ));
-        }
-        let header = match self.peeked.take() {
-            // Already validated and complete: the bytes at the front have not changed.
-            Some(header) => header,
-            None => {
-                let available = &self.buf[self.start..self.end];
-                let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
-                    if let Err(err) = check_prefix(available) {
-                        self.failed = Some(err.kind());
-                        return Err(err);
-                    }
-                    return Ok(None);
-                };
-                let header = match FrameHeader::parse(header_bytes, &self.limits) {
-                    Ok(header) => header,
-                    Err(err) => {
-                        self.failed = Some(err.kind());
-                        return Err(err);
-                    }
-                };
-                if available.len() < header.frame_len() {
-                    return Ok(None);
-                }
-                header
-            }
+        let Some(header) = self.peek_header()? else {
+            return Ok(None);
         };
-        let frame_len = header.frame_len();
+        self.peeked = None;
         let payload_start = self.start + HEADER_LEN;
-        self.start += frame_len;
+        self.start += header.frame_len();
         let payload = &self.buf[payload_start..payload_start + header.len() as usize];
         Ok(Some(Frame::from_parts(header, payload)))
     }

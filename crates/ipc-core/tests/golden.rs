@@ -78,6 +78,28 @@ fn produce() -> Vec<(&'static str, Vec<u8>)> {
             .encode_frame(out)
             .unwrap();
     });
+    frame("request", &|out| {
+        ipc_core::encode_frame(out, FrameKind::Request, 5, "hi", &limits).unwrap();
+    });
+    frame("response", &|out| {
+        ipc_core::encode_frame(out, FrameKind::Response, 5, "hi!", &limits).unwrap();
+    });
+    frame("subscribe", &|out| {
+        ipc_core::encode_raw_frame(out, FrameKind::Subscribe, 3, b"chat", &limits).unwrap();
+    });
+    frame("subscribe-ack", &|out| {
+        ipc_core::encode_raw_frame(out, FrameKind::SubscribeAck, 3, &[], &limits).unwrap();
+    });
+    frame("unsubscribe", &|out| {
+        ipc_core::encode_raw_frame(out, FrameKind::Unsubscribe, 0, b"chat", &limits).unwrap();
+    });
+    frame("publish", &|out| {
+        // topic_len (u16 LE), topic, then the postcard message.
+        let mut payload = vec![4, 0];
+        payload.extend_from_slice(b"chat");
+        ipc_core::encode_to_vec("hi", &mut payload, 1024).unwrap();
+        ipc_core::encode_raw_frame(out, FrameKind::Publish, 0, &payload, &limits).unwrap();
+    });
     vectors
 }
 
@@ -180,6 +202,22 @@ fn every_vector_decodes_to_its_value() {
     assert_eq!(
         Close::decode(parse("close").payload()).unwrap(),
         Close::new(CloseCode::NORMAL, "bye")
+    );
+    let request = parse("request");
+    assert_eq!((request.kind(), request.id()), (FrameKind::Request, 5));
+    assert_eq!(request.decode::<&str>().unwrap(), "hi");
+    let response = parse("response");
+    assert_eq!((response.kind(), response.id()), (FrameKind::Response, 5));
+    assert_eq!(response.decode::<&str>().unwrap(), "hi!");
+    assert_eq!(parse("subscribe").payload(), b"chat");
+    assert_eq!(parse("subscribe-ack").kind(), FrameKind::SubscribeAck);
+    assert_eq!(parse("unsubscribe").payload(), b"chat");
+    let publish = parse("publish");
+    assert_eq!(publish.kind(), FrameKind::Publish);
+    assert_eq!(&publish.payload()[..6], b"\x04\x00chat");
+    assert_eq!(
+        ipc_core::decode::<&str>(&publish.payload()[6..]).unwrap(),
+        "hi"
     );
 
     // All vectors back to back form a valid stream.

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A client of ipc_socket::Server in Python, standard library only.
 
-Written from ipc-core's PROTOCOL.md (frames, handshake, close, ping/pong, postcard) and
-ipc-socket's PATTERNS.md (subscribe/publish, request/response). It connects over TCP
+Written from ipc-core's PROTOCOL.md alone (frames, handshake, close, ping/pong, postcard,
+and the messaging patterns: subscribe/publish, request/response). It connects over TCP
 (`tcp:HOST:PORT`), a socket file (`unix:/path`) or a Linux abstract name (`local:NAME`).
 
 Use as a library:

@@ -48,7 +48,7 @@ pub struct ConnectionConfig {
     features: u32,
 }
 
-/// `Hello` feature bit 0: this side speaks the messaging patterns of PATTERNS.md (frame
+/// `Hello` feature bit 0: this side speaks the messaging patterns of ipc-core's PROTOCOL.md, section 5 (frame
 /// kinds 0x06 to 0x0B). [`Server`](crate::Server) and [`Client`](crate::Client) set it.
 pub(crate) const FEATURE_PATTERNS: u32 = 1;
 

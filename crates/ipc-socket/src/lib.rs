@@ -2,8 +2,8 @@
 //! blocking and async, for many clients and any language.
 //!
 //! Choose this crate over `ipc-shm` when the processes may run on different machines or are
-//! written in other languages (the wire format is ipc-core's `PROTOCOL.md` plus this crate's
-//! `PATTERNS.md`), and over `ipc-queue` when both sides run at the same time and nothing
+//! written in other languages (the wire format, messaging patterns included, is ipc-core's
+//! `PROTOCOL.md`), and over `ipc-queue` when both sides run at the same time and nothing
 //! needs to survive a crash.
 //!
 //! - [`Address`]: `local:NAME`, `unix:/path` or `tcp:HOST:PORT`, one API over all three.

@@ -14,7 +14,10 @@ import sys
 MAGIC = b"\xa7\x1c"
 VERSION = 1
 HEADER = struct.Struct("<2sBBB3sII")  # magic, version, kind, flags, reserved, length, id
-KINDS = {1: "hello", 2: "data", 3: "close", 4: "ping", 5: "pong"}
+KINDS = {
+    1: "hello", 2: "data", 3: "close", 4: "ping", 5: "pong",
+    6: "request", 7: "response", 8: "subscribe", 9: "subscribe-ack", 10: "unsubscribe", 11: "publish",
+}
 MAX_FRAME_LEN = 16 * 1024 * 1024
 
 
@@ -114,8 +117,22 @@ def describe_vector(name: str, raw: bytes) -> str:
     if kind == "close":
         c = parse_close(payload)
         return f"close code={c['code']} reason={c['reason']}"
-    if kind in ("ping", "pong"):
+    if kind in ("ping", "pong", "subscribe-ack"):
         return f"{kind} id={ident}"
+    if kind in ("subscribe", "unsubscribe"):
+        return f"{kind} id={ident} prefix={payload.decode('utf-8')}"
+    if kind == "publish":
+        (topic_len,) = struct.unpack_from("<H", payload)
+        topic = payload[2 : 2 + topic_len].decode("utf-8")
+        r = Reader(payload[2 + topic_len :])
+        text = r.str()
+        r.done()
+        return f"publish topic={topic} message={text}"
+    if kind in ("request", "response"):
+        r = Reader(payload)
+        text = r.str()
+        r.done()
+        return f"{kind} id={ident} message={text}"
     r = Reader(payload)
     if name == "data-u32":
         out = f"u32 {r.varint()}"
