@@ -1248,6 +1248,10 @@ impl<T> ShmReceiver<T> {
                     .enumerate()
                     .any(|(slot, cursor)| ShmReceiver::<T>::published(channel, slot, cursor.head))
             };
+            // A peer that keeps stamping padding could otherwise keep us past the deadline.
+            if deadline.passed() {
+                return Err(timeout_error());
+            }
             let waited =
                 channel.wait_until(changed, DATA_SEQ, RECEIVER_WAITING, deadline, timeout_error);
             if let Err(err) = waited {
