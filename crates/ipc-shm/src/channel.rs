@@ -11,33 +11,22 @@
 //! |---|---|---|
 //! | 128 | receiver pid (u32), state (u32), start time (u64), sleeps (u32), slot count `n` (u32) at 152 | receiver |
 //! | 192 | `data_seq` futex word (u32), `receiver_waiting` (u32) | both |
-//! | 256 + 256·i | slot i: `tail`, bytes ever published (u64), for waiters | sender i |
+//! | 256 + 256·i | slot i: `tail`, bytes ever published (u64) | sender i |
 //! | 320 + 256·i | slot i: `head`, bytes ever released (u64) | receiver |
 //! | 384 + 256·i | slot i: sender pid (u32), state (u32), start time (u64), sleeps (u32) | sender i |
 //! | 448 + 256·i | slot i: `space_seq` futex word (u32), `sender_waiting` (u32) | both |
 //! | 256 + 256·n + capacity·i | ring i: `capacity` bytes, a power of two | sender i |
 //!
-//! A record is a 16-byte header (payload length u32, tag u32: 1 message, 2 padding; stamp
-//! u64) and the payload, padded to a multiple of 16. A record never wraps: when it does not
-//! fit before the end of the ring, the sender fills the rest with a padding record and
-//! starts at offset 0.
-//!
-//! The stamp publishes the record: the sender writes length, tag and payload, then stores
-//! the record's absolute position (bytes ever written before it) into the stamp with release
-//! ordering. The receiver polls the stamp at its `head`: equal to `head` means a complete
-//! record, anything else means nothing yet. So the receiver reads one place (the record)
-//! instead of two (the sender's `tail`, then the record): one cache-line transfer less per
-//! message. Before stamping, the sender writes "nothing here" (`u64::MAX`) into the stamp of
-//! the position after the record, so that stale bytes of an earlier lap can never pass for
-//! a stamp; `tail` is still published, for waiting receivers and for a later sender.
+//! A record is an 8-byte header (payload length u32, tag u32: 1 message, 2 padding) and the
+//! payload, padded to a multiple of 8. A record never wraps: when it does not fit before the
+//! end of the ring, the sender fills the rest with a padding record and starts at offset 0.
 //!
 //! # Trust
 //!
 //! Each end keeps its own copy of the index it writes (`tail` for a sender, `head` for the
-//! receiver), of the capacity and of the slot count. A record header is believed only as
-//! far as it stays inside the ring from the receiver's own `head`; the receiver's `head` is
-//! checked by the sender against its `tail`. A peer that scribbles over the segment causes
-//! [`ErrorKind::Corrupted`] errors or wrong message bytes, never an access outside the ring.
+//! receiver), of the capacity and of the slot count; what it reads of the other's index and
+//! of every record header is checked against them before use, so a peer that scribbles over
+//! the segment causes [`ErrorKind::Corrupted`] errors, never an access outside the ring.
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -81,13 +70,7 @@ const END_CLOSED: u32 = 2;
 /// How long a blocking wait yields its core before it sleeps on the futex.
 const YIELD_FOR: Duration = Duration::from_micros(50);
 
-/// A record header: payload length (u32), tag (u32), stamp (u64). Records are 16-aligned.
-const RECORD_HEADER: u64 = 16;
-const RECORD_ALIGN: u64 = 16;
-/// Offset of the stamp inside a record header.
-const STAMP: usize = 8;
-/// A stamp no record position can have: marks "nothing published here yet".
-const NO_RECORD: u64 = u64::MAX;
+const RECORD_HEADER: u64 = 8;
 const TAG_MESSAGE: u32 = 1;
 const TAG_PADDING: u32 = 2;
 
@@ -102,14 +85,14 @@ pub const MAX_SENDERS: usize = 64;
 /// refuses the segment instead of misreading it.
 fn layout_hash() -> u64 {
     ipc_core::fnv1a64(
-        b"ipc-shm channel 2: header 128, receiver 128 (pid, state, start, sleeps 16), slot count 152, data futex 192, \
+        b"ipc-shm channel: header 128, receiver 128 (pid, state, start, sleeps 16), slot count 152, data futex 192, \
           slots 256 x 256 (tail 0, head 64, sender 128, space futex 192), rings after slots, \
-          record header 16 (len u32, tag u32, stamp u64), align 16",
+          record header 8 (len u32, tag u32), align 8",
     )
 }
 
 fn record_len(payload_len: u64) -> u64 {
-    RECORD_HEADER + payload_len.next_multiple_of(RECORD_ALIGN)
+    RECORD_HEADER + payload_len.next_multiple_of(8)
 }
 
 fn slot_base(slot: usize) -> usize {
@@ -165,7 +148,7 @@ impl ChannelConfig {
     }
 
     /// The size in bytes of each sender's ring when creating: a power of two from
-    /// [`MIN_CAPACITY`] to [`MAX_CAPACITY`]. The largest message is 16 bytes smaller.
+    /// [`MIN_CAPACITY`] to [`MAX_CAPACITY`]. The largest message is 8 bytes smaller.
     /// Ignored by `open`, which takes the creator's.
     pub fn capacity(mut self, bytes: usize) -> ChannelConfig {
         self.capacity = bytes;
@@ -287,11 +270,6 @@ impl Channel {
             |map| {
                 map.u32_at(RX_SLOT_COUNT)
                     .store(slots as u32, Ordering::Relaxed);
-                let rings = SLOTS + slots * SLOT_LEN;
-                for slot in 0..slots {
-                    map.u64_at(rings + slot * capacity + STAMP)
-                        .store(NO_RECORD, Ordering::Relaxed);
-                }
                 map.u32_at(line + END_PID).store(me.pid, Ordering::Relaxed);
                 map.u64_at(line + END_START)
                     .store(me.start, Ordering::Relaxed);
@@ -785,56 +763,22 @@ impl<T: ?Sized> ShmSender<T> {
         let head = channel
             .index(Channel::head_at(channel.slot))
             .load(Ordering::Acquire);
-        fn check(channel: &Channel, head: u64, tail: u64) -> Result<()> {
-            if head > tail
-                || tail - head > channel.capacity
-                || !head.is_multiple_of(RECORD_ALIGN)
-                || !tail.is_multiple_of(RECORD_ALIGN)
-            {
-                return Err(channel.corrupted(format!(
-                    "ring {} has sender position {tail} and receiver position {head}",
-                    channel.slot
-                )));
-            }
-            Ok(())
+        if head > tail
+            || tail - head > channel.capacity
+            || !head.is_multiple_of(8)
+            || !tail.is_multiple_of(8)
+        {
+            return Err(channel.corrupted(format!(
+                "ring {} has sender position {tail} and receiver position {head}",
+                channel.slot
+            )));
         }
-        check(&channel, head, tail)?;
-        let mut sender = ShmSender {
+        Ok(ShmSender {
             channel,
             tail,
             head,
             _message: PhantomData,
-        };
-        // A sender that died between stamping a record and advancing `tail` left a record
-        // that the receiver will read: continue after it, not over it.
-        let ring = sender.channel.ring_at(sender.channel.slot);
-        let capacity = sender.channel.capacity;
-        for _ in 0..2 {
-            if sender.tail - sender.head >= capacity {
-                break;
-            }
-            let offset = (sender.tail & (capacity - 1)) as usize;
-            let stamp = sender
-                .channel
-                .index(ring + offset + STAMP)
-                .load(Ordering::Acquire);
-            if stamp != sender.tail {
-                break;
-            }
-            let header = sender
-                .channel
-                .map()
-                .bytes(ring + offset, STAMP)
-                .unwrap_or(&[0; 8]);
-            let payload_len = u64::from(u32::from_le_bytes([
-                header[0], header[1], header[2], header[3],
-            ]));
-            let next = sender.tail + record_len(payload_len);
-            check(&sender.channel, sender.head, next)?;
-            sender.tail = next;
-        }
-        sender.terminate();
-        Ok(sender)
+        })
     }
 
     /// The ring's capacity in bytes.
@@ -886,7 +830,7 @@ impl<T: ?Sized> ShmSender<T> {
             .channel
             .index(Channel::head_at(self.channel.slot))
             .load(Ordering::Acquire);
-        if head < self.head || head > self.tail || !head.is_multiple_of(RECORD_ALIGN) {
+        if head < self.head || head > self.tail || !head.is_multiple_of(8) {
             return Err(self.channel.corrupted(format!(
                 "receiver position {head} outside {}..={} or unaligned",
                 self.head, self.tail
@@ -932,7 +876,12 @@ impl<T: ?Sized> ShmSender<T> {
                 }
             } else if free >= to_end {
                 // The record cannot fit before the end: fill the rest with padding.
-                self.publish_record(offset, to_end - RECORD_HEADER, TAG_PADDING);
+                self.write_record_header(offset, to_end - RECORD_HEADER, TAG_PADDING);
+                self.tail += to_end;
+                self.channel
+                    .index(Channel::tail_at(self.channel.slot))
+                    .store(self.tail, Ordering::Release);
+                self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
                 if needed <= free - to_end {
                     return Ok(0);
                 }
@@ -984,56 +933,23 @@ impl<T: ?Sized> ShmSender<T> {
         })
     }
 
-    /// Publishes the record at ring `offset` (our tail): its length and tag, a terminator
-    /// at the position after it, and last its stamp, which the receiver polls.
-    fn publish_record(&mut self, offset: u64, payload_len: u64, tag: u32) {
-        let ring = self.channel.ring_at(self.channel.slot);
-        let start = ring + offset as usize;
+    fn write_record_header(&mut self, offset: u64, payload_len: u64, tag: u32) {
+        let start = self.channel.ring_at(self.channel.slot) + offset as usize;
         // SAFETY: as in `payload_mut`; the header precedes the payload in the sender's range.
-        if let Some(header) = unsafe { self.channel.map().bytes_mut(start, STAMP) } {
+        if let Some(header) = unsafe { self.channel.map().bytes_mut(start, RECORD_HEADER as usize) }
+        {
             header[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
             header[4..].copy_from_slice(&tag.to_le_bytes());
-        }
-        let position = self.tail;
-        self.tail += record_len(payload_len);
-        self.terminate();
-        // Release: the receiver that sees this stamp sees the record and the terminator.
-        self.channel
-            .index(start + STAMP)
-            .store(position, Ordering::Release);
-        // The published position, for waiting receivers and for a sender that attaches
-        // after us.
-        self.channel
-            .index(Channel::tail_at(self.channel.slot))
-            .store(self.tail, Ordering::Release);
-        self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
-    }
-
-    /// Marks the position at our tail as "nothing yet", unless it holds the header of the
-    /// oldest unread record (a full ring), whose stamp is a lap behind anyway. Without this,
-    /// bytes left there by an earlier lap (a user's payload, say) could pass for a header.
-    fn terminate(&mut self) {
-        let capacity = self.channel.capacity;
-        if self.tail == self.head + capacity {
-            // Full as far as we know: look again before deciding.
-            let head = self
-                .channel
-                .index(Channel::head_at(self.channel.slot))
-                .load(Ordering::Acquire);
-            if head >= self.head && head <= self.tail {
-                self.head = head;
-            }
-        }
-        if self.tail < self.head + capacity {
-            let offset = (self.tail & (capacity - 1)) as usize;
-            self.channel
-                .index(self.channel.ring_at(self.channel.slot) + offset + STAMP)
-                .store(NO_RECORD, Ordering::Relaxed);
         }
     }
 
     fn publish(&mut self, offset: u64, payload_len: u64) {
-        self.publish_record(offset, payload_len, TAG_MESSAGE);
+        self.write_record_header(offset, payload_len, TAG_MESSAGE);
+        self.tail += record_len(payload_len);
+        self.channel
+            .index(Channel::tail_at(self.channel.slot))
+            .store(self.tail, Ordering::Release);
+        self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
     }
 }
 
@@ -1114,7 +1030,7 @@ impl<T: Serialize + ?Sized> ipc_core::Sender for ShmSender<T> {
 /// `&str` / `&[u8]` fields.
 pub struct ShmReceiver<T> {
     channel: Channel,
-    /// Per sender slot: our `head`.
+    /// Per sender slot: our `head` and the last `tail` we validated.
     cursors: Vec<Cursor>,
     /// The slot to look at first, for fairness between senders.
     next_slot: usize,
@@ -1124,6 +1040,7 @@ pub struct ShmReceiver<T> {
 #[derive(Clone, Copy, Debug)]
 struct Cursor {
     head: u64,
+    tail: u64,
 }
 
 impl<T> std::fmt::Debug for ShmReceiver<T> {
@@ -1164,10 +1081,10 @@ impl<T> ShmReceiver<T> {
             let head = channel
                 .index(Channel::head_at(slot))
                 .load(Ordering::Acquire);
-            if !head.is_multiple_of(RECORD_ALIGN) {
+            if !head.is_multiple_of(8) {
                 return Err(channel.corrupted(format!("ring {slot} starts at unaligned {head}")));
             }
-            cursors.push(Cursor { head });
+            cursors.push(Cursor { head, tail: head });
         }
         Ok(ShmReceiver {
             channel,
@@ -1243,12 +1160,13 @@ impl<T> ShmReceiver<T> {
                 ),
             };
             let changed = || {
-                cursors
-                    .iter()
-                    .enumerate()
-                    .any(|(slot, cursor)| ShmReceiver::<T>::published(channel, slot, cursor.head))
+                cursors.iter().enumerate().any(|(slot, cursor)| {
+                    channel
+                        .index(Channel::tail_at(slot))
+                        .load(Ordering::Acquire)
+                        != cursor.tail
+                })
             };
-            // A peer that keeps stamping padding could otherwise keep us past the deadline.
             if deadline.passed() {
                 return Err(timeout_error());
             }
@@ -1277,63 +1195,72 @@ impl<T> ShmReceiver<T> {
         Ok(None)
     }
 
-    /// True if the record at `head` of ring `slot` is published: its stamp is its position.
-    fn published(channel: &Channel, slot: usize, head: u64) -> bool {
-        let offset = (head & (channel.capacity - 1)) as usize;
-        channel
-            .index(channel.ring_at(slot) + offset + STAMP)
-            .load(Ordering::Acquire)
-            == head
-    }
-
     /// The next published message record of ring `slot`, skipping padding:
     /// `(mapping offset, length)`.
-    ///
-    /// A record is published when the stamp in its header equals its position; the stamp
-    /// is stored last (release), so the rest of the record is complete by then. Whatever
-    /// the header says, the record must end before the end of the ring, so a lying header
-    /// can point at no byte outside it.
     fn next_record(&mut self, slot: usize) -> Result<Option<(usize, usize)>> {
         let capacity = self.channel.capacity;
         let ring = self.channel.ring_at(slot);
-        // An honest sender writes at most one padding record before a message; more are a
-        // peer flooding us, and we return to the caller (and its deadline) in between.
-        for _ in 0..2 {
-            let head = self.cursors[slot].head;
-            if !ShmReceiver::<T>::published(&self.channel, slot, head) {
-                return Ok(None);
+        loop {
+            let cursor = self.cursors[slot];
+            if cursor.head == cursor.tail {
+                let tail = self
+                    .channel
+                    .index(Channel::tail_at(slot))
+                    .load(Ordering::Acquire);
+                if tail < cursor.head || tail - cursor.head > capacity || !tail.is_multiple_of(8) {
+                    return Err(self.channel.corrupted(format!(
+                        "sender position {tail} inconsistent with receiver position {} in ring {slot} of {capacity} bytes",
+                        cursor.head
+                    )));
+                }
+                self.cursors[slot].tail = tail;
+                if tail == cursor.head {
+                    return Ok(None);
+                }
             }
+            let Cursor { head, tail } = self.cursors[slot];
             let offset = head & (capacity - 1);
             let to_end = capacity - offset;
+            let available = tail - head;
             let start = ring + offset as usize;
-            let header = self.channel.map().bytes(start, STAMP).ok_or_else(|| {
-                self.channel
-                    .corrupted(format!("ring offset {offset} outside the ring"))
-            })?;
+            let header = self
+                .channel
+                .map()
+                .bytes(start, RECORD_HEADER as usize)
+                .ok_or_else(|| {
+                    self.channel
+                        .corrupted(format!("ring offset {offset} outside the ring"))
+                })?;
             let payload_len = u64::from(u32::from_le_bytes([
                 header[0], header[1], header[2], header[3],
             ]));
             let tag = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
             match tag {
-                TAG_PADDING => self.advance(slot, to_end),
+                TAG_PADDING => {
+                    if to_end > available {
+                        return Err(self.channel.corrupted(format!(
+                            "padding at ring offset {offset} runs past the {available} published bytes"
+                        )));
+                    }
+                    self.advance(slot, to_end);
+                }
                 TAG_MESSAGE => {
                     let len = record_len(payload_len);
-                    if len > to_end {
+                    if len > to_end || len > available {
                         return Err(self.channel.corrupted(format!(
-                            "record at ring offset {offset} of ring {slot} claims {payload_len} bytes, but only {} fit before the end",
-                            to_end - RECORD_HEADER
+                            "record at ring offset {offset} claims {payload_len} bytes, but {} are published before the end",
+                            available.min(to_end).saturating_sub(RECORD_HEADER)
                         )));
                     }
                     return Ok(Some((start + RECORD_HEADER as usize, payload_len as usize)));
                 }
                 other => {
                     return Err(self.channel.corrupted(format!(
-                        "record at ring offset {offset} of ring {slot} has unknown tag {other}"
+                        "record at ring offset {offset} has unknown tag {other}"
                     )));
                 }
             }
         }
-        Ok(None)
     }
 
     fn advance(&mut self, slot: usize, bytes: u64) {
@@ -1494,21 +1421,21 @@ mod tests {
     #[test]
     fn too_large_full_and_empty_are_distinct_errors() {
         let (mut sender, mut receiver) = pair::<Vec<u8>>("limits", 128);
-        let err = sender.try_send(&vec![1u8; 112]).unwrap_err();
+        let err = sender.try_send(&vec![1u8; 121]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
         assert_eq!(
             err.to_string(),
-            "ring of 128 bytes cannot hold a message of 113 (at most 112)"
+            "ring of 128 bytes cannot hold a message of 122 (at most 120)"
         );
-        // 111 bytes of payload + 1 length byte = the largest message.
-        sender.try_send(&vec![2u8; 111]).unwrap();
+        // 119 bytes of payload + 1 length byte = the largest message.
+        sender.try_send(&vec![2u8; 119]).unwrap();
         let err = sender.try_send(&vec![]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Full, "{err}");
         let err = sender
             .send_timeout(&vec![], Duration::from_millis(30))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-        assert_eq!(receiver.recv().unwrap(), vec![2u8; 111]);
+        assert_eq!(receiver.recv().unwrap(), vec![2u8; 119]);
         assert!(receiver.try_recv().unwrap().is_none());
         // A timeout under one second waits (raw_sync's bug made such waits fail at once).
         let started = Instant::now();
@@ -1571,34 +1498,31 @@ mod tests {
     #[test]
     fn bytes_of_an_earlier_lap_never_pass_for_a_record() {
         let (mut sender, mut receiver) = pair::<Vec<u8>>("stale", 256);
-        // Lap 1: a payload that carries, at ring offset 48, a perfect header for the record
-        // at position 304 (ring offset 48 of lap 2): length 1, a message, stamp 304.
-        // The payload starts at ring offset 18 (16-byte header, 2-byte length prefix).
+        // Lap 1: a payload that carries, at ring offset 56, a perfect header (length 1, a
+        // message) for the position the next lap will reach.
+        // The payload starts at ring offset 10 (8-byte header, 2-byte length prefix).
         let mut payload = vec![0u8; 200];
-        let at = 48 - 18;
+        let at = 56 - 10;
         payload[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
         payload[at + 4..at + 8].copy_from_slice(&TAG_MESSAGE.to_le_bytes());
-        payload[at + 8..at + 16].copy_from_slice(&304u64.to_le_bytes());
         sender.send(&payload).unwrap();
         assert_eq!(receiver.recv().unwrap(), payload);
-        // Lap 2: padding from 224 to 256, then a record at 256 that ends at 304.
-        sender.send(&vec![5u8; 16]).unwrap();
-        assert_eq!(receiver.recv().unwrap(), vec![5u8; 16]);
-        // Position 304 was terminated before the record at 256 was stamped.
+        // Lap 2: padding from 216 to the end, then a record at offset 0 that ends at 56.
+        sender.send(&vec![5u8; 40]).unwrap();
+        assert_eq!(receiver.recv().unwrap(), vec![5u8; 40]);
+        // Offset 56 holds the old bytes, but nothing is published there.
         assert!(receiver.try_recv().unwrap().is_none());
     }
 
     #[test]
-    fn a_sender_that_died_after_stamping_is_continued_not_overwritten() {
+    fn a_sender_that_died_mid_record_is_continued_over_its_unpublished_bytes() {
         let config = ChannelConfig::new().capacity(256);
-        let name = name("restamp");
+        let name = name("midrecord");
         let mut receiver = ShmReceiver::<u32>::create(&name, &config).unwrap();
         let mut first = ShmSender::<u32>::open(&name, &config).unwrap();
         first.send(&1).unwrap();
-        first.send(&2).unwrap();
-        // As if it died between stamping record 2 and advancing `tail`.
-        let slot_tail = first.channel.index(Channel::tail_at(0));
-        slot_tail.store(32, Ordering::Release);
+        // As if it died while writing its next record: bytes in the ring, not published.
+        first.reserve(4).unwrap().copy_from_slice(&[0xff; 4]);
         first
             .channel
             .word(slot_base(0) + S_SENDER + END_STATE)
@@ -1607,8 +1531,8 @@ mod tests {
         let mut second = ShmSender::<u32>::open(&name, &config).unwrap();
         second.send(&3).unwrap();
         assert_eq!(receiver.recv().unwrap(), 1);
-        assert_eq!(receiver.recv().unwrap(), 2);
         assert_eq!(receiver.recv().unwrap(), 3);
+        assert!(receiver.try_recv().unwrap().is_none());
     }
 
     #[test]
@@ -1676,7 +1600,7 @@ mod multi_sender_tests {
     #[test]
     fn senders_get_their_own_rings_and_free_slots_are_reused() {
         let name = format!("unit-mpsc-{}", std::process::id());
-        let config = ChannelConfig::new().capacity(1024).max_senders(2);
+        let config = ChannelConfig::new().capacity(256).max_senders(2);
         let mut receiver = ShmReceiver::<u32>::create(&name, &config).unwrap();
         assert_eq!(receiver.max_senders(), 2);
         let mut a = ShmSender::<u32>::open(&name, &config).unwrap();
