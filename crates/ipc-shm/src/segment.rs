@@ -54,6 +54,9 @@ pub(crate) const MAX_NAME_LEN: usize = 200;
 /// left by a creator that died while initialising it.
 const ABANDONED_INIT_AGE: Duration = Duration::from_secs(5);
 
+/// How long `create` waits for another reclaimer's lock on a leftover segment.
+const RECLAIM_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// What a segment holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -416,8 +419,30 @@ fn reclaim_if_stale(name: &str) -> Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
     };
-    file.lock()
-        .map_err(|err| Error::io(format!("lock {}", path.display()), err))?;
+    // Reclaimers hold the lock for microseconds; anyone holding it longer is not one of us,
+    // and must not make `create` hang.
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < RECLAIM_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} stayed locked for {} ms; not reclaiming it",
+                        path.display(),
+                        RECLAIM_LOCK_WAIT.as_millis()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(Error::io(format!("lock {}", path.display()), err));
+            }
+        }
+    }
     let meta = file
         .metadata()
         .map_err(|err| Error::io(format!("stat {}", path.display()), err))?;
@@ -598,6 +623,12 @@ mod tests {
         drop(created);
         let err = Segment::open(&name, SPEC, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PeerDied, "{err}");
+        // Someone squatting on the reclaim lock makes `create` fail, not hang.
+        let squatter = File::open(shm_path(&name)).unwrap();
+        squatter.lock().unwrap();
+        let err = Segment::create(&name, SPEC, 32, 4096, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        drop(squatter);
         let again = Segment::create(&name, SPEC, 32, 4096, |_| {}).unwrap();
         assert_eq!(again.capacity(), 32);
         drop(again);
