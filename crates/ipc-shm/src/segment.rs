@@ -189,6 +189,17 @@ impl Segment {
         // explicit whatever the umask.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(|err| Error::io(format!("chmod 0600 {}", path.display()), err))?;
+        // A request beyond what is free fails here, before allocating any of it.
+        let free = sys::free_space(&file)
+            .map_err(|err| Error::io(format!("statvfs {}", path.display()), err))?;
+        if total_len as u64 > free {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "shared-memory segment `{name}` needs {total_len} bytes but /dev/shm has {free} free"
+                ),
+            ));
+        }
         sys::preallocate(&file, total_len as u64).map_err(|err| {
             Error::io(
                 format!(
@@ -632,6 +643,16 @@ mod tests {
         let again = Segment::create(&name, SPEC, 32, 4096, |_| {}).unwrap();
         assert_eq!(again.capacity(), 32);
         drop(again);
+        assert!(!shm_path(&name).exists());
+    }
+
+    #[test]
+    fn a_segment_larger_than_the_free_space_is_an_error_at_create() {
+        let name = name("huge");
+        // 1 TiB: more than any test machine's /dev/shm; refused before allocating.
+        let err = Segment::create(&name, SPEC, 1, 1 << 40, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.to_string().contains("free"), "{err}");
         assert!(!shm_path(&name).exists());
     }
 }
