@@ -211,6 +211,9 @@ enum Role {
 struct Channel {
     segment: Segment,
     role: Role,
+    /// True once this end holds its slot; only then does dropping it close the slot (an
+    /// `open` that failed to attach must not close the end of the process that holds it).
+    attached: bool,
     slot: usize,
     slots: usize,
     capacity: u64,
@@ -282,6 +285,7 @@ impl Channel {
         Ok(Channel {
             segment,
             role,
+            attached: true,
             slot: 0,
             slots,
             capacity: capacity as u64,
@@ -315,6 +319,7 @@ impl Channel {
         let mut channel = Channel {
             segment,
             role,
+            attached: false,
             slot: 0,
             slots,
             capacity,
@@ -347,6 +352,7 @@ impl Channel {
                 }
             }
         }
+        channel.attached = true;
         Ok(channel)
     }
 
@@ -584,6 +590,9 @@ impl Channel {
     }
 
     fn close(&self) {
+        if !self.attached {
+            return;
+        }
         match self.role {
             Role::Sender => {
                 let line = slot_base(self.slot) + S_SENDER;
@@ -1552,11 +1561,23 @@ mod tests {
 
     #[test]
     fn a_second_live_sender_is_refused_and_bad_configs_are_invalid() {
-        let (_sender, _receiver) = pair::<u32>("second", 256);
+        let (mut sender, mut receiver) = pair::<u32>("second", 256);
         let err = ShmSender::<u32>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
         let err = ShmSender::<String>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TypeMismatch, "{err}");
+        // The refused openers must not close the ends they failed to take.
+        let err = receiver
+            .recv_timeout(Duration::from_millis(30))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        let err = ShmReceiver::<u32>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        sender.send(&9).unwrap();
+        assert_eq!(receiver.recv().unwrap(), 9);
+        drop(sender);
+        let err = receiver.recv().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
         for capacity in [0, 100, 32, MAX_CAPACITY * 2] {
             let config = ChannelConfig::new().capacity(capacity);
             let err = ShmSender::<u32>::create(&name("cap"), &config).unwrap_err();
