@@ -655,7 +655,8 @@ impl<T: ?Sized> std::fmt::Debug for ShmSender<T> {
 
 impl<T: Serialize + ?Sized> ShmSender<T> {
     /// Creates channel `name` and attaches as its sender. The segment is removed again when
-    /// this sender is dropped.
+    /// this sender is dropped. Messages sent before a receiver opens wait in the ring; a
+    /// receiver that opens after this sender was dropped finds no channel.
     ///
     /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) when a live process owns the
     /// name (a segment left by a dead one is reclaimed), `InvalidInput` for a bad name or
