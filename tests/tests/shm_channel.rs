@@ -233,3 +233,87 @@ fn the_channel_works_through_the_ipc_core_traits_across_processes() -> Result<()
     source.wait_success(WAIT)?;
     Ok(())
 }
+
+#[test]
+fn a_producer_killed_mid_stream_does_not_stop_the_others() -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let _watchdog = Watchdog::new("killed shm producer among others", WAIT);
+    let name = unique_name("shm-mpsc-kill");
+    let mut sink = Peer::spawn_role(
+        "sink",
+        "shm-sink",
+        [
+            "--name",
+            &name,
+            "--create",
+            "1",
+            "--max-senders",
+            "2",
+            "--producers",
+            "2",
+            "--capacity",
+            "4096",
+            "--tolerate-death",
+            "1",
+        ],
+    )?;
+    assert_eq!(sink.expect_line(WAIT)?, "ready");
+    // Producer 0 runs until killed; producer 1 sends 20000 and waits for a go first, so
+    // that both are attached before either could finish.
+    let mut doomed = Peer::spawn_role(
+        "doomed",
+        "shm-source",
+        [
+            "--name",
+            &name,
+            "--count",
+            "1000000000",
+            "--size",
+            "32",
+            "--progress",
+            "1000",
+        ],
+    )?;
+    assert_eq!(doomed.expect_line(WAIT)?, "ready");
+    let first = (1u64 << 48).to_string();
+    let mut command = Peer::role_command(
+        "shm-source",
+        [
+            "--name",
+            &name,
+            "--count",
+            "20000",
+            "--size",
+            "32",
+            "--first",
+            &first,
+            "--wait-go",
+            "1",
+        ],
+    )?;
+    command.stdin(Stdio::piped());
+    let mut survivor = Peer::spawn("survivor", command)?;
+    assert_eq!(survivor.expect_line(WAIT)?, "ready");
+    assert_eq!(doomed.expect_prefixed("progress", WAIT)?, "1000");
+    doomed.kill()?;
+    let stdin = survivor.stdin().expect("piped stdin");
+    stdin.write_all(b"go\n")?;
+    stdin.flush()?;
+    survivor.wait_success(WAIT)?;
+    let died = sink.expect_prefixed("peer-died", WAIT)?;
+    assert!(died.starts_with("the sender of channel"), "{died}");
+    let outcome = sink.expect_prefixed("ok", WAIT)?;
+    let per_producer = outcome
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("per_producer="))
+        .unwrap_or_default();
+    let (killed, survived) = per_producer.split_once(',').unwrap_or_default();
+    // Every message of the survivor arrived, in order (the sink checked the order); the
+    // killed one's arrived in order up to where it died.
+    assert_eq!(survived, "20000", "{outcome}");
+    assert!(killed.parse::<u64>()? >= 1000, "{outcome}");
+    sink.wait_success(WAIT)?;
+    Ok(())
+}

@@ -211,6 +211,9 @@ enum Role {
 struct Channel {
     segment: Segment,
     role: Role,
+    /// True once this end holds its slot; only then does dropping it close the slot (an
+    /// `open` that failed to attach must not close the end of the process that holds it).
+    attached: bool,
     slot: usize,
     slots: usize,
     capacity: u64,
@@ -282,6 +285,7 @@ impl Channel {
         Ok(Channel {
             segment,
             role,
+            attached: true,
             slot: 0,
             slots,
             capacity: capacity as u64,
@@ -315,6 +319,7 @@ impl Channel {
         let mut channel = Channel {
             segment,
             role,
+            attached: false,
             slot: 0,
             slots,
             capacity,
@@ -347,6 +352,7 @@ impl Channel {
                 }
             }
         }
+        channel.attached = true;
         Ok(channel)
     }
 
@@ -540,11 +546,16 @@ impl Channel {
                     waiting.store(0, Ordering::Relaxed);
                 }
                 WaitMode::Polling => {
+                    // Look after every pause (as the spin baseline does); the clock only
+                    // now and then.
                     let slice = deadline.slice();
                     let started = Instant::now();
-                    while !changed() && started.elapsed() < slice {
-                        for _ in 0..32 {
-                            std::hint::spin_loop();
+                    let mut spins = 0u32;
+                    while !changed() {
+                        std::hint::spin_loop();
+                        spins = spins.wrapping_add(1);
+                        if spins.is_multiple_of(1024) && started.elapsed() >= slice {
+                            break;
                         }
                     }
                 }
@@ -584,6 +595,9 @@ impl Channel {
     }
 
     fn close(&self) {
+        if !self.attached {
+            return;
+        }
         match self.role {
             Role::Sender => {
                 let line = slot_base(self.slot) + S_SENDER;
@@ -641,7 +655,8 @@ impl<T: ?Sized> std::fmt::Debug for ShmSender<T> {
 
 impl<T: Serialize + ?Sized> ShmSender<T> {
     /// Creates channel `name` and attaches as its sender. The segment is removed again when
-    /// this sender is dropped.
+    /// this sender is dropped. Messages sent before a receiver opens wait in the ring; a
+    /// receiver that opens after this sender was dropped finds no channel.
     ///
     /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) when a live process owns the
     /// name (a segment left by a dead one is reclaimed), `InvalidInput` for a bad name or
@@ -1167,6 +1182,9 @@ impl<T> ShmReceiver<T> {
                         != cursor.tail
                 })
             };
+            if deadline.passed() {
+                return Err(timeout_error());
+            }
             let waited =
                 channel.wait_until(changed, DATA_SEQ, RECEIVER_WAITING, deadline, timeout_error);
             if let Err(err) = waited {
@@ -1493,6 +1511,46 @@ mod tests {
     }
 
     #[test]
+    fn bytes_of_an_earlier_lap_never_pass_for_a_record() {
+        let (mut sender, mut receiver) = pair::<Vec<u8>>("stale", 256);
+        // Lap 1: a payload that carries, at ring offset 56, a perfect header (length 1, a
+        // message) for the position the next lap will reach.
+        // The payload starts at ring offset 10 (8-byte header, 2-byte length prefix).
+        let mut payload = vec![0u8; 200];
+        let at = 56 - 10;
+        payload[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+        payload[at + 4..at + 8].copy_from_slice(&TAG_MESSAGE.to_le_bytes());
+        sender.send(&payload).unwrap();
+        assert_eq!(receiver.recv().unwrap(), payload);
+        // Lap 2: padding from 216 to the end, then a record at offset 0 that ends at 56.
+        sender.send(&vec![5u8; 40]).unwrap();
+        assert_eq!(receiver.recv().unwrap(), vec![5u8; 40]);
+        // Offset 56 holds the old bytes, but nothing is published there.
+        assert!(receiver.try_recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_sender_that_died_mid_record_is_continued_over_its_unpublished_bytes() {
+        let config = ChannelConfig::new().capacity(256);
+        let name = name("midrecord");
+        let mut receiver = ShmReceiver::<u32>::create(&name, &config).unwrap();
+        let mut first = ShmSender::<u32>::open(&name, &config).unwrap();
+        first.send(&1).unwrap();
+        // As if it died while writing its next record: bytes in the ring, not published.
+        first.reserve(4).unwrap().copy_from_slice(&[0xff; 4]);
+        first
+            .channel
+            .word(slot_base(0) + S_SENDER + END_STATE)
+            .store(END_CLOSED, Ordering::Release);
+        std::mem::forget(first);
+        let mut second = ShmSender::<u32>::open(&name, &config).unwrap();
+        second.send(&3).unwrap();
+        assert_eq!(receiver.recv().unwrap(), 1);
+        assert_eq!(receiver.recv().unwrap(), 3);
+        assert!(receiver.try_recv().unwrap().is_none());
+    }
+
+    #[test]
     fn closing_either_end_is_peer_closed() {
         let (mut sender, mut receiver) = pair::<u32>("close", 256);
         sender.send(&7).unwrap();
@@ -1509,11 +1567,23 @@ mod tests {
 
     #[test]
     fn a_second_live_sender_is_refused_and_bad_configs_are_invalid() {
-        let (_sender, _receiver) = pair::<u32>("second", 256);
+        let (mut sender, mut receiver) = pair::<u32>("second", 256);
         let err = ShmSender::<u32>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
         let err = ShmSender::<String>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TypeMismatch, "{err}");
+        // The refused openers must not close the ends they failed to take.
+        let err = receiver
+            .recv_timeout(Duration::from_millis(30))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        let err = ShmReceiver::<u32>::open(&name("second"), &ChannelConfig::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        sender.send(&9).unwrap();
+        assert_eq!(receiver.recv().unwrap(), 9);
+        drop(sender);
+        let err = receiver.recv().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
         for capacity in [0, 100, 32, MAX_CAPACITY * 2] {
             let config = ChannelConfig::new().capacity(capacity);
             let err = ShmSender::<u32>::create(&name("cap"), &config).unwrap_err();

@@ -54,6 +54,9 @@ pub(crate) const MAX_NAME_LEN: usize = 200;
 /// left by a creator that died while initialising it.
 const ABANDONED_INIT_AGE: Duration = Duration::from_secs(5);
 
+/// How long `create` waits for another reclaimer's lock on a leftover segment.
+const RECLAIM_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// What a segment holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -186,6 +189,17 @@ impl Segment {
         // explicit whatever the umask.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(|err| Error::io(format!("chmod 0600 {}", path.display()), err))?;
+        // A request beyond what is free fails here, before allocating any of it.
+        let free = sys::free_space(&file)
+            .map_err(|err| Error::io(format!("statvfs {}", path.display()), err))?;
+        if total_len as u64 > free {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "shared-memory segment `{name}` needs {total_len} bytes but /dev/shm has {free} free"
+                ),
+            ));
+        }
         sys::preallocate(&file, total_len as u64).map_err(|err| {
             Error::io(
                 format!(
@@ -416,8 +430,30 @@ fn reclaim_if_stale(name: &str) -> Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
     };
-    file.lock()
-        .map_err(|err| Error::io(format!("lock {}", path.display()), err))?;
+    // Reclaimers hold the lock for microseconds; anyone holding it longer is not one of us,
+    // and must not make `create` hang.
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < RECLAIM_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} stayed locked for {} ms; not reclaiming it",
+                        path.display(),
+                        RECLAIM_LOCK_WAIT.as_millis()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(Error::io(format!("lock {}", path.display()), err));
+            }
+        }
+    }
     let meta = file
         .metadata()
         .map_err(|err| Error::io(format!("stat {}", path.display()), err))?;
@@ -598,9 +634,25 @@ mod tests {
         drop(created);
         let err = Segment::open(&name, SPEC, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PeerDied, "{err}");
+        // Someone squatting on the reclaim lock makes `create` fail, not hang.
+        let squatter = File::open(shm_path(&name)).unwrap();
+        squatter.lock().unwrap();
+        let err = Segment::create(&name, SPEC, 32, 4096, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        drop(squatter);
         let again = Segment::create(&name, SPEC, 32, 4096, |_| {}).unwrap();
         assert_eq!(again.capacity(), 32);
         drop(again);
+        assert!(!shm_path(&name).exists());
+    }
+
+    #[test]
+    fn a_segment_larger_than_the_free_space_is_an_error_at_create() {
+        let name = name("huge");
+        // 1 TiB: more than any test machine's /dev/shm; refused before allocating.
+        let err = Segment::create(&name, SPEC, 1, 1 << 40, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.to_string().contains("free"), "{err}");
         assert!(!shm_path(&name).exists());
     }
 }

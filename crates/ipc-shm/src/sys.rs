@@ -191,6 +191,18 @@ pub(crate) fn pid_exists(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// The bytes free for unprivileged users on the file system of `file`.
+pub(crate) fn free_space(file: &File) -> io::Result<u64> {
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: plain system call on a file descriptor we own, writing into `stat`.
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut stat) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// Allocates the pages of `file` up to `len` bytes now, so that a full `/dev/shm` is an
 /// error here instead of a SIGBUS on first touch.
 pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {

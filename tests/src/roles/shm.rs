@@ -5,9 +5,10 @@
 //!   prints `ready` once the channel exists (then, with `--wait-go`, waits for a line on
 //!   stdin), `progress n` every K messages, and `ok count=.. bytes=..`.
 //! - `shm-sink --name N [--create 1] [--capacity B] [--max-senders P] [--polling 1]
-//!   [--progress K] [--producers P]`: receives `Sample`s until the sender closes, checking order (per
+//!   [--progress K] [--producers P] [--tolerate-death 1]`: receives `Sample`s until the sender closes, checking order (per
 //!   producer: the high 16 bits of `seq`) and every payload byte; prints `ok count=..
-//!   bytes=.. checksum=0x..`.
+//!   bytes=.. checksum=0x.. micros=.. per_producer=n0,n1,..`. With `--tolerate-death 1` a
+//!   `PeerDied` ends the stream like a close, after a `peer-died ..` line.
 //! - `shm-tolerant-sink --name N --max-errors E`: receives and counts errors (a scribble
 //!   target); prints `ok received=.. errors=..` after E errors or the sender's close.
 //! - `shm-counter --name N --count K`: increments the shared `u64` K times under the lock.
@@ -139,6 +140,7 @@ fn sink(args: &Args) -> Result<()> {
     let mut next = vec![0u64; producers];
     let verify = args.get::<u8>("verify", 1)? != 0;
     let raw = args.get::<u8>("raw", 0)? != 0;
+    let tolerate_death = args.get::<u8>("tolerate-death", 0)? != 0;
     let (mut count, mut bytes) = (0u64, 0u64);
     // The clock starts at the first message, so that the sender's start-up is not counted.
     let mut started = None;
@@ -146,6 +148,10 @@ fn sink(args: &Args) -> Result<()> {
         let message = match receiver.recv_ref() {
             Ok(message) => message,
             Err(err) if err.kind() == ErrorKind::PeerClosed => break,
+            Err(err) if err.kind() == ErrorKind::PeerDied && tolerate_death => {
+                println!("peer-died {err}");
+                break;
+            }
             Err(err) => return Err(err.into()),
         };
         started.get_or_insert_with(Instant::now);
@@ -195,10 +201,12 @@ fn sink(args: &Args) -> Result<()> {
             println!("progress {count}");
         }
     }
+    let per_producer: Vec<String> = next.iter().map(u64::to_string).collect();
     println!(
-        "ok count={count} bytes={bytes} checksum={:#018x} micros={}",
+        "ok count={count} bytes={bytes} checksum={:#018x} micros={} per_producer={}",
         checksum.value(),
-        started.map_or(0, |s| s.elapsed().as_micros())
+        started.map_or(0, |s| s.elapsed().as_micros()),
+        per_producer.join(",")
     );
     Ok(())
 }
