@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
+pub use ipc_shm::WaitMode;
+
 use crate::roles::expected_checksum;
 use crate::{Peer, TempDir, unique_name};
 
@@ -83,18 +85,36 @@ pub fn frames_over_pipe(count: u64, size: usize, progress: Progress<'_>) -> Resu
     })
 }
 
+/// The shape of an ipc-shm stream.
+#[derive(Clone, Copy, Debug)]
+pub struct ShmStream {
+    /// Messages to send.
+    pub count: u64,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// The ring's capacity in bytes.
+    pub capacity: usize,
+    /// How both ends wait.
+    pub wait: WaitMode,
+}
+
 /// ipc-shm: a `shm-source` process streams `count` messages of `size` bytes through a
-/// shared-memory ring of `capacity` bytes to a `shm-sink` process; the sink checks order,
-/// every byte and the checksum, and no segment is left behind.
-pub fn shm_stream(
-    count: u64,
-    size: usize,
-    capacity: usize,
-    progress: Progress<'_>,
-) -> Result<Outcome> {
+/// shared-memory ring to a `shm-sink` process that created it; the sink checks order, every
+/// byte and the checksum, and no segment is left behind.
+pub fn shm_stream(stream: ShmStream, progress: Progress<'_>) -> Result<Outcome> {
+    let ShmStream {
+        count,
+        size,
+        capacity,
+        wait,
+    } = stream;
     let name = unique_name("shm-flow");
     let step = (count / 100).max(1).to_string();
     let (count_s, size_s, cap_s) = (count.to_string(), size.to_string(), capacity.to_string());
+    let polling = match wait {
+        WaitMode::Polling => "1",
+        _ => "0",
+    };
     let mut sink = Peer::spawn_role(
         "shm consumer",
         "shm-sink",
@@ -107,6 +127,8 @@ pub fn shm_stream(
             &cap_s,
             "--progress",
             &step,
+            "--polling",
+            polling,
         ],
     )?;
     let ready = sink.expect_line(STEP)?;
@@ -117,7 +139,16 @@ pub fn shm_stream(
     let mut source = Peer::spawn_role(
         "shm producer",
         "shm-source",
-        ["--name", &name, "--count", &count_s, "--size", &size_s],
+        [
+            "--name",
+            &name,
+            "--count",
+            &count_s,
+            "--size",
+            &size_s,
+            "--polling",
+            polling,
+        ],
     )?;
     let outcome = until_ok(&mut sink, count, progress)?;
     source.wait_success(STEP)?;
@@ -185,19 +216,25 @@ pub fn shm_counter(processes: u32, per_process: u64, progress: Progress<'_>) -> 
 pub enum ChatTransport {
     /// A Unix domain socket file in an owner-only temporary directory.
     LocalSocket,
+    /// A namespaced local socket (an abstract socket on Linux).
+    Namespaced,
     /// TCP on 127.0.0.1, on a port the server picks.
     Tcp,
 }
 
-/// The Python chat client, if `python3` is on this machine.
-pub fn python_chat_client() -> Option<PathBuf> {
-    let found = Command::new("python3")
+/// True if `python3` runs on this machine (the cross-language tests need it).
+pub fn has_python3() -> bool {
+    Command::new("python3")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    found.then(|| {
+        .is_ok_and(|s| s.success())
+}
+
+/// The Python chat client, if `python3` is on this machine.
+pub fn python_chat_client() -> Option<PathBuf> {
+    has_python3().then(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/ipc-socket/python/ipc_client.py")
     })
 }
@@ -216,6 +253,7 @@ pub fn chat(
     let dir = TempDir::new("chat")?;
     let address = match transport {
         ChatTransport::LocalSocket => format!("unix:{}", dir.path().join("chat.sock").display()),
+        ChatTransport::Namespaced => format!("local:{}", unique_name("chat")),
         ChatTransport::Tcp => "tcp:127.0.0.1:0".to_owned(),
     };
     let mut command = Peer::role_command("socket-server", ["--address", &address])?;

@@ -3,7 +3,7 @@
 //! golden vectors, and a live stream from an `ipc-peer` process.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -16,11 +16,7 @@ fn core_dir() -> PathBuf {
 }
 
 fn python() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let found = ipc_tests::flows::has_python3();
     if !found {
         println!("skipped: python3 is not installed");
     }

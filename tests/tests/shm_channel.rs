@@ -4,95 +4,46 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use ipc_tests::roles::expected_checksum;
+use ipc_shm::WaitMode;
+use ipc_tests::flows::{self, ShmStream};
 use ipc_tests::{Checksum, Peer, Watchdog, fill_payload, unique_name};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// `count` messages of `size` bytes from a `shm-source` to a `shm-sink` that created the
-/// channel; returns the sink's outcome line.
-fn stream(count: u64, size: usize, capacity: usize, polling: bool) -> Result<String> {
-    let name = unique_name("shm-stream");
-    let (count_s, size_s, cap_s) = (count.to_string(), size.to_string(), capacity.to_string());
-    let polling = if polling { "1" } else { "0" };
-    let mut sink = Peer::spawn_role(
-        "sink",
-        "shm-sink",
-        [
-            "--name",
-            &name,
-            "--create",
-            "1",
-            "--capacity",
-            &cap_s,
-            "--polling",
-            polling,
-        ],
-    )?;
-    assert_eq!(sink.expect_line(WAIT)?, "ready");
-    let mut source = Peer::spawn_role(
-        "source",
-        "shm-source",
-        [
-            "--name",
-            &name,
-            "--count",
-            &count_s,
-            "--size",
-            &size_s,
-            "--polling",
-            polling,
-        ],
-    )?;
-    let outcome = sink.expect_prefixed("ok", WAIT)?;
-    source.wait_success(WAIT)?;
-    sink.wait_success(WAIT)?;
-    assert!(
-        !ipc_shm::segment_path(&name).exists(),
-        "segment of {name} left behind"
+fn stream(count: u64, size: usize, capacity: usize, wait: WaitMode) -> Result<()> {
+    let stream = ShmStream {
+        count,
+        size,
+        capacity,
+        wait,
+    };
+    let outcome = flows::shm_stream(stream, &mut flows::no_progress)?;
+    assert_eq!(
+        (outcome.messages, outcome.bytes),
+        (count, count * size as u64)
     );
-    Ok(outcome)
+    Ok(())
 }
 
 #[test]
 fn a_million_small_messages_arrive_in_order_and_intact() -> Result<()> {
     let _watchdog = Watchdog::new("1M messages over shm", WAIT);
-    // About 6 s in a debug build on two shared cores.
-    let count: u64 = 1_000_000;
-    let outcome = stream(count, 64, 64 * 1024, false)?;
-    let want = format!(
-        "count={count} bytes={} checksum={:#018x}",
-        count * 64,
-        expected_checksum(count, 64).value()
-    );
-    assert!(outcome.starts_with(&want), "{outcome}\nwanted {want}");
-    Ok(())
+    // About 6 s in a debug build on two shared cores. The flow checks the order, every byte
+    // and the checksum of the stream, and that no segment is left behind.
+    stream(1_000_000, 64, 64 * 1024, WaitMode::Blocking)
 }
 
 #[test]
 fn big_messages_wrap_around_a_small_ring_in_polling_mode() -> Result<()> {
     let _watchdog = Watchdog::new("64 KiB messages over shm", WAIT);
-    let outcome = stream(300, 65_536, 256 * 1024, true)?;
-    let want = format!(
-        "count=300 bytes={} checksum={:#018x}",
-        300 * 65_536,
-        expected_checksum(300, 65_536).value()
-    );
-    assert!(outcome.starts_with(&want), "{outcome}\nwanted {want}");
-    Ok(())
+    stream(300, 65_536, 256 * 1024, WaitMode::Polling)
 }
 
 #[test]
 fn odd_sizes_pad_at_the_ring_end() -> Result<()> {
     let _watchdog = Watchdog::new("odd sizes over shm", WAIT);
     // 1000 bytes + header does not divide a 4 KiB ring: every few records need padding.
-    let outcome = stream(5_000, 1_000, 4096, false)?;
-    let want = format!(
-        "count=5000 bytes=5000000 checksum={:#018x}",
-        expected_checksum(5_000, 1_000).value()
-    );
-    assert!(outcome.starts_with(&want), "{outcome}\nwanted {want}");
-    Ok(())
+    stream(5_000, 1_000, 4096, WaitMode::Blocking)
 }
 
 #[test]

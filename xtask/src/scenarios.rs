@@ -269,9 +269,13 @@ fn frames_large(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
 
 fn shm_stream(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("messages of 64 B");
-    with_bar(bar, |p| {
-        flows::shm_stream(ctx.size(1_000_000, 100_000), 64, 64 * 1024, p)
-    })
+    let stream = flows::ShmStream {
+        count: ctx.size(1_000_000, 100_000),
+        size: 64,
+        capacity: 64 * 1024,
+        wait: flows::WaitMode::Blocking,
+    };
+    with_bar(bar, |p| flows::shm_stream(stream, p))
 }
 
 fn shm_counter(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
