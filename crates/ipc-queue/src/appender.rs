@@ -314,7 +314,7 @@ impl Appender {
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
                 Parsed::Valid(header) if header.kind == Kind::Message => {
-                    self.next_seq = header.seq + 1;
+                    self.next_seq = header.seq.saturating_add(1);
                     pos += header.record_len();
                     self.seen_bytes += header.record_len() as u64;
                 }

@@ -308,12 +308,12 @@ impl<T: DeserializeOwned> Consumer<T> {
                 Ok(Some(header)) => header,
                 Ok(None) => {
                     self.state
-                        .append(&mut self.view, Kind::Lost, seq, now, seq + 1, &[])?;
+                        .append(&mut self.view, Kind::Lost, seq, now, seq.saturating_add(1), &[])?;
                     continue;
                 }
                 Err(err) => {
                     self.state
-                        .append(&mut self.view, Kind::Lost, seq, now, seq + 1, &[])?;
+                        .append(&mut self.view, Kind::Lost, seq, now, seq.saturating_add(1), &[])?;
                     return Err(err);
                 }
             };
@@ -332,7 +332,7 @@ impl<T: DeserializeOwned> Consumer<T> {
                 continue;
             }
             let until = now.saturating_add(config.lease_ms);
-            let deliveries = count + 1;
+            let deliveries = count.saturating_add(1);
             self.state.append(
                 &mut self.view,
                 Kind::Lease,

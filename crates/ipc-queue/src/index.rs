@@ -191,7 +191,7 @@ impl LogIndex {
                         break;
                     }
                     seg.offsets.push((header.seq, self.end + pos as u64));
-                    self.next_seq = header.seq + 1;
+                    self.next_seq = header.seq.saturating_add(1);
                     pos += header.record_len();
                 }
                 Parsed::Incomplete if self.end + (buf.len() as u64) < size => break,
@@ -232,7 +232,7 @@ impl LogIndex {
             return Ok(());
         }
         let from = self.next_seq;
-        if !view.knows_lost(from, later.max(from + 1)) {
+        if !view.knows_lost(from, later.max(from.saturating_add(1))) {
             findings.push(Finding {
                 from,
                 to: later,
@@ -332,7 +332,7 @@ impl LogIndex {
             Bad::LaterSegment(later) => (fsx::file_len(file)?, later),
         };
         let from = self.next_seq;
-        if !view.knows_lost(from, to.max(from + 1)) || to <= from {
+        if !view.knows_lost(from, to.max(from.saturating_add(1))) || to <= from {
             let lost = to.saturating_sub(from);
             let what = format!(
                 "segment {cur}: {} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost",
