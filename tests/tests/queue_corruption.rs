@@ -280,6 +280,49 @@ fn a_bit_flip_in_the_last_segment_is_reported_unless_it_hits_the_last_record() -
     Ok(())
 }
 
+#[test]
+fn whole_records_out_of_sequence_are_damage_too_and_never_hang_anyone() -> Result<()> {
+    let _watchdog = Watchdog::new("replayed records", WAIT);
+    let dir = Scratch::new("ipcq-replay")?;
+    let template_path = dir.path().join("template");
+    template(&template_path, 5)?;
+    let bytes = std::fs::read(segment_paths(&template_path)?.remove(0))?;
+    let record = |i: u64| &bytes[(i * RECORD_LEN) as usize..((i + 1) * RECORD_LEN) as usize];
+
+    // Record 0 copied over record 2: checksums hold, the sequence goes backwards.
+    let path = dir.path().join("middle");
+    copy_dir(&template_path, &path)?;
+    let mut damaged = bytes.clone();
+    damaged[(2 * RECORD_LEN) as usize..(3 * RECORD_LEN) as usize].copy_from_slice(record(0));
+    std::fs::write(segment_paths(&path)?.remove(0), &damaged)?;
+    let drained = drain(&path)?;
+    assert_eq!(drained.seqs, [0, 1, 3, 4].into());
+    assert_eq!(drained.reports.len(), 1, "{:?}", drained.reports);
+    still_works(&path)?;
+
+    // Record 1 appended again at the end: cut like a torn tail.
+    let path = dir.path().join("tail");
+    copy_dir(&template_path, &path)?;
+    let mut damaged = bytes.clone();
+    damaged.extend_from_slice(record(1));
+    std::fs::write(segment_paths(&path)?.remove(0), &damaged)?;
+    let drained = drain(&path)?;
+    assert_eq!(drained.seqs, (0..5).collect());
+    assert_eq!(quarantined(&path), 1);
+    still_works(&path)?;
+    // A producer opening first deals with it the same way.
+    let path = dir.path().join("tail-producer");
+    copy_dir(&template_path, &path)?;
+    std::fs::write(segment_paths(&path)?.remove(0), &damaged)?;
+    let receipt = Queue::open(&path)?
+        .producer::<String>(ProducerOptions::new())?
+        .send(&message(5))?;
+    assert_eq!(receipt.seq(), 5);
+    let drained = drain(&path)?;
+    assert_eq!(drained.seqs, (0..6).collect());
+    Ok(())
+}
+
 fn three_segments(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>, u64)> {
     let path = dir.join("q");
     let count = 250;

@@ -303,7 +303,7 @@ impl Appender {
             self.scan = scan;
             match outcome? {
                 Scan::More => {}
-                Scan::Bad(offset) => self.repair(offset, size)?,
+                Scan::Bad(offset, misplaced) => self.repair(offset, misplaced)?,
                 Scan::Sealed(next) => self.follow_seal(next)?,
             }
         }
@@ -313,6 +313,11 @@ impl Appender {
         let mut pos = 0;
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
+                Parsed::Valid(header) if header.seq < self.next_seq => {
+                    // Whole and checksummed, but out of sequence: damage all the same.
+                    self.seg_end += pos as u64;
+                    return Ok(Scan::Bad(self.seg_end, true));
+                }
                 Parsed::Valid(header) if header.kind == Kind::Message => {
                     self.next_seq = header.seq.saturating_add(1);
                     pos += header.record_len();
@@ -323,9 +328,10 @@ impl Appender {
                     return Ok(Scan::Sealed(header.seq));
                 }
                 Parsed::Incomplete if self.seg_end + (buf.len() as u64) < size => break,
-                _ => {
+                parsed => {
                     self.seg_end += pos as u64;
-                    return Ok(Scan::Bad(self.seg_end));
+                    let misplaced = matches!(parsed, Parsed::Valid(_));
+                    return Ok(Scan::Bad(self.seg_end, misplaced));
                 }
             }
         }
@@ -370,13 +376,13 @@ impl Appender {
     /// Handles a record that is not valid at `offset` (under the append lock, so no write
     /// is in progress): corruption before valid records is skipped here (consumers report
     /// and quarantine it); a torn tail is quarantined and truncated.
-    fn repair(&mut self, offset: u64, size: u64) -> Result<()> {
+    fn repair(&mut self, offset: u64, misplaced: bool) -> Result<()> {
         match examine_bad(
             &self.layout,
             &self.seg,
             self.seg_first,
             offset,
-            size,
+            misplaced,
             self.max_payload,
             &mut self.scan,
         )? {
@@ -423,7 +429,8 @@ impl Appender {
 
 enum Scan {
     More,
-    Bad(u64),
+    /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
+    Bad(u64, bool),
     Sealed(u64),
 }
 
@@ -441,7 +448,8 @@ pub(crate) enum Bad {
     TornTail,
 }
 
-/// Examines the invalid record at `offset` of segment `seg_first` (the caller holds the
+/// Examines the invalid (or, with `misplaced`, whole but out-of-place) record at `offset`
+/// of segment `seg_first` (the caller holds the
 /// append lock, so no write is in progress). Truncates a torn tail, keeping a copy in
 /// `quarantine/`.
 pub(crate) fn examine_bad(
@@ -449,7 +457,7 @@ pub(crate) fn examine_bad(
     seg: &File,
     seg_first: u64,
     offset: u64,
-    _size: u64,
+    misplaced: bool,
     max_payload: usize,
     buf: &mut Vec<u8>,
 ) -> Result<Bad> {
@@ -458,7 +466,9 @@ pub(crate) fn examine_bad(
         return Ok(Bad::ValidNow);
     }
     let n = fsx::read_at(seg, offset, HEADER_LEN + max_payload, buf)?;
-    if let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
+    // A record that was incomplete or invalid may have been a write in progress; one that
+    // is whole but misplaced stays misplaced.
+    if !misplaced && let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
         return Ok(Bad::ValidNow);
     }
     if let Some((at, seq)) = find_valid_record(seg, offset + 1, size, max_payload, buf)? {

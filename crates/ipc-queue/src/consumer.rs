@@ -307,13 +307,25 @@ impl<T: DeserializeOwned> Consumer<T> {
             let header = match self.index.read(seq, &mut self.buf) {
                 Ok(Some(header)) => header,
                 Ok(None) => {
-                    self.state
-                        .append(&mut self.view, Kind::Lost, seq, now, seq.saturating_add(1), &[])?;
+                    self.state.append(
+                        &mut self.view,
+                        Kind::Lost,
+                        seq,
+                        now,
+                        seq.saturating_add(1),
+                        &[],
+                    )?;
                     continue;
                 }
                 Err(err) => {
-                    self.state
-                        .append(&mut self.view, Kind::Lost, seq, now, seq.saturating_add(1), &[])?;
+                    self.state.append(
+                        &mut self.view,
+                        Kind::Lost,
+                        seq,
+                        now,
+                        seq.saturating_add(1),
+                        &[],
+                    )?;
                     return Err(err);
                 }
             };

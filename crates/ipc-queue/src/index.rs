@@ -52,7 +52,8 @@ pub(crate) struct LogIndex {
 
 enum Step {
     Continue,
-    Bad(u64),
+    /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
+    Bad(u64, bool),
 }
 
 impl LogIndex {
@@ -154,7 +155,7 @@ impl LogIndex {
             self.buf = buf;
             match step? {
                 Step::Continue => {}
-                Step::Bad(offset) => self.bad(offset, size, view, findings)?,
+                Step::Bad(offset, misplaced) => self.bad(offset, misplaced, view, findings)?,
             }
         }
     }
@@ -167,7 +168,7 @@ impl LogIndex {
             match record::parse(&buf[pos..], self.max_payload) {
                 Parsed::Valid(header) if matches!(header.kind, Kind::Message | Kind::Seal) => {
                     if header.seq < self.next_seq {
-                        step = Step::Bad(self.end + pos as u64);
+                        step = Step::Bad(self.end + pos as u64, true);
                         break;
                     }
                     if header.seq > self.next_seq {
@@ -195,8 +196,9 @@ impl LogIndex {
                     pos += header.record_len();
                 }
                 Parsed::Incomplete if self.end + (buf.len() as u64) < size => break,
-                _ => {
-                    step = Step::Bad(self.end + pos as u64);
+                parsed => {
+                    let misplaced = matches!(parsed, Parsed::Valid(_));
+                    step = Step::Bad(self.end + pos as u64, misplaced);
                     break;
                 }
             }
@@ -299,7 +301,7 @@ impl LogIndex {
     fn bad(
         &mut self,
         offset: u64,
-        size: u64,
+        misplaced: bool,
         view: &View,
         findings: &mut Vec<Finding>,
     ) -> Result<()> {
@@ -313,7 +315,7 @@ impl LogIndex {
             file,
             cur,
             offset,
-            size,
+            misplaced,
             self.max_payload,
             &mut self.buf,
         )?;
