@@ -313,7 +313,10 @@ impl Appender {
         let mut pos = 0;
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
-                Parsed::Valid(header) if header.seq < self.next_seq => {
+                Parsed::Valid(header)
+                    if header.seq < self.next_seq
+                        || (header.kind == Kind::Seal && header.seq <= self.seg_first) =>
+                {
                     // Whole and checksummed, but out of sequence: damage all the same.
                     self.seg_end += pos as u64;
                     return Ok(Scan::Bad(self.seg_end, true));

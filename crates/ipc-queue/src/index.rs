@@ -167,7 +167,10 @@ impl LogIndex {
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
                 Parsed::Valid(header) if matches!(header.kind, Kind::Message | Kind::Seal) => {
-                    if header.seq < self.next_seq {
+                    // A seal always names a later segment (a sealed segment is never empty).
+                    if header.seq < self.next_seq
+                        || (header.kind == Kind::Seal && header.seq <= cur)
+                    {
                         step = Step::Bad(self.end + pos as u64, true);
                         break;
                     }
