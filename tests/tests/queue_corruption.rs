@@ -2,6 +2,7 @@
 //! `crates/ipc-queue/FORMAT.md`, and nothing damaged is ever delivered.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -193,6 +194,12 @@ fn the_last_record_cut_at_every_byte_is_truncated_and_quarantined() -> Result<()
             usize::from(cut > 4 * RECORD_LEN),
             "cut at {cut}"
         );
+        if cut > 4 * RECORD_LEN {
+            for entry in std::fs::read_dir(path.join("quarantine"))? {
+                let mode = entry?.metadata()?.permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "quarantine files are owner-only");
+            }
+        }
         still_works(&path).with_context(|| format!("cut at {cut}"))?;
         std::fs::remove_dir_all(&path)?;
     }

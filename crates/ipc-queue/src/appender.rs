@@ -242,7 +242,7 @@ impl Appender {
     }
 
     fn poison(&mut self, reason: String) {
-        let _ = std::fs::write(self.layout.poisoned(), format!("{reason}\n"));
+        let _ = fsx::write_private(&self.layout.poisoned(), format!("{reason}\n").as_bytes());
         self.poisoned = Some(reason);
     }
 
