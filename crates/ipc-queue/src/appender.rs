@@ -34,8 +34,6 @@ pub(crate) struct Appender {
     faults: Faults,
     written: u64,
     syncs: u64,
-    /// Bytes this handle saw appended to the log (its own and others'), for the byte bound.
-    pub(crate) seen_bytes: u64,
 }
 
 /// Releases a `File::lock` when dropped. Shares the lock file through an `Arc`, so that the
@@ -89,7 +87,6 @@ impl Appender {
             faults,
             written: 0,
             syncs: 0,
-            seen_bytes: 0,
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -213,7 +210,6 @@ impl Appender {
             Ok(()) => {
                 self.seg_end += bytes.len() as u64;
                 self.written += bytes.len() as u64;
-                self.seen_bytes += bytes.len() as u64;
                 Ok(())
             }
             Err(err) => {
@@ -324,7 +320,6 @@ impl Appender {
                 Parsed::Valid(header) if header.kind == Kind::Message => {
                     self.next_seq = header.seq.saturating_add(1);
                     pos += header.record_len();
-                    self.seen_bytes += header.record_len() as u64;
                 }
                 Parsed::Valid(header) if header.kind == Kind::Seal => {
                     self.seg_end += pos as u64;
