@@ -544,18 +544,29 @@ fn find_valid_record(
 }
 
 /// Opens the newest segment.
+///
+/// The newest segment is never deleted, but the one a listing shows as newest may be
+/// sealed, consumed and deleted before it is opened (consumers delete without the append
+/// lock): then list again.
 pub(crate) fn open_last_segment(layout: &Layout) -> Result<(u64, File)> {
-    let firsts = fsx::list_segments(&layout.segments())?;
-    let Some(&last) = firsts.last() else {
-        return Err(Error::new(
-            ErrorKind::Corrupted,
-            format!("queue {} has no segment files", layout.root().display()),
-        ));
-    };
-    let path = layout.segments().join(fsx::segment_name(last));
-    let file = fsx::open_existing(&path)
-        .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
-    Ok((last, file))
+    let mut attempts = 0;
+    loop {
+        let firsts = fsx::list_segments(&layout.segments())?;
+        let Some(&last) = firsts.last() else {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!("queue {} has no segment files", layout.root().display()),
+            ));
+        };
+        let path = layout.segments().join(fsx::segment_name(last));
+        match fsx::open_existing(&path) {
+            Ok(file) => return Ok((last, file)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && attempts < 100 => {
+                attempts += 1;
+            }
+            Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
+        }
+    }
 }
 
 fn read_watermark(file: &File) -> Result<(u64, u64)> {
