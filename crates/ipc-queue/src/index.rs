@@ -273,7 +273,10 @@ impl LogIndex {
                         to: later,
                         torn: false,
                         what: format!(
-                            "segment {next} is missing; messages {next}..{later} are lost"
+                            "segment {next} is missing; messages {next}..{later} are lost (floor {}, scanning from segment {}, segments {:?})",
+                            view.floor,
+                            self.cur,
+                            fsx::list_segments(&self.layout.segments()).unwrap_or_default().iter().take(5).collect::<Vec<_>>()
                         ),
                     });
                 }
