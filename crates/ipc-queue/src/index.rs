@@ -261,9 +261,13 @@ impl LogIndex {
         let (first, file) = match fsx::open_existing(&path) {
             Ok(file) => (next, file),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let later = fsx::list_segments(&self.layout.segments())?
-                    .into_iter()
-                    .find(|&first| first > next);
+                let firsts = fsx::list_segments(&self.layout.segments())?;
+                if firsts.contains(&next) {
+                    // Created (by the writer that sealed, which holds the append lock while
+                    // this reader does not) between the open and the listing: try again.
+                    return Ok(true);
+                }
+                let later = firsts.into_iter().find(|&first| first > next);
                 let Some(later) = later else {
                     return Ok(false);
                 };
