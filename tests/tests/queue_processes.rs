@@ -28,14 +28,14 @@ fn all_lines(peer: &mut Peer) -> Vec<String> {
 fn a_producer_that_exits_before_the_consumer_starts_delivers_everything() -> Result<()> {
     let _watchdog = Watchdog::new("time-decoupled", WAIT);
     let dir = TempDir::new("ipcq-later")?;
-    let path = dir.path().join("q");
-    Queue::create(&path, &QueueConfig::new().with_segment_len(64 << 10))?;
-    let path = path_arg(&path);
+    // The producer creates the queue, fills it and exits; only then does a consumer start.
+    let path = path_arg(&dir.path().join("q"));
     let mut producer = Peer::spawn_role(
         "producer",
         "queue-produce",
         [
-            "--path", &path, "--count", "2000", "--batch", "50", "--size", "100", "--quiet", "1",
+            "--path", &path, "--create", "1", "--count", "2000", "--batch", "50", "--size", "100",
+            "--quiet", "1",
         ],
     )?;
     let outcome = producer.expect_prefixed("ok", WAIT)?;
@@ -254,7 +254,10 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
     let config = QueueConfig::new()
         .with_segment_len(16 << 10)
         .with_state_compaction_at(32 << 10)
-        .with_max_deliveries(0);
+        .with_max_deliveries(0)
+        // Bounded, so producers wait for consumers (across processes) instead of piling up
+        // a backlog that every restarted consumer must scan.
+        .with_max_messages(3000);
     Queue::create(&path, &config)?;
     let path = path_arg(&path);
     let seed = std::env::var("IPC_QUEUE_KILL_SEED")

@@ -183,6 +183,22 @@ fn too_many_deliveries_and_expired_messages_are_dead_lettered() -> Result<()> {
         "delivered 2 times without an acknowledgement"
     );
 
+    // A message's own time-to-live, beside one without.
+    let (_dir, queue) = fresh(&QueueConfig::new())?;
+    let mut producer = queue.producer::<u32>(ProducerOptions::new())?;
+    producer.send_with_ttl(&1, Duration::from_millis(1))?;
+    producer.send_with_ttl(&2, Duration::from_secs(3600))?;
+    std::thread::sleep(Duration::from_millis(5)); // Lets the TTL pass; not a synchronisation.
+    let mut consumer = queue.consumer::<u32>()?;
+    let delivery = consumer.recv_timeout(WAIT)?;
+    assert_eq!(*delivery.message(), 2);
+    consumer.ack(&delivery)?;
+    let letter = queue
+        .dead_letters()?
+        .consumer::<DeadLetter>()?
+        .recv_timeout(WAIT)?;
+    assert_eq!(letter.message().decode::<u32>()?, 1);
+
     let config = QueueConfig::new().with_ttl(Some(Duration::from_millis(1)));
     let (_dir, queue) = fresh(&config)?;
     queue.producer::<u32>(ProducerOptions::new())?.send(&1)?;

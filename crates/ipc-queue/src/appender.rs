@@ -34,8 +34,6 @@ pub(crate) struct Appender {
     faults: Faults,
     written: u64,
     syncs: u64,
-    /// Bytes this handle saw appended to the log (its own and others'), for the byte bound.
-    pub(crate) seen_bytes: u64,
 }
 
 /// Releases a `File::lock` when dropped. Shares the lock file through an `Arc`, so that the
@@ -89,7 +87,6 @@ impl Appender {
             faults,
             written: 0,
             syncs: 0,
-            seen_bytes: 0,
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -213,7 +210,6 @@ impl Appender {
             Ok(()) => {
                 self.seg_end += bytes.len() as u64;
                 self.written += bytes.len() as u64;
-                self.seen_bytes += bytes.len() as u64;
                 Ok(())
             }
             Err(err) => {
@@ -242,7 +238,7 @@ impl Appender {
     }
 
     fn poison(&mut self, reason: String) {
-        let _ = std::fs::write(self.layout.poisoned(), format!("{reason}\n"));
+        let _ = fsx::write_private(&self.layout.poisoned(), format!("{reason}\n").as_bytes());
         self.poisoned = Some(reason);
     }
 
@@ -303,7 +299,7 @@ impl Appender {
             self.scan = scan;
             match outcome? {
                 Scan::More => {}
-                Scan::Bad(offset) => self.repair(offset, size)?,
+                Scan::Bad(offset, misplaced) => self.repair(offset, misplaced)?,
                 Scan::Sealed(next) => self.follow_seal(next)?,
             }
         }
@@ -313,19 +309,27 @@ impl Appender {
         let mut pos = 0;
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
+                Parsed::Valid(header)
+                    if header.seq < self.next_seq
+                        || (header.kind == Kind::Seal && header.seq <= self.seg_first) =>
+                {
+                    // Whole and checksummed, but out of sequence: damage all the same.
+                    self.seg_end += pos as u64;
+                    return Ok(Scan::Bad(self.seg_end, true));
+                }
                 Parsed::Valid(header) if header.kind == Kind::Message => {
-                    self.next_seq = header.seq + 1;
+                    self.next_seq = header.seq.saturating_add(1);
                     pos += header.record_len();
-                    self.seen_bytes += header.record_len() as u64;
                 }
                 Parsed::Valid(header) if header.kind == Kind::Seal => {
                     self.seg_end += pos as u64;
                     return Ok(Scan::Sealed(header.seq));
                 }
                 Parsed::Incomplete if self.seg_end + (buf.len() as u64) < size => break,
-                _ => {
+                parsed => {
                     self.seg_end += pos as u64;
-                    return Ok(Scan::Bad(self.seg_end));
+                    let misplaced = matches!(parsed, Parsed::Valid(_));
+                    return Ok(Scan::Bad(self.seg_end, misplaced));
                 }
             }
         }
@@ -370,13 +374,13 @@ impl Appender {
     /// Handles a record that is not valid at `offset` (under the append lock, so no write
     /// is in progress): corruption before valid records is skipped here (consumers report
     /// and quarantine it); a torn tail is quarantined and truncated.
-    fn repair(&mut self, offset: u64, size: u64) -> Result<()> {
+    fn repair(&mut self, offset: u64, misplaced: bool) -> Result<()> {
         match examine_bad(
             &self.layout,
             &self.seg,
             self.seg_first,
             offset,
-            size,
+            misplaced,
             self.max_payload,
             &mut self.scan,
         )? {
@@ -423,7 +427,8 @@ impl Appender {
 
 enum Scan {
     More,
-    Bad(u64),
+    /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
+    Bad(u64, bool),
     Sealed(u64),
 }
 
@@ -441,7 +446,8 @@ pub(crate) enum Bad {
     TornTail,
 }
 
-/// Examines the invalid record at `offset` of segment `seg_first` (the caller holds the
+/// Examines the invalid (or, with `misplaced`, whole but out-of-place) record at `offset`
+/// of segment `seg_first` (the caller holds the
 /// append lock, so no write is in progress). Truncates a torn tail, keeping a copy in
 /// `quarantine/`.
 pub(crate) fn examine_bad(
@@ -449,7 +455,7 @@ pub(crate) fn examine_bad(
     seg: &File,
     seg_first: u64,
     offset: u64,
-    _size: u64,
+    misplaced: bool,
     max_payload: usize,
     buf: &mut Vec<u8>,
 ) -> Result<Bad> {
@@ -458,7 +464,9 @@ pub(crate) fn examine_bad(
         return Ok(Bad::ValidNow);
     }
     let n = fsx::read_at(seg, offset, HEADER_LEN + max_payload, buf)?;
-    if let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
+    // A record that was incomplete or invalid may have been a write in progress; one that
+    // is whole but misplaced stays misplaced.
+    if !misplaced && let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
         return Ok(Bad::ValidNow);
     }
     if let Some((at, seq)) = find_valid_record(seg, offset + 1, size, max_payload, buf)? {
@@ -536,18 +544,29 @@ fn find_valid_record(
 }
 
 /// Opens the newest segment.
+///
+/// The newest segment is never deleted, but the one a listing shows as newest may be
+/// sealed, consumed and deleted before it is opened (consumers delete without the append
+/// lock): then list again.
 pub(crate) fn open_last_segment(layout: &Layout) -> Result<(u64, File)> {
-    let firsts = fsx::list_segments(&layout.segments())?;
-    let Some(&last) = firsts.last() else {
-        return Err(Error::new(
-            ErrorKind::Corrupted,
-            format!("queue {} has no segment files", layout.root().display()),
-        ));
-    };
-    let path = layout.segments().join(fsx::segment_name(last));
-    let file = fsx::open_existing(&path)
-        .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
-    Ok((last, file))
+    let mut attempts = 0;
+    loop {
+        let firsts = fsx::list_segments(&layout.segments())?;
+        let Some(&last) = firsts.last() else {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!("queue {} has no segment files", layout.root().display()),
+            ));
+        };
+        let path = layout.segments().join(fsx::segment_name(last));
+        match fsx::open_existing(&path) {
+            Ok(file) => return Ok((last, file)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && attempts < 100 => {
+                attempts += 1;
+            }
+            Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
+        }
+    }
 }
 
 fn read_watermark(file: &File) -> Result<(u64, u64)> {

@@ -123,10 +123,15 @@ impl<T: DeserializeOwned> Consumer<T> {
         fsx::ensure_dir(&layout.consumers())?;
         let owner = (u64::from(std::process::id()) << 32) ^ fastrand::u64(..);
         let owner_path = layout.consumers().join(format!("{owner:016x}.lock"));
-        let owner_lock = fsx::open_rw(&owner_path)?;
+        // The file appears under its name already locked (created under another name,
+        // locked, renamed): a liveness check never finds it unlocked while we live.
+        let creating = layout.consumers().join(format!("{owner:016x}.new"));
+        let owner_lock = fsx::open_rw(&creating)?;
         owner_lock
             .lock()
             .map_err(|err| Error::io("lock consumer liveness file", err))?;
+        std::fs::rename(&creating, &owner_path)
+            .map_err(|err| Error::io("name consumer liveness file", err))?;
         remove_dead_consumer_files(layout, owner);
         let mut state = StateLog::open(layout, queue.config.compact_at)?;
         let mut view = View::default();
@@ -302,13 +307,25 @@ impl<T: DeserializeOwned> Consumer<T> {
             let header = match self.index.read(seq, &mut self.buf) {
                 Ok(Some(header)) => header,
                 Ok(None) => {
-                    self.state
-                        .append(&mut self.view, Kind::Lost, seq, now, seq + 1, &[])?;
+                    self.state.append(
+                        &mut self.view,
+                        Kind::Lost,
+                        seq,
+                        now,
+                        seq.saturating_add(1),
+                        &[],
+                    )?;
                     continue;
                 }
                 Err(err) => {
-                    self.state
-                        .append(&mut self.view, Kind::Lost, seq, now, seq + 1, &[])?;
+                    self.state.append(
+                        &mut self.view,
+                        Kind::Lost,
+                        seq,
+                        now,
+                        seq.saturating_add(1),
+                        &[],
+                    )?;
                     return Err(err);
                 }
             };
@@ -327,7 +344,7 @@ impl<T: DeserializeOwned> Consumer<T> {
                 continue;
             }
             let until = now.saturating_add(config.lease_ms);
-            let deliveries = count + 1;
+            let deliveries = count.saturating_add(1);
             self.state.append(
                 &mut self.view,
                 Kind::Lease,
@@ -507,6 +524,23 @@ fn remove_dead_consumer_files(layout: &Layout, me: u64) {
     let mut cache = HashMap::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
+        if name.to_str().is_some_and(|name| name.ends_with(".new")) {
+            // A consumer that died while it was being opened (old enough that it is not
+            // opening right now).
+            let stale = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            if stale
+                && let Ok(file) = fsx::open_existing(&entry.path())
+                && file.try_lock().is_ok()
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            continue;
+        }
         let Some(owner) = name
             .to_str()
             .and_then(|name| name.strip_suffix(".lock"))

@@ -150,10 +150,22 @@ pub(crate) fn quarantine(
     file.sync_data()
         .map_err(|err| Error::io(format!("fdatasync {}", path.display()), err))?;
     let note_path = path.with_extension("txt");
-    fs::write(&note_path, format!("{note}\n"))
-        .map_err(|err| Error::io(format!("write {}", note_path.display()), err))?;
+    write_private(&note_path, format!("{note}\n").as_bytes())?;
     sync_dir(&dir)?;
     Ok(path)
+}
+
+/// Writes a small owner-only (0600) file, replacing its contents.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .map_err(|err| Error::io(format!("write {}", path.display()), err))
 }
 
 /// Reads a whole small file.

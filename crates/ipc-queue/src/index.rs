@@ -52,7 +52,8 @@ pub(crate) struct LogIndex {
 
 enum Step {
     Continue,
-    Bad(u64),
+    /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
+    Bad(u64, bool),
 }
 
 impl LogIndex {
@@ -154,7 +155,7 @@ impl LogIndex {
             self.buf = buf;
             match step? {
                 Step::Continue => {}
-                Step::Bad(offset) => self.bad(offset, size, view, findings)?,
+                Step::Bad(offset, misplaced) => self.bad(offset, misplaced, view, findings)?,
             }
         }
     }
@@ -166,8 +167,11 @@ impl LogIndex {
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
                 Parsed::Valid(header) if matches!(header.kind, Kind::Message | Kind::Seal) => {
-                    if header.seq < self.next_seq {
-                        step = Step::Bad(self.end + pos as u64);
+                    // A seal always names a later segment (a sealed segment is never empty).
+                    if header.seq < self.next_seq
+                        || (header.kind == Kind::Seal && header.seq <= cur)
+                    {
+                        step = Step::Bad(self.end + pos as u64, true);
                         break;
                     }
                     if header.seq > self.next_seq {
@@ -191,12 +195,13 @@ impl LogIndex {
                         break;
                     }
                     seg.offsets.push((header.seq, self.end + pos as u64));
-                    self.next_seq = header.seq + 1;
+                    self.next_seq = header.seq.saturating_add(1);
                     pos += header.record_len();
                 }
                 Parsed::Incomplete if self.end + (buf.len() as u64) < size => break,
-                _ => {
-                    step = Step::Bad(self.end + pos as u64);
+                parsed => {
+                    let misplaced = matches!(parsed, Parsed::Valid(_));
+                    step = Step::Bad(self.end + pos as u64, misplaced);
                     break;
                 }
             }
@@ -232,7 +237,7 @@ impl LogIndex {
             return Ok(());
         }
         let from = self.next_seq;
-        if !view.knows_lost(from, later.max(from + 1)) {
+        if !view.knows_lost(from, later.max(from.saturating_add(1))) {
             findings.push(Finding {
                 from,
                 to: later,
@@ -256,9 +261,13 @@ impl LogIndex {
         let (first, file) = match fsx::open_existing(&path) {
             Ok(file) => (next, file),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let later = fsx::list_segments(&self.layout.segments())?
-                    .into_iter()
-                    .find(|&first| first > next);
+                let firsts = fsx::list_segments(&self.layout.segments())?;
+                if firsts.contains(&next) {
+                    // Created (by the writer that sealed, which holds the append lock while
+                    // this reader does not) between the open and the listing: try again.
+                    return Ok(true);
+                }
+                let later = firsts.into_iter().find(|&first| first > next);
                 let Some(later) = later else {
                     return Ok(false);
                 };
@@ -268,7 +277,10 @@ impl LogIndex {
                         to: later,
                         torn: false,
                         what: format!(
-                            "segment {next} is missing; messages {next}..{later} are lost"
+                            "segment {next} is missing; messages {next}..{later} are lost (floor {}, scanning from segment {}, segments {:?})",
+                            view.floor,
+                            self.cur,
+                            fsx::list_segments(&self.layout.segments()).unwrap_or_default().iter().take(5).collect::<Vec<_>>()
                         ),
                     });
                 }
@@ -299,7 +311,7 @@ impl LogIndex {
     fn bad(
         &mut self,
         offset: u64,
-        size: u64,
+        misplaced: bool,
         view: &View,
         findings: &mut Vec<Finding>,
     ) -> Result<()> {
@@ -313,7 +325,7 @@ impl LogIndex {
             file,
             cur,
             offset,
-            size,
+            misplaced,
             self.max_payload,
             &mut self.buf,
         )?;
@@ -332,7 +344,7 @@ impl LogIndex {
             Bad::LaterSegment(later) => (fsx::file_len(file)?, later),
         };
         let from = self.next_seq;
-        if !view.knows_lost(from, to.max(from + 1)) || to <= from {
+        if !view.knows_lost(from, to.max(from.saturating_add(1))) || to <= from {
             let lost = to.saturating_sub(from);
             let what = format!(
                 "segment {cur}: {} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost",

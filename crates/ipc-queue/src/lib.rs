@@ -20,6 +20,8 @@
 //!   dead-letter queue). Unsettled deliveries come back when their lease runs out or their
 //!   consumer process dies; after [`QueueConfig::with_max_deliveries`] deliveries they go
 //!   to the dead-letter queue. Delivery is at least once.
+//! - Time-to-live per queue ([`QueueConfig::with_ttl`]) or per message
+//!   ([`Producer::send_with_ttl`]): expired messages are dead-lettered, not delivered.
 //! - Several producers and competing consumers, in any processes.
 //! - Bounded queues ([`QueueConfig::with_max_messages`], [`QueueConfig::with_max_bytes`]):
 //!   `send` waits or fails with [`ErrorKind::Full`](ipc_core::ErrorKind::Full) per [`WhenFull`].

@@ -129,6 +129,19 @@ impl<T: Serialize + ?Sized> Producer<T> {
         &self.queue
     }
 
+    /// Sends `message` with its own time-to-live: undelivered after `ttl`, it goes to the
+    /// dead-letter queue instead (the queue's own TTL, if shorter, still applies).
+    pub fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
+        let wait = match self.options.when_full {
+            WhenFull::Wait => Wait::Until(None),
+            WhenFull::Fail => Wait::No,
+        };
+        self.appender.begin_batch();
+        self.push_with_ttl(message, Some(ttl))?;
+        let (seq, _) = self.commit(wait)?;
+        Ok(Receipt { seq })
+    }
+
     fn send_one(&mut self, message: &T, wait: Wait) -> Result<Receipt> {
         self.appender.begin_batch();
         self.push(message)?;
@@ -165,10 +178,17 @@ impl<T: Serialize + ?Sized> Producer<T> {
     }
 
     fn push(&mut self, message: &T) -> Result<()> {
+        self.push_with_ttl(message, None)
+    }
+
+    fn push_with_ttl(&mut self, message: &T, ttl: Option<Duration>) -> Result<()> {
         let now = fsx::now_ms();
-        let expires = match self.queue.config.ttl_ms {
-            0 => 0,
-            ttl => now.saturating_add(ttl),
+        let queue_ttl = (self.queue.config.ttl_ms != 0).then_some(self.queue.config.ttl_ms);
+        let own_ttl = ttl.map(|ttl| (ttl.as_millis() as u64).max(1));
+        let expires = match (queue_ttl, own_ttl) {
+            (None, None) => 0,
+            (Some(ttl), None) | (None, Some(ttl)) => now.saturating_add(ttl),
+            (Some(a), Some(b)) => now.saturating_add(a.min(b)),
         };
         self.appender.push(now, expires, |buf, max| {
             ipc_core::encode_to_vec(message, buf, max)

@@ -130,6 +130,10 @@ impl Queue {
     }
 
     /// Opens a consumer of `T` messages, competing with the queue's other consumers.
+    ///
+    /// Opening scans the log from the oldest message not yet done. Damage found on the way
+    /// is reported as [`Corrupted`](ErrorKind::Corrupted) (once; it is then quarantined and
+    /// recorded, and opening again succeeds).
     pub fn consumer<T: DeserializeOwned>(&self) -> Result<Consumer<T>> {
         Consumer::open(self)
     }

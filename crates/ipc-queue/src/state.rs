@@ -68,7 +68,7 @@ impl View {
                         count,
                     },
                 );
-                self.next_fresh = self.next_fresh.max(seq + 1);
+                self.next_fresh = self.next_fresh.max(seq.saturating_add(1));
             }
             Kind::Ack => {
                 self.acked_total += 1;
@@ -112,7 +112,7 @@ impl View {
         if self.entries.insert(seq, Entry::Done) != Some(Entry::Done) {
             self.done_count += 1;
         }
-        self.next_fresh = self.next_fresh.max(seq + 1);
+        self.next_fresh = self.next_fresh.max(seq.saturating_add(1));
     }
 
     /// Whether `from..to` is already known as lost.
@@ -137,7 +137,7 @@ impl View {
         let inside: Vec<u64> = self.entries.range(from..to).map(|(&seq, _)| seq).collect();
         for seq in inside {
             if self.entries.remove(&seq) == Some(Entry::Done) {
-                self.done_count -= 1;
+                self.done_count = self.done_count.saturating_sub(1);
             }
         }
     }
@@ -147,11 +147,14 @@ impl View {
         loop {
             if let Some(Entry::Done) = self.entries.get(&self.floor) {
                 self.entries.remove(&self.floor);
-                self.done_count -= 1;
-                self.floor += 1;
+                self.done_count = self.done_count.saturating_sub(1);
+                self.floor = self.floor.saturating_add(1);
             } else if let Some(to) = self.lost.remove(&self.floor) {
-                self.lost_pending -= to - self.floor;
-                self.floor = to;
+                self.lost_pending = self
+                    .lost_pending
+                    .saturating_sub(to.saturating_sub(self.floor));
+                // A damaged snapshot could hold a backwards range: never move back.
+                self.floor = to.max(self.floor);
             } else {
                 break;
             }

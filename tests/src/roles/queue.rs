@@ -1,7 +1,8 @@
 //! Peer roles for ipc-queue. Each role is named `queue-...`.
 //!
-//! - `queue-produce --path P --producer ID --incarnation I [--count N] [--batch B]
-//!   [--size BYTES] [--durability always|never|MS]`: sends [`QueueJob`]s, printing
+//! - `queue-produce --path P [--create 1] --producer ID --incarnation I [--count N]
+//!   [--batch B] [--size BYTES] [--durability always|never|MS]`: sends `QueueJob`s
+//!   (creating the queue with the default configuration if asked and needed), printing
 //!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`.
 //! - `queue-consume --path P [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]`:
 //!   receives (with `--hold 1`: one message, then keeps its lease until killed), checks
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipc_core::ErrorKind;
-use ipc_queue::{Durability, ProducerOptions, Queue};
+use ipc_queue::{Durability, ProducerOptions, Queue, QueueConfig};
 use serde::{Deserialize, Serialize};
 
 use super::Args;
@@ -73,7 +74,12 @@ fn durability(text: &str) -> Result<Durability> {
 }
 
 fn produce(args: &Args) -> Result<()> {
-    let queue = Queue::open(path(args)?)?;
+    let create: u8 = args.get("create", 0)?;
+    let queue = if create != 0 {
+        Queue::open_or_create(path(args)?, &QueueConfig::new())?
+    } else {
+        Queue::open(path(args)?)?
+    };
     let producer_id: u32 = args.get("producer", 0)?;
     let incarnation: u32 = args.get("incarnation", 0)?;
     let count: u64 = args.get("count", u64::MAX)?;
