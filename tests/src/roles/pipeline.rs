@@ -4,7 +4,7 @@
 //!
 //! - `pipeline-gateway --address A --queue Q --shm NAME --workers W`: a socket server for
 //!   [`Calc`] requests. Each request is persisted in queue `Q` (batched: one sync for every
-//!   request that arrived meanwhile) and answered when a worker's [`Answer`] comes back
+//!   request that arrived meanwhile) and answered when a worker's `Answer` comes back
 //!   through the shared-memory channel `NAME` (created here, `W` sender slots). An answer
 //!   for a request already answered (a worker died between answering and acknowledging) is
 //!   counted and dropped, so every request is answered once. Prints `ready address=..`;
