@@ -2,7 +2,8 @@
 //!
 //! - `scenarios [NAME] [--quick] [--list]`: cross-crate scenarios with real separate processes;
 //! - `bench [--quick] [--json PATH]`: every mechanism beside its raw baseline, as a table and JSON;
-//! - `ci`: the same steps as `.ci/run` (format, lint, test, docs, packaging, quick scenarios).
+//! - `ci`: the same steps as `.ci/run` (format, lint, test, docs, packaging, quick scenarios);
+//! - `queue stats PATH [--json]`: a look inside an embedded ipc-queue.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ mod bench;
 mod chart;
 mod ci;
 mod peers;
+mod queue;
 mod scenarios;
 mod table;
 
@@ -48,6 +50,23 @@ enum Task {
     },
     /// Run the CI steps of `.ci/run`: fmt, clippy, tests, docs, packaging, quick scenarios.
     Ci,
+    /// Look inside an embedded ipc-queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Depth, unacknowledged and dead-letter counts, oldest message age, disk use.
+    Stats {
+        /// The queue directory.
+        path: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +82,9 @@ fn main() -> ExitCode {
         }
         Task::Bench { quick, json } => bench::run(quick, &json).map(|()| true),
         Task::Ci => ci::run().map(|()| true),
+        Task::Queue {
+            command: QueueCommand::Stats { path, json },
+        } => queue::stats(&path, json).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
