@@ -12,8 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ipc_tests::Peer;
 use ipc_tests::bench::Figure;
 
+use crate::chart::value_label;
 use crate::peers::{self, Profile};
-use crate::table::{Table, si};
+use crate::table::Table;
 
 /// Runs the benches and reports them.
 pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
@@ -35,7 +36,7 @@ pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
                 figure.mechanism,
                 figure.case,
                 figure.payload_bytes,
-                format_value(figure.value, &figure.unit)
+                value_label(figure.value, &figure.unit)
             ));
             figures.push(figure);
         } else if line.starts_with("ok") {
@@ -47,7 +48,26 @@ pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
     }
     bar.finish_and_clear();
     peer.wait_success(Duration::from_secs(60))?;
+    report(&figures, effort, &machine_line(), json)
+}
 
+/// Re-renders the table and the chart of a JSON report written earlier.
+pub(crate) fn render(report_path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(report_path)
+        .with_context(|| format!("read {}", report_path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).context("parse the report")?;
+    let figures: Vec<Figure> =
+        serde_json::from_value(value["figures"].clone()).context("the report's figures")?;
+    let effort = value["effort"].as_str().unwrap_or("full").to_owned();
+    let machine = value["machine"]
+        .as_str()
+        .unwrap_or("machine unknown")
+        .to_owned();
+    report(&figures, &effort, &machine, report_path)
+}
+
+/// Prints the markdown table, and writes the JSON report and the SVG chart beside it.
+fn report(figures: &[Figure], effort: &str, machine: &str, json: &Path) -> Result<()> {
     let mut table = Table::new(&[
         "mechanism",
         "case",
@@ -57,18 +77,18 @@ pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
         ">baseline value",
         ">ratio",
     ]);
-    for f in &figures {
+    for f in figures {
         table.push(vec![
             f.mechanism.clone(),
             f.case.clone(),
             format_bytes(f.payload_bytes),
-            format_value(f.value, &f.unit),
+            value_label(f.value, &f.unit),
             f.baseline_name.clone(),
-            format_value(f.baseline_value, &f.unit),
+            value_label(f.baseline_value, &f.unit),
             format!("{:.2}x", f.ratio()),
         ]);
     }
-    println!("{}", machine_line());
+    println!("{machine}");
     println!();
     print!("{}", table.to_markdown());
     println!();
@@ -80,7 +100,7 @@ pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let report = serde_json::json!({
-        "machine": machine_line(),
+        "machine": machine,
         "effort": effort,
         "figures": figures,
     });
@@ -88,19 +108,11 @@ pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
         .with_context(|| format!("write {}", json.display()))?;
     eprintln!("wrote {}", json.display());
     let chart = json.with_extension("svg");
-    let title = format!("ipc bench ({effort}): {}", machine_line());
-    std::fs::write(&chart, crate::chart::render(&figures, &title))
+    let title = format!("ipc bench ({effort}): {machine}");
+    std::fs::write(&chart, crate::chart::render(figures, &title))
         .with_context(|| format!("write {}", chart.display()))?;
     eprintln!("wrote {}", chart.display());
     Ok(())
-}
-
-fn format_value(value: f64, unit: &str) -> String {
-    match unit {
-        "ns" if value >= 10_000.0 => format!("{:.1} µs", value / 1e3),
-        "ns" => format!("{value:.1} ns"),
-        unit => format!("{} {unit}", si(value)),
-    }
 }
 
 fn format_bytes(bytes: u64) -> String {

@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 
 use ipc_tests::bench::Figure;
 
-const WIDTH: f64 = 1000.0;
-const LABEL_WIDTH: f64 = 380.0;
+/// Width of the plot area, right of the labels.
+const PLOT_WIDTH: f64 = 600.0;
+/// About how wide one character of a 12 px label is.
+const CHAR_WIDTH: f64 = 6.6;
 const ROW_HEIGHT: f64 = 34.0;
 const PANEL_HEADER: f64 = 56.0;
 const PANEL_GAP: f64 = 24.0;
@@ -42,8 +44,24 @@ fn payload_label(bytes: u64) -> String {
     }
 }
 
-fn value_label(value: f64, unit: &str) -> String {
-    format!("{} {unit}", crate::table::si(value))
+/// A value with its unit, nanoseconds scaled to µs or ms where that reads better.
+pub(crate) fn value_label(value: f64, unit: &str) -> String {
+    match unit {
+        "ns" if value >= 1e6 => format!("{:.2} ms", value / 1e6),
+        "ns" if value >= 1e4 => format!("{:.1} µs", value / 1e3),
+        "ns" if value >= 1e3 => format!("{:.2} µs", value / 1e3),
+        "ns" => format!("{value:.1} ns"),
+        unit => format!("{} {unit}", crate::table::si(value)),
+    }
+}
+
+fn row_label(f: &Figure) -> String {
+    format!(
+        "{} · {} · {}",
+        f.mechanism,
+        f.case,
+        payload_label(f.payload_bytes)
+    )
 }
 
 /// Renders `figures` as an SVG document.
@@ -65,6 +83,14 @@ pub(crate) fn render(figures: &[Figure], title: &str) -> String {
             ))
         });
     }
+    let label_width = figures
+        .iter()
+        .map(|f| row_label(f).chars().count())
+        .max()
+        .unwrap_or(20) as f64
+        * CHAR_WIDTH
+        + 16.0;
+    let width = MARGIN * 2.0 + label_width + PLOT_WIDTH + 110.0;
     let height = MARGIN * 2.0
         + 30.0
         + panels
@@ -75,7 +101,7 @@ pub(crate) fn render(figures: &[Figure], title: &str) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height}" viewBox="0 0 {width:.0} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
@@ -125,8 +151,8 @@ pub(crate) fn render(figures: &[Figure], title: &str) -> String {
             (1.0, 10.0)
         };
         let decades = (hi / lo).log10().max(1.0);
-        let plot_x = MARGIN + LABEL_WIDTH;
-        let plot_w = WIDTH - plot_x - MARGIN - 90.0;
+        let plot_x = MARGIN + label_width;
+        let plot_w = PLOT_WIDTH;
         let x_of = |v: f64| {
             if v <= 0.0 || !v.is_finite() {
                 return 0.0;
@@ -143,17 +169,12 @@ pub(crate) fn render(figures: &[Figure], title: &str) -> String {
                 svg,
                 r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#e0e0e0"/><text x="{x:.1}" y="{}" text-anchor="middle" fill="#666">{}</text>"##,
                 bottom + 14.0,
-                escape(&crate::table::si(v))
+                escape(&value_label(v, unit).replace(&format!(" {unit}"), ""))
             );
         }
         for (i, f) in rows.iter().enumerate() {
             let row_y = top + i as f64 * ROW_HEIGHT;
-            let label = format!(
-                "{} · {} · {}",
-                f.mechanism,
-                f.case,
-                payload_label(f.payload_bytes)
-            );
+            let label = row_label(f);
             let _ = writeln!(
                 svg,
                 r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,

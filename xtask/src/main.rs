@@ -44,9 +44,12 @@ enum Task {
         /// Short runs, to check that every bench works; the numbers are rough.
         #[arg(long)]
         quick: bool,
-        /// Where to write the JSON report.
+        /// Where to write the JSON report (the SVG chart goes beside it).
         #[arg(long, default_value = "target/ipc-bench/report.json")]
         json: PathBuf,
+        /// Measure nothing: re-render the table and chart of this JSON report.
+        #[arg(long, value_name = "REPORT")]
+        render: Option<PathBuf>,
     },
     /// Run the CI steps of `.ci/run`: fmt, clippy, tests, docs, packaging, quick scenarios.
     Ci,
@@ -80,7 +83,11 @@ fn main() -> ExitCode {
                 scenarios::run(name.as_deref(), quick)
             }
         }
-        Task::Bench { quick, json } => bench::run(quick, &json).map(|()| true),
+        Task::Bench {
+            render: Some(report),
+            ..
+        } => bench::render(&report).map(|()| true),
+        Task::Bench { quick, json, .. } => bench::run(quick, &json).map(|()| true),
         Task::Ci => ci::run().map(|()| true),
         Task::Queue {
             command: QueueCommand::Stats { path, json },
