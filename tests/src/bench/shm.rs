@@ -76,6 +76,20 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         baseline_value: small_copy.messages_per_second,
     });
 
+    let medium_count = counts.small_messages / 5;
+    let medium = stream(medium_count, 1024, false)?;
+    let medium_copy = memcpy_rate(1024, medium_count);
+    figures.push(Figure {
+        mechanism: "ipc-shm".into(),
+        case: "stream".into(),
+        payload_bytes: 1024,
+        metric: "throughput".into(),
+        value: medium.messages_per_second,
+        unit: "msg/s".into(),
+        baseline_name: "memcpy of 1 KiB messages, one process".into(),
+        baseline_value: medium_copy.messages_per_second,
+    });
+
     let big = stream(counts.big_messages, 65_536, true)?;
     let big_copy = memcpy_rate(65_536, counts.big_messages.max(2_000));
     figures.push(Figure {

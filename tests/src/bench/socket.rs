@@ -162,7 +162,12 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
             "ipc-socket blocking round trip".to_owned(),
             ipc_rt,
         ));
-        for (size, count) in [(64usize, counts.small), (64 * 1024, counts.large)] {
+        let sizes = [
+            (64usize, counts.small),
+            (1024, counts.small / 8),
+            (64 * 1024, counts.large),
+        ];
+        for (size, count) in sizes {
             let (mut raw, mut ipc, mut async_) = (Duration::MAX, Duration::MAX, Duration::MAX);
             for _ in 0..reps {
                 raw = raw.min(raw_stream(transport, size, count)?);
