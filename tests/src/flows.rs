@@ -376,12 +376,13 @@ fn all_lines(peer: &mut Peer) -> Vec<String> {
     lines
 }
 
-/// ipc-queue, decoupled in time: a producer process sends `count` durable messages and
-/// exits; only then does a consumer process start, and it receives all of them.
-pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
+/// A new queue in a temporary directory, filled with `count` durable messages of 100 bytes
+/// by a producer process that has exited when this returns. Returns the directory (removed
+/// on drop) and the queue's path.
+fn produced_queue(prefix: &str, count: u64) -> Result<(TempDir, String)> {
     use ipc_queue::{Queue, QueueConfig};
 
-    let dir = TempDir::new("queue-later")?;
+    let dir = TempDir::new(prefix)?;
     let path = dir.path().join("q");
     Queue::create(&path, &QueueConfig::new())?;
     let path = path_arg(&path);
@@ -399,8 +400,15 @@ pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
         "producer said `{sent}`"
     );
     producer.wait_success(STEP)?;
-    drop(producer);
+    Ok((dir, path))
+}
+
+/// ipc-queue, decoupled in time: a producer process sends `count` durable messages and
+/// exits; only then does a consumer process start, and it receives all of them.
+pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
+    let (_dir, path) = produced_queue("queue-later", count)?;
     progress(count / 2, count);
+    let count_s = count.to_string();
 
     let mut consumer = Peer::spawn_role(
         "consumer",
@@ -438,22 +446,7 @@ fn queue_stats(path: &str) -> Result<String> {
 /// message is acknowledged at least once, and the ones the killed consumer held are
 /// redelivered (counted in the detail).
 pub fn queue_crash(count: u64, progress: Progress<'_>) -> Result<Outcome> {
-    use ipc_queue::{Queue, QueueConfig};
-
-    let dir = TempDir::new("queue-crash")?;
-    let path = dir.path().join("q");
-    Queue::create(&path, &QueueConfig::new())?;
-    let path = path_arg(&path);
-    let count_s = count.to_string();
-    let mut producer = Peer::spawn_role(
-        "producer",
-        "queue-produce",
-        [
-            "--path", &path, "--count", &count_s, "--batch", "100", "--size", "100", "--quiet", "1",
-        ],
-    )?;
-    producer.expect_prefixed("ok", STEP)?;
-    producer.wait_success(STEP)?;
+    let (_dir, path) = produced_queue("queue-crash", count)?;
 
     // The first consumer: killed once it has acknowledged a third of the messages.
     let mut first = Peer::spawn_role("consumer", "queue-consume", ["--path", &path])?;

@@ -206,14 +206,7 @@ fn frame_sink(args: &Args, mut input: impl Read) -> Result<()> {
                             format!("message {count} carries sequence number {}", sample.seq)
                         ));
                     }
-                    expected.resize(sample.payload.len(), 0);
-                    fill_payload(sample.seq, &mut expected);
-                    if sample.payload != expected.as_slice() {
-                        bail!(ipc_core::Error::new(
-                            ErrorKind::Corrupted,
-                            format!("payload of message {count} differs from what was sent")
-                        ));
-                    }
+                    check_payload(count, &sample, &mut expected)?;
                     checksum.add(sample.seq, sample.payload);
                     count += 1;
                     bytes += sample.payload.len() as u64;
@@ -258,6 +251,20 @@ fn bench(args: &Args) -> Result<()> {
         }
     })?;
     println!("ok figures={count}");
+    Ok(())
+}
+
+/// Checks that message number `count` carries the payload `fill_payload` made for its
+/// sequence number; `scratch` is reused between calls.
+pub(crate) fn check_payload(count: u64, sample: &Sample<'_>, scratch: &mut Vec<u8>) -> Result<()> {
+    scratch.resize(sample.payload.len(), 0);
+    fill_payload(sample.seq, scratch);
+    if sample.payload != scratch.as_slice() {
+        bail!(ipc_core::Error::new(
+            ErrorKind::Corrupted,
+            format!("payload of message {count} differs from what was sent")
+        ));
+    }
     Ok(())
 }
 

@@ -186,14 +186,7 @@ fn sink(args: &Args) -> Result<()> {
             ));
         }
         *slot += 1;
-        expected.resize(sample.payload.len(), 0);
-        fill_payload(sample.seq, &mut expected);
-        if sample.payload != expected.as_slice() {
-            bail!(Error::new(
-                ErrorKind::Corrupted,
-                format!("payload of message {count} differs from what was sent")
-            ));
-        }
+        super::check_payload(count, &sample, &mut expected)?;
         checksum.add(sample.seq, sample.payload);
         count += 1;
         bytes += sample.payload.len() as u64;
