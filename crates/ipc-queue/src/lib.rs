@@ -73,6 +73,8 @@
 //!   [`ipc_core::AsyncSender`] and [`ipc_core::AsyncReceiver`] by running the blocking calls
 //!   in `tokio::task::spawn_blocking` (and sleeping on the runtime between polls).
 
+#[cfg(feature = "amqp")]
+mod amqp;
 mod appender;
 #[cfg(feature = "tokio")]
 mod asynchronous;
@@ -85,6 +87,11 @@ mod queue;
 mod record;
 mod state;
 
+#[cfg(feature = "amqp")]
+pub use crate::amqp::{
+    AmqpConsumer, AmqpDelivery, AmqpOptions, AmqpProducer, AmqpQueue, AmqpReceipt, AmqpStats,
+    CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE, dead_letter_name,
+};
 #[cfg(feature = "tokio")]
 pub use crate::asynchronous::{AsyncConsumer, AsyncProducer};
 pub use crate::config::{
