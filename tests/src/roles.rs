@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Checksum, fill_payload};
 
+mod amqp;
 mod queue;
 mod shm;
 mod socket;
@@ -86,6 +87,7 @@ pub fn run<I: IntoIterator<Item = String>>(args: I) -> i32 {
         other => shm::run(other, &args)
             .or_else(|| socket::run(other, &args))
             .or_else(|| queue::run(other, &args))
+            .or_else(|| amqp::run(other, &args))
             .unwrap_or_else(|| bail!("unknown role `{other}`")),
     });
     match result {
