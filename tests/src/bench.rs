@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+pub mod amqp;
 pub mod queue;
 pub mod shm;
 pub mod socket;

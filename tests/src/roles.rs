@@ -16,6 +16,8 @@ use crate::{Checksum, fill_payload};
 
 mod amqp;
 mod queue;
+
+pub(crate) use amqp::AmqpItem;
 mod shm;
 mod socket;
 

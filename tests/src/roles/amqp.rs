@@ -12,6 +12,8 @@
 //!   empty for `MS` ms before then.
 //! - `amqp-echo --in Q --out R --count N`: receives `Vec<u8>` messages from Q and sends each
 //!   to R before acknowledging it; prints `ready` once both are open, `ok echoed=N` at the end.
+//! - `amqp-raw-consume --count N` and `amqp-raw-echo --in Q --out R --count N`: the same
+//!   work through raw lapin, the baselines of the benchmarks.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -39,6 +41,8 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "amqp-produce" => Some(produce(args)),
         "amqp-consume" => Some(consume(args)),
         "amqp-echo" => Some(echo(args)),
+        "amqp-raw-consume" => Some(raw_consume(args)),
+        "amqp-raw-echo" => Some(raw_echo(args)),
         _ => None,
     }
 }
@@ -166,4 +170,21 @@ fn echo(args: &Args) -> Result<()> {
         consumer.ack(&delivery)?;
     }
     say(&format!("ok echoed={count}"))
+}
+
+fn raw_consume(args: &Args) -> Result<()> {
+    crate::bench::amqp::raw_consume_role(
+        &required(args, "url")?,
+        &required(args, "queue")?,
+        args.get("count", 100)?,
+    )
+}
+
+fn raw_echo(args: &Args) -> Result<()> {
+    crate::bench::amqp::raw_echo_role(
+        &required(args, "url")?,
+        &required(args, "in")?,
+        &required(args, "out")?,
+        args.get("count", 100)?,
+    )
 }
