@@ -14,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 use super::{Effort, Figure};
@@ -35,8 +35,8 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         return Ok(Vec::new());
     };
     let (publish_n, rounds) = match effort {
-        Effort::Quick => (2_000u64, 100u64),
-        Effort::Full => (50_000, 2_000),
+        Effort::Quick => (1_000u64, 50u64),
+        Effort::Full => (30_000, 1_500),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -45,10 +45,14 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         .context("start a runtime")?;
     let mut figures = Vec::new();
 
-    let raw_queue = BenchQueue::new(&url)?;
-    let raw = runtime.block_on(raw_publish(&url, raw_queue.0.name(), publish_n))?;
-    drop(raw_queue);
-    let ours = ipc_publish(&url, publish_n)?;
+    // The machine is shared and noisy: each side is the best of two runs, interleaved.
+    let (mut ours, mut raw) = (0.0f64, 0.0f64);
+    for _ in 0..2 {
+        let raw_queue = BenchQueue::new(&url)?;
+        raw = raw.max(runtime.block_on(raw_publish(&url, raw_queue.0.name(), publish_n))?);
+        drop(raw_queue);
+        ours = ours.max(ipc_publish(&url, publish_n)?);
+    }
     figures.push(figure(
         &format!("confirmed publish, windows of {WINDOW}"),
         "throughput",
@@ -58,8 +62,11 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         raw,
     ));
 
-    let ours = end_to_end(&url, publish_n, "amqp-consume")?;
-    let raw = end_to_end(&url, publish_n, "amqp-raw-consume")?;
+    let (mut ours, mut raw) = (0.0f64, 0.0f64);
+    for _ in 0..2 {
+        raw = raw.max(end_to_end(&url, publish_n, "amqp-raw-consume")?);
+        ours = ours.max(end_to_end(&url, publish_n, "amqp-consume")?);
+    }
     figures.push(figure(
         "end to end, one consumer process",
         "throughput",
@@ -69,8 +76,11 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         raw,
     ));
 
-    let ours = round_trip(&url, rounds, "amqp-echo")?;
-    let raw = round_trip(&url, rounds, "amqp-raw-echo")?;
+    let (mut ours, mut raw) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..2 {
+        raw = raw.min(round_trip(&url, rounds, "amqp-raw-echo")?);
+        ours = ours.min(round_trip(&url, rounds, "amqp-echo")?);
+    }
     figures.push(figure(
         "round trip through an echo process",
         "latency",
@@ -144,6 +154,33 @@ fn ipc_publish(url: &str, count: u64) -> Result<f64> {
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The properties ipc-queue gives a message (AMQP.md), so the raw baseline sends the
+/// same bytes to the broker.
+fn same_properties(seq: u64) -> BasicProperties {
+    let sent_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ipc_queue::HEADER_TYPE.into(),
+        AMQPValue::LongString(std::any::type_name::<AmqpItem>().into()),
+    );
+    headers.insert(
+        ipc_queue::HEADER_SEQ.into(),
+        AMQPValue::LongLongInt(seq as i64),
+    );
+    headers.insert(
+        ipc_queue::HEADER_SENT_MS.into(),
+        AMQPValue::LongLongInt(sent_ms),
+    );
+    BasicProperties::default()
+        .with_content_type(ipc_queue::CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_message_id(format!("{seq:016x}").into())
+        .with_timestamp((sent_ms / 1000) as u64)
+        .with_headers(headers)
+}
+
 /// Publishes the ipc-core encoding of every item through raw lapin with the same
 /// properties as ipc-queue, `WINDOW` confirms at a time.
 pub(crate) async fn raw_publish_items(
@@ -167,9 +204,7 @@ pub(crate) async fn raw_publish_items(
                             ..BasicPublishOptions::default()
                         },
                         &body,
-                        BasicProperties::default()
-                            .with_content_type(ipc_queue::CONTENT_TYPE.into())
-                            .with_delivery_mode(2),
+                        same_properties(item.index),
                     )
                     .await?,
             );
@@ -328,9 +363,7 @@ pub(crate) fn raw_echo_role(url: &str, input: &str, output: &str, count: u64) ->
                         ..BasicPublishOptions::default()
                     },
                     &delivery.data,
-                    BasicProperties::default()
-                        .with_content_type(ipc_queue::CONTENT_TYPE.into())
-                        .with_delivery_mode(2),
+                    same_properties(delivery.delivery_tag),
                 )
                 .await?
                 .await?;
