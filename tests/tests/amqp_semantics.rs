@@ -8,7 +8,9 @@ use anyhow::Result;
 use ipc_core::ErrorKind;
 use ipc_queue::{AmqpOptions, AmqpQueue, ProducerOptions, QueueConfig, WhenFull};
 use ipc_tests::Watchdog;
-use ipc_tests::amqp::{TestQueue, amqp_url, broker_queue, wait_broker_messages};
+use ipc_tests::amqp::{
+    TestQueue, amqp_url, broker_queue, close_connections_of, wait_broker_messages,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -258,5 +260,33 @@ fn a_dead_broker_is_a_timeout_and_a_deleted_queue_is_an_error_not_a_receipt() ->
     )
     .unwrap_err();
     assert_ne!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    Ok(())
+}
+
+#[test]
+fn an_ack_for_a_lost_connection_is_reported_and_the_message_comes_again() -> Result<()> {
+    let _watchdog = Watchdog::new("amqp lost ack", Duration::from_secs(120));
+    let Some((name, queue)) = fresh("amqp lost ack", &QueueConfig::new())? else {
+        return Ok(());
+    };
+    let mut producer = queue.producer::<String>(ProducerOptions::new())?;
+    let receipt = producer.send(&"once".to_owned())?;
+    drop(producer);
+    let mut consumer = queue.consumer::<String>()?;
+    let first = consumer.recv_timeout(WAIT)?;
+    assert_eq!((first.seq(), first.deliveries()), (receipt.seq(), 1));
+
+    // The broker drops the consumer's connection: the delivery goes back to the queue.
+    let closed = close_connections_of(name.name())?;
+    assert!(closed >= 1, "no connection of {} found", name.name());
+    let again = consumer.recv_timeout(WAIT)?;
+    assert_eq!((again.seq(), again.deliveries()), (receipt.seq(), 2));
+    let err = consumer.ack(&first).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+    consumer.ack(&again)?;
+    let err = consumer
+        .recv_timeout(Duration::from_millis(300))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     Ok(())
 }

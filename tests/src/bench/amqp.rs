@@ -297,7 +297,7 @@ fn round_trip(url: &str, rounds: u64, role: &str) -> Result<f64> {
 }
 
 /// The raw lapin consumer role: consumes `count` messages with manual acks and the same
-/// prefetch as ipc-queue, decoding each.
+/// prefetch as ipc-queue, decoding and checking each.
 pub(crate) fn raw_consume_role(url: &str, queue: &str, count: u64) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -316,10 +316,16 @@ pub(crate) fn raw_consume_role(url: &str, queue: &str, count: u64) -> Result<()>
             )
             .await?;
         println!("ready");
+        let mut expected = Vec::new();
         for _ in 0..count {
             let delivery = next(&mut consumer).await?;
+            // The same checks as the `amqp-consume` role.
             let item: AmqpItem = ipc_core::decode(&delivery.data)?;
-            std::hint::black_box(item);
+            expected.resize(item.payload.len(), 0);
+            fill_payload(item.index, &mut expected);
+            if item.payload != expected {
+                bail!("message {} has a wrong payload", item.index);
+            }
             delivery.acker.ack(BasicAckOptions::default()).await?;
         }
         println!("ok consumed={count}");

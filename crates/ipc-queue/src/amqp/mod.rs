@@ -198,7 +198,10 @@ impl AmqpQueue {
 
     /// [`open`](AmqpQueue::open) with connection options.
     pub fn open_with(url: &str, name: &str, options: &AmqpOptions) -> Result<AmqpQueue> {
-        let queue = AmqpQueue::new(url, name, QueueConfig::new(), options)?;
+        // AMQP cannot read the queue's configuration back: accept messages up to the largest
+        // length any queue may be created with (the broker bounds them too).
+        let config = QueueConfig::new().with_max_message_len(crate::config::MAX_MESSAGE_LEN_LIMIT);
+        let queue = AmqpQueue::new(url, name, config, options)?;
         queue.stats()?;
         Ok(queue)
     }
@@ -235,8 +238,9 @@ impl AmqpQueue {
         &self.shared.name
     }
 
-    /// The configuration given to [`create`](AmqpQueue::create) (the defaults after
-    /// [`open`](AmqpQueue::open): AMQP cannot read a queue's arguments back).
+    /// The configuration given to [`create`](AmqpQueue::create) (after
+    /// [`open`](AmqpQueue::open): the defaults with the largest message length, as AMQP
+    /// cannot read a queue's arguments back).
     pub fn config(&self) -> &QueueConfig {
         &self.config
     }
@@ -366,4 +370,55 @@ fn dead_arguments() -> FieldTable {
     let mut table = FieldTable::default();
     table.insert(ShortString::from("x-queue-type"), long("quorum"));
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn int_arg(table: &FieldTable, key: &str) -> Option<i64> {
+        match table.inner().get(key)? {
+            AMQPValue::LongLongInt(value) => Some(*value),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn queue_arguments_follow_the_config() -> Result<()> {
+        let plain = queue_arguments(&QueueConfig::new().with_max_deliveries(0), "q.dead")?;
+        assert!(plain.contains_key("x-queue-type"));
+        assert!(!plain.contains_key("x-delivery-limit"));
+        assert!(!plain.contains_key("x-message-ttl"));
+        assert!(!plain.contains_key("x-max-length"));
+        let config = QueueConfig::new()
+            .with_max_deliveries(3)
+            .with_ttl(Some(Duration::from_millis(1500)))
+            .with_max_messages(10)
+            .with_max_bytes(4096);
+        let table = queue_arguments(&config, "q.dead")?;
+        assert_eq!(int_arg(&table, "x-delivery-limit"), Some(2));
+        assert_eq!(int_arg(&table, "x-message-ttl"), Some(1500));
+        assert_eq!(int_arg(&table, "x-max-length"), Some(10));
+        assert_eq!(int_arg(&table, "x-max-length-bytes"), Some(4096));
+        let err =
+            queue_arguments(&QueueConfig::new().with_max_messages(u64::MAX), "q.dead").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        Ok(())
+    }
+
+    #[test]
+    fn names_are_checked_and_passwords_stay_out_of_messages() {
+        let err = AmqpQueue::create("amqp://127.0.0.1:1/%2f", "", &QueueConfig::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let long = "x".repeat(201);
+        let err = AmqpQueue::open("amqp://127.0.0.1:1/%2f", &long).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            link::redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(link::redact("amqp://host/%2f"), "amqp://host/%2f");
+    }
 }
