@@ -94,7 +94,8 @@ mod state;
 #[cfg(feature = "amqp")]
 pub use crate::amqp::{
     AmqpConsumer, AmqpDelivery, AmqpOptions, AmqpProducer, AmqpQueue, AmqpReceipt, AmqpStats,
-    CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE, dead_letter_name,
+    AsyncAmqpConsumer, AsyncAmqpProducer, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE,
+    dead_letter_name,
 };
 #[cfg(feature = "tokio")]
 pub use crate::asynchronous::{AsyncConsumer, AsyncProducer};

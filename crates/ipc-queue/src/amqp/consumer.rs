@@ -67,6 +67,21 @@ impl<T> AmqpDelivery<T> {
     pub fn into_message(self) -> T {
         self.message
     }
+
+    pub(crate) fn token(&self) -> SettleToken {
+        SettleToken {
+            acker: self.acker.clone(),
+            generation: self.generation,
+            seq: self.seq,
+        }
+    }
+}
+
+/// What settling a delivery needs, without the message.
+pub(crate) struct SettleToken {
+    acker: Acker,
+    generation: u64,
+    seq: u64,
 }
 
 /// The consuming end of one connection.
@@ -101,7 +116,7 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
         };
         let shared = Arc::clone(&consumer.shared);
         shared
-            .runtime
+            .handle
             .block_on(consumer.ensure_link(deadline_after(shared.options.timeout)))?;
         Ok(consumer)
     }
@@ -169,21 +184,28 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
     }
 
     fn settle(&mut self, delivery: &AmqpDelivery<T>, how: Settle) -> Result<()> {
-        if delivery.generation != self.generation || self.link.is_none() {
+        self.settle_token(delivery.token(), how)
+    }
+
+    pub(crate) fn settle_token(&mut self, token: SettleToken, how: Settle) -> Result<()> {
+        let SettleToken {
+            acker,
+            generation,
+            seq,
+        } = token;
+        if generation != self.generation || self.link.is_none() {
             return Err(Error::new(
                 ErrorKind::PeerClosed,
                 format!(
                     "{} of message {} could not be delivered: its connection to the broker was lost; the broker will deliver the message again",
                     how.name(),
-                    delivery.seq
+                    seq
                 ),
             ));
         }
         let shared = Arc::clone(&self.shared);
         let deadline = deadline_after(shared.options.timeout);
-        let result = shared
-            .runtime
-            .block_on(settle(&delivery.acker, how, deadline));
+        let result = shared.handle.block_on(settle(&acker, how, deadline));
         match result {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::new(
@@ -191,11 +213,11 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
                 format!(
                     "{} of message {} was not delivered (its channel closed or it was settled already); the broker will deliver it again if it was not settled",
                     how.name(),
-                    delivery.seq
+                    seq
                 ),
             )),
             Err(err) => {
-                shared.runtime.block_on(self.drop_link());
+                shared.handle.block_on(self.drop_link());
                 Err(err)
             }
         }
@@ -203,7 +225,7 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
 
     fn recv_until(&mut self, deadline: Option<Deadline>) -> Result<AmqpDelivery<T>> {
         let shared = Arc::clone(&self.shared);
-        shared.runtime.block_on(async {
+        shared.handle.block_on(async {
             loop {
                 // Connecting is bounded by the call deadline, or by the queue's timeout per
                 // attempt when waiting forever.
@@ -360,7 +382,7 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
 }
 
 #[derive(Clone, Copy)]
-enum Settle {
+pub(crate) enum Settle {
     Ack,
     Requeue,
     Reject,
@@ -436,7 +458,13 @@ fn death_reason(headers: &FieldTable) -> Option<String> {
 impl<T> Drop for AmqpConsumer<T> {
     fn drop(&mut self) {
         if let Some(link) = self.link.take() {
-            self.shared.runtime.block_on(link.link.close());
+            // Politely close; inside an async runtime, blocking is not allowed: close in
+            // the background instead.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.shared.handle.spawn(link.link.close());
+            } else {
+                self.shared.handle.block_on(link.link.close());
+            }
         }
     }
 }

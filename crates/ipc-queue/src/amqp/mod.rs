@@ -5,6 +5,7 @@
 //! re-established with back-off inside the call that found it lost. `AMQP.md` documents the
 //! wire contract and the differences from the embedded backend.
 
+mod asynchronous;
 mod consumer;
 mod link;
 mod producer;
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{ProducerOptions, QueueConfig};
 
+pub use self::asynchronous::{AsyncAmqpConsumer, AsyncAmqpProducer};
 pub use self::consumer::{AmqpConsumer, AmqpDelivery};
 pub use self::producer::{AmqpProducer, AmqpReceipt};
 
@@ -99,12 +101,24 @@ impl AmqpOptions {
 
 /// What a queue handle shares with its producers and consumers.
 pub(crate) struct Shared {
-    pub(crate) runtime: tokio::runtime::Runtime,
+    /// Where the blocking calls run their futures and lapin runs its connections.
+    pub(crate) handle: tokio::runtime::Handle,
+    /// Owned only to be shut down without blocking when the last handle goes (which may
+    /// happen inside an async task, where dropping a runtime would panic).
+    runtime: Option<tokio::runtime::Runtime>,
     pub(crate) url: String,
     pub(crate) name: String,
     pub(crate) options: AmqpOptions,
     pub(crate) max_message_len: u32,
     pub(crate) bounded: bool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Shared {
@@ -166,7 +180,7 @@ impl AmqpQueue {
         let shared = Arc::clone(&queue.shared);
         let dead = shared.dead_name();
         let arguments = queue_arguments(config, &dead)?;
-        shared.runtime.block_on(async {
+        shared.handle.block_on(async {
             let deadline = deadline_after(shared.options.timeout);
             let mut link = Link::connect_once(&shared, deadline, "create").await?;
             match link.declare_passive(name, deadline).await {
@@ -222,7 +236,8 @@ impl AmqpQueue {
         let bounded = config.max_messages != 0 || config.max_bytes != 0;
         Ok(AmqpQueue {
             shared: Arc::new(Shared {
-                runtime,
+                handle: runtime.handle().clone(),
+                runtime: Some(runtime),
                 url: url.to_owned(),
                 name: name.to_owned(),
                 options: options.clone(),
@@ -267,7 +282,7 @@ impl AmqpQueue {
     /// Counts from the broker: ready messages, consumers, dead letters.
     pub fn stats(&self) -> Result<AmqpStats> {
         let shared = &self.shared;
-        shared.runtime.block_on(async {
+        shared.handle.block_on(async {
             let deadline = deadline_after(shared.options.timeout);
             let mut link = Link::connect_once(shared, deadline, "stats").await?;
             let main = link.declare_passive(&shared.name, deadline).await?;
@@ -288,7 +303,7 @@ impl AmqpQueue {
     /// Deletes the queue and its dead-letter queue from the broker, with their messages.
     pub fn delete(&self) -> Result<()> {
         let shared = &self.shared;
-        shared.runtime.block_on(async {
+        shared.handle.block_on(async {
             let deadline = deadline_after(shared.options.timeout);
             let link = Link::connect_once(shared, deadline, "delete").await?;
             for name in [shared.name.clone(), shared.dead_name()] {

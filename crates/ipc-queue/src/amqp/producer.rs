@@ -74,7 +74,7 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         };
         let shared = Arc::clone(&producer.shared);
         let deadline = deadline_after(shared.options.timeout);
-        shared.runtime.block_on(producer.ensure_link(deadline))?;
+        shared.handle.block_on(producer.ensure_link(deadline))?;
         Ok(producer)
     }
 
@@ -135,6 +135,35 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         self.reconnections
     }
 
+    /// Sends an already encoded message (the async wrapper encodes on its own task).
+    pub(crate) fn send_encoded(&mut self, body: Vec<u8>) -> Result<AmqpReceipt> {
+        if body.len() > self.max_message_len() {
+            return Err(Error::too_large(
+                body.len() as u64,
+                self.max_message_len() as u64,
+            ));
+        }
+        let seq = self.next_seq();
+        let deadline = deadline_after(self.shared.options.timeout);
+        let outgoing = Outgoing {
+            seq,
+            body,
+            expiration: None,
+        };
+        self.publish_all(vec![outgoing], self.options.when_full, deadline)?;
+        Ok(AmqpReceipt { seq })
+    }
+
+    pub(crate) fn max_message_len(&self) -> usize {
+        self.shared.max_message_len as usize
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = (self.producer_id << 40) | (self.next_count & 0xff_ffff_ffff);
+        self.next_count += 1;
+        seq
+    }
+
     fn send_one(
         &mut self,
         message: &T,
@@ -151,8 +180,7 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
     fn encode(&mut self, message: &T, expiration: Option<Duration>) -> Result<Outgoing> {
         let mut body = Vec::new();
         ipc_core::encode_to_vec(message, &mut body, self.shared.max_message_len as usize)?;
-        let seq = (self.producer_id << 40) | (self.next_count & 0xff_ffff_ffff);
-        self.next_count += 1;
+        let seq = self.next_seq();
         Ok(Outgoing {
             seq,
             body,
@@ -167,7 +195,7 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         deadline: Deadline,
     ) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        shared.runtime.block_on(async {
+        shared.handle.block_on(async {
             let mut full_pause = Duration::from_millis(10);
             loop {
                 self.ensure_link(deadline).await?;
@@ -343,7 +371,13 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
 impl<T: ?Sized> Drop for AmqpProducer<T> {
     fn drop(&mut self) {
         if let Some(link) = self.link.take() {
-            self.shared.runtime.block_on(link.close());
+            // Politely close; inside an async runtime, blocking is not allowed: close in
+            // the background instead.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.shared.handle.spawn(link.close());
+            } else {
+                self.shared.handle.block_on(link.close());
+            }
         }
     }
 }
