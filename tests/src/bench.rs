@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod amqp;
 pub mod core;
 pub mod queue;
 pub mod shm;
@@ -52,11 +53,12 @@ pub enum Effort {
 /// Must run in an optimised build: `cargo xtask bench` runs it inside a release `ipc-peer`.
 pub fn run_all(effort: Effort, mut report: impl FnMut(&Figure)) -> anyhow::Result<()> {
     type Bench = fn(Effort) -> anyhow::Result<Vec<Figure>>;
-    let benches: [(&str, Bench); 4] = [
+    let benches: [(&str, Bench); 5] = [
         ("ipc-core", core::run),
         ("ipc-shm", shm::run),
         ("ipc-socket", socket::run),
         ("ipc-queue", queue::run),
+        ("ipc-queue (amqp)", amqp::run),
     ];
     for (name, bench) in benches {
         let figures = bench(effort).map_err(|err| err.context(format!("{name} bench")))?;

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use wait_timeout::ChildExt;
 
+pub mod amqp;
 pub mod bench;
 pub mod flows;
 pub mod roles;

@@ -14,10 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Checksum, fill_payload};
 
+mod amqp;
 pub mod pipeline;
 mod queue;
 mod shm;
 mod socket;
+
+pub(crate) use amqp::AmqpItem;
 
 /// The message of the frame-stream roles. `payload` borrows from the receive buffer.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
@@ -91,6 +94,7 @@ pub fn run<I: IntoIterator<Item = String>>(args: I) -> i32 {
             .or_else(|| socket::run(other, &args))
             .or_else(|| queue::run(other, &args))
             .or_else(|| pipeline::run(other, &args))
+            .or_else(|| amqp::run(other, &args))
             .unwrap_or_else(|| bail!("unknown role `{other}`")),
     });
     match result {

@@ -32,7 +32,10 @@
 //! - [`Queue::stats`]: depth, unacknowledged, dead letters, oldest message age.
 //!
 //! The API is backend-neutral (receipts, deliveries, ack/nack/reject, leases, delivery
-//! counts, dead letters), so that a RabbitMQ backend can sit behind it. For async code,
+//! counts, dead letters). [`AmqpQueue`] (feature `amqp`) puts it on a RabbitMQ broker for
+//! processes on different machines: quorum queues, publisher confirms, manual acks,
+//! reconnection, a deadline on every call; `AMQP.md` documents the message format and the
+//! differences. For async code,
 //! [`AsyncProducer`] and [`AsyncConsumer`] (feature `tokio`) run the blocking calls on
 //! tokio's blocking pool.
 //!
@@ -69,10 +72,13 @@
 //!
 //! # Feature flags
 //!
+//! - `amqp` (default): the RabbitMQ backend ([`AmqpQueue`] and its handles), through lapin.
 //! - `tokio` (default): [`AsyncProducer`] and [`AsyncConsumer`], which implement
 //!   [`ipc_core::AsyncSender`] and [`ipc_core::AsyncReceiver`] by running the blocking calls
 //!   in `tokio::task::spawn_blocking` (and sleeping on the runtime between polls).
 
+#[cfg(feature = "amqp")]
+mod amqp;
 mod appender;
 #[cfg(feature = "tokio")]
 mod asynchronous;
@@ -85,6 +91,12 @@ mod queue;
 mod record;
 mod state;
 
+#[cfg(feature = "amqp")]
+pub use crate::amqp::{
+    AmqpConsumer, AmqpDelivery, AmqpOptions, AmqpProducer, AmqpQueue, AmqpReceipt, AmqpStats,
+    AsyncAmqpConsumer, AsyncAmqpProducer, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE,
+    dead_letter_name,
+};
 #[cfg(feature = "tokio")]
 pub use crate::asynchronous::{AsyncConsumer, AsyncProducer};
 pub use crate::config::{

@@ -1,0 +1,505 @@
+//! Consumers with manual acknowledgements and a bounded prefetch.
+
+use std::future::poll_fn;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_core::Stream;
+use ipc_core::{Error, ErrorKind, Result};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, BasicProperties};
+use serde::de::DeserializeOwned;
+
+use super::link::{Deadline, Link, deadline_after, with_deadline};
+use super::{CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, Shared};
+
+/// A message handed to one consumer. Settle it with [`AmqpConsumer::ack`],
+/// [`AmqpConsumer::nack`] or [`AmqpConsumer::reject`]; one left unsettled comes back when
+/// its consumer's connection closes.
+#[derive(Debug)]
+#[must_use = "a delivery must be acknowledged, or it comes back"]
+pub struct AmqpDelivery<T> {
+    message: T,
+    seq: u64,
+    deliveries: u32,
+    sent_ms: u64,
+    death_reason: Option<String>,
+    acker: Acker,
+    generation: u64,
+}
+
+impl<T> AmqpDelivery<T> {
+    /// The message.
+    pub fn message(&self) -> &T {
+        &self.message
+    }
+
+    /// The message's sequence number (its `ipc-seq` header, the same as its
+    /// [`AmqpReceipt`](crate::AmqpReceipt)'s); 0 for a message from another client that
+    /// did not set it.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// How many times the message has been delivered, this time included (1 the first
+    /// time): the quorum queue's `x-delivery-count` header plus one.
+    pub fn deliveries(&self) -> u32 {
+        self.deliveries
+    }
+
+    /// When the message was sent (the producer's clock; the epoch if unknown).
+    pub fn enqueued_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.sent_ms)
+    }
+
+    /// For a message in a dead-letter queue: why it is there, from RabbitMQ's `x-death`
+    /// header (`rejected`, `expired`, `delivery_limit`, `maxlen`).
+    pub fn death_reason(&self) -> Option<&str> {
+        self.death_reason.as_deref()
+    }
+
+    /// The message, taking it out of the delivery (settle the delivery first).
+    pub fn into_message(self) -> T {
+        self.message
+    }
+
+    pub(crate) fn token(&self) -> SettleToken {
+        SettleToken {
+            acker: self.acker.clone(),
+            generation: self.generation,
+            seq: self.seq,
+        }
+    }
+}
+
+/// What settling a delivery needs, without the message.
+pub(crate) struct SettleToken {
+    acker: Acker,
+    generation: u64,
+    seq: u64,
+}
+
+/// The consuming end of one connection.
+struct ConsumerLink {
+    link: Link,
+    consumer: lapin::Consumer,
+}
+
+/// Receives `T` messages from an AMQP queue with manual acknowledgements, competing with
+/// the queue's other consumers. The prefetch (`basic.qos`) is set before consuming, so the
+/// consumer buffers at most that many deliveries.
+///
+/// A lost connection is re-established inside `recv`; deliveries received on the old
+/// connection can no longer be settled (their `ack` fails) and come back from the broker.
+/// Implements [`ipc_core::Receiver`], acknowledging each message as it returns it.
+pub struct AmqpConsumer<T> {
+    shared: Arc<Shared>,
+    queue: String,
+    link: Option<ConsumerLink>,
+    generation: u64,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> AmqpConsumer<T> {
+    pub(crate) fn open(shared: Arc<Shared>, queue: String) -> Result<AmqpConsumer<T>> {
+        let mut consumer = AmqpConsumer {
+            shared,
+            queue,
+            link: None,
+            generation: 0,
+            _type: PhantomData,
+        };
+        let shared = Arc::clone(&consumer.shared);
+        shared
+            .handle
+            .block_on(consumer.ensure_link(deadline_after(shared.options.timeout)))?;
+        Ok(consumer)
+    }
+
+    /// Receives the next message, waiting for one (reconnecting as needed).
+    ///
+    /// Errors: [`Decode`](ErrorKind::Decode) (or [`TooLarge`](ErrorKind::TooLarge)) for a
+    /// message that is not a `T` (it is rejected to the dead-letter queue; the next
+    /// call goes on).
+    pub fn recv(&mut self) -> Result<AmqpDelivery<T>> {
+        self.recv_until(None)
+    }
+
+    /// Receives the next message if one is already buffered.
+    pub fn try_recv(&mut self) -> Result<Option<AmqpDelivery<T>>> {
+        match self.recv_until(Some(deadline_after(Duration::ZERO))) {
+            Ok(delivery) => Ok(Some(delivery)),
+            Err(err) if err.kind() == ErrorKind::Timeout => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout`:
+    /// [`Timeout`](ErrorKind::Timeout) if none came.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<AmqpDelivery<T>> {
+        self.recv_until(Some(deadline_after(timeout)))
+    }
+
+    /// Acknowledges a delivery: the broker forgets the message.
+    ///
+    /// Errors: [`PeerClosed`](ErrorKind::PeerClosed) if the connection the delivery came on
+    /// is gone (the acknowledgement could not be delivered; the broker delivers the message
+    /// again).
+    pub fn ack(&mut self, delivery: &AmqpDelivery<T>) -> Result<()> {
+        self.settle(delivery, Settle::Ack)
+    }
+
+    /// Gives a delivery back to the queue (AMQP `basic.nack` with requeue); its delivery
+    /// count goes up. RabbitMQ has no delayed requeue: a `delay` is
+    /// [`InvalidInput`](ErrorKind::InvalidInput).
+    pub fn nack(&mut self, delivery: &AmqpDelivery<T>, delay: Option<Duration>) -> Result<()> {
+        if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the amqp backend cannot requeue after a delay ({} ms asked)",
+                    delay.as_millis()
+                ),
+            ));
+        }
+        self.settle(delivery, Settle::Requeue)
+    }
+
+    /// Sends a delivery to the dead-letter queue (AMQP `basic.reject` without requeue).
+    /// RabbitMQ records the reason as `rejected` in the `x-death` header; `reason` is not
+    /// carried.
+    pub fn reject(&mut self, delivery: &AmqpDelivery<T>, reason: &str) -> Result<()> {
+        let _ = reason;
+        self.settle(delivery, Settle::Reject)
+    }
+
+    /// The name of the queue this consumer receives from.
+    pub fn queue_name(&self) -> &str {
+        &self.queue
+    }
+
+    fn settle(&mut self, delivery: &AmqpDelivery<T>, how: Settle) -> Result<()> {
+        self.settle_token(delivery.token(), how)
+    }
+
+    pub(crate) fn settle_token(&mut self, token: SettleToken, how: Settle) -> Result<()> {
+        let SettleToken {
+            acker,
+            generation,
+            seq,
+        } = token;
+        if generation != self.generation || self.link.is_none() {
+            return Err(Error::new(
+                ErrorKind::PeerClosed,
+                format!(
+                    "{} of message {} could not be delivered: its connection to the broker was lost; the broker will deliver the message again",
+                    how.name(),
+                    seq
+                ),
+            ));
+        }
+        let shared = Arc::clone(&self.shared);
+        let deadline = deadline_after(shared.options.timeout);
+        let result = shared.handle.block_on(settle(&acker, how, deadline));
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::new(
+                ErrorKind::PeerClosed,
+                format!(
+                    "{} of message {} was not delivered (its channel closed or it was settled already); the broker will deliver it again if it was not settled",
+                    how.name(),
+                    seq
+                ),
+            )),
+            Err(err) => {
+                shared.handle.block_on(self.drop_link());
+                Err(err)
+            }
+        }
+    }
+
+    fn recv_until(&mut self, deadline: Option<Deadline>) -> Result<AmqpDelivery<T>> {
+        let shared = Arc::clone(&self.shared);
+        shared.handle.block_on(async {
+            loop {
+                // Connecting is bounded by the call deadline, or by the queue's timeout per
+                // attempt when waiting forever.
+                let connect_deadline =
+                    deadline.unwrap_or_else(|| deadline_after(shared.options.timeout));
+                match self.ensure_link(connect_deadline).await {
+                    Ok(()) => {}
+                    Err(err) if deadline.is_none() && err.kind() == ErrorKind::Timeout => continue,
+                    Err(err) => return Err(err),
+                }
+                let Some(link) = self.link.as_mut() else {
+                    continue;
+                };
+                let next = poll_fn(|cx| Pin::new(&mut link.consumer).poll_next(cx));
+                let item = match deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
+                        Ok(item) => item,
+                        Err(_) => {
+                            return Err(Error::new(
+                                ErrorKind::Timeout,
+                                format!("no message from amqp queue {} in time", self.queue),
+                            ));
+                        }
+                    },
+                    None => next.await,
+                };
+                match item {
+                    Some(Ok(delivery)) => {
+                        let generation = self.generation;
+                        return self.convert(delivery, generation).await;
+                    }
+                    // The consumer ended (connection lost, channel closed, consumer
+                    // cancelled): start again on a new connection.
+                    Some(Err(_)) | None => self.drop_link().await,
+                }
+            }
+        })
+    }
+
+    async fn convert(
+        &mut self,
+        delivery: lapin::message::Delivery,
+        generation: u64,
+    ) -> Result<AmqpDelivery<T>> {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let seq = header_u64(&headers, HEADER_SEQ).unwrap_or(0);
+        let problem = self.check(&delivery.properties, delivery.data.len());
+        let message = match problem {
+            Some(err) => Err(err),
+            None => ipc_core::decode::<T>(&delivery.data),
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                // A message that is not a T goes to the dead-letter queue, as in the
+                // embedded backend; the caller sees why.
+                let deadline = deadline_after(self.shared.options.timeout);
+                match settle(&delivery.acker, Settle::Reject, deadline).await {
+                    Ok(_) => {}
+                    Err(reject_err) => {
+                        self.drop_link().await;
+                        return Err(reject_err);
+                    }
+                }
+                return Err(Error::new(
+                    err.kind(),
+                    format!(
+                        "message {seq} from amqp queue {} dead-lettered: {err}",
+                        self.queue
+                    ),
+                ));
+            }
+        };
+        let deliveries = header_u64(&headers, "x-delivery-count")
+            .unwrap_or(0)
+            .saturating_add(1)
+            .min(u64::from(u32::MAX)) as u32;
+        Ok(AmqpDelivery {
+            message,
+            seq,
+            deliveries,
+            sent_ms: header_u64(&headers, HEADER_SENT_MS).unwrap_or(0),
+            death_reason: death_reason(&headers),
+            acker: delivery.acker,
+            generation,
+        })
+    }
+
+    /// Why a delivery cannot be a `T` before decoding it, if it cannot.
+    fn check(&self, properties: &BasicProperties, len: usize) -> Option<Error> {
+        if len > self.shared.max_message_len as usize {
+            return Some(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "message of {len} bytes exceeds limit of {}",
+                    self.shared.max_message_len
+                ),
+            ));
+        }
+        if let Some(content_type) = properties.content_type()
+            && content_type.as_str() != CONTENT_TYPE
+        {
+            return Some(Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "content type {} is not {CONTENT_TYPE}",
+                    content_type.as_str()
+                ),
+            ));
+        }
+        // The `ipc-type` header is informative: like the embedded backend, decoding decides
+        // (two differently named types may share an encoding).
+        None
+    }
+
+    async fn ensure_link(&mut self, deadline: Deadline) -> Result<()> {
+        if let Some(link) = &self.link {
+            if link.link.connection.status().connected() && link.link.channel.status().connected() {
+                return Ok(());
+            }
+            self.drop_link().await;
+        }
+        let link = Link::connect(&self.shared, deadline, "consumer").await?;
+        // The prefetch first: lapin's buffer is unbounded, the prefetch is its only bound.
+        with_deadline(
+            deadline,
+            "basic qos",
+            link.channel
+                .basic_qos(self.shared.options.prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let tag = format!("ipc-{}-{:08x}", std::process::id(), fastrand::u32(..));
+        let consumer = with_deadline(
+            deadline,
+            "basic consume",
+            link.channel.basic_consume(
+                self.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        self.generation += 1;
+        self.link = Some(ConsumerLink { link, consumer });
+        Ok(())
+    }
+
+    async fn drop_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.link.close().await;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+impl Settle {
+    fn name(self) -> &'static str {
+        match self {
+            Settle::Ack => "ack",
+            Settle::Requeue => "nack",
+            Settle::Reject => "reject",
+        }
+    }
+}
+
+async fn settle(acker: &Acker, how: Settle, deadline: Deadline) -> Result<bool> {
+    match how {
+        Settle::Ack => with_deadline(deadline, "ack", acker.ack(BasicAckOptions::default())).await,
+        Settle::Requeue => {
+            with_deadline(
+                deadline,
+                "nack",
+                acker.nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                }),
+            )
+            .await
+        }
+        Settle::Reject => {
+            with_deadline(
+                deadline,
+                "reject",
+                acker.reject(BasicRejectOptions { requeue: false }),
+            )
+            .await
+        }
+    }
+}
+
+/// An integer header of any AMQP integer type, if it is there and not negative.
+fn header_u64(headers: &FieldTable, key: &str) -> Option<u64> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::Timestamp(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// The `reason` of the newest `x-death` entry.
+fn death_reason(headers: &FieldTable) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match first.inner().get("reason")? {
+        AMQPValue::LongString(reason) => {
+            Some(String::from_utf8_lossy(reason.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(reason) => Some(reason.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+impl<T> Drop for AmqpConsumer<T> {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            // Politely close; inside an async runtime, blocking is not allowed: close in
+            // the background instead.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.shared.handle.spawn(link.link.close());
+            } else {
+                self.shared.handle.block_on(link.link.close());
+            }
+        }
+    }
+}
+
+impl<T: DeserializeOwned> ipc_core::Receiver for AmqpConsumer<T> {
+    type Message = T;
+
+    fn recv(&mut self) -> Result<T> {
+        let delivery = AmqpConsumer::recv(self)?;
+        self.ack(&delivery)?;
+        Ok(delivery.into_message())
+    }
+
+    fn try_recv(&mut self) -> Result<Option<T>> {
+        match AmqpConsumer::try_recv(self)? {
+            Some(delivery) => {
+                self.ack(&delivery)?;
+                Ok(Some(delivery.into_message()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        let delivery = AmqpConsumer::recv_timeout(self, timeout)?;
+        self.ack(&delivery)?;
+        Ok(delivery.into_message())
+    }
+}
+
+impl<T> std::fmt::Debug for AmqpConsumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConsumer")
+            .field("queue", &self.queue)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}

@@ -1,0 +1,202 @@
+//! One connection with one channel, deadlines on every await, reconnection with back-off.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ipc_core::{Error, ErrorKind, Result};
+use lapin::options::QueueDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::time::Instant;
+
+use super::Shared;
+
+/// A point in time after which a call gives up.
+pub(crate) type Deadline = Instant;
+
+pub(crate) fn deadline_after(timeout: Duration) -> Deadline {
+    Instant::now() + timeout
+}
+
+/// Awaits `future` until `deadline`: [`Timeout`](ErrorKind::Timeout) naming `what` if it
+/// has not finished by then; lapin's errors mapped to ours.
+pub(crate) async fn with_deadline<T>(
+    deadline: Deadline,
+    what: &str,
+    future: impl Future<Output = lapin::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout_at(deadline, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(map_error(what, err)),
+        Err(_) => Err(timeout_error(what)),
+    }
+}
+
+pub(crate) fn timeout_error(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "amqp {what} did not finish before its deadline (broker down, unreachable or blocking publishers)"
+        ),
+    )
+}
+
+/// Maps a lapin error: a missing queue is `NotFound`, a refused login `PermissionDenied`,
+/// a lost connection `PeerDied`, the broker closing on us `PeerClosed`.
+pub(crate) fn map_error(what: &str, err: lapin::Error) -> Error {
+    let kind = match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => ErrorKind::NotFound,
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => ErrorKind::PermissionDenied,
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => ErrorKind::InvalidInput,
+            _ => ErrorKind::PeerClosed,
+        },
+        lapin::ErrorKind::IOError(_) | lapin::ErrorKind::MissingHeartbeatError => {
+            ErrorKind::PeerDied
+        }
+        lapin::ErrorKind::InvalidChannelState(..)
+        | lapin::ErrorKind::InvalidConnectionState(_)
+        | lapin::ErrorKind::InvalidChannel(_) => ErrorKind::PeerClosed,
+        lapin::ErrorKind::AuthProviderError(_) => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Other,
+    };
+    Error::new(kind, format!("amqp {what}: {err}")).with_source(err)
+}
+
+pub(crate) fn is_not_found(err: &Error) -> bool {
+    err.kind() == ErrorKind::NotFound
+}
+
+/// Whether a failed call may succeed on a new connection.
+pub(crate) fn is_connection_trouble(err: &Error) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::PeerDied | ErrorKind::PeerClosed | ErrorKind::Io | ErrorKind::Other
+    )
+}
+
+/// A connection and its one channel.
+pub(crate) struct Link {
+    pub(crate) connection: Connection,
+    pub(crate) channel: Channel,
+}
+
+impl Link {
+    /// One attempt to connect and open a channel, bounded by `deadline`.
+    pub(crate) async fn connect_once(
+        shared: &Shared,
+        deadline: Deadline,
+        role: &str,
+    ) -> Result<Link> {
+        let properties = ConnectionProperties::default().with_connection_name(
+            format!(
+                "ipc-queue {role} {} pid {}",
+                shared.name,
+                std::process::id()
+            )
+            .into(),
+        );
+        let connection = with_deadline(
+            deadline,
+            "connect",
+            Connection::connect(&shared.url, properties),
+        )
+        .await?;
+        let channel = with_deadline(deadline, "open channel", connection.create_channel()).await?;
+        Ok(Link {
+            connection,
+            channel,
+        })
+    }
+
+    /// Connects, retrying with doubling pauses (50 ms up to the configured maximum, with
+    /// jitter) until `deadline`. Errors that a retry cannot fix (a refused login, a missing
+    /// queue) end it at once.
+    pub(crate) async fn connect(shared: &Shared, deadline: Deadline, role: &str) -> Result<Link> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let err = match Link::connect_once(shared, deadline, role).await {
+                Ok(link) => return Ok(link),
+                Err(err) => err,
+            };
+            if err.kind() == ErrorKind::PermissionDenied || err.kind() == ErrorKind::Timeout {
+                return Err(err);
+            }
+            let jittered = pause.mul_f64(0.5 + fastrand::f64());
+            if Instant::now() + jittered >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "amqp broker at {} unreachable until the deadline: {err}",
+                        redact(&shared.url)
+                    ),
+                )
+                .with_source(err));
+            }
+            tokio::time::sleep(jittered).await;
+            pause = (pause * 2).min(shared.options.max_backoff);
+        }
+    }
+
+    pub(crate) async fn declare_passive(
+        &mut self,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<lapin::Queue> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        with_deadline(
+            deadline,
+            "declare queue (passive)",
+            self.channel
+                .queue_declare(name.into(), options, FieldTable::default()),
+        )
+        .await
+        .map_err(|err| {
+            if is_not_found(&err) {
+                Error::new(ErrorKind::NotFound, format!("no amqp queue named {name}"))
+            } else {
+                err
+            }
+        })
+    }
+
+    pub(crate) async fn declare(
+        &mut self,
+        name: &str,
+        arguments: FieldTable,
+        deadline: Deadline,
+    ) -> Result<lapin::Queue> {
+        with_deadline(
+            deadline,
+            "declare queue",
+            self.channel
+                .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments),
+        )
+        .await
+    }
+
+    /// Closes the connection politely, waiting at most a second.
+    pub(crate) async fn close(self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.connection.close(200, "bye".into()),
+        )
+        .await;
+    }
+}
+
+/// The URL without its password, for error messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,439 @@
+//! The RabbitMQ backend: the queue API over AMQP 0-9-1 through lapin.
+//!
+//! Every handle owns its own connection and channel, driven by a small tokio runtime that
+//! the [`AmqpQueue`] and its handles share. Every await has a deadline; a lost connection is
+//! re-established with back-off inside the call that found it lost. `AMQP.md` documents the
+//! wire contract and the differences from the embedded backend.
+
+mod asynchronous;
+mod consumer;
+mod link;
+mod producer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_core::{Error, ErrorKind, Result};
+use lapin::options::QueueDeleteOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::{ProducerOptions, QueueConfig};
+
+pub use self::asynchronous::{AsyncAmqpConsumer, AsyncAmqpProducer};
+pub use self::consumer::{AmqpConsumer, AmqpDelivery};
+pub use self::producer::{AmqpProducer, AmqpReceipt};
+
+use self::link::{Link, deadline_after};
+
+/// The content type of every message body: the ipc-core (postcard) encoding of the message.
+pub const CONTENT_TYPE: &str = "application/x-ipc-postcard";
+/// The header that names the message type ([`ipc_core::MessageType`] name, a string).
+pub const HEADER_TYPE: &str = "ipc-type";
+/// The header with the message's sequence number (a signed 64-bit integer).
+pub const HEADER_SEQ: &str = "ipc-seq";
+/// The header with the send time in milliseconds since the Unix epoch (signed 64-bit).
+pub const HEADER_SENT_MS: &str = "ipc-sent-ms";
+
+/// Connection options of an [`AmqpQueue`] and the handles opened from it.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = ipc_queue::AmqpOptions::new().with_timeout(Duration::from_secs(5));
+/// assert_eq!(options.timeout(), Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpOptions {
+    pub(crate) timeout: Duration,
+    pub(crate) prefetch: u16,
+    pub(crate) max_backoff: Duration,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> AmqpOptions {
+        AmqpOptions {
+            timeout: Duration::from_secs(30),
+            prefetch: 64,
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl AmqpOptions {
+    /// The defaults: 30 s per call, a prefetch of 64, back-off up to 2 s.
+    pub fn new() -> AmqpOptions {
+        AmqpOptions::default()
+    }
+
+    /// The longest any one call may take, reconnections included (a `send` that finds the
+    /// broker gone keeps trying this long, then fails with
+    /// [`Timeout`](ErrorKind::Timeout)). `recv` without a timeout waits for a message
+    /// forever, but each connection attempt is bounded by this.
+    pub fn with_timeout(mut self, timeout: Duration) -> AmqpOptions {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many unacknowledged deliveries the broker may push to one consumer (AMQP
+    /// `basic.qos`): the only bound on the consumer's buffer. At least 1.
+    pub fn with_prefetch(mut self, prefetch: u16) -> AmqpOptions {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// The longest pause between reconnection attempts (the pause doubles from 50 ms).
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> AmqpOptions {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// The per-call deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The prefetch count.
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch
+    }
+}
+
+/// What a queue handle shares with its producers and consumers.
+pub(crate) struct Shared {
+    /// Where the blocking calls run their futures and lapin runs its connections.
+    pub(crate) handle: tokio::runtime::Handle,
+    /// Owned only to be shut down without blocking when the last handle goes (which may
+    /// happen inside an async task, where dropping a runtime would panic).
+    runtime: Option<tokio::runtime::Runtime>,
+    pub(crate) url: String,
+    pub(crate) name: String,
+    pub(crate) options: AmqpOptions,
+    pub(crate) max_message_len: u32,
+    pub(crate) bounded: bool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn dead_name(&self) -> String {
+        dead_letter_name(&self.name)
+    }
+}
+
+/// A durable queue on a RabbitMQ broker: a quorum queue (replicated, fsynced before it
+/// confirms) with a dead-letter queue beside it. Cheap to clone; open producers and
+/// consumers from it, in any process on any machine that reaches the broker.
+///
+/// The blocking calls must not be made from inside an async runtime (they block on their
+/// own runtime).
+#[derive(Clone)]
+pub struct AmqpQueue {
+    shared: Arc<Shared>,
+    config: QueueConfig,
+}
+
+/// A look inside an AMQP queue, from [`AmqpQueue::stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AmqpStats {
+    /// Messages ready for delivery (RabbitMQ does not count unacknowledged ones here).
+    pub depth: u64,
+    /// Consumers attached to the queue.
+    pub consumers: u64,
+    /// Messages ready in the dead-letter queue.
+    pub dead_letters: u64,
+}
+
+/// The name of the dead-letter queue of queue `name`.
+pub fn dead_letter_name(name: &str) -> String {
+    format!("{name}.dead")
+}
+
+impl AmqpQueue {
+    /// Declares a new durable quorum queue `name` on the broker at `url`
+    /// (`amqp://user:password@host:port/vhost`) with `config`, and its dead-letter queue
+    /// `name.dead`.
+    ///
+    /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) if the queue exists,
+    /// [`Timeout`](ErrorKind::Timeout) if the broker does not answer,
+    /// [`InvalidInput`](ErrorKind::InvalidInput) for a configuration RabbitMQ cannot express.
+    pub fn create(url: &str, name: &str, config: &QueueConfig) -> Result<AmqpQueue> {
+        AmqpQueue::create_with(url, name, config, &AmqpOptions::new())
+    }
+
+    /// [`create`](AmqpQueue::create) with connection options.
+    pub fn create_with(
+        url: &str,
+        name: &str,
+        config: &QueueConfig,
+        options: &AmqpOptions,
+    ) -> Result<AmqpQueue> {
+        config.validate()?;
+        let queue = AmqpQueue::new(url, name, config.clone(), options)?;
+        let shared = Arc::clone(&queue.shared);
+        let dead = shared.dead_name();
+        let arguments = queue_arguments(config, &dead)?;
+        shared.handle.block_on(async {
+            let deadline = deadline_after(shared.options.timeout);
+            let mut link = Link::connect_once(&shared, deadline, "create").await?;
+            match link.declare_passive(name, deadline).await {
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("amqp queue {name} already exists"),
+                    ));
+                }
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+            // A failed passive declare closes the channel: declare on a new one.
+            let mut link = Link::connect_once(&shared, deadline, "create").await?;
+            link.declare(&dead, dead_arguments(), deadline).await?;
+            link.declare(name, arguments, deadline).await?;
+            link.close().await;
+            Ok(())
+        })?;
+        Ok(queue)
+    }
+
+    /// Opens the existing queue `name` on the broker at `url`.
+    ///
+    /// Errors: [`NotFound`](ErrorKind::NotFound) if there is no such queue.
+    pub fn open(url: &str, name: &str) -> Result<AmqpQueue> {
+        AmqpQueue::open_with(url, name, &AmqpOptions::new())
+    }
+
+    /// [`open`](AmqpQueue::open) with connection options.
+    pub fn open_with(url: &str, name: &str, options: &AmqpOptions) -> Result<AmqpQueue> {
+        // AMQP cannot read the queue's configuration back: accept messages up to the largest
+        // length any queue may be created with (the broker bounds them too).
+        let config = QueueConfig::new().with_max_message_len(crate::config::MAX_MESSAGE_LEN_LIMIT);
+        let queue = AmqpQueue::new(url, name, config, options)?;
+        queue.stats()?;
+        Ok(queue)
+    }
+
+    fn new(url: &str, name: &str, config: QueueConfig, options: &AmqpOptions) -> Result<AmqpQueue> {
+        if name.is_empty() || name.len() > 200 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("amqp queue name of {} bytes (1 to 200 allowed)", name.len()),
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ipc-queue-amqp")
+            .enable_all()
+            .build()
+            .map_err(|err| Error::io("start the amqp runtime", err))?;
+        let bounded = config.max_messages != 0 || config.max_bytes != 0;
+        Ok(AmqpQueue {
+            shared: Arc::new(Shared {
+                handle: runtime.handle().clone(),
+                runtime: Some(runtime),
+                url: url.to_owned(),
+                name: name.to_owned(),
+                options: options.clone(),
+                max_message_len: config.max_message_len,
+                bounded,
+            }),
+            config,
+        })
+    }
+
+    /// The queue's name on the broker.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The configuration given to [`create`](AmqpQueue::create) (after
+    /// [`open`](AmqpQueue::open): the defaults with the largest message length, as AMQP
+    /// cannot read a queue's arguments back).
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Opens a producer of `T` messages (its own connection, with publisher confirms).
+    pub fn producer<T: Serialize + ?Sized>(
+        &self,
+        options: ProducerOptions,
+    ) -> Result<AmqpProducer<T>> {
+        AmqpProducer::open(Arc::clone(&self.shared), options)
+    }
+
+    /// Opens a consumer of `T` messages, competing with the queue's other consumers.
+    pub fn consumer<T: DeserializeOwned>(&self) -> Result<AmqpConsumer<T>> {
+        AmqpConsumer::open(Arc::clone(&self.shared), self.shared.name.clone())
+    }
+
+    /// Opens a consumer of the dead-letter queue. Its deliveries carry the original
+    /// messages; [`AmqpDelivery::death_reason`] says why each is there.
+    pub fn dead_letter_consumer<T: DeserializeOwned>(&self) -> Result<AmqpConsumer<T>> {
+        AmqpConsumer::open(Arc::clone(&self.shared), self.shared.dead_name())
+    }
+
+    /// Counts from the broker: ready messages, consumers, dead letters.
+    pub fn stats(&self) -> Result<AmqpStats> {
+        let shared = &self.shared;
+        shared.handle.block_on(async {
+            let deadline = deadline_after(shared.options.timeout);
+            let mut link = Link::connect_once(shared, deadline, "stats").await?;
+            let main = link.declare_passive(&shared.name, deadline).await?;
+            let dead = match link.declare_passive(&shared.dead_name(), deadline).await {
+                Ok(dead) => dead.message_count() as u64,
+                Err(err) if err.kind() == ErrorKind::NotFound => 0,
+                Err(err) => return Err(err),
+            };
+            link.close().await;
+            Ok(AmqpStats {
+                depth: main.message_count() as u64,
+                consumers: main.consumer_count() as u64,
+                dead_letters: dead,
+            })
+        })
+    }
+
+    /// Deletes the queue and its dead-letter queue from the broker, with their messages.
+    pub fn delete(&self) -> Result<()> {
+        let shared = &self.shared;
+        shared.handle.block_on(async {
+            let deadline = deadline_after(shared.options.timeout);
+            let link = Link::connect_once(shared, deadline, "delete").await?;
+            for name in [shared.name.clone(), shared.dead_name()] {
+                link::with_deadline(
+                    deadline,
+                    "delete queue",
+                    link.channel
+                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+                )
+                .await?;
+            }
+            link.close().await;
+            Ok(())
+        })
+    }
+}
+
+impl std::fmt::Debug for AmqpQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpQueue")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+fn long(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text))
+}
+
+fn int(value: u64, what: &str) -> Result<AMQPValue> {
+    i64::try_from(value)
+        .map(AMQPValue::LongLongInt)
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("{what} {value} too large")))
+}
+
+/// The arguments of the main queue: quorum, at-least-once dead-lettering to `name.dead`
+/// through the default exchange, and the configured bounds.
+fn queue_arguments(config: &QueueConfig, dead: &str) -> Result<FieldTable> {
+    let mut table = FieldTable::default();
+    table.insert(ShortString::from("x-queue-type"), long("quorum"));
+    table.insert(ShortString::from("x-dead-letter-exchange"), long(""));
+    table.insert(ShortString::from("x-dead-letter-routing-key"), long(dead));
+    // At-least-once dead-lettering needs reject-publish overflow; it also gives `Full`.
+    table.insert(
+        ShortString::from("x-dead-letter-strategy"),
+        long("at-least-once"),
+    );
+    table.insert(ShortString::from("x-overflow"), long("reject-publish"));
+    if config.max_deliveries != 0 {
+        // RabbitMQ dead-letters once the count of returns exceeds the limit, so a limit of
+        // N - 1 allows N deliveries, as the embedded backend does.
+        table.insert(
+            ShortString::from("x-delivery-limit"),
+            int(u64::from(config.max_deliveries - 1), "delivery limit")?,
+        );
+    }
+    if config.ttl_ms != 0 {
+        table.insert(
+            ShortString::from("x-message-ttl"),
+            int(config.ttl_ms, "time-to-live")?,
+        );
+    }
+    if config.max_messages != 0 {
+        table.insert(
+            ShortString::from("x-max-length"),
+            int(config.max_messages, "max messages")?,
+        );
+    }
+    if config.max_bytes != 0 {
+        table.insert(
+            ShortString::from("x-max-length-bytes"),
+            int(config.max_bytes, "max bytes")?,
+        );
+    }
+    Ok(table)
+}
+
+fn dead_arguments() -> FieldTable {
+    let mut table = FieldTable::default();
+    table.insert(ShortString::from("x-queue-type"), long("quorum"));
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn int_arg(table: &FieldTable, key: &str) -> Option<i64> {
+        match table.inner().get(key)? {
+            AMQPValue::LongLongInt(value) => Some(*value),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn queue_arguments_follow_the_config() -> Result<()> {
+        let plain = queue_arguments(&QueueConfig::new().with_max_deliveries(0), "q.dead")?;
+        assert!(plain.contains_key("x-queue-type"));
+        assert!(!plain.contains_key("x-delivery-limit"));
+        assert!(!plain.contains_key("x-message-ttl"));
+        assert!(!plain.contains_key("x-max-length"));
+        let config = QueueConfig::new()
+            .with_max_deliveries(3)
+            .with_ttl(Some(Duration::from_millis(1500)))
+            .with_max_messages(10)
+            .with_max_bytes(4096);
+        let table = queue_arguments(&config, "q.dead")?;
+        assert_eq!(int_arg(&table, "x-delivery-limit"), Some(2));
+        assert_eq!(int_arg(&table, "x-message-ttl"), Some(1500));
+        assert_eq!(int_arg(&table, "x-max-length"), Some(10));
+        assert_eq!(int_arg(&table, "x-max-length-bytes"), Some(4096));
+        let err =
+            queue_arguments(&QueueConfig::new().with_max_messages(u64::MAX), "q.dead").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        Ok(())
+    }
+
+    #[test]
+    fn names_are_checked_and_passwords_stay_out_of_messages() {
+        let err = AmqpQueue::create("amqp://127.0.0.1:1/%2f", "", &QueueConfig::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let long = "x".repeat(201);
+        let err = AmqpQueue::open("amqp://127.0.0.1:1/%2f", &long).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            link::redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(link::redact("amqp://host/%2f"), "amqp://host/%2f");
+    }
+}

@@ -1,0 +1,121 @@
+//! Helpers for the tests that need RabbitMQ: the broker URL from `IPC_AMQP_URL`, queue
+//! names that clean up after themselves, and `rabbitmqctl` for the broker's side of things.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The broker URL from `IPC_AMQP_URL`; `None` (after printing that `test` is skipped) when
+/// it is not set.
+pub fn amqp_url(test: &str) -> Option<String> {
+    match std::env::var("IPC_AMQP_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("{test}: skipped: IPC_AMQP_URL not set");
+            None
+        }
+    }
+}
+
+/// A unique queue name that deletes the queue and its dead-letter queue on drop.
+#[derive(Debug)]
+pub struct TestQueue {
+    url: String,
+    name: String,
+}
+
+impl TestQueue {
+    /// A fresh name under `prefix` on the broker at `url` (nothing is declared yet).
+    pub fn new(url: &str, prefix: &str) -> TestQueue {
+        TestQueue {
+            url: url.to_owned(),
+            name: crate::unique_name(prefix),
+        }
+    }
+
+    /// The queue name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The broker URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        if let Ok(queue) = ipc_queue::AmqpQueue::open(&self.url, &self.name) {
+            let _ = queue.delete();
+        }
+    }
+}
+
+/// Runs `rabbitmqctl` with `args` and returns its stdout.
+pub fn rabbitmqctl(args: &[&str]) -> Result<String> {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .context("run rabbitmqctl")?;
+    if !output.status.success() {
+        bail!(
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The broker's view of queue `name`: `(type, durable, messages)` from
+/// `rabbitmqctl list_queues name type durable messages`, or `None` if it has no such queue.
+pub fn broker_queue(name: &str) -> Result<Option<(String, bool, u64)>> {
+    let out = rabbitmqctl(&["-q", "list_queues", "name", "type", "durable", "messages"])?;
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() == 4 && fields[0] == name {
+            let messages = fields[3].parse().unwrap_or(u64::MAX);
+            return Ok(Some((fields[1].to_owned(), fields[2] == "true", messages)));
+        }
+    }
+    Ok(None)
+}
+
+/// Polls `rabbitmqctl list_queues` until queue `name` holds `expected` messages (the
+/// broker refreshes these statistics every few seconds); an error naming the last count
+/// after `timeout`.
+pub fn wait_broker_messages(name: &str, expected: u64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = broker_queue(name)?;
+        if found.as_ref().map(|q| q.2) == Some(expected) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("broker lists queue {name} as {found:?}, expected {expected} messages");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Closes, from the broker's side, every connection whose client-provided name mentions
+/// `queue` (the ipc-queue handles name their connections after their queue); returns how
+/// many. Other tests' connections are left alone.
+pub fn close_connections_of(queue: &str) -> Result<usize> {
+    let out = rabbitmqctl(&["-q", "list_connections", "pid", "client_properties"])?;
+    let mut closed = 0;
+    for line in out.lines() {
+        if !line.contains(queue) {
+            continue;
+        }
+        let Some(pid) = line.split_whitespace().next() else {
+            continue;
+        };
+        // A connection may be gone already; that is fine.
+        if rabbitmqctl(&["close_connection", pid, "test"]).is_ok() {
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}

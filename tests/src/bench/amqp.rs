@@ -1,0 +1,413 @@
+//! Benchmarks of ipc-queue's RabbitMQ backend beside raw lapin doing the same work in the
+//! same run, on the same broker and the same kind of queue (durable quorum queues,
+//! persistent messages, publisher confirms, manual acks, the same prefetch). Without
+//! `IPC_AMQP_URL` it measures nothing and returns no figures.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_core::Stream;
+use ipc_queue::{AmqpQueue, ProducerOptions, QueueConfig};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use super::{Effort, Figure};
+use crate::roles::AmqpItem;
+use crate::{Peer, fill_payload};
+
+const MECHANISM: &str = "ipc-queue (amqp)";
+/// Messages published before their confirms are awaited, on both sides.
+const WINDOW: usize = 256;
+/// The prefetch of every consumer, on both sides (ipc-queue's default).
+const PREFETCH: u16 = 64;
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Measures the figures and their raw lapin baselines; none without `IPC_AMQP_URL`.
+pub fn run(effort: Effort) -> Result<Vec<Figure>> {
+    let Ok(url) = std::env::var("IPC_AMQP_URL") else {
+        eprintln!("ipc-queue (amqp) bench: skipped: IPC_AMQP_URL not set");
+        return Ok(Vec::new());
+    };
+    let (publish_n, rounds) = match effort {
+        Effort::Quick => (1_000u64, 50u64),
+        Effort::Full => (30_000, 1_500),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("start a runtime")?;
+    let mut figures = Vec::new();
+
+    // The machine is shared and noisy: each side is the best of two runs, interleaved.
+    let (mut ours, mut raw) = (0.0f64, 0.0f64);
+    for _ in 0..2 {
+        let raw_queue = BenchQueue::new(&url)?;
+        raw = raw.max(runtime.block_on(raw_publish(&url, raw_queue.0.name(), publish_n))?);
+        drop(raw_queue);
+        ours = ours.max(ipc_publish(&url, publish_n)?);
+    }
+    figures.push(figure(
+        &format!("confirmed publish, windows of {WINDOW}"),
+        "throughput",
+        ours,
+        "msg/s",
+        "raw lapin, same window",
+        raw,
+    ));
+
+    let (mut ours, mut raw) = (0.0f64, 0.0f64);
+    for _ in 0..2 {
+        raw = raw.max(end_to_end(&url, publish_n, "amqp-raw-consume")?);
+        ours = ours.max(end_to_end(&url, publish_n, "amqp-consume")?);
+    }
+    figures.push(figure(
+        "end to end, one consumer process",
+        "throughput",
+        ours,
+        "msg/s",
+        "raw lapin consumer process",
+        raw,
+    ));
+
+    let (mut ours, mut raw) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..2 {
+        raw = raw.min(round_trip(&url, rounds, "amqp-raw-echo")?);
+        ours = ours.min(round_trip(&url, rounds, "amqp-echo")?);
+    }
+    figures.push(figure(
+        "round trip through an echo process",
+        "latency",
+        ours,
+        "ns",
+        "raw lapin echo process",
+        raw,
+    ));
+    Ok(figures)
+}
+
+fn figure(
+    case: &str,
+    metric: &str,
+    value: f64,
+    unit: &str,
+    baseline_name: &str,
+    baseline_value: f64,
+) -> Figure {
+    Figure {
+        mechanism: MECHANISM.to_owned(),
+        case: case.to_owned(),
+        payload_bytes: 1024,
+        metric: metric.to_owned(),
+        value,
+        unit: unit.to_owned(),
+        baseline_name: baseline_name.to_owned(),
+        baseline_value,
+    }
+}
+
+/// A fresh quorum queue, deleted on drop.
+struct BenchQueue(AmqpQueue);
+
+impl BenchQueue {
+    fn new(url: &str) -> Result<BenchQueue> {
+        let name = crate::unique_name("ipcq-bench");
+        Ok(BenchQueue(AmqpQueue::create(
+            url,
+            &name,
+            &QueueConfig::new(),
+        )?))
+    }
+}
+
+impl Drop for BenchQueue {
+    fn drop(&mut self) {
+        let _ = self.0.delete();
+    }
+}
+
+fn items(count: u64) -> Vec<AmqpItem> {
+    (0..count)
+        .map(|index| {
+            let mut payload = vec![0u8; 1024];
+            fill_payload(index, &mut payload);
+            AmqpItem { index, payload }
+        })
+        .collect()
+}
+
+/// ipc-queue: `send_batch` of `WINDOW` messages at a time; messages per second.
+fn ipc_publish(url: &str, count: u64) -> Result<f64> {
+    let queue = BenchQueue::new(url)?;
+    let mut producer = queue.0.producer::<AmqpItem>(ProducerOptions::new())?;
+    let items = items(count);
+    let started = Instant::now();
+    for chunk in items.chunks(WINDOW) {
+        producer.send_batch(chunk)?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The properties ipc-queue gives a message (AMQP.md), so the raw baseline sends the
+/// same bytes to the broker.
+fn same_properties(seq: u64) -> BasicProperties {
+    let sent_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ipc_queue::HEADER_TYPE.into(),
+        AMQPValue::LongString(std::any::type_name::<AmqpItem>().into()),
+    );
+    headers.insert(
+        ipc_queue::HEADER_SEQ.into(),
+        AMQPValue::LongLongInt(seq as i64),
+    );
+    headers.insert(
+        ipc_queue::HEADER_SENT_MS.into(),
+        AMQPValue::LongLongInt(sent_ms),
+    );
+    BasicProperties::default()
+        .with_content_type(ipc_queue::CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_message_id(format!("{seq:016x}").into())
+        .with_timestamp((sent_ms / 1000) as u64)
+        .with_headers(headers)
+}
+
+/// Publishes the ipc-core encoding of every item through raw lapin with the same
+/// properties as ipc-queue, `WINDOW` confirms at a time.
+pub(crate) async fn raw_publish_items(
+    channel: &Channel,
+    queue: &str,
+    items: &[AmqpItem],
+) -> Result<()> {
+    let mut body = Vec::new();
+    for chunk in items.chunks(WINDOW) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            body.clear();
+            ipc_core::encode_to_vec(item, &mut body, 1 << 20)?;
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &body,
+                        same_properties(item.index),
+                    )
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            match confirm.await? {
+                Confirmation::Ack(None) => {}
+                other => bail!("raw publish not confirmed: {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn raw_channel(url: &str) -> Result<(Connection, Channel)> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    Ok((connection, channel))
+}
+
+/// Raw lapin: the same publishing as [`ipc_publish`]; messages per second.
+async fn raw_publish(url: &str, queue: &str, count: u64) -> Result<f64> {
+    let (connection, channel) = raw_channel(url).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let items = items(count);
+    let started = Instant::now();
+    raw_publish_items(&channel, queue, &items).await?;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let _ = connection.close(200, "bye".into()).await;
+    Ok(rate)
+}
+
+/// Publishes `count` messages with ipc-queue while a consumer process (`role`) consumes
+/// and acknowledges them; messages per second from the first send to the consumer's end.
+fn end_to_end(url: &str, count: u64, role: &str) -> Result<f64> {
+    let queue = BenchQueue::new(url)?;
+    let count_s = count.to_string();
+    let mut consumer = Peer::spawn_role(
+        "bench consumer",
+        role,
+        ["--url", url, "--queue", queue.0.name(), "--count", &count_s],
+    )?;
+    consumer.expect_prefixed("ready", WAIT)?;
+    let mut producer = queue.0.producer::<AmqpItem>(ProducerOptions::new())?;
+    let items = items(count);
+    let started = Instant::now();
+    for chunk in items.chunks(WINDOW) {
+        producer.send_batch(chunk)?;
+    }
+    consumer.expect_prefixed("ok ", WAIT)?;
+    let elapsed = started.elapsed();
+    consumer.wait_success(WAIT)?;
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// `rounds` round trips through an echo process (`role`): send to one queue, receive the
+/// echo from another and acknowledge it; nanoseconds per round trip.
+fn round_trip(url: &str, rounds: u64, role: &str) -> Result<f64> {
+    let (a, b) = (BenchQueue::new(url)?, BenchQueue::new(url)?);
+    let rounds_s = rounds.to_string();
+    let mut echo = Peer::spawn_role(
+        "bench echo",
+        role,
+        [
+            "--url",
+            url,
+            "--in",
+            a.0.name(),
+            "--out",
+            b.0.name(),
+            "--count",
+            &rounds_s,
+        ],
+    )?;
+    echo.expect_prefixed("ready", WAIT)?;
+    let mut producer = a.0.producer::<Vec<u8>>(ProducerOptions::new())?;
+    let mut consumer = b.0.consumer::<Vec<u8>>()?;
+    let message = vec![0x42u8; 1024];
+    let started = Instant::now();
+    for _ in 0..rounds {
+        producer.send(&message)?;
+        let delivery = consumer.recv_timeout(WAIT)?;
+        consumer.ack(&delivery)?;
+    }
+    let elapsed = started.elapsed();
+    echo.wait_success(WAIT)?;
+    Ok(elapsed.as_nanos() as f64 / rounds.max(1) as f64)
+}
+
+/// The raw lapin consumer role: consumes `count` messages with manual acks and the same
+/// prefetch as ipc-queue, decoding and checking each.
+pub(crate) fn raw_consume_role(url: &str, queue: &str, count: u64) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (connection, channel) = raw_channel(url).await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "raw".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        println!("ready");
+        let mut expected = Vec::new();
+        for _ in 0..count {
+            let delivery = next(&mut consumer).await?;
+            // The same checks as the `amqp-consume` role.
+            let item: AmqpItem = ipc_core::decode(&delivery.data)?;
+            expected.resize(item.payload.len(), 0);
+            fill_payload(item.index, &mut expected);
+            if item.payload != expected {
+                bail!("message {} has a wrong payload", item.index);
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        println!("ok consumed={count}");
+        let _ = connection.close(200, "bye".into()).await;
+        Ok(())
+    })
+}
+
+/// The raw lapin echo role: consumes from `input`, publishes each body to `output` with a
+/// confirm, then acknowledges it.
+pub(crate) fn raw_echo_role(url: &str, input: &str, output: &str, count: u64) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (connection, channel) = raw_channel(url).await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                input.into(),
+                "raw-echo".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        println!("ready");
+        for _ in 0..count {
+            let delivery = next(&mut consumer).await?;
+            let confirm = publish
+                .basic_publish(
+                    "".into(),
+                    output.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    same_properties(delivery.delivery_tag),
+                )
+                .await?
+                .await?;
+            if !matches!(confirm, Confirmation::Ack(None)) {
+                bail!("raw echo not confirmed: {confirm:?}");
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        println!("ok echoed={count}");
+        let _ = connection.close(200, "bye".into()).await;
+        Ok(())
+    })
+}
+
+async fn next(consumer: &mut lapin::Consumer) -> Result<lapin::message::Delivery> {
+    match poll_fn(|cx| Pin::new(&mut *consumer).poll_next(cx)).await {
+        Some(delivery) => Ok(delivery?),
+        None => bail!("the raw consumer ended"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_quick_bench_yields_finite_figures_when_the_broker_is_there() -> anyhow::Result<()> {
+        let figures = super::run(super::Effort::Quick)?;
+        if std::env::var("IPC_AMQP_URL").is_err() {
+            assert!(figures.is_empty());
+            return Ok(());
+        }
+        assert_eq!(figures.len(), 3);
+        for figure in &figures {
+            assert!(figure.value.is_finite() && figure.value > 0.0, "{figure:?}");
+            assert!(
+                figure.baseline_value.is_finite() && figure.baseline_value > 0.0,
+                "{figure:?}"
+            );
+        }
+        Ok(())
+    }
+}
