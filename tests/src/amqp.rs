@@ -8,14 +8,28 @@ use anyhow::{Context, Result, bail};
 
 /// The broker URL from `IPC_AMQP_URL`; `None` (after printing that `test` is skipped) when
 /// it is not set.
+///
+/// # Panics
+///
+/// When `IPC_REQUIRE_AMQP=1` (CI sets it) and `IPC_AMQP_URL` is not set: there, a broker test
+/// that did not run is a failure, not a skip.
 pub fn amqp_url(test: &str) -> Option<String> {
     match std::env::var("IPC_AMQP_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            println!("{test}: skipped: IPC_AMQP_URL not set");
+            skip_unless_optional(test, "IPC_AMQP_URL not set");
             None
         }
     }
+}
+
+/// Prints that `test` is skipped for `reason`, or panics if `IPC_REQUIRE_AMQP=1` says the
+/// broker tests must run.
+pub fn skip_unless_optional(test: &str, reason: &str) {
+    if std::env::var("IPC_REQUIRE_AMQP").is_ok_and(|v| v == "1") {
+        panic!("{test}: cannot run ({reason}) but IPC_REQUIRE_AMQP=1 requires it");
+    }
+    println!("{test}: skipped: {reason}");
 }
 
 /// A unique queue name that deletes the queue and its dead-letter queue on drop.

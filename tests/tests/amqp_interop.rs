@@ -31,7 +31,10 @@ fn pika_available(test: &str) -> bool {
         .map(|out| out.status.success())
         .unwrap_or(false);
     if !found {
-        println!("{test}: skipped: python3 with pika not found (pip install pika)");
+        ipc_tests::amqp::skip_unless_optional(
+            test,
+            "python3 with pika not found (pip install pika)",
+        );
     }
     found
 }
