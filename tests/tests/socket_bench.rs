@@ -12,7 +12,7 @@ fn socket_benches_produce_every_figure() -> Result<()> {
     let _watchdog = Watchdog::new("socket benches", Duration::from_secs(300));
     let figures = socket::run(Effort::Quick)?;
     // Two transports, each: 2 round trips + 2 sizes x (blocking + async) streams.
-    assert_eq!(figures.len(), 12, "{figures:#?}");
+    assert_eq!(figures.len(), 16, "{figures:#?}");
     for figure in &figures {
         assert!(figure.value.is_finite() && figure.value > 0.0, "{figure:?}");
         assert!(
