@@ -661,3 +661,175 @@ pub fn pipeline(requests: u64, workers: u32, progress: Progress<'_>) -> Result<O
         ),
     })
 }
+
+/// ipc-queue on RabbitMQ, decoupled in time: a producer process sends `count` confirmed
+/// messages of 1 KiB to a new quorum queue and exits; only then does a consumer process
+/// start, and it receives every one. The queue is deleted afterwards.
+pub fn amqp_decoupled(url: &str, count: u64, progress: Progress<'_>) -> Result<Outcome> {
+    let queue = crate::amqp::TestQueue::new(url, "scenario-amqp");
+    let count_s = count.to_string();
+    let step = (count / 20).max(1).to_string();
+    let mut producer = Peer::spawn_role(
+        "amqp producer",
+        "amqp-produce",
+        [
+            "--url",
+            url,
+            "--queue",
+            queue.name(),
+            "--create",
+            "1",
+            "--count",
+            &count_s,
+            "--size",
+            "1024",
+            "--batch",
+            "256",
+            "--progress-every",
+            &step,
+        ],
+    )?;
+    let sent = until_ok(&mut producer, count * 2, progress)?;
+    producer.wait_success(STEP)?;
+    ensure!(
+        sent.starts_with(&format!("sent={count} ")),
+        "producer said `{sent}`"
+    );
+    drop(producer);
+
+    let mut consumer = Peer::spawn_role(
+        "amqp consumer",
+        "amqp-consume",
+        ["--url", url, "--queue", queue.name(), "--count", &count_s],
+    )?;
+    let received = until_ok(&mut consumer, count, progress)?;
+    consumer.wait_success(STEP)?;
+    ensure!(
+        received.starts_with(&format!("distinct={count} ")),
+        "consumer said `{received}`"
+    );
+    progress(count, count);
+    Ok(Outcome {
+        processes: 2,
+        messages: count,
+        bytes: count * 1024,
+        detail: "producer exited before the consumer started (quorum queue)".to_owned(),
+    })
+}
+
+/// ipc-queue on RabbitMQ under a crash: `count` messages are queued; a consumer process is
+/// killed with SIGKILL after acknowledging a third of them; a new consumer drains the rest.
+/// Every message is acknowledged at least once; the ones the killed consumer held come back
+/// (counted in the detail). The queue is deleted afterwards.
+pub fn amqp_crash(url: &str, count: u64, progress: Progress<'_>) -> Result<Outcome> {
+    let queue = crate::amqp::TestQueue::new(url, "scenario-amqp-crash");
+    let count_s = count.to_string();
+    let mut producer = Peer::spawn_role(
+        "amqp producer",
+        "amqp-produce",
+        [
+            "--url",
+            url,
+            "--queue",
+            queue.name(),
+            "--create",
+            "1",
+            "--count",
+            &count_s,
+            "--size",
+            "1024",
+            "--batch",
+            "256",
+        ],
+    )?;
+    producer.expect_prefixed("ok", STEP)?;
+    producer.wait_success(STEP)?;
+
+    let consume = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--url",
+            url,
+            "--queue",
+            queue.name(),
+            "--count",
+            &count_s,
+            "--print",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Peer::spawn_role(name, "amqp-consume", args)
+    };
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    let mut first = consume("amqp consumer", &[])?;
+    let mut got_first: BTreeSet<u64> = BTreeSet::new();
+    loop {
+        let line = first.expect_line(STEP)?;
+        amqp_line(&line, &mut got_first, &mut acked, &mut BTreeMap::new())?;
+        progress(acked.len() as u64, count);
+        if acked.len() as u64 >= count / 3 && line.starts_with("got") {
+            break;
+        }
+    }
+    first.kill()?;
+    for line in all_lines(&mut first) {
+        amqp_line(&line, &mut got_first, &mut acked, &mut BTreeMap::new())?;
+    }
+    let acked_by_first = acked.len();
+
+    let mut second = consume(
+        "amqp consumer (restarted)",
+        &["--drain", "1", "--idle-exit-ms", "1000"],
+    )?;
+    let mut got_second: BTreeMap<u64, u64> = BTreeMap::new();
+    loop {
+        let line = second.expect_line(STEP)?;
+        if line.starts_with("ok") {
+            break;
+        }
+        amqp_line(&line, &mut BTreeSet::new(), &mut acked, &mut got_second)?;
+        progress(acked.len() as u64, count);
+    }
+    second.wait_success(STEP)?;
+    ensure!(
+        acked.len() as u64 == count,
+        "{} of {count} messages acknowledged",
+        acked.len()
+    );
+    let redelivered = got_second.values().filter(|d| **d > 1).count();
+    let stats = crate::amqp::broker_queue(queue.name())?;
+    if let Some((_, _, messages)) = stats {
+        ensure!(messages == 0, "the broker still holds {messages} messages");
+    }
+    Ok(Outcome {
+        processes: 3,
+        messages: count,
+        bytes: count * 1024,
+        detail: format!(
+            "consumer killed after {acked_by_first} acks; {redelivered} redelivered by the broker"
+        ),
+    })
+}
+
+/// Reads one `amqp-consume --print 1` line into the sets of received and acknowledged
+/// indexes (and, for `got`, the delivery count by index).
+fn amqp_line(
+    line: &str,
+    got: &mut BTreeSet<u64>,
+    acked: &mut BTreeSet<u64>,
+    deliveries: &mut BTreeMap<u64, u64>,
+) -> Result<()> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    match fields[..] {
+        ["ready"] => {}
+        ["got", index, count] => {
+            let index: u64 = index.parse()?;
+            got.insert(index);
+            deliveries.insert(index, count.parse()?);
+        }
+        ["acked", index] => {
+            acked.insert(index.parse()?);
+        }
+        _ => bail!("amqp consumer said `{line}`"),
+    }
+    Ok(())
+}

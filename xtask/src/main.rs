@@ -38,6 +38,10 @@ enum Task {
         /// List the scenarios with one line each, and exit.
         #[arg(long)]
         list: bool,
+        /// The RabbitMQ broker for the `amqp-*` scenarios (default: `IPC_AMQP_URL`; without
+        /// either they are shown as skipped).
+        #[arg(long, value_name = "URL")]
+        amqp: Option<String>,
     },
     /// Measure every mechanism beside its raw baseline; print a markdown table, write JSON.
     Bench {
@@ -75,12 +79,17 @@ enum QueueCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<bool> = match cli.task {
-        Task::Scenarios { name, quick, list } => {
+        Task::Scenarios {
+            name,
+            quick,
+            list,
+            amqp,
+        } => {
             if list {
                 scenarios::list();
                 Ok(true)
             } else {
-                scenarios::run(name.as_deref(), quick)
+                scenarios::run(name.as_deref(), quick, amqp)
             }
         }
         Task::Bench {

@@ -13,10 +13,10 @@ use ipc_tests::flows::{self, ChatTransport, Outcome};
 use crate::peers::{self, Profile};
 use crate::table::{Table, si};
 
-/// The size of a run.
-#[derive(Clone, Copy)]
+/// The size of a run, and the broker for the `amqp` scenarios.
 struct Ctx {
     quick: bool,
+    amqp: Option<String>,
 }
 
 impl Ctx {
@@ -30,7 +30,9 @@ struct Scenario {
     name: &'static str,
     mechanism: &'static str,
     about: &'static str,
-    run: fn(Ctx, &ProgressBar) -> Result<Outcome>,
+    /// Needs a RabbitMQ broker: skipped (and said so) without one.
+    needs_broker: bool,
+    run: fn(&Ctx, &ProgressBar) -> Result<Outcome>,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -38,61 +40,85 @@ const SCENARIOS: &[Scenario] = &[
         name: "frames",
         mechanism: "ipc-core / pipe",
         about: "a producer process streams 64-byte messages as ipc-core frames through an OS pipe; the consumer checks order, every byte and the checksum",
+        needs_broker: false,
         run: frames_small,
     },
     Scenario {
         name: "frames-large",
         mechanism: "ipc-core / pipe",
         about: "the same with 64 KiB messages, decoded in place from the consumer's buffer",
+        needs_broker: false,
         run: frames_large,
     },
     Scenario {
         name: "frames-hostile",
         mechanism: "ipc-core / pipe",
         about: "garbage, a frame over the limit and a peer speaking another message type: the consumer refuses each with a clear error, never a panic or a hang",
+        needs_broker: false,
         run: frames_hostile,
     },
     Scenario {
         name: "shm",
         mechanism: "ipc-shm",
         about: "a producer streams 1M 64-byte messages through a shared-memory ring to a consumer process; the checksum matches and no segment is left behind",
+        needs_broker: false,
         run: shm_stream,
     },
     Scenario {
         name: "shm-counter",
         mechanism: "ipc-shm",
         about: "4 processes increment one shared counter under the cross-process lock; the total is exact",
+        needs_broker: false,
         run: shm_counter,
     },
     Scenario {
         name: "chat-local",
         mechanism: "ipc-socket / unix",
         about: "a chat server and 8 client processes (one of them the Python client) over a Unix socket; every client sees every message in order per sender; a 9th client is killed mid-stream and the others carry on",
+        needs_broker: false,
         run: chat_local,
     },
     Scenario {
         name: "chat-tcp",
         mechanism: "ipc-socket / tcp",
         about: "the same chat over TCP on 127.0.0.1",
+        needs_broker: false,
         run: chat_tcp,
     },
     Scenario {
         name: "queue-decoupled",
         mechanism: "ipc-queue",
         about: "a producer sends 10,000 durable messages and exits; only then does a consumer start, and it receives all of them",
+        needs_broker: false,
         run: queue_decoupled,
     },
     Scenario {
         name: "queue-crash",
         mechanism: "ipc-queue",
         about: "a consumer is killed with SIGKILL mid-stream and restarted; nothing is lost, and the redelivered messages are counted",
+        needs_broker: false,
         run: queue_crash,
     },
     Scenario {
         name: "pipeline",
         mechanism: "socket + queue + shm",
         about: "requests arrive over a socket, are persisted in the queue, and are processed by 4 worker processes that answer through shared memory; a worker is killed mid-way; every request is answered once",
+        needs_broker: false,
         run: pipeline,
+    },
+    Scenario {
+        name: "amqp-decoupled",
+        mechanism: "ipc-queue / RabbitMQ",
+        about: "the queue-decoupled scenario on RabbitMQ: a producer sends 10,000 confirmed messages to a quorum queue and exits, then a consumer receives all of them (needs --amqp URL or IPC_AMQP_URL)",
+        needs_broker: true,
+        run: amqp_decoupled,
+    },
+    Scenario {
+        name: "amqp-crash",
+        mechanism: "ipc-queue / RabbitMQ",
+        about: "the queue-crash scenario on RabbitMQ: a consumer is killed with SIGKILL mid-stream, another drains the queue; nothing is lost (needs --amqp URL or IPC_AMQP_URL)",
+        needs_broker: true,
+        run: amqp_crash,
     },
 ];
 
@@ -106,7 +132,7 @@ pub(crate) fn list() {
 }
 
 /// Runs all scenarios or the one named; returns whether all passed.
-pub(crate) fn run(name: Option<&str>, quick: bool) -> Result<bool> {
+pub(crate) fn run(name: Option<&str>, quick: bool, amqp: Option<String>) -> Result<bool> {
     let selected: Vec<&Scenario> = match name {
         None => SCENARIOS.iter().collect(),
         Some(name) => match SCENARIOS.iter().find(|s| s.name == name) {
@@ -125,7 +151,8 @@ pub(crate) fn run(name: Option<&str>, quick: bool) -> Result<bool> {
     eprintln!("building the peer process (ipc-peer, {profile:?} profile)...");
     peers::build_peer(profile)?;
 
-    let ctx = Ctx { quick };
+    let amqp = amqp.or_else(|| std::env::var("IPC_AMQP_URL").ok().filter(|u| !u.is_empty()));
+    let ctx = Ctx { quick, amqp };
     let mut table = Table::new(&[
         "scenario",
         "mechanism",
@@ -137,6 +164,7 @@ pub(crate) fn run(name: Option<&str>, quick: bool) -> Result<bool> {
         "detail",
     ]);
     let mut failures = 0;
+    let mut skipped = 0;
     for scenario in selected {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -145,8 +173,23 @@ pub(crate) fn run(name: Option<&str>, quick: bool) -> Result<bool> {
                 .progress_chars("=> "),
         );
         bar.set_prefix(scenario.name);
+        if scenario.needs_broker && ctx.amqp.is_none() {
+            eprintln!("{:>16} skipped: no broker", scenario.name);
+            skipped += 1;
+            table.push(vec![
+                scenario.name.into(),
+                scenario.mechanism.into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "skipped".into(),
+                "to run it: --amqp amqp://guest:guest@127.0.0.1:5672/%2f (or IPC_AMQP_URL)".into(),
+            ]);
+            continue;
+        }
         let started = Instant::now();
-        let result = (scenario.run)(ctx, &bar);
+        let result = (scenario.run)(&ctx, &bar);
         let elapsed = started.elapsed();
         bar.finish_and_clear();
         match result {
@@ -197,7 +240,10 @@ pub(crate) fn run(name: Option<&str>, quick: bool) -> Result<bool> {
         );
         return Ok(false);
     }
-    println!("\nall scenarios passed");
+    match skipped {
+        0 => println!("\nall scenarios passed"),
+        n => println!("\nall scenarios passed; {n} skipped (they need a RabbitMQ broker)"),
+    }
     Ok(true)
 }
 
@@ -253,21 +299,21 @@ fn with_bar(
     flow(&mut progress)
 }
 
-fn frames_small(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn frames_small(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("messages of 64 B");
     with_bar(bar, |p| {
         flows::frames_over_pipe(ctx.size(1_000_000, 50_000), 64, p)
     })
 }
 
-fn frames_large(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn frames_large(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("messages of 64 KiB");
     with_bar(bar, |p| {
         flows::frames_over_pipe(ctx.size(10_000, 300), 64 * 1024, p)
     })
 }
 
-fn shm_stream(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn shm_stream(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("messages of 64 B");
     let stream = flows::ShmStream {
         count: ctx.size(1_000_000, 100_000),
@@ -278,38 +324,58 @@ fn shm_stream(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
     with_bar(bar, |p| flows::shm_stream(stream, p))
 }
 
-fn shm_counter(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn shm_counter(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("processes done");
     with_bar(bar, |p| flows::shm_counter(4, ctx.size(100_000, 5_000), p))
 }
 
-fn chat_local(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn chat_local(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("clients done");
     with_bar(bar, |p| {
         flows::chat(ChatTransport::LocalSocket, 8, ctx.size(1_000, 200), p)
     })
 }
 
-fn chat_tcp(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn chat_tcp(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("clients done");
     with_bar(bar, |p| {
         flows::chat(ChatTransport::Tcp, 8, ctx.size(1_000, 200), p)
     })
 }
 
-fn queue_decoupled(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn queue_decoupled(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("messages");
     with_bar(bar, |p| flows::queue_decoupled(ctx.size(10_000, 2_000), p))
 }
 
-fn queue_crash(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn queue_crash(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("messages acknowledged");
     with_bar(bar, |p| flows::queue_crash(ctx.size(10_000, 1_000), p))
 }
 
-fn pipeline(ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn pipeline(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("requests answered");
     with_bar(bar, |p| flows::pipeline(ctx.size(20_000, 2_000), 4, p))
+}
+
+fn broker(ctx: &Ctx) -> Result<&str> {
+    ctx.amqp
+        .as_deref()
+        .context("no broker: pass --amqp URL or set IPC_AMQP_URL")
+}
+
+fn amqp_decoupled(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    bar.set_message("messages");
+    let url = broker(ctx)?;
+    with_bar(bar, |p| {
+        flows::amqp_decoupled(url, ctx.size(10_000, 1_000), p)
+    })
+}
+
+fn amqp_crash(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    bar.set_message("messages acknowledged");
+    let url = broker(ctx)?;
+    with_bar(bar, |p| flows::amqp_crash(url, ctx.size(10_000, 1_000), p))
 }
 
 /// A hostile case: what it is, the producer role and its arguments, the consumer's
@@ -322,7 +388,7 @@ struct HostileCase {
     expected: &'static str,
 }
 
-fn frames_hostile(_ctx: Ctx, bar: &ProgressBar) -> Result<Outcome> {
+fn frames_hostile(_ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let case = |what, role, source_args, sink_args, expected| HostileCase {
         what,

@@ -5,11 +5,12 @@
 //!   sends `AmqpItem`s 0..N (creating the queue if asked), in batches of `B` (pipelined
 //!   confirms), printing `ready` once connected and `progress I` after every `P` confirmed
 //!   messages; ends with `ok sent=N reconnections=R micros=..`.
-//! - `amqp-consume --count N [--idle-exit-ms MS]`: receives until it has seen all of
-//!   0..N (duplicates allowed), checking every payload byte, and acknowledges each;
-//!   prints `ready` once consuming; ends with
+//! - `amqp-consume --count N [--idle-exit-ms MS] [--drain 1] [--print 1]`: receives until it
+//!   has seen all of 0..N (duplicates allowed), checking every payload byte, and
+//!   acknowledges each; prints `ready` once consuming (with `--print 1` also `got I
+//!   DELIVERIES` before and `acked I` after each acknowledgement); ends with
 //!   `ok distinct=N deliveries=D ack_errors=E micros=..`, or fails if the queue stays
-//!   empty for `MS` ms before then.
+//!   empty for `MS` ms before then (with `--drain 1` that ends it successfully instead).
 //! - `amqp-echo --in Q --out R --count N`: receives `Vec<u8>` messages from Q and sends each
 //!   to R before acknowledging it; prints `ready` once both are open, `ok echoed=N` at the end.
 //! - `amqp-raw-consume --count N` and `amqp-raw-echo --in Q --out R --count N`: the same
@@ -111,6 +112,8 @@ fn consume(args: &Args) -> Result<()> {
     let name = required(args, "queue")?;
     let count: u64 = args.get("count", 100)?;
     let idle = Duration::from_millis(args.get("idle-exit-ms", 30_000)?);
+    let drain = args.get::<u8>("drain", 0)? != 0;
+    let print = args.get::<u8>("print", 0)? != 0;
     let queue = AmqpQueue::open(&url, &name)?;
     let mut consumer = queue.consumer::<AmqpItem>()?;
     say("ready")?;
@@ -123,6 +126,7 @@ fn consume(args: &Args) -> Result<()> {
     while distinct < count {
         let delivery = match consumer.recv_timeout(idle) {
             Ok(delivery) => delivery,
+            Err(err) if err.kind() == ErrorKind::Timeout && drain => break,
             Err(err) if err.kind() == ErrorKind::Timeout => {
                 bail!(
                     "queue {name} idle for {idle:?} after {distinct} of {count} distinct messages"
@@ -144,10 +148,17 @@ fn consume(args: &Args) -> Result<()> {
             *slot = true;
             distinct += 1;
         }
+        if print {
+            say(&format!("got {} {}", item.index, delivery.deliveries()))?;
+        }
         // An ack that cannot be delivered is reported; the message comes again.
-        if let Err(err) = consumer.ack(&delivery) {
-            eprintln!("amqp-consume: {err}");
-            ack_errors += 1;
+        match consumer.ack(&delivery) {
+            Ok(()) if print => say(&format!("acked {}", item.index))?,
+            Ok(()) => {}
+            Err(err) => {
+                eprintln!("amqp-consume: {err}");
+                ack_errors += 1;
+            }
         }
     }
     say(&format!(
