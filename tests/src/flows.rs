@@ -469,6 +469,7 @@ pub fn queue_crash(count: u64, progress: Progress<'_>) -> Result<Outcome> {
     }
 
     let acked_by_first = acked.len();
+    let acked_first = acked.clone();
 
     // The second consumer takes over; it exits once the queue has stayed empty for a while.
     let mut second = Peer::spawn_role(
@@ -495,20 +496,18 @@ pub fn queue_crash(count: u64, progress: Progress<'_>) -> Result<Outcome> {
         }
     }
     second.wait_success(STEP)?;
-    ensure!(
-        acked.len() as u64 == count,
-        "{} of {count} messages acknowledged",
-        acked.len()
-    );
+    ensure_all_settled(count, &acked, &got_first, &acked_first)?;
     let redelivered: Vec<u64> = got_second
         .iter()
         .filter(|(_, deliveries)| **deliveries > 1)
         .map(|(seq, _)| *seq)
         .collect();
+    // A message the killed consumer had acknowledged never comes again. (One it received
+    // may come again even if it never printed `got`: it can die between the two.)
     for seq in &redelivered {
         ensure!(
-            got_first.contains(seq),
-            "message {seq} was redelivered but the killed consumer never had it"
+            !acked_first.contains(seq),
+            "message {seq} was redelivered after the killed consumer acknowledged it"
         );
     }
     let stats = queue_stats(&path)?;
@@ -761,10 +760,10 @@ pub fn amqp_crash(url: &str, count: u64, progress: Progress<'_>) -> Result<Outco
     };
     let mut acked: BTreeSet<u64> = BTreeSet::new();
     let mut first = consume("amqp consumer", &[])?;
-    let mut got_first: BTreeSet<u64> = BTreeSet::new();
+    let mut got_first: BTreeMap<u64, u64> = BTreeMap::new();
     loop {
         let line = first.expect_line(STEP)?;
-        amqp_line(&line, &mut got_first, &mut acked, &mut BTreeMap::new())?;
+        amqp_line(&line, &mut acked, &mut got_first)?;
         progress(acked.len() as u64, count);
         if acked.len() as u64 >= count / 3 && line.starts_with("got") {
             break;
@@ -772,9 +771,10 @@ pub fn amqp_crash(url: &str, count: u64, progress: Progress<'_>) -> Result<Outco
     }
     first.kill()?;
     for line in all_lines(&mut first) {
-        amqp_line(&line, &mut got_first, &mut acked, &mut BTreeMap::new())?;
+        amqp_line(&line, &mut acked, &mut got_first)?;
     }
     let acked_by_first = acked.len();
+    let acked_first = acked.clone();
 
     let mut second = consume(
         "amqp consumer (restarted)",
@@ -786,15 +786,15 @@ pub fn amqp_crash(url: &str, count: u64, progress: Progress<'_>) -> Result<Outco
         if line.starts_with("ok") {
             break;
         }
-        amqp_line(&line, &mut BTreeSet::new(), &mut acked, &mut got_second)?;
+        amqp_line(&line, &mut acked, &mut got_second)?;
         progress(acked.len() as u64, count);
     }
     second.wait_success(STEP)?;
-    ensure!(
-        acked.len() as u64 == count,
-        "{} of {count} messages acknowledged",
-        acked.len()
-    );
+    let got_first: BTreeSet<u64> = got_first.into_keys().collect();
+    ensure_all_settled(count, &acked, &got_first, &acked_first)?;
+    // No check that acknowledged messages never come again: on AMQP an ack is not
+    // confirmed, so one the killed process had sent but not yet flushed is lost with it and
+    // the message comes again (at least once, as AMQP.md says).
     let redelivered = got_second.values().filter(|d| **d > 1).count();
     let stats = crate::amqp::broker_queue(queue.name())?;
     if let Some((_, _, messages)) = stats {
@@ -810,11 +810,37 @@ pub fn amqp_crash(url: &str, count: u64, progress: Progress<'_>) -> Result<Outco
     })
 }
 
-/// Reads one `amqp-consume --print 1` line into the sets of received and acknowledged
-/// indexes (and, for `got`, the delivery count by index).
+/// Checks that every one of `count` messages was acknowledged: by a line that said so, or
+/// by the killed consumer between receiving it (`got`) and saying so. At most one message can
+/// be in that state, since a consumer settles one message at a time.
+fn ensure_all_settled(
+    count: u64,
+    acked: &BTreeSet<u64>,
+    got_by_killed: &BTreeSet<u64>,
+    acked_by_killed: &BTreeSet<u64>,
+) -> Result<()> {
+    let in_flight: BTreeSet<u64> = got_by_killed.difference(acked_by_killed).copied().collect();
+    let unsettled: Vec<u64> = (0..count)
+        .filter(|n| !acked.contains(n) && !in_flight.contains(n))
+        .collect();
+    ensure!(
+        unsettled.is_empty(),
+        "{} of {count} messages never acknowledged, for example {:?}",
+        unsettled.len(),
+        &unsettled[..unsettled.len().min(5)]
+    );
+    ensure!(
+        in_flight.len() <= 1,
+        "the killed consumer held {} messages at once",
+        in_flight.len()
+    );
+    Ok(())
+}
+
+/// Reads one `amqp-consume --print 1` line into the set of acknowledged indexes and, for
+/// `got`, the delivery count by index.
 fn amqp_line(
     line: &str,
-    got: &mut BTreeSet<u64>,
     acked: &mut BTreeSet<u64>,
     deliveries: &mut BTreeMap<u64, u64>,
 ) -> Result<()> {
@@ -822,9 +848,7 @@ fn amqp_line(
     match fields[..] {
         ["ready"] => {}
         ["got", index, count] => {
-            let index: u64 = index.parse()?;
-            got.insert(index);
-            deliveries.insert(index, count.parse()?);
+            deliveries.insert(index.parse()?, count.parse()?);
         }
         ["acked", index] => {
             acked.insert(index.parse()?);
