@@ -58,18 +58,15 @@ fn a_sender_killed_mid_stream_is_peer_died_at_the_receiver() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_receiver_killed_is_peer_died_at_the_blocked_sender() -> Result<()> {
-    let _watchdog = Watchdog::new("killed shm receiver", WAIT);
-    let name = unique_name("shm-kill-rx");
-    // The sender creates the channel; the receiver attaches and then hangs around, reading
-    // nothing, until it is killed.
+/// A `shm-source` that creates channel `name` with a 4 KiB ring and would send forever;
+/// returns once the channel exists.
+fn endless_creating_source(name: &str) -> Result<Peer> {
     let mut source = Peer::spawn_role(
         "source",
         "shm-source",
         [
             "--name",
-            &name,
+            name,
             "--create",
             "1",
             "--count",
@@ -79,6 +76,16 @@ fn a_receiver_killed_is_peer_died_at_the_blocked_sender() -> Result<()> {
         ],
     )?;
     assert_eq!(source.expect_line(WAIT)?, "ready");
+    Ok(source)
+}
+
+#[test]
+fn a_receiver_killed_is_peer_died_at_the_blocked_sender() -> Result<()> {
+    let _watchdog = Watchdog::new("killed shm receiver", WAIT);
+    let name = unique_name("shm-kill-rx");
+    // The sender creates the channel; the receiver attaches and then hangs around, reading
+    // nothing, until it is killed.
+    let mut source = endless_creating_source(&name)?;
     let receiver = ShmReceiver::<u8>::open(
         &name,
         &ChannelConfig::new()
@@ -93,21 +100,7 @@ fn a_receiver_killed_is_peer_died_at_the_blocked_sender() -> Result<()> {
 
     // Now a real receiver process, killed while the sender is blocked on a full ring.
     let name = unique_name("shm-kill-rx2");
-    let mut source = Peer::spawn_role(
-        "source",
-        "shm-source",
-        [
-            "--name",
-            &name,
-            "--create",
-            "1",
-            "--count",
-            "1000000000",
-            "--capacity",
-            "4096",
-        ],
-    )?;
-    assert_eq!(source.expect_line(WAIT)?, "ready");
+    let mut source = endless_creating_source(&name)?;
     let mut sink = Peer::spawn_role("sink", "shm-sink", ["--name", &name, "--progress", "100"])?;
     assert_eq!(sink.expect_line(WAIT)?, "ready");
     assert_eq!(sink.expect_prefixed("progress", WAIT)?, "100");
