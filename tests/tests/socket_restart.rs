@@ -131,21 +131,7 @@ fn a_stopped_client_is_dropped_by_the_heartbeat_and_others_stay() -> Result<()> 
     frozen.kill()?;
 
     // The lively client is still served: a publication reaches it.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let config = ConnectionConfig::new::<ChatLine>()
-        .with_message_type(MessageType::named("ipc-tests.ChatLine/1"));
-    let publisher = runtime.block_on(Client::<ChatLine>::connect(ClientConfig::new(
-        address.parse()?,
-        config,
-    )))?;
-    let bye = ChatLine {
-        from: "test".into(),
-        seq: 0,
-        text: "bye".into(),
-    };
-    runtime.block_on(publisher.publish("t", &bye))?;
+    publish_bye(&address)?;
     assert_eq!(lively.expect_line(WAIT)?, "got bye");
     lively.expect_prefixed("ok", WAIT)?;
     lively.wait_success(WAIT)?;
@@ -175,6 +161,19 @@ fn a_client_killed_mid_frame_disturbs_nobody() -> Result<()> {
         "server reported {line:?}"
     );
 
+    publish_bye(&address)?;
+    assert_eq!(watcher.expect_line(WAIT)?, "got bye");
+    watcher.expect_prefixed("ok", WAIT)?;
+    watcher.wait_success(WAIT)?;
+    server.close_stdin();
+    server.expect_prefixed("ok", WAIT)?;
+    server.wait_success(WAIT)?;
+    Ok(())
+}
+
+/// Publishes `bye` on topic `t` from a fresh client of the server at `address` (what
+/// `socket-watch` waits for before it ends).
+fn publish_bye(address: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -189,12 +188,10 @@ fn a_client_killed_mid_frame_disturbs_nobody() -> Result<()> {
         seq: 0,
         text: "bye".into(),
     };
-    runtime.block_on(publisher.publish("t", &bye))?;
-    assert_eq!(watcher.expect_line(WAIT)?, "got bye");
-    watcher.expect_prefixed("ok", WAIT)?;
-    watcher.wait_success(WAIT)?;
-    server.close_stdin();
-    server.expect_prefixed("ok", WAIT)?;
-    server.wait_success(WAIT)?;
+    // Closing flushes the publication before the connection ends.
+    runtime.block_on(async {
+        publisher.publish("t", &bye).await?;
+        publisher.close().await
+    })?;
     Ok(())
 }
