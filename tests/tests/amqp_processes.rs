@@ -60,6 +60,29 @@ fn a_producer_exits_before_the_consumer_starts_and_nothing_is_lost() -> Result<(
     ensure!(field(&outcome, "distinct") == Some(count), "{outcome}");
     ensure!(field(&outcome, "deliveries") == Some(count), "{outcome}");
     consumer.wait_success(WAIT)?;
+    // Delivery is at least once: under load the broker can apply the last acknowledgements
+    // of a consumer that exits at once after them too late, and hand those messages out again
+    // (seen in CI: 26 of 400). Whatever is left must be such duplicates: a drain finds only
+    // messages of this stream (the role checks every index and payload), then nothing.
+    let left = queue.stats()?.depth;
+    if left > 0 {
+        eprintln!("amqp decoupled: {left} acknowledged messages came back; draining them");
+        let mut drain = Peer::spawn_role(
+            "drain",
+            "amqp-consume",
+            common
+                .iter()
+                .copied()
+                .chain(["--drain", "1", "--idle-exit-ms", "2000"]),
+        )?;
+        let outcome = drain.expect_prefixed("ok ", WAIT)?;
+        drain.wait_success(WAIT)?;
+        ensure!(
+            field(&outcome, "deliveries")
+                .is_some_and(|d| d.parse::<u64>().is_ok_and(|d| d >= left)),
+            "{outcome}"
+        );
+    }
     ensure!(queue.stats()?.depth == 0, "{:?}", queue.stats()?);
     Ok(())
 }

@@ -179,10 +179,13 @@ impl Link {
         .await
     }
 
-    /// Closes the connection politely, waiting at most a second.
+    /// Closes the connection politely, waiting at most ten seconds for the broker's
+    /// close-ok. The close handshake is what guarantees that the acknowledgements sent
+    /// before it were processed: a busy broker can take more than a second to answer, and
+    /// giving up earlier lost the last acks of a consumer (their messages came again).
     pub(crate) async fn close(self) {
         let _ = tokio::time::timeout(
-            Duration::from_secs(1),
+            Duration::from_secs(10),
             self.connection.close(200, "bye".into()),
         )
         .await;
