@@ -452,21 +452,13 @@ pub fn queue_crash(count: u64, progress: Progress<'_>) -> Result<Outcome> {
     let mut first = Peer::spawn_role("consumer", "queue-consume", ["--path", &path])?;
     let mut acked: BTreeSet<u64> = BTreeSet::new();
     let mut got_first: BTreeSet<u64> = BTreeSet::new();
-    // Kill it right after it printed `got` for a message: that delivery is then most
-    // likely received but not yet acknowledged.
-    loop {
-        let line = first.expect_line(STEP)?;
-        record_line(&line, &mut got_first, &mut acked)?;
-        progress(acked.len() as u64, count);
-        if acked.len() as u64 >= count / 3 && line.starts_with("got") {
-            break;
-        }
-    }
-    first.kill()?;
-    // Lines it printed before dying are still in the pipe.
-    for line in all_lines(&mut first) {
-        record_line(&line, &mut got_first, &mut acked)?;
-    }
+    kill_after_a_third(
+        &mut first,
+        count,
+        &mut acked,
+        progress,
+        &mut |line, acked| record_line(line, &mut got_first, acked),
+    )?;
 
     let acked_by_first = acked.len();
     let acked_first = acked.clone();
@@ -761,18 +753,13 @@ pub fn amqp_crash(url: &str, count: u64, progress: Progress<'_>) -> Result<Outco
     let mut acked: BTreeSet<u64> = BTreeSet::new();
     let mut first = consume("amqp consumer", &[])?;
     let mut got_first: BTreeMap<u64, u64> = BTreeMap::new();
-    loop {
-        let line = first.expect_line(STEP)?;
-        amqp_line(&line, &mut acked, &mut got_first)?;
-        progress(acked.len() as u64, count);
-        if acked.len() as u64 >= count / 3 && line.starts_with("got") {
-            break;
-        }
-    }
-    first.kill()?;
-    for line in all_lines(&mut first) {
-        amqp_line(&line, &mut acked, &mut got_first)?;
-    }
+    kill_after_a_third(
+        &mut first,
+        count,
+        &mut acked,
+        progress,
+        &mut |line, acked| amqp_line(line, acked, &mut got_first),
+    )?;
     let acked_by_first = acked.len();
     let acked_first = acked.clone();
 
@@ -820,6 +807,32 @@ pub fn amqp_crash(url: &str, count: u64, progress: Progress<'_>) -> Result<Outco
             "consumer killed after {acked_by_first} acks; {redelivered} redelivered by the broker"
         ),
     })
+}
+
+/// Reads a consumer's lines through `record` until it has acknowledged a third of `count`
+/// messages and has just printed `got` for one (that delivery is then most likely received
+/// but not yet acknowledged), kills it with SIGKILL, and records the lines it printed before
+/// dying (they are still in the pipe).
+fn kill_after_a_third(
+    consumer: &mut Peer,
+    count: u64,
+    acked: &mut BTreeSet<u64>,
+    progress: Progress<'_>,
+    record: &mut dyn FnMut(&str, &mut BTreeSet<u64>) -> Result<()>,
+) -> Result<()> {
+    loop {
+        let line = consumer.expect_line(STEP)?;
+        record(&line, acked)?;
+        progress(acked.len() as u64, count);
+        if acked.len() as u64 >= count / 3 && line.starts_with("got") {
+            break;
+        }
+    }
+    consumer.kill()?;
+    for line in all_lines(consumer) {
+        record(&line, acked)?;
+    }
+    Ok(())
 }
 
 /// Checks that every one of `count` messages was acknowledged: by a line that said so, or
