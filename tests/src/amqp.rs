@@ -53,6 +53,11 @@ impl TestQueue {
         &self.name
     }
 
+    /// The queue's address: the broker URL with `#name`.
+    pub fn address(&self) -> ipc_queue::Address {
+        ipc_queue::Address::amqp(self.url.as_str(), self.name.as_str())
+    }
+
     /// The broker URL.
     pub fn url(&self) -> &str {
         &self.url
@@ -61,7 +66,7 @@ impl TestQueue {
 
 impl Drop for TestQueue {
     fn drop(&mut self) {
-        if let Ok(queue) = ipc_queue::AmqpQueue::open(&self.url, &self.name) {
+        if let Ok(queue) = ipc_queue::Queue::open(self.address()) {
             let _ = queue.delete();
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ipc_core::ErrorKind;
-use ipc_queue::{AmqpOptions, AmqpQueue, ProducerOptions, QueueConfig};
+use ipc_queue::{AmqpOptions, ProducerOptions, Queue, QueueConfig};
 use ipc_tests::Watchdog;
 use ipc_tests::amqp::{TestQueue, amqp_url, rabbitmqctl};
 
@@ -28,7 +28,7 @@ fn a_blocked_broker_makes_send_time_out_and_sending_resumes_after() -> Result<()
     };
     let name = TestQueue::new(&url, "ipcq-blocked");
     let options = AmqpOptions::new().with_timeout(Duration::from_secs(2));
-    let queue = AmqpQueue::create_with(&url, name.name(), &QueueConfig::new(), &options)?;
+    let queue = Queue::create_with(name.address(), &QueueConfig::new(), &options)?;
     let mut producer = queue.producer::<u32>(ProducerOptions::new())?;
     producer.send(&1)?;
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use ipc_queue::{AmqpQueue, ProducerOptions, QueueConfig};
+use ipc_queue::{ProducerOptions, Queue, QueueConfig};
 use ipc_tests::Watchdog;
 use ipc_tests::amqp::{TestQueue, amqp_url};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ fn python_publishes_and_ipc_queue_consumes() -> Result<()> {
         return Ok(());
     }
     let name = TestQueue::new(&url, "ipcq-py-in");
-    let queue = AmqpQueue::create(&url, name.name(), &QueueConfig::new())?;
+    let queue = Queue::create(name.address(), &QueueConfig::new())?;
     let out = python(&["publish", &url, name.name(), "50"])?;
     ensure!(out == "ok published=50", "{out}");
     let mut consumer = queue.consumer::<Greeting>()?;
@@ -95,7 +95,7 @@ fn ipc_queue_publishes_and_python_consumes() -> Result<()> {
         return Ok(());
     }
     let name = TestQueue::new(&url, "ipcq-py-out");
-    let queue = AmqpQueue::create(&url, name.name(), &QueueConfig::new())?;
+    let queue = Queue::create(name.address(), &QueueConfig::new())?;
     let mut producer = queue.producer::<Greeting>(ProducerOptions::new())?;
     let greetings: Vec<Greeting> = (0..50)
         .map(|id| Greeting {

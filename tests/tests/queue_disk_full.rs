@@ -56,7 +56,11 @@ fn an_injected_write_limit_fails_cleanly_and_another_handle_goes_on() -> Result<
     assert_eq!(sent, 10);
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     assert!(err.to_string().starts_with("disk full"), "{err}");
-    let segment = queue.path().join("segments").join(format!("{:020}.seg", 0));
+    let segment = queue
+        .path()
+        .expect("a directory")
+        .join("segments")
+        .join(format!("{:020}.seg", 0));
     assert_eq!(
         std::fs::metadata(segment)?.len(),
         10 * 1042,

@@ -68,8 +68,8 @@ enum Task {
 enum QueueCommand {
     /// Depth, unacknowledged and dead-letter counts, oldest message age, disk use.
     Stats {
-        /// The queue directory.
-        path: PathBuf,
+        /// The queue: a directory, or `amqp://user:password@host:port/vhost#queue`.
+        address: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -99,8 +99,8 @@ fn main() -> ExitCode {
         Task::Bench { quick, json, .. } => bench::run(quick, &json).map(|()| true),
         Task::Ci => ci::run().map(|()| true),
         Task::Queue {
-            command: QueueCommand::Stats { path, json },
-        } => queue::stats(&path, json).map(|()| true),
+            command: QueueCommand::Stats { address, json },
+        } => queue::stats(&address, json).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

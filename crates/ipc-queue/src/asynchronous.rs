@@ -1,5 +1,6 @@
 //! Async (tokio) wrappers: the blocking producer and consumer run on tokio's blocking pool
-//! (`spawn_blocking`); waiting for messages is a tokio sleep between non-blocking polls.
+//! (`spawn_blocking`). Waiting for messages is a tokio sleep between non-blocking polls
+//! (embedded) or short blocking receives on the blocking pool (RabbitMQ).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,8 +10,11 @@ use ipc_core::{Error, ErrorKind, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::consumer::{Consumer, Delivery};
-use crate::producer::{Producer, Receipt};
+use crate::api::{Consumer, Producer};
+use crate::delivery::{Delivery, Receipt};
+
+/// How long one blocking receive from a broker waits before the async side looks again.
+const POLL: Duration = Duration::from_millis(200);
 
 fn locked<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     mutex
@@ -34,8 +38,8 @@ fn blocking<R: Send + 'static>(
 
 /// A [`Producer`] for async code (feature `tokio`; needs a tokio runtime).
 ///
-/// The message is encoded on the calling task, then appended and synced on tokio's
-/// blocking pool. A `send` future dropped before it completes may or may not have sent the
+/// The message is encoded on the calling task, then stored (appended and synced, or
+/// published and confirmed) on tokio's blocking pool. A `send` future dropped before it completes may or may not have sent the
 /// message (the append goes on in the background); the handle stays usable.
 pub struct AsyncProducer<T: ?Sized> {
     inner: Arc<Mutex<Producer<T>>>,
@@ -46,7 +50,7 @@ pub struct AsyncProducer<T: ?Sized> {
 impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// Wraps a producer.
     pub fn new(producer: Producer<T>) -> AsyncProducer<T> {
-        let max_len = producer.queue().config().max_message_len() as usize;
+        let max_len = producer.max_message_len();
         AsyncProducer {
             inner: Arc::new(Mutex::new(producer)),
             max_len,
@@ -98,8 +102,8 @@ struct ConsumerState<T> {
 /// A [`Consumer`] for async code (feature `tokio`; needs a tokio runtime).
 ///
 /// `recv` polls without blocking on tokio's blocking pool and sleeps on the runtime between
-/// polls. A `recv` future dropped before it completes loses no message: the next `recv`
-/// returns it.
+/// polls (embedded), or waits in short blocking receives there (RabbitMQ). A `recv` future
+/// dropped before it completes loses no message: the next `recv` returns it.
 pub struct AsyncConsumer<T> {
     inner: Arc<Mutex<ConsumerState<T>>>,
 }
@@ -125,7 +129,15 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
             let got = blocking(move || {
                 let mut state = locked(&inner)?;
                 if state.pending.is_none() {
-                    state.pending = state.consumer.try_recv()?;
+                    state.pending = if state.consumer.is_embedded() {
+                        state.consumer.try_recv()?
+                    } else {
+                        match state.consumer.recv_timeout(POLL) {
+                            Ok(delivery) => Some(delivery),
+                            Err(err) if err.kind() == ErrorKind::Timeout => None,
+                            Err(err) => return Err(err),
+                        }
+                    };
                 }
                 Ok(state.pending.is_some())
             })
@@ -133,8 +145,10 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
             if got && let Some(delivery) = locked(&self.inner)?.pending.take() {
                 return Ok(delivery);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(5));
+            if locked(&self.inner)?.consumer.is_embedded() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(5));
+            }
         }
     }
 
@@ -143,8 +157,8 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
         &mut self,
         delivery: &Delivery<T>,
     ) -> impl Future<Output = Result<()>> + Send + use<T> {
-        let (inner, seq) = (Arc::clone(&self.inner), delivery.seq());
-        blocking(move || locked(&inner)?.consumer.ack_seq(seq))
+        let (inner, ticket) = (Arc::clone(&self.inner), delivery.ticket.clone());
+        blocking(move || locked(&inner)?.consumer.ack_ticket(&ticket))
     }
 
     /// Gives a delivery back, like [`Consumer::nack`].
@@ -153,8 +167,8 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
         delivery: &Delivery<T>,
         delay: Option<Duration>,
     ) -> impl Future<Output = Result<()>> + Send + use<T> {
-        let (inner, seq) = (Arc::clone(&self.inner), delivery.seq());
-        blocking(move || locked(&inner)?.consumer.nack_seq(seq, delay))
+        let (inner, ticket) = (Arc::clone(&self.inner), delivery.ticket.clone());
+        blocking(move || locked(&inner)?.consumer.nack_ticket(&ticket, delay))
     }
 
     /// Dead-letters a delivery, like [`Consumer::reject`].
@@ -163,14 +177,9 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
         delivery: &Delivery<T>,
         reason: &str,
     ) -> impl Future<Output = Result<()>> + Send + use<T> {
-        let inner = Arc::clone(&self.inner);
-        let (seq, deliveries) = (delivery.seq(), delivery.deliveries());
+        let (inner, ticket) = (Arc::clone(&self.inner), delivery.ticket.clone());
         let reason = reason.to_owned();
-        blocking(move || {
-            locked(&inner)?
-                .consumer
-                .reject_seq(seq, deliveries, &reason)
-        })
+        blocking(move || locked(&inner)?.consumer.reject_ticket(&ticket, &reason))
     }
 }
 

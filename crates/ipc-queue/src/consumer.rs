@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::marker::PhantomData;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::appender::Appender;
 use crate::config::Faults;
+use crate::delivery::{BackendTicket, Delivery, Ticket};
 use crate::fsx;
 use crate::index::{Finding, LogIndex};
-use crate::queue::{Layout, Queue};
+use crate::queue::{EmbeddedQueue, Layout};
 use crate::record::{HEADER_LEN, Kind};
 use crate::state::{Entry, StateLog, View};
 
@@ -22,46 +23,6 @@ use crate::state::{Entry, StateLog, View};
 const MAX_REASON_LEN: usize = 1024;
 /// How long a consumer believes another one alive before checking its lock again.
 const LIVENESS_TTL: Duration = Duration::from_millis(20);
-
-/// A message handed to one consumer. Settle it with [`Consumer::ack`], [`Consumer::nack`]
-/// or [`Consumer::reject`]; one left unsettled comes back to some consumer when its lease
-/// runs out or its consumer goes away.
-#[derive(Debug)]
-#[must_use = "a delivery must be acknowledged, or it comes back"]
-pub struct Delivery<T> {
-    message: T,
-    seq: u64,
-    deliveries: u32,
-    enqueued_ms: u64,
-}
-
-impl<T> Delivery<T> {
-    /// The message.
-    pub fn message(&self) -> &T {
-        &self.message
-    }
-
-    /// The message's sequence number in the queue (the same as its [`Receipt`](crate::Receipt)'s).
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// How many times the message has been delivered, this time included (1 the first time).
-    pub fn deliveries(&self) -> u32 {
-        self.deliveries
-    }
-
-    /// When the message was sent (the producer's clock).
-    pub fn enqueued_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.enqueued_ms)
-    }
-
-    /// The message, taking it out of the delivery (settle the delivery first, or keep its
-    /// [`seq`](Delivery::seq) to settle with [`Consumer::ack_seq`]).
-    pub fn into_message(self) -> T {
-        self.message
-    }
-}
 
 /// A message in the dead-letter queue: the original bytes and why they are there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,22 +50,22 @@ impl DeadLetter {
 /// The borrowed form of [`DeadLetter`], encoded identically (postcard encodes a byte slice
 /// and a `Vec<u8>` the same way).
 #[derive(Serialize)]
-struct DeadLetterRef<'a> {
-    seq: u64,
-    reason: &'a str,
-    deliveries: u32,
-    enqueued_ms: u64,
-    payload: &'a [u8],
+pub(crate) struct DeadLetterRef<'a> {
+    pub(crate) seq: u64,
+    pub(crate) reason: &'a str,
+    pub(crate) deliveries: u32,
+    pub(crate) enqueued_ms: u64,
+    pub(crate) payload: &'a [u8],
 }
 
 /// Receives `T` messages from a queue, competing with the queue's other consumers (in this
 /// and other processes): each message goes to one of them at a time.
 ///
 /// Implements [`ipc_core::Receiver`], which acknowledges each message as it returns it
-/// (at-most-once processing); use [`recv`](Consumer::recv) and [`ack`](Consumer::ack) for
+/// (at-most-once processing); use [`recv`](EmbeddedConsumer::recv) and [`ack`](EmbeddedConsumer::ack) for
 /// at-least-once.
-pub struct Consumer<T> {
-    queue: Queue,
+pub(crate) struct EmbeddedConsumer<T> {
+    queue: EmbeddedQueue,
     owner: u64,
     owner_path: PathBuf,
     _owner_lock: File,
@@ -117,8 +78,8 @@ pub struct Consumer<T> {
     _type: PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> Consumer<T> {
-    pub(crate) fn open(queue: &Queue) -> Result<Consumer<T>> {
+impl<T: DeserializeOwned> EmbeddedConsumer<T> {
+    pub(crate) fn open(queue: &EmbeddedQueue) -> Result<EmbeddedConsumer<T>> {
         let layout = &queue.layout;
         fsx::ensure_dir(&layout.consumers())?;
         let owner = (u64::from(std::process::id()) << 32) ^ fastrand::u64(..);
@@ -144,7 +105,7 @@ impl<T: DeserializeOwned> Consumer<T> {
             view.floor,
             &mut findings,
         )?;
-        let mut consumer = Consumer {
+        let mut consumer = EmbeddedConsumer {
             queue: queue.clone(),
             owner,
             owner_path,
@@ -177,35 +138,37 @@ impl<T: DeserializeOwned> Consumer<T> {
     /// (its bytes are quarantined and the next call goes on past it);
     /// [`Decode`](ErrorKind::Decode) for a message that is not a `T` (it goes to the
     /// dead-letter queue; the next call goes on).
-    pub fn recv(&mut self) -> Result<Delivery<T>> {
+    pub(crate) fn recv(&mut self) -> Result<Delivery<T>> {
         self.recv_until(None)
     }
 
     /// Receives the next message if one is ready.
-    pub fn try_recv(&mut self) -> Result<Option<Delivery<T>>> {
+    pub(crate) fn try_recv(&mut self) -> Result<Option<Delivery<T>>> {
         self.try_once()
     }
 
     /// Receives the next message, waiting at most `timeout`:
     /// [`Timeout`](ErrorKind::Timeout) if none came.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery<T>> {
+    pub(crate) fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery<T>> {
         self.recv_until(Some(Instant::now() + timeout))
     }
 
     /// Acknowledges a delivery: the message is done and never delivered again. Acking a
     /// delivery whose lease ran out still counts (the message was processed).
-    pub fn ack(&mut self, delivery: &Delivery<T>) -> Result<()> {
-        self.ack_seq(delivery.seq)
+    pub(crate) fn ack(&mut self, ticket: &Ticket) -> Result<()> {
+        own(ticket, "ack")?;
+        self.ack_seq(ticket.seq)
     }
 
     /// Acknowledges the message with sequence number `seq`.
-    pub fn ack_seq(&mut self, seq: u64) -> Result<()> {
+    pub(crate) fn ack_seq(&mut self, seq: u64) -> Result<()> {
         self.settle(seq, Kind::Ack, 0)
     }
 
     /// Gives a delivery back: it becomes deliverable again, after `delay` if given.
-    pub fn nack(&mut self, delivery: &Delivery<T>, delay: Option<Duration>) -> Result<()> {
-        self.nack_seq(delivery.seq, delay)
+    pub(crate) fn nack(&mut self, ticket: &Ticket, delay: Option<Duration>) -> Result<()> {
+        own(ticket, "nack")?;
+        self.nack_seq(ticket.seq, delay)
     }
 
     pub(crate) fn nack_seq(&mut self, seq: u64, delay: Option<Duration>) -> Result<()> {
@@ -214,8 +177,9 @@ impl<T: DeserializeOwned> Consumer<T> {
     }
 
     /// Sends a delivery to the dead-letter queue with `reason`.
-    pub fn reject(&mut self, delivery: &Delivery<T>, reason: &str) -> Result<()> {
-        self.reject_seq(delivery.seq, delivery.deliveries, reason)
+    pub(crate) fn reject(&mut self, ticket: &Ticket, reason: &str) -> Result<()> {
+        own(ticket, "reject")?;
+        self.reject_seq(ticket.seq, ticket.deliveries, reason)
     }
 
     pub(crate) fn reject_seq(&mut self, seq: u64, deliveries: u32, reason: &str) -> Result<()> {
@@ -232,11 +196,6 @@ impl<T: DeserializeOwned> Consumer<T> {
         };
         self.dead_letter(seq, deliveries, header.time, &format!("rejected: {reason}"))?;
         self.reclaim()
-    }
-
-    /// The queue this consumer receives from.
-    pub fn queue(&self) -> &Queue {
-        &self.queue
     }
 
     fn is_done(&self, seq: u64) -> bool {
@@ -359,8 +318,11 @@ impl<T: DeserializeOwned> Consumer<T> {
         match ipc_core::decode::<T>(&self.buf[HEADER_LEN..]) {
             Ok(message) => Ok(Some(Delivery {
                 message,
-                seq,
-                deliveries,
+                ticket: Ticket {
+                    seq,
+                    deliveries,
+                    backend: BackendTicket::Embedded,
+                },
                 enqueued_ms,
             })),
             Err(err) => {
@@ -424,7 +386,7 @@ impl<T: DeserializeOwned> Consumer<T> {
         }
         let reason = &reason[..cut];
         if self.dead.is_none() {
-            let dead = Queue::open(self.queue.layout.dead())?;
+            let dead = EmbeddedQueue::open(self.queue.layout.dead())?;
             self.dead = Some(Appender::open(
                 &dead.layout,
                 dead.config.max_message_len as usize,
@@ -555,46 +517,35 @@ fn remove_dead_consumer_files(layout: &Layout, me: u64) {
     }
 }
 
+/// A delivery from another backend cannot be settled here.
+fn own(ticket: &Ticket, what: &str) -> Result<()> {
+    match ticket.backend {
+        BackendTicket::Embedded => Ok(()),
+        #[cfg(feature = "amqp")]
+        BackendTicket::Amqp { .. } => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{what} of message {}: the delivery did not come from an embedded consumer",
+                ticket.seq
+            ),
+        )),
+    }
+}
+
 fn remove_segment(layout: &Layout, first: u64) {
     let _ = std::fs::remove_file(layout.segments().join(fsx::segment_name(first)));
 }
 
-impl<T> Drop for Consumer<T> {
+impl<T> Drop for EmbeddedConsumer<T> {
     fn drop(&mut self) {
         // Others see the missing file as a dead consumer and take its leases back at once.
         let _ = std::fs::remove_file(&self.owner_path);
     }
 }
 
-impl<T: DeserializeOwned> ipc_core::Receiver for Consumer<T> {
-    type Message = T;
-
-    fn recv(&mut self) -> Result<T> {
-        let delivery = Consumer::recv(self)?;
-        self.ack(&delivery)?;
-        Ok(delivery.into_message())
-    }
-
-    fn try_recv(&mut self) -> Result<Option<T>> {
-        match Consumer::try_recv(self)? {
-            Some(delivery) => {
-                self.ack(&delivery)?;
-                Ok(Some(delivery.into_message()))
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
-        let delivery = Consumer::recv_timeout(self, timeout)?;
-        self.ack(&delivery)?;
-        Ok(delivery.into_message())
-    }
-}
-
-impl<T> std::fmt::Debug for Consumer<T> {
+impl<T> std::fmt::Debug for EmbeddedConsumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer")
+        f.debug_struct("EmbeddedConsumer")
             .field("queue", &self.queue.path())
             .field("owner", &format_args!("{:016x}", self.owner))
             .finish()

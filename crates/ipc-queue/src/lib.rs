@@ -77,13 +77,16 @@
 //!   [`ipc_core::AsyncSender`] and [`ipc_core::AsyncReceiver`] by running the blocking calls
 //!   in `tokio::task::spawn_blocking` (and sleeping on the runtime between polls).
 
+mod address;
 #[cfg(feature = "amqp")]
 mod amqp;
+mod api;
 mod appender;
 #[cfg(feature = "tokio")]
 mod asynchronous;
 mod config;
 mod consumer;
+mod delivery;
 mod fsx;
 mod index;
 mod producer;
@@ -91,20 +94,18 @@ mod queue;
 mod record;
 mod state;
 
+pub use crate::address::Address;
 #[cfg(feature = "amqp")]
-pub use crate::amqp::{
-    AmqpConsumer, AmqpDelivery, AmqpOptions, AmqpProducer, AmqpQueue, AmqpReceipt, AmqpStats,
-    AsyncAmqpConsumer, AsyncAmqpProducer, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE,
-    dead_letter_name,
-};
+pub use crate::amqp::{AmqpOptions, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE};
+pub use crate::api::{Consumer, Producer, Queue};
 #[cfg(feature = "tokio")]
 pub use crate::asynchronous::{AsyncConsumer, AsyncProducer};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,
 };
-pub use crate::consumer::{Consumer, DeadLetter, Delivery};
-pub use crate::producer::{Producer, Receipt};
-pub use crate::queue::{Queue, Stats};
+pub use crate::consumer::DeadLetter;
+pub use crate::delivery::{Delivery, Receipt};
+pub use crate::queue::{Stats, StorageStats};
 
 /// The shared foundation: encoding, errors, traits.
 pub use ipc_core as core;

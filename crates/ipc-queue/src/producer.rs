@@ -8,31 +8,18 @@ use serde::Serialize;
 
 use crate::appender::Appender;
 use crate::config::{Durability, ProducerOptions, WhenFull};
+use crate::delivery::Receipt;
 use crate::fsx;
-use crate::queue::Queue;
+use crate::queue::EmbeddedQueue;
 use crate::state::{StateLog, View};
-
-/// Proof that a message is stored: with [`Durability::Always`] it is on disk (synced).
-/// Carries the message's sequence number in the queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Receipt {
-    seq: u64,
-}
-
-impl Receipt {
-    /// The message's sequence number: unique in the queue, increasing in append order.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-}
 
 /// Sends `T` messages to a queue. One handle per thread; open as many as you like, in any
 /// number of processes: their appends are serialised by a file lock and their syncs shared
 /// (group commit).
 ///
 /// Implements [`ipc_core::Sender`]: `Ok` from `send` means the same as a [`Receipt`].
-pub struct Producer<T: ?Sized> {
-    queue: Queue,
+pub(crate) struct EmbeddedProducer<T: ?Sized> {
+    queue: EmbeddedQueue,
     appender: Appender,
     options: ProducerOptions,
     bound: Option<(StateLog, View)>,
@@ -47,8 +34,11 @@ enum Wait {
     Until(Option<Instant>),
 }
 
-impl<T: Serialize + ?Sized> Producer<T> {
-    pub(crate) fn open(queue: &Queue, options: ProducerOptions) -> Result<Producer<T>> {
+impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
+    pub(crate) fn open(
+        queue: &EmbeddedQueue,
+        options: ProducerOptions,
+    ) -> Result<EmbeddedProducer<T>> {
         let config = &queue.config;
         let appender = Appender::open(
             &queue.layout,
@@ -64,7 +54,7 @@ impl<T: Serialize + ?Sized> Producer<T> {
         } else {
             None
         };
-        Ok(Producer {
+        Ok(EmbeddedProducer {
             queue: queue.clone(),
             appender,
             options,
@@ -77,7 +67,7 @@ impl<T: Serialize + ?Sized> Producer<T> {
 
     /// Sends `message`, returning once it is stored per the durability mode. On a full
     /// queue, waits or fails per [`WhenFull`].
-    pub fn send(&mut self, message: &T) -> Result<Receipt> {
+    pub(crate) fn send(&mut self, message: &T) -> Result<Receipt> {
         let wait = match self.options.when_full {
             WhenFull::Wait => Wait::Until(None),
             WhenFull::Fail => Wait::No,
@@ -86,18 +76,18 @@ impl<T: Serialize + ?Sized> Producer<T> {
     }
 
     /// Sends `message` without waiting: [`Full`](ErrorKind::Full) on a full queue.
-    pub fn try_send(&mut self, message: &T) -> Result<Receipt> {
+    pub(crate) fn try_send(&mut self, message: &T) -> Result<Receipt> {
         self.send_one(message, Wait::No)
     }
 
     /// Sends `message`, waiting at most `timeout` for room.
-    pub fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<Receipt> {
+    pub(crate) fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<Receipt> {
         self.send_one(message, Wait::Until(Some(Instant::now() + timeout)))
     }
 
     /// Sends a batch in one append and one sync; returns one receipt per message, in order.
     /// The batch is stored whole or not at all.
-    pub fn send_batch<'a, I>(&mut self, messages: I) -> Result<Vec<Receipt>>
+    pub(crate) fn send_batch<'a, I>(&mut self, messages: I) -> Result<Vec<Receipt>>
     where
         I: IntoIterator<Item = &'a T>,
         T: 'a,
@@ -111,13 +101,11 @@ impl<T: Serialize + ?Sized> Producer<T> {
             self.push(message)?;
         }
         let (first, n) = self.commit(wait)?;
-        Ok((first..first + n as u64)
-            .map(|seq| Receipt { seq })
-            .collect())
+        Ok((first..first + n as u64).map(Receipt::new).collect())
     }
 
     /// Syncs everything this producer sent (in every durability mode).
-    pub fn flush(&mut self) -> Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<()> {
         self.appender.sync_now()?;
         self.unsynced = false;
         self.last_sync = Instant::now();
@@ -125,13 +113,13 @@ impl<T: Serialize + ?Sized> Producer<T> {
     }
 
     /// The queue this producer sends to.
-    pub fn queue(&self) -> &Queue {
+    pub(crate) fn queue(&self) -> &EmbeddedQueue {
         &self.queue
     }
 
     /// Sends `message` with its own time-to-live: undelivered after `ttl`, it goes to the
     /// dead-letter queue instead (the queue's own TTL, if shorter, still applies).
-    pub fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
+    pub(crate) fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
         let wait = match self.options.when_full {
             WhenFull::Wait => Wait::Until(None),
             WhenFull::Fail => Wait::No,
@@ -139,14 +127,14 @@ impl<T: Serialize + ?Sized> Producer<T> {
         self.appender.begin_batch();
         self.push_with_ttl(message, Some(ttl))?;
         let (seq, _) = self.commit(wait)?;
-        Ok(Receipt { seq })
+        Ok(Receipt::new(seq))
     }
 
     fn send_one(&mut self, message: &T, wait: Wait) -> Result<Receipt> {
         self.appender.begin_batch();
         self.push(message)?;
         let (seq, _) = self.commit(wait)?;
-        Ok(Receipt { seq })
+        Ok(Receipt::new(seq))
     }
 
     /// Sends an already encoded message (the async wrapper encodes outside the blocking
@@ -174,7 +162,7 @@ impl<T: Serialize + ?Sized> Producer<T> {
             Ok(payload.len())
         })?;
         let (seq, _) = self.commit(wait)?;
-        Ok(Receipt { seq })
+        Ok(Receipt::new(seq))
     }
 
     fn push(&mut self, message: &T) -> Result<()> {
@@ -278,7 +266,7 @@ impl<T: Serialize + ?Sized> Producer<T> {
     }
 }
 
-impl<T: ?Sized> Drop for Producer<T> {
+impl<T: ?Sized> Drop for EmbeddedProducer<T> {
     fn drop(&mut self) {
         if self.unsynced {
             let _ = self.appender.sync_now();
@@ -286,29 +274,9 @@ impl<T: ?Sized> Drop for Producer<T> {
     }
 }
 
-impl<T: Serialize + ?Sized> ipc_core::Sender for Producer<T> {
-    type Message = T;
-
-    fn send(&mut self, message: &T) -> Result<()> {
-        Producer::send(self, message).map(drop)
-    }
-
-    fn try_send(&mut self, message: &T) -> Result<()> {
-        Producer::try_send(self, message).map(drop)
-    }
-
-    fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<()> {
-        Producer::send_timeout(self, message, timeout).map(drop)
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        Producer::flush(self)
-    }
-}
-
-impl<T: ?Sized> std::fmt::Debug for Producer<T> {
+impl<T: ?Sized> std::fmt::Debug for EmbeddedProducer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Producer")
+        f.debug_struct("EmbeddedProducer")
             .field("queue", &self.queue.path())
             .field("position", &self.appender.position())
             .finish()

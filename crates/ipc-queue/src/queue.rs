@@ -9,10 +9,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::{ProducerOptions, QueueConfig, StoredConfig};
-use crate::consumer::Consumer;
+use crate::consumer::EmbeddedConsumer;
 use crate::fsx;
 use crate::index::LogIndex;
-use crate::producer::Producer;
+use crate::producer::EmbeddedProducer;
 use crate::record::{self, HEADER_LEN, Kind, Parsed};
 use crate::state::{Entry, StateLog, View};
 
@@ -66,21 +66,21 @@ impl Layout {
 /// An embedded durable queue: a directory on disk shared by any number of producer and
 /// consumer processes. Cheap to clone; open producers and consumers from it.
 ///
-/// A queue has a dead-letter queue beside it ([`dead_letters`](Queue::dead_letters)),
+/// A queue has a dead-letter queue beside it ([`dead_letters`](EmbeddedQueue::dead_letters)),
 /// itself a queue of [`DeadLetter`](crate::DeadLetter) messages.
 #[derive(Clone, Debug)]
-pub struct Queue {
+pub(crate) struct EmbeddedQueue {
     pub(crate) layout: Layout,
     pub(crate) config: QueueConfig,
     pub(crate) is_dead_letter: bool,
 }
 
-impl Queue {
+impl EmbeddedQueue {
     /// Creates a queue at `path` (a new, owner-only directory).
     ///
     /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) if `path` exists,
     /// [`InvalidInput`](ErrorKind::InvalidInput) for a configuration that cannot work.
-    pub fn create(path: impl AsRef<Path>, config: &QueueConfig) -> Result<Queue> {
+    pub(crate) fn create(path: impl AsRef<Path>, config: &QueueConfig) -> Result<EmbeddedQueue> {
         config.validate()?;
         create_inner(path.as_ref(), config, false)
     }
@@ -89,19 +89,22 @@ impl Queue {
     ///
     /// Errors: [`NotFound`](ErrorKind::NotFound) if there is no queue there,
     /// [`Corrupted`](ErrorKind::Corrupted) if its `meta` file is damaged.
-    pub fn open(path: impl AsRef<Path>) -> Result<Queue> {
+    pub(crate) fn open(path: impl AsRef<Path>) -> Result<EmbeddedQueue> {
         open_inner(path.as_ref(), false)
     }
 
     /// Opens the queue at `path`, creating it with `config` if there is none.
-    pub fn open_or_create(path: impl AsRef<Path>, config: &QueueConfig) -> Result<Queue> {
+    pub(crate) fn open_or_create(
+        path: impl AsRef<Path>,
+        config: &QueueConfig,
+    ) -> Result<EmbeddedQueue> {
         let path = path.as_ref();
-        match Queue::create(path, config) {
+        match EmbeddedQueue::create(path, config) {
             Err(err) if err.kind() == ErrorKind::AlreadyExists => {
                 // Another process may be creating it right now: wait (bounded) for its meta.
                 let mut last = None;
                 for _ in 0..200 {
-                    match Queue::open(path) {
+                    match EmbeddedQueue::open(path) {
                         Ok(queue) => return Ok(queue),
                         Err(err) if err.kind() == ErrorKind::NotFound => last = Some(err),
                         Err(err) => return Err(err),
@@ -115,18 +118,21 @@ impl Queue {
     }
 
     /// The queue's directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.layout.root()
     }
 
     /// The configuration the queue was created with.
-    pub fn config(&self) -> &QueueConfig {
+    pub(crate) fn config(&self) -> &QueueConfig {
         &self.config
     }
 
     /// Opens a producer of `T` messages.
-    pub fn producer<T: Serialize + ?Sized>(&self, options: ProducerOptions) -> Result<Producer<T>> {
-        Producer::open(self, options)
+    pub(crate) fn producer<T: Serialize + ?Sized>(
+        &self,
+        options: ProducerOptions,
+    ) -> Result<EmbeddedProducer<T>> {
+        EmbeddedProducer::open(self, options)
     }
 
     /// Opens a consumer of `T` messages, competing with the queue's other consumers.
@@ -134,13 +140,13 @@ impl Queue {
     /// Opening scans the log from the oldest message not yet done. Damage found on the way
     /// is reported as [`Corrupted`](ErrorKind::Corrupted) (once; it is then quarantined and
     /// recorded, and opening again succeeds).
-    pub fn consumer<T: DeserializeOwned>(&self) -> Result<Consumer<T>> {
-        Consumer::open(self)
+    pub(crate) fn consumer<T: DeserializeOwned>(&self) -> Result<EmbeddedConsumer<T>> {
+        EmbeddedConsumer::open(self)
     }
 
     /// The dead-letter queue: rejected, undecodable, expired and too-often-delivered
     /// messages, as [`DeadLetter`](crate::DeadLetter)s.
-    pub fn dead_letters(&self) -> Result<Queue> {
+    pub(crate) fn dead_letters(&self) -> Result<EmbeddedQueue> {
         if self.is_dead_letter {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -150,9 +156,19 @@ impl Queue {
         open_inner(&self.layout.dead(), true)
     }
 
+    /// Deletes the queue directory with everything in it.
+    pub(crate) fn delete(&self) -> Result<()> {
+        std::fs::remove_dir_all(self.layout.root()).map_err(|err| {
+            Error::io(
+                format!("delete queue {}", self.layout.root().display()),
+                err,
+            )
+        })
+    }
+
     /// Looks inside: depth, unacknowledged deliveries, dead letters, oldest message age.
     /// Also repairs a torn tail, like any consumer.
-    pub fn stats(&self) -> Result<Stats> {
+    pub(crate) fn stats(&self) -> Result<Stats> {
         let mut state = StateLog::open(&self.layout, self.config.compact_at)?;
         let mut view = View::default();
         let guard = state.lock()?;
@@ -211,34 +227,50 @@ impl Queue {
             .unwrap_or(0);
         Ok(Stats {
             depth: view.depth(index.next_seq()),
-            unacked,
-            delayed,
             dead_letters,
+            unacked: Some(unacked),
+            delayed: Some(delayed),
             oldest_age,
-            next_seq: index.next_seq(),
-            acked: view.acked_total,
-            lost: view.lost_total,
-            quarantined_files,
-            segments: firsts.len() as u64,
-            bytes,
+            consumers: None,
+            storage: Some(StorageStats {
+                next_seq: index.next_seq(),
+                acked: view.acked_total,
+                lost: view.lost_total,
+                quarantined_files,
+                segments: firsts.len() as u64,
+                bytes,
+            }),
         })
     }
 }
 
-/// A look inside a queue, from [`Queue::stats`].
+/// A look inside a queue, from [`Queue::stats`](crate::Queue::stats). What a backend
+/// cannot tell is `None`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Messages not yet acknowledged or dead-lettered (waiting, leased or delayed).
+    /// Messages not yet acknowledged or dead-lettered. Embedded: waiting, leased or delayed.
+    /// RabbitMQ: ready for delivery only (the broker does not count unacknowledged ones
+    /// here).
     pub depth: u64,
-    /// Deliveries whose lease is running (handed out, not yet acknowledged).
-    pub unacked: u64,
-    /// Messages negatively acknowledged with a delay that has not passed yet.
-    pub delayed: u64,
-    /// Messages in the dead-letter queue.
+    /// Messages in the dead-letter queue (RabbitMQ: ready ones).
     pub dead_letters: u64,
-    /// The age of the oldest message not yet done, if any.
+    /// Deliveries whose lease is running (handed out, not yet acknowledged). Embedded only.
+    pub unacked: Option<u64>,
+    /// Messages negatively acknowledged with a delay that has not passed yet. Embedded only.
+    pub delayed: Option<u64>,
+    /// The age of the oldest message not yet done. Embedded only, and `None` when empty.
     pub oldest_age: Option<Duration>,
+    /// Consumers attached to the queue. RabbitMQ only.
+    pub consumers: Option<u64>,
+    /// The files of an embedded queue.
+    pub storage: Option<StorageStats>,
+}
+
+/// The files of an embedded queue, in [`Stats::storage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorageStats {
     /// The sequence number the next message will get.
     pub next_seq: u64,
     /// Acknowledgements recorded over the queue's life.
@@ -253,7 +285,7 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Result<Queue> {
+fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Result<EmbeddedQueue> {
     fsx::create_dir(path).map_err(|err| {
         if err.kind() == ErrorKind::AlreadyExists {
             Error::new(
@@ -309,14 +341,14 @@ fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Resu
             parent
         })?;
     }
-    Ok(Queue {
+    Ok(EmbeddedQueue {
         layout,
         config: config.clone(),
         is_dead_letter,
     })
 }
 
-fn open_inner(path: &Path, is_dead_letter: bool) -> Result<Queue> {
+fn open_inner(path: &Path, is_dead_letter: bool) -> Result<EmbeddedQueue> {
     let layout = Layout::new(path);
     let bytes = match fsx::read_small(&layout.meta(), 4096) {
         Ok(bytes) => bytes,
@@ -342,7 +374,7 @@ fn open_inner(path: &Path, is_dead_letter: bool) -> Result<Queue> {
     };
     let stored: StoredConfig = ipc_core::decode(&bytes[HEADER_LEN..header.record_len()])?;
     let config = QueueConfig::from_stored(&stored)?;
-    Ok(Queue {
+    Ok(EmbeddedQueue {
         layout,
         config,
         is_dead_letter,

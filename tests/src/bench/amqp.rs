@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures_core::Stream;
-use ipc_queue::{AmqpQueue, ProducerOptions, QueueConfig};
+use ipc_queue::{Address, ProducerOptions, Queue, QueueConfig};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -49,7 +49,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     let (mut ours, mut raw) = (0.0f64, 0.0f64);
     for _ in 0..2 {
         let raw_queue = BenchQueue::new(&url)?;
-        raw = raw.max(runtime.block_on(raw_publish(&url, raw_queue.0.name(), publish_n))?);
+        raw = raw.max(runtime.block_on(raw_publish(&url, raw_queue.name(), publish_n))?);
         drop(raw_queue);
         ours = ours.max(ipc_publish(&url, publish_n)?);
     }
@@ -113,22 +113,33 @@ fn figure(
 }
 
 /// A fresh quorum queue, deleted on drop.
-struct BenchQueue(AmqpQueue);
+struct BenchQueue(Option<Queue>);
 
 impl BenchQueue {
     fn new(url: &str) -> Result<BenchQueue> {
         let name = crate::unique_name("ipcq-bench");
-        Ok(BenchQueue(AmqpQueue::create(
-            url,
-            &name,
+        Ok(BenchQueue(Some(Queue::create(
+            Address::amqp(url, name),
             &QueueConfig::new(),
-        )?))
+        )?)))
+    }
+}
+
+impl BenchQueue {
+    fn get(&self) -> &Queue {
+        self.0.as_ref().expect("the queue lives until drop")
+    }
+
+    fn name(&self) -> &str {
+        self.get().address().amqp_queue().unwrap_or_default()
     }
 }
 
 impl Drop for BenchQueue {
     fn drop(&mut self) {
-        let _ = self.0.delete();
+        if let Some(queue) = self.0.take() {
+            let _ = queue.delete();
+        }
     }
 }
 
@@ -145,7 +156,7 @@ fn items(count: u64) -> Vec<AmqpItem> {
 /// ipc-queue: `send_batch` of `WINDOW` messages at a time; messages per second.
 fn ipc_publish(url: &str, count: u64) -> Result<f64> {
     let queue = BenchQueue::new(url)?;
-    let mut producer = queue.0.producer::<AmqpItem>(ProducerOptions::new())?;
+    let mut producer = queue.get().producer::<AmqpItem>(ProducerOptions::new())?;
     let items = items(count);
     let started = Instant::now();
     for chunk in items.chunks(WINDOW) {
@@ -247,10 +258,10 @@ fn end_to_end(url: &str, count: u64, role: &str) -> Result<f64> {
     let mut consumer = Peer::spawn_role(
         "bench consumer",
         role,
-        ["--url", url, "--queue", queue.0.name(), "--count", &count_s],
+        ["--url", url, "--queue", queue.name(), "--count", &count_s],
     )?;
     consumer.expect_prefixed("ready", WAIT)?;
-    let mut producer = queue.0.producer::<AmqpItem>(ProducerOptions::new())?;
+    let mut producer = queue.get().producer::<AmqpItem>(ProducerOptions::new())?;
     let items = items(count);
     let started = Instant::now();
     for chunk in items.chunks(WINDOW) {
@@ -274,16 +285,16 @@ fn round_trip(url: &str, rounds: u64, role: &str) -> Result<f64> {
             "--url",
             url,
             "--in",
-            a.0.name(),
+            a.name(),
             "--out",
-            b.0.name(),
+            b.name(),
             "--count",
             &rounds_s,
         ],
     )?;
     echo.expect_prefixed("ready", WAIT)?;
-    let mut producer = a.0.producer::<Vec<u8>>(ProducerOptions::new())?;
-    let mut consumer = b.0.consumer::<Vec<u8>>()?;
+    let mut producer = a.get().producer::<Vec<u8>>(ProducerOptions::new())?;
+    let mut consumer = b.get().consumer::<Vec<u8>>()?;
     let message = vec![0x42u8; 1024];
     let started = Instant::now();
     for _ in 0..rounds {

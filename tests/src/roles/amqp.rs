@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipc_core::ErrorKind;
-use ipc_queue::{AmqpQueue, ProducerOptions, QueueConfig};
+use ipc_queue::{Address, ProducerOptions, Queue, QueueConfig};
 use serde::{Deserialize, Serialize};
 
 use super::Args;
@@ -70,12 +70,9 @@ fn produce(args: &Args) -> Result<()> {
     let batch: usize = args.get("batch", 1)?;
     let progress_every: u64 = args.get("progress-every", 0)?;
     let queue = if args.get("create", 0u8)? == 1 {
-        match AmqpQueue::create(&url, &name, &QueueConfig::new()) {
-            Err(err) if err.kind() == ErrorKind::AlreadyExists => AmqpQueue::open(&url, &name)?,
-            other => other?,
-        }
+        Queue::open_or_create(Address::amqp(url, name), &QueueConfig::new())?
     } else {
-        AmqpQueue::open(&url, &name)?
+        Queue::open(Address::amqp(url, name))?
     };
     let mut producer = queue.producer::<AmqpItem>(ProducerOptions::new())?;
     say("ready")?;
@@ -114,7 +111,7 @@ fn consume(args: &Args) -> Result<()> {
     let idle = Duration::from_millis(args.get("idle-exit-ms", 30_000)?);
     let drain = args.get::<u8>("drain", 0)? != 0;
     let print = args.get::<u8>("print", 0)? != 0;
-    let queue = AmqpQueue::open(&url, &name)?;
+    let queue = Queue::open(Address::amqp(url, name.as_str()))?;
     let mut consumer = queue.consumer::<AmqpItem>()?;
     say("ready")?;
     let start = Instant::now();
@@ -169,8 +166,8 @@ fn consume(args: &Args) -> Result<()> {
 
 fn echo(args: &Args) -> Result<()> {
     let url = required(args, "url")?;
-    let input = AmqpQueue::open(&url, &required(args, "in")?)?;
-    let output = AmqpQueue::open(&url, &required(args, "out")?)?;
+    let input = Queue::open(Address::amqp(url.as_str(), required(args, "in")?))?;
+    let output = Queue::open(Address::amqp(url, required(args, "out")?))?;
     let count: u64 = args.get("count", 100)?;
     let mut consumer = input.consumer::<Vec<u8>>()?;
     let mut producer = output.producer::<Vec<u8>>(ProducerOptions::new())?;

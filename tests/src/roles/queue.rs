@@ -227,18 +227,22 @@ fn echo(args: &Args) -> Result<()> {
 fn stats(args: &Args) -> Result<()> {
     let queue = Queue::open(path(args)?)?;
     let stats = queue.stats()?;
+    let storage = stats
+        .storage
+        .clone()
+        .context("an embedded queue has storage stats")?;
     println!(
         "ok depth={} unacked={} delayed={} dead_letters={} oldest_age_ms={} next_seq={} lost={} quarantined_files={} segments={} bytes={}",
         stats.depth,
-        stats.unacked,
-        stats.delayed,
+        stats.unacked.unwrap_or(0),
+        stats.delayed.unwrap_or(0),
         stats.dead_letters,
         stats.oldest_age.map_or(0, |age| age.as_millis()),
-        stats.next_seq,
-        stats.lost,
-        stats.quarantined_files,
-        stats.segments,
-        stats.bytes
+        storage.next_seq,
+        storage.lost,
+        storage.quarantined_files,
+        storage.segments,
+        storage.bytes
     );
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_core::Stream;
 use ipc_core::{Error, ErrorKind, Result};
@@ -17,72 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::link::{Deadline, Link, deadline_after, with_deadline};
 use super::{CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, Shared};
-
-/// A message handed to one consumer. Settle it with [`AmqpConsumer::ack`],
-/// [`AmqpConsumer::nack`] or [`AmqpConsumer::reject`]; one left unsettled comes back when
-/// its consumer's connection closes.
-#[derive(Debug)]
-#[must_use = "a delivery must be acknowledged, or it comes back"]
-pub struct AmqpDelivery<T> {
-    message: T,
-    seq: u64,
-    deliveries: u32,
-    sent_ms: u64,
-    death_reason: Option<String>,
-    acker: Acker,
-    generation: u64,
-}
-
-impl<T> AmqpDelivery<T> {
-    /// The message.
-    pub fn message(&self) -> &T {
-        &self.message
-    }
-
-    /// The message's sequence number (its `ipc-seq` header, the same as its
-    /// [`AmqpReceipt`](crate::AmqpReceipt)'s); 0 for a message from another client that
-    /// did not set it.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// How many times the message has been delivered, this time included (1 the first
-    /// time): the quorum queue's `x-delivery-count` header plus one.
-    pub fn deliveries(&self) -> u32 {
-        self.deliveries
-    }
-
-    /// When the message was sent (the producer's clock; the epoch if unknown).
-    pub fn enqueued_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.sent_ms)
-    }
-
-    /// For a message in a dead-letter queue: why it is there, from RabbitMQ's `x-death`
-    /// header (`rejected`, `expired`, `delivery_limit`, `maxlen`).
-    pub fn death_reason(&self) -> Option<&str> {
-        self.death_reason.as_deref()
-    }
-
-    /// The message, taking it out of the delivery (settle the delivery first).
-    pub fn into_message(self) -> T {
-        self.message
-    }
-
-    pub(crate) fn token(&self) -> SettleToken {
-        SettleToken {
-            acker: self.acker.clone(),
-            generation: self.generation,
-            seq: self.seq,
-        }
-    }
-}
-
-/// What settling a delivery needs, without the message.
-pub(crate) struct SettleToken {
-    acker: Acker,
-    generation: u64,
-    seq: u64,
-}
+use crate::delivery::{BackendTicket, Delivery, Ticket};
 
 /// The consuming end of one connection.
 struct ConsumerLink {
@@ -97,7 +32,7 @@ struct ConsumerLink {
 /// A lost connection is re-established inside `recv`; deliveries received on the old
 /// connection can no longer be settled (their `ack` fails) and come back from the broker.
 /// Implements [`ipc_core::Receiver`], acknowledging each message as it returns it.
-pub struct AmqpConsumer<T> {
+pub(crate) struct AmqpConsumer<T> {
     shared: Arc<Shared>,
     queue: String,
     link: Option<ConsumerLink>,
@@ -126,12 +61,12 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
     /// Errors: [`Decode`](ErrorKind::Decode) (or [`TooLarge`](ErrorKind::TooLarge)) for a
     /// message that is not a `T` (it is rejected to the dead-letter queue; the next
     /// call goes on).
-    pub fn recv(&mut self) -> Result<AmqpDelivery<T>> {
+    pub(crate) fn recv(&mut self) -> Result<Delivery<T>> {
         self.recv_until(None)
     }
 
     /// Receives the next message if one is already buffered.
-    pub fn try_recv(&mut self) -> Result<Option<AmqpDelivery<T>>> {
+    pub(crate) fn try_recv(&mut self) -> Result<Option<Delivery<T>>> {
         match self.recv_until(Some(deadline_after(Duration::ZERO))) {
             Ok(delivery) => Ok(Some(delivery)),
             Err(err) if err.kind() == ErrorKind::Timeout => Ok(None),
@@ -141,7 +76,7 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
 
     /// Receives the next message, waiting at most `timeout`:
     /// [`Timeout`](ErrorKind::Timeout) if none came.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<AmqpDelivery<T>> {
+    pub(crate) fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery<T>> {
         self.recv_until(Some(deadline_after(timeout)))
     }
 
@@ -150,14 +85,14 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
     /// Errors: [`PeerClosed`](ErrorKind::PeerClosed) if the connection the delivery came on
     /// is gone (the acknowledgement could not be delivered; the broker delivers the message
     /// again).
-    pub fn ack(&mut self, delivery: &AmqpDelivery<T>) -> Result<()> {
-        self.settle(delivery, Settle::Ack)
+    pub(crate) fn ack(&mut self, ticket: &Ticket) -> Result<()> {
+        self.settle(ticket, Settle::Ack)
     }
 
     /// Gives a delivery back to the queue (AMQP `basic.nack` with requeue); its delivery
     /// count goes up. RabbitMQ has no delayed requeue: a `delay` is
     /// [`InvalidInput`](ErrorKind::InvalidInput).
-    pub fn nack(&mut self, delivery: &AmqpDelivery<T>, delay: Option<Duration>) -> Result<()> {
+    pub(crate) fn nack(&mut self, ticket: &Ticket, delay: Option<Duration>) -> Result<()> {
         if let Some(delay) = delay.filter(|d| !d.is_zero()) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -167,32 +102,29 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
                 ),
             ));
         }
-        self.settle(delivery, Settle::Requeue)
+        self.settle(ticket, Settle::Requeue)
     }
 
     /// Sends a delivery to the dead-letter queue (AMQP `basic.reject` without requeue).
     /// RabbitMQ records the reason as `rejected` in the `x-death` header; `reason` is not
     /// carried.
-    pub fn reject(&mut self, delivery: &AmqpDelivery<T>, reason: &str) -> Result<()> {
+    pub(crate) fn reject(&mut self, ticket: &Ticket, reason: &str) -> Result<()> {
         let _ = reason;
-        self.settle(delivery, Settle::Reject)
+        self.settle(ticket, Settle::Reject)
     }
 
-    /// The name of the queue this consumer receives from.
-    pub fn queue_name(&self) -> &str {
-        &self.queue
-    }
-
-    fn settle(&mut self, delivery: &AmqpDelivery<T>, how: Settle) -> Result<()> {
-        self.settle_token(delivery.token(), how)
-    }
-
-    pub(crate) fn settle_token(&mut self, token: SettleToken, how: Settle) -> Result<()> {
-        let SettleToken {
-            acker,
-            generation,
-            seq,
-        } = token;
+    fn settle(&mut self, ticket: &Ticket, how: Settle) -> Result<()> {
+        let seq = ticket.seq;
+        let BackendTicket::Amqp { acker, generation } = &ticket.backend else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} of message {seq}: the delivery did not come from an amqp consumer",
+                    how.name()
+                ),
+            ));
+        };
+        let generation = *generation;
         if generation != self.generation || self.link.is_none() {
             return Err(Error::new(
                 ErrorKind::PeerClosed,
@@ -205,7 +137,7 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
         }
         let shared = Arc::clone(&self.shared);
         let deadline = deadline_after(shared.options.timeout);
-        let result = shared.handle.block_on(settle(&acker, how, deadline));
+        let result = shared.handle.block_on(settle(acker, how, deadline));
         match result {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::new(
@@ -223,7 +155,7 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
         }
     }
 
-    fn recv_until(&mut self, deadline: Option<Deadline>) -> Result<AmqpDelivery<T>> {
+    fn recv_until(&mut self, deadline: Option<Deadline>) -> Result<Delivery<T>> {
         let shared = Arc::clone(&self.shared);
         shared.handle.block_on(async {
             loop {
@@ -269,12 +201,18 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
         &mut self,
         delivery: lapin::message::Delivery,
         generation: u64,
-    ) -> Result<AmqpDelivery<T>> {
+    ) -> Result<Delivery<T>> {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         let seq = header_u64(&headers, HEADER_SEQ).unwrap_or(0);
         let problem = self.check(&delivery.properties, delivery.data.len());
         let message = match problem {
             Some(err) => Err(err),
+            None if self.shared.is_dead_letter => {
+                // The dead-letter queue holds the original bodies; hand them out as the
+                // embedded backend does, as `DeadLetter`s.
+                dead_letter_encoding(&headers, seq, &delivery.data)
+                    .and_then(|encoded| ipc_core::decode::<T>(&encoded))
+            }
             None => ipc_core::decode::<T>(&delivery.data),
         };
         let message = match message {
@@ -303,14 +241,17 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
             .unwrap_or(0)
             .saturating_add(1)
             .min(u64::from(u32::MAX)) as u32;
-        Ok(AmqpDelivery {
+        Ok(Delivery {
             message,
-            seq,
-            deliveries,
-            sent_ms: header_u64(&headers, HEADER_SENT_MS).unwrap_or(0),
-            death_reason: death_reason(&headers),
-            acker: delivery.acker,
-            generation,
+            ticket: Ticket {
+                seq,
+                deliveries,
+                backend: BackendTicket::Amqp {
+                    acker: delivery.acker,
+                    generation,
+                },
+            },
+            enqueued_ms: header_u64(&headers, HEADER_SENT_MS).unwrap_or(0),
         })
     }
 
@@ -438,6 +379,34 @@ fn header_u64(headers: &FieldTable, key: &str) -> Option<u64> {
     }
 }
 
+/// A dead-lettered body as the ipc-core encoding of a [`DeadLetter`](crate::DeadLetter):
+/// why (from `x-death`, worded like the embedded backend's reasons), how often it was
+/// delivered, when it was sent, and the original bytes.
+fn dead_letter_encoding(headers: &FieldTable, seq: u64, body: &[u8]) -> Result<Vec<u8>> {
+    let reason = match death_reason(headers).as_deref() {
+        Some("rejected") => "rejected (by a consumer)".to_owned(),
+        Some("expired") => "expired (time-to-live)".to_owned(),
+        Some("delivery_limit") => {
+            "delivered too many times without an acknowledgement (delivery_limit)".to_owned()
+        }
+        Some("maxlen") => "dropped from a full queue (maxlen)".to_owned(),
+        Some(other) => format!("dead-lettered by the broker ({other})"),
+        None => "dead-lettered by the broker".to_owned(),
+    };
+    let letter = crate::consumer::DeadLetterRef {
+        seq,
+        reason: &reason,
+        deliveries: header_u64(headers, "x-delivery-count")
+            .unwrap_or(0)
+            .min(u64::from(u32::MAX)) as u32,
+        enqueued_ms: header_u64(headers, HEADER_SENT_MS).unwrap_or(0),
+        payload: body,
+    };
+    let mut encoded = Vec::with_capacity(body.len() + reason.len() + 32);
+    ipc_core::encode_to_vec(&letter, &mut encoded, body.len() + reason.len() + 64)?;
+    Ok(encoded)
+}
+
 /// The `reason` of the newest `x-death` entry.
 fn death_reason(headers: &FieldTable) -> Option<String> {
     let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
@@ -466,32 +435,6 @@ impl<T> Drop for AmqpConsumer<T> {
                 self.shared.handle.block_on(link.link.close());
             }
         }
-    }
-}
-
-impl<T: DeserializeOwned> ipc_core::Receiver for AmqpConsumer<T> {
-    type Message = T;
-
-    fn recv(&mut self) -> Result<T> {
-        let delivery = AmqpConsumer::recv(self)?;
-        self.ack(&delivery)?;
-        Ok(delivery.into_message())
-    }
-
-    fn try_recv(&mut self) -> Result<Option<T>> {
-        match AmqpConsumer::try_recv(self)? {
-            Some(delivery) => {
-                self.ack(&delivery)?;
-                Ok(Some(delivery.into_message()))
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
-        let delivery = AmqpConsumer::recv_timeout(self, timeout)?;
-        self.ack(&delivery)?;
-        Ok(delivery.into_message())
     }
 }
 

@@ -11,6 +11,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::address::redact;
 
 /// A point in time after which a call gives up.
 pub(crate) type Deadline = Instant;
@@ -189,17 +190,5 @@ impl Link {
             self.connection.close(200, "bye".into()),
         )
         .await;
-    }
-}
-
-/// The URL without its password, for error messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }

@@ -5,7 +5,6 @@
 //! re-established with back-off inside the call that found it lost. `AMQP.md` documents the
 //! wire contract and the differences from the embedded backend.
 
-mod asynchronous;
 mod consumer;
 mod link;
 mod producer;
@@ -20,10 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::{ProducerOptions, QueueConfig};
+use crate::queue::Stats;
 
-pub use self::asynchronous::{AsyncAmqpConsumer, AsyncAmqpProducer};
-pub use self::consumer::{AmqpConsumer, AmqpDelivery};
-pub use self::producer::{AmqpProducer, AmqpReceipt};
+pub(crate) use self::consumer::AmqpConsumer;
+pub(crate) use self::producer::AmqpProducer;
 
 use self::link::{Link, deadline_after};
 
@@ -111,6 +110,11 @@ pub(crate) struct Shared {
     pub(crate) options: AmqpOptions,
     pub(crate) max_message_len: u32,
     pub(crate) bounded: bool,
+    /// Set on the handle of a dead-letter queue: its consumers hand out
+    /// [`DeadLetter`](crate::DeadLetter)s made from the broker's `x-death` headers.
+    pub(crate) is_dead_letter: bool,
+    /// A dead-letter queue's handle keeps its main queue's runtime alive.
+    _parent: Option<Arc<Shared>>,
 }
 
 impl Drop for Shared {
@@ -134,25 +138,13 @@ impl Shared {
 /// The blocking calls must not be made from inside an async runtime (they block on their
 /// own runtime).
 #[derive(Clone)]
-pub struct AmqpQueue {
+pub(crate) struct AmqpQueue {
     shared: Arc<Shared>,
     config: QueueConfig,
 }
 
-/// A look inside an AMQP queue, from [`AmqpQueue::stats`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AmqpStats {
-    /// Messages ready for delivery (RabbitMQ does not count unacknowledged ones here).
-    pub depth: u64,
-    /// Consumers attached to the queue.
-    pub consumers: u64,
-    /// Messages ready in the dead-letter queue.
-    pub dead_letters: u64,
-}
-
 /// The name of the dead-letter queue of queue `name`.
-pub fn dead_letter_name(name: &str) -> String {
+pub(crate) fn dead_letter_name(name: &str) -> String {
     format!("{name}.dead")
 }
 
@@ -164,12 +156,12 @@ impl AmqpQueue {
     /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) if the queue exists,
     /// [`Timeout`](ErrorKind::Timeout) if the broker does not answer,
     /// [`InvalidInput`](ErrorKind::InvalidInput) for a configuration RabbitMQ cannot express.
-    pub fn create(url: &str, name: &str, config: &QueueConfig) -> Result<AmqpQueue> {
+    pub(crate) fn create(url: &str, name: &str, config: &QueueConfig) -> Result<AmqpQueue> {
         AmqpQueue::create_with(url, name, config, &AmqpOptions::new())
     }
 
     /// [`create`](AmqpQueue::create) with connection options.
-    pub fn create_with(
+    pub(crate) fn create_with(
         url: &str,
         name: &str,
         config: &QueueConfig,
@@ -206,12 +198,12 @@ impl AmqpQueue {
     /// Opens the existing queue `name` on the broker at `url`.
     ///
     /// Errors: [`NotFound`](ErrorKind::NotFound) if there is no such queue.
-    pub fn open(url: &str, name: &str) -> Result<AmqpQueue> {
+    pub(crate) fn open(url: &str, name: &str) -> Result<AmqpQueue> {
         AmqpQueue::open_with(url, name, &AmqpOptions::new())
     }
 
     /// [`open`](AmqpQueue::open) with connection options.
-    pub fn open_with(url: &str, name: &str, options: &AmqpOptions) -> Result<AmqpQueue> {
+    pub(crate) fn open_with(url: &str, name: &str, options: &AmqpOptions) -> Result<AmqpQueue> {
         // AMQP cannot read the queue's configuration back: accept messages up to the largest
         // length any queue may be created with (the broker bounds them too).
         let config = QueueConfig::new().with_max_message_len(crate::config::MAX_MESSAGE_LEN_LIMIT);
@@ -243,25 +235,22 @@ impl AmqpQueue {
                 options: options.clone(),
                 max_message_len: config.max_message_len,
                 bounded,
+                is_dead_letter: false,
+                _parent: None,
             }),
             config,
         })
     }
 
-    /// The queue's name on the broker.
-    pub fn name(&self) -> &str {
-        &self.shared.name
-    }
-
     /// The configuration given to [`create`](AmqpQueue::create) (after
     /// [`open`](AmqpQueue::open): the defaults with the largest message length, as AMQP
     /// cannot read a queue's arguments back).
-    pub fn config(&self) -> &QueueConfig {
+    pub(crate) fn config(&self) -> &QueueConfig {
         &self.config
     }
 
     /// Opens a producer of `T` messages (its own connection, with publisher confirms).
-    pub fn producer<T: Serialize + ?Sized>(
+    pub(crate) fn producer<T: Serialize + ?Sized>(
         &self,
         options: ProducerOptions,
     ) -> Result<AmqpProducer<T>> {
@@ -269,44 +258,78 @@ impl AmqpQueue {
     }
 
     /// Opens a consumer of `T` messages, competing with the queue's other consumers.
-    pub fn consumer<T: DeserializeOwned>(&self) -> Result<AmqpConsumer<T>> {
+    pub(crate) fn consumer<T: DeserializeOwned>(&self) -> Result<AmqpConsumer<T>> {
         AmqpConsumer::open(Arc::clone(&self.shared), self.shared.name.clone())
     }
 
-    /// Opens a consumer of the dead-letter queue. Its deliveries carry the original
-    /// messages; [`AmqpDelivery::death_reason`] says why each is there.
-    pub fn dead_letter_consumer<T: DeserializeOwned>(&self) -> Result<AmqpConsumer<T>> {
-        AmqpConsumer::open(Arc::clone(&self.shared), self.shared.dead_name())
+    /// The dead-letter queue `NAME.dead`, whose consumers hand out
+    /// [`DeadLetter`](crate::DeadLetter)s.
+    pub(crate) fn dead_letters(&self) -> Result<AmqpQueue> {
+        if self.shared.is_dead_letter {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a dead-letter queue has no dead-letter queue of its own",
+            ));
+        }
+        let shared = &self.shared;
+        Ok(AmqpQueue {
+            shared: Arc::new(Shared {
+                handle: shared.handle.clone(),
+                runtime: None,
+                url: shared.url.clone(),
+                name: shared.dead_name(),
+                options: shared.options.clone(),
+                max_message_len: crate::config::MAX_MESSAGE_LEN_LIMIT,
+                bounded: false,
+                is_dead_letter: true,
+                _parent: Some(Arc::clone(shared)),
+            }),
+            config: QueueConfig::new()
+                .with_max_message_len(crate::config::MAX_MESSAGE_LEN_LIMIT)
+                .with_max_deliveries(0),
+        })
     }
 
     /// Counts from the broker: ready messages, consumers, dead letters.
-    pub fn stats(&self) -> Result<AmqpStats> {
+    pub(crate) fn stats(&self) -> Result<Stats> {
         let shared = &self.shared;
         shared.handle.block_on(async {
             let deadline = deadline_after(shared.options.timeout);
             let mut link = Link::connect_once(shared, deadline, "stats").await?;
             let main = link.declare_passive(&shared.name, deadline).await?;
-            let dead = match link.declare_passive(&shared.dead_name(), deadline).await {
-                Ok(dead) => dead.message_count() as u64,
-                Err(err) if err.kind() == ErrorKind::NotFound => 0,
-                Err(err) => return Err(err),
+            let dead = if shared.is_dead_letter {
+                0
+            } else {
+                match link.declare_passive(&shared.dead_name(), deadline).await {
+                    Ok(dead) => u64::from(dead.message_count()),
+                    Err(err) if err.kind() == ErrorKind::NotFound => 0,
+                    Err(err) => return Err(err),
+                }
             };
             link.close().await;
-            Ok(AmqpStats {
-                depth: main.message_count() as u64,
-                consumers: main.consumer_count() as u64,
+            Ok(Stats {
+                depth: u64::from(main.message_count()),
                 dead_letters: dead,
+                unacked: None,
+                delayed: None,
+                oldest_age: None,
+                consumers: Some(u64::from(main.consumer_count())),
+                storage: None,
             })
         })
     }
 
     /// Deletes the queue and its dead-letter queue from the broker, with their messages.
-    pub fn delete(&self) -> Result<()> {
+    pub(crate) fn delete(&self) -> Result<()> {
         let shared = &self.shared;
+        let mut names = vec![shared.name.clone()];
+        if !shared.is_dead_letter {
+            names.push(shared.dead_name());
+        }
         shared.handle.block_on(async {
             let deadline = deadline_after(shared.options.timeout);
             let link = Link::connect_once(shared, deadline, "delete").await?;
-            for name in [shared.name.clone(), shared.dead_name()] {
+            for name in names {
                 link::with_deadline(
                     deadline,
                     "delete queue",
@@ -430,10 +453,5 @@ mod tests {
         let long = "x".repeat(201);
         let err = AmqpQueue::open("amqp://127.0.0.1:1/%2f", &long).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert_eq!(
-            link::redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(link::redact("amqp://host/%2f"), "amqp://host/%2f");
     }
 }

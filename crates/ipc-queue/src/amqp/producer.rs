@@ -13,22 +13,7 @@ use serde::Serialize;
 use super::link::{Deadline, Link, deadline_after, is_connection_trouble, with_deadline};
 use super::{CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE, Shared};
 use crate::config::{ProducerOptions, WhenFull};
-
-/// Proof that the broker has a message: it confirmed it (a quorum queue confirms after its
-/// replicas wrote it to disk).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AmqpReceipt {
-    seq: u64,
-}
-
-impl AmqpReceipt {
-    /// The message's sequence number, carried in its `ipc-seq` header: the producer's
-    /// random 23-bit id, then a 40-bit count (so it fits a signed 64-bit AMQP integer).
-    /// Increasing per producer; unique across producers with high probability.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-}
+use crate::delivery::Receipt;
 
 /// One message waiting for its confirm.
 struct Outgoing {
@@ -41,8 +26,8 @@ struct Outgoing {
 ///
 /// A lost connection is re-established (with back-off) inside the call that finds it, and
 /// every message of that call without a confirm is published again: after a reconnection
-/// the broker may hold a message twice, never zero times. Implements [`ipc_core::Sender`].
-pub struct AmqpProducer<T: ?Sized> {
+/// the broker may hold a message twice, never zero times.
+pub(crate) struct AmqpProducer<T: ?Sized> {
     shared: Arc<Shared>,
     options: ProducerOptions,
     link: Option<Link>,
@@ -81,25 +66,25 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
     /// Sends `message` and waits for the broker's confirm. On a full queue (the broker
     /// refuses the message), waits and retries or fails per [`WhenFull`]. Gives up with
     /// [`Timeout`](ErrorKind::Timeout) after the queue's call deadline.
-    pub fn send(&mut self, message: &T) -> Result<AmqpReceipt> {
+    pub(crate) fn send(&mut self, message: &T) -> Result<Receipt> {
         let timeout = self.shared.options.timeout;
         self.send_one(message, None, self.options.when_full, timeout)
     }
 
     /// Sends `message`: [`Full`](ErrorKind::Full) at once if the broker refuses it.
-    pub fn try_send(&mut self, message: &T) -> Result<AmqpReceipt> {
+    pub(crate) fn try_send(&mut self, message: &T) -> Result<Receipt> {
         let timeout = self.shared.options.timeout;
         self.send_one(message, None, WhenFull::Fail, timeout)
     }
 
     /// Sends `message`, waiting at most `timeout` for the confirm (and for room).
-    pub fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<AmqpReceipt> {
+    pub(crate) fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<Receipt> {
         self.send_one(message, None, self.options.when_full, timeout)
     }
 
     /// Sends `message` with its own time-to-live (AMQP `expiration`): undelivered after
     /// `ttl`, it is dead-lettered.
-    pub fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<AmqpReceipt> {
+    pub(crate) fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
         let timeout = self.shared.options.timeout;
         self.send_one(message, Some(ttl), self.options.when_full, timeout)
     }
@@ -107,7 +92,7 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
     /// Sends a batch, pipelined: all published, then all confirms awaited. Returns one
     /// receipt per message, in order, once every message is confirmed. Unlike the embedded
     /// backend the batch is not atomic: on an error some messages may be stored.
-    pub fn send_batch<'a, I>(&mut self, messages: I) -> Result<Vec<AmqpReceipt>>
+    pub(crate) fn send_batch<'a, I>(&mut self, messages: I) -> Result<Vec<Receipt>>
     where
         I: IntoIterator<Item = &'a T>,
         T: 'a,
@@ -116,27 +101,24 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         for message in messages {
             outbox.push(self.encode(message, None)?);
         }
-        let receipts = outbox
-            .iter()
-            .map(|out| AmqpReceipt { seq: out.seq })
-            .collect();
+        let receipts = outbox.iter().map(|out| Receipt::new(out.seq)).collect();
         let deadline = deadline_after(self.shared.options.timeout);
         self.publish_all(outbox, self.options.when_full, deadline)?;
         Ok(receipts)
     }
 
     /// Nothing to do: every send already waited for its confirm.
-    pub fn flush(&mut self) -> Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<()> {
         Ok(())
     }
 
     /// How many times this producer has reconnected.
-    pub fn reconnections(&self) -> u64 {
+    pub(crate) fn reconnections(&self) -> u64 {
         self.reconnections
     }
 
     /// Sends an already encoded message (the async wrapper encodes on its own task).
-    pub(crate) fn send_encoded(&mut self, body: Vec<u8>) -> Result<AmqpReceipt> {
+    pub(crate) fn send_encoded(&mut self, body: Vec<u8>) -> Result<Receipt> {
         if body.len() > self.max_message_len() {
             return Err(Error::too_large(
                 body.len() as u64,
@@ -151,7 +133,7 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
             expiration: None,
         };
         self.publish_all(vec![outgoing], self.options.when_full, deadline)?;
-        Ok(AmqpReceipt { seq })
+        Ok(Receipt::new(seq))
     }
 
     pub(crate) fn max_message_len(&self) -> usize {
@@ -170,9 +152,9 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         ttl: Option<Duration>,
         when_full: WhenFull,
         timeout: Duration,
-    ) -> Result<AmqpReceipt> {
+    ) -> Result<Receipt> {
         let outgoing = self.encode(message, ttl)?;
-        let receipt = AmqpReceipt { seq: outgoing.seq };
+        let receipt = Receipt::new(outgoing.seq);
         self.publish_all(vec![outgoing], when_full, deadline_after(timeout))?;
         Ok(receipt)
     }
@@ -379,26 +361,6 @@ impl<T: ?Sized> Drop for AmqpProducer<T> {
                 self.shared.handle.block_on(link.close());
             }
         }
-    }
-}
-
-impl<T: Serialize + ?Sized> ipc_core::Sender for AmqpProducer<T> {
-    type Message = T;
-
-    fn send(&mut self, message: &T) -> Result<()> {
-        AmqpProducer::send(self, message).map(drop)
-    }
-
-    fn try_send(&mut self, message: &T) -> Result<()> {
-        AmqpProducer::try_send(self, message).map(drop)
-    }
-
-    fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<()> {
-        AmqpProducer::send_timeout(self, message, timeout).map(drop)
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        AmqpProducer::flush(self)
     }
 }
 

@@ -1,0 +1,458 @@
+//! The queue conformance suite: one set of tests, written once against the backend-neutral
+//! API, run against both backends. `embedded::*` runs each test on a queue directory,
+//! `amqp::*` on a RabbitMQ quorum queue (`IPC_AMQP_URL`; printed as skipped without it).
+//! The only thing that differs between the two runs is the queue's address; where the
+//! backends differ by design (`AMQP.md`, "Differences"), the test says so in one `match`.
+//!
+//! Backend-specific behaviour lives beside: `queue_semantics.rs` (directory permissions,
+//! leases, segment reclamation, durability modes) and `amqp_semantics.rs` (the broker's own
+//! view, a dead broker, a lost connection).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use ipc_core::{AsyncReceiver, AsyncSender, ErrorKind, Receiver, Sender};
+use ipc_queue::{
+    Address, AsyncConsumer, AsyncProducer, DeadLetter, ProducerOptions, Queue, QueueConfig,
+    WhenFull,
+};
+use ipc_tests::amqp::{TestQueue, amqp_url};
+use ipc_tests::{TempDir, Watchdog};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Amqp,
+}
+
+/// Where a test's queues live; removes them on drop.
+struct Place {
+    dir: Option<TempDir>,
+    url: String,
+    broker_queues: Vec<TestQueue>,
+}
+
+impl Place {
+    /// A place on `backend`, or `None` (printed as skipped) when it cannot run here.
+    fn new(backend: Backend, test: &str) -> Result<Option<Place>> {
+        Ok(match backend {
+            Backend::Embedded => Some(Place {
+                dir: Some(TempDir::new("ipcq-conf")?),
+                url: String::new(),
+                broker_queues: Vec::new(),
+            }),
+            Backend::Amqp => amqp_url(test).map(|url| Place {
+                dir: None,
+                url,
+                broker_queues: Vec::new(),
+            }),
+        })
+    }
+
+    /// A fresh address no queue has yet.
+    fn address(&mut self) -> Address {
+        match &self.dir {
+            Some(dir) => Address::from(dir.path().join(ipc_tests::unique_name("q"))),
+            None => {
+                let queue = TestQueue::new(&self.url, "ipcq-conf");
+                let address = queue.address();
+                self.broker_queues.push(queue);
+                address
+            }
+        }
+    }
+
+    /// A fresh queue with `config`.
+    fn queue(&mut self, config: &QueueConfig) -> Result<Queue> {
+        let address = self.address();
+        Ok(Queue::create(address, config)?)
+    }
+}
+
+/// Runs each named test on both backends: `embedded::NAME` and `amqp::NAME`.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[test]
+                fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Embedded)
+                }
+            )*
+        }
+        mod amqp {
+            $(
+                #[test]
+                fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Amqp)
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    messages_survive_reopening_and_come_out_in_order_with_their_receipts,
+    nack_redelivers_with_a_count_and_reject_and_undecodable_go_to_the_dead_letter_queue,
+    too_many_deliveries_and_expired_messages_are_dead_lettered,
+    a_bounded_queue_is_full_until_consumers_make_room,
+    a_dropped_consumer_gives_its_deliveries_back_at_once,
+    generic_code_runs_through_the_core_traits,
+    async_handles_survive_a_cancelled_recv_and_drop_inside_a_runtime,
+);
+
+fn messages_survive_reopening_and_come_out_in_order_with_their_receipts(
+    backend: Backend,
+) -> Result<()> {
+    let _watchdog = Watchdog::new("conformance order", WAIT * 2);
+    let Some(mut place) = Place::new(backend, "conformance order")? else {
+        return Ok(());
+    };
+    let address = place.address();
+    let queue = Queue::create(&address, &QueueConfig::new())?;
+    let err = Queue::create(&address, &QueueConfig::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    let err = Queue::open(place.address()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    let mut producer = queue.producer::<String>(ProducerOptions::new())?;
+    let mut receipts = Vec::new();
+    for i in 0..100 {
+        receipts.push(producer.send(&format!("message {i}"))?);
+    }
+    let batch: Vec<String> = (100..150).map(|i| format!("message {i}")).collect();
+    receipts.extend(producer.send_batch(&batch)?);
+    drop(producer);
+    assert!(receipts.windows(2).all(|w| w[0].seq() + 1 == w[1].seq()));
+
+    // Another handle, as another process would open it.
+    let queue = Queue::open(&address)?;
+    assert_eq!(queue.stats()?.depth, 150);
+    let mut consumer = queue.consumer::<String>()?;
+    for (i, receipt) in receipts.iter().enumerate() {
+        let delivery = consumer.recv_timeout(WAIT)?;
+        assert_eq!(delivery.message(), &format!("message {i}"));
+        assert_eq!(delivery.seq(), receipt.seq());
+        assert_eq!(delivery.deliveries(), 1);
+        consumer.ack(&delivery)?;
+    }
+    let err = consumer
+        .recv_timeout(Duration::from_millis(200))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(consumer.try_recv()?.is_none());
+    drop(consumer);
+    let stats = queue.stats()?;
+    assert_eq!((stats.depth, stats.dead_letters), (0, 0), "{stats:?}");
+    match backend {
+        Backend::Embedded => assert_eq!((stats.unacked, stats.oldest_age), (Some(0), None)),
+        // RabbitMQ does not count unacknowledged messages in a queue's depth.
+        Backend::Amqp => assert_eq!(stats.unacked, None),
+    }
+    Ok(())
+}
+
+fn nack_redelivers_with_a_count_and_reject_and_undecodable_go_to_the_dead_letter_queue(
+    backend: Backend,
+) -> Result<()> {
+    let _watchdog = Watchdog::new("conformance settle", WAIT * 2);
+    let Some(mut place) = Place::new(backend, "conformance settle")? else {
+        return Ok(());
+    };
+    let queue = place.queue(&QueueConfig::new())?;
+    let mut producer = queue.producer::<String>(ProducerOptions::new())?;
+    let again = producer.send(&"again".to_owned())?;
+    let mut consumer = queue.consumer::<String>()?;
+    let first = consumer.recv_timeout(WAIT)?;
+    assert_eq!((first.seq(), first.deliveries()), (again.seq(), 1));
+    match backend {
+        Backend::Embedded => consumer.nack(&first, Some(Duration::from_millis(10)))?,
+        // RabbitMQ has no delayed requeue.
+        Backend::Amqp => {
+            let err = consumer
+                .nack(&first, Some(Duration::from_millis(10)))
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+            consumer.nack(&first, None)?;
+        }
+    }
+    let second = consumer.recv_timeout(WAIT)?;
+    assert_eq!(
+        (second.message().as_str(), second.seq(), second.deliveries()),
+        ("again", again.seq(), 2)
+    );
+    consumer.ack(&second)?;
+
+    let bad = producer.send(&"bad".to_owned())?;
+    let delivery = consumer.recv_timeout(WAIT)?;
+    assert_eq!(delivery.seq(), bad.seq());
+    consumer.reject(&delivery, "no thanks")?;
+    // Not a String: 9 bytes of 0xff is an overlong varint length.
+    let mut raw = queue.producer::<[u8; 9]>(ProducerOptions::new())?;
+    let garbage = raw.send(&[0xff; 9])?;
+    let err = consumer.recv_timeout(WAIT).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    assert!(err.to_string().contains("dead-letter"), "{err}");
+    assert!(consumer.try_recv()?.is_none());
+    drop(consumer);
+
+    // Dead letters, in whatever order the backend hands them out.
+    let mut dead = queue.dead_letters()?.consumer::<DeadLetter>()?;
+    let mut letters = BTreeMap::new();
+    for _ in 0..2 {
+        let delivery = dead.recv_timeout(WAIT)?;
+        dead.ack(&delivery)?;
+        let letter = delivery.into_message();
+        letters.insert(letter.payload.clone(), letter);
+    }
+    let mut bad_bytes = Vec::new();
+    ipc_core::encode_to_vec("bad", &mut bad_bytes, 64)?;
+    let rejected = &letters[&bad_bytes];
+    assert_eq!(rejected.seq, bad.seq());
+    assert_eq!(rejected.decode::<String>()?, "bad");
+    match backend {
+        Backend::Embedded => assert_eq!(rejected.reason, "rejected: no thanks"),
+        // AMQP's basic.reject carries no reason.
+        Backend::Amqp => assert!(rejected.reason.starts_with("rejected"), "{rejected:?}"),
+    }
+    let undecodable = &letters[&vec![0xffu8; 9]];
+    assert_eq!(undecodable.seq, garbage.seq());
+    let expected = match backend {
+        Backend::Embedded => "does not decode",
+        Backend::Amqp => "rejected",
+    };
+    assert!(undecodable.reason.starts_with(expected), "{undecodable:?}");
+    assert!(dead.try_recv()?.is_none());
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}
+
+fn too_many_deliveries_and_expired_messages_are_dead_lettered(backend: Backend) -> Result<()> {
+    let _watchdog = Watchdog::new("conformance limits", WAIT * 2);
+    let Some(mut place) = Place::new(backend, "conformance limits")? else {
+        return Ok(());
+    };
+    // A delivery limit.
+    let queue = place.queue(&QueueConfig::new().with_max_deliveries(2))?;
+    let receipt = queue.producer::<u32>(ProducerOptions::new())?.send(&1)?;
+    let mut consumer = queue.consumer::<u32>()?;
+    for expected in 1..=2 {
+        let delivery = consumer.recv_timeout(WAIT)?;
+        assert_eq!(delivery.deliveries(), expected);
+        consumer.nack(&delivery, None)?;
+    }
+    let err = consumer
+        .recv_timeout(Duration::from_millis(300))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "a third delivery: {err}");
+    let letter = dead_letter(&queue)?;
+    assert!(letter.reason.starts_with("delivered"), "{letter:?}");
+    assert_eq!((letter.seq, letter.decode::<u32>()?), (receipt.seq(), 1));
+
+    // A message's own time-to-live, beside one without. (On RabbitMQ a message expires at
+    // the head of the queue, so the short-lived one goes first.)
+    let queue = place.queue(&QueueConfig::new())?;
+    let mut producer = queue.producer::<u32>(ProducerOptions::new())?;
+    producer.send_with_ttl(&1, Duration::from_millis(20))?;
+    producer.send_with_ttl(&2, Duration::from_secs(3600))?;
+    std::thread::sleep(Duration::from_millis(60)); // Lets the TTL pass; not a synchronisation.
+    let mut consumer = queue.consumer::<u32>()?;
+    let delivery = consumer.recv_timeout(WAIT)?;
+    assert_eq!(*delivery.message(), 2);
+    consumer.ack(&delivery)?;
+    let letter = dead_letter(&queue)?;
+    assert!(letter.reason.starts_with("expired"), "{letter:?}");
+    assert_eq!(letter.decode::<u32>()?, 1);
+
+    // The queue's time-to-live.
+    let queue = place.queue(&QueueConfig::new().with_ttl(Some(Duration::from_millis(20))))?;
+    queue.producer::<u32>(ProducerOptions::new())?.send(&3)?;
+    std::thread::sleep(Duration::from_millis(60)); // Lets the TTL pass; not a synchronisation.
+    let err = queue
+        .consumer::<u32>()?
+        .recv_timeout(Duration::from_millis(300))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let letter = dead_letter(&queue)?;
+    assert!(letter.reason.starts_with("expired"), "{letter:?}");
+    assert_eq!(letter.decode::<u32>()?, 3);
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}
+
+/// The next dead letter of `queue`, acknowledged.
+fn dead_letter(queue: &Queue) -> Result<DeadLetter> {
+    let mut dead = queue.dead_letters()?.consumer::<DeadLetter>()?;
+    let delivery = dead.recv_timeout(WAIT)?;
+    dead.ack(&delivery)?;
+    Ok(delivery.into_message())
+}
+
+fn a_bounded_queue_is_full_until_consumers_make_room(backend: Backend) -> Result<()> {
+    let _watchdog = Watchdog::new("conformance bounded", WAIT * 2);
+    let Some(mut place) = Place::new(backend, "conformance bounded")? else {
+        return Ok(());
+    };
+    let queue = place.queue(&QueueConfig::new().with_max_messages(3))?;
+    let mut producer =
+        queue.producer::<u32>(ProducerOptions::new().with_when_full(WhenFull::Fail))?;
+    // The embedded bound is exact. A quorum queue applies it after the fact: the message
+    // that crosses it is taken, and producers are refused a moment later.
+    let mut accepted = 0u32;
+    let err = loop {
+        match producer.send(&accepted) {
+            Ok(_) => accepted += 1,
+            Err(err) => break err,
+        }
+        assert!(accepted <= 10, "a queue bounded to 3 took {accepted}");
+    };
+    assert_eq!(err.kind(), ErrorKind::Full, "{err}");
+    match backend {
+        Backend::Embedded => assert_eq!(accepted, 3),
+        Backend::Amqp => assert!(accepted >= 3, "only {accepted} taken: {err}"),
+    }
+    let err = producer.try_send(&99).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Full, "{err}");
+    let mut waiting = queue.producer::<u32>(ProducerOptions::new())?;
+    let err = waiting
+        .send_timeout(&99, Duration::from_millis(300))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+
+    // Consumers make room; the waiting producer gets in.
+    let mut consumer = queue.consumer::<u32>()?;
+    for expected in 0..accepted {
+        let delivery = consumer.recv_timeout(WAIT)?;
+        assert_eq!(*delivery.message(), expected);
+        consumer.ack(&delivery)?;
+    }
+    waiting.send_timeout(&99, WAIT)?;
+    let delivery = consumer.recv_timeout(WAIT)?;
+    assert_eq!(*delivery.message(), 99);
+    consumer.ack(&delivery)?;
+
+    // A bound in bytes.
+    let config = QueueConfig::new()
+        .with_segment_len(4096)
+        .with_max_bytes(16384);
+    let queue = place.queue(&config)?;
+    let mut producer =
+        queue.producer::<Vec<u8>>(ProducerOptions::new().with_when_full(WhenFull::Fail))?;
+    let payload = vec![7u8; 1000];
+    let mut sent = 0;
+    let err = loop {
+        match producer.send(&payload) {
+            Ok(_) => sent += 1,
+            Err(err) => break err,
+        }
+        assert!(sent < 100, "the byte bound never applied");
+    };
+    assert_eq!(err.kind(), ErrorKind::Full, "{err}");
+    assert!(sent >= 8, "only {sent} KiB taken into 16 KiB");
+    Ok(())
+}
+
+fn a_dropped_consumer_gives_its_deliveries_back_at_once(backend: Backend) -> Result<()> {
+    let _watchdog = Watchdog::new("conformance dropped consumer", WAIT * 2);
+    let Some(mut place) = Place::new(backend, "conformance dropped consumer")? else {
+        return Ok(());
+    };
+    let queue = place.queue(&QueueConfig::new())?;
+    queue.producer::<u32>(ProducerOptions::new())?.send(&7)?;
+    let mut first = queue.consumer::<u32>()?;
+    let delivery = first.recv_timeout(WAIT)?;
+    let mut second = queue.consumer::<u32>()?;
+    let err = second.recv_timeout(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "held by the first: {err}");
+    drop(first);
+    let again = second.recv_timeout(WAIT)?;
+    assert_eq!((again.seq(), again.deliveries()), (delivery.seq(), 2));
+    second.ack(&again)?;
+    // A delivery settles only on the backend that made it, and acking twice is harmless
+    // on the embedded backend; on RabbitMQ the first consumer's connection is gone.
+    match backend {
+        Backend::Embedded => second.ack(&delivery)?,
+        Backend::Amqp => {
+            let err = second.ack(&delivery).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+        }
+    }
+    Ok(())
+}
+
+/// Code written against `ipc_core`'s traits, knowing nothing of queues.
+fn pump<S: Sender<Message = u32>>(sender: &mut S, count: u32) -> ipc_core::Result<()> {
+    for i in 0..count {
+        sender.send(&i)?;
+    }
+    sender.flush()
+}
+
+fn drain<R: Receiver<Message = u32>>(receiver: &mut R, count: u32) -> ipc_core::Result<u64> {
+    let mut sum = 0;
+    for _ in 0..count {
+        sum += u64::from(receiver.recv_timeout(WAIT)?);
+    }
+    Ok(sum)
+}
+
+fn generic_code_runs_through_the_core_traits(backend: Backend) -> Result<()> {
+    let _watchdog = Watchdog::new("conformance traits", WAIT * 2);
+    let Some(mut place) = Place::new(backend, "conformance traits")? else {
+        return Ok(());
+    };
+    let queue = place.queue(&QueueConfig::new())?;
+    pump(&mut queue.producer::<u32>(ProducerOptions::new())?, 100)?;
+    assert_eq!(drain(&mut queue.consumer::<u32>()?, 100)?, 4950);
+    // The trait's receive acknowledges: nothing comes back.
+    assert!(queue.consumer::<u32>()?.try_recv()?.is_none());
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}
+
+fn async_handles_survive_a_cancelled_recv_and_drop_inside_a_runtime(
+    backend: Backend,
+) -> Result<()> {
+    let _watchdog = Watchdog::new("conformance async", WAIT * 2);
+    let Some(mut place) = Place::new(backend, "conformance async")? else {
+        return Ok(());
+    };
+    let queue = place.queue(&QueueConfig::new())?;
+    let mut producer = AsyncProducer::new(queue.producer::<String>(ProducerOptions::new())?);
+    let mut consumer = AsyncConsumer::new(queue.consumer::<String>()?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let seen = queue.clone();
+    runtime.block_on(async move {
+        // A recv cancelled while the queue is empty loses nothing.
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        assert!(cancelled.is_err(), "nothing was sent yet");
+        let mut seqs = Vec::new();
+        for i in 0..20 {
+            seqs.push(producer.send(&format!("async {i}")).await?.seq());
+        }
+        AsyncSender::send(&mut producer, &"via the trait".to_owned()).await?;
+        for (i, seq) in seqs.iter().enumerate() {
+            let delivery = consumer.recv().await?;
+            assert_eq!(delivery.message(), &format!("async {i}"));
+            assert_eq!(delivery.seq(), *seq);
+            consumer.ack(&delivery).await?;
+        }
+        assert_eq!(AsyncReceiver::recv(&mut consumer).await?, "via the trait");
+        // Dropping the handles and the queue inside the runtime must not panic.
+        drop(producer);
+        drop(consumer);
+        let depth = tokio::task::spawn_blocking(move || seen.stats())
+            .await??
+            .depth;
+        assert_eq!(depth, 0);
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(place);
+    Ok(())
+}
