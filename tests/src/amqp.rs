@@ -58,6 +58,12 @@ impl TestQueue {
         ipc_queue::Address::amqp(self.url.as_str(), self.name.as_str())
     }
 
+    /// The queue's address as a command-line argument for a peer process: the broker URL
+    /// (password included) with `#name`.
+    pub fn address_arg(&self) -> String {
+        format!("{}#{}", self.url, self.name)
+    }
+
     /// The broker URL.
     pub fn url(&self) -> &str {
         &self.url

@@ -380,18 +380,33 @@ fn all_lines(peer: &mut Peer) -> Vec<String> {
 /// by a producer process that has exited when this returns. Returns the directory (removed
 /// on drop) and the queue's path.
 fn produced_queue(prefix: &str, count: u64) -> Result<(TempDir, String)> {
-    use ipc_queue::{Queue, QueueConfig};
-
     let dir = TempDir::new(prefix)?;
-    let path = dir.path().join("q");
-    Queue::create(&path, &QueueConfig::new())?;
-    let path = path_arg(&path);
-    let count_s = count.to_string();
+    let path = path_arg(&dir.path().join("q"));
+    produce_into(&path, count, 100, 100)?;
+    Ok((dir, path))
+}
+
+/// Creates the queue at `address` (a directory or `amqp://...#queue`) and fills it with
+/// `count` durable messages of `size` bytes, in batches of `batch`, from a `queue-produce`
+/// process that has exited when this returns.
+fn produce_into(address: &str, count: u64, size: usize, batch: usize) -> Result<()> {
+    let (count_s, size_s, batch_s) = (count.to_string(), size.to_string(), batch.to_string());
     let mut producer = Peer::spawn_role(
         "producer",
         "queue-produce",
         [
-            "--path", &path, "--count", &count_s, "--batch", "100", "--size", "100", "--quiet", "1",
+            "--address",
+            address,
+            "--create",
+            "1",
+            "--count",
+            &count_s,
+            "--batch",
+            &batch_s,
+            "--size",
+            &size_s,
+            "--quiet",
+            "1",
         ],
     )?;
     let sent = producer.expect_prefixed("ok", STEP)?;
@@ -400,20 +415,17 @@ fn produced_queue(prefix: &str, count: u64) -> Result<(TempDir, String)> {
         "producer said `{sent}`"
     );
     producer.wait_success(STEP)?;
-    Ok((dir, path))
+    Ok(())
 }
 
-/// ipc-queue, decoupled in time: a producer process sends `count` durable messages and
-/// exits; only then does a consumer process start, and it receives all of them.
-pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
-    let (_dir, path) = produced_queue("queue-later", count)?;
-    progress(count / 2, count);
+/// A `queue-consume` process that receives, checks and acknowledges `count` messages from
+/// the queue at `address`, then the queue's stats from a `queue-stats` process.
+fn consume_all(address: &str, count: u64) -> Result<String> {
     let count_s = count.to_string();
-
     let mut consumer = Peer::spawn_role(
         "consumer",
         "queue-consume",
-        ["--path", &path, "--expect", &count_s, "--quiet", "1"],
+        ["--address", address, "--expect", &count_s, "--quiet", "1"],
     )?;
     let received = consumer.expect_prefixed("ok", STEP)?;
     consumer.wait_success(STEP)?;
@@ -421,7 +433,15 @@ pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
         received.starts_with(&format!("received={count} ")),
         "consumer said `{received}`"
     );
-    let stats = queue_stats(&path)?;
+    queue_stats(address)
+}
+
+/// ipc-queue, decoupled in time: a producer process sends `count` durable messages and
+/// exits; only then does a consumer process start, and it receives all of them.
+pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
+    let (_dir, path) = produced_queue("queue-later", count)?;
+    progress(count / 2, count);
+    let stats = consume_all(&path, count)?;
     ensure!(
         stats.starts_with("depth=0 unacked=0"),
         "queue stats: {stats}"
@@ -435,7 +455,7 @@ pub fn queue_decoupled(count: u64, progress: Progress<'_>) -> Result<Outcome> {
 }
 
 fn queue_stats(path: &str) -> Result<String> {
-    let mut stats = Peer::spawn_role("stats", "queue-stats", ["--path", path])?;
+    let mut stats = Peer::spawn_role("stats", "queue-stats", ["--address", path])?;
     let line = stats.expect_prefixed("ok", STEP)?;
     stats.wait_success(STEP)?;
     Ok(line)
@@ -449,7 +469,7 @@ pub fn queue_crash(count: u64, progress: Progress<'_>) -> Result<Outcome> {
     let (_dir, path) = produced_queue("queue-crash", count)?;
 
     // The first consumer: killed once it has acknowledged a third of the messages.
-    let mut first = Peer::spawn_role("consumer", "queue-consume", ["--path", &path])?;
+    let mut first = Peer::spawn_role("consumer", "queue-consume", ["--address", &path])?;
     let mut acked: BTreeSet<u64> = BTreeSet::new();
     let mut got_first: BTreeSet<u64> = BTreeSet::new();
     kill_after_a_third(
@@ -467,7 +487,7 @@ pub fn queue_crash(count: u64, progress: Progress<'_>) -> Result<Outcome> {
     let mut second = Peer::spawn_role(
         "consumer (restarted)",
         "queue-consume",
-        ["--path", &path, "--idle-exit-ms", "500"],
+        ["--address", &path, "--idle-exit-ms", "500"],
     )?;
     let mut got_second: BTreeMap<u64, u32> = BTreeMap::new();
     loop {
@@ -653,58 +673,24 @@ pub fn pipeline(requests: u64, workers: u32, progress: Progress<'_>) -> Result<O
     })
 }
 
-/// ipc-queue on RabbitMQ, decoupled in time: a producer process sends `count` confirmed
-/// messages of 1 KiB to a new quorum queue and exits; only then does a consumer process
-/// start, and it receives every one. The queue is deleted afterwards.
+/// ipc-queue on RabbitMQ, decoupled in time: the producer and consumer programs of
+/// [`queue_decoupled`], unchanged but for the queue's address (`amqp://...#queue`). The
+/// producer process sends `count` confirmed messages of 1 KiB to a new quorum queue and
+/// exits; only then does a consumer process start, and it receives every one. The queue is
+/// deleted afterwards.
 pub fn amqp_decoupled(url: &str, count: u64, progress: Progress<'_>) -> Result<Outcome> {
     let queue = crate::amqp::TestQueue::new(url, "scenario-amqp");
-    let count_s = count.to_string();
-    let step = (count / 20).max(1).to_string();
-    let mut producer = Peer::spawn_role(
-        "amqp producer",
-        "amqp-produce",
-        [
-            "--url",
-            url,
-            "--queue",
-            queue.name(),
-            "--create",
-            "1",
-            "--count",
-            &count_s,
-            "--size",
-            "1024",
-            "--batch",
-            "256",
-            "--progress-every",
-            &step,
-        ],
-    )?;
-    let sent = until_ok(&mut producer, count * 2, progress)?;
-    producer.wait_success(STEP)?;
-    ensure!(
-        sent.starts_with(&format!("sent={count} ")),
-        "producer said `{sent}`"
-    );
-    drop(producer);
-
-    let mut consumer = Peer::spawn_role(
-        "amqp consumer",
-        "amqp-consume",
-        ["--url", url, "--queue", queue.name(), "--count", &count_s],
-    )?;
-    let received = until_ok(&mut consumer, count, progress)?;
-    consumer.wait_success(STEP)?;
-    ensure!(
-        received.starts_with(&format!("distinct={count} ")),
-        "consumer said `{received}`"
-    );
+    let address = queue.address_arg();
+    produce_into(&address, count, 1024, 256)?;
+    progress(count / 2, count);
+    let stats = consume_all(&address, count)?;
+    ensure!(stats.starts_with("depth=0 "), "queue stats: {stats}");
     progress(count, count);
     Ok(Outcome {
-        processes: 2,
+        processes: 3,
         messages: count,
         bytes: count * 1024,
-        detail: "producer exited before the consumer started (quorum queue)".to_owned(),
+        detail: "the queue-decoupled programs on a quorum queue".to_owned(),
     })
 }
 

@@ -34,8 +34,18 @@ fn a_producer_that_exits_before_the_consumer_starts_delivers_everything() -> Res
         "producer",
         "queue-produce",
         [
-            "--path", &path, "--create", "1", "--count", "2000", "--batch", "50", "--size", "100",
-            "--quiet", "1",
+            "--address",
+            &path,
+            "--create",
+            "1",
+            "--count",
+            "2000",
+            "--batch",
+            "50",
+            "--size",
+            "100",
+            "--quiet",
+            "1",
         ],
     )?;
     let outcome = producer.expect_prefixed("ok", WAIT)?;
@@ -46,12 +56,12 @@ fn a_producer_that_exits_before_the_consumer_starts_delivers_everything() -> Res
     let mut consumer = Peer::spawn_role(
         "consumer",
         "queue-consume",
-        ["--path", &path, "--expect", "2000", "--quiet", "1"],
+        ["--address", &path, "--expect", "2000", "--quiet", "1"],
     )?;
     let outcome = consumer.expect_prefixed("ok", WAIT)?;
     consumer.wait_success(WAIT)?;
     assert!(outcome.starts_with("received=2000 "), "{outcome}");
-    let mut stats = Peer::spawn_role("stats", "queue-stats", ["--path", &path])?;
+    let mut stats = Peer::spawn_role("stats", "queue-stats", ["--address", &path])?;
     let outcome = stats.expect_prefixed("ok", WAIT)?;
     assert!(outcome.starts_with("depth=0 unacked=0"), "{outcome}");
     Ok(())
@@ -74,7 +84,7 @@ fn competing_consumer_processes_share_the_messages_exactly_once() -> Result<()> 
                 format!("producer {id}"),
                 "queue-produce",
                 [
-                    "--path",
+                    "--address",
                     &path,
                     "--producer",
                     &id,
@@ -93,7 +103,7 @@ fn competing_consumer_processes_share_the_messages_exactly_once() -> Result<()> 
             Peer::spawn_role(
                 format!("consumer {i}"),
                 "queue-consume",
-                ["--path", &path, "--idle-exit-ms", "300"],
+                ["--address", &path, "--idle-exit-ms", "300"],
             )
         })
         .collect::<Result<_>>()?;
@@ -132,13 +142,20 @@ fn a_killed_consumer_process_gives_its_lease_back_at_once() -> Result<()> {
     let mut producer = Peer::spawn_role(
         "producer",
         "queue-produce",
-        ["--path", &path_arg(&path), "--count", "1", "--quiet", "1"],
+        [
+            "--address",
+            &path_arg(&path),
+            "--count",
+            "1",
+            "--quiet",
+            "1",
+        ],
     )?;
     producer.wait_success(WAIT)?;
     let mut holder = Peer::spawn_role(
         "holder",
         "queue-consume",
-        ["--path", &path_arg(&path), "--hold", "1"],
+        ["--address", &path_arg(&path), "--hold", "1"],
     )?;
     let got = holder.expect_prefixed("got", WAIT)?;
     assert!(got.ends_with(" 0 1"), "{got}");
@@ -277,7 +294,7 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
                 format!("producer {slot}.{inc}"),
                 "queue-produce",
                 [
-                    "--path",
+                    "--address",
                     &path,
                     "--producer",
                     &id,
@@ -293,7 +310,7 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
             Peer::spawn_role(
                 format!("consumer {slot}.{inc}"),
                 "queue-consume",
-                ["--path", &path],
+                ["--address", &path],
             )
         }
     };
@@ -332,7 +349,7 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
     let mut last = Peer::spawn_role(
         "final consumer",
         "queue-consume",
-        ["--path", &path, "--idle-exit-ms", "300"],
+        ["--address", &path, "--idle-exit-ms", "300"],
     )?;
     for line in all_lines(&mut last) {
         record.add(&line)?;

@@ -109,7 +109,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "amqp-decoupled",
         mechanism: "ipc-queue / RabbitMQ",
-        about: "the queue-decoupled scenario on RabbitMQ: a producer sends 10,000 confirmed messages to a quorum queue and exits, then a consumer receives all of them (needs --amqp URL or IPC_AMQP_URL)",
+        about: "the queue-decoupled programs, unchanged but for the queue address (amqp://...#queue): a producer sends 10,000 confirmed messages to a quorum queue and exits, then a consumer receives all of them (needs --amqp URL or IPC_AMQP_URL)",
         needs_broker: true,
         run: amqp_decoupled,
     },

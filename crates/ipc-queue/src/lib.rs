@@ -31,13 +31,13 @@
 //!   the queue.
 //! - [`Queue::stats`]: depth, unacknowledged, dead letters, oldest message age.
 //!
-//! The API is backend-neutral (receipts, deliveries, ack/nack/reject, leases, delivery
-//! counts, dead letters). [`AmqpQueue`] (feature `amqp`) puts it on a RabbitMQ broker for
-//! processes on different machines: quorum queues, publisher confirms, manual acks,
-//! reconnection, a deadline on every call; `AMQP.md` documents the message format and the
-//! differences. For async code,
-//! [`AsyncProducer`] and [`AsyncConsumer`] (feature `tokio`) run the blocking calls on
-//! tokio's blocking pool.
+//! The API is backend-neutral, and the backend follows from the queue's [`Address`]: a
+//! path is an embedded queue, `amqp://user:password@host:port/vhost#queue` a durable quorum
+//! queue on a RabbitMQ broker (feature `amqp`), for processes on different machines:
+//! publisher confirms, manual acks, reconnection, a deadline on every call. A program
+//! switches backend by changing that one string; `AMQP.md` documents the message format
+//! and the few differences. For async code, [`AsyncProducer`] and [`AsyncConsumer`]
+//! (feature `tokio`) run the blocking calls on tokio's blocking pool.
 //!
 //! # Example
 //!
@@ -53,7 +53,9 @@
 //!
 //! # let dir = std::env::temp_dir().join(format!("ipc-queue-doc-{}", std::process::id()));
 //! # let _ = std::fs::remove_dir_all(&dir);
-//! // One process creates the queue and sends; it may exit before anyone reads.
+//! // One process creates the queue and sends; it may exit before anyone reads. With
+//! // "amqp://guest:guest@127.0.0.1:5672/%2f#jobs" instead of a directory, the same code
+//! // runs on RabbitMQ.
 //! let queue = Queue::create(&dir, &QueueConfig::new())?;
 //! let mut producer = queue.producer::<Job>(ProducerOptions::new())?;
 //! let receipt = producer.send(&Job { id: 1, name: "resize".into() })?;
@@ -72,7 +74,8 @@
 //!
 //! # Feature flags
 //!
-//! - `amqp` (default): the RabbitMQ backend ([`AmqpQueue`] and its handles), through lapin.
+//! - `amqp` (default): the RabbitMQ backend (`amqp://` addresses, [`AmqpOptions`]), through
+//!   lapin.
 //! - `tokio` (default): [`AsyncProducer`] and [`AsyncConsumer`], which implement
 //!   [`ipc_core::AsyncSender`] and [`ipc_core::AsyncReceiver`] by running the blocking calls
 //!   in `tokio::task::spawn_blocking` (and sleeping on the runtime between polls).

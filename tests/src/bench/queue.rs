@@ -171,7 +171,7 @@ fn produce(
             format!("bench producer {id}"),
             "queue-produce",
             [
-                "--path",
+                "--address",
                 &path,
                 "--producer",
                 &id,
@@ -209,14 +209,22 @@ fn end_to_end(dir: &Path, count: u64, size: usize, batch: u64) -> Result<f64> {
     let mut consumer = Peer::spawn_role(
         "bench consumer",
         "queue-consume",
-        ["--path", &path, "--expect", &count_s, "--quiet", "1"],
+        ["--address", &path, "--expect", &count_s, "--quiet", "1"],
     )?;
     let mut producer = Peer::spawn_role(
         "bench producer",
         "queue-produce",
         [
-            "--path", &path, "--count", &count_s, "--size", &size_s, "--batch", &batch_s,
-            "--quiet", "1",
+            "--address",
+            &path,
+            "--count",
+            &count_s,
+            "--size",
+            &size_s,
+            "--batch",
+            &batch_s,
+            "--quiet",
+            "1",
         ],
     )?;
     let outcome = consumer.expect_prefixed("ok", std::time::Duration::from_secs(600))?;

@@ -1,10 +1,11 @@
-//! Peer roles for ipc-queue. Each role is named `queue-...`.
+//! Peer roles for ipc-queue. Each role is named `queue-...` and takes the queue's address
+//! (`--address`: a directory, or `amqp://...#queue`): the same programs on either backend.
 //!
-//! - `queue-produce --path P [--create 1] --producer ID --incarnation I [--count N]
+//! - `queue-produce --address A [--create 1] --producer ID --incarnation I [--count N]
 //!   [--batch B] [--size BYTES] [--durability always|never|MS]`: sends `QueueJob`s
 //!   (creating the queue with the default configuration if asked and needed), printing
 //!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`.
-//! - `queue-consume --path P [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]`:
+//! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]`:
 //!   receives (with `--hold 1`: one message, then keeps its lease until killed), checks
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
 //!   `acked SEQ DELIVERIES` after; ends with `ok received=N checksum=0x.. micros=..` after
@@ -12,15 +13,14 @@
 //! - `queue-echo --in P --out Q --count N [--durability ..]`: receives `Vec<u8>` messages
 //!   from queue P and sends each to queue Q before acknowledging it; prints `ready` once
 //!   both are open and `ok echoed=N` at the end.
-//! - `queue-stats --path P`: prints the queue's stats as `ok depth=.. unacked=.. ...`.
+//! - `queue-stats --address A`: prints the queue's stats as `ok depth=.. unacked=.. ...`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipc_core::ErrorKind;
-use ipc_queue::{Durability, ProducerOptions, Queue, QueueConfig};
+use ipc_queue::{Address, Durability, ProducerOptions, Queue, QueueConfig};
 use serde::{Deserialize, Serialize};
 
 use super::Args;
@@ -55,12 +55,13 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
     }
 }
 
-fn path(args: &Args) -> Result<PathBuf> {
-    let path = args.text("path", "");
-    if path.is_empty() {
-        bail!("--path is required");
+/// The queue: a directory or `amqp://...#queue`; these roles run unchanged on either.
+fn address(args: &Args) -> Result<Address> {
+    let address = args.text("address", "");
+    if address.is_empty() {
+        bail!("--address is required");
     }
-    Ok(PathBuf::from(path))
+    Ok(Address::from(address))
 }
 
 fn durability(text: &str) -> Result<Durability> {
@@ -76,9 +77,9 @@ fn durability(text: &str) -> Result<Durability> {
 fn produce(args: &Args) -> Result<()> {
     let create: u8 = args.get("create", 0)?;
     let queue = if create != 0 {
-        Queue::open_or_create(path(args)?, &QueueConfig::new())?
+        Queue::open_or_create(address(args)?, &QueueConfig::new())?
     } else {
-        Queue::open(path(args)?)?
+        Queue::open(address(args)?)?
     };
     let producer_id: u32 = args.get("producer", 0)?;
     let incarnation: u32 = args.get("incarnation", 0)?;
@@ -126,7 +127,7 @@ fn produce(args: &Args) -> Result<()> {
 }
 
 fn consume(args: &Args) -> Result<()> {
-    let queue = Queue::open(path(args)?)?;
+    let queue = Queue::open(address(args)?)?;
     let expect: u64 = args.get("expect", u64::MAX)?;
     let idle_exit_ms: u64 = args.get("idle-exit-ms", 0)?;
     let quiet: u8 = args.get("quiet", 0)?;
@@ -225,24 +226,23 @@ fn echo(args: &Args) -> Result<()> {
 }
 
 fn stats(args: &Args) -> Result<()> {
-    let queue = Queue::open(path(args)?)?;
+    let queue = Queue::open(address(args)?)?;
     let stats = queue.stats()?;
-    let storage = stats
-        .storage
-        .clone()
-        .context("an embedded queue has storage stats")?;
+    // What the backend cannot count shows as `-`.
+    let show = |value: Option<u64>| value.map_or("-".to_owned(), |v| v.to_string());
+    let storage = stats.storage.as_ref();
     println!(
         "ok depth={} unacked={} delayed={} dead_letters={} oldest_age_ms={} next_seq={} lost={} quarantined_files={} segments={} bytes={}",
         stats.depth,
-        stats.unacked.unwrap_or(0),
-        stats.delayed.unwrap_or(0),
+        show(stats.unacked),
+        show(stats.delayed),
         stats.dead_letters,
         stats.oldest_age.map_or(0, |age| age.as_millis()),
-        storage.next_seq,
-        storage.lost,
-        storage.quarantined_files,
-        storage.segments,
-        storage.bytes
+        show(storage.map(|s| s.next_seq)),
+        show(storage.map(|s| s.lost)),
+        show(storage.map(|s| s.quarantined_files)),
+        show(storage.map(|s| s.segments)),
+        show(storage.map(|s| s.bytes)),
     );
     Ok(())
 }
