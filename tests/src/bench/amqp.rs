@@ -27,6 +27,8 @@ const WINDOW: usize = 256;
 /// The prefetch of every consumer, on both sides (ipc-queue's default).
 const PREFETCH: u16 = 64;
 const WAIT: Duration = Duration::from_secs(120);
+/// Runs of each figure and its baseline, interleaved; the best of each side counts.
+const RUNS: usize = 3;
 
 /// Measures the figures and their raw lapin baselines; none without `IPC_AMQP_URL`.
 pub fn run(effort: Effort) -> Result<Vec<Figure>> {
@@ -45,9 +47,9 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         .context("start a runtime")?;
     let mut figures = Vec::new();
 
-    // The machine is shared and noisy: each side is the best of two runs, interleaved.
+    // The machine is shared and noisy: each side is the best of `RUNS` runs, interleaved.
     let (mut ours, mut raw) = (0.0f64, 0.0f64);
-    for _ in 0..2 {
+    for _ in 0..RUNS {
         let raw_queue = BenchQueue::new(&url)?;
         raw = raw.max(runtime.block_on(raw_publish(&url, raw_queue.name(), publish_n))?);
         drop(raw_queue);
@@ -63,7 +65,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     ));
 
     let (mut ours, mut raw) = (0.0f64, 0.0f64);
-    for _ in 0..2 {
+    for _ in 0..RUNS {
         raw = raw.max(end_to_end(&url, publish_n, "amqp-raw-consume")?);
         ours = ours.max(end_to_end(&url, publish_n, "amqp-consume")?);
     }
@@ -77,7 +79,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     ));
 
     let (mut ours, mut raw) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..2 {
+    for _ in 0..RUNS {
         raw = raw.min(round_trip(&url, rounds, "amqp-raw-echo")?);
         ours = ours.min(round_trip(&url, rounds, "amqp-echo")?);
     }
