@@ -35,7 +35,8 @@ pub const HEADER_SEQ: &str = "ipc-seq";
 /// The header with the send time in milliseconds since the Unix epoch (signed 64-bit).
 pub const HEADER_SENT_MS: &str = "ipc-sent-ms";
 
-/// Connection options of an [`AmqpQueue`] and the handles opened from it.
+/// Connection options of a queue on RabbitMQ ([`Queue::create_with`](crate::Queue::create_with),
+/// [`Queue::open_with`](crate::Queue::open_with)) and of the handles opened from it.
 ///
 /// ```
 /// use std::time::Duration;
