@@ -71,7 +71,10 @@ pub fn run_all(
     if let Some(only) = only
         && !GROUPS.contains(&only)
     {
-        anyhow::bail!("no bench group `{only}`; expected one of {}", GROUPS.join(", "));
+        anyhow::bail!(
+            "no bench group `{only}`; expected one of {}",
+            GROUPS.join(", ")
+        );
     }
     for (name, bench) in benches {
         if only.is_some_and(|only| only != name) {

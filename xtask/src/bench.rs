@@ -21,7 +21,10 @@ pub(crate) fn run(quick: bool, only: Option<&str>, json: &Path) -> Result<()> {
     if let Some(only) = only
         && !GROUPS.contains(&only)
     {
-        bail!("no bench group `{only}`; expected one of {}", GROUPS.join(", "));
+        bail!(
+            "no bench group `{only}`; expected one of {}",
+            GROUPS.join(", ")
+        );
     }
     eprintln!("building the peer process (ipc-peer, release profile)...");
     peers::build_peer(Profile::Release)?;
