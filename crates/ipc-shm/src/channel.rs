@@ -68,8 +68,10 @@ const END_DETACHED: u32 = 0;
 const END_ATTACHED: u32 = 1;
 const END_CLOSED: u32 = 2;
 
-/// How long a blocking wait yields its core before it sleeps on the futex.
-const YIELD_FOR: Duration = Duration::from_micros(50);
+/// How many times a blocking wait polls before it yields, by default.
+pub(crate) const DEFAULT_SPIN: u32 = 100;
+/// How long a blocking wait yields its core before it sleeps on the futex, by default.
+pub(crate) const DEFAULT_YIELD: Duration = Duration::from_micros(50);
 
 const RECORD_HEADER: u64 = 8;
 const TAG_MESSAGE: u32 = 1;
@@ -132,6 +134,7 @@ pub struct ChannelConfig {
     max_senders: usize,
     wait_mode: WaitMode,
     spin: u32,
+    yield_for: Duration,
     open_timeout: Duration,
     message_type: Option<MessageType>,
 }
@@ -142,7 +145,8 @@ impl Default for ChannelConfig {
             capacity: 256 * 1024,
             max_senders: 1,
             wait_mode: WaitMode::Blocking,
-            spin: 100,
+            spin: DEFAULT_SPIN,
+            yield_for: DEFAULT_YIELD,
             open_timeout: Duration::from_secs(5),
             message_type: None,
         }
@@ -150,8 +154,9 @@ impl Default for ChannelConfig {
 }
 
 impl ChannelConfig {
-    /// The defaults: one sender, a ring of 256 KiB, blocking waits after 100 spins, 5 s
-    /// open timeout, the message type named by `std::any::type_name`.
+    /// The defaults: one sender, a ring of 256 KiB, blocking waits that spin 100 times and
+    /// yield for 50 µs before they sleep, 5 s open timeout, the message type named by
+    /// `std::any::type_name`.
     pub fn new() -> ChannelConfig {
         ChannelConfig::default()
     }
@@ -194,6 +199,19 @@ impl ChannelConfig {
         self.spin
     }
 
+    /// How long a blocking wait yields its core, after spinning, before it sleeps on the
+    /// futex (50 µs by default). Yielding lets a peer on the same core run and spares a
+    /// peer that answers soon the cost of a wake; zero sleeps right after the spins.
+    pub fn yield_duration(mut self, duration: Duration) -> ChannelConfig {
+        self.yield_for = duration;
+        self
+    }
+
+    /// How long a blocking wait yields before it sleeps.
+    pub fn get_yield_duration(&self) -> Duration {
+        self.yield_for
+    }
+
     /// How long `open` waits for the creator to finish initialising the segment.
     pub fn open_timeout(mut self, timeout: Duration) -> ChannelConfig {
         self.open_timeout = timeout;
@@ -228,6 +246,7 @@ struct Channel {
     capacity: u64,
     wait_mode: WaitMode,
     spin: u32,
+    yield_for: Duration,
 }
 
 impl Channel {
@@ -300,6 +319,7 @@ impl Channel {
             capacity: capacity as u64,
             wait_mode: config.wait_mode,
             spin: config.spin,
+            yield_for: config.yield_for,
         })
     }
 
@@ -334,6 +354,7 @@ impl Channel {
             capacity,
             wait_mode: config.wait_mode,
             spin: config.spin,
+            yield_for: config.yield_for,
         };
         match role {
             Role::Receiver => channel.attach(RX_LINE, "receiver")?,
@@ -548,9 +569,9 @@ impl Channel {
             // per message) it spares it a futex wake per message.
             let yield_for = deadline
                 .remaining()
-                .map_or(YIELD_FOR, |left| left.min(YIELD_FOR));
+                .map_or(self.yield_for, |left| left.min(self.yield_for));
             let started = Instant::now();
-            while started.elapsed() < yield_for {
+            while !yield_for.is_zero() && started.elapsed() < yield_for {
                 if changed() {
                     return Ok(());
                 }
@@ -1329,9 +1350,7 @@ impl<T> ShmReceiver<T> {
                             available.min(to_end).saturating_sub(RECORD_HEADER)
                         )));
                     }
-                    let payload = start + RECORD_HEADER as usize;
-                    self.channel.map().prefetch(payload, payload_len as usize);
-                    return Ok(Some((payload, payload_len as usize)));
+                    return Ok(Some((start + RECORD_HEADER as usize, payload_len as usize)));
                 }
                 other => {
                     return Err(self.channel.corrupted(format!(

@@ -13,12 +13,6 @@ use std::time::Duration;
 
 use shared_memory::Shmem;
 
-/// The cache line size assumed for prefetching.
-const CACHE_LINE: usize = 64;
-/// [`Mapping::prefetch`] fetches at most this many bytes: a large payload is read in a
-/// stream that the hardware prefetchers handle.
-const PREFETCH_LIMIT: usize = 256;
-
 /// A shared-memory mapping, owned by this process.
 ///
 /// `shared_memory::Shmem` holds a raw pointer and is therefore neither `Send` nor `Sync`;
@@ -99,32 +93,6 @@ impl Mapping {
         // SAFETY: the range is inside the mapping (checked above), which lives as long as
         // `self`; every bit pattern is a valid `u8`. See the doc comment on concurrent writes.
         Some(unsafe { std::slice::from_raw_parts(self.base.add(offset), len) })
-    }
-
-    /// Starts loading the cache lines of `offset..offset + len`, at most the first
-    /// [`PREFETCH_LIMIT`] bytes, so that they arrive while the caller does other work (a
-    /// record's payload lines, fetched from the writer's core in parallel instead of one
-    /// after the other). Only a hint: a range outside the mapping is ignored.
-    #[inline]
-    pub(crate) fn prefetch(&self, offset: usize, len: usize) {
-        let len = len.min(PREFETCH_LIMIT);
-        let Some(end) = offset.checked_add(len) else {
-            return;
-        };
-        if end > self.len {
-            return;
-        }
-        let mut line = offset & !(CACHE_LINE - 1);
-        while line < end {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `line` is inside the mapping (checked above); a prefetch reads nothing
-            // into the program and cannot fault.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(self.base.add(line).cast::<i8>());
-            }
-            line += CACHE_LINE;
-        }
     }
 
     /// The bytes `offset..offset + len` for writing, or `None` if outside the mapping.
