@@ -9,7 +9,7 @@
 //! | stream of 64 KiB messages (MB/s), zero-copy byte path | memcpy of 64 KiB buffers in one process |
 //!
 //! This process is one side of every pair; the other is an `ipc-peer` role. A round trip
-//! and its baseline run in turns ([`REPEATS`] of each, neither pinned to a core), so that
+//! and its baseline run in turns (five of each, neither pinned to a core), so that
 //! both see the same load on a shared machine.
 
 use std::hint::black_box;
