@@ -49,18 +49,37 @@ pub enum Effort {
     Full,
 }
 
-/// Runs every mechanism's benches, calling `report` with each figure as soon as it is measured.
+/// The names of the bench groups, in the order [`run_all`] runs them.
+pub const GROUPS: [&str; 5] = ["ipc-core", "ipc-shm", "ipc-socket", "ipc-queue", "amqp"];
+
+/// Runs every mechanism's benches (or only the group named by `only`, one of [`GROUPS`]),
+/// calling `report` with each figure as soon as it is measured.
 /// Must run in an optimised build: `cargo xtask bench` runs it inside a release `ipc-peer`.
-pub fn run_all(effort: Effort, mut report: impl FnMut(&Figure)) -> anyhow::Result<()> {
+pub fn run_all(
+    effort: Effort,
+    only: Option<&str>,
+    mut report: impl FnMut(&Figure),
+) -> anyhow::Result<()> {
     type Bench = fn(Effort) -> anyhow::Result<Vec<Figure>>;
     let benches: [(&str, Bench); 5] = [
         ("ipc-core", core::run),
         ("ipc-shm", shm::run),
         ("ipc-socket", socket::run),
         ("ipc-queue", queue::run),
-        ("ipc-queue (amqp)", amqp::run),
+        ("amqp", amqp::run),
     ];
+    if let Some(only) = only
+        && !GROUPS.contains(&only)
+    {
+        anyhow::bail!(
+            "no bench group `{only}`; expected one of {}",
+            GROUPS.join(", ")
+        );
+    }
     for (name, bench) in benches {
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
         let figures = bench(effort).map_err(|err| err.context(format!("{name} bench")))?;
         for figure in &figures {
             report(figure);

@@ -239,15 +239,18 @@ fn frame_sink(args: &Args, mut input: impl Read) -> Result<()> {
     }
 }
 
-/// `bench --effort quick|full`: runs every bench, printing `figure {json}` per figure.
+/// `bench --effort quick|full [--only GROUP]`: runs every bench (or one group), printing
+/// `figure {json}` per figure.
 fn bench(args: &Args) -> Result<()> {
     let effort = match args.text("effort", "full").as_str() {
         "quick" => crate::bench::Effort::Quick,
         "full" => crate::bench::Effort::Full,
         other => bail!("--effort {other}: expected quick or full"),
     };
+    let only = args.text("only", "");
+    let only = (!only.is_empty()).then_some(only.as_str());
     let mut count = 0;
-    crate::bench::run_all(effort, |figure| {
+    crate::bench::run_all(effort, only, |figure| {
         count += 1;
         match serde_json::to_string(figure) {
             Ok(json) => println!("figure {json}"),

@@ -16,7 +16,7 @@ fn quick_bench_yields_finite_figures_with_baselines() -> Result<()> {
         None => Effort::Quick,
     };
     let figures = shm::run(effort)?;
-    assert_eq!(figures.len(), 5);
+    assert_eq!(figures.len(), 6);
     for figure in &figures {
         eprintln!(
             "{} {} B: {:.0} {} vs {} {:.0} ({:.2}x)",

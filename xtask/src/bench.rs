@@ -10,18 +10,30 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use ipc_tests::Peer;
-use ipc_tests::bench::Figure;
+use ipc_tests::bench::{Figure, GROUPS};
 
 use crate::chart::value_label;
 use crate::peers::{self, Profile};
 use crate::table::Table;
 
 /// Runs the benches and reports them.
-pub(crate) fn run(quick: bool, json: &Path) -> Result<()> {
+pub(crate) fn run(quick: bool, only: Option<&str>, json: &Path) -> Result<()> {
+    if let Some(only) = only
+        && !GROUPS.contains(&only)
+    {
+        bail!(
+            "no bench group `{only}`; expected one of {}",
+            GROUPS.join(", ")
+        );
+    }
     eprintln!("building the peer process (ipc-peer, release profile)...");
     peers::build_peer(Profile::Release)?;
     let effort = if quick { "quick" } else { "full" };
-    let mut peer = Peer::spawn_role("bench", "bench", ["--effort", effort])?;
+    let mut peer = Peer::spawn_role(
+        "bench",
+        "bench",
+        ["--effort", effort, "--only", only.unwrap_or("")],
+    )?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").context("template")?);
     bar.enable_steady_tick(Duration::from_millis(120));

@@ -1,7 +1,7 @@
 //! The project's tasks, run as `cargo xtask <task>`:
 //!
 //! - `scenarios [NAME] [--quick] [--list]`: cross-crate scenarios with real separate processes;
-//! - `bench [--quick] [--json PATH]`: every mechanism beside its raw baseline, as a table and JSON;
+//! - `bench [--quick] [--only GROUP] [--json PATH]`: every mechanism beside its raw baseline, as a table and JSON;
 //! - `ci`: the same steps as `.ci/run` (format, lint, test, docs, packaging, quick scenarios);
 //! - `queue stats PATH [--json]`: a look inside an embedded ipc-queue.
 
@@ -48,6 +48,9 @@ enum Task {
         /// Short runs, to check that every bench works; the numbers are rough.
         #[arg(long)]
         quick: bool,
+        /// Measure only this group: ipc-core, ipc-shm, ipc-socket, ipc-queue or amqp.
+        #[arg(long, value_name = "GROUP")]
+        only: Option<String>,
         /// Where to write the JSON report (the SVG chart goes beside it).
         #[arg(long, default_value = "target/ipc-bench/report.json")]
         json: PathBuf,
@@ -96,7 +99,9 @@ fn main() -> ExitCode {
             render: Some(report),
             ..
         } => bench::render(&report).map(|()| true),
-        Task::Bench { quick, json, .. } => bench::run(quick, &json).map(|()| true),
+        Task::Bench {
+            quick, only, json, ..
+        } => bench::run(quick, only.as_deref(), &json).map(|()| true),
         Task::Ci => ci::run().map(|()| true),
         Task::Queue {
             command: QueueCommand::Stats { address, json },

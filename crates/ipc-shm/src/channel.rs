@@ -5,15 +5,16 @@
 //! # Layout of a channel segment
 //!
 //! After the 128-byte segment header, one 64-byte line per writer, so that the ends never
-//! write to the same cache line:
+//! write to the same cache line; within a slot, what the sender writes and what the receiver
+//! writes lie in different 128-byte blocks, because x86 cores fetch lines in aligned pairs:
 //!
 //! | offset | field | written by |
 //! |---|---|---|
 //! | 128 | receiver pid (u32), state (u32), start time (u64), sleeps (u32), slot count `n` (u32) at 152 | receiver |
 //! | 192 | `data_seq` futex word (u32), `receiver_waiting` (u32) | both |
 //! | 256 + 256·i | slot i: `tail`, bytes ever published (u64) | sender i |
-//! | 320 + 256·i | slot i: `head`, bytes ever released (u64) | receiver |
-//! | 384 + 256·i | slot i: sender pid (u32), state (u32), start time (u64), sleeps (u32) | sender i |
+//! | 320 + 256·i | slot i: sender pid (u32), state (u32), start time (u64), sleeps (u32) | sender i |
+//! | 384 + 256·i | slot i: `head`, bytes ever released (u64) | receiver |
 //! | 448 + 256·i | slot i: `space_seq` futex word (u32), `sender_waiting` (u32) | both |
 //! | 256 + 256·n + capacity·i | ring i: `capacity` bytes, a power of two | sender i |
 //!
@@ -50,8 +51,8 @@ const SLOTS: usize = 256;
 const SLOT_LEN: usize = 256;
 // Offsets inside a slot.
 const S_TAIL: usize = 0;
-const S_HEAD: usize = 64;
-const S_SENDER: usize = 128;
+const S_SENDER: usize = 64;
+const S_HEAD: usize = 128;
 const S_SPACE_SEQ: usize = 192;
 const S_SENDER_WAITING: usize = 196;
 
@@ -67,8 +68,10 @@ const END_DETACHED: u32 = 0;
 const END_ATTACHED: u32 = 1;
 const END_CLOSED: u32 = 2;
 
-/// How long a blocking wait yields its core before it sleeps on the futex.
-const YIELD_FOR: Duration = Duration::from_micros(50);
+/// How many times a blocking wait polls before it yields, by default.
+pub(crate) const DEFAULT_SPIN: u32 = 100;
+/// How long a blocking wait yields its core before it sleeps on the futex, by default.
+pub(crate) const DEFAULT_YIELD: Duration = Duration::from_micros(50);
 
 const RECORD_HEADER: u64 = 8;
 const TAG_MESSAGE: u32 = 1;
@@ -86,15 +89,23 @@ pub const MAX_SENDERS: usize = 64;
 fn layout_hash() -> u64 {
     ipc_core::fnv1a64(
         b"ipc-shm channel: header 128, receiver 128 (pid, state, start, sleeps 16), slot count 152, data futex 192, \
-          slots 256 x 256 (tail 0, head 64, sender 128, space futex 192), rings after slots, \
+          slots 256 x 256 (tail 0, sender 64, head 128, space futex 192), rings after slots, \
           record header 8 (len u32, tag u32), align 8",
     )
 }
 
+#[inline]
 fn record_len(payload_len: u64) -> u64 {
     RECORD_HEADER + payload_len.next_multiple_of(8)
 }
 
+/// The slot after `slot` of `slots`, round robin (without a division).
+#[inline]
+fn next_slot(slot: usize, slots: usize) -> usize {
+    if slot + 1 >= slots { 0 } else { slot + 1 }
+}
+
+#[inline]
 fn slot_base(slot: usize) -> usize {
     SLOTS + slot * SLOT_LEN
 }
@@ -123,6 +134,7 @@ pub struct ChannelConfig {
     max_senders: usize,
     wait_mode: WaitMode,
     spin: u32,
+    yield_for: Duration,
     open_timeout: Duration,
     message_type: Option<MessageType>,
 }
@@ -133,7 +145,8 @@ impl Default for ChannelConfig {
             capacity: 256 * 1024,
             max_senders: 1,
             wait_mode: WaitMode::Blocking,
-            spin: 100,
+            spin: DEFAULT_SPIN,
+            yield_for: DEFAULT_YIELD,
             open_timeout: Duration::from_secs(5),
             message_type: None,
         }
@@ -141,8 +154,9 @@ impl Default for ChannelConfig {
 }
 
 impl ChannelConfig {
-    /// The defaults: one sender, a ring of 256 KiB, blocking waits after 100 spins, 5 s
-    /// open timeout, the message type named by `std::any::type_name`.
+    /// The defaults: one sender, a ring of 256 KiB, blocking waits that spin 100 times and
+    /// yield for 50 µs before they sleep, 5 s open timeout, the message type named by
+    /// `std::any::type_name`.
     pub fn new() -> ChannelConfig {
         ChannelConfig::default()
     }
@@ -185,6 +199,19 @@ impl ChannelConfig {
         self.spin
     }
 
+    /// How long a blocking wait yields its core, after spinning, before it sleeps on the
+    /// futex (50 µs by default). Yielding lets a peer on the same core run and spares a
+    /// peer that answers soon the cost of a wake; zero sleeps right after the spins.
+    pub fn yield_duration(mut self, duration: Duration) -> ChannelConfig {
+        self.yield_for = duration;
+        self
+    }
+
+    /// How long a blocking wait yields before it sleeps.
+    pub fn get_yield_duration(&self) -> Duration {
+        self.yield_for
+    }
+
     /// How long `open` waits for the creator to finish initialising the segment.
     pub fn open_timeout(mut self, timeout: Duration) -> ChannelConfig {
         self.open_timeout = timeout;
@@ -219,6 +246,7 @@ struct Channel {
     capacity: u64,
     wait_mode: WaitMode,
     spin: u32,
+    yield_for: Duration,
 }
 
 impl Channel {
@@ -291,6 +319,7 @@ impl Channel {
             capacity: capacity as u64,
             wait_mode: config.wait_mode,
             spin: config.spin,
+            yield_for: config.yield_for,
         })
     }
 
@@ -325,6 +354,7 @@ impl Channel {
             capacity,
             wait_mode: config.wait_mode,
             spin: config.spin,
+            yield_for: config.yield_for,
         };
         match role {
             Role::Receiver => channel.attach(RX_LINE, "receiver")?,
@@ -396,27 +426,33 @@ impl Channel {
         Ok(())
     }
 
+    #[inline]
     fn map(&self) -> &Mapping {
         self.segment.map()
     }
 
+    #[inline]
     fn word(&self, offset: usize) -> &AtomicU32 {
         self.map().u32_at(offset)
     }
 
+    #[inline]
     fn index(&self, offset: usize) -> &AtomicU64 {
         self.map().u64_at(offset)
     }
 
+    #[inline]
     fn tail_at(slot: usize) -> usize {
         slot_base(slot) + S_TAIL
     }
 
+    #[inline]
     fn head_at(slot: usize) -> usize {
         slot_base(slot) + S_HEAD
     }
 
     /// The mapping offset of ring `slot`.
+    #[inline]
     fn ring_at(&self, slot: usize) -> usize {
         SLOTS + self.slots * SLOT_LEN + slot * self.capacity as usize
     }
@@ -463,7 +499,21 @@ impl Channel {
     /// its process is gone; `Ok` while it lives or has not attached yet. For the receiver
     /// the peer is every sender: it is gone once no sender is attached and alive and at
     /// least one has closed or died.
+    #[inline]
     fn peer_status(&self, check_liveness: bool) -> Result<()> {
+        // A sender looks before every message: one load of a line the receiver writes only
+        // when it attaches or closes.
+        if !check_liveness
+            && self.role == Role::Sender
+            && self.word(RX_LINE + END_STATE).load(Ordering::Acquire) == END_ATTACHED
+        {
+            return Ok(());
+        }
+        self.peer_status_slow(check_liveness)
+    }
+
+    #[cold]
+    fn peer_status_slow(&self, check_liveness: bool) -> Result<()> {
         match self.role {
             Role::Sender => self
                 .end_status(RX_LINE, "receiver", check_liveness)
@@ -493,19 +543,21 @@ impl Channel {
 
     /// Waits until `changed()` holds, sleeping on the futex at `seq_offset` after announcing
     /// it in `waiting_offset`. Ends with the peer's death or close, or at the deadline
-    /// (`timeout_error` makes the error then).
+    /// (`timeout_error` makes the error then). Polls `spins` times first (a caller that
+    /// spun already passes 0).
     fn wait_until(
         &self,
         changed: impl Fn() -> bool,
         seq_offset: usize,
         waiting_offset: usize,
+        spins: u32,
         deadline: Deadline,
         timeout_error: impl FnOnce() -> Error,
     ) -> Result<()> {
         if let Deadline::Now = deadline {
             return Err(timeout_error());
         }
-        for _ in 0..self.spin {
+        for _ in 0..spins {
             if changed() {
                 return Ok(());
             }
@@ -517,9 +569,9 @@ impl Channel {
             // per message) it spares it a futex wake per message.
             let yield_for = deadline
                 .remaining()
-                .map_or(YIELD_FOR, |left| left.min(YIELD_FOR));
+                .map_or(self.yield_for, |left| left.min(self.yield_for));
             let started = Instant::now();
-            while started.elapsed() < yield_for {
+            while !yield_for.is_zero() && started.elapsed() < yield_for {
                 if changed() {
                     return Ok(());
                 }
@@ -576,10 +628,15 @@ impl Channel {
 
     /// Tells the peer whose end is at `peer_line`, which may be asleep on `seq_offset`,
     /// that an index moved. A polling peer never sleeps: nothing to do then.
+    #[inline]
     fn notify(&self, peer_line: usize, seq_offset: usize, waiting_offset: usize) {
         if self.word(peer_line + END_SLEEPS).load(Ordering::Relaxed) == 0 {
             return;
         }
+        self.notify_sleeper(seq_offset, waiting_offset);
+    }
+
+    fn notify_sleeper(&self, seq_offset: usize, waiting_offset: usize) {
         fence(Ordering::SeqCst);
         if self.word(waiting_offset).load(Ordering::Relaxed) != 0 {
             let seq = self.word(seq_offset);
@@ -835,6 +892,7 @@ impl<T: ?Sized> ShmSender<T> {
         })
     }
 
+    #[inline]
     fn tail_offset(&self) -> u64 {
         self.tail & (self.channel.capacity - 1)
     }
@@ -856,6 +914,7 @@ impl<T: ?Sized> ShmSender<T> {
     }
 
     /// Payload bytes that fit contiguously at the tail now, `None` if not even a header does.
+    #[inline]
     fn contiguous_room(&self) -> Option<u64> {
         let free = self.channel.capacity - (self.tail - self.head);
         let to_end = self.channel.capacity - self.tail_offset();
@@ -928,6 +987,7 @@ impl<T: ?Sized> ShmSender<T> {
                 || head_index.load(Ordering::Acquire) != head,
                 slot + S_SPACE_SEQ,
                 slot + S_SENDER_WAITING,
+                channel.spin,
                 deadline,
                 timeout_error,
             )?;
@@ -1161,6 +1221,22 @@ impl<T> ShmReceiver<T> {
                 }
                 continue;
             }
+            if let Deadline::Now = deadline {
+                return Err(Error::new(ErrorKind::Full, "empty"));
+            }
+            // Spin on the rings themselves, so that a record is read the moment its index
+            // moves, without a detour through the waiting code.
+            for _ in 0..self.channel.spin {
+                std::hint::spin_loop();
+                if let Some((slot, start, len)) = self.next_any()? {
+                    return Ok(RecvGuard {
+                        receiver: self,
+                        slot,
+                        start,
+                        len,
+                    });
+                }
+            }
             let channel = &self.channel;
             let cursors = &self.cursors;
             let timeout_error = || match deadline {
@@ -1185,8 +1261,14 @@ impl<T> ShmReceiver<T> {
             if deadline.passed() {
                 return Err(timeout_error());
             }
-            let waited =
-                channel.wait_until(changed, DATA_SEQ, RECEIVER_WAITING, deadline, timeout_error);
+            let waited = channel.wait_until(
+                changed,
+                DATA_SEQ,
+                RECEIVER_WAITING,
+                0,
+                deadline,
+                timeout_error,
+            );
             if let Err(err) = waited {
                 if err.is_peer_gone() && self.next_any()?.is_some() {
                     continue;
@@ -1200,12 +1282,13 @@ impl<T> ShmReceiver<T> {
     /// `(slot, mapping offset, length)`.
     fn next_any(&mut self) -> Result<Option<(usize, usize, usize)>> {
         let slots = self.channel.slots;
-        for i in 0..slots {
-            let slot = (self.next_slot + i) % slots;
+        let mut slot = self.next_slot;
+        for _ in 0..slots {
             if let Some((start, len)) = self.next_record(slot)? {
-                self.next_slot = (slot + 1) % slots;
+                self.next_slot = next_slot(slot, slots);
                 return Ok(Some((slot, start, len)));
             }
+            slot = next_slot(slot, slots);
         }
         Ok(None)
     }

@@ -376,6 +376,7 @@ impl Segment {
     }
 
     /// The mapping.
+    #[inline]
     pub(crate) fn map(&self) -> &Mapping {
         &self.map
     }

@@ -39,6 +39,7 @@ impl Mapping {
     }
 
     /// The mapping's length in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -48,6 +49,7 @@ impl Mapping {
         self.shmem.set_owner(owner);
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize, align: usize) {
         // Offsets of atomics are constants of the layout; a failure here is a bug in this
         // crate, never a consequence of what a peer wrote.
@@ -60,6 +62,7 @@ impl Mapping {
     }
 
     /// The atomic `u32` at `offset` (a multiple of 4 inside the mapping).
+    #[inline]
     pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
         self.check(offset, 4, 4);
         // SAFETY: in bounds and aligned (checked above; the base is page aligned); the memory
@@ -69,6 +72,7 @@ impl Mapping {
     }
 
     /// The atomic `u64` at `offset` (a multiple of 8 inside the mapping).
+    #[inline]
     pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
         self.check(offset, 8, 8);
         // SAFETY: as for `u32_at`, with 8-byte alignment.
@@ -80,6 +84,7 @@ impl Mapping {
     /// Another process may write these bytes at any time. The ring protocol makes an honest
     /// peer leave a published record alone until it is released; a hostile peer can change
     /// the bytes under us, which yields wrong values but never an access outside the range.
+    #[inline]
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> Option<&[u8]> {
         let end = offset.checked_add(len)?;
         if end > self.len {
@@ -97,6 +102,7 @@ impl Mapping {
     /// No other reference into this range may be alive in this process while the returned
     /// slice is (the ring's sender and the lock holder are the only writers of their ranges).
     #[allow(clippy::mut_from_ref)] // Exclusivity is the caller's contract, stated above.
+    #[inline]
     pub(crate) unsafe fn bytes_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
         let end = offset.checked_add(len)?;
         if end > self.len {

@@ -3,11 +3,14 @@
 //! | figure | baseline |
 //! |---|---|
 //! | round trip of 64 B, polling | spin ping-pong on two atomics in shared memory |
-//! | round trip of 64 B, blocking | futex ping-pong on two atomics in shared memory |
+//! | round trip of 64 B, blocking (the default wait: spin, yield, then sleep) | ping-pong on two atomics with the same wait: 100 polls, 50 µs of yielding, then a futex |
+//! | round trip of 64 B, blocking set to sleep at once (no spins, no yield) | futex ping-pong on two atomics, sleeping at once |
 //! | stream of 64 B messages (msg/s) | memcpy of 64 B messages in one process |
 //! | stream of 64 KiB messages (MB/s), zero-copy byte path | memcpy of 64 KiB buffers in one process |
 //!
-//! This process is one side of every pair; the other is an `ipc-peer` role.
+//! This process is one side of every pair; the other is an `ipc-peer` role. A round trip
+//! and its baseline run in turns (five of each, neither pinned to a core), so that
+//! both see the same load on a shared machine.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -45,8 +48,11 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     };
     let mut figures = Vec::new();
 
-    let spin = baseline_round_trip(BaselineWait::Spin, counts.round_trips)?;
-    let polling = channel_round_trip(WaitMode::Polling, counts.round_trips)?;
+    let (polling, spin) = round_trips(
+        RoundTrip::Channel(WaitMode::Polling, Wait::Default),
+        BaselineWait::Spin,
+        counts.round_trips,
+    )?;
     figures.push(latency(
         "round trip (polling)",
         polling,
@@ -54,11 +60,26 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         spin,
     ));
 
-    let futex = baseline_round_trip(BaselineWait::Futex, counts.round_trips / 4)?;
-    let blocking = channel_round_trip(WaitMode::Blocking, counts.round_trips / 4)?;
+    let (blocking, spin_futex) = round_trips(
+        RoundTrip::Channel(WaitMode::Blocking, Wait::Default),
+        BaselineWait::SpinThenFutex,
+        counts.round_trips / 4,
+    )?;
     figures.push(latency(
-        "round trip (blocking)",
+        "round trip (blocking: spin, yield, sleep)",
         blocking,
+        "two atomics, same spin-yield-futex wait",
+        spin_futex,
+    ));
+
+    let (sleeping, futex) = round_trips(
+        RoundTrip::Channel(WaitMode::Blocking, Wait::SleepAtOnce),
+        BaselineWait::Futex,
+        counts.round_trips / 20,
+    )?;
+    figures.push(latency(
+        "round trip (blocking, sleeping at once)",
+        sleeping,
         "futex ping-pong, two atomics",
         futex,
     ));
@@ -118,12 +139,58 @@ fn latency(case: &str, value: Duration, baseline_name: &str, baseline: Duration)
     }
 }
 
-/// The raw baseline: this process pings, a peer pongs.
-fn baseline_round_trip(wait: BaselineWait, rounds: u32) -> Result<Duration> {
+/// What a round trip goes through.
+#[derive(Clone, Copy)]
+enum RoundTrip {
+    /// ipc-shm channels in this wait mode.
+    Channel(WaitMode, Wait),
+    /// The raw two-atomics ping-pong.
+    Baseline(BaselineWait),
+}
+
+/// How a blocking channel waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The default: spin, yield, then sleep.
+    Default,
+    /// No spins and no yielding: every wait sleeps on the futex, as the futex baseline does.
+    SleepAtOnce,
+}
+
+/// How many turns of (baseline, channel) a round-trip figure takes.
+const REPEATS: u32 = 5;
+
+/// `rounds` round trips through `channel` and as many through `baseline`, in [`REPEATS`]
+/// turns; the median batch of each.
+fn round_trips(
+    channel: RoundTrip,
+    baseline: BaselineWait,
+    rounds: u32,
+) -> Result<(Duration, Duration)> {
+    let per_turn = rounds / REPEATS + 1;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..REPEATS {
+        theirs.extend(measure(RoundTrip::Baseline(baseline), per_turn)?);
+        ours.extend(measure(channel, per_turn)?);
+    }
+    Ok((median(ours), median(theirs)))
+}
+
+fn measure(what: RoundTrip, rounds: u32) -> Result<Vec<Duration>> {
+    match what {
+        RoundTrip::Channel(mode, wait) => channel_round_trip(mode, wait, rounds),
+        RoundTrip::Baseline(wait) => baseline_round_trip(wait, rounds),
+    }
+}
+
+/// The raw baseline: this process pings, a peer pongs. The time per round trip of each
+/// batch.
+fn baseline_round_trip(wait: BaselineWait, rounds: u32) -> Result<Vec<Duration>> {
     let name = unique_name("bench-base");
     let wait_arg = match wait {
         BaselineWait::Spin => "spin",
         BaselineWait::Futex => "futex",
+        BaselineWait::SpinThenFutex => "spin-futex",
     };
     let mut peer = Peer::spawn_role(
         "baseline-pong",
@@ -132,21 +199,21 @@ fn baseline_round_trip(wait: BaselineWait, rounds: u32) -> Result<Duration> {
     )?;
     expect_ready(&mut peer)?;
     let pair = PingPong::open(&name)?;
-    let per_round = (|| {
+    let batches = (|| {
         pair.ping(rounds / 10 + 1, wait)?; // warm-up
         let mut batches = Vec::with_capacity(BATCHES);
         for _ in 0..BATCHES {
             batches.push(pair.ping(rounds / BATCHES as u32 + 1, wait)?);
         }
-        Ok::<_, anyhow::Error>(median(batches))
+        Ok::<_, anyhow::Error>(batches)
     })();
     pair.stop();
     peer.wait_success(WAIT)?;
-    per_round
+    batches
 }
 
-/// Round trips are measured in this many batches and the median batch reported: on a
-/// shared machine a batch that lost its core to another process says nothing about IPC.
+/// Round trips are measured in batches and the median batch reported: on a shared machine
+/// a batch that lost its core to another process says nothing about IPC.
 const BATCHES: usize = 7;
 
 fn median(mut values: Vec<Duration>) -> Duration {
@@ -156,16 +223,41 @@ fn median(mut values: Vec<Duration>) -> Duration {
 
 /// ipc-shm's round trip: this process sends a 64-byte byte string, postcard-encoded into
 /// the ring, on `N.ab` and waits for the echo on `N.ba`; the `shm-pong` peer echoes the
-/// record through the zero-copy path.
-fn channel_round_trip(mode: WaitMode, rounds: u32) -> Result<Duration> {
+/// record through the zero-copy path. The time per round trip of each batch.
+fn channel_round_trip(mode: WaitMode, wait: Wait, rounds: u32) -> Result<Vec<Duration>> {
     let name = unique_name("bench-rt");
+    let (spin, yield_for) = match wait {
+        Wait::Default => {
+            let defaults = ChannelConfig::new();
+            (
+                defaults.get_spin_iterations(),
+                defaults.get_yield_duration(),
+            )
+        }
+        Wait::SleepAtOnce => (0, Duration::ZERO),
+    };
     let config = ChannelConfig::new()
         .capacity(64 * 1024)
         .wait_mode(mode)
+        .spin_iterations(spin)
+        .yield_duration(yield_for)
         .message_type(MessageType::named(BYTES_TYPE));
     let mut out = ShmSender::<[u8]>::create(&format!("{name}.ab"), &config)?;
     let polling = if mode == WaitMode::Polling { "1" } else { "0" };
-    let mut peer = Peer::spawn_role("pong", "shm-pong", ["--name", &name, "--polling", polling])?;
+    let (spin, yield_us) = (spin.to_string(), yield_for.as_micros().to_string());
+    let args = [
+        "--name",
+        &name,
+        "--polling",
+        polling,
+        "--spin",
+        &spin,
+        "--yield-us",
+        &yield_us,
+        "--capacity",
+        "65536",
+    ];
+    let mut peer = Peer::spawn_role("pong", "shm-pong", args)?;
     expect_ready(&mut peer)?;
     let mut back = ShmReceiver::<Vec<u8>>::open(&format!("{name}.ba"), &config)?;
     let payload = [7u8; 64];
@@ -186,10 +278,9 @@ fn channel_round_trip(mode: WaitMode, rounds: u32) -> Result<Duration> {
     for _ in 0..BATCHES {
         batches.push(round_trips(rounds / BATCHES as u32 + 1)?);
     }
-    let per_round = median(batches);
     drop(out);
     peer.wait_success(WAIT)?;
-    Ok(per_round)
+    Ok(batches)
 }
 
 /// A byte string that serialises with `serialize_bytes` (one copy) rather than as a sequence

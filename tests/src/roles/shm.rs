@@ -16,12 +16,14 @@
 //! - `shm-create-and-hold --name N`: creates a channel, prints `ready`, sleeps until killed.
 //! - `shm-pong --name N [--polling 1]`: opens channel `N.ab` (bytes), creates `N.ba`, prints
 //!   `ready` and echoes every record until the pinger closes; for benchmarks.
-//! - `shm-baseline-pong --name N --wait spin|futex`: the raw two-atomics baseline's pong side.
+//! - `shm-baseline-pong --name N --wait spin|futex|spin-futex`: the raw two-atomics
+//!   baseline's pong side.
 //!
 //! For benchmarks, `shm-source --fill 0` sends the same payload every time and `shm-sink
 //! --verify 0` only decodes, so that they measure the channel rather than the checks;
 //! `--raw 1` on both uses the zero-copy byte path (`reserve`/`commit`, `recv_ref`) with
-//! raw payloads instead of postcard `Sample`s; `--spin N` sets the spin iterations.
+//! raw payloads instead of postcard `Sample`s; `--spin N` sets the spin iterations and
+//! `--yield-us N` how long a blocking wait yields before it sleeps.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +61,10 @@ fn config(args: &Args) -> Result<ChannelConfig> {
     let capacity: usize = args.get("capacity", 256 * 1024)?;
     let max_senders: usize = args.get("max-senders", 1)?;
     let spin: u32 = args.get("spin", ChannelConfig::new().get_spin_iterations())?;
+    let yield_us: u64 = args.get(
+        "yield-us",
+        ChannelConfig::new().get_yield_duration().as_micros() as u64,
+    )?;
     let polling: u8 = args.get("polling", 0)?;
     let mode = if polling != 0 {
         WaitMode::Polling
@@ -69,6 +75,7 @@ fn config(args: &Args) -> Result<ChannelConfig> {
         .capacity(capacity)
         .max_senders(max_senders)
         .spin_iterations(spin)
+        .yield_duration(Duration::from_micros(yield_us))
         .wait_mode(mode)
         .message_type(MessageType::named(SAMPLE_TYPE)))
 }
@@ -307,7 +314,8 @@ fn baseline_pong(args: &Args) -> Result<()> {
     let wait = match args.text("wait", "spin").as_str() {
         "spin" => BaselineWait::Spin,
         "futex" => BaselineWait::Futex,
-        other => bail!("--wait {other}: expected spin or futex"),
+        "spin-futex" => BaselineWait::SpinThenFutex,
+        other => bail!("--wait {other}: expected spin, futex or spin-futex"),
     };
     let pair = PingPong::create(&name)?;
     println!("ready");
