@@ -27,6 +27,16 @@ pub(crate) async fn with_deadline<T>(
     what: &str,
     future: impl Future<Output = lapin::Result<T>>,
 ) -> Result<T> {
+    let mut future = std::pin::pin!(future);
+    // Many awaits finish at once (a buffered delivery, a queued frame): they need no timer.
+    let ready = std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Ready(value) => std::task::Poll::Ready(Some(value)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    if let Some(result) = ready {
+        return result.map_err(|err| map_error(what, err));
+    }
     match tokio::time::timeout_at(deadline, future).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(map_error(what, err)),

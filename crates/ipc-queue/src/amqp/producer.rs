@@ -89,21 +89,26 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         self.send_one(message, Some(ttl), self.options.when_full, timeout)
     }
 
-    /// Sends a batch, pipelined: all published, then all confirms awaited. Returns one
-    /// receipt per message, in order, once every message is confirmed. Unlike the embedded
-    /// backend the batch is not atomic: on an error some messages may be stored.
+    /// Sends a batch, pipelined: each message published as soon as it is encoded, then all
+    /// confirms awaited. Returns one receipt per message, in order, once every message is
+    /// confirmed. Unlike the embedded backend the batch is not atomic: on an error (a
+    /// message too large to encode included) some messages may be stored.
     pub(crate) fn send_batch<'a, I>(&mut self, messages: I) -> Result<Vec<Receipt>>
     where
         I: IntoIterator<Item = &'a T>,
         T: 'a,
     {
-        let mut outbox = Vec::new();
-        for message in messages {
-            outbox.push(self.encode(message, None)?);
-        }
-        let receipts = outbox.iter().map(|out| Receipt::new(out.seq)).collect();
         let deadline = deadline_after(self.shared.options.timeout);
-        self.publish_all(outbox, self.options.when_full, deadline)?;
+        let mut fresh = messages.into_iter();
+        let mut outbox = Vec::new();
+        let mut receipts = Vec::new();
+        self.publish_all(
+            &mut outbox,
+            &mut fresh,
+            &mut receipts,
+            self.options.when_full,
+            deadline,
+        )?;
         Ok(receipts)
     }
 
@@ -132,7 +137,13 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
             body,
             expiration: None,
         };
-        self.publish_all(vec![outgoing], self.options.when_full, deadline)?;
+        self.publish_all(
+            &mut vec![outgoing],
+            &mut std::iter::empty(),
+            &mut Vec::new(),
+            self.options.when_full,
+            deadline,
+        )?;
         Ok(Receipt::new(seq))
     }
 
@@ -153,35 +164,46 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         when_full: WhenFull,
         timeout: Duration,
     ) -> Result<Receipt> {
-        let outgoing = self.encode(message, ttl)?;
+        let mut body = Vec::new();
+        ipc_core::encode_to_vec(message, &mut body, self.shared.max_message_len as usize)?;
+        let outgoing = Outgoing {
+            seq: self.next_seq(),
+            body,
+            expiration: ttl,
+        };
         let receipt = Receipt::new(outgoing.seq);
-        self.publish_all(vec![outgoing], when_full, deadline_after(timeout))?;
+        self.publish_all(
+            &mut vec![outgoing],
+            &mut std::iter::empty(),
+            &mut Vec::new(),
+            when_full,
+            deadline_after(timeout),
+        )?;
         Ok(receipt)
     }
 
-    fn encode(&mut self, message: &T, expiration: Option<Duration>) -> Result<Outgoing> {
-        let mut body = Vec::new();
-        ipc_core::encode_to_vec(message, &mut body, self.shared.max_message_len as usize)?;
-        let seq = self.next_seq();
-        Ok(Outgoing {
-            seq,
-            body,
-            expiration,
-        })
-    }
-
-    fn publish_all(
+    /// Publishes `outbox`, then every message of `fresh` (encoded as it goes, its receipt
+    /// pushed to `receipts`), and awaits their confirms; publishes again, on a new
+    /// connection, whatever a lost connection left unconfirmed, and what a full queue
+    /// refused per `when_full`.
+    fn publish_all<'a, I>(
         &mut self,
-        mut outbox: Vec<Outgoing>,
+        outbox: &mut Vec<Outgoing>,
+        fresh: &mut I,
+        receipts: &mut Vec<Receipt>,
         when_full: WhenFull,
         deadline: Deadline,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        I: Iterator<Item = &'a T>,
+        T: 'a,
+    {
         let shared = Arc::clone(&self.shared);
         shared.handle.block_on(async {
             let mut full_pause = Duration::from_millis(10);
             loop {
                 self.ensure_link(deadline).await?;
-                match self.round(&mut outbox, deadline).await? {
+                match self.round(outbox, fresh, receipts, deadline).await? {
                     Round::Done if outbox.is_empty() => return Ok(()),
                     // Some messages were refused (a full queue): wait or fail.
                     Round::Done => {
@@ -226,41 +248,69 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         )
     }
 
-    /// Publishes every message of `outbox`, then awaits the confirms. Confirmed messages
-    /// leave the outbox; refused (nacked) ones stay; returned (unroutable) ones are an
+    /// Publishes every message of `outbox`, then every message of `fresh` as soon as it is
+    /// encoded (so the broker starts on the first while the rest are encoded), then awaits
+    /// the confirms. Confirmed messages leave the outbox; refused (nacked) ones stay, and so
+    /// do the ones a lost connection left unconfirmed; returned (unroutable) ones are an
     /// error.
-    async fn round(&mut self, outbox: &mut Vec<Outgoing>, deadline: Deadline) -> Result<Round> {
-        let Some(link) = self.link.as_ref() else {
-            return Ok(Round::Lost);
-        };
+    async fn round<'a, I>(
+        &mut self,
+        outbox: &mut Vec<Outgoing>,
+        fresh: &mut I,
+        receipts: &mut Vec<Receipt>,
+        deadline: Deadline,
+    ) -> Result<Round>
+    where
+        I: Iterator<Item = &'a T>,
+        T: 'a,
+    {
         let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(outbox.len());
-        for out in outbox.iter() {
-            let properties = self.properties(out);
-            let publish = link.channel.basic_publish(
-                ShortString::from(""),
-                ShortString::from(self.shared.name.as_str()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &out.body,
-                properties,
-            );
-            match with_deadline(deadline, "publish", publish).await {
-                Ok(confirm) => confirms.push(confirm),
-                Err(err) if is_connection_trouble(&err) => return Ok(Round::Lost),
-                Err(err) => return Err(err),
+        let mut lost = self.link.is_none();
+        let mut index = 0;
+        loop {
+            if index == outbox.len() {
+                let Some(message) = fresh.next() else {
+                    break;
+                };
+                let mut body = Vec::new();
+                ipc_core::encode_to_vec(message, &mut body, self.shared.max_message_len as usize)?;
+                let seq = self.next_seq();
+                receipts.push(Receipt::new(seq));
+                outbox.push(Outgoing {
+                    seq,
+                    body,
+                    expiration: None,
+                });
             }
+            // After a lost connection the rest is only encoded: the next round publishes it.
+            if let (false, Some(link)) = (lost, self.link.as_ref()) {
+                let out = &outbox[index];
+                let publish = link.channel.basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(self.shared.name.as_str()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &out.body,
+                    self.properties(out),
+                );
+                match with_deadline(deadline, "publish", publish).await {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(err) if is_connection_trouble(&err) => lost = true,
+                    Err(err) => return Err(err),
+                }
+            }
+            index += 1;
         }
-        let mut keep = vec![false; confirms.len()];
-        let mut lost = false;
+        // Messages past the published ones are kept for the next round.
+        let mut keep = vec![true; outbox.len()];
         for (index, confirm) in confirms.into_iter().enumerate() {
             if lost {
-                keep[index] = true;
                 continue;
             }
             match with_deadline(deadline, "publisher confirm", confirm).await {
-                Ok(Confirmation::Ack(None)) => {}
+                Ok(Confirmation::Ack(None)) => keep[index] = false,
                 Ok(Confirmation::Ack(Some(returned))) | Ok(Confirmation::Nack(Some(returned))) => {
                     return Err(Error::new(
                         ErrorKind::NotFound,
@@ -273,18 +323,14 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
                         ),
                     ));
                 }
-                Ok(Confirmation::Nack(None)) => keep[index] = true,
+                Ok(Confirmation::Nack(None)) => {}
                 Ok(Confirmation::NotRequested) => {
                     return Err(Error::new(
                         ErrorKind::Protocol,
                         "amqp channel is not in confirm mode",
                     ));
                 }
-                Err(err) if is_connection_trouble(&err) => {
-                    let _ = err;
-                    keep[index] = true;
-                    lost = true;
-                }
+                Err(err) if is_connection_trouble(&err) => lost = true,
                 Err(err) => return Err(err),
             }
         }
