@@ -113,7 +113,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
 
 /// Who goes first in run `run`: raw lapin in even runs, ipc-queue in odd ones.
 fn turns(run: usize) -> [bool; 2] {
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         [true, false]
     } else {
         [false, true]
