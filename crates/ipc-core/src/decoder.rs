@@ -71,6 +71,7 @@ impl FrameDecoder {
     }
 
     /// Bytes received but not yet returned as frames.
+    #[inline]
     pub fn buffered(&self) -> usize {
         self.end - self.start
     }
@@ -102,6 +103,7 @@ impl FrameDecoder {
     ///
     /// # Panics
     /// If `n` is more than the room `read_buf` offered: that is a bug in the caller.
+    #[inline]
     pub fn commit(&mut self, n: usize) {
         assert!(
             n <= self.buf.len() - self.end,
@@ -112,6 +114,7 @@ impl FrameDecoder {
 
     /// The next complete frame, `None` if more input is needed, or an error if the input is
     /// not a valid frame stream.
+    #[inline]
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         let Some(header) = self.peek_header()? else {
             return Ok(None);
@@ -119,14 +122,38 @@ impl FrameDecoder {
         self.peeked = None;
         let payload_start = self.start + HEADER_LEN;
         self.start += header.frame_len();
-        let payload = &self.buf[payload_start..payload_start + header.len() as usize];
+        let payload = &self.buf[payload_start..self.start];
         Ok(Some(Frame::from_parts(header, payload)))
     }
 
     /// The header of the next frame if the whole frame has arrived, without consuming it;
     /// `None` if more input is needed. Lets a caller look at the kind before it decides how
     /// to decode the frame that [`next_frame`](FrameDecoder::next_frame) returns next.
+    #[inline]
     pub fn peek_header(&mut self) -> Result<Option<FrameHeader>> {
+        // Fast path: a valid header of a frame that has arrived whole (or one already peeked).
+        if self.failed.is_none() {
+            if self.peeked.is_some() {
+                return Ok(self.peeked);
+            }
+            let available = &self.buf[self.start..self.end];
+            if let Some(header_bytes) = available.first_chunk::<HEADER_LEN>()
+                && let Some(header) = FrameHeader::parse_valid(header_bytes, &self.limits)
+            {
+                if available.len() < header.frame_len() {
+                    return Ok(None);
+                }
+                self.peeked = Some(header);
+                return Ok(Some(header));
+            }
+        }
+        self.peek_header_slow()
+    }
+
+    /// [`peek_header`](FrameDecoder::peek_header) for a failed decoder, a partial header or
+    /// one that does not validate.
+    #[cold]
+    fn peek_header_slow(&mut self) -> Result<Option<FrameHeader>> {
         if let Some(kind) = self.failed {
             return Err(Error::new(
                 kind,
