@@ -110,7 +110,7 @@ impl FrameDecoder {
 
     /// The next complete frame, `None` if more input is needed, or an error if the input is
     /// not a valid frame stream.
-    #[inline]
+    #[inline(always)]
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         // Fast path: a valid header of a frame that has arrived whole.
         if self.failed.is_none() {

@@ -360,7 +360,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 
     /// Waits until a data frame is at the front of the buffer, flushing output, answering
     /// pings and watching the peer's liveness meanwhile.
-    #[inline]
+    #[inline(always)]
     fn wait_for_data(&mut self, deadline: Option<Instant>) -> Result<()> {
         // Fast path: a data frame already received whole (one read brings many).
         if self.failed.is_none() {
