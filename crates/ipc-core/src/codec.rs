@@ -38,6 +38,7 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<u
 /// assert_eq!(n, 4);
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
+#[inline]
 pub fn encode_to_vec<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
@@ -81,27 +82,33 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
 /// assert_eq!((text, n), ("hi", 7));
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
+#[inline]
 pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(Error::new(
-            ErrorKind::Decode,
-            format!(
-                "{} trailing bytes after a message of {} bytes",
-                rest.len(),
-                bytes.len() - rest.len()
-            ),
-        )),
-        Err(err) => Err(Error::new(
-            ErrorKind::Decode,
-            format!(
-                "payload of {} bytes does not decode as {}: {err}",
-                bytes.len(),
-                std::any::type_name::<T>()
-            ),
-        )
-        .with_source(err)),
+        Ok((_, rest)) => Err(trailing_bytes_error(bytes.len(), rest.len())),
+        Err(err) => Err(decode_error(bytes.len(), std::any::type_name::<T>(), err)),
     }
+}
+
+#[cold]
+fn trailing_bytes_error(len: usize, rest: usize) -> Error {
+    Error::new(
+        ErrorKind::Decode,
+        format!(
+            "{rest} trailing bytes after a message of {} bytes",
+            len - rest
+        ),
+    )
+}
+
+#[cold]
+fn decode_error(len: usize, type_name: &str, err: postcard::Error) -> Error {
+    Error::new(
+        ErrorKind::Decode,
+        format!("payload of {len} bytes does not decode as {type_name}: {err}"),
+    )
+    .with_source(err)
 }
 
 fn encode_error(err: postcard::Error) -> Error {
@@ -116,6 +123,7 @@ struct VecAppend<'a> {
 }
 
 impl VecAppend<'_> {
+    #[inline]
     fn room(&self) -> usize {
         self.max_len - (self.out.len() - self.start)
     }
@@ -124,14 +132,22 @@ impl VecAppend<'_> {
 impl postcard::ser_flavors::Flavor for VecAppend<'_> {
     type Output = usize;
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if data.len() > self.room() {
             return Err(postcard::Error::SerializeBufferFull);
         }
-        self.out.extend_from_slice(data);
+        // postcard writes every varint (lengths, integers, tags) through here, most of them
+        // one byte long: a push is cheaper than a copy of unknown length.
+        if let [byte] = data {
+            self.out.push(*byte);
+        } else {
+            self.out.extend_from_slice(data);
+        }
         Ok(())
     }
 
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         if self.room() == 0 {
             return Err(postcard::Error::SerializeBufferFull);
@@ -140,6 +156,7 @@ impl postcard::ser_flavors::Flavor for VecAppend<'_> {
         Ok(())
     }
 
+    #[inline]
     fn finalize(self) -> postcard::Result<usize> {
         Ok(self.out.len() - self.start)
     }

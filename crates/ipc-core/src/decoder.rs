@@ -42,8 +42,6 @@ pub struct FrameDecoder {
     start: usize,
     end: usize,
     failed: Option<ErrorKind>,
-    /// The validated header of the complete frame at the front, as found by `peek_header`.
-    peeked: Option<FrameHeader>,
 }
 
 impl FrameDecoder {
@@ -55,7 +53,6 @@ impl FrameDecoder {
             start: 0,
             end: 0,
             failed: None,
-            peeked: None,
         }
     }
 
@@ -67,10 +64,10 @@ impl FrameDecoder {
     /// Changes the limits, for example after the handshake agreed on them.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
-        self.peeked = None;
     }
 
     /// Bytes received but not yet returned as frames.
+    #[inline]
     pub fn buffered(&self) -> usize {
         self.end - self.start
     }
@@ -102,6 +99,7 @@ impl FrameDecoder {
     ///
     /// # Panics
     /// If `n` is more than the room `read_buf` offered: that is a bug in the caller.
+    #[inline]
     pub fn commit(&mut self, n: usize) {
         assert!(
             n <= self.buf.len() - self.end,
@@ -112,29 +110,70 @@ impl FrameDecoder {
 
     /// The next complete frame, `None` if more input is needed, or an error if the input is
     /// not a valid frame stream.
+    #[inline(always)]
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
-        let Some(header) = self.peek_header()? else {
+        // Fast path: a valid header of a frame that has arrived whole.
+        if self.failed.is_none() {
+            let available = &self.buf[self.start..self.end];
+            if let Some(header_bytes) = available.first_chunk::<HEADER_LEN>()
+                && let Some(header) = FrameHeader::parse_valid(header_bytes, &self.limits)
+                && available.len() >= header.frame_len()
+            {
+                let payload_start = self.start + HEADER_LEN;
+                self.start += header.frame_len();
+                let payload = &self.buf[payload_start..self.start];
+                return Ok(Some(Frame::from_parts(header, payload)));
+            }
+        }
+        self.next_frame_slow()
+    }
+
+    /// [`next_frame`](FrameDecoder::next_frame) for a failed decoder, a partial frame or a
+    /// header that does not validate.
+    #[inline(never)]
+    fn next_frame_slow(&mut self) -> Result<Option<Frame<'_>>> {
+        let Some(header) = self.peek_header_slow()? else {
             return Ok(None);
         };
-        self.peeked = None;
         let payload_start = self.start + HEADER_LEN;
         self.start += header.frame_len();
-        let payload = &self.buf[payload_start..payload_start + header.len() as usize];
+        let payload = &self.buf[payload_start..self.start];
         Ok(Some(Frame::from_parts(header, payload)))
     }
 
     /// The header of the next frame if the whole frame has arrived, without consuming it;
     /// `None` if more input is needed. Lets a caller look at the kind before it decides how
     /// to decode the frame that [`next_frame`](FrameDecoder::next_frame) returns next.
+    ///
+    /// The header is validated again (it is cheap) rather than remembered: a header kept in
+    /// the decoder and read back right after it was stored costs a store-forwarding stall
+    /// per frame.
+    #[inline]
     pub fn peek_header(&mut self) -> Result<Option<FrameHeader>> {
+        // Fast path: a valid header of a frame that has arrived whole.
+        if self.failed.is_none() {
+            let available = &self.buf[self.start..self.end];
+            if let Some(header_bytes) = available.first_chunk::<HEADER_LEN>()
+                && let Some(header) = FrameHeader::parse_valid(header_bytes, &self.limits)
+            {
+                if available.len() < header.frame_len() {
+                    return Ok(None);
+                }
+                return Ok(Some(header));
+            }
+        }
+        self.peek_header_slow()
+    }
+
+    /// [`peek_header`](FrameDecoder::peek_header) for a failed decoder, a partial header or
+    /// one that does not validate.
+    #[cold]
+    fn peek_header_slow(&mut self) -> Result<Option<FrameHeader>> {
         if let Some(kind) = self.failed {
             return Err(Error::new(
                 kind,
                 "frame decoder stopped after an earlier error",
             ));
-        }
-        if let Some(header) = self.peeked {
-            return Ok(Some(header));
         }
         let available = &self.buf[self.start..self.end];
         let Some(header_bytes) = available.first_chunk::<HEADER_LEN>() else {
@@ -145,10 +184,7 @@ impl FrameDecoder {
             return Ok(None);
         };
         match FrameHeader::parse(header_bytes, &self.limits) {
-            Ok(header) if available.len() >= header.frame_len() => {
-                self.peeked = Some(header);
-                Ok(Some(header))
-            }
+            Ok(header) if available.len() >= header.frame_len() => Ok(Some(header)),
             Ok(_) => Ok(None),
             Err(err) => {
                 self.failed = Some(err.kind());

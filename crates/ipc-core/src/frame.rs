@@ -59,6 +59,7 @@ impl Limits {
     }
 
     /// Checks a payload length against the limit: [`ErrorKind::TooLarge`] if it is over.
+    #[inline]
     pub fn check_frame_len(&self, len: u64) -> Result<()> {
         if len > u64::from(self.max_frame_len) {
             return Err(Error::too_large(len, u64::from(self.max_frame_len)));
@@ -122,7 +123,19 @@ impl FrameKind {
 
     /// The kind for a byte on the wire, or a [`ErrorKind::Protocol`] error.
     pub fn from_byte(byte: u8) -> Result<FrameKind> {
-        Ok(match byte {
+        match FrameKind::from_known_byte(byte) {
+            Some(kind) => Ok(kind),
+            None => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("unknown frame kind 0x{byte:02x}"),
+            )),
+        }
+    }
+
+    /// The kind for a byte on the wire, `None` for a byte no kind has.
+    #[inline]
+    const fn from_known_byte(byte: u8) -> Option<FrameKind> {
+        Some(match byte {
             0x01 => FrameKind::Hello,
             0x02 => FrameKind::Data,
             0x03 => FrameKind::Close,
@@ -134,15 +147,25 @@ impl FrameKind {
             0x09 => FrameKind::SubscribeAck,
             0x0A => FrameKind::Unsubscribe,
             0x0B => FrameKind::Publish,
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!("unknown frame kind 0x{other:02x}"),
-                ));
-            }
+            _ => return None,
         })
     }
 }
+
+/// The first 8 header bytes of every valid frame, kind byte (index 3) aside: magic,
+/// version, no flags (none are known), zero reserved bytes; read as a little-endian u64.
+const FIXED_PREFIX: u64 = u64::from_le_bytes([
+    MAGIC[0],
+    MAGIC[1],
+    PROTOCOL_VERSION,
+    0,
+    KNOWN_FLAGS,
+    0,
+    0,
+    0,
+]);
+/// The bits of [`FIXED_PREFIX`] that a header must match: all but the kind byte's.
+const FIXED_PREFIX_MASK: u64 = !(0xFF << 24);
 
 /// A validated frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +207,7 @@ impl FrameHeader {
     }
 
     /// Writes the header's 16 bytes.
+    #[inline]
     pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
         out[0..2].copy_from_slice(&MAGIC);
         out[2] = PROTOCOL_VERSION;
@@ -195,6 +219,7 @@ impl FrameHeader {
     }
 
     /// The header's 16 bytes.
+    #[inline]
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         self.write(&mut out);
@@ -203,7 +228,39 @@ impl FrameHeader {
 
     /// Parses and validates 16 header bytes: magic, version, kind, flags, reserved bytes,
     /// and the payload length against `limits`, in that order.
+    #[inline]
     pub fn parse(bytes: &[u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader> {
+        // Fast path first; anything it does not accept goes through the field-by-field
+        // checks, which say what is wrong.
+        match FrameHeader::parse_valid(bytes, limits) {
+            Some(header) => Ok(header),
+            None => FrameHeader::parse_checked(bytes, limits),
+        }
+    }
+
+    /// The header if `bytes` are a valid header within `limits`, checking every fixed byte
+    /// with one comparison; `None` otherwise, and then [`parse_checked`] says why.
+    ///
+    /// [`parse_checked`]: FrameHeader::parse_checked
+    #[inline]
+    pub(crate) fn parse_valid(bytes: &[u8; HEADER_LEN], limits: &Limits) -> Option<FrameHeader> {
+        let (prefix, rest) = bytes.split_first_chunk::<8>()?;
+        let (len, id) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len);
+        if u64::from_le_bytes(*prefix) & FIXED_PREFIX_MASK != FIXED_PREFIX
+            || len > limits.max_frame_len
+        {
+            return None;
+        }
+        let kind = FrameKind::from_known_byte(prefix[3])?;
+        let id = u32::from_le_bytes(*id.first_chunk::<4>()?);
+        Some(FrameHeader { kind, id, len })
+    }
+
+    /// The field-by-field validation of [`parse`](FrameHeader::parse), with an error that
+    /// names the first wrong field.
+    #[cold]
+    fn parse_checked(bytes: &[u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader> {
         check_prefix(bytes)?;
         let kind = FrameKind::from_byte(bytes[3])?;
         let flags = bytes[4];
@@ -263,6 +320,7 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    #[inline]
     pub(crate) fn from_parts(header: FrameHeader, payload: &'a [u8]) -> Frame<'a> {
         debug_assert_eq!(header.len as usize, payload.len());
         Frame { header, payload }
@@ -281,6 +339,7 @@ impl<'a> Frame<'a> {
     /// assert_eq!(frame.decode::<&str>()?, "hi");
     /// # Ok::<(), ipc_core::Error>(())
     /// ```
+    #[inline]
     pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<(Frame<'a>, usize)> {
         let Some(header_bytes) = bytes.first_chunk::<HEADER_LEN>() else {
             check_prefix(bytes)?;
@@ -295,26 +354,31 @@ impl<'a> Frame<'a> {
     }
 
     /// The validated header.
+    #[inline]
     pub fn header(&self) -> &FrameHeader {
         &self.header
     }
 
     /// The frame's kind.
+    #[inline]
     pub fn kind(&self) -> FrameKind {
         self.header.kind
     }
 
     /// The frame's id (correlation id or nonce; 0 where unused).
+    #[inline]
     pub fn id(&self) -> u32 {
         self.header.id
     }
 
     /// The payload bytes.
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         self.payload
     }
 
     /// Decodes the payload as a `T`, which may borrow from it.
+    #[inline]
     pub fn decode<T: Deserialize<'a>>(&self) -> Result<T> {
         codec::decode(self.payload)
     }
@@ -335,6 +399,7 @@ impl fmt::Debug for Frame<'_> {
 ///
 /// `limits` is the receiver's: a payload longer than `limits.max_frame_len()` is
 /// [`ErrorKind::TooLarge`] here, at the sender, rather than at the peer.
+#[inline]
 pub fn encode_frame<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     kind: FrameKind,
@@ -356,6 +421,7 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     }
 }
 
+#[inline]
 fn finish_header(out: &mut [u8], start: usize, kind: FrameKind, id: u32, payload_len: usize) {
     // The payload length fits in u32: encode_to_vec stopped at a u32 limit.
     let header = FrameHeader::new(kind, id, payload_len as u32);
@@ -422,6 +488,25 @@ mod tests {
         );
         let limits = Limits::new().with_max_frame_len(u32::MAX);
         assert_eq!(FrameHeader::parse(&bytes, &limits).unwrap(), header);
+    }
+
+    #[test]
+    fn the_fast_header_check_agrees_with_the_field_by_field_one() {
+        let limits = Limits::new().with_max_frame_len(1000);
+        let good = FrameHeader::new(FrameKind::Data, 7, 1000).to_bytes();
+        for i in 0..HEADER_LEN {
+            for value in [
+                0x00, 0x01, 0x02, 0x03, 0x0B, 0x0C, 0x1C, 0x80, 0xA7, 0xE8, 0xFF,
+            ] {
+                let mut bytes = good;
+                bytes[i] = value;
+                assert_eq!(
+                    FrameHeader::parse_valid(&bytes, &limits),
+                    FrameHeader::parse_checked(&bytes, &limits).ok(),
+                    "byte {i} = 0x{value:02x}"
+                );
+            }
+        }
     }
 
     #[test]

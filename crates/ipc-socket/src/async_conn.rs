@@ -3,6 +3,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipc_core::{
@@ -102,13 +103,18 @@ pub(crate) async fn handshake(
 
 /// The write side shared by both halves (the receive half answers pings through it).
 ///
-/// Senders append frames to `pending` under a plain mutex (no await, no allocation once
-/// warm); whoever flushes takes the I/O lock, swaps the pending bytes into the I/O buffer
-/// and writes them. Progress is recorded after every write, so a flush future dropped
-/// midway never makes a frame go out twice or half.
+/// A send half encodes into a buffer of its own (no lock per message) and hands whole
+/// batches of frames to `pending` under a plain mutex (no await) when the batch reaches the
+/// flush threshold, on flush, and when the half is dropped; the receive half queues its
+/// control frames there directly. Whoever flushes takes the I/O lock, swaps the pending
+/// bytes into the I/O buffer and writes them. Progress is recorded after every write, so a
+/// flush future dropped midway never makes a frame go out twice or half.
 #[derive(Debug)]
 struct Writer {
     pending: std::sync::Mutex<Pending>,
+    /// Set (after `pending.failed`) when the connection failed: lets a send refuse
+    /// without taking the lock.
+    failed: AtomicBool,
     io: Mutex<Io>,
     send_limits: Limits,
     flush_threshold: usize,
@@ -149,8 +155,39 @@ impl Writer {
             .map(|_| ())
     }
 
+    /// Moves a send half's batch of whole frames behind the frames already pending; `batch`
+    /// is left empty (with capacity to reuse).
+    fn hand_off(&self, batch: &mut Vec<u8>) -> Result<()> {
+        if batch.is_empty() {
+            return self.check();
+        }
+        let mut pending = self.pending();
+        if let Some(kind) = pending.failed {
+            batch.clear();
+            return Err(Error::new(kind, "connection failed earlier"));
+        }
+        if pending.out.is_empty() {
+            std::mem::swap(&mut pending.out, batch);
+        } else {
+            pending.out.extend_from_slice(batch);
+            batch.clear();
+        }
+        Ok(())
+    }
+
+    /// An error if the connection failed earlier.
+    #[inline]
+    fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            let kind = self.pending().failed.unwrap_or(ErrorKind::Other);
+            return Err(Error::new(kind, "connection failed earlier"));
+        }
+        Ok(())
+    }
+
     fn fail(&self, err: Error) -> Error {
         self.pending().failed = Some(err.kind());
+        self.failed.store(true, Ordering::Release);
         err
     }
 
@@ -185,9 +222,15 @@ impl Writer {
 
 /// The sending half of an [`AsyncConnection`]. Cloning it gives another sender on the same
 /// connection; frames from one clone are never interleaved with another's.
+///
+/// Each clone coalesces its frames in a buffer of its own; they go out (after whatever
+/// was queued before) when it reaches the flush threshold, on [`flush`](Self::flush), or,
+/// if the half is dropped, with the next flush of another half.
 #[derive(Debug)]
 pub struct AsyncSendHalf<T> {
     writer: Arc<Writer>,
+    /// Whole frames queued by this half and not yet handed to the writer.
+    batch: Vec<u8>,
     _message: PhantomData<fn(T)>,
 }
 
@@ -195,31 +238,53 @@ impl<T> Clone for AsyncSendHalf<T> {
     fn clone(&self) -> Self {
         AsyncSendHalf {
             writer: Arc::clone(&self.writer),
+            batch: Vec::new(),
             _message: PhantomData,
         }
+    }
+}
+
+impl<T> Drop for AsyncSendHalf<T> {
+    fn drop(&mut self) {
+        // Queued frames stay queued: another half's flush writes them.
+        let _ = self.writer.hand_off(&mut self.batch);
     }
 }
 
 impl<T: Serialize + Sync> AsyncSendHalf<T> {
     /// Queues `message`; writes the buffer once it reaches the flush threshold.
     pub async fn send(&mut self, message: &T) -> Result<()> {
-        let full = self.writer.queue(|out, limits| {
-            ipc_core::encode_frame(out, FrameKind::Data, 0, message, limits)
-        })?;
-        if full {
-            self.writer.flush().await?;
+        if self.queue(message)? {
+            self.flush().await?;
         }
         Ok(())
     }
 
+    /// Encodes `message` into this half's batch, without I/O; true when the batch reached
+    /// the flush threshold.
+    #[inline]
+    fn queue(&mut self, message: &T) -> Result<bool> {
+        self.writer.check()?;
+        ipc_core::encode_frame(
+            &mut self.batch,
+            FrameKind::Data,
+            0,
+            message,
+            &self.writer.send_limits,
+        )?;
+        Ok(self.batch.len() >= self.writer.flush_threshold)
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<()> {
+        self.writer.hand_off(&mut self.batch)?;
         self.writer.flush().await
     }
 
     /// Sends a close frame with `code` and `reason`, flushes, and shuts the stream's write
     /// side down where the transport supports it.
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
+        self.writer.hand_off(&mut self.batch)?;
         self.writer
             .queue(|out, _| Close::new(code, reason).encode_frame(out))?;
         self.writer.flush().await?;
@@ -428,6 +493,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
                 out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
                 failed: None,
             }),
+            failed: AtomicBool::new(false),
             io: Mutex::new(Io {
                 half: shaken.writer,
                 buf: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
@@ -439,6 +505,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
         AsyncConnection {
             send: AsyncSendHalf {
                 writer: Arc::clone(&writer),
+                batch: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
                 _message: PhantomData,
             },
             recv: AsyncRecvHalf {
@@ -464,7 +531,10 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
 
     /// Queues `message` (see [`AsyncSendHalf::send`]).
     pub async fn send(&mut self, message: &T) -> Result<()> {
-        self.send.send(message).await
+        if self.send.queue(message)? {
+            self.send.flush().await?;
+        }
+        Ok(())
     }
 
     /// Writes everything queued.

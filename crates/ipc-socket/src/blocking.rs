@@ -331,18 +331,23 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 }
                 Inbound::Ignore => {}
                 Inbound::Closed(err) => return Err(self.fail(err)),
-                Inbound::Bad(err) => {
-                    self.out.extend_from_slice(&close_frame_for(&err));
-                    let _ = self.write_out();
-                    return Err(self.fail(err));
-                }
+                Inbound::Bad(err) => return Err(self.refuse(err)),
             }
         }
+    }
+
+    /// Tells the peer why its input is refused (a close frame, best effort) and fails.
+    #[cold]
+    fn refuse(&mut self, err: Error) -> Error {
+        self.out.extend_from_slice(&close_frame_for(&err));
+        let _ = self.write_out();
+        self.fail(err)
     }
 
     /// Decodes the data frame that [`front_is_data`](Self::front_is_data) found. A payload
     /// that does not decode is skipped: the error is returned and the connection stays
     /// usable.
+    #[inline]
     fn take_data<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
         match self.decoder.next_frame()? {
             Some(frame) => frame.decode::<M>(),
@@ -355,7 +360,23 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 
     /// Waits until a data frame is at the front of the buffer, flushing output, answering
     /// pings and watching the peer's liveness meanwhile.
+    #[inline(always)]
     fn wait_for_data(&mut self, deadline: Option<Instant>) -> Result<()> {
+        // Fast path: a data frame already received whole (one read brings many).
+        if self.failed.is_none() {
+            match self.decoder.peek_header() {
+                Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(()),
+                Ok(_) => {}
+                Err(err) => return Err(self.refuse(err)),
+            }
+        }
+        self.wait_for_data_slow(deadline)
+    }
+
+    /// [`wait_for_data`](Self::wait_for_data) when no data frame is ready: control frames,
+    /// output, liveness, reads. Kept out of line so that the fast path stays small.
+    #[inline(never)]
+    fn wait_for_data_slow(&mut self, deadline: Option<Instant>) -> Result<()> {
         self.check_usable()?;
         loop {
             if self.front_is_data()? {

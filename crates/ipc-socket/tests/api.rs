@@ -245,6 +245,60 @@ fn async_duplex_over_every_transport() {
 }
 
 #[test]
+fn async_send_clones_keep_their_frames_whole_and_in_order() {
+    runtime().block_on(async {
+        let dir = Dir::new();
+        let listener =
+            Listener::<String>::bind(&Address::path(dir.0.join("c.sock")), config()).unwrap();
+        let address = listener.address().clone();
+        let server = std::thread::spawn(move || {
+            let mut conn = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            while let Ok(text) = conn.recv() {
+                seen.push(text);
+            }
+            seen
+        });
+        let conn = AsyncConnection::<String>::connect(&address, config())
+            .await
+            .unwrap();
+        let (mut first, _recv) = conn.into_split();
+        let mut second = first.clone();
+        // Frames larger than the flush threshold, so that batches go out mid-way.
+        let long = "x".repeat(40_000);
+        for i in 0..5 {
+            first.send(&format!("a{i}{long}")).await.unwrap();
+            second.send(&format!("b{i}")).await.unwrap();
+        }
+        // A dropped clone's queued frames go out with the next flush of another half.
+        let mut third = first.clone();
+        third.send(&"c0".to_owned()).await.unwrap();
+        drop(third);
+        second.flush().await.unwrap();
+        drop(second);
+        first.close(CloseCode::NORMAL, "").await.unwrap();
+        let seen = server.join().unwrap();
+        let short: Vec<&str> = seen.iter().map(|m| &m[..2]).collect();
+        assert_eq!(seen.len(), 11, "{short:?}");
+        let of = |prefix: char| -> Vec<&str> {
+            short
+                .iter()
+                .copied()
+                .filter(|m| m.starts_with(prefix))
+                .collect()
+        };
+        assert_eq!(of('a'), ["a0", "a1", "a2", "a3", "a4"]);
+        assert_eq!(of('b'), ["b0", "b1", "b2", "b3", "b4"]);
+        assert_eq!(of('c'), ["c0"]);
+        assert!(
+            seen.iter()
+                .filter(|m| m.starts_with('a'))
+                .all(|m| m.ends_with(&long))
+        );
+    });
+}
+
+#[test]
 fn many_requests_in_flight_and_a_deadline() {
     runtime().block_on(async {
         let mut server = Server::<String>::bind(ServerConfig::new(
