@@ -18,16 +18,32 @@
 //! | 448 + 256·i | slot i: `space_seq` futex word (u32), `sender_waiting` (u32) | both |
 //! | 256 + 256·n + capacity·i | ring i: `capacity` bytes, a power of two | sender i |
 //!
-//! A record is an 8-byte header (payload length u32, tag u32: 1 message, 2 padding) and the
-//! payload, padded to a multiple of 8. A record never wraps: when it does not fit before the
-//! end of the ring, the sender fills the rest with a padding record and starts at offset 0.
+//! A record is an 8-byte header and the payload, padded to a multiple of 8. The header is
+//! one little-endian `u64`: the payload length (u32), then a stamp (u32): the low 32 bits
+//! of the record's position (bytes ever written before it, a multiple of 8) with the tag in
+//! bits 0-1 (1 message, 2 padding) and bit 2 set when the sender zeroed the header word
+//! after the record before publishing it. A record never wraps: when it does not fit before
+//! the end of the ring, the sender fills the rest with a padding record and starts at
+//! offset 0.
+//!
+//! The sender writes the payload, zeroes the next header word when it is free space, stores
+//! the header last (release), then `tail`. The header commits the record: a receiver whose
+//! previous record carried bit 2 knows the word at its position holds zero or this
+//! position's header, and takes the record on the header alone, polling one line instead of
+//! `tail` and then the record. Without bit 2 (the ring was full there, or a new receiver
+//! starts mid-ring) the word may hold an earlier lap's bytes, and `tail` decides. `tail`
+//! still serves the blocking wake-ups, the sender's restarts and the checks.
 //!
 //! # Trust
 //!
 //! Each end keeps its own copy of the index it writes (`tail` for a sender, `head` for the
 //! receiver), of the capacity and of the slot count; what it reads of the other's index and
 //! of every record header is checked against them before use, so a peer that scribbles over
-//! the segment causes [`ErrorKind::Corrupted`] errors, never an access outside the ring.
+//! the segment causes [`ErrorKind::Corrupted`] errors, never an access outside the ring. A
+//! record taken on its header alone must fit before the ring's end (and before `tail` when
+//! that is known to be ahead); `tail` may trail `head` by at most a ring. A sender that
+//! attaches where another died between a header and its `tail` store takes over that
+//! committed record (a header stamped for the position, of a length that fits).
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -76,6 +92,31 @@ pub(crate) const DEFAULT_YIELD: Duration = Duration::from_micros(50);
 const RECORD_HEADER: u64 = 8;
 const TAG_MESSAGE: u32 = 1;
 const TAG_PADDING: u32 = 2;
+const TAG_MASK: u32 = 3;
+/// In a record's stamp: the sender zeroed the header word after the record before it
+/// published the record, so that word is either zero or the next record's header.
+const NEXT_CLEARED: u32 = 4;
+
+/// A record header as one little-endian `u64`: the payload length, then the stamp (the low
+/// 32 bits of the record's position, which is a multiple of 8, with the tag and
+/// [`NEXT_CLEARED`] in the low bits).
+#[inline]
+fn header_word(position: u64, payload_len: u64, tag: u32, next_cleared: bool) -> u64 {
+    let stamp = (position as u32 & !7) | tag | if next_cleared { NEXT_CLEARED } else { 0 };
+    (payload_len & u64::from(u32::MAX)) | u64::from(stamp) << 32
+}
+
+/// The header `word` read at `position`: `(payload length, tag, next cleared)` if its stamp
+/// was written for this position, `None` if it holds a zeroed word or an earlier lap's bytes.
+#[inline]
+fn parse_header(word: u64, position: u64) -> Option<(u64, u32, bool)> {
+    let stamp = (word >> 32) as u32;
+    (stamp & !7 == position as u32 & !7 && stamp & TAG_MASK != 0).then_some((
+        word & u64::from(u32::MAX),
+        stamp & TAG_MASK,
+        stamp & NEXT_CLEARED != 0,
+    ))
+}
 
 /// The smallest ring.
 pub const MIN_CAPACITY: usize = 64;
@@ -90,7 +131,7 @@ fn layout_hash() -> u64 {
     ipc_core::fnv1a64(
         b"ipc-shm channel: header 128, receiver 128 (pid, state, start, sleeps 16), slot count 152, data futex 192, \
           slots 256 x 256 (tail 0, sender 64, head 128, space futex 192), rings after slots, \
-          record header 8 (len u32, tag u32), align 8",
+          record header u64 (len u32, stamp u32: position low bits | tag 1-2 | next zeroed 4), align 8",
     )
 }
 
@@ -449,6 +490,12 @@ impl Channel {
     #[inline]
     fn head_at(slot: usize) -> usize {
         slot_base(slot) + S_HEAD
+    }
+
+    /// The mapping offset of the record header at `position` of ring `slot`.
+    #[inline]
+    fn header_at(&self, slot: usize, position: u64) -> usize {
+        self.ring_at(slot) + (position & (self.capacity - 1)) as usize
     }
 
     /// The mapping offset of ring `slot`.
@@ -829,12 +876,35 @@ impl<T: ?Sized> ShmSender<T> {
     fn new(channel: Channel) -> Result<ShmSender<T>> {
         // The creator starts at 0; an opener continues where a previous sender stopped,
         // after checking what it left.
-        let tail = channel
-            .index(Channel::tail_at(channel.slot))
-            .load(Ordering::Acquire);
+        let tail_index = channel.index(Channel::tail_at(channel.slot));
+        let mut tail = tail_index.load(Ordering::Acquire);
         let head = channel
             .index(Channel::head_at(channel.slot))
             .load(Ordering::Acquire);
+        // A sender that died between a record's header and its `tail` store committed that
+        // record (the receiver may have taken it already): take it over. At most a padding
+        // record and a message can be in that state.
+        let capacity = channel.capacity;
+        let ring = channel.ring_at(channel.slot);
+        for _ in 0..2 {
+            if !tail.is_multiple_of(8) {
+                break;
+            }
+            let offset = tail & (capacity - 1);
+            let word = channel
+                .index(ring + offset as usize)
+                .load(Ordering::Acquire);
+            let len = match parse_header(word, tail) {
+                Some((_, TAG_PADDING, _)) => capacity - offset,
+                Some((payload_len, TAG_MESSAGE, _)) => record_len(payload_len),
+                _ => break,
+            };
+            if len > capacity - offset || tail + len > head.saturating_add(capacity) {
+                break;
+            }
+            tail += len;
+            tail_index.store(tail, Ordering::Release);
+        }
         if head > tail
             || tail - head > channel.capacity
             || !head.is_multiple_of(8)
@@ -1008,14 +1078,27 @@ impl<T: ?Sized> ShmSender<T> {
         })
     }
 
+    /// Writes the header of the record at our `tail` (ring `offset`), which commits it: the
+    /// receiver may take it from then on, before `tail` moves. First zeroes the header word
+    /// after the record when that word is free space, and says so in the stamp.
+    #[inline]
     fn write_record_header(&mut self, offset: u64, payload_len: u64, tag: u32) {
-        let start = self.channel.ring_at(self.channel.slot) + offset as usize;
-        // SAFETY: as in `payload_mut`; the header precedes the payload in the sender's range.
-        if let Some(header) = unsafe { self.channel.map().bytes_mut(start, RECORD_HEADER as usize) }
-        {
-            header[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-            header[4..].copy_from_slice(&tag.to_le_bytes());
+        let capacity = self.channel.capacity;
+        let ring = self.channel.ring_at(self.channel.slot);
+        let end = self.tail + record_len(payload_len);
+        // The word at `end` is ours when it lies before the receiver's released bytes come
+        // round again (`head` is never ahead of the real one, so this errs on the safe side).
+        let next_cleared = end + RECORD_HEADER - self.head <= capacity;
+        if next_cleared {
+            self.channel
+                .index(ring + (end & (capacity - 1)) as usize)
+                .store(0, Ordering::Relaxed);
         }
+        // Release: the payload and the zeroed word are visible before the stamp is.
+        self.channel.index(ring + offset as usize).store(
+            header_word(self.tail, payload_len, tag, next_cleared),
+            Ordering::Release,
+        );
     }
 
     fn publish(&mut self, offset: u64, payload_len: u64) {
@@ -1115,8 +1198,14 @@ pub struct ShmReceiver<T> {
 #[derive(Clone, Copy, Debug)]
 struct Cursor {
     head: u64,
+    /// The `tail` last read; it may trail `head` (records are taken on their headers).
     tail: u64,
+    /// The sender zeroed the header word at `head` before publishing the record before it.
+    cleared: bool,
 }
+
+/// A record found: `(slot, mapping offset, length, whether the word after it was zeroed)`.
+type Found = (usize, usize, usize, bool);
 
 impl<T> std::fmt::Debug for ShmReceiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1159,7 +1248,12 @@ impl<T> ShmReceiver<T> {
             if !head.is_multiple_of(8) {
                 return Err(channel.corrupted(format!("ring {slot} starts at unaligned {head}")));
             }
-            cursors.push(Cursor { head, tail: head });
+            // The ring starts zeroed: position 0 holds zero or its record's header.
+            cursors.push(Cursor {
+                head,
+                tail: head,
+                cleared: head == 0,
+            });
         }
         Ok(ShmReceiver {
             channel,
@@ -1204,19 +1298,15 @@ impl<T> ShmReceiver<T> {
     }
 
     fn recv_ref_until(&mut self, deadline: Deadline) -> Result<RecvGuard<'_, T>> {
+        let mut look_at_tail = false;
         loop {
-            if let Some((slot, start, len)) = self.next_any()? {
-                return Ok(RecvGuard {
-                    receiver: self,
-                    slot,
-                    start,
-                    len,
-                });
+            if let Some(found) = self.next_any(look_at_tail)? {
+                return Ok(self.guard(found));
             }
             // Empty: a closed or dead sender means nothing more will come, once its last
             // published records are drained (they are re-checked after the status).
             if let Err(err) = self.channel.peer_status(false) {
-                if self.next_any()?.is_none() {
+                if self.next_any(true)?.is_none() {
                     return Err(err);
                 }
                 continue;
@@ -1224,17 +1314,12 @@ impl<T> ShmReceiver<T> {
             if let Deadline::Now = deadline {
                 return Err(Error::new(ErrorKind::Full, "empty"));
             }
-            // Spin on the rings themselves, so that a record is read the moment its index
-            // moves, without a detour through the waiting code.
+            // Spin on the rings themselves, so that a record is read the moment its header
+            // is written, without a detour through the waiting code.
             for _ in 0..self.channel.spin {
                 std::hint::spin_loop();
-                if let Some((slot, start, len)) = self.next_any()? {
-                    return Ok(RecvGuard {
-                        receiver: self,
-                        slot,
-                        start,
-                        len,
-                    });
+                if let Some(found) = self.next_any(false)? {
+                    return Ok(self.guard(found));
                 }
             }
             let channel = &self.channel;
@@ -1250,12 +1335,22 @@ impl<T> ShmReceiver<T> {
                     ),
                 ),
             };
+            // A moved `tail` (a sleeping receiver is woken after the sender stores it), or
+            // a header where a zeroed word was.
             let changed = || {
                 cursors.iter().enumerate().any(|(slot, cursor)| {
-                    channel
-                        .index(Channel::tail_at(slot))
-                        .load(Ordering::Acquire)
-                        != cursor.tail
+                    cursor.cleared
+                        && parse_header(
+                            channel
+                                .index(channel.header_at(slot, cursor.head))
+                                .load(Ordering::Acquire),
+                            cursor.head,
+                        )
+                        .is_some()
+                        || channel
+                            .index(Channel::tail_at(slot))
+                            .load(Ordering::Acquire)
+                            != cursor.tail
                 })
             };
             if deadline.passed() {
@@ -1270,69 +1365,96 @@ impl<T> ShmReceiver<T> {
                 timeout_error,
             );
             if let Err(err) = waited {
-                if err.is_peer_gone() && self.next_any()?.is_some() {
+                if err.is_peer_gone() && self.next_any(true)?.is_some() {
                     continue;
                 }
                 return Err(err);
             }
+            look_at_tail = true;
         }
     }
 
-    /// The next published message of any ring, starting with `next_slot`:
-    /// `(slot, mapping offset, length)`.
-    fn next_any(&mut self) -> Result<Option<(usize, usize, usize)>> {
+    fn guard(&mut self, (slot, start, len, next_cleared): Found) -> RecvGuard<'_, T> {
+        RecvGuard {
+            receiver: self,
+            slot,
+            start,
+            len,
+            next_cleared,
+        }
+    }
+
+    /// The next published message of any ring, starting with `next_slot`.
+    fn next_any(&mut self, look_at_tail: bool) -> Result<Option<Found>> {
         let slots = self.channel.slots;
         let mut slot = self.next_slot;
         for _ in 0..slots {
-            if let Some((start, len)) = self.next_record(slot)? {
+            if let Some((start, len, next_cleared)) = self.next_record(slot, look_at_tail)? {
                 self.next_slot = next_slot(slot, slots);
-                return Ok(Some((slot, start, len)));
+                return Ok(Some((slot, start, len, next_cleared)));
             }
             slot = next_slot(slot, slots);
         }
         Ok(None)
     }
 
-    /// The next published message record of ring `slot`, skipping padding:
-    /// `(mapping offset, length)`.
-    fn next_record(&mut self, slot: usize) -> Result<Option<(usize, usize)>> {
+    /// The next committed message record of ring `slot`, skipping padding:
+    /// `(mapping offset, length, whether the word after it was zeroed)`.
+    ///
+    /// A record is taken on its header alone when the record before said that the sender
+    /// zeroed this word first (`cleared`): then the word holds either zero or the header
+    /// written for this position. Otherwise (and when `look_at_tail` asks for it) the
+    /// sender's `tail` decides, as it always does for the first record a receiver reads.
+    fn next_record(
+        &mut self,
+        slot: usize,
+        look_at_tail: bool,
+    ) -> Result<Option<(usize, usize, bool)>> {
         let capacity = self.channel.capacity;
-        let ring = self.channel.ring_at(slot);
         loop {
-            let cursor = self.cursors[slot];
-            if cursor.head == cursor.tail {
-                let tail = self
+            let Cursor {
+                head,
+                tail,
+                cleared,
+            } = self.cursors[slot];
+            let offset = head & (capacity - 1);
+            let to_end = capacity - offset;
+            let at = self.channel.header_at(slot, head);
+            let word = self.channel.index(at).load(Ordering::Acquire);
+            let parsed = parse_header(word, head);
+            let published = tail > head;
+            if !(published || cleared && parsed.is_some()) {
+                if cleared && !look_at_tail {
+                    return Ok(None);
+                }
+                let fresh = self
                     .channel
                     .index(Channel::tail_at(slot))
                     .load(Ordering::Acquire);
-                if tail < cursor.head || tail - cursor.head > capacity || !tail.is_multiple_of(8) {
+                // `tail` may trail our `head` by the record taken on its header alone.
+                if fresh.saturating_add(capacity) < head
+                    || fresh > head + capacity
+                    || !fresh.is_multiple_of(8)
+                {
                     return Err(self.channel.corrupted(format!(
-                        "sender position {tail} inconsistent with receiver position {} in ring {slot} of {capacity} bytes",
-                        cursor.head
+                        "sender position {fresh} inconsistent with receiver position {head} in ring {slot} of {capacity} bytes"
                     )));
                 }
-                self.cursors[slot].tail = tail;
-                if tail == cursor.head {
+                self.cursors[slot].tail = fresh;
+                if fresh <= head {
                     return Ok(None);
                 }
+                // Published: the acquire load of `tail` made its header visible.
+                continue;
             }
-            let Cursor { head, tail } = self.cursors[slot];
-            let offset = head & (capacity - 1);
-            let to_end = capacity - offset;
-            let available = tail - head;
-            let start = ring + offset as usize;
-            let header = self
-                .channel
-                .map()
-                .bytes(start, RECORD_HEADER as usize)
-                .ok_or_else(|| {
-                    self.channel
-                        .corrupted(format!("ring offset {offset} outside the ring"))
-                })?;
-            let payload_len = u64::from(u32::from_le_bytes([
-                header[0], header[1], header[2], header[3],
-            ]));
-            let tag = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            // Bytes known to be published, or at least the record's own when `tail` is
+            // behind.
+            let available = if published { tail - head } else { to_end };
+            let Some((payload_len, tag, next_cleared)) = parsed else {
+                return Err(self.channel.corrupted(format!(
+                    "no record header for position {head} at ring offset {offset} (found {word:#018x})"
+                )));
+            };
             match tag {
                 TAG_PADDING => {
                     if to_end > available {
@@ -1340,7 +1462,7 @@ impl<T> ShmReceiver<T> {
                             "padding at ring offset {offset} runs past the {available} published bytes"
                         )));
                     }
-                    self.advance(slot, to_end);
+                    self.advance(slot, to_end, next_cleared);
                 }
                 TAG_MESSAGE => {
                     let len = record_len(payload_len);
@@ -1350,7 +1472,11 @@ impl<T> ShmReceiver<T> {
                             available.min(to_end).saturating_sub(RECORD_HEADER)
                         )));
                     }
-                    return Ok(Some((start + RECORD_HEADER as usize, payload_len as usize)));
+                    return Ok(Some((
+                        at + RECORD_HEADER as usize,
+                        payload_len as usize,
+                        next_cleared,
+                    )));
                 }
                 other => {
                     return Err(self.channel.corrupted(format!(
@@ -1361,9 +1487,10 @@ impl<T> ShmReceiver<T> {
         }
     }
 
-    fn advance(&mut self, slot: usize, bytes: u64) {
+    fn advance(&mut self, slot: usize, bytes: u64, next_cleared: bool) {
         let cursor = &mut self.cursors[slot];
         cursor.head += bytes;
+        cursor.cleared = next_cleared;
         self.channel
             .index(Channel::head_at(slot))
             .store(cursor.head, Ordering::Release);
@@ -1425,6 +1552,7 @@ pub struct RecvGuard<'a, T> {
     slot: usize,
     start: usize,
     len: usize,
+    next_cleared: bool,
 }
 
 impl<T> std::fmt::Debug for RecvGuard<'_, T> {
@@ -1467,7 +1595,7 @@ impl<T> Deref for RecvGuard<'_, T> {
 impl<T> Drop for RecvGuard<'_, T> {
     fn drop(&mut self) {
         self.receiver
-            .advance(self.slot, record_len(self.len as u64));
+            .advance(self.slot, record_len(self.len as u64), self.next_cleared);
     }
 }
 
@@ -1597,12 +1725,12 @@ mod tests {
     fn bytes_of_an_earlier_lap_never_pass_for_a_record() {
         let (mut sender, mut receiver) = pair::<Vec<u8>>("stale", 256);
         // Lap 1: a payload that carries, at ring offset 56, a perfect header (length 1, a
-        // message) for the position the next lap will reach.
+        // message, stamped for position 256 + 56) for the position the next lap will reach.
         // The payload starts at ring offset 10 (8-byte header, 2-byte length prefix).
         let mut payload = vec![0u8; 200];
         let at = 56 - 10;
-        payload[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
-        payload[at + 4..at + 8].copy_from_slice(&TAG_MESSAGE.to_le_bytes());
+        let forged = header_word(256 + 56, 1, TAG_MESSAGE, true);
+        payload[at..at + 8].copy_from_slice(&forged.to_le_bytes());
         sender.send(&payload).unwrap();
         assert_eq!(receiver.recv().unwrap(), payload);
         // Lap 2: padding from 216 to the end, then a record at offset 0 that ends at 56.
