@@ -8,8 +8,9 @@
 //! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]`:
 //!   receives (with `--hold 1`: one message, then keeps its lease until killed), checks
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
-//!   `acked SEQ DELIVERIES` after; ends with `ok received=N checksum=0x.. micros=..` after
-//!   `N` messages, or once the queue has been empty for `MS` ms.
+//!   `acked SEQ DELIVERIES` after; ends with `ok received=N duplicates=D checksum=0x..
+//!   micros=..` after `N` distinct messages (a message delivered again is acknowledged and
+//!   counted in `D`), or once the queue has been empty for `MS` ms.
 //! - `queue-echo --in P --out Q --count N [--durability ..]`: receives `Vec<u8>` messages
 //!   from queue P and sends each to queue Q before acknowledging it; prints `ready` once
 //!   both are open and `ok echoed=N` at the end.
@@ -137,6 +138,10 @@ fn consume(args: &Args) -> Result<()> {
     let mut checksum = Checksum::default();
     let mut expected = Vec::new();
     let mut received = 0u64;
+    // Delivery is at least once: a message delivered again (after a lost connection, say)
+    // is acknowledged again but counted once.
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0u64;
     let mut started = None;
     while received < expect {
         let wait = if idle_exit_ms == 0 {
@@ -182,7 +187,10 @@ fn consume(args: &Args) -> Result<()> {
             )?;
             out.flush()?;
         }
-        checksum.add(job_seed(job.producer, job.incarnation, job.n), &job.payload);
+        let first = seen.insert((job.producer, job.incarnation, job.n));
+        if first {
+            checksum.add(job_seed(job.producer, job.incarnation, job.n), &job.payload);
+        }
         if hold != 0 {
             // Keep the lease and never settle it: the test kills this process.
             loop {
@@ -194,12 +202,16 @@ fn consume(args: &Args) -> Result<()> {
             writeln!(out, "acked {} {}", delivery.seq(), delivery.deliveries())?;
             out.flush()?;
         }
-        received += 1;
+        if first {
+            received += 1;
+        } else {
+            duplicates += 1;
+        }
     }
     let micros = started.map_or(0, |s| s.elapsed().as_micros());
     writeln!(
         out,
-        "ok received={received} checksum={:#018x} micros={micros}",
+        "ok received={received} duplicates={duplicates} checksum={:#018x} micros={micros}",
         checksum.value()
     )?;
     Ok(())
