@@ -30,6 +30,7 @@ enum Backend {
 
 /// Where a test's queues live; removes them on drop.
 struct Place {
+    backend: Backend,
     dir: Option<TempDir>,
     url: String,
     broker_queues: Vec<TestQueue>,
@@ -40,11 +41,13 @@ impl Place {
     fn new(backend: Backend, test: &str) -> Result<Option<Place>> {
         Ok(match backend {
             Backend::Embedded => Some(Place {
+                backend,
                 dir: Some(TempDir::new("ipcq-conf")?),
                 url: String::new(),
                 broker_queues: Vec::new(),
             }),
             Backend::Amqp => amqp_url(test).map(|url| Place {
+                backend,
                 dir: None,
                 url,
                 broker_queues: Vec::new(),
@@ -72,6 +75,16 @@ impl Place {
     }
 }
 
+/// Runs `test` on a fresh place on `backend` under a watchdog; prints that it was skipped
+/// when the backend is not available here.
+fn run(backend: Backend, name: &str, test: fn(&mut Place) -> Result<()>) -> Result<()> {
+    let _watchdog = Watchdog::new(name, WAIT * 2);
+    match Place::new(backend, name)? {
+        Some(mut place) => test(&mut place),
+        None => Ok(()),
+    }
+}
+
 /// Runs each named test on both backends: `embedded::NAME` and `amqp::NAME`.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -79,7 +92,7 @@ macro_rules! conformance {
             $(
                 #[test]
                 fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Backend::Embedded)
+                    super::run(super::Backend::Embedded, stringify!($name), super::$name)
                 }
             )*
         }
@@ -87,7 +100,7 @@ macro_rules! conformance {
             $(
                 #[test]
                 fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Backend::Amqp)
+                    super::run(super::Backend::Amqp, stringify!($name), super::$name)
                 }
             )*
         }
@@ -105,12 +118,9 @@ conformance!(
 );
 
 fn messages_survive_reopening_and_come_out_in_order_with_their_receipts(
-    backend: Backend,
+    place: &mut Place,
 ) -> Result<()> {
-    let _watchdog = Watchdog::new("conformance order", WAIT * 2);
-    let Some(mut place) = Place::new(backend, "conformance order")? else {
-        return Ok(());
-    };
+    let backend = place.backend;
     let address = place.address();
     let queue = Queue::create(&address, &QueueConfig::new())?;
     let err = Queue::create(&address, &QueueConfig::new()).unwrap_err();
@@ -156,12 +166,9 @@ fn messages_survive_reopening_and_come_out_in_order_with_their_receipts(
 }
 
 fn nack_redelivers_with_a_count_and_reject_and_undecodable_go_to_the_dead_letter_queue(
-    backend: Backend,
+    place: &mut Place,
 ) -> Result<()> {
-    let _watchdog = Watchdog::new("conformance settle", WAIT * 2);
-    let Some(mut place) = Place::new(backend, "conformance settle")? else {
-        return Ok(());
-    };
+    let backend = place.backend;
     let queue = place.queue(&QueueConfig::new())?;
     let mut producer = queue.producer::<String>(ProducerOptions::new())?;
     let again = producer.send(&"again".to_owned())?;
@@ -230,11 +237,7 @@ fn nack_redelivers_with_a_count_and_reject_and_undecodable_go_to_the_dead_letter
     Ok(())
 }
 
-fn too_many_deliveries_and_expired_messages_are_dead_lettered(backend: Backend) -> Result<()> {
-    let _watchdog = Watchdog::new("conformance limits", WAIT * 2);
-    let Some(mut place) = Place::new(backend, "conformance limits")? else {
-        return Ok(());
-    };
+fn too_many_deliveries_and_expired_messages_are_dead_lettered(place: &mut Place) -> Result<()> {
     // A delivery limit.
     let queue = place.queue(&QueueConfig::new().with_max_deliveries(2))?;
     let receipt = queue.producer::<u32>(ProducerOptions::new())?.send(&1)?;
@@ -291,11 +294,8 @@ fn dead_letter(queue: &Queue) -> Result<DeadLetter> {
     Ok(delivery.into_message())
 }
 
-fn a_bounded_queue_is_full_until_consumers_make_room(backend: Backend) -> Result<()> {
-    let _watchdog = Watchdog::new("conformance bounded", WAIT * 2);
-    let Some(mut place) = Place::new(backend, "conformance bounded")? else {
-        return Ok(());
-    };
+fn a_bounded_queue_is_full_until_consumers_make_room(place: &mut Place) -> Result<()> {
+    let backend = place.backend;
     let queue = place.queue(&QueueConfig::new().with_max_messages(3))?;
     let mut producer =
         queue.producer::<u32>(ProducerOptions::new().with_when_full(WhenFull::Fail))?;
@@ -355,11 +355,8 @@ fn a_bounded_queue_is_full_until_consumers_make_room(backend: Backend) -> Result
     Ok(())
 }
 
-fn a_dropped_consumer_gives_its_deliveries_back_at_once(backend: Backend) -> Result<()> {
-    let _watchdog = Watchdog::new("conformance dropped consumer", WAIT * 2);
-    let Some(mut place) = Place::new(backend, "conformance dropped consumer")? else {
-        return Ok(());
-    };
+fn a_dropped_consumer_gives_its_deliveries_back_at_once(place: &mut Place) -> Result<()> {
+    let backend = place.backend;
     let queue = place.queue(&QueueConfig::new())?;
     queue.producer::<u32>(ProducerOptions::new())?.send(&7)?;
     let mut first = queue.consumer::<u32>()?;
@@ -399,11 +396,7 @@ fn drain<R: Receiver<Message = u32>>(receiver: &mut R, count: u32) -> ipc_core::
     Ok(sum)
 }
 
-fn generic_code_runs_through_the_core_traits(backend: Backend) -> Result<()> {
-    let _watchdog = Watchdog::new("conformance traits", WAIT * 2);
-    let Some(mut place) = Place::new(backend, "conformance traits")? else {
-        return Ok(());
-    };
+fn generic_code_runs_through_the_core_traits(place: &mut Place) -> Result<()> {
     let queue = place.queue(&QueueConfig::new())?;
     pump(&mut queue.producer::<u32>(ProducerOptions::new())?, 100)?;
     assert_eq!(drain(&mut queue.consumer::<u32>()?, 100)?, 4950);
@@ -414,12 +407,8 @@ fn generic_code_runs_through_the_core_traits(backend: Backend) -> Result<()> {
 }
 
 fn async_handles_survive_a_cancelled_recv_and_drop_inside_a_runtime(
-    backend: Backend,
+    place: &mut Place,
 ) -> Result<()> {
-    let _watchdog = Watchdog::new("conformance async", WAIT * 2);
-    let Some(mut place) = Place::new(backend, "conformance async")? else {
-        return Ok(());
-    };
     let queue = place.queue(&QueueConfig::new())?;
     let mut producer = AsyncProducer::new(queue.producer::<String>(ProducerOptions::new())?);
     let mut consumer = AsyncConsumer::new(queue.consumer::<String>()?);
@@ -453,6 +442,5 @@ fn async_handles_survive_a_cancelled_recv_and_drop_inside_a_runtime(
         assert_eq!(depth, 0);
         Ok::<(), anyhow::Error>(())
     })?;
-    drop(place);
     Ok(())
 }

@@ -18,91 +18,108 @@ fn render(address: &str, json: bool) -> Result<String> {
     let address = Address::from(address);
     let queue = Queue::open(&address).with_context(|| format!("open queue {address}"))?;
     let stats = queue.stats()?;
-    let oldest_ms = stats.oldest_age.map(|age| age.as_millis() as u64);
     let storage = stats.storage.as_ref();
+    let oldest_ms = stats.oldest_age.map(|age| age.as_millis() as u64);
+    // (label in the table, key in JSON, value, unit, meaning)
+    let fields = [
+        (
+            "depth",
+            "depth",
+            Some(stats.depth),
+            "",
+            "messages not yet done (RabbitMQ: ready ones)",
+        ),
+        (
+            "unacked",
+            "unacked",
+            stats.unacked,
+            "",
+            "deliveries whose lease is running",
+        ),
+        (
+            "delayed",
+            "delayed",
+            stats.delayed,
+            "",
+            "nacked with a delay that has not passed",
+        ),
+        (
+            "dead letters",
+            "dead_letters",
+            Some(stats.dead_letters),
+            "",
+            "messages in the dead-letter queue",
+        ),
+        (
+            "oldest age",
+            "oldest_age_ms",
+            oldest_ms,
+            " ms",
+            "age of the oldest message not yet done",
+        ),
+        (
+            "consumers",
+            "consumers",
+            stats.consumers,
+            "",
+            "consumers attached (RabbitMQ)",
+        ),
+        (
+            "next seq",
+            "next_seq",
+            storage.map(|s| s.next_seq),
+            "",
+            "sequence number of the next message",
+        ),
+        (
+            "acked",
+            "acked",
+            storage.map(|s| s.acked),
+            "",
+            "acknowledgements over the queue's life",
+        ),
+        (
+            "lost",
+            "lost",
+            storage.map(|s| s.lost),
+            "",
+            "messages lost to corruption (reported)",
+        ),
+        (
+            "quarantined",
+            "quarantined_files",
+            storage.map(|s| s.quarantined_files),
+            "",
+            "files in quarantine/",
+        ),
+        (
+            "segments",
+            "segments",
+            storage.map(|s| s.segments),
+            "",
+            "segment files on disk",
+        ),
+        (
+            "bytes",
+            "bytes",
+            storage.map(|s| s.bytes),
+            "",
+            "bytes of segment files",
+        ),
+    ];
     if json {
-        let value = serde_json::json!({
-            "address": address.to_string(),
-            "depth": stats.depth,
-            "unacked": stats.unacked,
-            "delayed": stats.delayed,
-            "dead_letters": stats.dead_letters,
-            "oldest_age_ms": oldest_ms,
-            "consumers": stats.consumers,
-            "next_seq": storage.map(|s| s.next_seq),
-            "acked": storage.map(|s| s.acked),
-            "lost": storage.map(|s| s.lost),
-            "quarantined_files": storage.map(|s| s.quarantined_files),
-            "segments": storage.map(|s| s.segments),
-            "bytes": storage.map(|s| s.bytes),
-        });
-        return Ok(serde_json::to_string_pretty(&value)? + "\n");
+        let mut object = serde_json::Map::new();
+        object.insert("address".to_owned(), address.to_string().into());
+        for (_, key, value, _, _) in fields {
+            object.insert(key.to_owned(), value.into());
+        }
+        return Ok(serde_json::to_string_pretty(&object)? + "\n");
     }
-    let show = |value: Option<u64>| value.map_or("-".to_owned(), |v| v.to_string());
     let mut table = Table::new(&["", ">value", "meaning"]);
-    let mut row = |name: &str, value: String, meaning: &str| {
-        table.push(vec![name.to_owned(), value, meaning.to_owned()]);
-    };
-    row(
-        "depth",
-        stats.depth.to_string(),
-        "messages not yet done (RabbitMQ: ready ones)",
-    );
-    row(
-        "unacked",
-        show(stats.unacked),
-        "deliveries whose lease is running",
-    );
-    row(
-        "delayed",
-        show(stats.delayed),
-        "nacked with a delay that has not passed",
-    );
-    row(
-        "dead letters",
-        stats.dead_letters.to_string(),
-        "messages in the dead-letter queue",
-    );
-    row(
-        "oldest age",
-        oldest_ms.map_or("-".to_owned(), |ms| format!("{ms} ms")),
-        "age of the oldest message not yet done",
-    );
-    row(
-        "consumers",
-        show(stats.consumers),
-        "consumers attached (RabbitMQ)",
-    );
-    row(
-        "next seq",
-        show(storage.map(|s| s.next_seq)),
-        "sequence number of the next message",
-    );
-    row(
-        "acked",
-        show(storage.map(|s| s.acked)),
-        "acknowledgements over the queue's life",
-    );
-    row(
-        "lost",
-        show(storage.map(|s| s.lost)),
-        "messages lost to corruption (reported)",
-    );
-    row(
-        "quarantined",
-        show(storage.map(|s| s.quarantined_files)),
-        "files in quarantine/",
-    );
-    row(
-        "segments",
-        show(storage.map(|s| s.segments)),
-        "segment files on disk",
-    );
-    row(
-        "bytes",
-        show(storage.map(|s| s.bytes)),
-        "bytes of segment files",
-    );
+    for (label, _, value, unit, meaning) in fields {
+        let value = value.map_or("-".to_owned(), |v| format!("{v}{unit}"));
+        table.push(vec![label.to_owned(), value, meaning.to_owned()]);
+    }
     Ok(format!("queue {address}\n{}", table.to_text()))
 }
 

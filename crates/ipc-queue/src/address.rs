@@ -101,22 +101,28 @@ impl Address {
         }
     }
 
-    /// The URL and queue of a broker address, checked.
-    pub(crate) fn amqp_parts(&self) -> Option<Result<(&str, &str)>> {
-        let Kind::Amqp { url, queue } = &self.kind else {
-            return None;
-        };
-        if queue.is_empty() {
-            return Some(Err(Error::new(
+    /// Where the address leads: a directory, or a broker URL and queue name (checked).
+    pub(crate) fn target(&self) -> Target<'_> {
+        match &self.kind {
+            Kind::Path(path) => Target::Dir(path),
+            Kind::Amqp { url, queue } if queue.is_empty() => Target::Amqp(Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
                     "amqp address {} names no queue: append #queue-name",
                     redact(url)
                 ),
-            )));
+            ))),
+            Kind::Amqp { url, queue } => Target::Amqp(Ok((url, queue))),
         }
-        Some(Ok((url, queue)))
     }
+}
+
+/// What [`Address::target`] finds.
+pub(crate) enum Target<'a> {
+    /// An embedded queue's directory.
+    Dir(&'a Path),
+    /// A broker URL and queue name, or why the address cannot name a broker queue.
+    Amqp(Result<(&'a str, &'a str)>),
 }
 
 fn is_amqp(text: &str) -> bool {
@@ -222,10 +228,9 @@ mod tests {
         assert_eq!(b.amqp_queue(), Some("a#b"));
         // A path stays a path even when it reads like a URL.
         assert!(Address::from(PathBuf::from("amqp://x#q")).path().is_some());
-        let err = Address::from("amqp://u:secret@h/%2f")
-            .amqp_parts()
-            .unwrap()
-            .unwrap_err();
+        let Target::Amqp(Err(err)) = Address::from("amqp://u:secret@h/%2f").target() else {
+            panic!("an amqp address without a queue is an error");
+        };
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(!err.to_string().contains("secret"), "{err}");
     }

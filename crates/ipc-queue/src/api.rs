@@ -7,7 +7,7 @@ use ipc_core::{ErrorKind, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::address::Address;
+use crate::address::{Address, Target};
 #[cfg(feature = "amqp")]
 use crate::amqp::{AmqpConsumer, AmqpOptions, AmqpProducer, AmqpQueue};
 use crate::config::{ProducerOptions, QueueConfig};
@@ -46,6 +46,12 @@ enum QueueBackend {
     Amqp(AmqpQueue),
 }
 
+/// The connection options of a broker queue (nothing without the `amqp` feature).
+#[cfg(feature = "amqp")]
+type Options = AmqpOptions;
+#[cfg(not(feature = "amqp"))]
+type Options = ();
+
 impl Queue {
     /// Creates the queue at `address`: a new owner-only directory, or a new durable quorum
     /// queue (and its dead-letter queue) on the broker.
@@ -54,18 +60,7 @@ impl Queue {
     /// [`InvalidInput`](ErrorKind::InvalidInput) for a configuration that cannot work,
     /// [`Timeout`](ErrorKind::Timeout) if a broker does not answer.
     pub fn create(address: impl Into<Address>, config: &QueueConfig) -> Result<Queue> {
-        let address = address.into();
-        let backend = match address.amqp_parts() {
-            None => QueueBackend::Embedded(EmbeddedQueue::create(path_of(&address), config)?),
-            #[cfg(feature = "amqp")]
-            Some(parts) => {
-                let (url, name) = parts?;
-                QueueBackend::Amqp(AmqpQueue::create(url, name, config)?)
-            }
-            #[cfg(not(feature = "amqp"))]
-            Some(_) => return Err(no_amqp(&address)),
-        };
-        Ok(Queue { address, backend })
+        Queue::create_inner(address.into(), config, &Options::default())
     }
 
     /// Opens the existing queue at `address`.
@@ -73,36 +68,23 @@ impl Queue {
     /// Errors: [`NotFound`](ErrorKind::NotFound) if there is none,
     /// [`Corrupted`](ErrorKind::Corrupted) if an embedded queue's `meta` file is damaged.
     pub fn open(address: impl Into<Address>) -> Result<Queue> {
-        let address = address.into();
-        let backend = match address.amqp_parts() {
-            None => QueueBackend::Embedded(EmbeddedQueue::open(path_of(&address))?),
-            #[cfg(feature = "amqp")]
-            Some(parts) => {
-                let (url, name) = parts?;
-                QueueBackend::Amqp(AmqpQueue::open(url, name)?)
-            }
-            #[cfg(not(feature = "amqp"))]
-            Some(_) => return Err(no_amqp(&address)),
-        };
-        Ok(Queue { address, backend })
+        Queue::open_inner(address.into(), &Options::default())
     }
 
     /// Opens the queue at `address`, creating it with `config` if there is none (safe when
     /// several processes race to do it).
     pub fn open_or_create(address: impl Into<Address>, config: &QueueConfig) -> Result<Queue> {
         let address = address.into();
-        match address.amqp_parts() {
-            None => Ok(Queue {
-                backend: QueueBackend::Embedded(EmbeddedQueue::open_or_create(
-                    path_of(&address),
-                    config,
-                )?),
+        if let Target::Dir(path) = address.target() {
+            let queue = EmbeddedQueue::open_or_create(path, config)?;
+            return Ok(Queue {
+                backend: QueueBackend::Embedded(queue),
                 address,
-            }),
-            Some(_) => match Queue::create(&address, config) {
-                Err(err) if err.kind() == ErrorKind::AlreadyExists => Queue::open(address),
-                other => other,
-            },
+            });
+        }
+        match Queue::create(&address, config) {
+            Err(err) if err.kind() == ErrorKind::AlreadyExists => Queue::open(address),
+            other => other,
         }
     }
 
@@ -114,36 +96,44 @@ impl Queue {
         config: &QueueConfig,
         options: &AmqpOptions,
     ) -> Result<Queue> {
-        let address = address.into();
-        match address.amqp_parts() {
-            None => Queue::create(address, config),
-            Some(parts) => {
-                let (url, name) = parts?;
-                let queue = AmqpQueue::create_with(url, name, config, options)?;
-                Ok(Queue {
-                    backend: QueueBackend::Amqp(queue),
-                    address,
-                })
-            }
-        }
+        Queue::create_inner(address.into(), config, options)
     }
 
     /// [`open`](Queue::open) with connection options for a RabbitMQ address (ignored for a
     /// directory).
     #[cfg(feature = "amqp")]
     pub fn open_with(address: impl Into<Address>, options: &AmqpOptions) -> Result<Queue> {
-        let address = address.into();
-        match address.amqp_parts() {
-            None => Queue::open(address),
-            Some(parts) => {
+        Queue::open_inner(address.into(), options)
+    }
+
+    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+    fn create_inner(address: Address, config: &QueueConfig, options: &Options) -> Result<Queue> {
+        let backend = match address.target() {
+            Target::Dir(path) => QueueBackend::Embedded(EmbeddedQueue::create(path, config)?),
+            #[cfg(feature = "amqp")]
+            Target::Amqp(parts) => {
                 let (url, name) = parts?;
-                let queue = AmqpQueue::open_with(url, name, options)?;
-                Ok(Queue {
-                    backend: QueueBackend::Amqp(queue),
-                    address,
-                })
+                QueueBackend::Amqp(AmqpQueue::create_with(url, name, config, options)?)
             }
-        }
+            #[cfg(not(feature = "amqp"))]
+            Target::Amqp(parts) => return Err(parts.err().unwrap_or_else(|| no_amqp(&address))),
+        };
+        Ok(Queue { address, backend })
+    }
+
+    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+    fn open_inner(address: Address, options: &Options) -> Result<Queue> {
+        let backend = match address.target() {
+            Target::Dir(path) => QueueBackend::Embedded(EmbeddedQueue::open(path)?),
+            #[cfg(feature = "amqp")]
+            Target::Amqp(parts) => {
+                let (url, name) = parts?;
+                QueueBackend::Amqp(AmqpQueue::open_with(url, name, options)?)
+            }
+            #[cfg(not(feature = "amqp"))]
+            Target::Amqp(parts) => return Err(parts.err().unwrap_or_else(|| no_amqp(&address))),
+        };
+        Ok(Queue { address, backend })
     }
 
     /// Where the queue lives.
@@ -216,10 +206,7 @@ impl Queue {
     }
 }
 
-fn path_of(address: &Address) -> &Path {
-    address.path().unwrap_or(Path::new(""))
-}
-
+/// Without the `amqp` feature a broker address is an error.
 #[cfg(not(feature = "amqp"))]
 fn no_amqp(address: &Address) -> ipc_core::Error {
     ipc_core::Error::new(
@@ -298,6 +285,7 @@ impl<T: Serialize + ?Sized> Producer<T> {
         }
     }
 
+    #[cfg(feature = "tokio")]
     pub(crate) fn max_message_len(&self) -> usize {
         match &self.backend {
             ProducerBackend::Embedded(producer) => {
@@ -309,6 +297,7 @@ impl<T: Serialize + ?Sized> Producer<T> {
     }
 
     /// Sends a message already encoded (by [`ipc_core::encode_to_vec`]) as a `T`.
+    #[cfg(feature = "tokio")]
     pub(crate) fn send_encoded(&mut self, payload: &[u8]) -> Result<Receipt> {
         match &mut self.backend {
             ProducerBackend::Embedded(producer) => producer.send_encoded(payload),
@@ -406,6 +395,7 @@ impl<T: DeserializeOwned> Consumer<T> {
         self.reject_ticket(&delivery.ticket, reason)
     }
 
+    #[cfg(feature = "tokio")]
     pub(crate) fn is_embedded(&self) -> bool {
         matches!(self.backend, ConsumerBackend::Embedded(_))
     }

@@ -518,6 +518,7 @@ fn remove_dead_consumer_files(layout: &Layout, me: u64) {
 }
 
 /// A delivery from another backend cannot be settled here.
+#[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
 fn own(ticket: &Ticket, what: &str) -> Result<()> {
     match ticket.backend {
         BackendTicket::Embedded => Ok(()),

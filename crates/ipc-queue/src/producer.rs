@@ -113,6 +113,7 @@ impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
     }
 
     /// The queue this producer sends to.
+    #[cfg(feature = "tokio")]
     pub(crate) fn queue(&self) -> &EmbeddedQueue {
         &self.queue
     }

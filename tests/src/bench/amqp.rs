@@ -50,18 +50,18 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     // The machine is shared and noisy: each side is the best of `RUNS` runs, interleaved,
     // and which side goes first alternates (a broker busy with the previous run's cleanup
     // slows whoever comes next).
-    let (mut ours, mut raw) = (0.0f64, 0.0f64);
-    for run in 0..RUNS {
-        // Both queues exist before either side publishes; both are deleted after.
-        let (raw_queue, our_queue) = (BenchQueue::new(&url)?, BenchQueue::new(&url)?);
-        for raw_turn in turns(run) {
+    let (ours, raw) = best_of_runs(
+        f64::max,
+        // Both queues exist before either side publishes; both are deleted after the run.
+        || Ok((BenchQueue::new(&url)?, BenchQueue::new(&url)?)),
+        |(raw_queue, our_queue), raw_turn| {
             if raw_turn {
-                raw = raw.max(runtime.block_on(raw_publish(&url, raw_queue.name(), publish_n))?);
+                runtime.block_on(raw_publish(&url, raw_queue.name(), publish_n))
             } else {
-                ours = ours.max(ipc_publish(&our_queue, publish_n)?);
+                ipc_publish(our_queue, publish_n)
             }
-        }
-    }
+        },
+    )?;
     figures.push(figure(
         &format!("confirmed publish, windows of {WINDOW}"),
         "throughput",
@@ -71,16 +71,18 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         raw,
     ));
 
-    let (mut ours, mut raw) = (0.0f64, 0.0f64);
-    for run in 0..RUNS {
-        for raw_turn in turns(run) {
-            if raw_turn {
-                raw = raw.max(end_to_end(&url, publish_n, "amqp-raw-consume")?);
+    let (ours, raw) = best_of_runs(
+        f64::max,
+        || Ok(()),
+        |(), raw_turn| {
+            let role = if raw_turn {
+                "amqp-raw-consume"
             } else {
-                ours = ours.max(end_to_end(&url, publish_n, "amqp-consume")?);
-            }
-        }
-    }
+                "amqp-consume"
+            };
+            end_to_end(&url, publish_n, role)
+        },
+    )?;
     figures.push(figure(
         "end to end, one consumer process",
         "throughput",
@@ -90,16 +92,18 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         raw,
     ));
 
-    let (mut ours, mut raw) = (f64::INFINITY, f64::INFINITY);
-    for run in 0..RUNS {
-        for raw_turn in turns(run) {
-            if raw_turn {
-                raw = raw.min(round_trip(&url, rounds, "amqp-raw-echo")?);
+    let (ours, raw) = best_of_runs(
+        f64::min,
+        || Ok(()),
+        |(), raw_turn| {
+            let role = if raw_turn {
+                "amqp-raw-echo"
             } else {
-                ours = ours.min(round_trip(&url, rounds, "amqp-echo")?);
-            }
-        }
-    }
+                "amqp-echo"
+            };
+            round_trip(&url, rounds, role)
+        },
+    )?;
     figures.push(figure(
         "round trip through an echo process",
         "latency",
@@ -111,13 +115,25 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// Who goes first in run `run`: raw lapin in even runs, ipc-queue in odd ones.
-fn turns(run: usize) -> [bool; 2] {
-    if run.is_multiple_of(2) {
-        [true, false]
-    } else {
-        [false, true]
+/// Measures both sides `RUNS` times, raw lapin first in even runs and ipc-queue first in
+/// odd ones, each run on what `setup` makes for it; keeps the best of each side by `better`
+/// (`f64::max` for throughput, `f64::min` for latency). Returns (ipc-queue, raw lapin).
+fn best_of_runs<C>(
+    better: fn(f64, f64) -> f64,
+    mut setup: impl FnMut() -> Result<C>,
+    mut measure: impl FnMut(&C, bool) -> Result<f64>,
+) -> Result<(f64, f64)> {
+    let (mut ours, mut raw): (Option<f64>, Option<f64>) = (None, None);
+    for run in 0..RUNS {
+        let context = setup()?;
+        let first_raw = run.is_multiple_of(2);
+        for raw_turn in [first_raw, !first_raw] {
+            let value = measure(&context, raw_turn)?;
+            let best = if raw_turn { &mut raw } else { &mut ours };
+            *best = Some(best.map_or(value, |b| better(b, value)));
+        }
     }
+    Ok((ours.unwrap_or(f64::NAN), raw.unwrap_or(f64::NAN)))
 }
 
 fn figure(

@@ -152,16 +152,7 @@ pub(crate) fn dead_letter_name(name: &str) -> String {
 impl AmqpQueue {
     /// Declares a new durable quorum queue `name` on the broker at `url`
     /// (`amqp://user:password@host:port/vhost`) with `config`, and its dead-letter queue
-    /// `name.dead`.
-    ///
-    /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) if the queue exists,
-    /// [`Timeout`](ErrorKind::Timeout) if the broker does not answer,
-    /// [`InvalidInput`](ErrorKind::InvalidInput) for a configuration RabbitMQ cannot express.
-    pub(crate) fn create(url: &str, name: &str, config: &QueueConfig) -> Result<AmqpQueue> {
-        AmqpQueue::create_with(url, name, config, &AmqpOptions::new())
-    }
-
-    /// [`create`](AmqpQueue::create) with connection options.
+    /// `name.dead`, connecting with `options`.
     pub(crate) fn create_with(
         url: &str,
         name: &str,
@@ -196,14 +187,7 @@ impl AmqpQueue {
         Ok(queue)
     }
 
-    /// Opens the existing queue `name` on the broker at `url`.
-    ///
-    /// Errors: [`NotFound`](ErrorKind::NotFound) if there is no such queue.
-    pub(crate) fn open(url: &str, name: &str) -> Result<AmqpQueue> {
-        AmqpQueue::open_with(url, name, &AmqpOptions::new())
-    }
-
-    /// [`open`](AmqpQueue::open) with connection options.
+    /// Opens the existing queue `name` on the broker at `url`, connecting with `options`.
     pub(crate) fn open_with(url: &str, name: &str, options: &AmqpOptions) -> Result<AmqpQueue> {
         // AMQP cannot read the queue's configuration back: accept messages up to the largest
         // length any queue may be created with (the broker bounds them too).
@@ -243,8 +227,8 @@ impl AmqpQueue {
         })
     }
 
-    /// The configuration given to [`create`](AmqpQueue::create) (after
-    /// [`open`](AmqpQueue::open): the defaults with the largest message length, as AMQP
+    /// The configuration given to [`create_with`](AmqpQueue::create_with) (after
+    /// [`open_with`](AmqpQueue::open_with): the defaults with the largest message length, as AMQP
     /// cannot read a queue's arguments back).
     pub(crate) fn config(&self) -> &QueueConfig {
         &self.config
@@ -449,10 +433,13 @@ mod tests {
 
     #[test]
     fn names_are_checked_and_passwords_stay_out_of_messages() {
-        let err = AmqpQueue::create("amqp://127.0.0.1:1/%2f", "", &QueueConfig::new()).unwrap_err();
+        let options = AmqpOptions::new();
+        let err =
+            AmqpQueue::create_with("amqp://127.0.0.1:1/%2f", "", &QueueConfig::new(), &options)
+                .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         let long = "x".repeat(201);
-        let err = AmqpQueue::open("amqp://127.0.0.1:1/%2f", &long).unwrap_err();
+        let err = AmqpQueue::open_with("amqp://127.0.0.1:1/%2f", &long, &options).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 }
