@@ -434,9 +434,7 @@ fn consume_all(address: &str, count: u64) -> Result<(u64, String)> {
         received.starts_with(&format!("received={count} ")),
         "consumer said `{received}`"
     );
-    let duplicates = received
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("duplicates="))
+    let duplicates = crate::field(&received, "duplicates")
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     Ok((duplicates, queue_stats(address)?))

@@ -27,6 +27,12 @@ pub mod bench;
 pub mod flows;
 pub mod roles;
 
+/// The value of `key=value` in a peer's line of space-separated fields (`ok sent=3 ..`).
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
 /// A name unique across processes and runs: `{prefix}-{pid}-{time}-{counter}`, short enough
 /// for socket paths and shm names.
 pub fn unique_name(prefix: &str) -> String {

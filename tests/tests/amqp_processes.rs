@@ -7,14 +7,9 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use ipc_queue::{Queue, QueueConfig};
 use ipc_tests::amqp::{TestQueue, amqp_url, broker_queue, close_connections_of};
-use ipc_tests::{Peer, Watchdog};
+use ipc_tests::{Peer, Watchdog, field};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-}
 
 #[test]
 fn a_producer_exits_before_the_consumer_starts_and_nothing_is_lost() -> Result<()> {
