@@ -190,15 +190,20 @@ impl Link {
         .await
     }
 
-    /// Closes the connection politely, waiting at most ten seconds for the broker's
-    /// close-ok. The close handshake is what guarantees that the acknowledgements sent
-    /// before it were processed: a busy broker can take more than a second to answer, and
-    /// giving up earlier lost the last acks of a consumer (their messages came again).
+    /// Closes the channel, then the connection, politely, waiting at most ten seconds in
+    /// all for the broker's close-oks. The channel's close handshake is what guarantees that
+    /// the acknowledgements sent before it were processed: a busy broker can take more than
+    /// a second to answer, and giving up earlier (or closing only the connection, whose
+    /// close can overtake frames still queued on the channel) lost the last acks of a
+    /// consumer: their messages came again.
     pub(crate) async fn close(self) {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.connection.close(200, "bye".into()),
-        )
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            // The channel first: its close goes out after the acknowledgements queued on it,
+            // and its close-ok says the broker has taken them. A connection close alone can
+            // overtake them, and the broker then delivers those messages again.
+            let _ = self.channel.close(200, "bye".into()).await;
+            let _ = self.connection.close(200, "bye".into()).await;
+        })
         .await;
     }
 }
