@@ -51,6 +51,7 @@ fn python_decodes_every_golden_vector() -> Result<()> {
         "subscribe-ack: subscribe-ack id=3",
         "unsubscribe: unsubscribe id=0 prefix=chat",
         "publish: publish topic=chat message=hi",
+        "batch: batch u32 [42, 300]",
     ];
     for line in expected {
         assert_eq!(peer.expect_line(WAIT)?, line);

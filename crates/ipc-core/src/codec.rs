@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ser::WriteError;
 
 /// Encodes `value` with postcard straight into `buf`, returning the number of bytes written.
 ///
@@ -17,14 +18,29 @@ use crate::error::{Error, ErrorKind, Result};
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<usize> {
-    let capacity = buf.len();
-    match postcard::to_slice(value, buf) {
-        Ok(written) => Ok(written.len()),
-        Err(postcard::Error::SerializeBufferFull) => Err(Error::new(
+    match try_encode_into(value, buf)? {
+        Some(written) => Ok(written),
+        None => Err(Error::new(
             ErrorKind::TooLarge,
-            format!("message does not fit in buffer of {capacity} bytes"),
+            format!("message does not fit in buffer of {} bytes", buf.len()),
         )),
-        Err(err) => Err(encode_error(err)),
+    }
+}
+
+/// [`encode_into`] for callers with a fallback: `Ok(None)` when the encoding does not fit
+/// in `buf` (which may then hold a partial encoding), without building an error.
+#[inline(always)]
+pub(crate) fn try_encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut [u8],
+) -> Result<Option<usize>> {
+    match crate::ser::to_slice(value, buf) {
+        Ok(written) => Ok(Some(written)),
+        Err(WriteError(None)) => Ok(None),
+        Err(WriteError(Some(message))) => Err(Error::new(
+            ErrorKind::Encode,
+            format!("cannot encode message: {message}"),
+        )),
     }
 }
 

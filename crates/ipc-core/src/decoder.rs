@@ -1,7 +1,10 @@
 //! An incremental frame decoder for byte streams.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame::{Frame, FrameHeader, HEADER_LEN, Limits, check_prefix};
+use crate::frame::{Frame, FrameHeader, FrameKind, HEADER_LEN, Limits, check_prefix};
+
+/// The length prefix of each message in a [`FrameKind::Batch`] payload.
+pub(crate) const BATCH_ENTRY_PREFIX: usize = 2;
 
 /// How much spare room [`FrameDecoder::read_buf`] offers at least.
 const READ_CHUNK: usize = 16 * 1024;
@@ -11,6 +14,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Memory stays bounded by what the peer actually sent: a header is validated (magic,
 /// version, kind, length against the limit) before any payload byte is buffered, and
 /// buffer space grows with received bytes, never with a length the peer merely claims.
+///
+/// A [`Batch`](FrameKind::Batch) frame is taken apart once it has arrived whole: each of
+/// its messages comes out as a [`Data`](FrameKind::Data) frame of its own, with id 0, and
+/// its entries must fill its payload exactly.
 ///
 /// After an error the decoder stays failed: a stream that lost sync cannot be trusted again.
 ///
@@ -41,6 +48,9 @@ pub struct FrameDecoder {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes at `start` that are the rest of a batch frame being handed out: whole
+    /// entries (length prefix and message), already received.
+    batch_left: usize,
     failed: Option<ErrorKind>,
 }
 
@@ -52,6 +62,7 @@ impl FrameDecoder {
             buf: Vec::new(),
             start: 0,
             end: 0,
+            batch_left: 0,
             failed: None,
         }
     }
@@ -112,12 +123,16 @@ impl FrameDecoder {
     /// not a valid frame stream.
     #[inline(always)]
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        if self.batch_left > 0 {
+            return self.next_entry();
+        }
         // Fast path: a valid header of a frame that has arrived whole.
         if self.failed.is_none() {
             let available = &self.buf[self.start..self.end];
             if let Some(header_bytes) = available.first_chunk::<HEADER_LEN>()
                 && let Some(header) = FrameHeader::parse_valid(header_bytes, &self.limits)
                 && available.len() >= header.frame_len()
+                && header.kind() != FrameKind::Batch
             {
                 let payload_start = self.start + HEADER_LEN;
                 self.start += header.frame_len();
@@ -135,6 +150,10 @@ impl FrameDecoder {
         let Some(header) = self.peek_header_slow()? else {
             return Ok(None);
         };
+        if self.batch_left > 0 {
+            // peek_header_slow entered a batch frame.
+            return self.next_entry();
+        }
         let payload_start = self.start + HEADER_LEN;
         self.start += header.frame_len();
         let payload = &self.buf[payload_start..self.start];
@@ -150,11 +169,15 @@ impl FrameDecoder {
     /// per frame.
     #[inline]
     pub fn peek_header(&mut self) -> Result<Option<FrameHeader>> {
+        if self.batch_left > 0 {
+            return self.peek_entry().map(Some);
+        }
         // Fast path: a valid header of a frame that has arrived whole.
         if self.failed.is_none() {
             let available = &self.buf[self.start..self.end];
             if let Some(header_bytes) = available.first_chunk::<HEADER_LEN>()
                 && let Some(header) = FrameHeader::parse_valid(header_bytes, &self.limits)
+                && header.kind() != FrameKind::Batch
             {
                 if available.len() < header.frame_len() {
                     return Ok(None);
@@ -184,13 +207,85 @@ impl FrameDecoder {
             return Ok(None);
         };
         match FrameHeader::parse(header_bytes, &self.limits) {
-            Ok(header) if available.len() >= header.frame_len() => Ok(Some(header)),
-            Ok(_) => Ok(None),
-            Err(err) => {
-                self.failed = Some(err.kind());
-                Err(err)
+            Ok(header) if available.len() < header.frame_len() => Ok(None),
+            Ok(header) if header.kind() == FrameKind::Batch => {
+                if (header.len() as usize) < BATCH_ENTRY_PREFIX {
+                    return Err(self.fail(Error::new(
+                        ErrorKind::Protocol,
+                        format!("batch frame of {} bytes holds no message", header.len()),
+                    )));
+                }
+                self.start += HEADER_LEN;
+                self.batch_left = header.len() as usize;
+                self.peek_entry().map(Some)
+            }
+            Ok(header) => Ok(Some(header)),
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+
+    #[cold]
+    fn fail(&mut self, err: Error) -> Error {
+        self.failed = Some(err.kind());
+        err
+    }
+
+    /// The length of the batch entry at `start`, checked against the rest of its batch.
+    #[inline]
+    fn entry_len(&mut self) -> Result<usize> {
+        let entry = &self.buf[self.start..self.start + self.batch_left];
+        if let Some((len, rest)) = entry.split_first_chunk::<BATCH_ENTRY_PREFIX>() {
+            let len = usize::from(u16::from_le_bytes(*len));
+            if len <= rest.len() {
+                return Ok(len);
             }
         }
+        Err(self.bad_entry())
+    }
+
+    #[cold]
+    fn bad_entry(&mut self) -> Error {
+        let entry = &self.buf[self.start..self.start + self.batch_left];
+        let err = match entry.first_chunk::<BATCH_ENTRY_PREFIX>() {
+            Some(len) => Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "batch entry declares {} bytes but only {} remain in its frame",
+                    u16::from_le_bytes(*len),
+                    entry.len() - BATCH_ENTRY_PREFIX
+                ),
+            ),
+            None => Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "batch frame ends with {} stray byte(s) after its last entry",
+                    entry.len()
+                ),
+            ),
+        };
+        self.batch_left = 0;
+        self.fail(err)
+    }
+
+    /// The header of the batch entry at `start`, as a data frame's.
+    #[inline]
+    fn peek_entry(&mut self) -> Result<FrameHeader> {
+        let len = self.entry_len()?;
+        Ok(FrameHeader::new(FrameKind::Data, 0, len as u32))
+    }
+
+    /// Hands out the batch entry at `start` as a data frame.
+    #[inline]
+    fn next_entry(&mut self) -> Result<Option<Frame<'_>>> {
+        let len = self.entry_len()?;
+        let payload_start = self.start + BATCH_ENTRY_PREFIX;
+        self.start = payload_start + len;
+        self.batch_left -= BATCH_ENTRY_PREFIX + len;
+        let header = FrameHeader::new(FrameKind::Data, 0, len as u32);
+        Ok(Some(Frame::from_parts(
+            header,
+            &self.buf[payload_start..self.start],
+        )))
     }
 
     /// Grows the buffer to hold at least `n` bytes, so that [`read_buf`](FrameDecoder::read_buf)
@@ -202,11 +297,13 @@ impl FrameDecoder {
 
     /// Call at end of stream: [`ErrorKind::Truncated`] if a frame was only partly received.
     pub fn finish(&self) -> Result<()> {
-        let buffered = self.buffered();
+        // The rest of a batch being handed out arrived whole; only what follows it counts.
+        let after_batch = self.start + self.batch_left;
+        let buffered = self.end - after_batch;
         if buffered == 0 {
             return Ok(());
         }
-        let need = match self.buf[self.start..self.end].first_chunk::<HEADER_LEN>() {
+        let need = match self.buf[after_batch..self.end].first_chunk::<HEADER_LEN>() {
             Some(header) => match FrameHeader::parse(header, &self.limits) {
                 Ok(header) => header.frame_len(),
                 Err(err) => return Err(err),
@@ -222,6 +319,9 @@ impl FrameDecoder {
 
     /// How many more bytes the frame at the front needs (0 if unknown or complete).
     fn missing_for_current_frame(&self) -> usize {
+        if self.batch_left > 0 {
+            return 0;
+        }
         let available = &self.buf[self.start..self.end];
         match available.first_chunk::<HEADER_LEN>() {
             Some(header) => match FrameHeader::parse(header, &self.limits) {
@@ -259,6 +359,83 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use crate::frame::{FrameKind, encode_frame, encode_raw_frame};
+
+    fn batch(entries: &[&[u8]], extra: &[u8]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for entry in entries {
+            payload.extend_from_slice(&(entry.len() as u16).to_le_bytes());
+            payload.extend_from_slice(entry);
+        }
+        payload.extend_from_slice(extra);
+        let mut wire = Vec::new();
+        encode_raw_frame(&mut wire, FrameKind::Batch, 0, &payload, &Limits::default()).unwrap();
+        wire
+    }
+
+    #[test]
+    fn a_batch_comes_out_as_data_frames_between_its_neighbours() {
+        let limits = Limits::default();
+        let mut wire = Vec::new();
+        encode_raw_frame(&mut wire, FrameKind::Ping, 7, &[], &limits).unwrap();
+        wire.extend(batch(&[b"one", b"", b"three"], &[]));
+        encode_raw_frame(&mut wire, FrameKind::Pong, 8, &[], &limits).unwrap();
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&wire);
+        let mut seen = Vec::new();
+        while let Some(header) = decoder.peek_header().unwrap() {
+            let frame = decoder.next_frame().unwrap().unwrap();
+            assert_eq!((frame.kind(), frame.id()), (header.kind(), header.id()));
+            seen.push((frame.kind(), frame.id(), frame.payload().to_vec()));
+        }
+        assert_eq!(
+            seen,
+            [
+                (FrameKind::Ping, 7, vec![]),
+                (FrameKind::Data, 0, b"one".to_vec()),
+                (FrameKind::Data, 0, vec![]),
+                (FrameKind::Data, 0, b"three".to_vec()),
+                (FrameKind::Pong, 8, vec![]),
+            ]
+        );
+        decoder.finish().unwrap();
+    }
+
+    #[test]
+    fn bad_batches_are_protocol_errors_and_the_decoder_stays_failed() {
+        let cases: [(Vec<u8>, &str); 3] = [
+            (batch(&[], &[]), "batch frame of 0 bytes holds no message"),
+            (
+                batch(&[b"ab"], &[9, 0, 1]),
+                "batch entry declares 9 bytes but only 1 remain in its frame",
+            ),
+            (
+                batch(&[b"ab"], &[5]),
+                "batch frame ends with 1 stray byte(s) after its last entry",
+            ),
+        ];
+        for (wire, message) in cases {
+            let mut decoder = FrameDecoder::new(Limits::default());
+            decoder.push(&wire);
+            let mut last = None;
+            for _ in 0..3 {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => assert_eq!(frame.payload(), b"ab"),
+                    Ok(None) => panic!("{message}: ran out of input"),
+                    Err(err) => {
+                        last = Some(err);
+                        break;
+                    }
+                }
+            }
+            let err = last.expect("an error");
+            assert_eq!(err.kind(), ErrorKind::Protocol, "{message}");
+            assert_eq!(err.to_string(), message);
+            assert_eq!(
+                decoder.next_frame().unwrap_err().to_string(),
+                "frame decoder stopped after an earlier error"
+            );
+        }
+    }
 
     #[test]
     fn garbage_fails_at_its_first_byte_and_stays_failed() {

@@ -101,6 +101,11 @@ pub enum FrameKind {
     Unsubscribe,
     /// `0x0B`: a message on a topic: u16 LE topic length, topic UTF-8 bytes, postcard message.
     Publish,
+    /// `0x0C`: several application messages in one frame, each a u16 LE length and that
+    /// many bytes of postcard message; sent only to a peer whose hello sets
+    /// [`FEATURE_BATCH`](crate::FEATURE_BATCH). [`FrameDecoder`](crate::FrameDecoder) hands
+    /// out each message as a [`Data`](FrameKind::Data) frame.
+    Batch,
 }
 
 impl FrameKind {
@@ -118,6 +123,7 @@ impl FrameKind {
             FrameKind::SubscribeAck => 0x09,
             FrameKind::Unsubscribe => 0x0A,
             FrameKind::Publish => 0x0B,
+            FrameKind::Batch => 0x0C,
         }
     }
 
@@ -147,6 +153,7 @@ impl FrameKind {
             0x09 => FrameKind::SubscribeAck,
             0x0A => FrameKind::Unsubscribe,
             0x0B => FrameKind::Publish,
+            0x0C => FrameKind::Batch,
             _ => return None,
         })
     }
@@ -440,21 +447,48 @@ pub fn encode_frame_into<T: Serialize + ?Sized>(
     value: &T,
     limits: &Limits,
 ) -> Result<usize> {
-    if buf.len() < HEADER_LEN {
-        return Err(Error::new(
+    match try_encode_frame_into(buf, kind, id, value, limits)? {
+        Some(len) => Ok(len),
+        None if buf.len() < HEADER_LEN => Err(Error::new(
             ErrorKind::TooLarge,
             format!(
                 "frame does not fit in buffer of {} bytes (header alone is {HEADER_LEN})",
                 buf.len()
             ),
-        ));
+        )),
+        None if buf.len() - HEADER_LEN > limits.max_frame_len as usize => Err(Error::too_large(
+            codec::encoded_len(value)? as u64,
+            u64::from(limits.max_frame_len),
+        )),
+        None => Err(Error::new(
+            ErrorKind::TooLarge,
+            format!("frame does not fit in buffer of {} bytes", buf.len()),
+        )),
     }
-    let (header, rest) = buf.split_at_mut(HEADER_LEN);
-    let payload_len = codec::encode_into(value, rest)?;
-    limits.check_frame_len(payload_len as u64)?;
-    let header: &mut [u8; HEADER_LEN] = header.try_into().expect("split at HEADER_LEN");
+}
+
+/// [`encode_frame_into`] for callers with a fallback: `Ok(None)` when the frame does not fit
+/// in `buf` or exceeds `limits` (`buf` may then hold a partial frame), without building an
+/// error.
+#[inline]
+pub(crate) fn try_encode_frame_into<T: Serialize + ?Sized>(
+    buf: &mut [u8],
+    kind: FrameKind,
+    id: u32,
+    value: &T,
+    limits: &Limits,
+) -> Result<Option<usize>> {
+    let Some((header, rest)) = buf.split_first_chunk_mut::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    // The payload may not grow past the limit: the slice ends there.
+    let room = rest.len().min(limits.max_frame_len as usize);
+    let Some(payload_len) = codec::try_encode_into(value, &mut rest[..room])? else {
+        return Ok(None);
+    };
+    // The payload length fits in u32: it is at most the u32 limit.
     FrameHeader::new(kind, id, payload_len as u32).write(header);
-    Ok(HEADER_LEN + payload_len)
+    Ok(Some(HEADER_LEN + payload_len))
 }
 
 /// Appends a frame with an already-encoded `payload` to `out`.

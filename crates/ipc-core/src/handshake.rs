@@ -122,6 +122,14 @@ pub struct Hello {
     message_type: MessageType,
 }
 
+/// The [`Hello`] feature bit (`0x2`) of a peer that accepts [`FrameKind::Batch`] frames:
+/// several data messages in one frame, so that a stream of small messages costs two bytes of
+/// framing per message instead of a 16-byte header. Send batches only to a peer that sets
+/// it; [`FrameDecoder`](crate::FrameDecoder) always accepts them.
+///
+/// [`FrameKind::Batch`]: crate::FrameKind::Batch
+pub const FEATURE_BATCH: u32 = 1 << 1;
+
 /// The fixed part of a `Hello` payload: max_frame_len, features, fingerprint, name_len.
 const HELLO_FIXED_LEN: usize = 4 + 4 + 8 + 2;
 

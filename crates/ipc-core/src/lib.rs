@@ -51,13 +51,16 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+mod buffer;
 mod codec;
 mod decoder;
 mod error;
 mod frame;
 mod handshake;
+mod ser;
 mod transport;
 
+pub use crate::buffer::{FrameBuffer, MAX_BATCHED_MESSAGE};
 pub use crate::codec::{decode, encode_into, encode_to_vec, encoded_len};
 pub use crate::decoder::FrameDecoder;
 pub use crate::error::{Error, ErrorKind, Result};
@@ -65,7 +68,9 @@ pub use crate::frame::{
     DEFAULT_MAX_FRAME_LEN, Frame, FrameHeader, FrameKind, HEADER_LEN, Limits, MAGIC,
     PROTOCOL_VERSION, encode_frame, encode_frame_into, encode_raw_frame,
 };
-pub use crate::handshake::{Agreed, Close, CloseCode, Hello, MAX_NAME_LEN, MessageType, fnv1a64};
+pub use crate::handshake::{
+    Agreed, Close, CloseCode, FEATURE_BATCH, Hello, MAX_NAME_LEN, MessageType, fnv1a64,
+};
 pub use crate::transport::{AsyncReceiver, AsyncSender, Receiver, Sender};
 
 /// The example in this crate's README, compiled and run as a doc test.

@@ -100,6 +100,12 @@ fn produce() -> Vec<(&'static str, Vec<u8>)> {
         ipc_core::encode_to_vec("hi", &mut payload, 1024).unwrap();
         ipc_core::encode_raw_frame(out, FrameKind::Publish, 0, &payload, &limits).unwrap();
     });
+    frame("batch", &|out| {
+        let mut batch = ipc_core::FrameBuffer::with_capacity(64);
+        batch.push_batched(&42u32, &limits).unwrap();
+        batch.push_batched(&300u32, &limits).unwrap();
+        out.extend_from_slice(batch.as_slice());
+    });
     vectors
 }
 
@@ -220,7 +226,18 @@ fn every_vector_decodes_to_its_value() {
         "hi"
     );
 
-    // All vectors back to back form a valid stream.
+    let batch = parse("batch");
+    assert_eq!(batch.kind(), FrameKind::Batch);
+    let mut decoder = FrameDecoder::new(limits);
+    decoder.push(find("batch"));
+    let mut batched = Vec::new();
+    while let Some(frame) = decoder.next_frame().unwrap() {
+        assert_eq!((frame.kind(), frame.id()), (FrameKind::Data, 0));
+        batched.push(frame.decode::<u32>().unwrap());
+    }
+    assert_eq!(batched, [42, 300]);
+
+    // All vectors back to back form a valid stream (the batch gives two data frames).
     let mut decoder = FrameDecoder::new(limits);
     for (_, bytes) in &golden {
         decoder.push(bytes);
@@ -229,7 +246,7 @@ fn every_vector_decodes_to_its_value() {
     while decoder.next_frame().unwrap().is_some() {
         n += 1;
     }
-    assert_eq!(n, golden.len());
+    assert_eq!(n, golden.len() + 1);
 }
 
 #[test]

@@ -59,6 +59,60 @@ prop_compose! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// A `FrameBuffer` of batched messages (interleaved with plain frames, pings and
+    /// messages too large for a batch), split anywhere, decodes to the same messages in
+    /// order, each as a data frame.
+    #[test]
+    fn batched_messages_split_anywhere_decode_in_order(
+        values in prop::collection::vec(everything(), 1..12),
+        big in prop::collection::vec(any::<bool>(), 12),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        capacity in 0usize..2000,
+    ) {
+        let limits = Limits::default();
+        let mut out = ipc_core::FrameBuffer::with_capacity(capacity);
+        let mut expected = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let mut value = value.clone();
+            if big[i] {
+                value.bytes = vec![i as u8; ipc_core::MAX_BATCHED_MESSAGE + 1];
+            }
+            match i % 5 {
+                3 => {
+                    out.push(FrameKind::Data, 0, &value, &limits).unwrap();
+                }
+                4 => {
+                    out.push_raw(FrameKind::Ping, i as u32, &[], &limits).unwrap();
+                    out.push_batched(&value, &limits).unwrap();
+                }
+                _ => {
+                    out.push_batched(&value, &limits).unwrap();
+                }
+            }
+            expected.push(value);
+        }
+        let wire = out.as_slice().to_vec();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut decoder = FrameDecoder::new(limits);
+        let mut decoded = Vec::new();
+        for pair in cuts.windows(2) {
+            decoder.push(&wire[pair[0]..pair[1]]);
+            while let Some(header) = decoder.peek_header().unwrap() {
+                let frame = decoder.next_frame().unwrap().unwrap();
+                prop_assert_eq!(frame.kind(), header.kind());
+                prop_assert_eq!(frame.payload().len(), header.len() as usize);
+                if frame.kind() == FrameKind::Data {
+                    decoded.push(frame.decode::<Everything>().unwrap());
+                }
+            }
+        }
+        decoder.finish().unwrap();
+        prop_assert_eq!(decoded, expected);
+    }
+
     #[test]
     fn arbitrary_values_round_trip_through_frames(value in everything(), id in any::<u32>()) {
         let limits = Limits::default();

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipc_core::{
-    AsyncReceiver, AsyncSender, Close, CloseCode, Error, ErrorKind, FrameDecoder, FrameKind, Hello,
-    Limits, Result,
+    AsyncReceiver, AsyncSender, Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, FrameBuffer,
+    FrameDecoder, FrameKind, Hello, Limits, Result,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use crate::address::Address;
-use crate::blocking::{Inbound, check_peer_hello, classify};
+use crate::blocking::{Inbound, check_peer_hello, classify, write_buffer};
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
 use crate::stream::{AsyncReadHalf, AsyncStream, AsyncWriteHalf};
 
@@ -118,18 +118,20 @@ struct Writer {
     io: Mutex<Io>,
     send_limits: Limits,
     flush_threshold: usize,
+    /// The peer takes batch frames: data messages go out two bytes of framing apiece.
+    batching: bool,
 }
 
 #[derive(Debug)]
 struct Pending {
-    out: Vec<u8>,
+    out: FrameBuffer,
     failed: Option<ErrorKind>,
 }
 
 #[derive(Debug)]
 struct Io {
     half: AsyncWriteHalf,
-    buf: Vec<u8>,
+    buf: FrameBuffer,
     pos: usize,
 }
 
@@ -141,7 +143,10 @@ impl Writer {
     }
 
     /// Appends a frame with `encode`; true when the pending bytes reached the threshold.
-    fn queue(&self, encode: impl FnOnce(&mut Vec<u8>, &Limits) -> Result<usize>) -> Result<bool> {
+    fn queue(
+        &self,
+        encode: impl FnOnce(&mut FrameBuffer, &Limits) -> Result<usize>,
+    ) -> Result<bool> {
         let mut pending = self.pending();
         if let Some(kind) = pending.failed {
             return Err(Error::new(kind, "connection failed earlier"));
@@ -151,13 +156,13 @@ impl Writer {
     }
 
     fn queue_control(&self, kind: FrameKind, id: u32) -> Result<()> {
-        self.queue(|out, limits| ipc_core::encode_raw_frame(out, kind, id, &[], limits))
+        self.queue(|out, limits| out.push_raw(kind, id, &[], limits))
             .map(|_| ())
     }
 
     /// Moves a send half's batch of whole frames behind the frames already pending; `batch`
     /// is left empty (with capacity to reuse).
-    fn hand_off(&self, batch: &mut Vec<u8>) -> Result<()> {
+    fn hand_off(&self, batch: &mut FrameBuffer) -> Result<()> {
         if batch.is_empty() {
             return self.check();
         }
@@ -166,12 +171,7 @@ impl Writer {
             batch.clear();
             return Err(Error::new(kind, "connection failed earlier"));
         }
-        if pending.out.is_empty() {
-            std::mem::swap(&mut pending.out, batch);
-        } else {
-            pending.out.extend_from_slice(batch);
-            batch.clear();
-        }
+        pending.out.append(batch);
         Ok(())
     }
 
@@ -197,7 +197,7 @@ impl Writer {
         let io = &mut *guard;
         loop {
             while io.pos < io.buf.len() {
-                match io.half.write(&io.buf[io.pos..]).await {
+                match io.half.write(&io.buf.as_slice()[io.pos..]).await {
                     Ok(0) => {
                         let err = Error::new(ErrorKind::PeerClosed, "peer stopped reading");
                         return Err(self.fail(err));
@@ -230,7 +230,7 @@ impl Writer {
 pub struct AsyncSendHalf<T> {
     writer: Arc<Writer>,
     /// Whole frames queued by this half and not yet handed to the writer.
-    batch: Vec<u8>,
+    batch: FrameBuffer,
     _message: PhantomData<fn(T)>,
 }
 
@@ -238,7 +238,7 @@ impl<T> Clone for AsyncSendHalf<T> {
     fn clone(&self) -> Self {
         AsyncSendHalf {
             writer: Arc::clone(&self.writer),
-            batch: Vec::new(),
+            batch: FrameBuffer::default(),
             _message: PhantomData,
         }
     }
@@ -265,13 +265,12 @@ impl<T: Serialize + Sync> AsyncSendHalf<T> {
     #[inline]
     fn queue(&mut self, message: &T) -> Result<bool> {
         self.writer.check()?;
-        ipc_core::encode_frame(
-            &mut self.batch,
-            FrameKind::Data,
-            0,
-            message,
-            &self.writer.send_limits,
-        )?;
+        if self.writer.batching {
+            self.batch.push_batched(message, &self.writer.send_limits)?;
+        } else {
+            self.batch
+                .push(FrameKind::Data, 0, message, &self.writer.send_limits)?;
+        }
         Ok(self.batch.len() >= self.writer.flush_threshold)
     }
 
@@ -286,7 +285,7 @@ impl<T: Serialize + Sync> AsyncSendHalf<T> {
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
         self.writer.hand_off(&mut self.batch)?;
         self.writer
-            .queue(|out, _| Close::new(code, reason).encode_frame(out))?;
+            .queue(|out, _| out.with_vec(|out| Close::new(code, reason).encode_frame(out)))?;
         self.writer.flush().await?;
         let _ = self.writer.io.lock().await.half.shutdown().await;
         self.writer.fail(Error::new(ErrorKind::Closed, "closed"));
@@ -490,22 +489,23 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
     pub(crate) fn from_handshaken(shaken: Handshaken, config: &ConnectionConfig) -> Self {
         let writer = Arc::new(Writer {
             pending: std::sync::Mutex::new(Pending {
-                out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+                out: write_buffer(config),
                 failed: None,
             }),
             failed: AtomicBool::new(false),
             io: Mutex::new(Io {
                 half: shaken.writer,
-                buf: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+                buf: write_buffer(config),
                 pos: 0,
             }),
             send_limits: shaken.send_limits,
             flush_threshold: config.flush_threshold(),
+            batching: shaken.peer.features() & FEATURE_BATCH != 0,
         });
         AsyncConnection {
             send: AsyncSendHalf {
                 writer: Arc::clone(&writer),
-                batch: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+                batch: write_buffer(config),
                 _message: PhantomData,
             },
             recv: AsyncRecvHalf {

@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use ipc_core::{
-    Close, CloseCode, Error, ErrorKind, Frame, FrameDecoder, FrameKind, Hello, Limits, Receiver,
-    Result, Sender,
+    Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, Frame, FrameBuffer, FrameDecoder, FrameKind,
+    Hello, Limits, MAX_BATCHED_MESSAGE, Receiver, Result, Sender,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,11 @@ pub(crate) fn read_decoder(config: &ConnectionConfig) -> FrameDecoder {
     let mut decoder = FrameDecoder::new(*config.limits());
     decoder.reserve(READ_ROOM);
     decoder
+}
+
+/// The write buffer of a connection: room for a flush threshold's worth of frames.
+pub(crate) fn write_buffer(config: &ConnectionConfig) -> FrameBuffer {
+    FrameBuffer::with_capacity(config.flush_threshold().min(1 << 20) + MAX_BATCHED_MESSAGE + 1024)
 }
 
 /// What a control frame (anything but data) asks of a plain duplex connection.
@@ -97,9 +102,11 @@ pub(crate) fn check_peer_hello(frame: Frame<'_>, ours: &Hello) -> Result<(Hello,
 pub struct Connection<T> {
     stream: SyncStream,
     decoder: FrameDecoder,
-    out: Vec<u8>,
+    out: FrameBuffer,
     out_pos: usize,
     send_limits: Limits,
+    /// The peer takes batch frames: data messages go out two bytes of framing apiece.
+    batching: bool,
     flush_threshold: usize,
     liveness: Liveness,
     read_timeout: Option<Duration>,
@@ -123,9 +130,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         let mut conn = Connection {
             stream,
             decoder: read_decoder(config),
-            out: Vec::with_capacity(config.flush_threshold().min(1 << 20) + 64),
+            out: write_buffer(config),
             out_pos: 0,
             send_limits: Limits::default(),
+            batching: false,
             flush_threshold: config.flush_threshold(),
             liveness: Liveness::new(config.heartbeat()),
             read_timeout: None,
@@ -136,7 +144,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         conn.stream
             .set_write_timeout(Some(config.handshake_timeout()))
             .map_err(|err| Error::io("set write timeout", err))?;
-        ours.encode_frame(&mut conn.out)?;
+        conn.out.with_vec(|out| ours.encode_frame(out))?;
         // A server that refuses us may close before our hello arrives: its close frame,
         // which says why, is then still ours to read.
         let sent = conn.write_out();
@@ -149,6 +157,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             match checked {
                 Some(Ok(_)) if sent.is_err() => return sent.map(|()| conn),
                 Some(Ok((theirs, send_limits))) => {
+                    conn.batching = theirs.features() & FEATURE_BATCH != 0;
                     conn.peer = theirs;
                     conn.send_limits = send_limits;
                     break;
@@ -195,7 +204,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends a close frame with code [`CloseCode::NORMAL`] and flushes; the peer's next
     /// receive fails with [`ErrorKind::PeerClosed`].
     pub fn close(mut self) -> Result<()> {
-        Close::new(CloseCode::NORMAL, "").encode_frame(&mut self.out)?;
+        let close = Close::new(CloseCode::NORMAL, "");
+        self.out.with_vec(|out| close.encode_frame(out))?;
         self.write_out()
     }
 
@@ -218,21 +228,21 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         self.out.len() - self.out_pos
     }
 
+    #[inline]
     fn encode(&mut self, message: &T) -> Result<()> {
-        ipc_core::encode_frame(
-            &mut self.out,
-            FrameKind::Data,
-            0,
-            message,
-            &self.send_limits,
-        )?;
+        if self.batching {
+            self.out.push_batched(message, &self.send_limits)?;
+        } else {
+            self.out
+                .push(FrameKind::Data, 0, message, &self.send_limits)?;
+        }
         Ok(())
     }
 
     /// Writes all buffered output, honouring the socket's current write timeout.
     fn write_out(&mut self) -> Result<()> {
         while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+            match self.stream.write(&self.out.as_slice()[self.out_pos..]) {
                 Ok(0) => {
                     let err = Error::new(ErrorKind::PeerClosed, "peer stopped reading");
                     return Err(self.fail(err));
@@ -321,13 +331,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             };
             match inbound {
                 Inbound::Ping(id) => {
-                    ipc_core::encode_raw_frame(
-                        &mut self.out,
-                        FrameKind::Pong,
-                        id,
-                        &[],
-                        &self.send_limits,
-                    )?;
+                    self.out
+                        .push_raw(FrameKind::Pong, id, &[], &self.send_limits)?;
                 }
                 Inbound::Ignore => {}
                 Inbound::Closed(err) => return Err(self.fail(err)),
@@ -389,13 +394,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             let mut wait = match self.liveness.check(now) {
                 Beat::Wait(_) => self.liveness.poll_interval(),
                 Beat::Ping(nonce, _) => {
-                    ipc_core::encode_raw_frame(
-                        &mut self.out,
-                        FrameKind::Ping,
-                        nonce,
-                        &[],
-                        &self.send_limits,
-                    )?;
+                    self.out
+                        .push_raw(FrameKind::Ping, nonce, &[], &self.send_limits)?;
                     self.write_out()?;
                     self.liveness.poll_interval()
                 }
@@ -436,6 +436,7 @@ impl<T: Serialize + DeserializeOwned> Sender for Connection<T> {
 
     /// Queues `message` in the write buffer, writing the buffer out once it reaches the flush
     /// threshold. `Ok` means queued; [`flush`](Sender::flush) pushes it to the peer.
+    #[inline]
     fn send(&mut self, message: &T) -> Result<()> {
         self.check_usable()?;
         self.encode(message)?;

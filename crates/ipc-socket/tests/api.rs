@@ -764,3 +764,95 @@ fn a_client_can_wait_for_a_server_that_is_not_up_yet() {
         drop(server);
     });
 }
+
+/// A hand-written receiver: answers the handshake with `features`, then returns every frame's
+/// kind and the messages, with batch frames taken apart by hand (PROTOCOL.md, batch frames).
+type Received = std::thread::JoinHandle<(Vec<FrameKind>, Vec<String>)>;
+
+fn raw_receiver(features: u32) -> (Address, Received) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address: Address = format!("tcp:{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut hello = Vec::new();
+        Hello::new(MessageType::named("test.Text/1"), &Limits::default())
+            .with_features(features)
+            .encode_frame(&mut hello)
+            .unwrap();
+        stream.write_all(&hello).unwrap();
+        let mut wire = Vec::new();
+        stream.read_to_end(&mut wire).unwrap();
+        let (mut kinds, mut texts) = (Vec::new(), Vec::new());
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let (frame, used) = ipc_core::Frame::parse(rest, &Limits::default()).unwrap();
+            kinds.push(frame.kind());
+            match frame.kind() {
+                FrameKind::Data => texts.push(frame.decode::<String>().unwrap()),
+                FrameKind::Batch => {
+                    let mut entries = frame.payload();
+                    while let Some((len, tail)) = entries.split_first_chunk::<2>() {
+                        let len = usize::from(u16::from_le_bytes(*len));
+                        texts.push(ipc_core::decode::<String>(&tail[..len]).unwrap());
+                        entries = &tail[len..];
+                    }
+                    assert!(entries.is_empty(), "entries fill the batch");
+                }
+                _ => {}
+            }
+            rest = &rest[used..];
+        }
+        (kinds, texts)
+    });
+    (address, receiver)
+}
+
+#[test]
+fn batches_go_only_to_peers_that_accept_them() {
+    let sent: Vec<String> = (0..300)
+        .map(|i| {
+            // Mostly small messages, now and then one too large for a batch.
+            let len = if i % 100 == 99 { 5000 } else { i % 40 };
+            format!("{i}:{}", "x".repeat(len))
+        })
+        .collect();
+    let runtime = runtime();
+    for features in [0, ipc_core::FEATURE_BATCH] {
+        for asynchronous in [false, true] {
+            let (address, receiver) = raw_receiver(features);
+            if asynchronous {
+                runtime.block_on(async {
+                    let mut conn = AsyncConnection::<String>::connect(&address, config())
+                        .await
+                        .unwrap();
+                    for text in &sent {
+                        conn.send(text).await.unwrap();
+                    }
+                    conn.close().await.unwrap();
+                });
+            } else {
+                let mut conn = Connection::<String>::connect(&address, config()).unwrap();
+                for text in &sent {
+                    conn.send(text).unwrap();
+                }
+                conn.close().unwrap();
+            }
+            let (kinds, texts) = receiver.join().unwrap();
+            let what = format!("features {features}, async {asynchronous}");
+            assert_eq!(texts, sent, "{what}");
+            let batches = kinds.iter().filter(|k| **k == FrameKind::Batch).count();
+            if features == 0 {
+                assert_eq!(batches, 0, "{what}: {kinds:?}");
+            } else {
+                // 300 messages in a few batches; the three large ones in data frames, and
+                // after each the next message too (the sender tries a data frame first
+                // after a message too large for a batch).
+                assert!((1..=4).contains(&batches), "{what}: {kinds:?}");
+                let data = kinds.iter().filter(|k| **k == FrameKind::Data).count();
+                assert!((3..=6).contains(&data), "{what}: {kinds:?}");
+            }
+        }
+    }
+}

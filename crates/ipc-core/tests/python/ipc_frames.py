@@ -17,6 +17,7 @@ HEADER = struct.Struct("<2sBBB3sII")  # magic, version, kind, flags, reserved, l
 KINDS = {
     1: "hello", 2: "data", 3: "close", 4: "ping", 5: "pong",
     6: "request", 7: "response", 8: "subscribe", 9: "subscribe-ack", 10: "unsubscribe", 11: "publish",
+    12: "batch",
 }
 MAX_FRAME_LEN = 16 * 1024 * 1024
 
@@ -105,6 +106,22 @@ def parse_close(payload: bytes):
     return {"code": code, "reason": payload[4:].decode("utf-8")}
 
 
+def batch_entries(payload: bytes):
+    """The messages of a batch frame: u16 LE length, then that many bytes, filling the payload."""
+    if len(payload) < 2:
+        raise ProtocolError("batch frame holds no message")
+    entries, pos = [], 0
+    while pos < len(payload):
+        if pos + 2 > len(payload):
+            raise ProtocolError("stray byte after the last batch entry")
+        (n,) = struct.unpack_from("<H", payload, pos)
+        if pos + 2 + n > len(payload):
+            raise ProtocolError("batch entry runs past its frame")
+        entries.append(payload[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    return entries
+
+
 def describe_vector(name: str, raw: bytes) -> str:
     kind, length, ident = parse_header(raw[:16])
     payload = raw[16:]
@@ -128,6 +145,13 @@ def describe_vector(name: str, raw: bytes) -> str:
         text = r.str()
         r.done()
         return f"publish topic={topic} message={text}"
+    if kind == "batch":
+        values = []
+        for entry in batch_entries(payload):
+            r = Reader(entry)
+            values.append(r.varint())
+            r.done()
+        return f"batch u32 {values}"
     if kind in ("request", "response"):
         r = Reader(payload)
         text = r.str()
