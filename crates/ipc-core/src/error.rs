@@ -103,7 +103,13 @@ impl fmt::Display for ErrorKind {
 /// assert_eq!(err.kind(), ErrorKind::TooLarge);
 /// assert_eq!(err.to_string(), "frame of 9000000 bytes exceeds limit of 8388608");
 /// ```
-pub struct Error {
+///
+/// It is one pointer wide (the parts live in one allocation, made only when an error
+/// happens), so that `Result<(), Error>` and `Result<usize, Error>` come back in registers
+/// from every hot call.
+pub struct Error(Box<Inner>);
+
+struct Inner {
     kind: ErrorKind,
     message: Cow<'static, str>,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
@@ -112,16 +118,16 @@ pub struct Error {
 impl Error {
     /// An error of `kind` with `message` (lowercase, no trailing period, with the numbers in it).
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Error {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     /// The same error with `source` as its underlying cause.
     pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Error {
-        self.source = Some(source.into());
+        self.0.source = Some(source.into());
         self
     }
 
@@ -133,11 +139,11 @@ impl Error {
     pub fn io(context: impl Into<Cow<'static, str>>, source: io::Error) -> Error {
         let kind = kind_of_io(&source);
         let context = context.into();
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: Cow::Owned(format!("{context}: {source}")),
             source: Some(Box::new(source)),
-        }
+        }))
     }
 
     /// `frame of {len} bytes exceeds limit of {limit}`.
@@ -158,32 +164,32 @@ impl Error {
 
     /// The coarse kind, to match on.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The message, without the source chain.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// True for [`ErrorKind::Timeout`].
     pub fn is_timeout(&self) -> bool {
-        self.kind == ErrorKind::Timeout
+        self.0.kind == ErrorKind::Timeout
     }
 
     /// True for [`ErrorKind::Full`].
     pub fn is_full(&self) -> bool {
-        self.kind == ErrorKind::Full
+        self.0.kind == ErrorKind::Full
     }
 
     /// True when the other side is gone: [`ErrorKind::PeerClosed`] or [`ErrorKind::PeerDied`].
     pub fn is_peer_gone(&self) -> bool {
-        matches!(self.kind, ErrorKind::PeerClosed | ErrorKind::PeerDied)
+        matches!(self.0.kind, ErrorKind::PeerClosed | ErrorKind::PeerDied)
     }
 
     /// Prefixes the message with what was being done: `"{context}: {message}"`.
     pub fn context(mut self, context: impl fmt::Display) -> Error {
-        self.message = Cow::Owned(format!("{context}: {}", self.message));
+        self.0.message = Cow::Owned(format!("{context}: {}", self.0.message));
         self
     }
 }
@@ -206,8 +212,8 @@ fn kind_of_io(err: &io::Error) -> ErrorKind {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("Error");
-        s.field("kind", &self.kind).field("message", &self.message);
-        if let Some(source) = &self.source {
+        s.field("kind", &self.0.kind).field("message", &self.0.message);
+        if let Some(source) = &self.0.source {
             s.field("source", source);
         }
         s.finish()
@@ -216,13 +222,13 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.0.message)
     }
 }
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.0.source
             .as_deref()
             .map(|source| source as &(dyn StdError + 'static))
     }
@@ -236,7 +242,7 @@ impl From<io::Error> for Error {
 
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
-        let kind = match err.kind {
+        let kind = match err.0.kind {
             ErrorKind::NotFound => io::ErrorKind::NotFound,
             ErrorKind::PermissionDenied => io::ErrorKind::PermissionDenied,
             ErrorKind::AlreadyExists => io::ErrorKind::AlreadyExists,
@@ -291,6 +297,7 @@ mod tests {
     fn error_is_send_sync_and_small() {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
         assert_send_sync::<Error>();
-        assert!(std::mem::size_of::<Error>() <= 48);
+        assert_eq!(std::mem::size_of::<Error>(), 8);
+        assert_eq!(std::mem::size_of::<Result<(), Error>>(), 8);
     }
 }

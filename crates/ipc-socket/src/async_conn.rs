@@ -1,9 +1,12 @@
 //! The tokio connection: a handshake, then a send half and a receive half that may live in
 //! different tasks.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use ipc_core::{
@@ -251,13 +254,62 @@ impl<T> Drop for AsyncSendHalf<T> {
     }
 }
 
-impl<T: Serialize + Sync> AsyncSendHalf<T> {
-    /// Queues `message`; writes the buffer once it reaches the flush threshold.
-    pub async fn send(&mut self, message: &T) -> Result<()> {
-        if self.queue(message)? {
-            self.flush().await?;
+/// The future of [`AsyncSendHalf::send`] and [`AsyncConnection::send`].
+///
+/// The message was queued when `send` was called; the future only writes the buffer out when
+/// that made it reach the flush threshold. Dropping it unpolled or midway loses nothing: the
+/// message stays queued and goes out with the next flush, never twice.
+///
+/// Most sends never write, and their future is one small value: no state machine for the
+/// write is built (nor moved) for them.
+#[must_use = "the message is queued, but a full buffer is written only when this is awaited"]
+pub struct SendFuture<'a> {
+    /// `None` once the message is queued and nothing needs writing: the common case, a
+    /// future of two words. The rare write (or an error) is boxed.
+    write: Option<Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>>,
+}
+
+impl<'a> SendFuture<'a> {
+    #[inline]
+    fn new<T: Serialize + Sync>(half: &'a mut AsyncSendHalf<T>, message: &T) -> SendFuture<'a> {
+        let write: Option<Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>> =
+            match half.queue(message) {
+                Ok(false) => None,
+                Ok(true) => Some(Box::pin(half.flush())),
+                Err(err) => Some(Box::pin(std::future::ready(Err(err)))),
+            };
+        SendFuture { write }
+    }
+}
+
+impl Future for SendFuture<'_> {
+    type Output = Result<()>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<()>> {
+        match &mut self.get_mut().write {
+            None => Poll::Ready(Ok(())),
+            Some(write) => write.as_mut().poll(cx),
         }
-        Ok(())
+    }
+}
+
+impl std::fmt::Debug for SendFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.write {
+            None => "queued",
+            Some(_) => "writing",
+        };
+        f.debug_struct("SendFuture").field("state", &state).finish()
+    }
+}
+
+impl<T: Serialize + Sync> AsyncSendHalf<T> {
+    /// Queues `message` at once; the returned future writes the buffer out if it reached the
+    /// flush threshold (see [`SendFuture`]).
+    #[inline]
+    pub fn send(&mut self, message: &T) -> SendFuture<'_> {
+        SendFuture::new(self, message)
     }
 
     /// Encodes `message` into this half's batch, without I/O; true when the batch reached
@@ -296,8 +348,8 @@ impl<T: Serialize + Sync> AsyncSendHalf<T> {
 impl<T: Serialize + Sync> AsyncSender for AsyncSendHalf<T> {
     type Message = T;
 
-    async fn send(&mut self, message: &T) -> Result<()> {
-        AsyncSendHalf::send(self, message).await
+    fn send(&mut self, message: &T) -> impl Future<Output = Result<()>> + Send {
+        AsyncSendHalf::send(self, message)
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -529,12 +581,11 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
         &self.peer
     }
 
-    /// Queues `message` (see [`AsyncSendHalf::send`]).
-    pub async fn send(&mut self, message: &T) -> Result<()> {
-        if self.send.queue(message)? {
-            self.send.flush().await?;
-        }
-        Ok(())
+    /// Queues `message` at once; the returned future writes the buffer out if it reached the
+    /// flush threshold (see [`SendFuture`]).
+    #[inline]
+    pub fn send(&mut self, message: &T) -> SendFuture<'_> {
+        self.send.send(message)
     }
 
     /// Writes everything queued.
@@ -569,8 +620,8 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
 impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncSender for AsyncConnection<T> {
     type Message = T;
 
-    async fn send(&mut self, message: &T) -> Result<()> {
-        AsyncConnection::send(self, message).await
+    fn send(&mut self, message: &T) -> impl Future<Output = Result<()>> + Send {
+        AsyncConnection::send(self, message)
     }
 
     async fn flush(&mut self) -> Result<()> {

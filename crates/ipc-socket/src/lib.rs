@@ -71,7 +71,7 @@ mod stream;
 mod wire;
 
 pub use crate::address::Address;
-pub use crate::async_conn::{AsyncConnection, AsyncRecvHalf, AsyncSendHalf};
+pub use crate::async_conn::{AsyncConnection, AsyncRecvHalf, AsyncSendHalf, SendFuture};
 pub use crate::blocking::{Connection, Listener};
 pub use crate::client::{Backoff, Client, ClientConfig, Incoming};
 pub use crate::config::{ConnectionConfig, Heartbeat};
