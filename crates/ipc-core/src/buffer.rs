@@ -16,6 +16,12 @@ const KEEP: usize = 256 * 1024;
 /// data frame of their own, where the 16-byte header costs them under half a percent.
 pub const MAX_BATCHED_MESSAGE: usize = 4096;
 
+/// The largest batch payload [`FrameBuffer::push_batched`] builds: a receiver hands out a
+/// batch's messages only once the whole frame has arrived, so small batches keep the
+/// receiver busy while the rest of a write is still on its way, and keep the partial frame
+/// it carries over between reads small.
+pub const MAX_BATCH_LEN: usize = 8 * 1024;
+
 /// Whole frames waiting to be written, encoded in place.
 ///
 /// Frames are serialised straight into memory that is already allocated and initialised,
@@ -49,6 +55,9 @@ pub struct FrameBuffer {
     /// Where the batch frame that ends the buffer starts, while messages may still be added
     /// to it; its header's length is written when it is sealed.
     open_batch: Option<usize>,
+    /// Where the open batch must end: its header plus the smaller of [`MAX_BATCH_LEN`] and
+    /// the limit.
+    batch_end: usize,
     /// The last message pushed as batchable was too large for a batch: try a frame of its
     /// own first for the next one.
     last_too_large: bool,
@@ -62,6 +71,7 @@ impl FrameBuffer {
             filled: 0,
             initial: bytes,
             open_batch: None,
+            batch_end: 0,
             last_too_large: false,
         }
     }
@@ -141,10 +151,11 @@ impl FrameBuffer {
         value: &T,
         limits: &Limits,
     ) -> Result<usize> {
-        if let Some(start) = self.open_batch {
+        if self.open_batch.is_some() {
             let at = self.filled + BATCH_ENTRY_PREFIX;
-            // The entry may not pass the buffer's end, the batch's limit or the entry limit.
-            let end = (start + HEADER_LEN + limits.max_frame_len() as usize)
+            // The entry may not pass the buffer's end, the batch's end or the entry limit.
+            let end = self
+                .batch_end
                 .min(at + MAX_BATCHED_MESSAGE)
                 .min(self.buf.len());
             if at <= end
@@ -182,6 +193,7 @@ impl FrameBuffer {
                 self.buf[start + HEADER_LEN..at].copy_from_slice(&(len as u16).to_le_bytes());
                 self.filled = at + len;
                 self.open_batch = Some(start);
+                self.batch_end = start + HEADER_LEN + MAX_BATCH_LEN.min(limit);
                 self.last_too_large = false;
                 return Ok(HEADER_LEN + BATCH_ENTRY_PREFIX + len);
             }

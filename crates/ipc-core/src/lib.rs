@@ -60,7 +60,7 @@ mod handshake;
 mod ser;
 mod transport;
 
-pub use crate::buffer::{FrameBuffer, MAX_BATCHED_MESSAGE};
+pub use crate::buffer::{FrameBuffer, MAX_BATCH_LEN, MAX_BATCHED_MESSAGE};
 pub use crate::codec::{decode, encode_into, encode_to_vec, encoded_len};
 pub use crate::decoder::FrameDecoder;
 pub use crate::error::{Error, ErrorKind, Result};
