@@ -145,7 +145,7 @@ impl FrameBuffer {
     /// [`FEATURE_BATCH`](crate::FEATURE_BATCH): two bytes of framing instead of sixteen. A
     /// message over [`MAX_BATCHED_MESSAGE`] bytes, or one that would take the batch past
     /// `limits`, goes in a data frame of its own. Returns the bytes appended.
-    #[inline]
+    #[inline(always)]
     pub fn push_batched<T: Serialize + ?Sized>(
         &mut self,
         value: &T,

@@ -188,6 +188,29 @@ impl FrameDecoder {
         self.peek_header_slow()
     }
 
+    /// True when [`next_frame`](FrameDecoder::next_frame) would hand out a data frame now (a
+    /// whole one, or the next message of a batch frame); false when a frame of another kind
+    /// is at the front, more input is needed, or the input is bad, all of which
+    /// [`peek_header`](FrameDecoder::peek_header) tells apart. The check a receive loop runs
+    /// per message, kept to a few instructions.
+    #[inline(always)]
+    pub fn has_data(&self) -> bool {
+        if self.batch_left > 0 {
+            let entry = &self.buf[self.start..self.start + self.batch_left];
+            return entry
+                .split_first_chunk::<BATCH_ENTRY_PREFIX>()
+                .is_some_and(|(len, rest)| usize::from(u16::from_le_bytes(*len)) <= rest.len());
+        }
+        let available = &self.buf[self.start..self.end];
+        self.failed.is_none()
+            && available
+                .first_chunk::<HEADER_LEN>()
+                .and_then(|header| FrameHeader::parse_valid(header, &self.limits))
+                .is_some_and(|header| {
+                    header.kind() == FrameKind::Data && available.len() >= header.frame_len()
+                })
+    }
+
     /// [`peek_header`](FrameDecoder::peek_header) for a failed decoder, a partial header or
     /// one that does not validate.
     #[cold]

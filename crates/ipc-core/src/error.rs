@@ -212,7 +212,8 @@ fn kind_of_io(err: &io::Error) -> ErrorKind {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("Error");
-        s.field("kind", &self.0.kind).field("message", &self.0.message);
+        s.field("kind", &self.0.kind)
+            .field("message", &self.0.message);
         if let Some(source) = &self.0.source {
             s.field("source", source);
         }
@@ -228,7 +229,8 @@ impl fmt::Display for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source
+        self.0
+            .source
             .as_deref()
             .map(|source| source as &(dyn StdError + 'static))
     }

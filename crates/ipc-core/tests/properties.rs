@@ -180,7 +180,9 @@ proptest! {
 
     #[test]
     fn arbitrary_payloads_behind_a_valid_header_never_panic(
-        kind in prop::sample::select(vec![FrameKind::Hello, FrameKind::Data, FrameKind::Close]),
+        kind in prop::sample::select(vec![
+            FrameKind::Hello, FrameKind::Data, FrameKind::Close, FrameKind::Batch,
+        ]),
         payload in prop::collection::vec(any::<u8>(), 0..600),
     ) {
         let limits = Limits::default();
@@ -191,6 +193,28 @@ proptest! {
             FrameKind::Hello => { let _ = Hello::decode(frame.payload()); }
             FrameKind::Close => { let _ = Close::decode(frame.payload()); }
             _ => { let _ = frame.decode::<Everything>(); }
+        }
+        // Through a decoder, a batch of garbage either yields data frames that tile its
+        // payload exactly or fails with a protocol error, and never reads past it.
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&wire);
+        let mut taken = 0;
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    taken += frame.payload().len() + if kind == FrameKind::Batch { 2 } else { 0 };
+                    let _ = frame.decode::<Everything>();
+                }
+                Ok(None) => {
+                    prop_assert_eq!(taken, payload.len());
+                    break;
+                }
+                Err(err) => {
+                    prop_assert_eq!(err.kind(), ErrorKind::Protocol);
+                    prop_assert_eq!(kind, FrameKind::Batch);
+                    break;
+                }
+            }
         }
     }
 

@@ -270,7 +270,7 @@ pub struct SendFuture<'a> {
 }
 
 impl<'a> SendFuture<'a> {
-    #[inline]
+    #[inline(always)]
     fn new<T: Serialize + Sync>(half: &'a mut AsyncSendHalf<T>, message: &T) -> SendFuture<'a> {
         let write: Option<Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>> =
             match half.queue(message) {
@@ -307,14 +307,14 @@ impl std::fmt::Debug for SendFuture<'_> {
 impl<T: Serialize + Sync> AsyncSendHalf<T> {
     /// Queues `message` at once; the returned future writes the buffer out if it reached the
     /// flush threshold (see [`SendFuture`]).
-    #[inline]
+    #[inline(always)]
     pub fn send(&mut self, message: &T) -> SendFuture<'_> {
         SendFuture::new(self, message)
     }
 
     /// Encodes `message` into this half's batch, without I/O; true when the batch reached
     /// the flush threshold.
-    #[inline]
+    #[inline(always)]
     fn queue(&mut self, message: &T) -> Result<bool> {
         self.writer.check()?;
         if self.writer.batching {
@@ -583,7 +583,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
 
     /// Queues `message` at once; the returned future writes the buffer out if it reached the
     /// flush threshold (see [`SendFuture`]).
-    #[inline]
+    #[inline(always)]
     pub fn send(&mut self, message: &T) -> SendFuture<'_> {
         self.send.send(message)
     }

@@ -71,6 +71,14 @@ pub(crate) fn check_peer_hello(frame: Frame<'_>, ours: &Hello) -> Result<(Hello,
     }
 }
 
+#[cold]
+fn vanished() -> Error {
+    Error::new(
+        ErrorKind::Other,
+        "data frame vanished from the receive buffer",
+    )
+}
+
 /// A blocking connection carrying messages of type `T` both ways.
 ///
 /// Sends are coalesced in a buffer and written when it reaches the flush threshold, on
@@ -228,7 +236,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         self.out.len() - self.out_pos
     }
 
-    #[inline]
+    #[inline(always)]
     fn encode(&mut self, message: &T) -> Result<()> {
         if self.batching {
             self.out.push_batched(message, &self.send_limits)?;
@@ -356,10 +364,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     fn take_data<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
         match self.decoder.next_frame()? {
             Some(frame) => frame.decode::<M>(),
-            None => Err(Error::new(
-                ErrorKind::Other,
-                "data frame vanished from the receive buffer",
-            )),
+            None => Err(vanished()),
         }
     }
 
@@ -368,12 +373,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     #[inline(always)]
     fn wait_for_data(&mut self, deadline: Option<Instant>) -> Result<()> {
         // Fast path: a data frame already received whole (one read brings many).
-        if self.failed.is_none() {
-            match self.decoder.peek_header() {
-                Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(()),
-                Ok(_) => {}
-                Err(err) => return Err(self.refuse(err)),
-            }
+        if self.failed.is_none() && self.decoder.has_data() {
+            return Ok(());
         }
         self.wait_for_data_slow(deadline)
     }
@@ -436,7 +437,7 @@ impl<T: Serialize + DeserializeOwned> Sender for Connection<T> {
 
     /// Queues `message` in the write buffer, writing the buffer out once it reaches the flush
     /// threshold. `Ok` means queued; [`flush`](Sender::flush) pushes it to the peer.
-    #[inline]
+    #[inline(always)]
     fn send(&mut self, message: &T) -> Result<()> {
         self.check_usable()?;
         self.encode(message)?;
