@@ -82,7 +82,9 @@ fn vanished() -> Error {
 /// A blocking connection carrying messages of type `T` both ways.
 ///
 /// Sends are coalesced in a buffer and written when it reaches the flush threshold, on
-/// [`flush`](Sender::flush), or before a receive blocks. A blocking connection answers
+/// [`flush`](Sender::flush), or before a receive blocks; small messages travel in batch
+/// frames when the peer accepts them (see
+/// [`ConnectionConfig::without_batches`](crate::ConnectionConfig::without_batches)). A blocking connection answers
 /// pings and checks the peer's liveness only while it is inside a call (`recv` and
 /// friends); a side that stays out of `recv` longer than the peer's heartbeat timeout looks
 /// dead to the peer. Use [`AsyncConnection`](crate::AsyncConnection) for an always-live side.
