@@ -58,9 +58,9 @@ pub struct FrameBuffer {
     /// Where the open batch must end: its header plus the smaller of [`MAX_BATCH_LEN`] and
     /// the limit.
     batch_end: usize,
-    /// The last message pushed as batchable was too large for a batch: try a frame of its
-    /// own first for the next one.
-    last_too_large: bool,
+    /// Where a data frame pushed by `push_batched` starts while it is the last frame in the
+    /// buffer and could still become a batch.
+    lone_data: Option<usize>,
 }
 
 impl FrameBuffer {
@@ -72,7 +72,7 @@ impl FrameBuffer {
             initial: bytes,
             open_batch: None,
             batch_end: 0,
-            last_too_large: false,
+            lone_data: None,
         }
     }
 
@@ -87,6 +87,7 @@ impl FrameBuffer {
     /// Closes the open batch (if any): writes its length into its header.
     #[inline]
     fn seal(&mut self) {
+        self.lone_data = None;
         if let Some(start) = self.open_batch.take() {
             let len = (self.filled - start - HEADER_LEN) as u32;
             self.buf[start + 8..start + 12].copy_from_slice(&len.to_le_bytes());
@@ -140,67 +141,94 @@ impl FrameBuffer {
         self.with_vec(|out| frame::encode_frame(out, kind, id, value, limits))
     }
 
-    /// Appends `value` as one more message of the batch frame at the end of the buffer (a
-    /// [`FrameKind::Batch`] opened here if there is none), for a peer whose hello sets
-    /// [`FEATURE_BATCH`](crate::FEATURE_BATCH): two bytes of framing instead of sixteen. A
-    /// message over [`MAX_BATCHED_MESSAGE`] bytes, or one that would take the batch past
-    /// `limits`, goes in a data frame of its own. Returns the bytes appended.
+    /// Appends `value` for a peer whose hello sets [`FEATURE_BATCH`](crate::FEATURE_BATCH):
+    /// as one more message of the batch frame that ends the buffer (two bytes of framing
+    /// instead of sixteen). A message alone stays a data frame until a second one follows
+    /// it, which turns the pair into a [`FrameKind::Batch`]: a lone request or reply costs
+    /// the receiver no batch. A message over [`MAX_BATCHED_MESSAGE`] bytes, or one that would
+    /// take a batch past [`MAX_BATCH_LEN`] or `limits`, goes in a data frame of its own.
+    /// Returns the bytes appended.
     #[inline(always)]
     pub fn push_batched<T: Serialize + ?Sized>(
         &mut self,
         value: &T,
         limits: &Limits,
     ) -> Result<usize> {
-        if self.open_batch.is_some() {
-            let at = self.filled + BATCH_ENTRY_PREFIX;
-            // The entry may not pass the buffer's end, the batch's end or the entry limit.
-            let end = self
-                .batch_end
-                .min(at + MAX_BATCHED_MESSAGE)
-                .min(self.buf.len());
-            if at <= end
-                && let Some(len) = codec::try_encode_into(value, &mut self.buf[at..end])?
-            {
-                self.buf[self.filled..at].copy_from_slice(&(len as u16).to_le_bytes());
-                self.filled = at + len;
-                return Ok(BATCH_ENTRY_PREFIX + len);
-            }
+        if self.open_batch.is_some()
+            && let Some(len) = self.try_push_entry(value)?
+        {
+            return Ok(len);
         }
         self.push_batched_slow(value, limits)
     }
 
-    /// [`push_batched`](FrameBuffer::push_batched) without an open batch with room: opens
-    /// one, or sends a message too large for batches as a data frame.
+    /// Adds `value` to the open batch if it fits; `None` (nothing added) if it does not.
+    #[inline(always)]
+    fn try_push_entry<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Option<usize>> {
+        let at = self.filled + BATCH_ENTRY_PREFIX;
+        // The entry may not pass the buffer's end, the batch's end or the entry limit.
+        let end = self
+            .batch_end
+            .min(at + MAX_BATCHED_MESSAGE)
+            .min(self.buf.len());
+        if at <= end
+            && let Some(len) = codec::try_encode_into(value, &mut self.buf[at..end])?
+        {
+            self.buf[self.filled..at].copy_from_slice(&(len as u16).to_le_bytes());
+            self.filled = at + len;
+            return Ok(Some(BATCH_ENTRY_PREFIX + len));
+        }
+        Ok(None)
+    }
+
+    /// [`push_batched`](FrameBuffer::push_batched) without an open batch with room: turns a
+    /// lone data frame at the end into a batch, or appends a data frame.
     #[cold]
     fn push_batched_slow<T: Serialize + ?Sized>(
         &mut self,
         value: &T,
         limits: &Limits,
     ) -> Result<usize> {
-        let had_batch = self.open_batch.is_some();
+        let lone = self.lone_data.take();
         self.seal();
         let limit = limits.max_frame_len() as usize;
-        if (!self.last_too_large || had_batch) && limit >= BATCH_ENTRY_PREFIX {
-            let start = self.filled;
-            let at = start + HEADER_LEN + BATCH_ENTRY_PREFIX;
-            let end = at + MAX_BATCHED_MESSAGE.min(limit - BATCH_ENTRY_PREFIX);
-            if end > self.buf.len() {
-                self.grow_to(end);
-            }
-            if let Some(len) = codec::try_encode_into(value, &mut self.buf[at..end])? {
-                let header = FrameHeader::new(FrameKind::Batch, 0, 0).to_bytes();
-                self.buf[start..start + HEADER_LEN].copy_from_slice(&header);
-                self.buf[start + HEADER_LEN..at].copy_from_slice(&(len as u16).to_le_bytes());
-                self.filled = at + len;
-                self.open_batch = Some(start);
-                self.batch_end = start + HEADER_LEN + MAX_BATCH_LEN.min(limit);
-                self.last_too_large = false;
-                return Ok(HEADER_LEN + BATCH_ENTRY_PREFIX + len);
-            }
+        if let Some(start) = lone
+            && self.open_batch_from_data(start, limit)
+            && let Some(len) = self.try_push_entry(value)?
+        {
+            return Ok(len);
         }
+        self.seal();
+        let start = self.filled;
         let len = self.push(FrameKind::Data, 0, value, limits)?;
-        self.last_too_large = len - HEADER_LEN > MAX_BATCHED_MESSAGE;
+        if len - HEADER_LEN <= MAX_BATCHED_MESSAGE {
+            self.lone_data = Some(start);
+        }
         Ok(len)
+    }
+
+    /// Turns the data frame at `start`, the last in the buffer, into a batch of one entry
+    /// that stays open: its payload moves up two bytes for the entry's length. False (and
+    /// nothing changed) if such a batch would exceed `limit`.
+    fn open_batch_from_data(&mut self, start: usize, limit: usize) -> bool {
+        let payload = start + HEADER_LEN;
+        let len = self.filled - payload;
+        if len > MAX_BATCHED_MESSAGE || BATCH_ENTRY_PREFIX + len > limit {
+            return false;
+        }
+        if self.filled + BATCH_ENTRY_PREFIX > self.buf.len() {
+            self.grow_to(self.filled + BATCH_ENTRY_PREFIX);
+        }
+        self.buf
+            .copy_within(payload..self.filled, payload + BATCH_ENTRY_PREFIX);
+        self.buf[payload..payload + BATCH_ENTRY_PREFIX]
+            .copy_from_slice(&(len as u16).to_le_bytes());
+        // The kind byte; the length field is written when the batch is sealed.
+        self.buf[start + 3] = FrameKind::Batch.to_byte();
+        self.filled += BATCH_ENTRY_PREFIX;
+        self.open_batch = Some(start);
+        self.batch_end = start + HEADER_LEN + MAX_BATCH_LEN.min(limit);
+        true
     }
 
     /// Appends a frame of `kind` and `id` with an already-encoded `payload`; returns the
@@ -264,6 +292,7 @@ impl FrameBuffer {
     pub fn clear(&mut self) {
         self.filled = 0;
         self.open_batch = None;
+        self.lone_data = None;
         if self.buf.len() > (4 * self.initial).max(KEEP) {
             self.buf = vec![0; self.initial];
         }
@@ -308,6 +337,33 @@ mod tests {
         }
         assert_eq!(out.as_slice(), &expected[..]);
         assert_eq!(frames(out.as_slice(), &limits).len(), 204);
+    }
+
+    #[test]
+    fn a_lone_message_stays_a_data_frame_until_a_second_joins_it() {
+        let limits = Limits::default();
+        let mut out = FrameBuffer::with_capacity(64);
+        out.push_batched("one", &limits).unwrap();
+        let lone = out.as_slice().to_vec();
+        assert_eq!(
+            frames(&lone, &limits),
+            [(FrameKind::Data, 0, b"\x03one".to_vec())]
+        );
+        // as_slice handed the bytes out (they may be on the wire): the next message may not
+        // touch them, and starts a frame of its own.
+        out.push_batched("two", &limits).unwrap();
+        out.push_batched("three", &limits).unwrap();
+        let wire = out.as_slice().to_vec();
+        assert_eq!(&wire[..lone.len()], &lone[..]);
+        let kinds: Vec<FrameKind> = frames(&wire, &limits).iter().map(|f| f.0).collect();
+        assert_eq!(kinds, [FrameKind::Data, FrameKind::Batch]);
+        let mut decoder = crate::FrameDecoder::new(limits);
+        decoder.push(&wire);
+        let mut texts = Vec::new();
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            texts.push(frame.decode::<String>().unwrap());
+        }
+        assert_eq!(texts, ["one", "two", "three"]);
     }
 
     #[test]

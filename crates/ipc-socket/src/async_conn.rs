@@ -179,13 +179,18 @@ impl Writer {
     }
 
     /// An error if the connection failed earlier.
-    #[inline]
+    #[inline(always)]
     fn check(&self) -> Result<()> {
         if self.failed.load(Ordering::Acquire) {
-            let kind = self.pending().failed.unwrap_or(ErrorKind::Other);
-            return Err(Error::new(kind, "connection failed earlier"));
+            return Err(self.failed_earlier());
         }
         Ok(())
+    }
+
+    #[cold]
+    fn failed_earlier(&self) -> Error {
+        let kind = self.pending().failed.unwrap_or(ErrorKind::Other);
+        Error::new(kind, "connection failed earlier")
     }
 
     fn fail(&self, err: Error) -> Error {
@@ -234,6 +239,11 @@ pub struct AsyncSendHalf<T> {
     writer: Arc<Writer>,
     /// Whole frames queued by this half and not yet handed to the writer.
     batch: FrameBuffer,
+    /// The writer's settings, copied here so that a send reads no shared memory but the
+    /// failed flag.
+    send_limits: Limits,
+    flush_threshold: usize,
+    batching: bool,
     _message: PhantomData<fn(T)>,
 }
 
@@ -242,6 +252,9 @@ impl<T> Clone for AsyncSendHalf<T> {
         AsyncSendHalf {
             writer: Arc::clone(&self.writer),
             batch: FrameBuffer::default(),
+            send_limits: self.send_limits,
+            flush_threshold: self.flush_threshold,
+            batching: self.batching,
             _message: PhantomData,
         }
     }
@@ -317,13 +330,13 @@ impl<T: Serialize + Sync> AsyncSendHalf<T> {
     #[inline(always)]
     fn queue(&mut self, message: &T) -> Result<bool> {
         self.writer.check()?;
-        if self.writer.batching {
-            self.batch.push_batched(message, &self.writer.send_limits)?;
+        if self.batching {
+            self.batch.push_batched(message, &self.send_limits)?;
         } else {
             self.batch
-                .push(FrameKind::Data, 0, message, &self.writer.send_limits)?;
+                .push(FrameKind::Data, 0, message, &self.send_limits)?;
         }
-        Ok(self.batch.len() >= self.writer.flush_threshold)
+        Ok(self.batch.len() >= self.flush_threshold)
     }
 
     /// Writes everything queued.
@@ -556,6 +569,9 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
         });
         AsyncConnection {
             send: AsyncSendHalf {
+                send_limits: writer.send_limits,
+                flush_threshold: writer.flush_threshold,
+                batching: writer.batching,
                 writer: Arc::clone(&writer),
                 batch: write_buffer(config),
                 _message: PhantomData,
