@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::decoder::BATCH_ENTRY_PREFIX;
 use crate::error::Result;
-use crate::frame::{self, FrameHeader, FrameKind, HEADER_LEN, Limits};
+use crate::frame::{self, FrameKind, HEADER_LEN, Limits};
 
 /// A buffer this large or smaller is kept by [`FrameBuffer::clear`] whatever its initial
 /// capacity.
@@ -124,21 +124,9 @@ impl FrameBuffer {
                 self.filled += len;
                 Ok(len)
             }
-            None => self.push_growing(kind, id, value, limits),
+            // It did not fit: a growing `Vec` finds out whether the limit is what it exceeded.
+            None => self.with_vec(|out| frame::encode_frame(out, kind, id, value, limits)),
         }
-    }
-
-    /// [`push`](FrameBuffer::push) when the frame did not fit: encode into a growing `Vec`,
-    /// which also finds out whether the limit is what it exceeded.
-    #[cold]
-    fn push_growing<T: Serialize + ?Sized>(
-        &mut self,
-        kind: FrameKind,
-        id: u32,
-        value: &T,
-        limits: &Limits,
-    ) -> Result<usize> {
-        self.with_vec(|out| frame::encode_frame(out, kind, id, value, limits))
     }
 
     /// Appends `value` for a peer whose hello sets [`FEATURE_BATCH`](crate::FEATURE_BATCH):
@@ -241,8 +229,7 @@ impl FrameBuffer {
         payload: &[u8],
         limits: &Limits,
     ) -> Result<usize> {
-        limits.check_frame_len(payload.len() as u64)?;
-        let header = FrameHeader::new(kind, id, payload.len() as u32);
+        let header = frame::raw_header(kind, id, payload, limits)?;
         self.extend_from_slice(&header.to_bytes());
         self.extend_from_slice(payload);
         Ok(header.frame_len())
@@ -274,6 +261,7 @@ impl FrameBuffer {
 
     /// Runs an encoder that appends to a `Vec` (such as
     /// [`Hello::encode_frame`](crate::Hello::encode_frame)) on the queued bytes.
+    #[cold]
     pub fn with_vec<R>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         self.seal();
         self.buf.truncate(self.filled);

@@ -499,11 +499,21 @@ pub fn encode_raw_frame(
     payload: &[u8],
     limits: &Limits,
 ) -> Result<usize> {
-    limits.check_frame_len(payload.len() as u64)?;
-    let header = FrameHeader::new(kind, id, payload.len() as u32);
+    let header = raw_header(kind, id, payload, limits)?;
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(payload);
     Ok(header.frame_len())
+}
+
+/// The header of a frame carrying `payload` as it is, once its length passed `limits`.
+pub(crate) fn raw_header(
+    kind: FrameKind,
+    id: u32,
+    payload: &[u8],
+    limits: &Limits,
+) -> Result<FrameHeader> {
+    limits.check_frame_len(payload.len() as u64)?;
+    Ok(FrameHeader::new(kind, id, payload.len() as u32))
 }
 
 #[cfg(test)]

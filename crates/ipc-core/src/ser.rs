@@ -116,6 +116,20 @@ impl SliceWriter<'_> {
     fn length(&mut self, len: usize) -> Result {
         self.varint(len as u64)
     }
+
+    /// The element count that starts a sequence or map; postcard cannot do without it.
+    #[inline]
+    fn counted(&mut self, len: Option<usize>, what: &str) -> Result<&mut Self> {
+        match len {
+            Some(len) => {
+                self.length(len)?;
+                Ok(self)
+            }
+            None => Err(ser::Error::custom(format!(
+                "{what} of unknown length (postcard needs the length first)"
+            ))),
+        }
+    }
 }
 
 /// Zigzag: small magnitudes of either sign become small unsigned numbers.
@@ -270,15 +284,7 @@ impl<'a> ser::Serializer for &mut SliceWriter<'a> {
 
     #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self> {
-        match len {
-            Some(len) => {
-                self.length(len)?;
-                Ok(self)
-            }
-            None => Err(ser::Error::custom(
-                "sequence of unknown length (postcard needs the length first)",
-            )),
-        }
+        self.counted(len, "sequence")
     }
 
     #[inline]
@@ -305,15 +311,7 @@ impl<'a> ser::Serializer for &mut SliceWriter<'a> {
 
     #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self> {
-        match len {
-            Some(len) => {
-                self.length(len)?;
-                Ok(self)
-            }
-            None => Err(ser::Error::custom(
-                "map of unknown length (postcard needs the length first)",
-            )),
-        }
+        self.counted(len, "map")
     }
 
     #[inline(always)]

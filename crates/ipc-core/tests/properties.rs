@@ -56,6 +56,18 @@ prop_compose! {
     }
 }
 
+/// `wire` split at the `cuts` (any points, in any order), in order.
+fn pieces<'a>(wire: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+    points.push(0);
+    points.push(wire.len());
+    points.sort_unstable();
+    points
+        .windows(2)
+        .map(|pair| &wire[pair[0]..pair[1]])
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -92,14 +104,10 @@ proptest! {
             expected.push(value);
         }
         let wire = out.as_slice().to_vec();
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
-        cuts.push(0);
-        cuts.push(wire.len());
-        cuts.sort_unstable();
         let mut decoder = FrameDecoder::new(limits);
         let mut decoded = Vec::new();
-        for pair in cuts.windows(2) {
-            decoder.push(&wire[pair[0]..pair[1]]);
+        for piece in pieces(&wire, &cuts) {
+            decoder.push(piece);
             while let Some(header) = decoder.peek_header().unwrap() {
                 let frame = decoder.next_frame().unwrap().unwrap();
                 prop_assert_eq!(frame.kind(), header.kind());
@@ -144,14 +152,10 @@ proptest! {
         for (i, value) in values.iter().enumerate() {
             ipc_core::encode_frame(&mut wire, FrameKind::Data, i as u32, value, &limits).unwrap();
         }
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
-        cuts.push(0);
-        cuts.push(wire.len());
-        cuts.sort_unstable();
         let mut decoder = FrameDecoder::new(limits);
         let mut decoded = Vec::new();
-        for pair in cuts.windows(2) {
-            decoder.push(&wire[pair[0]..pair[1]]);
+        for piece in pieces(&wire, &cuts) {
+            decoder.push(piece);
             while let Some(frame) = decoder.next_frame().unwrap() {
                 decoded.push((frame.id(), frame.decode::<Everything>().unwrap()));
             }
