@@ -196,9 +196,13 @@ impl Liveness {
         }
     }
 
+    #[inline]
     pub(crate) fn heard(&mut self) {
-        self.last_heard = Instant::now();
-        self.pinged = false;
+        // Without heartbeats nobody asks when the peer was last heard: save the clock read.
+        if self.heartbeat.is_some() {
+            self.last_heard = Instant::now();
+            self.pinged = false;
+        }
     }
 
     /// The interval to wait in reads when nothing else bounds the wait.
