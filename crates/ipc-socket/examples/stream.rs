@@ -3,8 +3,9 @@
 //! length-prefixed bytes); prints each kind's best and median rate, for before/after
 //! comparisons and profiling on a noisy machine:
 //! `cargo run --release -p ipc-socket --example stream -- [unix|tcp] [blocks] [messages]
-//! [kinds]`, where kinds is a comma-separated subset of `ipc,async,raw,plain` (`plain`: ipc-socket with batches
-//! turned off by the receiver).
+//! [kinds]`, where kinds is a comma-separated subset of `ipc,async,raw,plain` (`plain`:
+//! ipc-socket with batches turned off by the receiver). `FLUSH=BYTES` in the environment
+//! sets ipc-socket's flush threshold (default 64 KiB).
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::process::{Command, Stdio};
