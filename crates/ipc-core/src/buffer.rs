@@ -177,16 +177,14 @@ impl FrameBuffer {
         value: &T,
         limits: &Limits,
     ) -> Result<usize> {
-        let lone = self.lone_data.take();
-        self.seal();
-        let limit = limits.max_frame_len() as usize;
-        if let Some(start) = lone
-            && self.open_batch_from_data(start, limit)
+        // A lone data frame and an open batch never coexist; `push` seals whichever batch is
+        // open (a full one, or one just made from the lone frame that this message outgrew).
+        if let Some(start) = self.lone_data.take()
+            && self.open_batch_from_data(start, limits.max_frame_len() as usize)
             && let Some(len) = self.try_push_entry(value)?
         {
             return Ok(len);
         }
-        self.seal();
         let start = self.filled;
         let len = self.push(FrameKind::Data, 0, value, limits)?;
         if len - HEADER_LEN <= MAX_BATCHED_MESSAGE {

@@ -196,10 +196,7 @@ impl FrameDecoder {
     #[inline(always)]
     pub fn has_data(&self) -> bool {
         if self.batch_left > 0 {
-            let entry = &self.buf[self.start..self.start + self.batch_left];
-            return entry
-                .split_first_chunk::<BATCH_ENTRY_PREFIX>()
-                .is_some_and(|(len, rest)| usize::from(u16::from_le_bytes(*len)) <= rest.len());
+            return self.valid_entry_len().is_some();
         }
         let available = &self.buf[self.start..self.end];
         self.failed.is_none()
@@ -256,14 +253,19 @@ impl FrameDecoder {
     /// The length of the batch entry at `start`, checked against the rest of its batch.
     #[inline]
     fn entry_len(&mut self) -> Result<usize> {
-        let entry = &self.buf[self.start..self.start + self.batch_left];
-        if let Some((len, rest)) = entry.split_first_chunk::<BATCH_ENTRY_PREFIX>() {
-            let len = usize::from(u16::from_le_bytes(*len));
-            if len <= rest.len() {
-                return Ok(len);
-            }
+        match self.valid_entry_len() {
+            Some(len) => Ok(len),
+            None => Err(self.bad_entry()),
         }
-        Err(self.bad_entry())
+    }
+
+    /// [`entry_len`](Self::entry_len) without failing the decoder: `None` for a bad entry.
+    #[inline(always)]
+    fn valid_entry_len(&self) -> Option<usize> {
+        let entry = &self.buf[self.start..self.start + self.batch_left];
+        let (len, rest) = entry.split_first_chunk::<BATCH_ENTRY_PREFIX>()?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        (len <= rest.len()).then_some(len)
     }
 
     #[cold]

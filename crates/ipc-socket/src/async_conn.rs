@@ -120,9 +120,6 @@ struct Writer {
     failed: AtomicBool,
     io: Mutex<Io>,
     send_limits: Limits,
-    flush_threshold: usize,
-    /// The peer takes batch frames: data messages go out two bytes of framing apiece.
-    batching: bool,
 }
 
 #[derive(Debug)]
@@ -145,22 +142,18 @@ impl Writer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends a frame with `encode`; true when the pending bytes reached the threshold.
-    fn queue(
-        &self,
-        encode: impl FnOnce(&mut FrameBuffer, &Limits) -> Result<usize>,
-    ) -> Result<bool> {
+    /// Appends a frame (a control frame or a close) with `encode`; the next flush writes it.
+    fn queue(&self, encode: impl FnOnce(&mut FrameBuffer, &Limits) -> Result<usize>) -> Result<()> {
         let mut pending = self.pending();
         if let Some(kind) = pending.failed {
             return Err(Error::new(kind, "connection failed earlier"));
         }
         encode(&mut pending.out, &self.send_limits)?;
-        Ok(pending.out.len() >= self.flush_threshold)
+        Ok(())
     }
 
     fn queue_control(&self, kind: FrameKind, id: u32) -> Result<()> {
         self.queue(|out, limits| out.push_raw(kind, id, &[], limits))
-            .map(|_| ())
     }
 
     /// Moves a send half's batch of whole frames behind the frames already pending; `batch`
@@ -239,8 +232,8 @@ pub struct AsyncSendHalf<T> {
     writer: Arc<Writer>,
     /// Whole frames queued by this half and not yet handed to the writer.
     batch: FrameBuffer,
-    /// The writer's settings, copied here so that a send reads no shared memory but the
-    /// failed flag.
+    /// The connection's send settings, held by each half so that a send reads no shared
+    /// memory but the failed flag. `batching`: the peer takes batch frames.
     send_limits: Limits,
     flush_threshold: usize,
     batching: bool,
@@ -564,14 +557,12 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
                 pos: 0,
             }),
             send_limits: shaken.send_limits,
-            flush_threshold: config.flush_threshold(),
-            batching: shaken.peer.features() & FEATURE_BATCH != 0,
         });
         AsyncConnection {
             send: AsyncSendHalf {
-                send_limits: writer.send_limits,
-                flush_threshold: writer.flush_threshold,
-                batching: writer.batching,
+                send_limits: shaken.send_limits,
+                flush_threshold: config.flush_threshold(),
+                batching: shaken.peer.features() & FEATURE_BATCH != 0,
                 writer: Arc::clone(&writer),
                 batch: write_buffer(config),
                 _message: PhantomData,
