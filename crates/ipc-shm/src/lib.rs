@@ -85,10 +85,23 @@ pub use crate::channel::{
 pub use crate::state::{Pod, ShmState, StateConfig, StateGuard};
 pub use crate::wait::WaitMode;
 
-/// The file that backs the segment named `name`: `/dev/shm/ipc-{name}` on Linux. Useful to
-/// check for leftovers; never needed to use a channel.
+/// The name file of the segment named `name`: `/dev/shm/ipc-{name}` on Linux, a small
+/// rendezvous (mode 0600) that says where the creator's sealed memory is. It exists while
+/// the creator lives (and after it was killed, until the next `create` reclaims it). Useful
+/// to check for leftovers; never needed to use a channel.
 pub fn segment_path(name: &str) -> std::path::PathBuf {
     segment::shm_path(name)
+}
+
+/// Where a process of the same user can open the memory of the segment named `name`:
+/// `/proc/<creator pid>/fd/<n>`, read from its rendezvous. That is what `open` does; this
+/// is for tools and tests that inspect a segment. The memory is sealed: it can be written,
+/// but never shrunk or grown.
+///
+/// Errors: `NotFound` if no segment has that name, `BadMagic` / `UnsupportedVersion` if the
+/// file at the name is not a rendezvous of this version, `InvalidInput` for a bad name.
+pub fn segment_memory_path(name: &str) -> ipc_core::Result<std::path::PathBuf> {
+    segment::memory_path(name)
 }
 
 /// The shared foundation: errors, encoding, traits.
