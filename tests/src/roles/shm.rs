@@ -11,7 +11,9 @@
 //!   `PeerDied` ends the stream like a close, after a `peer-died ..` line.
 //! - `shm-tolerant-sink --name N --max-errors E`: receives and counts errors (a scribble
 //!   target); prints `ok received=.. errors=..` after E errors or the sender's close.
-//! - `shm-counter --name N --count K`: increments the shared `u64` K times under the lock.
+//! - `shm-counter --name N --count K [--wait-go 1]`: increments the shared `u64` K times
+//!   under the lock (with `--wait-go`, prints `ready` once attached and waits for a line on
+//!   stdin first).
 //! - `shm-hold-lock --name N`: takes the lock, prints `holding`, and sleeps until killed.
 //! - `shm-create-and-hold --name N`: creates a channel, prints `ready`, sleeps until killed.
 //! - `shm-pong --name N [--polling 1]`: opens channel `N.ab` (bytes), creates `N.ba`, prints
@@ -241,6 +243,12 @@ fn counter(args: &Args) -> Result<()> {
     let name = args.text("name", "");
     let count: u64 = args.get("count", 1000)?;
     let mut state = ShmState::<u64>::open(&name, &StateConfig::new())?;
+    if args.get::<u8>("wait-go", 0)? != 0 {
+        // Attached: wait for the test's go-ahead on stdin.
+        println!("ready");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+    }
     let mut recovered = 0;
     for _ in 0..count {
         let mut value = state.lock(Duration::from_secs(20))?;
