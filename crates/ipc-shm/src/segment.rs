@@ -485,7 +485,8 @@ impl Segment {
         let memory = rendezvous.memory_path();
         let file = match File::options().read(true).write(true).open(&memory) {
             Ok(file) => file,
-            Err(_) if !owner.is_alive() => return Err(died()),
+            // An owner that exited but is not reaped yet has closed its files already.
+            Err(_) if !owner.is_alive() || owner.is_zombie() => return Err(died()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::new(
                     ErrorKind::PeerClosed,
@@ -978,6 +979,11 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&file, &[7u8; 8], 4096).unwrap();
         assert_eq!(created.map().bytes(4096, 8).unwrap(), &[7u8; 8]);
         assert_eq!(opened.map().bytes(4096, 8).unwrap(), &[7u8; 8]);
+        // Punching a hole frees the pages but keeps the size: the ends read zeros, no fault.
+        sys::punch_hole(&file, 4096, 4096).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 8192);
+        assert_eq!(created.map().bytes(4096, 8).unwrap(), &[0u8; 8]);
+        assert_eq!(opened.map().bytes(4096, 4096).unwrap(), &[0u8; 4096][..]);
     }
 
     #[test]
@@ -1034,6 +1040,23 @@ mod tests {
         forge_rendezvous(&name_a, |r| r.fd = 1_000_000);
         let err = Segment::open(&name_a, SPEC, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
+        // An owner that exited but is not reaped yet (a zombie) holds no fds: a dead owner.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = ProcessId::of(child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !zombie.is_zombie() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(zombie.is_zombie() && zombie.is_alive());
+        let real_fd = b_fd;
+        forge_rendezvous(&name_a, |r| {
+            r.owner = zombie;
+            r.fd = real_fd;
+        });
+        let err = Segment::open(&name_a, SPEC, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerDied, "{err}");
+        child.wait().unwrap();
+        forge_rendezvous(&name_a, |r| r.owner = ProcessId::current());
         // A live pid with another start time (a reused pid) is a dead owner.
         forge_rendezvous(&name_a, |r| r.owner.start += 1);
         let err = Segment::open(&name_a, SPEC, Duration::from_secs(1)).unwrap_err();

@@ -323,3 +323,28 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Frees the pages of `file` in `offset..offset + len` without changing its size
+/// (`FALLOC_FL_PUNCH_HOLE`), as a hostile peer may: later reads there see zeros.
+#[cfg(test)]
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range exceeds off_t",
+        ));
+    };
+    // SAFETY: plain system call on a file descriptor we own for the duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
