@@ -20,14 +20,23 @@
 //! - A peer killed with SIGKILL at any moment yields `PeerDied` (or `PeerClosed` for an
 //!   orderly close) within tens of milliseconds, never a hang: waiting ends look at their
 //!   peer's pid (and start time, against pid reuse) at least every 20 ms.
-//! - The creator of a name removes it from `/dev/shm` when dropped; a segment left by a
+//! - No peer can shrink or grow the memory, so none can make another die of SIGBUS: it is
+//!   a memfd sealed with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` before anyone else can
+//!   reach it, found through a small rendezvous file at the name
+//!   ([`segment_path`]) and opened as `/proc/<creator>/fd/<n>` ([`segment_memory_path`]);
+//!   `open` refuses memory without those seals. The README's threat model says what a
+//!   hostile peer of the same user can and cannot do.
+//! - The creator of a name removes it from `/dev/shm` when dropped; a name left by a
 //!   process that died is reclaimed by the next `create`, never one whose owner lives.
-//! - `open` waits, bounded, until the creator has initialised the segment, and checks its
-//!   header (magic, version, layout, message-type fingerprint, capacity, owner).
+//! - A name appears only once its segment is ready; `open` checks the creator's liveness,
+//!   the seals, the nonce that ties the memory to the name, and the header (magic, version,
+//!   layout, message-type fingerprint, capacity, owner).
 //! - Everything read from shared memory is validated before use: a peer scribbling over the
-//!   segment causes errors, not out-of-bounds access, panics or unbounded allocation.
-//! - Segments are created with mode 0600 and fully allocated up front, so a full `/dev/shm`
-//!   is an error at `create` instead of a SIGBUS later.
+//!   segment causes errors or wrong values, never out-of-bounds access, panics, unbounded
+//!   allocation or waits beyond their bounds. Messages carry no checksum: a process that
+//!   can write the memory can also forge well-formed messages.
+//! - Names and memory are mode 0600, and the memory is fully allocated up front, so a
+//!   request beyond free memory is an error at `create` instead of a fault later.
 //! - Sending and receiving allocate nothing per message.
 //!
 //! # Waiting, and why not raw_sync

@@ -957,6 +957,8 @@ mod tests {
             .open(&memory)
             .unwrap();
         assert_eq!(file.metadata().unwrap().len(), 8192);
+        assert_eq!(file.metadata().unwrap().mode() & 0o777, 0o600);
+        assert_eq!(sys::seals(&file).unwrap(), sys::SEGMENT_SEALS);
         for len in [0, 100, 4096, 8191, 8193, 1 << 20] {
             let err = file.set_len(len).unwrap_err();
             assert_eq!(
@@ -1061,6 +1063,38 @@ mod tests {
         forge_rendezvous(&name_a, |r| r.owner.start += 1);
         let err = Segment::open(&name_a, SPEC, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PeerDied, "{err}");
+    }
+
+    #[test]
+    fn a_version_1_segment_is_refused_by_open_and_reclaimed_once_its_owner_died() {
+        let name = name("version1");
+        let path = shm_path(&name);
+        // What version 1 left at the name: the memory itself, header first.
+        let mut header = vec![0u8; 4096];
+        header[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC.to_le_bytes());
+        header[H_VERSION..H_VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
+        let me = ProcessId::current();
+        header[H_OWNER_PID..H_OWNER_PID + 4].copy_from_slice(&me.pid.to_le_bytes());
+        header[H_OWNER_START..H_OWNER_START + 8].copy_from_slice(&me.start.to_le_bytes());
+        header[H_STATE..H_STATE + 4].copy_from_slice(&STATE_READY.to_le_bytes());
+        std::fs::write(&path, &header).unwrap();
+        // Its owner lives: not ours to open, nor to take.
+        let err = Segment::open(&name, SPEC, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsupportedVersion, "{err}");
+        let err = Segment::create(&name, SPEC, 16, 4096, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        // Its owner died: a leftover.
+        header[H_OWNER_PID..H_OWNER_PID + 4].copy_from_slice(&(u32::MAX - 7).to_le_bytes());
+        std::fs::write(&path, &header).unwrap();
+        let err = Segment::open(&name, SPEC, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PeerDied, "{err}");
+        let created = Segment::create(&name, SPEC, 16, 4096, |_| {}).unwrap();
+        assert!(matches!(
+            read_found(&File::open(&path).unwrap()).unwrap(),
+            Found::Rendezvous(_)
+        ));
+        drop(created);
+        assert!(!path.exists());
     }
 
     #[test]

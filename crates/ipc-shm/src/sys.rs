@@ -311,8 +311,8 @@ pub(crate) fn link_as(file: &File, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Allocates the pages of `file` up to `len` bytes now, so that a full `/dev/shm` is an
-/// error here instead of a SIGBUS on first touch.
+/// Allocates the pages of `file` up to `len` bytes now, so that a lack of memory is an
+/// error here instead of a fault on first touch.
 pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds off_t"))?;
