@@ -50,7 +50,7 @@ use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -237,6 +237,48 @@ fn u32_at(bytes: &[u8], offset: usize) -> u32 {
     u32::from_le_bytes(word)
 }
 
+/// Opens the file at a segment's name for reading without following a symlink and without
+/// blocking (a FIFO put there by someone else must not hang us); `NotFound` passes through
+/// as an `io::Error`, anything but a regular file is `InvalidData`.
+fn open_name_file(path: &Path) -> std::io::Result<File> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// [`open_name_file`] with the errors of `open`: `NotFound`, or `BadMagic` for a file that
+/// is not a regular one.
+fn open_name(name: &str, path: &Path) -> Result<File> {
+    match open_name_file(path) {
+        Ok(file) => Ok(file),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no shared-memory segment named `{name}`"),
+        )),
+        Err(err) if not_regular(&err) => Err(Error::new(
+            ErrorKind::BadMagic,
+            format!(
+                "{} is not a regular file ({err}), not an ipc-shm segment",
+                path.display()
+            ),
+        )),
+        Err(err) => Err(Error::io(format!("open {}", path.display()), err)),
+    }
+}
+
+/// True for the errors of [`open_name_file`] that mean "something else lives there".
+fn not_regular(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::InvalidData || err.raw_os_error() == Some(libc::ELOOP)
+}
+
 /// Reads what `file` (at a segment's name) holds; reads at most a header's worth.
 fn read_found(file: &File) -> std::io::Result<Found> {
     let mut bytes = Vec::with_capacity(HEADER_LEN);
@@ -296,16 +338,7 @@ fn old_segment(name: &str) -> Error {
 pub(crate) fn memory_path(name: &str) -> Result<PathBuf> {
     check_name(name)?;
     let path = shm_path(name);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("no shared-memory segment named `{name}`"),
-            ));
-        }
-        Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
-    };
+    let file = open_name(name, &path)?;
     match read_found(&file).map_err(|err| Error::io(format!("read {}", path.display()), err))? {
         Found::Rendezvous(rendezvous) => Ok(rendezvous.memory_path()),
         Found::OtherVersion(version) => Err(other_version(name, version)),
@@ -418,16 +451,7 @@ impl Segment {
         let mut pause = Duration::from_micros(50);
         let mut foreign_magic = None;
         loop {
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::new(
-                        ErrorKind::NotFound,
-                        format!("no shared-memory segment named `{name}`"),
-                    ));
-                }
-                Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
-            };
+            let file = open_name(name, &path)?;
             let found = read_found(&file)
                 .map_err(|err| Error::io(format!("read {}", path.display()), err))?;
             match found {
@@ -483,7 +507,14 @@ impl Segment {
             return Err(died());
         }
         let memory = rendezvous.memory_path();
-        let file = match File::options().read(true).write(true).open(&memory) {
+        // Not blocking, and never taking a terminal: a hostile creator chooses what the fd
+        // is, and only a memfd passes the checks below.
+        let file = match File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&memory)
+        {
             Ok(file) => file,
             // An owner that exited but is not reaped yet has closed its files already.
             Err(_) if !owner.is_alive() || owner.is_zombie() => return Err(died()),
@@ -522,6 +553,17 @@ impl Segment {
                     "shared-memory segment `{name}`: the memory at {} has seals {seals:#x}, not {:#x} (sealed against shrinking and growing); refusing to map it",
                     memory.display(),
                     sys::SEGMENT_SEALS
+                ),
+            ));
+        }
+        // A hugetlbfs memfd can be sealed too, but a fault there fails with SIGBUS when the
+        // huge-page pool runs dry (after its owner punched a hole, say): plain memfds only.
+        if !sys::is_tmpfs(&file).unwrap_or(false) {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "shared-memory segment `{name}`: the memory at {} is not a plain memfd (tmpfs); refusing to map it",
+                    memory.display()
                 ),
             ));
         }
@@ -725,9 +767,18 @@ fn publish(name: &str, path: &Path, rendezvous: Rendezvous) -> Result<(u64, u64)
 /// remove a segment that a third has just created.
 fn reclaim_if_stale(name: &str) -> Result<()> {
     let path = shm_path(name);
-    let file = match File::options().read(true).open(&path) {
+    let file = match open_name_file(&path) {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) if not_regular(&err) => {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a regular file ({err}); not removing it",
+                    path.display()
+                ),
+            ));
+        }
         Err(err) => return Err(Error::io(format!("open {}", path.display()), err)),
     };
     // Reclaimers hold the lock for microseconds; anyone holding it longer is not one of us,
@@ -882,6 +933,45 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_or_symlink_at_the_name_is_neither_opened_nor_reclaimed_and_hangs_nobody() {
+        let fifo = name("fifo");
+        let path = shm_path(&fifo);
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Opening a FIFO for reading would block until a writer came: it must not (the
+        // open runs on a thread so that a hang fails this test instead of stalling it).
+        let (done, outcome) = std::sync::mpsc::channel();
+        let opener = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(Segment::open(&opener, SPEC, Duration::from_secs(1)).map(|_| ()));
+        });
+        let err = outcome
+            .recv_timeout(Duration::from_secs(30))
+            .expect("open of a FIFO hung")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadMagic, "{err}");
+        let err = memory_path(&fifo).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadMagic, "{err}");
+        let err = Segment::create(&fifo, SPEC, 16, 4096, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        std::fs::remove_file(&path).unwrap();
+
+        // A symlink to a live segment's rendezvous is not followed.
+        let target = name("symlink-target");
+        let _live = Segment::create(&target, SPEC, 16, 4096, |_| {}).unwrap();
+        let link = name("symlink");
+        std::os::unix::fs::symlink(shm_path(&target), shm_path(&link)).unwrap();
+        let err = Segment::open(&link, SPEC, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadMagic, "{err}");
+        let err = Segment::create(&link, SPEC, 16, 4096, |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        std::fs::remove_file(shm_path(&link)).unwrap();
+    }
+
+    #[test]
     fn a_half_initialised_segment_is_waited_for_then_reclaimed_once_abandoned() {
         let name = name("halfinit");
         let path = shm_path(&name);
@@ -1020,6 +1110,14 @@ mod tests {
         forge_rendezvous(&name, |r| r.fd = plain.as_raw_fd() as u32);
         let err = Segment::open(&name, SPEC, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        // A sealed hugetlbfs memfd, whose faults can fail with SIGBUS when huge pages run out.
+        let huge = sys::memfd_create_hugetlb("huge").unwrap();
+        huge.set_len(2 << 20).unwrap();
+        sys::add_seals(&huge, sys::SEGMENT_SEALS).unwrap();
+        forge_rendezvous(&name, |r| r.fd = huge.as_raw_fd() as u32);
+        let err = Segment::open(&name, SPEC, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert!(err.to_string().contains("not a plain memfd"), "{err}");
     }
 
     #[test]

@@ -254,6 +254,25 @@ pub(crate) fn memfd_create(name: &str) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// As [`memfd_create`], with huge pages (`MFD_HUGETLB`).
+#[cfg(test)]
+pub(crate) fn memfd_create_hugetlb(name: &str) -> io::Result<File> {
+    let name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memfd name contains NUL"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe {
+        libc::memfd_create(
+            name.as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
 /// Adds `seals` (`F_SEAL_*` bits) to the memory file `file`.
 pub(crate) fn add_seals(file: &File, seals: u32) -> io::Result<()> {
     // SAFETY: plain fcntl on a file descriptor we own for the duration of the call.
@@ -272,6 +291,19 @@ pub(crate) fn seals(file: &File) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(rc as u32)
+}
+
+/// True if `file` lives on tmpfs, as plain memfds do (`fstatfs`); false for hugetlbfs
+/// memfds and every other file system.
+pub(crate) fn is_tmpfs(file: &File) -> io::Result<bool> {
+    // SAFETY: all-zero bytes are a valid `statfs` (plain integers).
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: plain system call on a file descriptor we own, writing into `stat`.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type == libc::TMPFS_MAGIC)
 }
 
 /// Creates an unnamed file in directory `dir` (`O_TMPFILE`), mode 0600: it gets a name only
