@@ -10,7 +10,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use ipc_shm::{ChannelConfig, ShmSender, ShmState, StateConfig};
+use ipc_shm::{ChannelConfig, ShmSender};
 use ipc_tests::roles::{SAMPLE_TYPE, expected_checksum};
 use ipc_tests::{Peer, Watchdog, unique_name};
 
@@ -198,7 +198,9 @@ fn a_peer_that_truncates_the_name_file_breaks_no_running_end() -> Result<()> {
 fn a_peer_that_truncates_shared_state_kills_nobody_and_the_total_stays_exact() -> Result<()> {
     let _watchdog = Watchdog::new("shrunk shm state", WAIT);
     let name = unique_name("shm-shrink-state");
-    let mut state = ShmState::<u64>::create(&name, 0, &StateConfig::new())?;
+    // Every end is a process of its own: the owner, and two counters.
+    let mut owner = spawn_with_stdin("owner", "shm-state-owner", ["--name", &name])?;
+    assert_eq!(owner.expect_line(WAIT)?, "ready");
     let mut counters = (0..2)
         .map(|i| {
             spawn_with_stdin(
@@ -221,8 +223,6 @@ fn a_peer_that_truncates_shared_state_kills_nobody_and_the_total_stays_exact() -
         not_a_signal(&format!("counter-{i}"), counter.wait(WAIT)?)?;
         assert_eq!(outcome?, "count=3000 recovered=0");
     }
-    resize.assert_refused()?;
-    assert_eq!(state.load(Duration::from_secs(5))?, 6_000);
     // Opening still validates the segment as before.
     let err = ShmSender::<u8>::open(
         &name,
@@ -230,7 +230,11 @@ fn a_peer_that_truncates_shared_state_kills_nobody_and_the_total_stays_exact() -
     )
     .unwrap_err();
     assert_eq!(err.kind(), ipc_core::ErrorKind::UnsupportedVersion, "{err}");
-    drop(state);
+    go(&mut owner)?;
+    let outcome = owner.expect_prefixed("ok", WAIT);
+    not_a_signal("owner", owner.wait(WAIT)?)?;
+    assert_eq!(outcome?, "value=6000");
+    resize.assert_refused()?;
     assert!(!ipc_shm::segment_path(&name).exists());
     Ok(())
 }

@@ -16,6 +16,8 @@
 //!   stdin first).
 //! - `shm-hold-lock --name N`: takes the lock, prints `holding`, and sleeps until killed.
 //! - `shm-create-and-hold --name N`: creates a channel, prints `ready`, sleeps until killed.
+//! - `shm-state-owner --name N`: creates the shared `u64` (0), prints `ready`, waits for a
+//!   line on stdin, prints `ok value=..` and exits (removing the state).
 //! - `shm-pong --name N [--polling 1]`: opens channel `N.ab` (bytes), creates `N.ba`, prints
 //!   `ready` and echoes every record until the pinger closes; for benchmarks.
 //! - `shm-baseline-pong --name N --wait spin|futex|spin-futex`: the raw two-atomics
@@ -46,6 +48,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "shm-counter" => counter(args),
         "shm-hold-lock" => hold_lock(args),
         "shm-create-and-hold" => create_and_hold(args),
+        "shm-state-owner" => state_owner(args),
         "shm-baseline-pong" => baseline_pong(args),
         "shm-pong" => pong(args),
         _ => return None,
@@ -269,6 +272,19 @@ fn hold_lock(args: &Args) -> Result<()> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// `shm-state-owner`: creates the shared `u64` (0), prints `ready`, waits for a line on
+/// stdin, then prints `ok value=..` with the value read under the lock.
+fn state_owner(args: &Args) -> Result<()> {
+    let name = args.text("name", "");
+    let mut state = ShmState::<u64>::create(&name, 0, &StateConfig::new())?;
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let value = state.load(Duration::from_secs(20))?;
+    println!("ok value={value}");
+    Ok(())
 }
 
 fn create_and_hold(args: &Args) -> Result<()> {
