@@ -238,3 +238,24 @@ fn a_peer_that_truncates_shared_state_kills_nobody_and_the_total_stays_exact() -
     assert!(!ipc_shm::segment_path(&name).exists());
     Ok(())
 }
+
+#[test]
+fn an_opener_refuses_memory_that_its_creator_could_still_shrink() -> Result<()> {
+    let _watchdog = Watchdog::new("unsealed shm creator", WAIT);
+    let name = unique_name("shm-unsealed");
+    // A hostile creator hands out a plain tmpfs file (what version 1 used) with a valid
+    // header: an opener that mapped it could be killed by a later ftruncate.
+    let mut creator = spawn_with_stdin("creator", "shm-hostile-creator", ["--name", &name])?;
+    assert_eq!(creator.expect_line(WAIT)?, "ready");
+    let mut source = Peer::spawn_role("source", "shm-source", ["--name", &name])?;
+    let outcome = expect_or_explain(&mut source, "error")?;
+    assert!(
+        outcome.starts_with("protocol violation:") && outcome.contains("seals"),
+        "{outcome}"
+    );
+    assert_eq!(source.wait(WAIT)?.code(), Some(1));
+    // The creator shrinks its copy: nobody had mapped it.
+    go(&mut creator)?;
+    not_a_signal("creator", creator.wait(WAIT)?)?;
+    Ok(())
+}
