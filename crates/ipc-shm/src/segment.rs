@@ -279,6 +279,13 @@ fn not_regular(err: &std::io::Error) -> bool {
     err.kind() == std::io::ErrorKind::InvalidData || err.raw_os_error() == Some(libc::ELOOP)
 }
 
+/// True if the name file at `path` still holds `rendezvous`.
+fn still_published(path: &Path, rendezvous: Rendezvous) -> bool {
+    open_name_file(path)
+        .and_then(|file| read_found(&file))
+        .is_ok_and(|found| matches!(found, Found::Rendezvous(now) if now == rendezvous))
+}
+
 /// Reads what `file` (at a segment's name) holds; reads at most a header's worth.
 fn read_found(file: &File) -> std::io::Result<Found> {
     let mut bytes = Vec::with_capacity(HEADER_LEN);
@@ -402,6 +409,20 @@ impl Segment {
         })?;
         sys::add_seals(&memfd, sys::SEGMENT_SEALS)
             .map_err(|err| Error::io(format!("seal memfd of segment `{name}`"), err))?;
+        // Another process of this user could have reached the memfd through /proc before
+        // the seals and resized it: check the length the seals now fix.
+        let sealed_len = memfd
+            .metadata()
+            .map_err(|err| Error::io(format!("stat memfd of segment `{name}`"), err))?
+            .len();
+        if sealed_len != total_len as u64 {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!(
+                    "memfd of segment `{name}` is {sealed_len} bytes once sealed, expected {total_len}"
+                ),
+            ));
+        }
         let map = Mapping::new(&memfd, total_len)
             .map_err(|err| Error::io(format!("map {total_len} bytes of segment `{name}`"), err))?;
 
@@ -450,14 +471,26 @@ impl Segment {
         let started = Instant::now();
         let mut pause = Duration::from_micros(50);
         let mut foreign_magic = None;
+        let mut superseded = None;
         loop {
             let file = open_name(name, &path)?;
             let found = read_found(&file)
                 .map_err(|err| Error::io(format!("read {}", path.display()), err))?;
             match found {
-                Found::Rendezvous(rendezvous) => {
-                    return Segment::attach(name, rendezvous, spec);
-                }
+                Found::Rendezvous(rendezvous) => match Segment::attach(name, rendezvous, spec) {
+                    // The creator may have closed the segment while we looked (it removes
+                    // the name, then closes the memfd, whose number may then name another
+                    // file): if the name changed meanwhile, look again.
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            ErrorKind::Protocol | ErrorKind::Corrupted | ErrorKind::PeerClosed
+                        ) && !still_published(&path, rendezvous) =>
+                    {
+                        superseded = Some(err);
+                    }
+                    outcome => return outcome,
+                },
                 Found::OtherVersion(version) => return Err(other_version(name, version)),
                 Found::OldSegment(owner) if !owner.is_alive() => {
                     return Err(Error::new(
@@ -473,6 +506,9 @@ impl Segment {
                 Found::Foreign(magic) => foreign_magic = magic,
             }
             if started.elapsed() >= timeout {
+                if let Some(err) = superseded {
+                    return Err(err);
+                }
                 if let Some(magic) = foreign_magic {
                     return Err(bad_magic(name, magic));
                 }
@@ -1193,6 +1229,40 @@ mod tests {
         ));
         drop(created);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_open_racing_a_close_and_re_create_never_reports_corruption() {
+        // Each new memfd takes the number the last one freed, so an opener that read the
+        // old rendezvous finds the new memory under it: that is a race, not corruption.
+        let name = name("recreate");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let creator = {
+            let (name, stop) = (name.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    drop(Segment::create(&name, SPEC, 16, 4096, |_| {}).unwrap());
+                }
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let (mut opened, mut bad) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match Segment::open(&name, SPEC, Duration::from_secs(1)) {
+                Ok(_) => opened += 1,
+                Err(err) => match err.kind() {
+                    ErrorKind::NotFound | ErrorKind::PeerClosed => {}
+                    _ => bad.push(err.to_string()),
+                },
+            }
+        }
+        creator.join().unwrap();
+        assert!(
+            bad.is_empty(),
+            "{} bad of {opened} opened: {:?}",
+            bad.len(),
+            &bad[..bad.len().min(3)]
+        );
     }
 
     #[test]
