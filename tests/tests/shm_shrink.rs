@@ -257,5 +257,6 @@ fn an_opener_refuses_memory_that_its_creator_could_still_shrink() -> Result<()> 
     // The creator shrinks its copy: nobody had mapped it.
     go(&mut creator)?;
     not_a_signal("creator", creator.wait(WAIT)?)?;
+    assert!(!ipc_shm::segment_path(&name).exists());
     Ok(())
 }
