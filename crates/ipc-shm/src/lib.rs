@@ -105,7 +105,9 @@ pub fn segment_path(name: &str) -> std::path::PathBuf {
 /// Where a process of the same user can open the memory of the segment named `name`:
 /// `/proc/<creator pid>/fd/<n>`, read from its rendezvous. That is what `open` does; this
 /// is for tools and tests that inspect a segment. The memory is sealed: it can be written,
-/// but never shrunk or grown.
+/// but never shrunk or grown. The path is read from the name file and not checked: once the
+/// creator is gone it no longer opens (or, after pid reuse, names something else; `open`
+/// checks the creator's start time and the segment's nonce, this function does not).
 ///
 /// Errors: `NotFound` if no segment has that name, `BadMagic` / `UnsupportedVersion` if the
 /// file at the name is not a rendezvous of this version, `InvalidInput` for a bad name.
