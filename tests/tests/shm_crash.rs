@@ -166,10 +166,11 @@ fn a_reader_of_a_scribbled_segment_returns_errors_and_never_panics() -> Result<(
     )?;
     assert_eq!(sink.expect_line(WAIT)?, "receiving");
     // This process plays the hostile peer: random bytes at random places of the header,
-    // the control lines and the ring, while both ends run.
+    // the control lines and the ring, while both ends run. The memory is the creator's
+    // sealed memfd, which a process of the same user can open and write (but not resize).
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .open(ipc_shm::segment_path(&name))?;
+        .open(ipc_shm::segment_memory_path(&name)?)?;
     let len = file.metadata()?.len();
     let mut noise = vec![0u8; 64];
     let mut seed = 1u64;

@@ -39,7 +39,9 @@
 //! Each end keeps its own copy of the index it writes (`tail` for a sender, `head` for the
 //! receiver), of the capacity and of the slot count; what it reads of the other's index and
 //! of every record header is checked against them before use, so a peer that scribbles over
-//! the segment causes [`ErrorKind::Corrupted`] errors, never an access outside the ring. A
+//! the segment causes [`ErrorKind::Corrupted`] errors, never an access outside the ring.
+//! Payloads carry no checksum: scribbled bytes that happen to form a well-framed record come
+//! out as a message (with wrong contents, or failing to decode). A
 //! record taken on its header alone must fit before the ring's end (and before `tail` when
 //! that is known to be ahead); `tail` may trail `head` by at most a ring. A sender that
 //! attaches where another died between a header and its `tail` store takes over that
@@ -253,7 +255,9 @@ impl ChannelConfig {
         self.yield_for
     }
 
-    /// How long `open` waits for the creator to finish initialising the segment.
+    /// How long `open` waits while the file at the name is not (yet) a rendezvous: one
+    /// left blank, or written by something else (5 s by default). A name that does not
+    /// exist is `NotFound` at once.
     pub fn open_timeout(mut self, timeout: Duration) -> ChannelConfig {
         self.open_timeout = timeout;
         self
@@ -764,7 +768,7 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
     ///
     /// Errors: [`AlreadyExists`](ErrorKind::AlreadyExists) when a live process owns the
     /// name (a segment left by a dead one is reclaimed), `InvalidInput` for a bad name or
-    /// capacity, `Io` when `/dev/shm` has no room.
+    /// capacity, `Io` when the memory is not available (more than `MemAvailable`).
     pub fn create(name: &str, config: &ChannelConfig) -> Result<ShmSender<T>> {
         let message_type = config
             .message_type
@@ -776,9 +780,11 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
 
     /// Opens channel `name`, created by its receiver, and attaches as its sender.
     ///
-    /// Errors: `NotFound`, `Timeout` (never initialised), `TypeMismatch`, `BadMagic`,
-    /// `UnsupportedVersion`, `PeerDied` (its creator is gone), `AlreadyExists` (a live
-    /// sender is attached).
+    /// Errors: `NotFound`, `Timeout` (the name file never became a rendezvous),
+    /// `TypeMismatch`, `BadMagic`, `UnsupportedVersion`, `PeerDied` (its creator is gone),
+    /// `Protocol` (the creator's memory is not sealed against resizing), `Corrupted` (the
+    /// memory is not the one the name describes), `PermissionDenied` (the creator's
+    /// `/proc/<pid>/fd` is closed to us), `AlreadyExists` (a live sender is attached).
     pub fn open(name: &str, config: &ChannelConfig) -> Result<ShmSender<T>> {
         let message_type = config
             .message_type
@@ -1805,8 +1811,9 @@ mod tests {
     #[test]
     fn scribbled_ring_yields_errors_not_panics() {
         let (mut sender, mut receiver) = pair::<Vec<u8>>("scribble", 512);
-        let path = crate::segment::shm_path(&name("scribble"));
+        let path = crate::segment::memory_path(&name("scribble")).unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
         let mut rng = 0x1234_5678_9abc_def0u64;
         let mut next = || {
             rng ^= rng << 13;
@@ -1820,8 +1827,9 @@ mod tests {
             // Scribble a few bytes anywhere in the segment (header, indices, ring).
             let offset = next() % (SLOTS as u64 + SLOT_LEN as u64 + 512);
             let bytes = next().to_le_bytes();
-            std::os::unix::fs::FileExt::write_at(&file, &bytes[..(next() % 8) as usize], offset)
-                .unwrap();
+            // The sealed memory cannot grow: keep the write inside it.
+            let n = ((next() % 8) as usize).min(len.saturating_sub(offset) as usize);
+            std::os::unix::fs::FileExt::write_at(&file, &bytes[..n], offset).unwrap();
             match receiver.try_recv() {
                 Ok(_) => {}
                 Err(_) => errors += 1,

@@ -20,14 +20,23 @@
 //! - A peer killed with SIGKILL at any moment yields `PeerDied` (or `PeerClosed` for an
 //!   orderly close) within tens of milliseconds, never a hang: waiting ends look at their
 //!   peer's pid (and start time, against pid reuse) at least every 20 ms.
-//! - The creator of a name removes it from `/dev/shm` when dropped; a segment left by a
+//! - No peer can shrink or grow the memory, so none can make another die of SIGBUS: it is
+//!   a memfd sealed with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` before anyone else can
+//!   reach it, found through a small rendezvous file at the name
+//!   ([`segment_path`]) and opened as `/proc/<creator>/fd/<n>` ([`segment_memory_path`]);
+//!   `open` refuses memory without those seals. The README's threat model says what a
+//!   hostile peer of the same user can and cannot do.
+//! - The creator of a name removes it from `/dev/shm` when dropped; a name left by a
 //!   process that died is reclaimed by the next `create`, never one whose owner lives.
-//! - `open` waits, bounded, until the creator has initialised the segment, and checks its
-//!   header (magic, version, layout, message-type fingerprint, capacity, owner).
+//! - A name appears only once its segment is ready; `open` checks the creator's liveness,
+//!   the seals, the nonce that ties the memory to the name, and the header (magic, version,
+//!   layout, message-type fingerprint, capacity, owner).
 //! - Everything read from shared memory is validated before use: a peer scribbling over the
-//!   segment causes errors, not out-of-bounds access, panics or unbounded allocation.
-//! - Segments are created with mode 0600 and fully allocated up front, so a full `/dev/shm`
-//!   is an error at `create` instead of a SIGBUS later.
+//!   segment causes errors or wrong values, never out-of-bounds access, panics, unbounded
+//!   allocation or waits beyond their bounds. Messages carry no checksum: a process that
+//!   can write the memory can also forge well-formed messages.
+//! - Names and memory are mode 0600, and the memory is fully allocated up front, so a
+//!   request beyond free memory is an error at `create` instead of a fault later.
 //! - Sending and receiving allocate nothing per message.
 //!
 //! # Waiting, and why not raw_sync
@@ -85,10 +94,25 @@ pub use crate::channel::{
 pub use crate::state::{Pod, ShmState, StateConfig, StateGuard};
 pub use crate::wait::WaitMode;
 
-/// The file that backs the segment named `name`: `/dev/shm/ipc-{name}` on Linux. Useful to
-/// check for leftovers; never needed to use a channel.
+/// The name file of the segment named `name`: `/dev/shm/ipc-{name}` on Linux, a small
+/// rendezvous (mode 0600) that says where the creator's sealed memory is. It exists while
+/// the creator lives (and after it was killed, until the next `create` reclaims it). Useful
+/// to check for leftovers; never needed to use a channel.
 pub fn segment_path(name: &str) -> std::path::PathBuf {
     segment::shm_path(name)
+}
+
+/// Where a process of the same user can open the memory of the segment named `name`:
+/// `/proc/<creator pid>/fd/<n>`, read from its rendezvous. That is what `open` does; this
+/// is for tools and tests that inspect a segment. The memory is sealed: it can be written,
+/// but never shrunk or grown. The path is read from the name file and not checked: once the
+/// creator is gone it no longer opens (or, after pid reuse, names something else; `open`
+/// checks the creator's start time and the segment's nonce, this function does not).
+///
+/// Errors: `NotFound` if no segment has that name, `BadMagic` / `UnsupportedVersion` if the
+/// file at the name is not a rendezvous of this version, `InvalidInput` for a bad name.
+pub fn segment_memory_path(name: &str) -> ipc_core::Result<std::path::PathBuf> {
+    segment::memory_path(name)
 }
 
 /// The shared foundation: errors, encoding, traits.

@@ -21,6 +21,15 @@ impl ProcessId {
         }
     }
 
+    /// Process `pid` as it is now (start time 0 if it does not exist).
+    #[cfg(test)]
+    pub(crate) fn of(pid: u32) -> ProcessId {
+        ProcessId {
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
+    }
+
     /// True while the process runs (or is a zombie not yet reaped). A pid of 0 is never alive.
     pub(crate) fn is_alive(self) -> bool {
         if !sys::pid_exists(self.pid) {
@@ -34,6 +43,19 @@ impl ProcessId {
             Some(start) => start == self.start,
             None => sys::pid_exists(self.pid),
         }
+    }
+}
+
+impl ProcessId {
+    /// True if the process has exited and waits to be reaped: it holds no files any more.
+    pub(crate) fn is_zombie(self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        // The state (field 3) is the first field after the command name.
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_ascii_whitespace().next())
+            .is_some_and(|state| state == "Z")
     }
 }
 
@@ -56,6 +78,7 @@ mod tests {
         let me = ProcessId::current();
         assert_ne!(me.start, 0);
         assert!(me.is_alive());
+        assert!(!me.is_zombie());
         assert!(
             !ProcessId {
                 start: me.start + 1,

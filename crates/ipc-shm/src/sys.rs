@@ -1,52 +1,85 @@
 //! The one module with raw pointers and system calls: the mapping of a segment, atomics and
-//! byte ranges inside it, futex waits, process liveness and preallocation.
+//! byte ranges inside it, futex waits, process liveness, sealed memory files and
+//! preallocation.
 //!
 //! Everything outside this module works with offsets and the safe accessors below; every
 //! offset and length that comes from shared memory is validated by the caller before it
 //! reaches [`Mapping::bytes`] or [`Mapping::bytes_mut`], and those two check bounds again.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use shared_memory::Shmem;
+/// The seals every segment carries: its size can never change again, and no seal can be
+/// added or removed. A shrunk mapping is what makes other processes die of SIGBUS.
+pub(crate) const SEGMENT_SEALS: u32 =
+    (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) as u32;
 
-/// A shared-memory mapping, owned by this process.
-///
-/// `shared_memory::Shmem` holds a raw pointer and is therefore neither `Send` nor `Sync`;
-/// the mapping itself is process-wide and has no thread affinity, so this wrapper is both.
+/// A shared, read-write mapping of a whole file, owned by this process (unmapped on drop).
 pub(crate) struct Mapping {
-    shmem: Shmem,
     base: *mut u8,
     len: usize,
 }
 
-// SAFETY: the mapping is valid in every thread of the process until `Shmem` is dropped, and
-// `Shmem` has no thread-local state; dropping it on another thread only munmaps and closes.
+// SAFETY: the mapping is valid in every thread of the process until it is dropped, and has
+// no thread affinity; dropping it on another thread only munmaps.
 unsafe impl Send for Mapping {}
 // SAFETY: shared access goes through atomics or through byte ranges whose exclusive use the
 // callers arrange (the ring protocol, the lock); `&Mapping` itself mutates nothing.
 unsafe impl Sync for Mapping {}
 
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base..base + len` is a mapping this value made and nobody else unmaps;
+        // every reference into it borrows `self`, so none outlives this call.
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
 impl Mapping {
-    /// Wraps a mapping made by `shared_memory`.
-    pub(crate) fn new(shmem: Shmem) -> Mapping {
-        let base = shmem.as_ptr();
-        let len = shmem.len();
-        Mapping { shmem, base, len }
+    /// Maps the first `len` bytes of `file` shared and read-write.
+    ///
+    /// The caller makes sure that the file is sealed against shrinking and is at least
+    /// `len` bytes long: then no process can make an access inside the mapping fault.
+    pub(crate) fn new(file: &File, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map 0 bytes",
+            ));
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (no address hint, so nothing of ours
+        // is replaced) of a file descriptor that is valid for the call.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            base: base.cast(),
+            len,
+        })
     }
 
     /// The mapping's length in bytes.
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    /// Makes this handle the owner (the one that unlinks the name on drop) or not.
-    pub(crate) fn set_owner(&mut self, owner: bool) {
-        self.shmem.set_owner(owner);
     }
 
     #[inline]
@@ -197,20 +230,121 @@ pub(crate) fn pid_exists(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// The bytes free for unprivileged users on the file system of `file`.
-pub(crate) fn free_space(file: &File) -> io::Result<u64> {
-    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+/// The bytes of memory available to new allocations (`MemAvailable` in `/proc/meminfo`),
+/// or `None` if the kernel does not say.
+pub(crate) fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// Creates an anonymous memory file (`memfd_create`, close-on-exec, sealable) named
+/// `name` in `/proc/<pid>/fd`, of length 0 and with no seals yet.
+pub(crate) fn memfd_create(name: &str) -> io::Result<File> {
+    let name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memfd name contains NUL"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// As [`memfd_create`], with huge pages (`MFD_HUGETLB`).
+#[cfg(test)]
+pub(crate) fn memfd_create_hugetlb(name: &str) -> io::Result<File> {
+    let name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memfd name contains NUL"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe {
+        libc::memfd_create(
+            name.as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Adds `seals` (`F_SEAL_*` bits) to the memory file `file`.
+pub(crate) fn add_seals(file: &File, seals: u32) -> io::Result<()> {
+    // SAFETY: plain fcntl on a file descriptor we own for the duration of the call.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The seals (`F_SEAL_*` bits) of `file`; an error (`EINVAL`) if it is not a memory file.
+pub(crate) fn seals(file: &File) -> io::Result<u32> {
+    // SAFETY: plain fcntl on a file descriptor we own for the duration of the call.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as u32)
+}
+
+/// True if `file` lives on tmpfs, as plain memfds do (`fstatfs`); false for hugetlbfs
+/// memfds and every other file system.
+pub(crate) fn is_tmpfs(file: &File) -> io::Result<bool> {
+    // SAFETY: all-zero bytes are a valid `statfs` (plain integers).
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: plain system call on a file descriptor we own, writing into `stat`.
-    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut stat) };
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    Ok(stat.f_type == libc::TMPFS_MAGIC)
 }
 
-/// Allocates the pages of `file` up to `len` bytes now, so that a full `/dev/shm` is an
-/// error here instead of a SIGBUS on first touch.
+/// Creates an unnamed file in directory `dir` (`O_TMPFILE`), mode 0600: it gets a name only
+/// through [`link_as`], so nobody ever sees it half written.
+pub(crate) fn unnamed_file(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
+}
+
+/// Gives the unnamed file `file` the name `path`, atomically; `AlreadyExists` if the name
+/// is taken (it is never replaced).
+pub(crate) fn link_as(file: &File, path: &Path) -> io::Result<()> {
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let to = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: both paths are valid NUL-terminated strings for the duration of the call.
+    // `AT_SYMLINK_FOLLOW` links the file the magic link names (the way open(2) documents
+    // for `O_TMPFILE`), which needs no privilege.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Allocates the pages of `file` up to `len` bytes now, so that a lack of memory is an
+/// error here instead of a fault on first touch.
 pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds off_t"))?;
@@ -218,6 +352,31 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Frees the pages of `file` in `offset..offset + len` without changing its size
+/// (`FALLOC_FL_PUNCH_HOLE`), as a hostile peer may: later reads there see zeros.
+#[cfg(test)]
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range exceeds off_t",
+        ));
+    };
+    // SAFETY: plain system call on a file descriptor we own for the duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

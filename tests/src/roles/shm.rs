@@ -11,9 +11,15 @@
 //!   `PeerDied` ends the stream like a close, after a `peer-died ..` line.
 //! - `shm-tolerant-sink --name N --max-errors E`: receives and counts errors (a scribble
 //!   target); prints `ok received=.. errors=..` after E errors or the sender's close.
-//! - `shm-counter --name N --count K`: increments the shared `u64` K times under the lock.
+//! - `shm-counter --name N --count K [--wait-go 1]`: increments the shared `u64` K times
+//!   under the lock (with `--wait-go`, prints `ready` once attached and waits for a line on
+//!   stdin first).
 //! - `shm-hold-lock --name N`: takes the lock, prints `holding`, and sleeps until killed.
 //! - `shm-create-and-hold --name N`: creates a channel, prints `ready`, sleeps until killed.
+//! - `shm-hostile-creator --name N`: creates channel N but points its rendezvous at an
+//!   unsealed copy of the memory; prints `ready`; on a stdin line shrinks the copy, exits.
+//! - `shm-state-owner --name N`: creates the shared `u64` (0), prints `ready`, waits for a
+//!   line on stdin, prints `ok value=..` and exits (removing the state).
 //! - `shm-pong --name N [--polling 1]`: opens channel `N.ab` (bytes), creates `N.ba`, prints
 //!   `ready` and echoes every record until the pinger closes; for benchmarks.
 //! - `shm-baseline-pong --name N --wait spin|futex|spin-futex`: the raw two-atomics
@@ -44,6 +50,8 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "shm-counter" => counter(args),
         "shm-hold-lock" => hold_lock(args),
         "shm-create-and-hold" => create_and_hold(args),
+        "shm-state-owner" => state_owner(args),
+        "shm-hostile-creator" => hostile_creator(args),
         "shm-baseline-pong" => baseline_pong(args),
         "shm-pong" => pong(args),
         _ => return None,
@@ -241,6 +249,12 @@ fn counter(args: &Args) -> Result<()> {
     let name = args.text("name", "");
     let count: u64 = args.get("count", 1000)?;
     let mut state = ShmState::<u64>::open(&name, &StateConfig::new())?;
+    if args.get::<u8>("wait-go", 0)? != 0 {
+        // Attached: wait for the test's go-ahead on stdin.
+        println!("ready");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+    }
     let mut recovered = 0;
     for _ in 0..count {
         let mut value = state.lock(Duration::from_secs(20))?;
@@ -261,6 +275,49 @@ fn hold_lock(args: &Args) -> Result<()> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// `shm-hostile-creator`: creates channel `N`, then points its rendezvous (the fd number at
+/// offset 24, as the ipc-shm README documents) at a copy of the memory in a plain tmpfs
+/// file that it can still shrink; prints `ready`, and on a line on stdin shrinks the copy to
+/// 0 and exits.
+fn hostile_creator(args: &Args) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let name = args.text("name", "");
+    let _receiver = SampleReceiver::create(&name, &config(args)?)?;
+    let memory = std::fs::read(ipc_shm::segment_memory_path(&name)?)?;
+    let copy_path = format!("/dev/shm/ipc-tests-hostile-{}", std::process::id());
+    let copy = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&copy_path)?;
+    std::fs::remove_file(&copy_path)?;
+    copy.write_all_at(&memory, 0)?;
+    let fd = u32::try_from(copy.as_raw_fd())?;
+    std::fs::File::options()
+        .write(true)
+        .open(ipc_shm::segment_path(&name))?
+        .write_all_at(&fd.to_le_bytes(), 24)?;
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    copy.set_len(0)?;
+    Ok(())
+}
+
+/// `shm-state-owner`: creates the shared `u64` (0), prints `ready`, waits for a line on
+/// stdin, then prints `ok value=..` with the value read under the lock.
+fn state_owner(args: &Args) -> Result<()> {
+    let name = args.text("name", "");
+    let mut state = ShmState::<u64>::create(&name, 0, &StateConfig::new())?;
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let value = state.load(Duration::from_secs(20))?;
+    println!("ok value={value}");
+    Ok(())
 }
 
 fn create_and_hold(args: &Args) -> Result<()> {
