@@ -365,6 +365,11 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
         if candidate.is_some() {
             return candidate;
         }
+        // A message below `next_fresh` with no state at all had its state records damaged
+        // (skipped): not known done, so deliverable again.
+        if let Some(seq) = self.view.first_unknown() {
+            return Some((seq, 0));
+        }
         let fresh = self
             .view
             .skip_lost(self.view.next_fresh.max(self.view.floor));
@@ -431,6 +436,29 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
                 continue;
             }
             let known = finding.to > finding.from && self.view.knows_lost(finding.from, finding.to);
+            // Only what is not done already is lost: a missing stretch may hold messages
+            // acknowledged long ago (found again because a damaged state record held the
+            // floor back).
+            let detail = if finding.to > finding.from {
+                let range = finding.to - finding.from;
+                let done = self.view.done_in(finding.from, finding.to);
+                match range - done {
+                    0 => format!(
+                        "; no message lost (all {range} of {}..{} were done)",
+                        finding.from, finding.to
+                    ),
+                    lost if done == 0 => format!(
+                        "; messages {}..{} are lost ({lost})",
+                        finding.from, finding.to
+                    ),
+                    lost => format!(
+                        "; {lost} of the messages {}..{} are lost (the other {done} were done)",
+                        finding.from, finding.to
+                    ),
+                }
+            } else {
+                String::new()
+            };
             if finding.to > finding.from && !known {
                 self.state.append(
                     &mut self.view,
@@ -444,7 +472,11 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
             if !known && report.is_none() {
                 report = Some(Error::new(
                     ErrorKind::Corrupted,
-                    format!("queue {}: {}", self.queue.path().display(), finding.what),
+                    format!(
+                        "queue {}: {}{detail}",
+                        self.queue.path().display(),
+                        finding.what
+                    ),
                 ));
             }
         }

@@ -96,6 +96,7 @@ mod producer;
 mod queue;
 mod record;
 mod state;
+mod watermark;
 
 pub use crate::address::Address;
 #[cfg(feature = "amqp")]

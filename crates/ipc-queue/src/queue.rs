@@ -301,6 +301,18 @@ fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Resu
     fsx::create_dir(&layout.consumers())?;
     fsx::open_rw(&layout.segments().join(fsx::segment_name(0)))?;
     fsx::sync_dir(&layout.segments())?;
+    let synced = fsx::open_rw(&layout.synced())?;
+    crate::watermark::write(
+        &synced,
+        crate::watermark::Mark {
+            segment: 0,
+            offset: 0,
+            next_seq: 0,
+        },
+    )?;
+    synced
+        .sync_data()
+        .map_err(|err| Error::io("fdatasync the sync watermark", err))?;
     if !is_dead_letter {
         let dead_config = config
             .clone()

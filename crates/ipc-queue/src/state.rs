@@ -124,12 +124,41 @@ impl View {
                 .is_some_and(|&end| end >= to)
     }
 
+    /// How many of `from..to` are done (below the floor, or acknowledged or dead-lettered).
+    pub(crate) fn done_in(&self, from: u64, to: u64) -> u64 {
+        let below = self.floor.min(to).saturating_sub(from);
+        let above = self
+            .entries
+            .range(from.max(self.floor)..to.max(self.floor))
+            .filter(|(_, entry)| matches!(entry, Entry::Done))
+            .count() as u64;
+        below + above
+    }
+
+    /// The lowest message at or above the floor and below `next_fresh` that has no state
+    /// and is not lost: its state records were damaged and skipped.
+    pub(crate) fn first_unknown(&self) -> Option<u64> {
+        let mut expect = self.skip_lost(self.floor);
+        for &seq in self.entries.keys() {
+            if expect >= self.next_fresh {
+                return None;
+            }
+            if seq > expect {
+                return Some(expect);
+            }
+            if seq == expect {
+                expect = self.skip_lost(seq.saturating_add(1));
+            }
+        }
+        (expect < self.next_fresh).then_some(expect)
+    }
+
     fn add_lost(&mut self, from: u64, to: u64) {
         let from = from.max(self.floor);
         if to <= from || self.knows_lost(from, to) {
             return;
         }
-        self.lost_total += to - from;
+        self.lost_total += to - from - self.done_in(from, to);
         self.lost_pending += to - from;
         self.lost.insert(from, to);
         // Whatever was known about the lost messages no longer matters: none can be
