@@ -203,6 +203,9 @@ impl Appender {
         if !admit(self, self.batch.len())? {
             return Ok(None);
         }
+        // Consumers release the reserve when the disk is full, to record acknowledgements
+        // and so free segments: no producer writes until it is back.
+        fsx::ensure_reserve(self.layout.root())?;
         if self.seg_end > 0 && self.seg_end + self.batch.len() as u64 > self.segment_len {
             self.roll_over()?;
         }

@@ -314,6 +314,8 @@ fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Resu
         .sync_data()
         .map_err(|err| Error::io("fdatasync the sync watermark", err))?;
     if !is_dead_letter {
+        // (A dead-letter queue gets its reserve when it is first written to.)
+        fsx::ensure_reserve(path)?;
         let dead_config = config
             .clone()
             .with_max_message_len(

@@ -16,6 +16,9 @@ use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
 /// The largest state record (a compaction snapshot).
 const MAX_STATE_PAYLOAD: usize = 64 << 20;
 const READ_CHUNK: usize = 256 << 10;
+/// The size past which the state log is compacted while the disk is full (the reserve
+/// released): the log and its snapshot must fit in the reserve.
+const TIGHT_COMPACT_AT: u64 = 32 << 10;
 
 /// The state of one message at or above the floor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +228,8 @@ pub(crate) struct StateLog {
     /// Damaged state records skipped (safe: at worst a message is delivered again).
     pub(crate) skipped: u64,
     compact_at: u64,
+    /// The disk was found full: compact early, so that the log fits in the reserve.
+    tight: bool,
 }
 
 impl StateLog {
@@ -246,6 +251,7 @@ impl StateLog {
             out: Vec::new(),
             skipped: 0,
             compact_at,
+            tight: false,
         })
     }
 
@@ -359,12 +365,29 @@ impl StateLog {
     ) -> Result<()> {
         self.out.clear();
         record::write(&mut self.out, kind, seq, time, aux, payload);
-        if let Err(err) = self.file.write_all_at(&self.out, self.offset) {
-            let _ = self.file.set_len(self.offset);
-            return Err(Error::io(
-                format!("append {} bytes to the consumer state log", self.out.len()),
-                err,
-            ));
+        if let Err(err) = self.write_out() {
+            if !fsx::is_disk_full(&err) {
+                return Err(Error::io(
+                    format!("append {} bytes to the consumer state log", self.out.len()),
+                    err,
+                ));
+            }
+            // A full disk: take the room kept in reserve (once, by whichever consumer gets
+            // here first), or else make room by compacting; then try once more.
+            self.tight = true;
+            if !self.release_reserve()? {
+                self.compact(view)?;
+            }
+            self.write_out().map_err(|err| {
+                Error::io(
+                    format!(
+                        "disk full: append {} bytes to the consumer state log (its {} byte reserve is used up)",
+                        self.out.len(),
+                        fsx::RESERVE_LEN
+                    ),
+                    err,
+                )
+            })?;
         }
         self.offset += self.out.len() as u64;
         let header = match record::parse(&self.out, MAX_STATE_PAYLOAD) {
@@ -373,6 +396,27 @@ impl StateLog {
         };
         view.apply(&header, payload);
         Ok(())
+    }
+
+    /// Writes `self.out` at the end; on failure removes any partial write.
+    fn write_out(&self) -> std::io::Result<()> {
+        let result = self.file.write_all_at(&self.out, self.offset);
+        if result.is_err() {
+            let _ = self.file.set_len(self.offset);
+        }
+        result
+    }
+
+    /// Deletes the reserve file (under the append lock, so that no producer is between
+    /// its check of the reserve and its write). Returns whether there was one.
+    fn release_reserve(&self) -> Result<bool> {
+        let append_lock = crate::appender::open_lock(&self.layout.append_lock())?;
+        let _guard = lock(&append_lock, "queue append lock")?;
+        match std::fs::remove_file(self.layout.root().join("reserve")) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(Error::io("remove the queue's reserve file", err)),
+        }
     }
 
     /// Makes the state log durable.
@@ -384,9 +428,23 @@ impl StateLog {
 
     /// Rewrites the state log as one snapshot once it is large (under the lock).
     pub(crate) fn maybe_compact(&mut self, view: &View) -> Result<()> {
-        if self.offset < self.compact_at {
+        let limit = if self.tight {
+            self.compact_at.min(TIGHT_COMPACT_AT)
+        } else {
+            self.compact_at
+        };
+        if self.offset < limit {
             return Ok(());
         }
+        self.compact(view)?;
+        if self.tight && self.layout.root().join("reserve").exists() {
+            self.tight = false;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the state log as one snapshot (under the lock).
+    fn compact(&mut self, view: &View) -> Result<()> {
         let mut payload = Vec::new();
         if ipc_core::encode_to_vec(view, &mut payload, MAX_STATE_PAYLOAD).is_err() {
             return Ok(()); // Too many open entries to snapshot; keep appending.
@@ -403,9 +461,18 @@ impl StateLog {
         let tmp = self.layout.root().join("state.log.tmp");
         let _ = std::fs::remove_file(&tmp);
         let file = fsx::open_rw(&tmp)?;
-        file.write_all_at(&out, 0)
-            .and_then(|()| file.sync_data())
-            .map_err(|err| Error::io("write state snapshot", err))?;
+        if let Err(err) = file.write_all_at(&out, 0).and_then(|()| file.sync_data()) {
+            let _ = std::fs::remove_file(&tmp);
+            let what = if fsx::is_disk_full(&err) {
+                "disk full: "
+            } else {
+                ""
+            };
+            return Err(Error::io(
+                format!("{what}write a state snapshot of {} bytes", out.len()),
+                err,
+            ));
+        }
         std::fs::rename(&tmp, self.layout.state_log())
             .map_err(|err| Error::io("replace state log", err))?;
         fsx::sync_dir(self.layout.root())?;
