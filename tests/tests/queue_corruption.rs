@@ -716,3 +716,217 @@ fn a_damaged_ack_of_a_reclaimed_message_reports_only_that_message() -> Result<()
     assert_eq!(Queue::open(&path)?.stats()?.depth, 0);
     still_works(&path)
 }
+
+/// xorshift64: reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Damage {
+    CutLastAtRecord,
+    CutLastMidRecord,
+    CutFirstAtRecord,
+    DeleteLast,
+    DeleteMiddle,
+    ZeroStatePage,
+    BitFlip,
+    TamperSynced,
+}
+
+impl Damage {
+    const ALL: [Damage; 8] = [
+        Damage::CutLastAtRecord,
+        Damage::CutLastMidRecord,
+        Damage::CutFirstAtRecord,
+        Damage::DeleteLast,
+        Damage::DeleteMiddle,
+        Damage::ZeroStatePage,
+        Damage::BitFlip,
+        Damage::TamperSynced,
+    ];
+}
+
+/// The outcome of one trial, as the figures in the README count them.
+#[derive(Default, Debug)]
+struct Outcomes {
+    trials: u64,
+    /// A consumer's open failed with `Corrupted` (once).
+    error_on_open: u64,
+    /// Messages missing, and reported (`Corrupted`) and counted in `Stats` as lost.
+    loss_reported: u64,
+    /// Damage reported, nothing missing.
+    detected_no_loss: u64,
+    /// Nothing reported and nothing missing (e.g. messages delivered again).
+    no_loss: u64,
+    /// Messages missing without a report or without being counted: must stay 0.
+    silent_loss: u64,
+}
+
+/// Applies `damage` to the queue at `path` (3 segments of 4 KiB, `acked` messages done).
+fn damage(path: &Path, damage: Damage, rng: &mut Rng) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let segments = segment_paths(path)?;
+    let cut = |segment: &Path, len: u64| -> Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment)?
+            .set_len(len)?;
+        Ok(())
+    };
+    let last = segments.last().context("a segment")?;
+    let last_len = std::fs::metadata(last)?.len();
+    match damage {
+        Damage::CutLastAtRecord => {
+            let records = last_len / RECORD_LEN;
+            cut(last, rng.below(records) * RECORD_LEN)?;
+        }
+        Damage::CutLastMidRecord => {
+            let records = last_len / RECORD_LEN;
+            cut(
+                last,
+                rng.below(records) * RECORD_LEN + 1 + rng.below(RECORD_LEN - 1),
+            )?;
+        }
+        Damage::CutFirstAtRecord => {
+            // The first segment holds unacknowledged messages (from `acked` on).
+            let records = std::fs::metadata(&segments[0])?.len() / RECORD_LEN;
+            cut(&segments[0], (60 + rng.below(records - 60)) * RECORD_LEN)?;
+        }
+        Damage::DeleteLast => std::fs::remove_file(last)?,
+        Damage::DeleteMiddle => std::fs::remove_file(&segments[1])?,
+        Damage::ZeroStatePage => {
+            let state = path.join("state.log");
+            let len = std::fs::metadata(&state)?.len();
+            let page = rng.below(len.div_ceil(4096));
+            let file = std::fs::OpenOptions::new().write(true).open(&state)?;
+            file.write_all_at(&[0u8; 4096], page * 4096)?;
+            file.set_len(len)?;
+        }
+        Damage::BitFlip => {
+            let segment = &segments[rng.below(segments.len() as u64) as usize];
+            let mut bytes = std::fs::read(segment)?;
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << rng.below(8);
+            std::fs::write(segment, &bytes)?;
+        }
+        Damage::TamperSynced => {
+            let synced = path.join("synced");
+            let mut bytes = std::fs::read(&synced)?;
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] = bytes[at].wrapping_add(1 + rng.below(255) as u8);
+            std::fs::write(&synced, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Damage of every kind the format can detect, at random places, many times: every
+/// missing message is reported and counted as lost. Prints the figures of the README
+/// (more trials with `IPC_SOAK=1` or `IPC_QUEUE_CORRUPTION_TRIALS=N`).
+#[test]
+fn corruption_trials_by_damage_kind_never_lose_a_message_silently() -> Result<()> {
+    let trials: u64 = std::env::var("IPC_QUEUE_CORRUPTION_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(if std::env::var_os("IPC_SOAK").is_some() {
+            200
+        } else {
+            6
+        });
+    let _watchdog = Watchdog::new(
+        "corruption trials",
+        WAIT + Duration::from_millis(trials * 8 * 200),
+    );
+    let seed = std::env::var("IPC_QUEUE_CORRUPTION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("corruption trials: seed {seed} (IPC_QUEUE_CORRUPTION_SEED to repeat)");
+    let mut rng = Rng(seed | 1);
+    let dir = Scratch::new("ipcq-trials")?;
+    let template_path = dir.path().join("template");
+    let count = 250;
+    let acked = 50;
+    template(&template_path, count)?;
+    consume_all(&template_path, acked)?;
+    ensure!(segment_paths(&template_path)?.len() == 3);
+    let mut table = std::collections::BTreeMap::<Damage, Outcomes>::new();
+    for trial in 0..trials {
+        for kind in Damage::ALL {
+            let path = dir.path().join(format!("t{trial}-{kind:?}"));
+            copy_dir(&template_path, &path)?;
+            damage(&path, kind, &mut rng)?;
+            let queue = Queue::open(&path)?;
+            let opened = queue.consumer::<String>();
+            let error_on_open = matches!(&opened, Err(err) if err.kind() == ErrorKind::Corrupted);
+            if let Err(err) = &opened {
+                ensure!(error_on_open, "{kind:?}: {err}");
+            }
+            drop(opened);
+            let drained = drain(&path).with_context(|| format!("trial {trial} {kind:?}"))?;
+            let missing = (acked..count)
+                .filter(|seq| !drained.seqs.contains(seq))
+                .count() as u64;
+            let lost = lost(&path)?;
+            let outcome = table.entry(kind).or_default();
+            outcome.trials += 1;
+            let reported = error_on_open || !drained.reports.is_empty();
+            if missing > 0 && (!reported || lost < missing) {
+                eprintln!(
+                    "trial {trial} {kind:?}: {missing} missing, {lost} counted lost, reports {:?}",
+                    drained.reports
+                );
+                outcome.silent_loss += 1;
+            } else if error_on_open {
+                outcome.error_on_open += 1;
+            } else if missing > 0 {
+                outcome.loss_reported += 1;
+            } else if reported {
+                outcome.detected_no_loss += 1;
+            } else {
+                outcome.no_loss += 1;
+            }
+            // The queue goes on after any of it, without giving a number twice.
+            let after = send_after(&path).with_context(|| format!("trial {trial} {kind:?}"))?;
+            ensure!(
+                after >= count,
+                "trial {trial} {kind:?}: new message got {after}"
+            );
+            std::fs::remove_dir_all(&path)?;
+        }
+    }
+    eprintln!(
+        "| damage | trials | error on open | loss reported | detected, nothing lost | no loss | silent loss |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|");
+    for (kind, o) in &table {
+        eprintln!(
+            "| {kind:?} | {} | {} | {} | {} | {} | {} |",
+            o.trials,
+            o.error_on_open,
+            o.loss_reported,
+            o.detected_no_loss,
+            o.no_loss,
+            o.silent_loss
+        );
+    }
+    let silent: u64 = table.values().map(|o| o.silent_loss).sum();
+    assert_eq!(silent, 0, "silent loss");
+    Ok(())
+}
