@@ -49,6 +49,9 @@ pub(crate) struct LogIndex {
     buf: Vec<u8>,
     unsealed_checked: Option<Instant>,
     read_cache: Option<(u64, File)>,
+    /// Whether a log found shorter than the watermark is repaired (a consumer) or only
+    /// left for the next consumer or producer to repair and report (`Queue::stats`).
+    repairs: bool,
 }
 
 enum Step {
@@ -128,8 +131,15 @@ impl LogIndex {
             buf: Vec::new(),
             unsealed_checked: None,
             read_cache: None,
+            repairs: true,
         };
         Ok((index, stale))
+    }
+
+    /// Leaves the repairs that need a report to consumers (for a look from outside).
+    pub(crate) fn without_repairs(mut self) -> LogIndex {
+        self.repairs = false;
+        self
     }
 
     /// One past the highest sequence number indexed.
@@ -261,7 +271,7 @@ impl LogIndex {
                 Ok(mark) => (cur, len) < mark.position(),
                 Err(_) => true,
             };
-            if !behind {
+            if !behind || !self.repairs {
                 return Ok(false);
             }
             // Shorter than what was synced (or the watermark is damaged): let the log be
@@ -326,7 +336,7 @@ impl LogIndex {
                         Ok(mark) => mark.next_seq > next,
                         Err(_) => true,
                     };
-                    if deleted {
+                    if deleted && self.repairs {
                         if let Some(note) = Appender::repair_tail(&self.layout, self.max_payload)? {
                             findings.push(Finding {
                                 from: next,
@@ -397,6 +407,8 @@ impl LogIndex {
         let (until, to) = match bad {
             Bad::ValidNow => return Ok(()),
             Bad::TornTail => {
+                // The cut bytes may have been synced: compare with the watermark at once.
+                self.unsealed_checked = None;
                 findings.push(Finding {
                     from: self.next_seq,
                     to: self.next_seq,

@@ -174,12 +174,13 @@ impl EmbeddedQueue {
         let guard = state.lock()?;
         state.catch_up(&mut view, true)?;
         let mut findings = Vec::new();
-        let (mut index, _) = LogIndex::open(
+        let (index, _) = LogIndex::open(
             &self.layout,
             self.config.max_message_len as usize,
             view.floor,
             &mut findings,
         )?;
+        let mut index = index.without_repairs();
         index.refresh(&view, &mut findings)?;
         drop(guard);
         let now = fsx::now_ms();
