@@ -73,7 +73,8 @@ pub(crate) struct EmbeddedConsumer<T> {
     view: View,
     index: LogIndex,
     liveness: HashMap<u64, (bool, Instant)>,
-    dead: Option<Appender>,
+    /// Boxed: opened only for a dead letter, and it keeps the consumer handle small.
+    dead: Option<Box<Appender>>,
     buf: Vec<u8>,
     _type: PhantomData<fn() -> T>,
 }
@@ -392,12 +393,12 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
         let reason = &reason[..cut];
         if self.dead.is_none() {
             let dead = EmbeddedQueue::open(self.queue.layout.dead())?;
-            self.dead = Some(Appender::open(
+            self.dead = Some(Box::new(Appender::open(
                 &dead.layout,
                 dead.config.max_message_len as usize,
                 dead.config.segment_len,
                 Faults::default(),
-            )?);
+            )?));
         }
         let Some(dead) = self.dead.as_mut() else {
             return Ok(());
