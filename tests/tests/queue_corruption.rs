@@ -502,8 +502,14 @@ fn a_synced_last_record_cut_anywhere_is_a_reported_loss_and_its_number_is_never_
 fn a_deleted_last_segment_or_every_segment_is_a_reported_loss() -> Result<()> {
     let _watchdog = Watchdog::new("deleted last segment", WAIT);
     let dir = Scratch::new("ipcq-dellast")?;
-    for case in ["last", "all"] {
-        let (path, segments, count) = three_segments(&dir.path().join(case).tap_mkdir()?)?;
+    for (case, producer_first) in [
+        ("last", false),
+        ("all", false),
+        ("last", true),
+        ("all", true),
+    ] {
+        let name = format!("{case}-{producer_first}");
+        let (path, segments, count) = three_segments(&dir.path().join(&name).tap_mkdir()?)?;
         let from = match case {
             "last" => {
                 let last = segments.last().context("a segment")?;
@@ -517,16 +523,25 @@ fn a_deleted_last_segment_or_every_segment_is_a_reported_loss() -> Result<()> {
                 0
             }
         };
-        let drained = drain(&path).with_context(|| format!("{case} deleted"))?;
-        assert_eq!(drained.seqs, (0..from).collect(), "{case} deleted");
-        assert_eq!(drained.reports.len(), 1, "{case}: {:?}", drained.reports);
+        let mut expected: BTreeSet<u64> = (0..from).collect();
+        if producer_first {
+            // A producer comes first: it starts after the lost numbers.
+            let receipt = Queue::open(&path)?
+                .producer::<String>(ProducerOptions::new())?
+                .send(&message(count))?;
+            assert_eq!(receipt.seq(), count, "{name}");
+            expected.insert(count);
+        }
+        let drained = drain(&path).with_context(|| format!("{name}"))?;
+        assert_eq!(drained.seqs, expected, "{name}");
+        assert_eq!(drained.reports.len(), 1, "{name}: {:?}", drained.reports);
         assert!(
             drained.reports[0].contains(&format!("messages {from}..{count} are lost")),
-            "{case}: {:?}",
+            "{name}: {:?}",
             drained.reports
         );
-        assert_eq!(lost(&path)?, count - from, "{case} deleted");
-        assert_eq!(send_after(&path)?, count, "{case} deleted");
+        assert_eq!(lost(&path)?, count - from, "{name}");
+        assert!(send_after(&path)? > count - 1, "{name}");
     }
     Ok(())
 }
@@ -928,5 +943,52 @@ fn corruption_trials_by_damage_kind_never_lose_a_message_silently() -> Result<()
     }
     let silent: u64 = table.values().map(|o| o.silent_loss).sum();
     assert_eq!(silent, 0, "silent loss");
+    Ok(())
+}
+
+/// Issue 16, item 3: tampering with `synced` went unnoticed. Now a damaged, missing or
+/// old-format (16 bytes, no checksum) watermark is reported once, by whichever handle
+/// meets it first, and rebuilt at the tail after a sync.
+#[test]
+fn a_damaged_missing_or_old_format_watermark_is_reported_once_and_rebuilt() -> Result<()> {
+    let _watchdog = Watchdog::new("damaged watermark", WAIT);
+    let dir = Scratch::new("ipcq-mark")?;
+    let template_path = dir.path().join("template");
+    template(&template_path, 5)?;
+    let good = std::fs::read(template_path.join("synced"))?;
+    let mut flipped = good.clone();
+    flipped[17] ^= 0x10; // the offset, without fixing the checksum
+    let old_format = good[8..24].to_vec();
+    for (case, bytes) in [
+        ("flipped", Some(flipped)),
+        ("old-format", Some(old_format)),
+        ("missing", None),
+    ] {
+        for producer_first in [true, false] {
+            let path = dir.path().join(format!("{case}-{producer_first}"));
+            copy_dir(&template_path, &path)?;
+            match &bytes {
+                Some(bytes) => std::fs::write(path.join("synced"), bytes)?,
+                None => std::fs::remove_file(path.join("synced"))?,
+            }
+            let mut reports = Vec::new();
+            if producer_first {
+                let queue = Queue::open(&path)?;
+                let err = queue
+                    .producer::<String>(ProducerOptions::new())
+                    .expect_err("a damaged watermark accepted");
+                assert_eq!(err.kind(), ErrorKind::Corrupted, "{case}: {err}");
+                reports.push(err.to_string());
+                queue.producer::<String>(ProducerOptions::new())?;
+            }
+            let drained = drain(&path)?;
+            reports.extend(drained.reports);
+            assert_eq!(drained.seqs, (0..5).collect(), "{case}");
+            assert_eq!(reports.len(), 1, "{case}: {reports:?}");
+            assert!(reports[0].contains("sync watermark"), "{case}: {reports:?}");
+            assert_eq!(watermark(&path)?, (0, 5 * RECORD_LEN, 5), "{case}");
+            assert_eq!(send_after(&path)?, 5, "{case}");
+        }
+    }
     Ok(())
 }
