@@ -532,7 +532,7 @@ fn a_deleted_last_segment_or_every_segment_is_a_reported_loss() -> Result<()> {
             assert_eq!(receipt.seq(), count, "{name}");
             expected.insert(count);
         }
-        let drained = drain(&path).with_context(|| format!("{name}"))?;
+        let drained = drain(&path).with_context(|| name.clone())?;
         assert_eq!(drained.seqs, expected, "{name}");
         assert_eq!(drained.reports.len(), 1, "{name}: {:?}", drained.reports);
         assert!(

@@ -63,11 +63,23 @@ pub(crate) fn read(file: &File) -> Result<std::result::Result<Mark, String>> {
         bytes.copy_from_slice(&buf[at..at + 8]);
         u64::from_le_bytes(bytes)
     };
-    Ok(Ok(Mark {
+    let mark = Mark {
         segment: u64_at(8),
         offset: u64_at(16),
         next_seq: u64_at(24),
-    }))
+    };
+    // Every message record is longer than a header: a segment holds at most
+    // `offset / HEADER_LEN` of them before `offset`. A mark claiming more is forged.
+    let most = mark
+        .segment
+        .saturating_add(mark.offset / crate::record::HEADER_LEN as u64);
+    if mark.next_seq < mark.segment || mark.next_seq > most || mark.next_seq >= 1 << 62 {
+        return Ok(Err(format!(
+            "claims message {} after offset {} of segment {}, which cannot be",
+            mark.next_seq, mark.offset, mark.segment
+        )));
+    }
+    Ok(Ok(mark))
 }
 
 /// The file's bytes for `mark`.
@@ -117,6 +129,14 @@ mod tests {
             file.write_all_at(&damaged, 0).unwrap();
             assert!(read(&file).unwrap().is_err(), "bit {bit}");
         }
+        // Checksummed but impossible: more messages than fit before the offset.
+        let forged = encode(Mark {
+            segment: 0,
+            offset: 400,
+            next_seq: 11,
+        });
+        file.write_all_at(&forged, 0).unwrap();
+        assert!(read(&file).unwrap().unwrap_err().contains("cannot be"));
         file.set_len(16).unwrap();
         assert!(read(&file).unwrap().unwrap_err().contains("16 bytes"));
         std::fs::remove_file(&dir).unwrap();
