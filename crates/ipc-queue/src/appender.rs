@@ -521,7 +521,9 @@ impl Appender {
         let tail = {
             let _append = lock(&self.append_lock, "queue append lock")?;
             if let Some(note) = self.catch_up()? {
-                return Err(Error::new(ErrorKind::Corrupted, note));
+                // The rebuild synced the tail, this handle's bytes with it: no reason to
+                // fail a send that is durable (and would be sent again).
+                note_damage(&self.layout, &note);
             }
             self.tail()
         };
@@ -720,7 +722,23 @@ fn recreate_tail(layout: &Layout, sync_lock: &Arc<File>) -> Result<(u64, File)> 
             .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
         return Ok((last, file));
     }
-    let first = synced_next(layout, sync_lock)?;
+    let first = {
+        let _guard = lock(sync_lock, "queue sync lock")?;
+        let synced = fsx::open_rw(&layout.synced())?;
+        match watermark::read(&synced)? {
+            Ok(mark) => mark.next_seq,
+            Err(why) => {
+                // Starting again at 0 could give numbers the consumers took as done.
+                return Err(Error::new(
+                    ErrorKind::Corrupted,
+                    format!(
+                        "queue {} has no segment files and its sync watermark {why}: where the log ended is unknown",
+                        layout.root().display()
+                    ),
+                ));
+            }
+        }
+    };
     let path = layout.segments().join(fsx::segment_name(first));
     let file = fsx::open_rw(&path)?;
     fsx::sync_dir(&layout.segments())?;
