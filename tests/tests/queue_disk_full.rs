@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use ipc_core::ErrorKind;
 use ipc_queue::{Producer, ProducerOptions, Queue, QueueConfig};
-use ipc_tests::{TempDir, Watchdog};
+use ipc_tests::{Peer, TempDir, Watchdog};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -239,5 +239,84 @@ fn consumers_drain_a_full_disk_and_producers_go_on_after_it_round_after_round() 
         "disk full: {rounds} fill-drain-refill rounds on a 2 MiB tmpfs, messages per fill {filled:?}"
     );
     assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}
+
+/// The same across processes: producer processes fill the disk and fail with `disk full`,
+/// a consumer process drains it while it is full, and a producer process sends again.
+#[test]
+fn consumer_processes_drain_a_full_disk_that_producer_processes_filled() -> Result<()> {
+    let rounds = disk_rounds();
+    let _watchdog = Watchdog::new(
+        "processes on a full disk",
+        WAIT + Duration::from_secs(rounds * 5),
+    );
+    let dir = TempDir::new("ipcq-tmpfs-procs")?;
+    let mount_point = dir.path().join("mnt");
+    std::fs::create_dir(&mount_point)?;
+    let Some(_mount) = mount_tmpfs(&mount_point, "2m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root?): draining a full disk across processes is NOT tested"
+        );
+        return Ok(());
+    };
+    let path = mount_point.join("q");
+    Queue::create(&path, &QueueConfig::new().with_segment_len(64 << 10))?;
+    let address = path.display().to_string();
+    for round in 0..rounds {
+        let incarnation = round.to_string();
+        let mut producer = Peer::spawn_role(
+            format!("producer {round}"),
+            "queue-produce",
+            [
+                "--address",
+                &address,
+                "--incarnation",
+                &incarnation,
+                "--size",
+                "900",
+            ],
+        )?;
+        let mut sent = 0u64;
+        let mut failure = String::new();
+        while let Ok(line) = producer.expect_line(WAIT) {
+            if line.starts_with("error") {
+                failure = line;
+                continue;
+            }
+            ensure!(line.starts_with("sent "), "round {round}: {line}");
+            sent += 1;
+        }
+        ensure!(
+            !producer.wait(WAIT)?.success(),
+            "round {round}: the disk never filled"
+        );
+        ensure!(failure.contains("disk full"), "round {round}: {failure:?}");
+        ensure!(sent > 100, "round {round}: only {sent} messages fit");
+        ensure!(
+            disk_is_full(&mount_point),
+            "round {round}: the disk is not full"
+        );
+        let expect = sent.to_string();
+        let mut consumer = Peer::spawn_role(
+            format!("consumer {round}"),
+            "queue-consume",
+            ["--address", &address, "--expect", &expect, "--quiet", "1"],
+        )?;
+        let outcome = consumer.expect_prefixed("ok", WAIT)?;
+        consumer.wait_success(WAIT)?;
+        ensure!(
+            outcome.starts_with(&format!("received={sent} duplicates=0 ")),
+            "round {round}: {outcome}"
+        );
+        eprintln!("round {round}: {sent} messages filled the disk and were drained on it");
+    }
+    let mut producer = Peer::spawn_role(
+        "producer after",
+        "queue-produce",
+        ["--address", &address, "--count", "1", "--quiet", "1"],
+    )?;
+    producer.wait_success(WAIT)?;
+    assert_eq!(Queue::open(&path)?.stats()?.depth, 1);
     Ok(())
 }
