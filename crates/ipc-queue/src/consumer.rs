@@ -452,10 +452,21 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
                         "; messages {}..{} are lost ({lost})",
                         finding.from, finding.to
                     ),
-                    lost => format!(
-                        "; {lost} of the messages {}..{} are lost (the other {done} were done)",
-                        finding.from, finding.to
-                    ),
+                    lost => {
+                        let shown = self.view.not_done_in(finding.from, finding.to, 8);
+                        let mut list = shown
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        if lost > shown.len() as u64 {
+                            list.push_str(", ...");
+                        }
+                        format!(
+                            "; {lost} lost ({list}): the other {done} of {}..{} were done",
+                            finding.from, finding.to
+                        )
+                    }
                 }
             } else {
                 String::new()

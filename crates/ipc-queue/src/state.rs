@@ -138,6 +138,14 @@ impl View {
         below + above
     }
 
+    /// The first `limit` messages of `from..to` not done.
+    pub(crate) fn not_done_in(&self, from: u64, to: u64, limit: usize) -> Vec<u64> {
+        (from.max(self.floor)..to)
+            .filter(|seq| !matches!(self.entries.get(seq), Some(Entry::Done)))
+            .take(limit)
+            .collect()
+    }
+
     /// The lowest message at or above the floor and below `next_fresh` that has no state
     /// and is not lost: its state records were damaged and skipped.
     pub(crate) fn first_unknown(&self) -> Option<u64> {
