@@ -495,6 +495,38 @@ impl Appender {
         Ok(None)
     }
 
+    /// Follows whole messages appended to the current segment since the last catch-up
+    /// (under the append lock), stopping at anything else: seals, damage and watermark
+    /// checks are left to `catch_up`, which may take the sync lock.
+    fn extend_tail(&mut self) -> Result<()> {
+        let size = fsx::file_len(&self.seg)?;
+        if size <= self.seg_end {
+            return Ok(());
+        }
+        let want =
+            ((size - self.seg_end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
+        let mut scan = std::mem::take(&mut self.scan);
+        let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
+        let n = match read {
+            Ok(n) => n,
+            Err(err) => {
+                self.scan = scan;
+                return Err(err);
+            }
+        };
+        let mut pos = 0;
+        while let Parsed::Valid(header) = record::parse(&scan[pos..n], self.max_payload) {
+            if header.kind != Kind::Message || header.seq != self.next_seq {
+                break;
+            }
+            self.next_seq += 1;
+            pos += header.record_len();
+        }
+        self.seg_end += pos as u64;
+        self.scan = scan;
+        Ok(())
+    }
+
     fn tail(&self) -> Mark {
         Mark {
             segment: self.seg_first,
@@ -535,6 +567,15 @@ impl Appender {
             return Ok(());
         }
         self.check_poison_file()?;
+        // Bytes appended while this handle waited for the sync lock can share this sync:
+        // note the tail again if the append lock is free (without waiting for it, as the
+        // lock order is append before sync).
+        let mut tail = tail;
+        if self.append_lock.try_lock().is_ok() {
+            let _append = LockGuard(Arc::clone(&self.append_lock));
+            self.extend_tail()?;
+            tail = self.tail();
+        }
         if upto.0 < tail.segment {
             // An older segment: sealing synced it.
             return Ok(());
