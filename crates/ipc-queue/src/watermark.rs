@@ -9,6 +9,8 @@ use ipc_core::{Error, Result};
 
 /// The file's length.
 pub(crate) const LEN: usize = 32;
+/// The length of the format without a checksum (earlier 0.1 builds).
+const OLD_LEN: usize = 16;
 const MAGIC: [u8; 4] = *b"IPQW";
 
 /// Everything before `offset` of segment `segment` was covered by an `fdatasync`, and the
@@ -28,7 +30,10 @@ impl Mark {
 }
 
 /// Reads the watermark: `Ok(Err(why))` if the file is damaged (wrong length, magic or
-/// checksum; a 16-byte file is the format before the checksum).
+/// checksum, impossible numbers). A 16-byte file is the format of earlier 0.1 builds,
+/// `(segment, offset)` without a checksum: it is read with `next_seq` at the most messages
+/// that fit before the offset, so that a loss found against it never reuses a number
+/// (it may skip some), and replaced by the current format at the next sync.
 pub(crate) fn read(file: &File) -> Result<std::result::Result<Mark, String>> {
     let mut buf = [0u8; LEN + 1];
     let mut n = 0;
@@ -40,10 +45,18 @@ pub(crate) fn read(file: &File) -> Result<std::result::Result<Mark, String>> {
             Err(err) => return Err(Error::io("read sync watermark", err)),
         }
     }
-    if n == 16 {
-        return Ok(Err(
-            "is 16 bytes, the format without a checksum or sequence number".to_owned(),
-        ));
+    let u64_at = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&buf[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    if n == OLD_LEN {
+        let (segment, offset) = (u64_at(0), u64_at(8));
+        return Ok(check(Mark {
+            segment,
+            offset,
+            next_seq: segment.saturating_add(offset / crate::record::HEADER_LEN as u64),
+        }));
     }
     if n != LEN {
         return Ok(Err(format!("is {n} bytes instead of {LEN}")));
@@ -58,28 +71,26 @@ pub(crate) fn read(file: &File) -> Result<std::result::Result<Mark, String>> {
             "fails its checksum (stored {stored:#010x}, computed {computed:#010x})"
         )));
     }
-    let u64_at = |at: usize| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&buf[at..at + 8]);
-        u64::from_le_bytes(bytes)
-    };
-    let mark = Mark {
+    Ok(check(Mark {
         segment: u64_at(8),
         offset: u64_at(16),
         next_seq: u64_at(24),
-    };
-    // Every message record is longer than a header: a segment holds at most
-    // `offset / HEADER_LEN` of them before `offset`. A mark claiming more is forged.
+    }))
+}
+
+/// Every message record is at least a header long: a segment holds at most
+/// `offset / HEADER_LEN` of them before `offset`. A mark claiming more is forged.
+fn check(mark: Mark) -> std::result::Result<Mark, String> {
     let most = mark
         .segment
         .saturating_add(mark.offset / crate::record::HEADER_LEN as u64);
     if mark.next_seq < mark.segment || mark.next_seq > most || mark.next_seq >= 1 << 62 {
-        return Ok(Err(format!(
+        return Err(format!(
             "claims message {} after offset {} of segment {}, which cannot be",
             mark.next_seq, mark.offset, mark.segment
-        )));
+        ));
     }
-    Ok(Ok(mark))
+    Ok(mark)
 }
 
 /// The file's bytes for `mark`.
@@ -137,8 +148,21 @@ mod tests {
         });
         file.write_all_at(&forged, 0).unwrap();
         assert!(read(&file).unwrap().unwrap_err().contains("cannot be"));
+        // The old format: read with the most messages that fit before the offset.
+        file.write_all_at(&[0u8; LEN], 0).unwrap();
+        file.write_all_at(&3000u64.to_le_bytes(), 0).unwrap();
+        file.write_all_at(&400u64.to_le_bytes(), 8).unwrap();
         file.set_len(16).unwrap();
-        assert!(read(&file).unwrap().unwrap_err().contains("16 bytes"));
+        assert_eq!(
+            read(&file).unwrap(),
+            Ok(Mark {
+                segment: 3000,
+                offset: 400,
+                next_seq: 3010
+            })
+        );
+        file.set_len(17).unwrap();
+        assert!(read(&file).unwrap().unwrap_err().contains("17 bytes"));
         std::fs::remove_file(&dir).unwrap();
     }
 }
