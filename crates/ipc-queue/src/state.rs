@@ -536,6 +536,32 @@ mod tests {
     }
 
     #[test]
+    fn a_message_with_no_state_below_next_fresh_is_unknown_and_done_ones_are_not_lost() {
+        let mut view = View::default();
+        // Leases and acks of 0..6, but those of 2 were in a damaged stretch (skipped).
+        for seq in (0..6).filter(|&seq| seq != 2) {
+            view.apply(&header(Kind::Lease, seq, 100, 7), &1u32.to_le_bytes());
+            view.apply(&header(Kind::Ack, seq, 0, 7), &[]);
+        }
+        assert_eq!((view.floor, view.next_fresh), (2, 6));
+        assert_eq!(view.first_unknown(), Some(2));
+        assert_eq!(view.depth(6), 1);
+        assert_eq!(view.done_in(0, 6), 5);
+        assert_eq!(view.not_done_in(0, 6, 8), vec![2]);
+        // Lost from 2 to 6: only 2 counts, the others were done.
+        view.apply(&header(Kind::Lost, 2, 0, 6), &[]);
+        assert_eq!((view.floor, view.lost_total), (6, 1));
+        assert_eq!(view.first_unknown(), None);
+        // A lost range is not unknown either.
+        view.apply(&header(Kind::Lost, 6, 0, 8), &[]);
+        view.apply(&header(Kind::Lease, 8, 100, 7), &1u32.to_le_bytes());
+        assert_eq!(view.first_unknown(), None);
+        // But a number above it with no state is.
+        view.apply(&header(Kind::Lease, 10, 100, 7), &1u32.to_le_bytes());
+        assert_eq!(view.first_unknown(), Some(9));
+    }
+
+    #[test]
     fn a_nack_keeps_the_delivery_count_and_a_snapshot_restores_everything() {
         let mut view = View::default();
         view.apply(&header(Kind::Lease, 0, 100, 7), &3u32.to_le_bytes());
