@@ -491,6 +491,14 @@ fn a_synced_last_record_cut_anywhere_is_a_reported_loss_and_its_number_is_never_
             drained.reports
         );
         assert_eq!(lost(&path)?, 5 - kept, "cut at {cut}");
+        // The report is kept in quarantine/ too.
+        let notes: Vec<String> = std::fs::read_dir(path.join("quarantine"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("report-"))
+            .map(|e| std::fs::read_to_string(e.path()))
+            .collect::<std::io::Result<_>>()?;
+        assert_eq!(notes.len(), 1, "cut at {cut}: {notes:?}");
+        assert_eq!(notes[0].trim_end(), drained.reports[0], "cut at {cut}");
         // The lost numbers are never given again.
         assert_eq!(send_after(&path)?, 5, "cut at {cut}");
         std::fs::remove_dir_all(&path)?;

@@ -481,15 +481,29 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
                     &[],
                 )?;
             }
-            if !known && report.is_none() {
-                report = Some(Error::new(
-                    ErrorKind::Corrupted,
-                    format!(
-                        "queue {}: {}{detail}",
-                        self.queue.path().display(),
-                        finding.what
-                    ),
-                ));
+            if known {
+                continue;
+            }
+            let text = format!(
+                "queue {}: {}{detail}",
+                self.queue.path().display(),
+                finding.what
+            );
+            // Kept where people look for damage too, as the error goes to one caller.
+            let dir = self.queue.layout.root().join("quarantine");
+            if fsx::ensure_dir(&dir).is_ok() {
+                let _ = fsx::write_private(
+                    &dir.join(format!(
+                        "report-{}-{}-{}.txt",
+                        finding.from,
+                        finding.to,
+                        fsx::now_ms()
+                    )),
+                    format!("{text}\n").as_bytes(),
+                );
+            }
+            if report.is_none() {
+                report = Some(Error::new(ErrorKind::Corrupted, text));
             }
         }
         Ok(report)
