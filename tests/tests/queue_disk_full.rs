@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use ipc_core::ErrorKind;
 use ipc_queue::{Producer, ProducerOptions, Queue, QueueConfig};
-use ipc_tests::{TempDir, Watchdog};
+use ipc_tests::{Peer, TempDir, Watchdog};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -80,14 +80,79 @@ impl Drop for Mount {
     }
 }
 
-fn mount_tmpfs(at: &Path) -> Option<Mount> {
+fn mount_tmpfs(at: &Path, size: &str) -> Option<Mount> {
     let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
         .arg(at)
         .stderr(std::process::Stdio::null())
         .status()
         .ok()?;
     status.success().then(|| Mount(at.to_path_buf()))
+}
+
+/// The fill-drain-refill rounds: a few in CI, more with `IPC_SOAK=1` (or
+/// `IPC_QUEUE_DISK_ROUNDS=N`).
+fn disk_rounds() -> u64 {
+    if let Some(rounds) = std::env::var("IPC_QUEUE_DISK_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        return rounds;
+    }
+    if std::env::var_os("IPC_SOAK").is_some() {
+        20
+    } else {
+        3
+    }
+}
+
+/// Sends 1000-byte messages from `first` on until the disk is full; returns how many got
+/// a receipt and the error.
+fn fill_from(producer: &mut Producer<Vec<u8>>, first: u64) -> Result<(u64, ipc_core::Error)> {
+    let mut seq = first;
+    loop {
+        match producer.send(&vec![seq as u8; 1000]) {
+            Ok(receipt) => {
+                ensure!(receipt.seq() == seq, "receipt {} for {seq}", receipt.seq());
+                seq += 1;
+            }
+            Err(err) => return Ok((seq - first, err)),
+        }
+        ensure!(seq - first < 100_000, "the disk never filled");
+    }
+}
+
+/// Every receipted message of `from..to` is there, whole, and nothing else.
+fn drain_range(queue: &Queue, from: u64, to: u64) -> Result<()> {
+    let mut consumer = queue.consumer::<Vec<u8>>()?;
+    for seq in from..to {
+        let delivery = consumer.recv_timeout(WAIT)?;
+        ensure!(
+            delivery.seq() == seq && delivery.message() == &vec![seq as u8; 1000],
+            "message {} for {seq}",
+            delivery.seq()
+        );
+        consumer.ack(&delivery)?;
+    }
+    ensure!(
+        consumer.try_recv()?.is_none(),
+        "more than the receipted messages"
+    );
+    Ok(())
+}
+
+/// Whether the filesystem at `dir` has no room for 8 KiB more.
+fn disk_is_full(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    let full = matches!(std::fs::write(&probe, vec![0u8; 8192]), Err(err) if err.raw_os_error() == Some(28));
+    let _ = std::fs::remove_file(&probe);
+    full
 }
 
 #[test]
@@ -96,15 +161,15 @@ fn a_real_full_disk_fails_cleanly_and_the_queue_recovers_when_space_is_freed() -
     let dir = TempDir::new("ipcq-tmpfs")?;
     let mount_point = dir.path().join("mnt");
     std::fs::create_dir(&mount_point)?;
-    let Some(_mount) = mount_tmpfs(&mount_point) else {
+    let Some(_mount) = mount_tmpfs(&mount_point, "1m") else {
         eprintln!(
-            "skipped: cannot mount a tmpfs here (not root?); the injected write limit test covers a full disk"
+            "SKIPPED: cannot mount a tmpfs here (not root?); the injected write limit test covers a full disk"
         );
         return Ok(());
     };
     let config = QueueConfig::new().with_segment_len(64 << 10);
     let queue = Queue::create(mount_point.join("q"), &config)?;
-    // Room for the consumer's state log once the producer has filled the disk.
+    // Space used by something else, freed later.
     let filler = mount_point.join("filler");
     std::fs::write(&filler, vec![0u8; 128 << 10])?;
     let mut producer = queue.producer::<Vec<u8>>(ProducerOptions::new())?;
@@ -118,5 +183,140 @@ fn a_real_full_disk_fails_cleanly_and_the_queue_recovers_when_space_is_freed() -
     drain_exactly(&queue, sent)?;
     // Consumption freed the segments: the same producer works again.
     assert_eq!(producer.send(&vec![0; 1000])?.seq(), sent);
+    Ok(())
+}
+
+/// Issue 16, item 2: with the disk full, consumers could not record a lease, so the one
+/// thing that frees space, draining, was impossible. Now they drain a full disk (from
+/// the queue's reserve), producers fail cleanly until space is back, then go on.
+#[test]
+fn consumers_drain_a_full_disk_and_producers_go_on_after_it_round_after_round() -> Result<()> {
+    let rounds = disk_rounds();
+    let _watchdog = Watchdog::new("drain a full disk", WAIT + Duration::from_secs(rounds * 5));
+    let dir = TempDir::new("ipcq-tmpfs-drain")?;
+    let mount_point = dir.path().join("mnt");
+    std::fs::create_dir(&mount_point)?;
+    let Some(_mount) = mount_tmpfs(&mount_point, "2m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root?): draining a full disk is NOT tested"
+        );
+        return Ok(());
+    };
+    let config = QueueConfig::new().with_segment_len(64 << 10);
+    let queue = Queue::create(mount_point.join("q"), &config)?;
+    let mut producer = queue.producer::<Vec<u8>>(ProducerOptions::new())?;
+    let mut next = 0;
+    let mut filled = Vec::new();
+    for round in 0..rounds {
+        let (sent, err) = fill_from(&mut producer, next)?;
+        assert!(sent > 100, "round {round}: only {sent} messages fit");
+        assert!(
+            err.to_string().starts_with("disk full"),
+            "round {round}: {err}"
+        );
+        assert!(
+            disk_is_full(&mount_point),
+            "round {round}: the disk is not full"
+        );
+        // Another producer, opened now, fails cleanly too.
+        let err = queue
+            .producer::<Vec<u8>>(ProducerOptions::new())?
+            .send(&vec![0; 1000])
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("disk full"),
+            "round {round}: {err}"
+        );
+        drain_range(&queue, next, next + sent).with_context(|| format!("round {round}"))?;
+        next += sent;
+        // Draining freed the segments: the same producer works again.
+        assert_eq!(producer.send(&vec![next as u8; 1000])?.seq(), next);
+        drain_range(&queue, next, next + 1)?;
+        next += 1;
+        filled.push(sent);
+    }
+    eprintln!(
+        "disk full: {rounds} fill-drain-refill rounds on a 2 MiB tmpfs, messages per fill {filled:?}"
+    );
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}
+
+/// The same across processes: producer processes fill the disk and fail with `disk full`,
+/// a consumer process drains it while it is full, and a producer process sends again.
+#[test]
+fn consumer_processes_drain_a_full_disk_that_producer_processes_filled() -> Result<()> {
+    let rounds = disk_rounds();
+    let _watchdog = Watchdog::new(
+        "processes on a full disk",
+        WAIT + Duration::from_secs(rounds * 5),
+    );
+    let dir = TempDir::new("ipcq-tmpfs-procs")?;
+    let mount_point = dir.path().join("mnt");
+    std::fs::create_dir(&mount_point)?;
+    let Some(_mount) = mount_tmpfs(&mount_point, "2m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root?): draining a full disk across processes is NOT tested"
+        );
+        return Ok(());
+    };
+    let path = mount_point.join("q");
+    Queue::create(&path, &QueueConfig::new().with_segment_len(64 << 10))?;
+    let address = path.display().to_string();
+    for round in 0..rounds {
+        let incarnation = round.to_string();
+        let mut producer = Peer::spawn_role(
+            format!("producer {round}"),
+            "queue-produce",
+            [
+                "--address",
+                &address,
+                "--incarnation",
+                &incarnation,
+                "--size",
+                "900",
+            ],
+        )?;
+        let mut sent = 0u64;
+        let mut failure = String::new();
+        while let Ok(line) = producer.expect_line(WAIT) {
+            if line.starts_with("error") {
+                failure = line;
+                continue;
+            }
+            ensure!(line.starts_with("sent "), "round {round}: {line}");
+            sent += 1;
+        }
+        ensure!(
+            !producer.wait(WAIT)?.success(),
+            "round {round}: the disk never filled"
+        );
+        ensure!(failure.contains("disk full"), "round {round}: {failure:?}");
+        ensure!(sent > 100, "round {round}: only {sent} messages fit");
+        ensure!(
+            disk_is_full(&mount_point),
+            "round {round}: the disk is not full"
+        );
+        let expect = sent.to_string();
+        let mut consumer = Peer::spawn_role(
+            format!("consumer {round}"),
+            "queue-consume",
+            ["--address", &address, "--expect", &expect, "--quiet", "1"],
+        )?;
+        let outcome = consumer.expect_prefixed("ok", WAIT)?;
+        consumer.wait_success(WAIT)?;
+        ensure!(
+            outcome.starts_with(&format!("received={sent} duplicates=0 ")),
+            "round {round}: {outcome}"
+        );
+        eprintln!("round {round}: {sent} messages filled the disk and were drained on it");
+    }
+    let mut producer = Peer::spawn_role(
+        "producer after",
+        "queue-produce",
+        ["--address", &address, "--count", "1", "--quiet", "1"],
+    )?;
+    producer.wait_success(WAIT)?;
+    assert_eq!(Queue::open(&path)?.stats()?.depth, 1);
     Ok(())
 }

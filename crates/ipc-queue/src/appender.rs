@@ -11,6 +11,7 @@ use crate::config::Faults;
 use crate::fsx;
 use crate::queue::Layout;
 use crate::record::{self, HEADER_LEN, Kind, Parsed};
+use crate::watermark::{self, Mark};
 
 /// The smallest read when scanning a segment.
 const SCAN_CHUNK: usize = 1 << 20;
@@ -34,6 +35,9 @@ pub(crate) struct Appender {
     faults: Faults,
     written: u64,
     syncs: u64,
+    /// The tail may be behind the `synced` watermark (checked at open, and after the
+    /// segment was found shorter than this handle saw it or with a torn tail cut).
+    suspect: bool,
 }
 
 /// Releases a `File::lock` when dropped. Shares the lock file through an `Arc`, so that the
@@ -68,7 +72,11 @@ impl Appender {
         let append_lock = open_lock(&layout.append_lock())?;
         let sync_lock = open_lock(&layout.sync_lock())?;
         let synced = fsx::open_rw(&layout.synced())?;
-        let (seg_first, seg) = open_last_segment(layout)?;
+        let (seg_first, seg) = match open_last_segment(layout) {
+            Ok(found) => found,
+            Err(err) if err.kind() == ErrorKind::Corrupted => recreate_tail(layout, &sync_lock)?,
+            Err(err) => return Err(err),
+        };
         let mut appender = Appender {
             layout: layout.clone(),
             max_payload,
@@ -87,11 +95,28 @@ impl Appender {
             faults,
             written: 0,
             syncs: 0,
+            suspect: true,
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
-        appender.catch_up()?;
+        if let Some(note) = appender.catch_up()? {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!("queue {}: {note}", layout.root().display()),
+            ));
+        }
         Ok(appender)
+    }
+
+    /// Brings the log's tail in line with the `synced` watermark, as a producer opening
+    /// would (for consumers that find the log shorter than the watermark, or the watermark
+    /// damaged). Returns what was damaged, if it was the watermark itself.
+    pub(crate) fn repair_tail(layout: &Layout, max_payload: usize) -> Result<Option<String>> {
+        match Appender::open(layout, max_payload, u64::MAX, Faults::default()) {
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == ErrorKind::Corrupted => Ok(Some(err.to_string())),
+            Err(err) => Err(err),
+        }
     }
 
     /// The sequence number the next appended message gets (as of the last catch-up).
@@ -172,10 +197,15 @@ impl Appender {
             return Ok(Some((self.next_seq, (self.seg_first, self.seg_end))));
         }
         let _guard = lock(&self.append_lock, "queue append lock")?;
-        self.catch_up()?;
+        if let Some(note) = self.catch_up()? {
+            return Err(Error::new(ErrorKind::Corrupted, note));
+        }
         if !admit(self, self.batch.len())? {
             return Ok(None);
         }
+        // Consumers release the reserve when the disk is full, to record acknowledgements
+        // and so free segments: no producer writes until it is back.
+        fsx::ensure_reserve(self.layout.root())?;
         if self.seg_end > 0 && self.seg_end + self.batch.len() as u64 > self.segment_len {
             self.roll_over()?;
         }
@@ -263,11 +293,17 @@ impl Appender {
 
     /// Seals the current segment and starts the next (under the append lock).
     fn roll_over(&mut self) -> Result<()> {
+        self.roll_over_to(self.next_seq)
+    }
+
+    /// Seals the current segment with a seal naming `next` (at least `next_seq`; more
+    /// when the sequence numbers between are lost) and starts segment `next`.
+    fn roll_over_to(&mut self, next: u64) -> Result<()> {
         let mut seal = Vec::with_capacity(HEADER_LEN);
-        record::write(&mut seal, Kind::Seal, self.next_seq, fsx::now_ms(), 0, &[]);
+        record::write(&mut seal, Kind::Seal, next, fsx::now_ms(), 0, &[]);
         self.write_at_end(&seal)?;
         self.sync_segment()?;
-        let next = self.next_seq;
+        self.next_seq = next;
         let path = self.layout.segments().join(fsx::segment_name(next));
         let file = fsx::open_rw(&path)?;
         fsx::sync_dir(&self.layout.segments())?;
@@ -278,18 +314,30 @@ impl Appender {
     }
 
     /// Brings this handle's view of the tail up to date (under the append lock): follows
-    /// seals into newer segments, and truncates a torn tail left by a writer that died.
-    fn catch_up(&mut self) -> Result<()> {
+    /// seals into newer segments, truncates a torn tail left by a writer that died, and
+    /// (when there is reason to) checks the tail against the watermark. Returns a note if
+    /// the watermark itself was damaged (and has been rebuilt).
+    fn catch_up(&mut self) -> Result<Option<String>> {
         loop {
             let size = fsx::file_len(&self.seg)?;
             if size < self.seg_end {
                 // Shorter than what this handle saw: damaged from outside. Rescan.
                 self.seg_end = 0;
                 self.next_seq = self.seg_first;
+                self.suspect = true;
                 continue;
             }
             if size == self.seg_end {
-                return Ok(());
+                if !self.suspect {
+                    return Ok(None);
+                }
+                let note = self.check_watermark()?;
+                self.suspect = false;
+                if fsx::file_len(&self.seg)? == self.seg_end {
+                    return Ok(note);
+                }
+                // The check sealed this segment and moved on: scan on.
+                continue;
             }
             let want =
                 ((size - self.seg_end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
@@ -354,12 +402,20 @@ impl Appender {
                         self.seg_first = first;
                         self.seg_end = 0;
                         self.next_seq = first;
-                        let _ = last;
                         return Ok(());
                     }
                     _ => {
+                        // Nothing follows. If the watermark says messages from the named
+                        // segment were synced, the segment was deleted and they are lost:
+                        // start after them, so that no sequence number is given twice.
+                        let first = synced_next(&self.layout, &self.sync_lock)?.max(next);
+                        let path = self.layout.segments().join(fsx::segment_name(first));
                         self.seg = fsx::open_rw(&path)?;
                         fsx::sync_dir(&self.layout.segments())?;
+                        self.seg_first = first;
+                        self.seg_end = 0;
+                        self.next_seq = first;
+                        return Ok(());
                     }
                 }
             }
@@ -397,7 +453,85 @@ impl Appender {
                 self.next_seq = first;
                 Ok(())
             }
-            Bad::TornTail => Ok(()),
+            Bad::TornTail => {
+                // The cut bytes may have been synced: compare with the watermark.
+                self.suspect = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Compares the tail (this handle is at the end of the newest segment, under the
+    /// append lock) with the watermark. A log shorter than what was synced has lost
+    /// messages: the segment is sealed with a seal naming the first sequence number after
+    /// the lost ones, and the next segment starts there, so no number is given twice and
+    /// consumers report the gap. A damaged watermark is rebuilt at the tail (after syncing
+    /// it); the returned note says so.
+    fn check_watermark(&mut self) -> Result<Option<String>> {
+        let _guard = lock(&self.sync_lock, "queue sync lock")?;
+        let tail = self.tail();
+        let mark = match watermark::read(&self.synced)? {
+            Ok(mark) => mark,
+            Err(why) => {
+                self.check_poison_file()?;
+                self.sync_segment()?;
+                watermark::replace(&self.synced, tail)?;
+                return Ok(Some(format!(
+                    "the sync watermark (file synced) {why}; rebuilt at message {} (segment {}, offset {}): a loss of messages synced before cannot be detected",
+                    tail.next_seq, tail.segment, tail.offset
+                )));
+            }
+        };
+        if tail.position() >= mark.position() {
+            return Ok(None);
+        }
+        self.check_poison_file()?;
+        if mark.next_seq > self.next_seq {
+            self.roll_over_to(mark.next_seq)?;
+        } else {
+            self.sync_segment()?;
+        }
+        watermark::write(&self.synced, self.tail())?;
+        Ok(None)
+    }
+
+    /// Follows whole messages appended to the current segment since the last catch-up
+    /// (under the append lock), stopping at anything else: seals, damage and watermark
+    /// checks are left to `catch_up`, which may take the sync lock.
+    fn extend_tail(&mut self) -> Result<()> {
+        let size = fsx::file_len(&self.seg)?;
+        if size <= self.seg_end {
+            return Ok(());
+        }
+        let want =
+            ((size - self.seg_end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
+        let mut scan = std::mem::take(&mut self.scan);
+        let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
+        let n = match read {
+            Ok(n) => n,
+            Err(err) => {
+                self.scan = scan;
+                return Err(err);
+            }
+        };
+        let mut pos = 0;
+        while let Parsed::Valid(header) = record::parse(&scan[pos..n], self.max_payload) {
+            if header.kind != Kind::Message || header.seq != self.next_seq {
+                break;
+            }
+            self.next_seq += 1;
+            pos += header.record_len();
+        }
+        self.seg_end += pos as u64;
+        self.scan = scan;
+        Ok(())
+    }
+
+    fn tail(&self) -> Mark {
+        Mark {
+            segment: self.seg_first,
+            offset: self.seg_end,
+            next_seq: self.next_seq,
         }
     }
 
@@ -405,18 +539,64 @@ impl Appender {
     /// every other process through the sync lock and the `synced` watermark.
     pub(crate) fn sync_upto(&mut self, upto: (u64, u64)) -> Result<()> {
         self.check_poison()?;
+        {
+            let _guard = lock(&self.sync_lock, "queue sync lock")?;
+            if let Ok(mark) = watermark::read(&self.synced)?
+                && mark.position() >= upto
+            {
+                return Ok(());
+            }
+        }
+        // What this sync will cover: the tail as of now, with every write before it whole
+        // (taken under the append lock, so the watermark never claims a partial write that
+        // its writer then removes, and records the sequence number there).
+        let tail = {
+            let _append = lock(&self.append_lock, "queue append lock")?;
+            if let Some(note) = self.catch_up()? {
+                // The rebuild synced the tail, this handle's bytes with it: no reason to
+                // fail a send that is durable (and would be sent again).
+                note_damage(&self.layout, &note);
+            }
+            self.tail()
+        };
         let _guard = lock(&self.sync_lock, "queue sync lock")?;
-        if read_watermark(&self.synced)? >= upto {
+        let current = watermark::read(&self.synced)?;
+        if let Ok(mark) = current
+            && mark.position() >= upto
+        {
             return Ok(());
         }
         self.check_poison_file()?;
-        if upto.0 != self.seg_first {
-            // An older segment: sealing synced it. A newer one cannot be ours.
+        // Bytes appended while this handle waited for the sync lock can share this sync:
+        // note the tail again if the append lock is free (without waiting for it, as the
+        // lock order is append before sync).
+        let mut tail = tail;
+        if self.append_lock.try_lock().is_ok() {
+            let _append = LockGuard(Arc::clone(&self.append_lock));
+            self.extend_tail()?;
+            tail = self.tail();
+        }
+        if upto.0 < tail.segment {
+            // An older segment: sealing synced it.
             return Ok(());
         }
-        let size = fsx::file_len(&self.seg)?;
         self.sync_segment()?;
-        write_watermark(&self.synced, (self.seg_first, size))
+        match current {
+            Ok(mark) if mark.position() >= tail.position() => Ok(()),
+            Ok(_) => watermark::write(&self.synced, tail),
+            Err(why) => {
+                // Damaged while this handle was running: rebuilt here, and said so where
+                // people look for damage.
+                note_damage(
+                    &self.layout,
+                    &format!(
+                        "the sync watermark (file synced) {why}; rebuilt at message {} (segment {}, offset {})",
+                        tail.next_seq, tail.segment, tail.offset
+                    ),
+                );
+                watermark::replace(&self.synced, tail)
+            }
+        }
     }
 
     /// Syncs whatever this handle appended, per `durability` (`force`: regardless of mode).
@@ -491,14 +671,8 @@ pub(crate) fn examine_bad(
     )?;
     seg.set_len(offset)
         .map_err(|err| Error::io(format!("truncate segment {seg_first} to {offset}"), err))?;
-    // The watermark must not claim bytes that are gone: later appends reuse the offsets.
-    let sync_lock = open_lock(&layout.sync_lock())?;
-    let _guard = lock(&sync_lock, "queue sync lock")?;
-    let synced = fsx::open_rw(&layout.synced())?;
-    let mark = read_watermark(&synced)?;
-    if mark.0 == seg_first && mark.1 > offset {
-        write_watermark(&synced, (seg_first, offset))?;
-    }
+    // The watermark is left alone: if it claims the cut bytes, they had been synced, and
+    // the writer's check against it (`check_watermark`) turns them into a reported loss.
     Ok(Bad::TornTail)
 }
 
@@ -569,25 +743,56 @@ pub(crate) fn open_last_segment(layout: &Layout) -> Result<(u64, File)> {
     }
 }
 
-fn read_watermark(file: &File) -> Result<(u64, u64)> {
-    let mut buf = [0u8; 16];
-    let n = file
-        .read_at(&mut buf, 0)
-        .map_err(|err| Error::io("read sync watermark", err))?;
-    if n < 16 {
-        return Ok((0, 0));
-    }
-    let mut a = [0u8; 8];
-    let mut b = [0u8; 8];
-    a.copy_from_slice(&buf[..8]);
-    b.copy_from_slice(&buf[8..]);
-    Ok((u64::from_le_bytes(a), u64::from_le_bytes(b)))
+/// The sequence number after the last synced message (0 if the watermark is damaged:
+/// then the check at the end of catching up rebuilds it and reports).
+fn synced_next(layout: &Layout, sync_lock: &Arc<File>) -> Result<u64> {
+    let _guard = lock(sync_lock, "queue sync lock")?;
+    let synced = fsx::open_rw(&layout.synced())?;
+    Ok(watermark::read(&synced)?.map_or(0, |mark| mark.next_seq))
 }
 
-fn write_watermark(file: &File, mark: (u64, u64)) -> Result<()> {
-    let mut buf = [0u8; 16];
-    buf[..8].copy_from_slice(&mark.0.to_le_bytes());
-    buf[8..].copy_from_slice(&mark.1.to_le_bytes());
-    file.write_all_at(&buf, 0)
-        .map_err(|err| Error::io("write sync watermark", err))
+/// Every segment file is gone: starts the log again after the last synced message (under
+/// the append lock), so that consumers report the missing messages and no sequence
+/// number is given twice.
+fn recreate_tail(layout: &Layout, sync_lock: &Arc<File>) -> Result<(u64, File)> {
+    let append_lock = open_lock(&layout.append_lock())?;
+    let _guard = lock(&append_lock, "queue append lock")?;
+    if let Some(&last) = fsx::list_segments(&layout.segments())?.last() {
+        let path = layout.segments().join(fsx::segment_name(last));
+        let file = fsx::open_existing(&path)
+            .map_err(|err| Error::io(format!("open {}", path.display()), err))?;
+        return Ok((last, file));
+    }
+    let first = {
+        let _guard = lock(sync_lock, "queue sync lock")?;
+        let synced = fsx::open_rw(&layout.synced())?;
+        match watermark::read(&synced)? {
+            Ok(mark) => mark.next_seq,
+            Err(why) => {
+                // Starting again at 0 could give numbers the consumers took as done.
+                return Err(Error::new(
+                    ErrorKind::Corrupted,
+                    format!(
+                        "queue {} has no segment files and its sync watermark {why}: where the log ended is unknown",
+                        layout.root().display()
+                    ),
+                ));
+            }
+        }
+    };
+    let path = layout.segments().join(fsx::segment_name(first));
+    let file = fsx::open_rw(&path)?;
+    fsx::sync_dir(&layout.segments())?;
+    Ok((first, file))
+}
+
+/// Leaves a note about damage that no caller can be told about in `quarantine/`.
+fn note_damage(layout: &Layout, note: &str) {
+    let dir = layout.root().join("quarantine");
+    if fsx::ensure_dir(&dir).is_ok() {
+        let _ = fsx::write_private(
+            &dir.join(format!("note-{}.txt", fsx::now_ms())),
+            format!("{note}\n").as_bytes(),
+        );
+    }
 }

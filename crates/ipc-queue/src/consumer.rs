@@ -73,7 +73,8 @@ pub(crate) struct EmbeddedConsumer<T> {
     view: View,
     index: LogIndex,
     liveness: HashMap<u64, (bool, Instant)>,
-    dead: Option<Appender>,
+    /// Boxed: opened only for a dead letter, and it keeps the consumer handle small.
+    dead: Option<Box<Appender>>,
     buf: Vec<u8>,
     _type: PhantomData<fn() -> T>,
 }
@@ -365,6 +366,11 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
         if candidate.is_some() {
             return candidate;
         }
+        // A message below `next_fresh` with no state at all had its state records damaged
+        // (skipped): not known done, so deliverable again.
+        if let Some(seq) = self.view.first_unknown() {
+            return Some((seq, 0));
+        }
         let fresh = self
             .view
             .skip_lost(self.view.next_fresh.max(self.view.floor));
@@ -387,12 +393,12 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
         let reason = &reason[..cut];
         if self.dead.is_none() {
             let dead = EmbeddedQueue::open(self.queue.layout.dead())?;
-            self.dead = Some(Appender::open(
+            self.dead = Some(Box::new(Appender::open(
                 &dead.layout,
                 dead.config.max_message_len as usize,
                 dead.config.segment_len,
                 Faults::default(),
-            )?);
+            )?));
         }
         let Some(dead) = self.dead.as_mut() else {
             return Ok(());
@@ -431,6 +437,40 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
                 continue;
             }
             let known = finding.to > finding.from && self.view.knows_lost(finding.from, finding.to);
+            // Only what is not done already is lost: a missing stretch may hold messages
+            // acknowledged long ago (found again because a damaged state record held the
+            // floor back).
+            let detail = if finding.to > finding.from {
+                let range = finding.to - finding.from;
+                let done = self.view.done_in(finding.from, finding.to);
+                match range - done {
+                    0 => format!(
+                        "; no message lost (all {range} of {}..{} were done)",
+                        finding.from, finding.to
+                    ),
+                    lost if done == 0 => format!(
+                        "; messages {}..{} are lost ({lost})",
+                        finding.from, finding.to
+                    ),
+                    lost => {
+                        let shown = self.view.not_done_in(finding.from, finding.to, 8);
+                        let mut list = shown
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        if lost > shown.len() as u64 {
+                            list.push_str(", ...");
+                        }
+                        format!(
+                            "; {lost} lost ({list}): the other {done} of {}..{} were done",
+                            finding.from, finding.to
+                        )
+                    }
+                }
+            } else {
+                String::new()
+            };
             if finding.to > finding.from && !known {
                 self.state.append(
                     &mut self.view,
@@ -441,11 +481,29 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
                     &[],
                 )?;
             }
-            if !known && report.is_none() {
-                report = Some(Error::new(
-                    ErrorKind::Corrupted,
-                    format!("queue {}: {}", self.queue.path().display(), finding.what),
-                ));
+            if known {
+                continue;
+            }
+            let text = format!(
+                "queue {}: {}{detail}",
+                self.queue.path().display(),
+                finding.what
+            );
+            // Kept where people look for damage too, as the error goes to one caller.
+            let dir = self.queue.layout.root().join("quarantine");
+            if fsx::ensure_dir(&dir).is_ok() {
+                let _ = fsx::write_private(
+                    &dir.join(format!(
+                        "report-{}-{}-{}.txt",
+                        finding.from,
+                        finding.to,
+                        fsx::now_ms()
+                    )),
+                    format!("{text}\n").as_bytes(),
+                );
+            }
+            if report.is_none() {
+                report = Some(Error::new(ErrorKind::Corrupted, text));
             }
         }
         Ok(report)

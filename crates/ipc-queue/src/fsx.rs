@@ -188,3 +188,58 @@ pub(crate) fn read_small(path: &Path, max_len: u64) -> Result<Vec<u8>> {
         .map_err(|err| Error::io(format!("read {}", path.display()), err))?;
     Ok(buf)
 }
+
+/// Bytes a queue keeps allocated in its `reserve` file, so that consumers can go on
+/// recording leases and acknowledgements (and so free the disk) when it is full.
+pub(crate) const RESERVE_LEN: u64 = 128 << 10;
+
+/// Whether `err` is "no space left on device".
+pub(crate) fn is_disk_full(err: &std::io::Error) -> bool {
+    err.raw_os_error() == Some(28) // ENOSPC
+}
+
+/// Makes sure the reserve file exists with its bytes allocated (real bytes, not a sparse
+/// file). Fails with a `disk full: ...` error if the disk has not that much room.
+pub(crate) fn ensure_reserve(root: &Path) -> Result<()> {
+    use std::io::Write;
+    let path = root.join("reserve");
+    if fs::metadata(&path).is_ok_and(|meta| meta.len() >= RESERVE_LEN) {
+        return Ok(());
+    }
+    let tmp = root.join("reserve.tmp");
+    let result = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| {
+            let zeros = vec![0u8; 64 << 10];
+            let mut left = RESERVE_LEN as usize;
+            while left > 0 {
+                let n = left.min(zeros.len());
+                file.write_all(&zeros[..n])?;
+                left -= n;
+            }
+            Ok(())
+        })
+        .and_then(|()| fs::rename(&tmp, &path));
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            let _ = fs::remove_file(&tmp);
+            let what = if is_disk_full(&err) {
+                "disk full: "
+            } else {
+                ""
+            };
+            Err(Error::io(
+                format!(
+                    "{what}the queue keeps {RESERVE_LEN} bytes in reserve for its consumers and cannot allocate them in {}",
+                    root.display()
+                ),
+                err,
+            ))
+        }
+    }
+}

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, Result};
 
-use crate::appender::{Bad, examine_bad, lock};
+use crate::appender::{Appender, Bad, examine_bad, lock};
 use crate::fsx;
 use crate::queue::Layout;
 use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
 use crate::state::View;
+use crate::watermark;
 
 const SCAN_CHUNK: usize = 1 << 20;
 const UNSEALED_CHECK: Duration = Duration::from_millis(50);
@@ -48,6 +49,9 @@ pub(crate) struct LogIndex {
     buf: Vec<u8>,
     unsealed_checked: Option<Instant>,
     read_cache: Option<(u64, File)>,
+    /// Whether a log found shorter than the watermark is repaired (a consumer) or only
+    /// left for the next consumer or producer to repair and report (`Queue::stats`).
+    repairs: bool,
 }
 
 enum Step {
@@ -65,7 +69,19 @@ impl LogIndex {
         floor: u64,
         findings: &mut Vec<Finding>,
     ) -> Result<(LogIndex, Vec<u64>)> {
-        let firsts = fsx::list_segments(&layout.segments())?;
+        let mut firsts = fsx::list_segments(&layout.segments())?;
+        if firsts.is_empty() {
+            // Every segment is gone: the log starts again after the last synced message.
+            if let Some(note) = Appender::repair_tail(layout, max_payload)? {
+                findings.push(Finding {
+                    from: floor,
+                    to: floor,
+                    torn: false,
+                    what: note,
+                });
+            }
+            firsts = fsx::list_segments(&layout.segments())?;
+        }
         let Some(&oldest) = firsts.first() else {
             return Err(Error::new(
                 ErrorKind::Corrupted,
@@ -83,7 +99,7 @@ impl LogIndex {
                 to: start,
                 torn: false,
                 what: format!(
-                    "segment holding message {floor} is missing; messages {floor}..{start} are lost"
+                    "the segment holding message {floor} is missing (the oldest one left starts at {start})"
                 ),
             });
         }
@@ -115,8 +131,15 @@ impl LogIndex {
             buf: Vec::new(),
             unsealed_checked: None,
             read_cache: None,
+            repairs: true,
         };
         Ok((index, stale))
+    }
+
+    /// Leaves the repairs that need a report to consumers (for a look from outside).
+    pub(crate) fn without_repairs(mut self) -> LogIndex {
+        self.repairs = false;
+        self
     }
 
     /// One past the highest sequence number indexed.
@@ -145,7 +168,10 @@ impl LogIndex {
             };
             let size = fsx::file_len(file)?;
             if self.end >= size {
-                return self.check_unsealed_end(view, findings);
+                if self.check_unsealed_end(view, findings)? {
+                    continue;
+                }
+                return Ok(());
             }
             let want =
                 ((size - self.end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
@@ -179,10 +205,17 @@ impl LogIndex {
                             from: self.next_seq,
                             to: header.seq,
                             torn: false,
-                            what: format!(
-                                "segment {cur} skips from message {} to {}",
-                                self.next_seq, header.seq
-                            ),
+                            what: if header.kind == Kind::Seal {
+                                format!(
+                                    "segment {cur} is shorter than what was synced: it ends before message {} and was sealed at message {}",
+                                    self.next_seq, header.seq
+                                )
+                            } else {
+                                format!(
+                                    "segment {cur} skips from message {} to {}",
+                                    self.next_seq, header.seq
+                                )
+                            },
                         });
                     }
                     let Some(seg) = self.segs.get_mut(&cur) else {
@@ -211,22 +244,49 @@ impl LogIndex {
     }
 
     /// At the end of a segment without a seal: if a later segment exists, this one lost its
-    /// end (it was truncated). Checked at most every `UNSEALED_CHECK`, as it lists the
-    /// directory.
-    fn check_unsealed_end(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<()> {
+    /// end (it was truncated); if none does, the segment must reach the `synced` watermark,
+    /// else its synced end was lost. Checked at most every `UNSEALED_CHECK`, as it lists
+    /// the directory. Returns whether to scan on (a repair sealed the segment).
+    fn check_unsealed_end(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<bool> {
         if self
             .unsealed_checked
             .is_some_and(|at| at.elapsed() < UNSEALED_CHECK)
         {
-            return Ok(());
+            return Ok(false);
         }
         self.unsealed_checked = Some(Instant::now());
         let cur = self.cur;
+        // The watermark before the listing and the length: it only grows, and whatever it
+        // covers was in the files before it was written.
+        let mark = read_mark(&self.layout)?;
         let later = fsx::list_segments(&self.layout.segments())?
             .into_iter()
             .find(|&first| first > cur);
         let Some(later) = later else {
-            return Ok(());
+            let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref()) else {
+                return Ok(false);
+            };
+            let len = fsx::file_len(file)?;
+            let behind = match mark {
+                Ok(mark) => (cur, len) < mark.position(),
+                Err(_) => true,
+            };
+            if !behind || !self.repairs {
+                return Ok(false);
+            }
+            // Shorter than what was synced (or the watermark is damaged): let the log be
+            // repaired as a producer would, then scan what the repair wrote.
+            if let Some(note) = Appender::repair_tail(&self.layout, self.max_payload)? {
+                findings.push(Finding {
+                    from: self.next_seq,
+                    to: self.next_seq,
+                    torn: false,
+                    what: note,
+                });
+                return Ok(false);
+            }
+            self.unsealed_checked = None;
+            return Ok(fsx::file_len(file)? != len);
         };
         // A writer seals a segment before it creates the next: if this one grew meanwhile,
         // the seal may be there now.
@@ -234,7 +294,7 @@ impl LogIndex {
             && fsx::file_len(file)? > self.end
         {
             self.unsealed_checked = None;
-            return Ok(());
+            return Ok(true);
         }
         let from = self.next_seq;
         if !view.knows_lost(from, later.max(from.saturating_add(1))) {
@@ -243,7 +303,7 @@ impl LogIndex {
                 to: later,
                 torn: false,
                 what: format!(
-                    "segment {cur} ends at offset {} without a seal, but segment {later} follows; messages {from}..{later} are lost",
+                    "segment {cur} ends at offset {} without a seal, but segment {later} follows",
                     self.end
                 ),
             });
@@ -252,7 +312,7 @@ impl LogIndex {
             seg.seal = Some(later);
         }
         self.next_seq = later;
-        Ok(())
+        Ok(false)
     }
 
     /// Moves to segment `next` after a seal. False if it does not exist yet.
@@ -269,6 +329,26 @@ impl LogIndex {
                 }
                 let later = firsts.into_iter().find(|&first| first > next);
                 let Some(later) = later else {
+                    // Not created yet, or deleted with messages that were synced: the
+                    // watermark tells. Then the log is repaired as a producer would (it
+                    // starts again after the lost messages), and the gap is reported below.
+                    let deleted = match read_mark(&self.layout)? {
+                        Ok(mark) => mark.next_seq > next,
+                        Err(_) => true,
+                    };
+                    if deleted && self.repairs {
+                        if let Some(note) = Appender::repair_tail(&self.layout, self.max_payload)? {
+                            findings.push(Finding {
+                                from: next,
+                                to: next,
+                                torn: false,
+                                what: note,
+                            });
+                        }
+                        return Ok(fsx::list_segments(&self.layout.segments())?
+                            .into_iter()
+                            .any(|first| first >= next));
+                    }
                     return Ok(false);
                 };
                 if !view.knows_lost(next, later) {
@@ -276,12 +356,7 @@ impl LogIndex {
                         from: next,
                         to: later,
                         torn: false,
-                        what: format!(
-                            "segment {next} is missing; messages {next}..{later} are lost (floor {}, scanning from segment {}, segments {:?})",
-                            view.floor,
-                            self.cur,
-                            fsx::list_segments(&self.layout.segments()).unwrap_or_default().iter().take(5).collect::<Vec<_>>()
-                        ),
+                        what: format!("segment {next} is missing"),
                     });
                 }
                 let path = self.layout.segments().join(fsx::segment_name(later));
@@ -332,6 +407,8 @@ impl LogIndex {
         let (until, to) = match bad {
             Bad::ValidNow => return Ok(()),
             Bad::TornTail => {
+                // The cut bytes may have been synced: compare with the watermark at once.
+                self.unsealed_checked = None;
                 findings.push(Finding {
                     from: self.next_seq,
                     to: self.next_seq,
@@ -345,9 +422,8 @@ impl LogIndex {
         };
         let from = self.next_seq;
         if !view.knows_lost(from, to.max(from.saturating_add(1))) || to <= from {
-            let lost = to.saturating_sub(from);
             let what = format!(
-                "segment {cur}: {} damaged bytes at offset {offset}; {lost} messages ({from}..{to}) lost",
+                "segment {cur}: {} damaged bytes at offset {offset}; messages {from}..{to} missing",
                 until - offset
             );
             let path = fsx::quarantine(
@@ -453,4 +529,12 @@ impl LogIndex {
         }
         done
     }
+}
+
+/// Reads the watermark under the sync lock: `Err(why)` if it is damaged.
+fn read_mark(layout: &Layout) -> Result<std::result::Result<watermark::Mark, String>> {
+    let sync_lock = crate::appender::open_lock(&layout.sync_lock())?;
+    let _guard = lock(&sync_lock, "queue sync lock")?;
+    let synced = fsx::open_rw(&layout.synced())?;
+    watermark::read(&synced)
 }

@@ -28,7 +28,10 @@
 //! - A torn tail (a crash during a write) is truncated on the next access; damage in the
 //!   middle of the log is reported as [`ErrorKind::Corrupted`](ipc_core::ErrorKind::Corrupted)
 //!   and its bytes copied to `quarantine/`, never delivered. A failed `fdatasync` poisons
-//!   the queue.
+//!   the queue. A segment cut short or deleted (the last one too) is found against the
+//!   checksummed `synced` watermark and reported the same way; its numbers are never reused.
+//! - On a full disk producers fail with a `disk full` error while consumers go on
+//!   receiving and acknowledging (from a small reserve), which frees the disk.
 //! - [`Queue::stats`]: depth, unacknowledged, dead letters, oldest message age.
 //!
 //! The API is backend-neutral, and the backend follows from the queue's [`Address`]: a
@@ -96,6 +99,7 @@ mod producer;
 mod queue;
 mod record;
 mod state;
+mod watermark;
 
 pub use crate::address::Address;
 #[cfg(feature = "amqp")]

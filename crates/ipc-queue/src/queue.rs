@@ -174,12 +174,13 @@ impl EmbeddedQueue {
         let guard = state.lock()?;
         state.catch_up(&mut view, true)?;
         let mut findings = Vec::new();
-        let (mut index, _) = LogIndex::open(
+        let (index, _) = LogIndex::open(
             &self.layout,
             self.config.max_message_len as usize,
             view.floor,
             &mut findings,
         )?;
+        let mut index = index.without_repairs();
         index.refresh(&view, &mut findings)?;
         drop(guard);
         let now = fsx::now_ms();
@@ -301,7 +302,21 @@ fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Resu
     fsx::create_dir(&layout.consumers())?;
     fsx::open_rw(&layout.segments().join(fsx::segment_name(0)))?;
     fsx::sync_dir(&layout.segments())?;
+    let synced = fsx::open_rw(&layout.synced())?;
+    crate::watermark::write(
+        &synced,
+        crate::watermark::Mark {
+            segment: 0,
+            offset: 0,
+            next_seq: 0,
+        },
+    )?;
+    synced
+        .sync_data()
+        .map_err(|err| Error::io("fdatasync the sync watermark", err))?;
     if !is_dead_letter {
+        // (A dead-letter queue gets its reserve when it is first written to.)
+        fsx::ensure_reserve(path)?;
         let dead_config = config
             .clone()
             .with_max_message_len(

@@ -16,6 +16,9 @@ use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
 /// The largest state record (a compaction snapshot).
 const MAX_STATE_PAYLOAD: usize = 64 << 20;
 const READ_CHUNK: usize = 256 << 10;
+/// The size past which the state log is compacted while the disk is full (the reserve
+/// released): the log and its snapshot must fit in the reserve.
+const TIGHT_COMPACT_AT: u64 = 32 << 10;
 
 /// The state of one message at or above the floor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,12 +127,49 @@ impl View {
                 .is_some_and(|&end| end >= to)
     }
 
+    /// How many of `from..to` are done (below the floor, or acknowledged or dead-lettered).
+    pub(crate) fn done_in(&self, from: u64, to: u64) -> u64 {
+        let below = self.floor.min(to).saturating_sub(from);
+        let above = self
+            .entries
+            .range(from.max(self.floor)..to.max(self.floor))
+            .filter(|(_, entry)| matches!(entry, Entry::Done))
+            .count() as u64;
+        below + above
+    }
+
+    /// The first `limit` messages of `from..to` not done.
+    pub(crate) fn not_done_in(&self, from: u64, to: u64, limit: usize) -> Vec<u64> {
+        (from.max(self.floor)..to)
+            .filter(|seq| !matches!(self.entries.get(seq), Some(Entry::Done)))
+            .take(limit)
+            .collect()
+    }
+
+    /// The lowest message at or above the floor and below `next_fresh` that has no state
+    /// and is not lost: its state records were damaged and skipped.
+    pub(crate) fn first_unknown(&self) -> Option<u64> {
+        let mut expect = self.skip_lost(self.floor);
+        for &seq in self.entries.keys() {
+            if expect >= self.next_fresh {
+                return None;
+            }
+            if seq > expect {
+                return Some(expect);
+            }
+            if seq == expect {
+                expect = self.skip_lost(seq.saturating_add(1));
+            }
+        }
+        (expect < self.next_fresh).then_some(expect)
+    }
+
     fn add_lost(&mut self, from: u64, to: u64) {
         let from = from.max(self.floor);
         if to <= from || self.knows_lost(from, to) {
             return;
         }
-        self.lost_total += to - from;
+        self.lost_total += to - from - self.done_in(from, to);
         self.lost_pending += to - from;
         self.lost.insert(from, to);
         // Whatever was known about the lost messages no longer matters: none can be
@@ -196,6 +236,8 @@ pub(crate) struct StateLog {
     /// Damaged state records skipped (safe: at worst a message is delivered again).
     pub(crate) skipped: u64,
     compact_at: u64,
+    /// The disk was found full: compact early, so that the log fits in the reserve.
+    tight: bool,
 }
 
 impl StateLog {
@@ -217,6 +259,7 @@ impl StateLog {
             out: Vec::new(),
             skipped: 0,
             compact_at,
+            tight: false,
         })
     }
 
@@ -330,12 +373,29 @@ impl StateLog {
     ) -> Result<()> {
         self.out.clear();
         record::write(&mut self.out, kind, seq, time, aux, payload);
-        if let Err(err) = self.file.write_all_at(&self.out, self.offset) {
-            let _ = self.file.set_len(self.offset);
-            return Err(Error::io(
-                format!("append {} bytes to the consumer state log", self.out.len()),
-                err,
-            ));
+        if let Err(err) = self.write_out() {
+            if !fsx::is_disk_full(&err) {
+                return Err(Error::io(
+                    format!("append {} bytes to the consumer state log", self.out.len()),
+                    err,
+                ));
+            }
+            // A full disk: take the room kept in reserve (once, by whichever consumer gets
+            // here first), or else make room by compacting; then try once more.
+            self.tight = true;
+            if !self.release_reserve()? {
+                self.compact(view)?;
+            }
+            self.write_out().map_err(|err| {
+                Error::io(
+                    format!(
+                        "disk full: append {} bytes to the consumer state log (its {} byte reserve is used up)",
+                        self.out.len(),
+                        fsx::RESERVE_LEN
+                    ),
+                    err,
+                )
+            })?;
         }
         self.offset += self.out.len() as u64;
         let header = match record::parse(&self.out, MAX_STATE_PAYLOAD) {
@@ -344,6 +404,27 @@ impl StateLog {
         };
         view.apply(&header, payload);
         Ok(())
+    }
+
+    /// Writes `self.out` at the end; on failure removes any partial write.
+    fn write_out(&self) -> std::io::Result<()> {
+        let result = self.file.write_all_at(&self.out, self.offset);
+        if result.is_err() {
+            let _ = self.file.set_len(self.offset);
+        }
+        result
+    }
+
+    /// Deletes the reserve file (under the append lock, so that no producer is between
+    /// its check of the reserve and its write). Returns whether there was one.
+    fn release_reserve(&self) -> Result<bool> {
+        let append_lock = crate::appender::open_lock(&self.layout.append_lock())?;
+        let _guard = lock(&append_lock, "queue append lock")?;
+        match std::fs::remove_file(self.layout.root().join("reserve")) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(Error::io("remove the queue's reserve file", err)),
+        }
     }
 
     /// Makes the state log durable.
@@ -355,9 +436,23 @@ impl StateLog {
 
     /// Rewrites the state log as one snapshot once it is large (under the lock).
     pub(crate) fn maybe_compact(&mut self, view: &View) -> Result<()> {
-        if self.offset < self.compact_at {
+        let limit = if self.tight {
+            self.compact_at.min(TIGHT_COMPACT_AT)
+        } else {
+            self.compact_at
+        };
+        if self.offset < limit {
             return Ok(());
         }
+        self.compact(view)?;
+        if self.tight && self.layout.root().join("reserve").exists() {
+            self.tight = false;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the state log as one snapshot (under the lock).
+    fn compact(&mut self, view: &View) -> Result<()> {
         let mut payload = Vec::new();
         if ipc_core::encode_to_vec(view, &mut payload, MAX_STATE_PAYLOAD).is_err() {
             return Ok(()); // Too many open entries to snapshot; keep appending.
@@ -374,9 +469,18 @@ impl StateLog {
         let tmp = self.layout.root().join("state.log.tmp");
         let _ = std::fs::remove_file(&tmp);
         let file = fsx::open_rw(&tmp)?;
-        file.write_all_at(&out, 0)
-            .and_then(|()| file.sync_data())
-            .map_err(|err| Error::io("write state snapshot", err))?;
+        if let Err(err) = file.write_all_at(&out, 0).and_then(|()| file.sync_data()) {
+            let _ = std::fs::remove_file(&tmp);
+            let what = if fsx::is_disk_full(&err) {
+                "disk full: "
+            } else {
+                ""
+            };
+            return Err(Error::io(
+                format!("{what}write a state snapshot of {} bytes", out.len()),
+                err,
+            ));
+        }
         std::fs::rename(&tmp, self.layout.state_log())
             .map_err(|err| Error::io("replace state log", err))?;
         fsx::sync_dir(self.layout.root())?;
@@ -429,6 +533,32 @@ mod tests {
             view.apply(&header(Kind::Ack, seq, 0, 7), &[]);
         }
         assert_eq!((view.floor, view.lost_pending, view.lost_total), (9, 0, 4));
+    }
+
+    #[test]
+    fn a_message_with_no_state_below_next_fresh_is_unknown_and_done_ones_are_not_lost() {
+        let mut view = View::default();
+        // Leases and acks of 0..6, but those of 2 were in a damaged stretch (skipped).
+        for seq in (0..6).filter(|&seq| seq != 2) {
+            view.apply(&header(Kind::Lease, seq, 100, 7), &1u32.to_le_bytes());
+            view.apply(&header(Kind::Ack, seq, 0, 7), &[]);
+        }
+        assert_eq!((view.floor, view.next_fresh), (2, 6));
+        assert_eq!(view.first_unknown(), Some(2));
+        assert_eq!(view.depth(6), 1);
+        assert_eq!(view.done_in(0, 6), 5);
+        assert_eq!(view.not_done_in(0, 6, 8), vec![2]);
+        // Lost from 2 to 6: only 2 counts, the others were done.
+        view.apply(&header(Kind::Lost, 2, 0, 6), &[]);
+        assert_eq!((view.floor, view.lost_total), (6, 1));
+        assert_eq!(view.first_unknown(), None);
+        // A lost range is not unknown either.
+        view.apply(&header(Kind::Lost, 6, 0, 8), &[]);
+        view.apply(&header(Kind::Lease, 8, 100, 7), &1u32.to_le_bytes());
+        assert_eq!(view.first_unknown(), None);
+        // But a number above it with no state is.
+        view.apply(&header(Kind::Lease, 10, 100, 7), &1u32.to_le_bytes());
+        assert_eq!(view.first_unknown(), Some(9));
     }
 
     #[test]

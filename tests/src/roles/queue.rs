@@ -8,7 +8,8 @@
 //! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]`:
 //!   receives (with `--hold 1`: one message, then keeps its lease until killed), checks
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
-//!   `acked SEQ DELIVERIES` after; ends with `ok received=N duplicates=D checksum=0x..
+//!   `acked SEQ DELIVERIES` after (`corrupt SEQ` and a failure for a payload that is not
+//!   what was sent); ends with `ok received=N duplicates=D checksum=0x..
 //!   micros=..` after `N` distinct messages (a message delivered again is acknowledged and
 //!   counted in `D`), or once the queue has been empty for `MS` ms.
 //! - `queue-echo --in P --out Q --count N [--durability ..]`: receives `Vec<u8>` messages
@@ -167,6 +168,9 @@ fn consume(args: &Args) -> Result<()> {
             &mut expected,
         );
         if job.payload != expected {
+            // Said on stdout too, so that a test reading the lines counts it.
+            writeln!(out, "corrupt {}", delivery.seq())?;
+            out.flush()?;
             bail!(ipc_core::Error::new(
                 ErrorKind::Corrupted,
                 format!(
