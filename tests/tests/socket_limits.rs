@@ -192,14 +192,25 @@ fn a_client_that_never_reads_does_not_stall_another_with_the_default_policy() ->
     ))?;
     server.expect("connected")?;
     // 1000 requests of 16 KiB, none of whose responses is read: far more than the queue
-    // (64 frames) and the kernel's socket buffers hold.
-    let ends = flood(
-        &server,
-        &["--mode", "request", "--count", "1000", "--len", "16384"],
+    // (64 frames) and the kernel's socket buffers hold. The connection stays open.
+    let mut command = Peer::role_command(
+        "socket-flood",
+        [
+            "--address",
+            server.address.as_str(),
+            "--mode",
+            "request",
+            "--count",
+            "1000",
+            "--len",
+            "16384",
+            "--hold",
+            "true",
+        ],
     )?;
-    assert_eq!(ends.len(), 1);
-    let closed = server.expect("closed")?;
-    assert!(closed.contains("too slow"), "{closed}");
+    command.stdin(Stdio::piped());
+    let mut flooder = Peer::spawn("flood", command)?;
+    flooder.expect_prefixed("flooded", WAIT)?;
     for seq in 0..20 {
         let line = ChatLine {
             from: "healthy".into(),
@@ -211,6 +222,12 @@ fn a_client_that_never_reads_does_not_stall_another_with_the_default_policy() ->
             .with_context(|| format!("healthy request {seq}"))?;
         assert_eq!(reply, line);
     }
+    // The slow client alone paid: closed as too slow (code 5).
+    let closed = server.expect("closed")?;
+    assert!(closed.contains("too slow"), "{closed}");
+    flooder.close_stdin();
+    flooder.expect_prefixed("ok", WAIT)?;
+    flooder.wait_success(WAIT)?;
     drop(healthy);
     server.stop()
 }

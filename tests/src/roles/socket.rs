@@ -22,7 +22,9 @@
 //!   such a header and then one byte every MS ms; `silent` sends nothing and reads. For
 //!   `claim` it prints `claimed` once every connection sent its bytes. Per connection it
 //!   prints `end conn=i sent=BYTES how=done|write-failed|close code=C|eof` (`claim`,
-//!   `trickle` and `silent` wait for the server to close), then `ok`.
+//!   `trickle` and `silent` wait for the server to close), then `ok`. With `--hold true`,
+//!   `ping` and `request` connections stay open, unread, after the flood: it prints
+//!   `flooded` and waits for stdin to close before the `end` lines.
 //! - `socket-echo-server --address A --mode echo|sink`, `socket-raw-echo --address A --mode
 //!   echo|sink`: bench partners, see `bench/socket.rs`.
 
@@ -460,6 +462,8 @@ where
 struct FloodEnd {
     sent: u64,
     how: String,
+    /// The connection, kept open for `--hold true`.
+    _stream: Option<std::net::TcpStream>,
 }
 
 /// `socket-flood`: see the module docs.
@@ -491,10 +495,21 @@ fn flood(args: &Args) -> Result<()> {
             say("claimed");
         }
     }
-    for (i, thread) in threads.into_iter().enumerate() {
-        let end = thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+    let mut ends = Vec::new();
+    for thread in threads {
+        ends.push(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??,
+        );
+    }
+    if args.text("hold", "false") == "true" {
+        // The connections stay open, unread, until stdin closes.
+        say("flooded");
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().lock().read_to_end(&mut sink);
+    }
+    for (i, end) in ends.into_iter().enumerate() {
         say(format_args!(
             "end conn={i} sent={} how={}",
             end.sent, end.how
@@ -575,6 +590,7 @@ fn flood_one(
                     return Ok(FloodEnd {
                         sent,
                         how: "write-failed".into(),
+                        _stream: Some(stream),
                     });
                 }
                 frames += frames_per_chunk;
@@ -582,6 +598,7 @@ fn flood_one(
             Ok(FloodEnd {
                 sent,
                 how: "done".into(),
+                _stream: Some(stream),
             })
         }
         "claim" | "trickle" => {
@@ -597,11 +614,13 @@ fn flood_one(
                     return Ok(FloodEnd {
                         sent,
                         how: "write-failed".into(),
+                        _stream: None,
                     });
                 }
                 return Ok(FloodEnd {
                     sent,
                     how: read_until_closed(&mut stream),
+                    _stream: None,
                 });
             }
             // Trickle: a reader thread watches for the server's close while bytes go out.
@@ -615,11 +634,16 @@ fn flood_one(
             let how = watcher
                 .join()
                 .map_err(|_| anyhow::anyhow!("watcher panicked"))?;
-            Ok(FloodEnd { sent, how })
+            Ok(FloodEnd {
+                sent,
+                how,
+                _stream: None,
+            })
         }
         "silent" => Ok(FloodEnd {
             sent,
             how: read_until_closed(&mut stream),
+            _stream: None,
         }),
         other => bail!("--mode {other}: expected ping, request, claim, trickle or silent"),
     }
