@@ -305,6 +305,15 @@ fn a_ping_flood_that_never_reads_pongs_stays_within_the_memory_bound() -> Result
 }
 
 #[test]
+fn many_flooding_connections_stay_within_the_memory_bound() -> Result<()> {
+    let _watchdog = Watchdog::new("many connections", WAIT);
+    // 32 connections flood pings at once; each is closed as too slow once its queue is full.
+    let ends = memory_bounded("default", 32, &["--mode", "ping", "--count", "4000000"])?;
+    assert_eq!(ends.len(), 32);
+    Ok(())
+}
+
+#[test]
 fn a_request_flood_that_never_reads_stays_within_the_memory_bound() -> Result<()> {
     let _watchdog = Watchdog::new("request flood", WAIT * 2);
     for policy in ["default", "drop-oldest"] {
@@ -354,4 +363,64 @@ fn frames_claiming_the_largest_length_stay_within_the_memory_bound() -> Result<(
         "after {rss} over {baseline} + {limit}"
     );
     server.stop()
+}
+
+#[test]
+fn a_client_whose_server_goes_silent_says_heartbeat_timeout() -> Result<()> {
+    use std::io::{Read, Write};
+    let _watchdog = Watchdog::new("client heartbeat close", WAIT);
+    // The test plays a server by hand: handshake, ack the subscription, then silence.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = format!("tcp:{}", listener.local_addr()?);
+    let mut watcher = Peer::spawn_role("watch", "socket-watch", ["--address", &address])?;
+    let (mut stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(WAIT))?;
+    let limits = Limits::default();
+    let mut hello = Vec::new();
+    // Feature bit 0: the messaging patterns a Client needs.
+    ipc_core::Hello::new(MessageType::named(CHAT_TYPE), &limits)
+        .with_features(1)
+        .encode_frame(&mut hello)?;
+    stream.write_all(&hello)?;
+    let mut decoder = ipc_core::FrameDecoder::new(limits);
+    let mut pings = 0;
+    let close = loop {
+        let Some(frame) = decoder.next_frame()? else {
+            let n = stream.read(decoder.read_buf())?;
+            if n == 0 {
+                bail!("the client closed without a close frame after {pings} pings");
+            }
+            decoder.commit(n);
+            continue;
+        };
+        match frame.kind() {
+            ipc_core::FrameKind::Subscribe => {
+                let mut ack = Vec::new();
+                ipc_core::encode_raw_frame(
+                    &mut ack,
+                    ipc_core::FrameKind::SubscribeAck,
+                    frame.id(),
+                    &[],
+                    &limits,
+                )?;
+                stream.write_all(&ack)?;
+            }
+            ipc_core::FrameKind::Ping => pings += 1,
+            ipc_core::FrameKind::Close => break ipc_core::Close::decode(frame.payload())?,
+            _ => {}
+        }
+    };
+    assert_eq!(
+        close.code,
+        ipc_core::CloseCode::HEARTBEAT_TIMEOUT,
+        "{close:?}"
+    );
+    assert!(
+        close.reason.contains("heartbeat timeout 5000 ms"),
+        "{close:?}"
+    );
+    assert!(pings >= 1, "the client pinged before giving up");
+    watcher.expect_prefixed("connected", WAIT)?;
+    let _ = watcher.kill();
+    Ok(())
 }
