@@ -178,6 +178,14 @@ fn a_frame_that_trickles_in_is_closed_at_its_deadline() -> Result<()> {
         assert!(line.contains("error=timed out"), "{line}");
         assert!(line.contains("frame not completed within 400 ms"), "{line}");
     }
+    // A trickle so fast that a read never waits long enough to time out is closed too.
+    let ends = flood(
+        &server,
+        &["--mode", "trickle", "--len", "16000000", "--every-ms", "0"],
+    )?;
+    assert_eq!(ends, ["close code=10"]);
+    let line = server.expect("closed")?;
+    assert!(line.contains("frame not completed within 400 ms"), "{line}");
     server.stop()
 }
 

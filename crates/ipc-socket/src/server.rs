@@ -893,6 +893,8 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
         let id = self.conn.id;
         // When the partial frame at the front of the decoder started arriving.
         let mut frame_started: Option<Instant> = None;
+        // The last read took everything the kernel had (less than the room offered).
+        let mut drained = false;
         loop {
             let mut handed_out = false;
             loop {
@@ -992,15 +994,20 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
             };
             let frame_deadline = frame_started.zip(self.frame_timeout);
             if let Some((started, timeout)) = frame_deadline {
+                // Past the deadline, the verdict comes once what arrived meanwhile has been
+                // read (this task may have waited elsewhere): after a read that drained
+                // the socket, or one that timed out.
                 let left = timeout.saturating_sub(now.saturating_duration_since(started));
-                if left.is_zero() {
+                if left.is_zero() && drained {
                     return Err(self.frame_timed_out(timeout));
                 }
-                wait = wait.min(left);
+                wait = wait.min(left).max(Duration::from_millis(1));
             }
             let timed = frame_deadline.is_some() || self.liveness.poll_interval().is_some();
+            let room = self.decoder.read_buf();
+            let room_len = room.len();
             let read = tokio::select! {
-                read = within(timed, wait, self.half.read(self.decoder.read_buf())) => read,
+                read = within(timed, wait, self.half.read(room)) => read,
                 () = self.conn.shutdown.notified() => {
                     return Err(lock(&self.conn.failure).take().unwrap_or_else(|| {
                         Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server"))
@@ -1031,6 +1038,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                 Some(Ok(n)) => {
                     self.decoder.commit(n);
                     self.liveness.heard();
+                    drained = n < room_len;
                 }
                 Some(Err(err)) => {
                     let err = Error::io("read from client", err);
