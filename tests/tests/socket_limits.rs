@@ -432,3 +432,24 @@ fn a_client_whose_server_goes_silent_says_heartbeat_timeout() -> Result<()> {
     let _ = watcher.kill();
     Ok(())
 }
+
+#[test]
+fn a_frame_of_the_default_largest_length_is_buffered_once() -> Result<()> {
+    let _watchdog = Watchdog::new("16 MiB frame", WAIT);
+    // Default limits: 16 MiB frames. The client really sends all but the last byte.
+    let mut server = Server::start(&["--frame-timeout-ms", "1500"])?;
+    let (baseline, _) = server.memory()?;
+    let len = (16u64 << 20).to_string();
+    let ends = flood(&server, &["--mode", "claim", "--len", &len])?;
+    assert_eq!(ends, ["close code=10"]);
+    let line = server.expect("closed")?;
+    assert!(line.contains("(16777231 bytes of it received)"), "{line}");
+    let (rss, peak) = server.memory()?;
+    let limit = (16 << 20) + 16 + 16 * 1024 + SLACK;
+    println!("16 MiB frame: baseline {baseline}, peak {peak}, after {rss}, bound {limit} bytes");
+    assert!(
+        peak <= baseline + limit,
+        "peak {peak} over baseline {baseline} + {limit}"
+    );
+    server.stop()
+}
