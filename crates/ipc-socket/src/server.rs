@@ -35,7 +35,7 @@ pub enum Policy {
     /// [`ServerHandle::respond`] or [`ServerHandle::send`] inline stalls for every client
     /// until the slow one reads, so with `Wait` send from a task per client. The client's
     /// own reader (answering its pings and subscriptions) waits at most the heartbeat
-    /// timeout, then closes it as too slow.
+    /// timeout (without heartbeats, as long as it takes), then closes it as too slow.
     Wait,
     /// The oldest queued frame is dropped to make room. The client misses messages (and
     /// may miss pongs or acks); nobody waits.
@@ -556,8 +556,17 @@ impl<T> ServerHandle<T> {
 /// (a client that sends garbage, an over-limit length, a truncated frame, another protocol
 /// version or message type is closed with a close frame saying why, and reported as
 /// [`Event::Disconnected`] or [`Event::Rejected`]; the others are not disturbed), answers
-/// pings, handles subscriptions and forwards publications to subscribers. The writer
-/// drains the client's bounded queue, coalescing whatever is queued into one write.
+/// pings, handles subscriptions and forwards publications to subscribers, and closes a
+/// client whose frame does not arrive whole within the frame deadline
+/// ([`ConnectionConfig::with_frame_timeout`]) or that stays silent past the heartbeat
+/// timeout, with a close frame saying so. The writer drains the client's bounded queue
+/// (every frame counts against it, pongs and acks too), coalescing small frames into one
+/// write and writing large ones from the queue's copy.
+///
+/// What clients can make a server hold is bounded by its limits: about
+/// `max_connections × (max_frame_len + queue_bytes + 80 KiB + 64 B × queue_capacity)`
+/// plus the events waiting for [`next_event`](Server::next_event) (the crate README's
+/// "Server memory").
 ///
 /// See [`AsyncConnection`](crate::AsyncConnection) for an example.
 #[derive(Debug)]
