@@ -32,10 +32,10 @@ use crate::wire;
 pub enum Policy {
     /// The sender waits until the client has read enough. Nothing is lost; a slow client
     /// slows down whoever sends to it: an event loop that awaits
-    /// [`ServerHandle::respond`] or [`ServerHandle::send`] inline stalls for every client
-    /// until the slow one reads, so with `Wait` send from a task per client. The client's
-    /// own reader (answering its pings and subscriptions) waits at most the heartbeat
-    /// timeout (without heartbeats, as long as it takes), then closes it as too slow.
+    /// [`ServerHandle::respond`] or [`ServerHandle::send`] inline waits for every client
+    /// until the slow one reads, so with `Wait` send from a task per client. A client that
+    /// reads nothing at all for the heartbeat timeout while a sender waits for room is
+    /// closed as too slow, which bounds the wait (without heartbeats, it is unbounded).
     Wait,
     /// The oldest queued frame is dropped to make room. The client misses messages (and
     /// may miss pongs or acks); nobody waits.
@@ -188,6 +188,8 @@ struct OutState {
     bytes_held: usize,
     closed: bool,
     dropped: u64,
+    /// When the writer last finished a write to the client.
+    last_write: Option<Instant>,
 }
 
 impl OutState {
@@ -234,16 +236,17 @@ fn lock<U>(mutex: &Mutex<U>) -> std::sync::MutexGuard<'_, U> {
 
 impl Conn {
     /// Queues a frame, applying the policy when the queue is full. With [`Policy::Wait`]
-    /// the caller waits for room, for at most `wait_limit` if given; after that the client
-    /// is closed as too slow.
+    /// the caller waits for room while the client reads; if nothing was written to it for
+    /// `wait_limit` (when given) meanwhile, the client is closed as too slow.
     async fn push(
         &self,
         frame: Wire,
         limits: QueueLimits,
         wait_limit: Option<Duration>,
     ) -> Result<()> {
-        let deadline = wait_limit.map(|limit| tokio::time::Instant::now() + limit);
+        let started = Instant::now();
         loop {
+            let mut deadline = None;
             let notified = self.space.notified();
             tokio::pin!(notified);
             {
@@ -290,12 +293,17 @@ impl Conn {
                         return Err(err);
                     }
                     Policy::Wait => {
-                        if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
-                        {
-                            let err = self.too_slow(&state, &limits, wait_limit);
-                            drop(state);
-                            self.fail(&err, CloseCode::TOO_SLOW);
-                            return Err(err);
+                        if let Some(limit) = wait_limit {
+                            // Progress is what counts: the last write, or when we began.
+                            let since = state.last_write.map_or(started, |at| at.max(started));
+                            let until = since + limit;
+                            if Instant::now() >= until {
+                                let err = self.too_slow(&state, &limits, wait_limit);
+                                drop(state);
+                                self.fail(&err, CloseCode::TOO_SLOW);
+                                return Err(err);
+                            }
+                            deadline = Some(tokio::time::Instant::from_std(until));
                         }
                         notified.as_mut().enable();
                     }
@@ -312,7 +320,10 @@ impl Conn {
 
     fn too_slow(&self, state: &OutState, limits: &QueueLimits, waited: Option<Duration>) -> Error {
         let waited = match waited {
-            Some(waited) => format!(" for {} ms", waited.as_millis()),
+            Some(waited) => format!(
+                " and nothing was written to it for {} ms",
+                waited.as_millis()
+            ),
             None => String::new(),
         };
         Error::new(
@@ -397,6 +408,16 @@ impl Shared {
         }
     }
 
+    /// How long a sender waits under [`Policy::Wait`] for a client that reads nothing: its
+    /// heartbeat timeout (a client that reads nothing for that long is too slow); without
+    /// heartbeats, as long as it takes.
+    fn wait_limit(&self) -> Option<Duration> {
+        self.config
+            .connection
+            .heartbeat()
+            .map(|heartbeat| heartbeat.timeout)
+    }
+
     fn conn(&self, conn: ConnId) -> Result<Arc<Conn>> {
         lock(&self.conns).get(&conn).cloned().ok_or_else(|| {
             Error::new(
@@ -415,7 +436,7 @@ impl Shared {
         for conn in self.all() {
             if conn.subscribed(topic)
                 && conn
-                    .push(Arc::clone(&frame), self.queue_limits(), None)
+                    .push(Arc::clone(&frame), self.queue_limits(), self.wait_limit())
                     .await
                     .is_ok()
             {
@@ -460,7 +481,8 @@ impl<T: Serialize + Sync> ServerHandle<T> {
     pub async fn send(&self, conn: ConnId, message: &T) -> Result<()> {
         let conn = self.shared.conn(conn)?;
         let frame = self.encode(&conn, FrameKind::Data, 0, message)?;
-        conn.push(frame, self.shared.queue_limits(), None).await
+        conn.push(frame, self.shared.queue_limits(), self.shared.wait_limit())
+            .await
     }
 
     /// Answers request `id` of `conn` (through its bounded queue and policy: with the
@@ -485,7 +507,8 @@ impl<T: Serialize + Sync> ServerHandle<T> {
             }
             Err(err) => return Err(err),
         };
-        conn.push(frame, self.shared.queue_limits(), None).await
+        conn.push(frame, self.shared.queue_limits(), self.shared.wait_limit())
+            .await
     }
 
     /// Sends a data message to every client; returns how many queued it. Encoded once.
@@ -497,7 +520,11 @@ impl<T: Serialize + Sync> ServerHandle<T> {
         let mut delivered = 0;
         for conn in self.shared.all() {
             if conn
-                .push(Arc::clone(&frame), self.shared.queue_limits(), None)
+                .push(
+                    Arc::clone(&frame),
+                    self.shared.queue_limits(),
+                    self.shared.wait_limit(),
+                )
                 .await
                 .is_ok()
             {
@@ -755,7 +782,12 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         events: events.clone(),
         _message: PhantomData,
     };
-    let outcome = reader.run().await;
+    // When the server ended the connection (too slow, a response too large, a failed
+    // write), that is the reason, whatever the reader stumbled on afterwards.
+    let outcome = match reader.run().await {
+        Err(err) => Err(lock(&conn.failure).take().unwrap_or(err)),
+        Ok(()) => Ok(()),
+    };
     lock(&shared.conns).remove(&id);
     shared.n_conns.fetch_sub(1, Ordering::AcqRel);
     let error = match outcome {
@@ -833,6 +865,7 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
                 let mut state = lock(&conn.state);
                 state.n_held -= n_taken;
                 state.bytes_held -= bytes_taken;
+                state.last_write = Some(Instant::now());
             }
             conn.space.notify_waiters();
             if let Err(err) = written {
@@ -872,20 +905,9 @@ enum Action<T> {
 }
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
-    /// How long the reader's own frames (pongs, acks, pings) may wait for room in a full
-    /// queue under [`Policy::Wait`]: a client that reads nothing for a heartbeat timeout
-    /// is too slow.
-    fn control_wait(&self) -> Option<Duration> {
-        self.shared
-            .config
-            .connection
-            .heartbeat()
-            .map(|heartbeat| heartbeat.timeout)
-    }
-
     async fn push_control(&self, frame: Wire) -> Result<()> {
         self.conn
-            .push(frame, self.shared.queue_limits(), self.control_wait())
+            .push(frame, self.shared.queue_limits(), self.shared.wait_limit())
             .await
     }
 
