@@ -482,3 +482,28 @@ fn a_frame_of_the_default_largest_length_is_buffered_once() -> Result<()> {
     );
     server.stop()
 }
+
+#[test]
+fn a_stream_of_frames_of_the_largest_length_stays_within_the_bound_of_one_connection() -> Result<()>
+{
+    let _watchdog = Watchdog::new("large frames", WAIT);
+    // Default limits: 16 MiB frames, 16 MiB queue. 24 pings of 16 MiB each (really sent),
+    // pongs never read; one connection may make the server hold its bound, no more.
+    let mut server = Server::start(&[])?;
+    let (baseline, _) = server.memory()?;
+    let len = (16u64 << 20).to_string();
+    let ends = flood(
+        &server,
+        &["--mode", "large", "--count", "24", "--len", &len],
+    )?;
+    assert_eq!(ends, ["done"]);
+    server.expect("closed")?;
+    let (rss, peak) = server.memory()?;
+    let limit = bound(1, 16 << 20, 16 << 20, 1024) + SLACK;
+    println!("24 frames of 16 MiB: baseline {baseline}, peak {peak}, after {rss}, bound {limit}");
+    assert!(
+        peak <= baseline + limit,
+        "peak {peak} over baseline {baseline} + {limit}"
+    );
+    server.stop()
+}

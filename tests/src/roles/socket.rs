@@ -17,7 +17,8 @@
 //! - `socket-flood --address tcp:A --mode M [--connections K] [--count N] [--len L]
 //!   [--every-ms MS]`: a hostile or broken client, speaking raw frames after a real
 //!   handshake on each of K connections (in parallel), never reading after the hello:
-//!   `ping` sends N pings; `request` sends N requests whose text is L bytes; `claim` sends
+//!   `ping` sends N pings; `large` sends N pings with an L-byte payload each; `request`
+//!   sends N requests whose text is L bytes; `claim` sends
 //!   a data header claiming L payload bytes and all but the last of them; `trickle` sends
 //!   such a header and then one byte every MS ms; `silent` sends nothing and reads. For
 //!   `claim` it prints `claimed` once every connection sent its bytes. Per connection it
@@ -556,7 +557,7 @@ fn flood_one(
         outcome
     };
     match mode {
-        "ping" | "request" => {
+        "ping" | "request" | "large" => {
             let mut chunk = Vec::new();
             let mut frames_per_chunk = 0u64;
             while chunk.len() < 64 * 1024 {
@@ -568,6 +569,17 @@ fn flood_one(
                         &[],
                         &limits,
                     )?;
+                } else if mode == "large" {
+                    // One ping frame whose payload has the largest length: really sent.
+                    ipc_core::encode_raw_frame(
+                        &mut chunk,
+                        ipc_core::FrameKind::Ping,
+                        frames_per_chunk as u32,
+                        &vec![0u8; len],
+                        &limits,
+                    )?;
+                    frames_per_chunk += 1;
+                    break;
                 } else {
                     let line = ChatLine {
                         from: "flood".into(),
@@ -645,7 +657,7 @@ fn flood_one(
             how: read_until_closed(&mut stream),
             _stream: None,
         }),
-        other => bail!("--mode {other}: expected ping, request, claim, trickle or silent"),
+        other => bail!("--mode {other}: expected ping, large, request, claim, trickle or silent"),
     }
 }
 
