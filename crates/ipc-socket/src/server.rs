@@ -571,7 +571,8 @@ impl<T> ServerHandle<T> {
         ids
     }
 
-    /// Frames dropped so far for `conn` by [`Policy::DropOldest`].
+    /// Frames dropped so far for `conn` by [`Policy::DropOldest`] (of any kind: data,
+    /// responses, publications, pongs, acks).
     pub fn dropped(&self, conn: ConnId) -> Result<u64> {
         Ok(lock(&self.shared.conn(conn)?.state).dropped)
     }
