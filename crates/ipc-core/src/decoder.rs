@@ -96,8 +96,8 @@ impl FrameDecoder {
     /// already received (doubling), so a peer that claims a large frame and sends nothing
     /// costs 16 KiB, not the claimed length.
     ///
-    /// A large frame is buffered once: the buffer grows to the frame's length and no further
-    /// (never to the next power of two), and a read never asks for bytes past the frame's end.
+    /// A large frame is buffered once: for it the buffer grows to the frame's length and no
+    /// further (never to the next power of two).
     pub fn read_buf(&mut self) -> &mut [u8] {
         let missing = self.missing_for_current_frame();
         let buffered = self.buffered();
