@@ -856,7 +856,7 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
         };
         if n_taken > 0 {
             let written = match &large {
-                Some(frame) => half.write_all(frame).await,
+                Some(frame) => write_large(&conn, &mut half, frame).await,
                 None => half.write_all(&batch).await,
             };
             drop(large);
@@ -883,6 +883,16 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
         }
         conn.writer_wake.notified().await;
     }
+}
+
+/// Writes a large frame in pieces, noting progress after each, so that a client reading
+/// it slowly but steadily does not look stuck to a sender waiting under [`Policy::Wait`].
+async fn write_large(conn: &Conn, half: &mut AsyncWriteHalf, frame: &[u8]) -> std::io::Result<()> {
+    for piece in frame.chunks(256 * 1024) {
+        half.write_all(piece).await?;
+        lock(&conn.state).last_write = Some(Instant::now());
+    }
+    Ok(())
 }
 
 struct Reader<T> {
