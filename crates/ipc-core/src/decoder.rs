@@ -95,14 +95,18 @@ impl FrameDecoder {
     /// The room is at least 16 KiB. While a large frame arrives it grows with the bytes
     /// already received (doubling), so a peer that claims a large frame and sends nothing
     /// costs 16 KiB, not the claimed length.
+    ///
+    /// A large frame is buffered once: for it the buffer grows to the frame's length and no
+    /// further (never to the next power of two).
     pub fn read_buf(&mut self) -> &mut [u8] {
         let missing = self.missing_for_current_frame();
-        let room = if missing > READ_CHUNK {
-            missing.min(self.buffered().max(READ_CHUNK))
+        let buffered = self.buffered();
+        if missing > 0 && buffered + missing > READ_CHUNK {
+            let room = missing.min(buffered.max(READ_CHUNK));
+            self.make_room_capped(room, buffered + missing);
         } else {
-            READ_CHUNK
-        };
-        self.make_room(room);
+            self.make_room(READ_CHUNK);
+        }
         &mut self.buf[self.end..]
     }
 
@@ -359,6 +363,12 @@ impl FrameDecoder {
 
     /// Ensures `buf[end..]` has at least `n` bytes, moving unread bytes to the front first.
     fn make_room(&mut self, n: usize) {
+        self.make_room_capped(n, usize::MAX);
+    }
+
+    /// [`make_room`](Self::make_room) that grows the buffer geometrically but not past `cap`
+    /// bytes (unless `n` itself needs more).
+    fn make_room_capped(&mut self, n: usize, cap: usize) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -374,7 +384,7 @@ impl FrameDecoder {
         if self.buf.len() - self.end < n {
             // Grow at least geometrically so that a large frame arriving in small reads
             // costs amortised linear time.
-            let want = (self.end + n).max(self.buf.len() * 2);
+            let want = (self.end + n).max((self.buf.len() * 2).min(cap));
             self.buf.resize(want, 0);
         }
     }
@@ -550,5 +560,34 @@ mod tests {
             err.to_string(),
             "stream ended inside a frame: input ended after 19 of 20 bytes"
         );
+    }
+
+    #[test]
+    fn a_large_frame_is_buffered_once() {
+        // Sizes where doubling from 16 KiB overshoots the frame by almost 2x.
+        for payload_len in [64 * 1024 + 1, 1024 * 1024 + 17, 3 * 1024 * 1024] {
+            let payload = vec![7u8; payload_len];
+            let limits = Limits::new().with_max_frame_len(4 * 1024 * 1024);
+            let mut wire = Vec::new();
+            encode_raw_frame(&mut wire, FrameKind::Ping, 1, &payload, &limits).unwrap();
+            let mut decoder = FrameDecoder::new(limits);
+            let mut sent = 0;
+            // Reads as a socket would deliver them: as much as the room offered.
+            while sent < wire.len() {
+                let room = decoder.read_buf();
+                let n = room.len().min(wire.len() - sent);
+                room[..n].copy_from_slice(&wire[sent..sent + n]);
+                decoder.commit(n);
+                sent += n;
+            }
+            assert!(
+                decoder.buf.len() <= wire.len().max(READ_CHUNK),
+                "a frame of {} bytes grew the buffer to {} bytes",
+                wire.len(),
+                decoder.buf.len()
+            );
+            let frame = decoder.next_frame().unwrap().unwrap();
+            assert_eq!(frame.payload().len(), payload_len);
+        }
     }
 }

@@ -258,6 +258,15 @@ impl CloseCode {
     pub const REFUSED: CloseCode = CloseCode(6);
     /// `7`: the peer sent a frame that did not decode as the agreed message type.
     pub const DECODE_ERROR: CloseCode = CloseCode(7);
+    /// `8`: the peer sent nothing at all (no frame, no pong) for longer than the sender's
+    /// heartbeat timeout: it is closed as dead, although its stream is still open.
+    pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(8);
+    /// `9`: the response to one of the peer's requests exceeds the `max_frame_len` the peer
+    /// announced, so it cannot be sent; the reason names the request id and both sizes.
+    pub const RESPONSE_TOO_LARGE: CloseCode = CloseCode(9);
+    /// `10`: a frame the peer started did not arrive whole within the sender's frame
+    /// deadline (a peer trickling bytes, or sending only fragments).
+    pub const FRAME_TIMEOUT: CloseCode = CloseCode(10);
 }
 
 impl fmt::Debug for CloseCode {
@@ -271,6 +280,9 @@ impl fmt::Debug for CloseCode {
             CloseCode::TOO_SLOW => "too slow",
             CloseCode::REFUSED => "refused",
             CloseCode::DECODE_ERROR => "decode error",
+            CloseCode::HEARTBEAT_TIMEOUT => "heartbeat timeout",
+            CloseCode::RESPONSE_TOO_LARGE => "response too large",
+            CloseCode::FRAME_TIMEOUT => "frame timeout",
             _ => "unknown",
         };
         write!(f, "{} ({name})", self.0)

@@ -683,7 +683,12 @@ async fn read_frames<T: DeserializeOwned + Send>(
             }
         };
         match liveness.within(wait, reader.read(decoder.read_buf())).await {
-            None => liveness.expired(Instant::now())?,
+            None => {
+                if let Err(err) = liveness.expired(Instant::now()) {
+                    say_heartbeat_timeout(shared, &err).await;
+                    return Err(err);
+                }
+            }
             Some(Ok(0)) => {
                 decoder
                     .finish()
@@ -699,5 +704,22 @@ async fn read_frames<T: DeserializeOwned + Send>(
             }
             Some(Err(err)) => return Err(Error::io("read from server", err)),
         }
+    }
+}
+
+/// Tells the server why the client gives up on it (close code 8, heartbeat timeout), if the
+/// writer is free and the close goes out promptly; the connection is dropped either way.
+async fn say_heartbeat_timeout<T>(shared: &Shared<T>, err: &Error) {
+    let Ok(mut guard) = shared.writer.try_lock() else {
+        return;
+    };
+    let Some(writer) = guard.as_mut() else {
+        return;
+    };
+    if Close::new(CloseCode::HEARTBEAT_TIMEOUT, err.to_string())
+        .encode_frame(&mut writer.out)
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_millis(100), writer.write_out()).await;
     }
 }

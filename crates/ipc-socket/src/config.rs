@@ -46,6 +46,7 @@ pub struct ConnectionConfig {
     limits: Limits,
     handshake_timeout: Duration,
     heartbeat: Option<Heartbeat>,
+    frame_timeout: Option<Duration>,
     flush_threshold: usize,
     features: u32,
 }
@@ -64,6 +65,7 @@ impl ConnectionConfig {
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(5),
             heartbeat: Some(Heartbeat::default()),
+            frame_timeout: Some(Duration::from_secs(10)),
             flush_threshold: 64 * 1024,
             // Every receiver here takes batch frames apart (ipc_core::FrameDecoder).
             features: FEATURE_BATCH,
@@ -106,6 +108,26 @@ impl ConnectionConfig {
     pub fn without_batches(mut self) -> ConnectionConfig {
         self.features &= !FEATURE_BATCH;
         self
+    }
+
+    /// How long a frame may take to arrive once its first byte has (default 10 s). A
+    /// [`Server`](crate::Server) closes a client whose frame is not whole by then with
+    /// close code 10 (frame timeout): a client that trickles bytes, or sends only fragments,
+    /// cannot hold a connection slot.
+    pub fn with_frame_timeout(mut self, timeout: Duration) -> ConnectionConfig {
+        self.frame_timeout = Some(timeout);
+        self
+    }
+
+    /// No frame deadline: a partial frame may take any time to complete.
+    pub fn without_frame_timeout(mut self) -> ConnectionConfig {
+        self.frame_timeout = None;
+        self
+    }
+
+    /// The frame deadline, if any.
+    pub fn frame_timeout(&self) -> Option<Duration> {
+        self.frame_timeout
     }
 
     /// Output is written once this many bytes are buffered (or on `flush`); default 64 KiB.

@@ -24,14 +24,25 @@ use crate::stream::{AsyncListener, AsyncReadHalf, AsyncWriteHalf};
 use crate::wire;
 
 /// What a full outbound queue does when one more frame is sent to a client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Every frame the server sends a client counts against its queue's bounds: data,
+/// responses, publications, and the control frames its input causes (pongs, subscription
+/// acks). The policy applies to that client alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Policy {
     /// The sender waits until the client has read enough. Nothing is lost; a slow client
-    /// slows down whoever sends to it (and only them).
+    /// slows down whoever sends to it: an event loop that awaits
+    /// [`ServerHandle::respond`] or [`ServerHandle::send`] inline waits for every client
+    /// until the slow one reads, so with `Wait` send from a task per client. A client that
+    /// reads nothing at all for the heartbeat timeout while a sender waits for room is
+    /// closed as too slow, which bounds the wait (without heartbeats, it is unbounded).
     Wait,
-    /// The oldest queued frame is dropped to make room. The client misses messages.
+    /// The oldest queued frame is dropped to make room. The client misses messages (and
+    /// may miss pongs or acks); nobody waits.
     DropOldest,
-    /// The client is disconnected with close code "too slow".
+    /// The default: the client is disconnected with close code 5 (too slow) when its queue
+    /// is full. Nobody waits, nothing is silently lost, and the client learns why.
+    #[default]
     Disconnect,
 }
 
@@ -50,7 +61,7 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults: 1024 connections, at most 1024 queued frames and 16 MiB per client,
-    /// [`Policy::Wait`].
+    /// [`Policy::Disconnect`].
     pub fn new(address: Address, connection: ConnectionConfig) -> ServerConfig {
         ServerConfig {
             address,
@@ -58,7 +69,7 @@ impl ServerConfig {
             max_connections: 1024,
             queue_capacity: 1024,
             queue_bytes: 16 * 1024 * 1024,
-            policy: Policy::Wait,
+            policy: Policy::Disconnect,
             allow_uids: None,
             event_capacity: 1024,
         }
@@ -170,23 +181,26 @@ type Wire = Arc<[u8]>;
 #[derive(Debug, Default)]
 struct OutState {
     frames: VecDeque<Wire>,
-    /// Data frames queued and their bytes; control frames (acks, pongs, close) are few and
-    /// not counted against the limits.
-    n_data: usize,
-    data_bytes: usize,
+    /// Frames and bytes held for this client: those queued and those the writer is writing
+    /// right now. Every frame counts (data, responses, publications, pongs, acks), so that
+    /// a client can make the server hold no more than the queue's bounds, whatever it sends.
+    n_held: usize,
+    bytes_held: usize,
     closed: bool,
     dropped: u64,
+    /// When the writer last finished a write to the client.
+    last_write: Option<Instant>,
 }
 
 impl OutState {
     /// A frame of `len` bytes fits; an empty queue always takes one frame, however large.
     fn has_room(&self, limits: &QueueLimits, len: usize) -> bool {
-        self.n_data == 0 || (self.n_data < limits.frames && self.data_bytes + len <= limits.bytes)
+        self.n_held == 0 || (self.n_held < limits.frames && self.bytes_held + len <= limits.bytes)
     }
 
-    fn push_data(&mut self, frame: Wire) {
-        self.n_data += 1;
-        self.data_bytes += frame.len();
+    fn push_held(&mut self, frame: Wire) {
+        self.n_held += 1;
+        self.bytes_held += frame.len();
         self.frames.push_back(frame);
     }
 }
@@ -208,8 +222,9 @@ struct Conn {
     shutdown: Notify,
     subscriptions: Mutex<Vec<String>>,
     send_limits: Limits,
-    /// Why the writer stopped, if it failed: the reader reports it.
-    write_error: Mutex<Option<Error>>,
+    /// Why the server ended the connection (its writer failed, the client was too slow, a
+    /// response did not fit): the reader reports it.
+    failure: Mutex<Option<Error>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -220,20 +235,18 @@ fn lock<U>(mutex: &Mutex<U>) -> std::sync::MutexGuard<'_, U> {
 }
 
 impl Conn {
-    /// Queues a frame outside the capacity (control frames).
-    fn push_control(&self, frame: Wire) {
-        let mut state = lock(&self.state);
-        if state.closed {
-            return;
-        }
-        state.frames.push_back(frame);
-        drop(state);
-        self.writer_wake.notify_one();
-    }
-
-    /// Queues a data frame, applying the policy when the queue is full.
-    async fn push(&self, frame: Wire, limits: QueueLimits) -> Result<()> {
+    /// Queues a frame, applying the policy when the queue is full. With [`Policy::Wait`]
+    /// the caller waits for room while the client reads; if nothing was written to it for
+    /// `wait_limit` (when given) meanwhile, the client is closed as too slow.
+    async fn push(
+        &self,
+        frame: Wire,
+        limits: QueueLimits,
+        wait_limit: Option<Duration>,
+    ) -> Result<()> {
+        let started = Instant::now();
         loop {
+            let mut deadline = None;
             let notified = self.space.notified();
             tokio::pin!(notified);
             {
@@ -245,61 +258,104 @@ impl Conn {
                     ));
                 }
                 if state.has_room(&limits, frame.len()) {
-                    state.push_data(frame);
+                    state.push_held(frame);
                     drop(state);
                     self.writer_wake.notify_one();
                     return Ok(());
                 }
                 match limits.policy {
                     Policy::DropOldest => {
-                        // Drop the oldest data frames until the new one fits; control frames
-                        // (acks, pongs) stay.
+                        // Drop the oldest queued frames until the new one fits (the ones
+                        // being written stay counted until they are out).
                         while !state.has_room(&limits, frame.len()) {
-                            let Some(pos) = state.frames.iter().position(|f| is_data_frame(f))
-                            else {
+                            let Some(old) = state.frames.pop_front() else {
                                 break;
                             };
-                            if let Some(old) = state.frames.remove(pos) {
-                                state.n_data -= 1;
-                                state.data_bytes -= old.len();
-                                state.dropped += 1;
-                            }
+                            state.n_held -= 1;
+                            state.bytes_held -= old.len();
+                            state.dropped += 1;
                         }
-                        state.push_data(frame);
+                        if !state.has_room(&limits, frame.len()) {
+                            // Only frames being written are held: the new one is the oldest
+                            // that can go.
+                            state.dropped += 1;
+                            return Ok(());
+                        }
+                        state.push_held(frame);
                         drop(state);
                         self.writer_wake.notify_one();
                         return Ok(());
                     }
                     Policy::Disconnect => {
-                        let err = Error::new(
-                            ErrorKind::Full,
-                            format!(
-                                "client {} too slow: its outbound queue holds {} frames of {} bytes (limits {} frames, {} bytes)",
-                                self.id,
-                                state.n_data,
-                                state.data_bytes,
-                                limits.frames,
-                                limits.bytes
-                            ),
-                        );
-                        state.frames.clear();
-                        state.n_data = 0;
-                        state.data_bytes = 0;
-                        state.frames.push_back(close_wire(&err));
-                        state.closed = true;
+                        let err = self.too_slow(&state, &limits, None);
                         drop(state);
-                        self.writer_wake.notify_one();
-                        self.shutdown.notify_one();
-                        self.space.notify_waiters();
+                        self.fail(&err, CloseCode::TOO_SLOW);
                         return Err(err);
                     }
                     Policy::Wait => {
+                        if let Some(limit) = wait_limit {
+                            // Progress is what counts: the last write, or when we began.
+                            let since = state.last_write.map_or(started, |at| at.max(started));
+                            let until = since + limit;
+                            if Instant::now() >= until {
+                                let err = self.too_slow(&state, &limits, wait_limit);
+                                drop(state);
+                                self.fail(&err, CloseCode::TOO_SLOW);
+                                return Err(err);
+                            }
+                            deadline = Some(tokio::time::Instant::from_std(until));
+                        }
                         notified.as_mut().enable();
                     }
                 }
             }
-            notified.await;
+            match deadline {
+                Some(deadline) => {
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+                None => notified.await,
+            }
         }
+    }
+
+    fn too_slow(&self, state: &OutState, limits: &QueueLimits, waited: Option<Duration>) -> Error {
+        let waited = match waited {
+            Some(waited) => format!(
+                " and nothing was written to it for {} ms",
+                waited.as_millis()
+            ),
+            None => String::new(),
+        };
+        Error::new(
+            ErrorKind::Full,
+            format!(
+                "client {} too slow: its outbound queue held {} frames of {} bytes{waited} (limits {} frames, {} bytes)",
+                self.id, state.n_held, state.bytes_held, limits.frames, limits.bytes
+            ),
+        )
+    }
+
+    /// Ends the connection because of `err`: what is queued is discarded, a close frame with
+    /// the matching code is sent, and the reader stops and reports `err`.
+    fn fail(&self, err: &Error, code: CloseCode) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        let n_discarded = state.frames.len();
+        let discarded: usize = state.frames.drain(..).map(|frame| frame.len()).sum();
+        state.n_held -= n_discarded;
+        state.bytes_held -= discarded;
+        // The close frame is the one frame that may go beyond the bounds (it is under 2 KiB).
+        let mut close = Vec::new();
+        let _ = Close::new(code, err.to_string()).encode_frame(&mut close);
+        state.push_held(close.into());
+        state.closed = true;
+        drop(state);
+        *lock(&self.failure) = Some(Error::new(err.kind(), err.to_string()));
+        self.writer_wake.notify_one();
+        self.shutdown.notify_one();
+        self.space.notify_waiters();
     }
 
     /// Stops accepting frames; queues a final close frame if given.
@@ -307,7 +363,7 @@ impl Conn {
         let mut state = lock(&self.state);
         if !state.closed {
             if let Some(close) = close {
-                state.frames.push_back(close);
+                state.push_held(close);
             }
             state.closed = true;
         }
@@ -321,15 +377,6 @@ impl Conn {
             .iter()
             .any(|prefix| topic.starts_with(prefix.as_str()))
     }
-}
-
-fn is_data_frame(frame: &[u8]) -> bool {
-    matches!(
-        frame.get(3).copied(),
-        Some(b) if b == FrameKind::Data.to_byte()
-            || b == FrameKind::Publish.to_byte()
-            || b == FrameKind::Response.to_byte()
-    )
 }
 
 fn close_wire(err: &Error) -> Wire {
@@ -361,6 +408,16 @@ impl Shared {
         }
     }
 
+    /// How long a sender waits under [`Policy::Wait`] for a client that reads nothing: its
+    /// heartbeat timeout (a client that reads nothing for that long is too slow); without
+    /// heartbeats, as long as it takes.
+    fn wait_limit(&self) -> Option<Duration> {
+        self.config
+            .connection
+            .heartbeat()
+            .map(|heartbeat| heartbeat.timeout)
+    }
+
     fn conn(&self, conn: ConnId) -> Result<Arc<Conn>> {
         lock(&self.conns).get(&conn).cloned().ok_or_else(|| {
             Error::new(
@@ -379,7 +436,7 @@ impl Shared {
         for conn in self.all() {
             if conn.subscribed(topic)
                 && conn
-                    .push(Arc::clone(&frame), self.queue_limits())
+                    .push(Arc::clone(&frame), self.queue_limits(), self.wait_limit())
                     .await
                     .is_ok()
             {
@@ -387,6 +444,12 @@ impl Shared {
             }
         }
         delivered
+    }
+
+    fn any_subscribed(&self, topic: &str) -> bool {
+        lock(&self.conns)
+            .values()
+            .any(|conn| conn.subscribed(topic))
     }
 }
 
@@ -413,18 +476,39 @@ impl<T: Serialize + Sync> ServerHandle<T> {
         Ok(out.into())
     }
 
-    /// Sends a data message to one client (through its bounded queue and policy).
+    /// Sends a data message to one client (through its bounded queue and policy: with the
+    /// default [`Policy::Disconnect`] this never waits for the client).
     pub async fn send(&self, conn: ConnId, message: &T) -> Result<()> {
         let conn = self.shared.conn(conn)?;
         let frame = self.encode(&conn, FrameKind::Data, 0, message)?;
-        conn.push(frame, self.shared.queue_limits()).await
+        conn.push(frame, self.shared.queue_limits(), self.shared.wait_limit())
+            .await
     }
 
-    /// Answers request `id` of `conn`.
+    /// Answers request `id` of `conn` (through its bounded queue and policy: with the
+    /// default [`Policy::Disconnect`] this never waits for the client, so an event loop
+    /// can await it inline).
+    ///
+    /// A response larger than the `max_frame_len` the client announced cannot be sent: the
+    /// client is then closed with close code 9 (response too large) and a reason naming the
+    /// request and both sizes, so that its request fails with that reason instead of
+    /// waiting for its deadline, and this returns [`ErrorKind::TooLarge`].
     pub async fn respond(&self, conn: ConnId, id: u32, message: &T) -> Result<()> {
         let conn = self.shared.conn(conn)?;
-        let frame = self.encode(&conn, FrameKind::Response, id, message)?;
-        conn.push(frame, self.shared.queue_limits()).await
+        let frame = match self.encode(&conn, FrameKind::Response, id, message) {
+            Ok(frame) => frame,
+            Err(err) if err.kind() == ErrorKind::TooLarge => {
+                let err = Error::new(
+                    ErrorKind::TooLarge,
+                    format!("response to request {id}: {err}"),
+                );
+                conn.fail(&err, CloseCode::RESPONSE_TOO_LARGE);
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
+        conn.push(frame, self.shared.queue_limits(), self.shared.wait_limit())
+            .await
     }
 
     /// Sends a data message to every client; returns how many queued it. Encoded once.
@@ -436,7 +520,11 @@ impl<T: Serialize + Sync> ServerHandle<T> {
         let mut delivered = 0;
         for conn in self.shared.all() {
             if conn
-                .push(Arc::clone(&frame), self.shared.queue_limits())
+                .push(
+                    Arc::clone(&frame),
+                    self.shared.queue_limits(),
+                    self.shared.wait_limit(),
+                )
                 .await
                 .is_ok()
             {
@@ -483,7 +571,8 @@ impl<T> ServerHandle<T> {
         ids
     }
 
-    /// Frames dropped so far for `conn` by [`Policy::DropOldest`].
+    /// Frames dropped so far for `conn` by [`Policy::DropOldest`] (of any kind: data,
+    /// responses, publications, pongs, acks).
     pub fn dropped(&self, conn: ConnId) -> Result<u64> {
         Ok(lock(&self.shared.conn(conn)?.state).dropped)
     }
@@ -495,8 +584,17 @@ impl<T> ServerHandle<T> {
 /// (a client that sends garbage, an over-limit length, a truncated frame, another protocol
 /// version or message type is closed with a close frame saying why, and reported as
 /// [`Event::Disconnected`] or [`Event::Rejected`]; the others are not disturbed), answers
-/// pings, handles subscriptions and forwards publications to subscribers. The writer
-/// drains the client's bounded queue, coalescing whatever is queued into one write.
+/// pings, handles subscriptions and forwards publications to subscribers, and closes a
+/// client whose frame does not arrive whole within the frame deadline
+/// ([`ConnectionConfig::with_frame_timeout`]) or that stays silent past the heartbeat
+/// timeout, with a close frame saying so. The writer drains the client's bounded queue
+/// (every frame counts against it, pongs and acks too), coalescing small frames into one
+/// write and writing large ones from the queue's copy.
+///
+/// What clients can make a server hold is bounded by its limits: about
+/// `max_connections × (max_frame_len + queue_bytes + 80 KiB + 64 B × queue_capacity)`
+/// plus the events waiting for [`next_event`](Server::next_event) (the crate README's
+/// "Server memory").
 ///
 /// See [`AsyncConnection`](crate::AsyncConnection) for an example.
 #[derive(Debug)]
@@ -669,7 +767,7 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         shutdown: Notify::new(),
         subscriptions: Mutex::new(Vec::new()),
         send_limits: shaken.send_limits,
-        write_error: Mutex::new(None),
+        failure: Mutex::new(None),
     });
     lock(&shared.conns).insert(id, Arc::clone(&conn));
     let writer = tokio::spawn(write_loop(Arc::clone(&conn), shaken.writer));
@@ -679,12 +777,18 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         half: shaken.reader,
         decoder: shaken.decoder,
         liveness: Liveness::new(config.heartbeat()),
+        frame_timeout: config.frame_timeout(),
         conn: Arc::clone(&conn),
         shared: Arc::clone(&shared),
         events: events.clone(),
         _message: PhantomData,
     };
-    let outcome = reader.run().await;
+    // When the server ended the connection (too slow, a response too large, a failed
+    // write), that is the reason, whatever the reader stumbled on afterwards.
+    let outcome = match reader.run().await {
+        Err(err) => Err(lock(&conn.failure).take().unwrap_or(err)),
+        Ok(()) => Ok(()),
+    };
     lock(&shared.conns).remove(&id);
     shared.n_conns.fetch_sub(1, Ordering::AcqRel);
     let error = match outcome {
@@ -717,32 +821,60 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
     let _ = events.send(Event::Disconnected { conn: id, error }).await;
 }
 
+/// Frames up to this size are coalesced into one write; larger ones are written from the
+/// queue's own copy, so a large frame is never copied again on its way out.
+const COALESCE_LEN: usize = 64 * 1024;
+const COALESCE_FRAME: usize = 16 * 1024;
+
 async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut batch: Vec<u8> = Vec::with_capacity(COALESCE_LEN);
     loop {
+        let mut large: Option<Wire> = None;
+        let mut n_taken = 0;
+        let mut bytes_taken = 0;
         let done = {
             let mut state = lock(&conn.state);
-            while let Some(frame) = state.frames.pop_front() {
-                if is_data_frame(&frame) {
-                    state.n_data = state.n_data.saturating_sub(1);
-                    state.data_bytes = state.data_bytes.saturating_sub(frame.len());
-                }
-                batch.extend_from_slice(&frame);
-                if batch.len() >= 256 * 1024 {
+            while let Some(front) = state.frames.front() {
+                if front.len() > COALESCE_FRAME {
+                    if batch.is_empty() {
+                        large = state.frames.pop_front();
+                        n_taken += 1;
+                        bytes_taken += large.as_ref().map_or(0, |frame| frame.len());
+                    }
                     break;
+                }
+                if !batch.is_empty() && batch.len() + front.len() > COALESCE_LEN {
+                    break;
+                }
+                if let Some(frame) = state.frames.pop_front() {
+                    batch.extend_from_slice(&frame);
+                    n_taken += 1;
+                    bytes_taken += frame.len();
                 }
             }
             state.closed && state.frames.is_empty()
         };
-        if !batch.is_empty() {
+        if n_taken > 0 {
+            let written = match &large {
+                Some(frame) => write_large(&conn, &mut half, frame).await,
+                None => half.write_all(&batch).await,
+            };
+            drop(large);
+            batch.clear();
+            {
+                // What was written no longer counts against the client's bounds.
+                let mut state = lock(&conn.state);
+                state.n_held -= n_taken;
+                state.bytes_held -= bytes_taken;
+                state.last_write = Some(Instant::now());
+            }
             conn.space.notify_waiters();
-            if let Err(err) = half.write_all(&batch).await {
-                *lock(&conn.write_error) = Some(Error::io("write to client", err));
+            if let Err(err) = written {
+                *lock(&conn.failure) = Some(Error::io("write to client", err));
                 conn.close(None);
                 conn.shutdown.notify_one();
                 return;
             }
-            batch.clear();
             continue;
         }
         if done {
@@ -753,10 +885,21 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
     }
 }
 
+/// Writes a large frame in pieces, noting progress after each, so that a client reading
+/// it slowly but steadily does not look stuck to a sender waiting under [`Policy::Wait`].
+async fn write_large(conn: &Conn, half: &mut AsyncWriteHalf, frame: &[u8]) -> std::io::Result<()> {
+    for piece in frame.chunks(256 * 1024) {
+        half.write_all(piece).await?;
+        lock(&conn.state).last_write = Some(Instant::now());
+    }
+    Ok(())
+}
+
 struct Reader<T> {
     half: AsyncReadHalf,
     decoder: FrameDecoder,
     liveness: Liveness,
+    frame_timeout: Option<Duration>,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
     events: mpsc::Sender<Event<T>>,
@@ -773,9 +916,29 @@ enum Action<T> {
 }
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
+    async fn push_control(&self, frame: Wire) -> Result<()> {
+        self.conn
+            .push(frame, self.shared.queue_limits(), self.shared.wait_limit())
+            .await
+    }
+
+    /// Closes the connection with `code` after what is queued, and returns `err` for the
+    /// reader to report.
+    fn close_with(&self, code: CloseCode, err: Error) -> Error {
+        let mut close = Vec::new();
+        let _ = Close::new(code, err.to_string()).encode_frame(&mut close);
+        self.conn.close(Some(close.into()));
+        err
+    }
+
     async fn run(&mut self) -> Result<()> {
         let id = self.conn.id;
+        // When the partial frame at the front of the decoder started arriving.
+        let mut frame_started: Option<Instant> = None;
+        // The last read took everything the kernel had (less than the room offered).
+        let mut drained = false;
         loop {
+            let mut handed_out = false;
             loop {
                 let action = match self.decoder.next_frame()? {
                     None => break,
@@ -816,10 +979,15 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                             let (topic, message) = wire::parse_publish(frame.payload())?;
                             // Only well-typed messages are forwarded.
                             ipc_core::decode::<T>(message)?;
-                            let mut out = Vec::with_capacity(frame.header().frame_len());
-                            out.extend_from_slice(&frame.header().to_bytes());
-                            out.extend_from_slice(frame.payload());
-                            Action::Publish(topic.to_owned(), out.into())
+                            if self.shared.any_subscribed(topic) {
+                                let mut out = Vec::with_capacity(frame.header().frame_len());
+                                out.extend_from_slice(&frame.header().to_bytes());
+                                out.extend_from_slice(frame.payload());
+                                Action::Publish(topic.to_owned(), out.into())
+                            } else {
+                                // Nobody to forward to: no copy of the frame.
+                                Action::None
+                            }
                         }
                         FrameKind::Close => {
                             let close = Close::decode(frame.payload())?;
@@ -837,11 +1005,12 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                         }
                     },
                 };
+                handed_out = true;
                 match action {
                     Action::Event(event) => {
                         let _ = self.events.send(event).await;
                     }
-                    Action::Control(frame) => self.conn.push_control(frame),
+                    Action::Control(frame) => self.push_control(frame).await?,
                     Action::Publish(topic, frame) => {
                         self.shared.publish_wire(&topic, frame).await;
                     }
@@ -850,23 +1019,55 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                     Action::None => {}
                 }
             }
-            let wait = match self.liveness.check(Instant::now()) {
+            let now = Instant::now();
+            if self.decoder.buffered() == 0 {
+                frame_started = None;
+            } else if handed_out || frame_started.is_none() {
+                // What is left is the start of a new frame, received in the last read.
+                frame_started = Some(now);
+            }
+            let mut wait = match self.liveness.check(now) {
                 Beat::Wait(wait) => wait,
                 Beat::Ping(nonce, wait) => {
-                    self.conn.push_control(control_wire(FrameKind::Ping, nonce));
+                    self.push_control(control_wire(FrameKind::Ping, nonce))
+                        .await?;
                     wait
                 }
             };
+            let frame_deadline = frame_started.zip(self.frame_timeout);
+            if let Some((started, timeout)) = frame_deadline {
+                // Past the deadline, the verdict comes once what arrived meanwhile has been
+                // read (this task may have waited elsewhere): after a read that drained
+                // the socket, or one that timed out.
+                let left = timeout.saturating_sub(now.saturating_duration_since(started));
+                if left.is_zero() && drained {
+                    return Err(self.frame_timed_out(timeout));
+                }
+                wait = wait.min(left).max(Duration::from_millis(1));
+            }
+            let timed = frame_deadline.is_some() || self.liveness.poll_interval().is_some();
+            let room = self.decoder.read_buf();
+            let room_len = room.len();
             let read = tokio::select! {
-                read = self.liveness.within(wait, self.half.read(self.decoder.read_buf())) => read,
+                read = within(timed, wait, self.half.read(room)) => read,
                 () = self.conn.shutdown.notified() => {
-                    return Err(lock(&self.conn.write_error).take().unwrap_or_else(|| {
+                    return Err(lock(&self.conn.failure).take().unwrap_or_else(|| {
                         Error::new(ErrorKind::Closed, format!("connection {id} shut down by the server"))
                     }));
                 }
             };
             match read {
-                None => self.liveness.expired(Instant::now())?,
+                None => {
+                    let now = Instant::now();
+                    if let Some((started, timeout)) = frame_deadline
+                        && now.saturating_duration_since(started) >= timeout
+                    {
+                        return Err(self.frame_timed_out(timeout));
+                    }
+                    if let Err(err) = self.liveness.expired(now) {
+                        return Err(self.close_with(CloseCode::HEARTBEAT_TIMEOUT, err));
+                    }
+                }
                 Some(Ok(0)) => {
                     return Err(match self.decoder.finish() {
                         Err(err) => err.context("client vanished"),
@@ -879,6 +1080,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                 Some(Ok(n)) => {
                     self.decoder.commit(n);
                     self.liveness.heard();
+                    drained = n < room_len;
                 }
                 Some(Err(err)) => {
                     let err = Error::io("read from client", err);
@@ -892,4 +1094,28 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
             }
         }
     }
+
+    fn frame_timed_out(&self, timeout: Duration) -> Error {
+        let err = Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "frame not completed within {} ms ({} bytes of it received)",
+                timeout.as_millis(),
+                self.decoder.buffered()
+            ),
+        );
+        self.close_with(CloseCode::FRAME_TIMEOUT, err)
+    }
+}
+
+/// Awaits `future`, for at most `wait` if `timed` (`None` if the time ran out).
+async fn within<F: std::future::Future>(
+    timed: bool,
+    wait: Duration,
+    future: F,
+) -> Option<F::Output> {
+    if !timed {
+        return Some(future.await);
+    }
+    tokio::time::timeout(wait, future).await.ok()
 }

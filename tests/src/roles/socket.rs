@@ -14,6 +14,18 @@
 //!   `reconnected`, `got TEXT` as they happen; ends with `ok` after `got bye`.
 //! - `socket-half-frame --address tcp:A`: sends a hello and half a frame, then waits to be
 //!   killed.
+//! - `socket-flood --address tcp:A --mode M [--connections K] [--count N] [--len L]
+//!   [--every-ms MS]`: a hostile or broken client, speaking raw frames after a real
+//!   handshake on each of K connections (in parallel), never reading after the hello:
+//!   `ping` sends N pings; `large` sends N pings with an L-byte payload each; `request`
+//!   sends N requests whose text is L bytes; `claim` sends
+//!   a data header claiming L payload bytes and all but the last of them; `trickle` sends
+//!   such a header and then one byte every MS ms; `silent` sends nothing and reads. For
+//!   `claim` it prints `claimed` once every connection sent its bytes. Per connection it
+//!   prints `end conn=i sent=BYTES how=done|write-failed|close code=C|eof` (`claim`,
+//!   `trickle` and `silent` wait for the server to close), then `ok`. With `--hold true`,
+//!   `ping` and `request` connections stay open, unread, after the flood: it prints
+//!   `flooded` and waits for stdin to close before the `end` lines.
 //! - `socket-echo-server --address A --mode echo|sink`, `socket-raw-echo --address A --mode
 //!   echo|sink`: bench partners, see `bench/socket.rs`.
 
@@ -60,6 +72,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "socket-chat" => Some(runtime().and_then(|rt| rt.block_on(chat(args)))),
         "socket-watch" => Some(runtime().and_then(|rt| rt.block_on(watch(args)))),
         "socket-half-frame" => Some(half_frame(args)),
+        "socket-flood" => Some(flood(args)),
         "socket-echo-server" => Some(echo_server(args)),
         "socket-raw-echo" => Some(raw_echo(args)),
         _ => None,
@@ -98,10 +111,11 @@ pub(super) fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
 
 async fn server(args: &Args) -> Result<()> {
     let policy = match args.text("policy", "wait").as_str() {
-        "wait" => Policy::Wait,
-        "drop-oldest" => Policy::DropOldest,
-        "disconnect" => Policy::Disconnect,
-        other => bail!("--policy {other}: expected wait, drop-oldest or disconnect"),
+        "wait" => Some(Policy::Wait),
+        "drop-oldest" => Some(Policy::DropOldest),
+        "disconnect" => Some(Policy::Disconnect),
+        "default" => None,
+        other => bail!("--policy {other}: expected wait, drop-oldest, disconnect or default"),
     };
     let heartbeat_ms: u64 = args.get("heartbeat-ms", 0)?;
     let mut connection = chat_config();
@@ -111,9 +125,34 @@ async fn server(args: &Args) -> Result<()> {
             timeout: Duration::from_millis(heartbeat_ms * 5),
         });
     }
-    let config = ServerConfig::new(address(args)?, connection)
-        .policy(policy)
+    let frame_timeout_ms: u64 = args.get("frame-timeout-ms", 0)?;
+    if frame_timeout_ms != 0 {
+        connection = connection.with_frame_timeout(Duration::from_millis(frame_timeout_ms));
+    }
+    let max_frame_len: u32 = args.get("max-frame-len", 0)?;
+    if max_frame_len != 0 {
+        connection =
+            connection.with_limits(ipc_core::Limits::new().with_max_frame_len(max_frame_len));
+    }
+    // Requests are answered with their own text padded to this many bytes (0: as sent).
+    let respond_len: usize = args.get("respond-len", 0)?;
+    let mut config = ServerConfig::new(address(args)?, connection)
         .max_connections(args.get("max-connections", 1024)?);
+    if let Some(policy) = policy {
+        config = config.policy(policy);
+    }
+    let queue_bytes: usize = args.get("queue-bytes", 0)?;
+    if queue_bytes != 0 {
+        config = config.queue_bytes(queue_bytes);
+    }
+    let queue_capacity: usize = args.get("queue-capacity", 0)?;
+    if queue_capacity != 0 {
+        config = config.queue_capacity(queue_capacity);
+    }
+    let event_capacity: usize = args.get("event-capacity", 0)?;
+    if event_capacity != 0 {
+        config = config.event_capacity(event_capacity);
+    }
     let mut server = Server::<ChatLine>::bind(config).await?;
     say(format_args!("ready address={}", server.address()));
     let handle = server.handle();
@@ -144,9 +183,21 @@ async fn server(args: &Args) -> Result<()> {
                     error.kind()
                 ));
             }
-            Event::Request { conn, id, message } => {
-                // Echo: the request comes back as the response.
-                let _ = handle.respond(conn, id, &message).await;
+            Event::Request {
+                conn,
+                id,
+                mut message,
+            } => {
+                // Echo: the request comes back as the response (padded on request).
+                if message.text.len() < respond_len {
+                    let pad = respond_len - message.text.len();
+                    message.text.extend(std::iter::repeat_n('.', pad));
+                }
+                if let Err(err) = handle.respond(conn, id, &message).await
+                    && err.kind() == ErrorKind::TooLarge
+                {
+                    say(format_args!("respond failed conn={conn} error={err}"));
+                }
             }
             Event::Message { conn, message } => {
                 let _ = handle.send(conn, &message).await;
@@ -406,4 +457,226 @@ where
     }
     say("ok");
     Ok(())
+}
+
+/// How one flooding connection ended.
+struct FloodEnd {
+    sent: u64,
+    how: String,
+    /// The connection, kept open for `--hold true`.
+    _stream: Option<std::net::TcpStream>,
+}
+
+/// `socket-flood`: see the module docs.
+fn flood(args: &Args) -> Result<()> {
+    let address = address(args)?;
+    let Address::Tcp(host_port) = &address else {
+        bail!("socket-flood needs a tcp: address");
+    };
+    let mode = args.text("mode", "ping");
+    let connections: usize = args.get("connections", 1)?;
+    let count: u64 = args.get("count", 1_000_000)?;
+    let len: usize = args.get("len", 64)?;
+    let every = Duration::from_millis(args.get("every-ms", 50)?);
+    let (claimed_tx, claimed_rx) = std::sync::mpsc::channel::<()>();
+    let mut threads = Vec::new();
+    for _ in 0..connections {
+        let host_port = host_port.clone();
+        let mode = mode.clone();
+        let claimed = claimed_tx.clone();
+        threads.push(std::thread::spawn(move || {
+            flood_one(&host_port, &mode, count, len, every, &claimed)
+        }));
+    }
+    drop(claimed_tx);
+    if mode == "claim" {
+        // Every connection reports once its bytes are out (or it failed).
+        let reported = claimed_rx.iter().take(connections).count();
+        if reported == connections {
+            say("claimed");
+        }
+    }
+    let mut ends = Vec::new();
+    for thread in threads {
+        ends.push(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??,
+        );
+    }
+    if args.text("hold", "false") == "true" {
+        // The connections stay open, unread, until stdin closes.
+        say("flooded");
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().lock().read_to_end(&mut sink);
+    }
+    for (i, end) in ends.into_iter().enumerate() {
+        say(format_args!(
+            "end conn={i} sent={} how={}",
+            end.sent, end.how
+        ));
+    }
+    say("ok");
+    Ok(())
+}
+
+fn flood_one(
+    host_port: &str,
+    mode: &str,
+    count: u64,
+    len: usize,
+    every: Duration,
+    claimed: &std::sync::mpsc::Sender<()>,
+) -> Result<FloodEnd> {
+    let mut stream = std::net::TcpStream::connect(host_port)?;
+    let limits = ipc_core::Limits::default();
+    let mut hello = Vec::new();
+    ipc_core::Hello::new(MessageType::named(CHAT_TYPE), &limits).encode_frame(&mut hello)?;
+    stream.write_all(&hello)?;
+    // The server's hello.
+    let mut decoder = ipc_core::FrameDecoder::new(limits);
+    loop {
+        if let Some(frame) = decoder.next_frame()? {
+            if frame.kind() != ipc_core::FrameKind::Hello {
+                bail!("expected the server's hello, got {:?}", frame.kind());
+            }
+            break;
+        }
+        let n = stream.read(decoder.read_buf())?;
+        if n == 0 {
+            bail!("server closed during the handshake");
+        }
+        decoder.commit(n);
+    }
+    let mut sent = 0u64;
+    let written = |stream: &mut std::net::TcpStream, bytes: &[u8], sent: &mut u64| {
+        let outcome = stream.write_all(bytes);
+        if outcome.is_ok() {
+            *sent += bytes.len() as u64;
+        }
+        outcome
+    };
+    match mode {
+        "ping" | "request" | "large" => {
+            let mut chunk = Vec::new();
+            let mut frames_per_chunk = 0u64;
+            while chunk.len() < 64 * 1024 {
+                if mode == "ping" {
+                    ipc_core::encode_raw_frame(
+                        &mut chunk,
+                        ipc_core::FrameKind::Ping,
+                        frames_per_chunk as u32,
+                        &[],
+                        &limits,
+                    )?;
+                } else if mode == "large" {
+                    // One ping frame whose payload has the largest length: really sent.
+                    ipc_core::encode_raw_frame(
+                        &mut chunk,
+                        ipc_core::FrameKind::Ping,
+                        frames_per_chunk as u32,
+                        &vec![0u8; len],
+                        &limits,
+                    )?;
+                    frames_per_chunk += 1;
+                    break;
+                } else {
+                    let line = ChatLine {
+                        from: "flood".into(),
+                        seq: frames_per_chunk,
+                        text: "x".repeat(len),
+                    };
+                    ipc_core::encode_frame(
+                        &mut chunk,
+                        ipc_core::FrameKind::Request,
+                        frames_per_chunk as u32 + 1,
+                        &line,
+                        &limits,
+                    )?;
+                }
+                frames_per_chunk += 1;
+            }
+            let mut frames = 0u64;
+            while frames < count {
+                if written(&mut stream, &chunk, &mut sent).is_err() {
+                    return Ok(FloodEnd {
+                        sent,
+                        how: "write-failed".into(),
+                        _stream: Some(stream),
+                    });
+                }
+                frames += frames_per_chunk;
+            }
+            Ok(FloodEnd {
+                sent,
+                how: "done".into(),
+                _stream: Some(stream),
+            })
+        }
+        "claim" | "trickle" => {
+            let header =
+                ipc_core::FrameHeader::new(ipc_core::FrameKind::Data, 0, len as u32).to_bytes();
+            let mut outcome = written(&mut stream, &header, &mut sent);
+            if mode == "claim" {
+                if outcome.is_ok() {
+                    outcome = written(&mut stream, &vec![0u8; len.saturating_sub(1)], &mut sent);
+                }
+                let _ = claimed.send(());
+                if outcome.is_err() {
+                    return Ok(FloodEnd {
+                        sent,
+                        how: "write-failed".into(),
+                        _stream: None,
+                    });
+                }
+                return Ok(FloodEnd {
+                    sent,
+                    how: read_until_closed(&mut stream),
+                    _stream: None,
+                });
+            }
+            // Trickle: a reader thread watches for the server's close while bytes go out.
+            let mut reader = stream.try_clone()?;
+            let watcher = std::thread::spawn(move || read_until_closed(&mut reader));
+            while outcome.is_ok() && !watcher.is_finished() && sent < (HEADER + len) as u64 {
+                std::thread::sleep(every);
+                outcome = written(&mut stream, &[0u8], &mut sent);
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let how = watcher
+                .join()
+                .map_err(|_| anyhow::anyhow!("watcher panicked"))?;
+            Ok(FloodEnd {
+                sent,
+                how,
+                _stream: None,
+            })
+        }
+        "silent" => Ok(FloodEnd {
+            sent,
+            how: read_until_closed(&mut stream),
+            _stream: None,
+        }),
+        other => bail!("--mode {other}: expected ping, large, request, claim, trickle or silent"),
+    }
+}
+
+const HEADER: usize = ipc_core::HEADER_LEN;
+
+/// Reads until the server closes; `close code=C` if its last frame was a close, else `eof`.
+fn read_until_closed(stream: &mut std::net::TcpStream) -> String {
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    let limits = ipc_core::Limits::default();
+    let mut rest = &received[..];
+    let mut how = "eof".to_owned();
+    while let Ok((frame, used)) = ipc_core::Frame::parse(rest, &limits) {
+        if frame.kind() == ipc_core::FrameKind::Close
+            && let Ok(close) = ipc_core::Close::decode(frame.payload())
+        {
+            how = format!("close code={}", close.code.0);
+        }
+        rest = &rest[used..];
+    }
+    how
 }
