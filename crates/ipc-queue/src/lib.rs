@@ -102,7 +102,7 @@ pub use crate::address::Address;
 pub use crate::amqp::{AmqpOptions, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE};
 pub use crate::api::{Consumer, Producer, Queue};
 #[cfg(feature = "tokio")]
-pub use crate::asynchronous::{AsyncConsumer, AsyncProducer};
+pub use crate::asynchronous::{AsyncConsumer, AsyncProducer, AsyncQueue};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,
 };
