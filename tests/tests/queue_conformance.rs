@@ -132,6 +132,7 @@ conformance!(
     async_handles_survive_a_cancelled_recv_and_drop_inside_a_runtime,
     async_api_settles_like_the_blocking_one_on_a_current_thread_runtime,
     async_producer_and_consumer_processes_exchange_messages,
+    async_producer_sends_batches_and_ttls_and_meets_a_full_queue,
 );
 
 fn messages_survive_reopening_and_come_out_in_order_with_their_receipts(
@@ -594,5 +595,99 @@ fn async_producer_and_consumer_processes_exchange_messages(place: &mut Place) ->
     let consumed = consumer.expect_prefixed("ok ", WAIT)?;
     assert_eq!(field(&consumed, "distinct"), Some("300"), "{consumed}");
     consumer.wait_success(WAIT)?;
+    Ok(())
+}
+
+fn async_producer_sends_batches_and_ttls_and_meets_a_full_queue(place: &mut Place) -> Result<()> {
+    let backend = place.backend;
+    let bounded = place.address();
+    let plain = place.address();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // A full queue: the same bounds as the blocking api (exact embedded, approximate
+        // on a quorum queue).
+        let queue = AsyncQueue::create(&bounded, &QueueConfig::new().with_max_messages(3)).await?;
+        let failing = ProducerOptions::new().with_when_full(WhenFull::Fail);
+        let mut producer = queue.producer::<u32>(failing).await?;
+        let mut accepted = 0u32;
+        let err = loop {
+            match producer.send(&accepted).await {
+                Ok(_) => accepted += 1,
+                Err(err) => break err,
+            }
+            assert!(accepted <= 10, "a queue bounded to 3 took {accepted}");
+        };
+        assert_eq!(err.kind(), ErrorKind::Full, "{err}");
+        match backend {
+            Backend::Embedded => assert_eq!(accepted, 3),
+            Backend::Amqp => assert!(accepted >= 3, "only {accepted} taken: {err}"),
+        }
+        let err = producer.try_send(&99).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Full, "{err}");
+        let mut waiting = queue.producer::<u32>(ProducerOptions::new()).await?;
+        let err = waiting
+            .send_timeout(&99, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        let mut consumer = queue.consumer::<u32>().await?;
+        for expected in 0..accepted {
+            let delivery = consumer.recv_timeout(WAIT).await?;
+            assert_eq!(*delivery.message(), expected);
+            consumer.ack(&delivery).await?;
+        }
+        waiting.send_timeout(&99, WAIT).await?;
+        let delivery = consumer.recv_timeout(WAIT).await?;
+        assert_eq!(*delivery.message(), 99);
+        consumer.ack(&delivery).await?;
+
+        // A batch: one receipt per message, in order; a message's own time-to-live. (On
+        // RabbitMQ a message expires at the head of the queue, so the short-lived one goes
+        // first.)
+        let queue = AsyncQueue::create(&plain, &QueueConfig::new()).await?;
+        let mut producer = queue.producer::<u32>(ProducerOptions::new()).await?;
+        producer
+            .send_with_ttl(&1, Duration::from_millis(20))
+            .await?;
+        let numbers: Vec<u32> = (10..15).collect();
+        let refs: Vec<&u32> = numbers.iter().collect();
+        let receipts = producer.send_batch(&refs).await?;
+        assert_eq!(receipts.len(), 5);
+        assert!(
+            receipts.windows(2).all(|w| w[0].seq() + 1 == w[1].seq()),
+            "{receipts:?}"
+        );
+        assert!(producer.send_batch(&[]).await?.is_empty());
+        // Lets the TTL pass; not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut consumer = queue.consumer::<u32>().await?;
+        for (number, receipt) in numbers.iter().zip(&receipts) {
+            let delivery = consumer.recv_timeout(WAIT).await?;
+            assert_eq!(
+                (delivery.message(), delivery.seq()),
+                (number, receipt.seq())
+            );
+            consumer.ack(&delivery).await?;
+        }
+        let mut dead = queue.dead_letters()?.consumer::<DeadLetter>().await?;
+        let letter = dead.recv_timeout(WAIT).await?;
+        assert!(
+            letter.message().reason.starts_with("expired"),
+            "{:?}",
+            letter.message()
+        );
+        assert_eq!(letter.message().decode::<u32>()?, 1);
+        dead.ack(&letter).await?;
+        // Too large for the queue (1 MiB by default): an error, and nothing is sent.
+        let mut bytes = queue.producer::<Vec<u8>>(ProducerOptions::new()).await?;
+        let err = bytes.send(&vec![0; 2 << 20]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+        let err = bytes.try_send(&vec![0; 2 << 20]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+        assert!(consumer.try_recv().await?.is_none());
+        Ok::<(), anyhow::Error>(())
+    })?;
     Ok(())
 }

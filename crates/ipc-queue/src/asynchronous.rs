@@ -363,7 +363,7 @@ enum ProducerBackend<T: ?Sized> {
 
 impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// Sends `message`, returning once it is stored (on a full queue, waiting or failing
-    /// per [`WhenFull`](crate::WhenFull)).
+    /// per [`WhenFull`](crate::WhenFull)), like [`Producer::send`](crate::Producer::send).
     pub async fn send(&mut self, message: &T) -> Result<Receipt> {
         match &mut self.backend {
             ProducerBackend::Embedded {
@@ -385,6 +385,63 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
             }
             #[cfg(feature = "amqp")]
             ProducerBackend::Amqp(producer) => producer.send_async(message).await,
+        }
+    }
+
+    /// Sends `message` without waiting for room: [`Full`](ErrorKind::Full) on a full
+    /// queue, like [`Producer::try_send`](crate::Producer::try_send).
+    pub async fn try_send(&mut self, message: &T) -> Result<Receipt> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.try_send_async(message).await,
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, &[message], true, None, None)
+                .await
+                .map(one),
+        }
+    }
+
+    /// Sends `message`, waiting at most `timeout` for room, like
+    /// [`Producer::send_timeout`](crate::Producer::send_timeout).
+    pub async fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<Receipt> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.send_timeout_async(message, timeout).await,
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, &[message], false, Some(timeout), None)
+                .await
+                .map(one),
+        }
+    }
+
+    /// Sends `message` with its own time-to-live, like
+    /// [`Producer::send_with_ttl`](crate::Producer::send_with_ttl).
+    pub async fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.send_with_ttl_async(message, ttl).await,
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, &[message], false, None, Some(ttl))
+                .await
+                .map(one),
+        }
+    }
+
+    /// Sends a batch, like [`Producer::send_batch`](crate::Producer::send_batch): one
+    /// receipt per message, in order (embedded: one append and one sync, all or nothing;
+    /// RabbitMQ: pipelined, not atomic).
+    pub async fn send_batch(&mut self, messages: &[&T]) -> Result<Vec<Receipt>> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => {
+                producer.send_batch_async(messages.iter().copied()).await
+            }
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, messages, false, None, None).await,
         }
     }
 
@@ -410,6 +467,31 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
             ProducerBackend::Amqp(producer) => producer.reconnections(),
         }
     }
+}
+
+/// Encodes `messages` on the calling task and stores them in one append on the blocking
+/// pool.
+async fn send_embedded<T: Serialize + ?Sized + 'static>(
+    producer: &Arc<Mutex<EmbeddedProducer<T>>>,
+    max_len: usize,
+    messages: &[&T],
+    try_only: bool,
+    timeout: Option<Duration>,
+    ttl: Option<Duration>,
+) -> Result<Vec<Receipt>> {
+    let mut payloads = Vec::with_capacity(messages.len());
+    for message in messages {
+        let mut payload = Vec::new();
+        ipc_core::encode_to_vec(*message, &mut payload, max_len)?;
+        payloads.push(payload);
+    }
+    let mut guard = Arc::clone(producer).lock_owned().await;
+    blocking(move || guard.send_encoded_with(&payloads, try_only, timeout, ttl)).await
+}
+
+/// The one receipt of a one-message batch.
+fn one(receipts: Vec<Receipt>) -> Receipt {
+    receipts.into_iter().next().unwrap_or(Receipt::new(0))
 }
 
 impl<T: Serialize + Sync + ?Sized + 'static> ipc_core::AsyncSender for AsyncProducer<T> {
