@@ -21,10 +21,11 @@
 //!   entry point and checks that each fails with `InvalidInput` naming the runtime (no
 //!   panic, no block), and drops the handles and the queue there. Ends with
 //!   `ok refused=N seq=S` (S: the received message's sequence number).
-//! - `async-produce --address ADDR --count N [--size BYTES]` and `async-consume --address
-//!   ADDR --count N`: the async API (`AsyncQueue`) on either backend (ADDR is a directory or
-//!   `amqp://...#queue`), on a current-thread tokio runtime. The producer sends `AmqpItem`s
-//!   0..N and prints `ok sent=N`; the consumer prints `ready` once its consumer is open,
+//! - `async-produce --address ADDR --count N [--size BYTES] [--progress-every P]` and
+//!   `async-consume --address ADDR --count N`: the async API (`AsyncQueue`) on either
+//!   backend (ADDR is a directory or `amqp://...#queue`), on a current-thread tokio
+//!   runtime. The producer sends `AmqpItem`s 0..N, one at a time, printing `progress I`
+//!   after every P, and ends with `ok sent=N reconnections=R`; the consumer prints `ready` once its consumer is open,
 //!   receives until it has seen all of 0..N (checking payloads; duplicates allowed),
 //!   acknowledging each, and prints `ok distinct=N deliveries=D`.
 
@@ -336,6 +337,7 @@ fn async_produce(args: &Args) -> Result<()> {
     let address = Address::parse(&required(args, "address")?);
     let count: u64 = args.get("count", 100)?;
     let size: usize = args.get("size", 64)?;
+    let progress_every: u64 = args.get("progress-every", 0)?;
     current_thread()?.block_on(async {
         let queue = AsyncQueue::open(address).await?;
         let mut producer = queue.producer::<AmqpItem>(ProducerOptions::new()).await?;
@@ -343,9 +345,15 @@ fn async_produce(args: &Args) -> Result<()> {
             let mut payload = vec![0u8; size];
             fill_payload(index, &mut payload);
             producer.send(&AmqpItem { index, payload }).await?;
+            if progress_every != 0 && (index + 1) % progress_every == 0 {
+                say(&format!("progress {}", index + 1))?;
+            }
         }
         producer.flush().await?;
-        say(&format!("ok sent={count}"))
+        say(&format!(
+            "ok sent={count} reconnections={}",
+            producer.reconnections()
+        ))
     })
 }
 
