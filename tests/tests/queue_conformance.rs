@@ -484,6 +484,29 @@ fn async_handles_survive_a_cancelled_recv_and_drop_inside_a_runtime(
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
         Ok::<(), anyhow::Error>(())
     })?;
+    drop(runtime);
+
+    // Handles that outlive the runtime they were opened on drop without a panic, outside
+    // any runtime.
+    let address = place.address();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handles = runtime.block_on(async {
+        let queue = AsyncQueue::create(&address, &QueueConfig::new()).await?;
+        let mut producer = queue.producer::<String>(ProducerOptions::new()).await?;
+        producer.send(&"left behind".to_owned()).await?;
+        let consumer = queue.consumer::<String>().await?;
+        Ok::<_, anyhow::Error>((queue, producer, consumer))
+    })?;
+    drop(runtime);
+    drop(handles);
+    // The message is still there for the blocking api.
+    let queue = Queue::open(&address)?;
+    let mut consumer = queue.consumer::<String>()?;
+    let delivery = consumer.recv_timeout(WAIT)?;
+    assert_eq!(delivery.message(), "left behind");
+    consumer.ack(&delivery)?;
     Ok(())
 }
 
