@@ -3,8 +3,9 @@
 //!
 //! RabbitMQ: the backend is async at its core; these types await its async fns (lapin's
 //! own futures, each with its deadline) on the caller's runtime, where the connections run.
-//! Nothing goes through `block_on` or `spawn_blocking`, and a `recv` waits for lapin's
-//! consumer stream: no polling.
+//! Nothing here goes through `block_on` or `spawn_blocking` (lapin resolves the broker's
+//! address on the blocking pool when it connects), and a `recv` waits for lapin's consumer
+//! stream: no polling.
 //!
 //! Embedded: appends, `fdatasync` and the consumer's file lock and state-log writes are
 //! blocking syscalls (a sync takes 0.1 to several ms), so each of those calls runs on
