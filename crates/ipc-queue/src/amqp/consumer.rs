@@ -92,7 +92,8 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
 
     /// Receives the next message, waiting until `deadline` if given (forever if not).
     /// Cancel-safe: dropped before it returns, it has taken no delivery from lapin's
-    /// buffer (an undecodable one it was rejecting comes back from the broker).
+    /// buffer. (An undecodable delivery whose reject was cut short stays unacknowledged:
+    /// the broker delivers it again once this consumer's connection closes.)
     pub(crate) async fn recv_async(&mut self, timeout: Option<Duration>) -> Result<Delivery<T>> {
         self.recv_until(timeout.map(deadline_after)).await
     }
@@ -185,42 +186,40 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
 
     async fn recv_until(&mut self, deadline: Option<Deadline>) -> Result<Delivery<T>> {
         let shared = Arc::clone(&self.shared);
-        {
-            loop {
-                // Connecting is bounded by the call deadline, or by the queue's timeout per
-                // attempt when waiting forever.
-                let connect_deadline =
-                    deadline.unwrap_or_else(|| deadline_after(shared.options.timeout));
-                match self.ensure_link(connect_deadline).await {
-                    Ok(()) => {}
-                    Err(err) if deadline.is_none() && err.kind() == ErrorKind::Timeout => continue,
-                    Err(err) => return Err(err),
-                }
-                let Some(link) = self.link.as_mut() else {
-                    continue;
-                };
-                let next = poll_fn(|cx| Pin::new(&mut link.consumer).poll_next(cx));
-                let item = match deadline {
-                    Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
-                        Ok(item) => item,
-                        Err(_) => {
-                            return Err(Error::new(
-                                ErrorKind::Timeout,
-                                format!("no message from amqp queue {} in time", self.queue),
-                            ));
-                        }
-                    },
-                    None => next.await,
-                };
-                match item {
-                    Some(Ok(delivery)) => {
-                        let generation = self.generation;
-                        return self.convert(delivery, generation).await;
+        loop {
+            // Connecting is bounded by the call deadline, or by the queue's timeout per
+            // attempt when waiting forever.
+            let connect_deadline =
+                deadline.unwrap_or_else(|| deadline_after(shared.options.timeout));
+            match self.ensure_link(connect_deadline).await {
+                Ok(()) => {}
+                Err(err) if deadline.is_none() && err.kind() == ErrorKind::Timeout => continue,
+                Err(err) => return Err(err),
+            }
+            let Some(link) = self.link.as_mut() else {
+                continue;
+            };
+            let next = poll_fn(|cx| Pin::new(&mut link.consumer).poll_next(cx));
+            let item = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("no message from amqp queue {} in time", self.queue),
+                        ));
                     }
-                    // The consumer ended (connection lost, channel closed, consumer
-                    // cancelled): start again on a new connection.
-                    Some(Err(_)) | None => self.drop_link().await,
+                },
+                None => next.await,
+            };
+            match item {
+                Some(Ok(delivery)) => {
+                    let generation = self.generation;
+                    return self.convert(delivery, generation).await;
                 }
+                // The consumer ended (connection lost, channel closed, consumer
+                // cancelled): start again on a new connection.
+                Some(Err(_)) | None => self.drop_link().await,
             }
         }
     }

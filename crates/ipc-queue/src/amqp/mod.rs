@@ -417,30 +417,28 @@ impl AmqpQueue {
     /// [`stats`](AmqpQueue::stats), awaited.
     pub(crate) async fn stats_async(&self) -> Result<Stats> {
         let shared = &*self.shared;
-        {
-            let deadline = deadline_after(shared.options.timeout);
-            let mut link = Link::connect_once(shared, deadline, "stats").await?;
-            let main = link.declare_passive(&shared.name, deadline).await?;
-            let dead = if shared.is_dead_letter {
-                0
-            } else {
-                match link.declare_passive(&shared.dead_name(), deadline).await {
-                    Ok(dead) => u64::from(dead.message_count()),
-                    Err(err) if err.kind() == ErrorKind::NotFound => 0,
-                    Err(err) => return Err(err),
-                }
-            };
-            link.close().await;
-            Ok(Stats {
-                depth: u64::from(main.message_count()),
-                dead_letters: dead,
-                unacked: None,
-                delayed: None,
-                oldest_age: None,
-                consumers: Some(u64::from(main.consumer_count())),
-                storage: None,
-            })
-        }
+        let deadline = deadline_after(shared.options.timeout);
+        let mut link = Link::connect_once(shared, deadline, "stats").await?;
+        let main = link.declare_passive(&shared.name, deadline).await?;
+        let dead = if shared.is_dead_letter {
+            0
+        } else {
+            match link.declare_passive(&shared.dead_name(), deadline).await {
+                Ok(dead) => u64::from(dead.message_count()),
+                Err(err) if err.kind() == ErrorKind::NotFound => 0,
+                Err(err) => return Err(err),
+            }
+        };
+        link.close().await;
+        Ok(Stats {
+            depth: u64::from(main.message_count()),
+            dead_letters: dead,
+            unacked: None,
+            delayed: None,
+            oldest_age: None,
+            consumers: Some(u64::from(main.consumer_count())),
+            storage: None,
+        })
     }
 
     /// Deletes the queue and its dead-letter queue from the broker, with their messages.
@@ -455,21 +453,19 @@ impl AmqpQueue {
         if !shared.is_dead_letter {
             names.push(shared.dead_name());
         }
-        {
-            let deadline = deadline_after(shared.options.timeout);
-            let link = Link::connect_once(shared, deadline, "delete").await?;
-            for name in names {
-                link::with_deadline(
-                    deadline,
-                    "delete queue",
-                    link.channel
-                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
-                )
-                .await?;
-            }
-            link.close().await;
-            Ok(())
+        let deadline = deadline_after(shared.options.timeout);
+        let link = Link::connect_once(shared, deadline, "delete").await?;
+        for name in names {
+            link::with_deadline(
+                deadline,
+                "delete queue",
+                link.channel
+                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await?;
         }
+        link.close().await;
+        Ok(())
     }
 }
 

@@ -221,35 +221,33 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         T: 'a,
     {
         let shared = Arc::clone(&self.shared);
-        {
-            let mut full_pause = Duration::from_millis(10);
-            loop {
-                self.ensure_link(deadline).await?;
-                match self.round(outbox, fresh, receipts, deadline).await? {
-                    Round::Done if outbox.is_empty() => return Ok(()),
-                    // Some messages were refused (a full queue): wait or fail.
-                    Round::Done => {
-                        if when_full == WhenFull::Fail {
-                            return Err(self.full_error(outbox.len()));
-                        }
-                        if tokio::time::Instant::now() + full_pause >= deadline {
-                            return Err(Error::new(
-                                ErrorKind::Timeout,
-                                format!(
-                                    "amqp queue {} stayed full until the deadline ({} messages refused)",
-                                    shared.name,
-                                    outbox.len()
-                                ),
-                            ));
-                        }
-                        tokio::time::sleep(full_pause).await;
-                        full_pause = (full_pause * 2).min(Duration::from_millis(500));
+        let mut full_pause = Duration::from_millis(10);
+        loop {
+            self.ensure_link(deadline).await?;
+            match self.round(outbox, fresh, receipts, deadline).await? {
+                Round::Done if outbox.is_empty() => return Ok(()),
+                // Some messages were refused (a full queue): wait or fail.
+                Round::Done => {
+                    if when_full == WhenFull::Fail {
+                        return Err(self.full_error(outbox.len()));
                     }
-                    Round::Lost => {
-                        // The outbox keeps every message without a confirm: publish them
-                        // again on a new connection.
-                        self.drop_link().await;
+                    if tokio::time::Instant::now() + full_pause >= deadline {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "amqp queue {} stayed full until the deadline ({} messages refused)",
+                                shared.name,
+                                outbox.len()
+                            ),
+                        ));
                     }
+                    tokio::time::sleep(full_pause).await;
+                    full_pause = (full_pause * 2).min(Duration::from_millis(500));
+                }
+                Round::Lost => {
+                    // The outbox keeps every message without a confirm: publish them
+                    // again on a new connection.
+                    self.drop_link().await;
                 }
             }
         }
