@@ -33,6 +33,11 @@ macro_rules! dispatch {
 /// Everything here behaves the same on both backends, except where `AMQP.md` lists a
 /// difference (what `stats` can count, sequence numbers per producer on RabbitMQ, no delayed
 /// `nack` there, ...).
+///
+/// This is the blocking API. On RabbitMQ its calls (on the queue and on its producers and
+/// consumers) fail with [`InvalidInput`](ErrorKind::InvalidInput) where a tokio runtime is
+/// current, instead of blocking (or panicking) there: in async code use
+/// `AsyncQueue` (`Queue::create_async`, `Queue::open_async`; feature `tokio`).
 #[derive(Clone, Debug)]
 pub struct Queue {
     address: Address,

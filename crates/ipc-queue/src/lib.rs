@@ -46,7 +46,8 @@
 //!
 //! - RabbitMQ: the backend is async at its core. The async types await lapin's own futures
 //!   on the caller's runtime (no `block_on`, no `spawn_blocking`, no polling: a `recv`
-//!   waits for the broker's push). The blocking types run the same async code with
+//!   waits for the broker's push; only lapin's connect resolves the broker's address on
+//!   tokio's blocking pool). The blocking types run the same async code with
 //!   `block_on` on a small runtime each queue owns; called where a tokio runtime is current
 //!   (a task, `Runtime::block_on`, `spawn_blocking` too), every blocking call on a RabbitMQ
 //!   queue (`create`, `open`, `producer`, `consumer`, `send`, `recv`, `ack`, `stats`,
