@@ -220,30 +220,28 @@ struct Refusals {
     refused: u32,
     /// Calls that panicked (the old behaviour), by name.
     panicked: Vec<String>,
+    /// Calls that returned anything else (success included), with what they returned.
+    unexpected: Vec<String>,
 }
 
 impl Refusals {
-    /// Makes the blocking call `call` named `what`; a panic is caught and recorded, any
-    /// outcome other than the expected error (success included) is an error.
+    /// Makes the blocking call `call` named `what` and records how it went: refused as it
+    /// should be, a panic (caught), or anything else.
     fn check<R>(&mut self, what: &str, call: impl FnOnce() -> ipc_core::Result<R>) -> Result<()> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
-            Err(_) => {
-                self.panicked.push(what.to_owned());
-                Ok(())
-            }
+            Err(_) => self.panicked.push(what.to_owned()),
             Ok(Err(err))
                 if err.kind() == ErrorKind::InvalidInput
                     && err.to_string().contains("inside a tokio runtime") =>
             {
                 self.refused += 1;
-                Ok(())
             }
-            Ok(Err(err)) => bail!(
-                "{what} inside a runtime: unexpected error {:?}: {err}",
-                err.kind()
-            ),
-            Ok(Ok(_)) => bail!("{what} inside a runtime succeeded"),
+            Ok(Err(err)) => self
+                .unexpected
+                .push(format!("{what}: error {:?}: {err}", err.kind())),
+            Ok(Ok(_)) => self.unexpected.push(format!("{what}: succeeded")),
         }
+        Ok(())
     }
 }
 
@@ -312,11 +310,13 @@ fn blocking_in_runtime(args: &Args) -> Result<()> {
         }
         Ok::<Refusals, anyhow::Error>(r)
     })?;
-    if !outcome.panicked.is_empty() {
+    if !outcome.panicked.is_empty() || !outcome.unexpected.is_empty() {
         bail!(
-            "{} blocking calls panicked inside a runtime: {}",
+            "inside a runtime, {} blocking calls panicked ({}) and {} did not fail as they should ({})",
             outcome.panicked.len(),
-            outcome.panicked.join(", ")
+            outcome.panicked.join(", "),
+            outcome.unexpected.len(),
+            outcome.unexpected.join("; ")
         );
     }
     let count = outcome.refused;
