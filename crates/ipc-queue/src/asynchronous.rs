@@ -345,9 +345,10 @@ impl AsyncQueue {
 /// reached the broker); the handle stays usable.
 ///
 /// Embedded: the message is encoded on the calling task, then appended and synced on
-/// tokio's blocking pool. RabbitMQ: published and its confirm awaited on the runtime, with
-/// the blocking producer's reconnection and outbox.
-pub struct AsyncProducer<T: ?Sized> {
+/// tokio's blocking pool (dropped inside a runtime, the producer's final sync of what
+/// `Durability::Interval` or `Never` left unsynced runs there too). RabbitMQ: published and
+/// its confirm awaited on the runtime, with the blocking producer's reconnection and outbox.
+pub struct AsyncProducer<T: ?Sized + 'static> {
     backend: ProducerBackend<T>,
 }
 
@@ -507,7 +508,20 @@ impl<T: Serialize + Sync + ?Sized + 'static> ipc_core::AsyncSender for AsyncProd
     }
 }
 
-impl<T: ?Sized> std::fmt::Debug for AsyncProducer<T> {
+impl<T: ?Sized + 'static> Drop for AsyncProducer<T> {
+    fn drop(&mut self) {
+        // An embedded producer with unsynced messages (`Durability::Interval`, `Never`)
+        // syncs them when it goes: on the blocking pool, not on a runtime thread.
+        if let ProducerBackend::Embedded { producer, .. } = &self.backend
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let producer = Arc::clone(producer);
+            drop(handle.spawn_blocking(move || drop(producer)));
+        }
+    }
+}
+
+impl<T: ?Sized + 'static> std::fmt::Debug for AsyncProducer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.backend {
             ProducerBackend::Embedded { .. } => f.write_str("AsyncProducer(embedded)"),
@@ -736,6 +750,37 @@ mod tests {
         assert_eq!(got, ["a", "b", "c"]);
         assert_eq!(queue.stats().await?.depth, 0);
         queue.delete().await?;
+        Ok(())
+    }
+
+    #[test]
+    fn handles_dropped_by_a_runtime_shutting_down_do_not_panic() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("ipcq-async-down-{}", fastrand::u64(..)));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|err| Error::io("build a runtime", err))?;
+        let options = ProducerOptions::new().with_durability(crate::Durability::Never);
+        let (producer, consumer) = runtime.block_on(async {
+            let queue = AsyncQueue::create(&dir, &QueueConfig::new()).await?;
+            let mut producer = queue.producer::<String>(options).await?;
+            producer.send(&"unsynced".to_owned()).await?;
+            Ok::<_, Error>((producer, queue.consumer::<String>().await?))
+        })?;
+        // Tasks that own handles, still waiting when the runtime goes.
+        runtime.spawn(async move {
+            let _owned = (producer, consumer);
+            std::future::pending::<()>().await;
+        });
+        drop(runtime);
+        let queue = Queue::open(&dir)?;
+        let mut consumer = queue.consumer::<String>()?;
+        assert_eq!(
+            consumer.recv_timeout(Duration::from_secs(30))?.message(),
+            "unsynced"
+        );
+        std::fs::remove_dir_all(&dir).ok();
         Ok(())
     }
 
