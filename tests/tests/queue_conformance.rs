@@ -499,14 +499,30 @@ fn async_handles_survive_a_cancelled_recv_and_drop_inside_a_runtime(
         let consumer = queue.consumer::<String>().await?;
         Ok::<_, anyhow::Error>((queue, producer, consumer))
     })?;
+    // And handles owned by a task still waiting when its runtime shuts down.
+    let (queue, producer, consumer) = handles;
+    let more = runtime.block_on(async {
+        let mut producer = queue.producer::<String>(ProducerOptions::new()).await?;
+        producer.send(&"also left".to_owned()).await?;
+        Ok::<_, anyhow::Error>((producer, queue.consumer::<String>().await?))
+    })?;
+    runtime.spawn(async move {
+        let _owned = more;
+        std::future::pending::<()>().await;
+    });
     drop(runtime);
-    drop(handles);
-    // The message is still there for the blocking api.
+    drop((queue, producer, consumer));
+    // The messages are still there for the blocking api.
     let queue = Queue::open(&address)?;
     let mut consumer = queue.consumer::<String>()?;
-    let delivery = consumer.recv_timeout(WAIT)?;
-    assert_eq!(delivery.message(), "left behind");
-    consumer.ack(&delivery)?;
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        let delivery = consumer.recv_timeout(WAIT)?;
+        texts.push(delivery.message().clone());
+        consumer.ack(&delivery)?;
+    }
+    texts.sort();
+    assert_eq!(texts, ["also left", "left behind"]);
     Ok(())
 }
 
