@@ -27,7 +27,8 @@
 //!   runtime. The producer sends `AmqpItem`s 0..N, one at a time, printing `progress I`
 //!   after every P, and ends with `ok sent=N reconnections=R`; the consumer prints `ready` once its consumer is open,
 //!   receives until it has seen all of 0..N (checking payloads; duplicates allowed),
-//!   acknowledging each, and prints `ok distinct=N deliveries=D`.
+//!   acknowledging each (an ack refused because its connection was lost is counted), and
+//!   prints `ok distinct=N deliveries=D ack_errors=E`.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -365,7 +366,7 @@ fn async_consume(args: &Args) -> Result<()> {
         let mut consumer = queue.consumer::<AmqpItem>().await?;
         say("ready")?;
         let mut seen = vec![false; usize::try_from(count).context("count")?];
-        let (mut distinct, mut deliveries) = (0u64, 0u64);
+        let (mut distinct, mut deliveries, mut ack_errors) = (0u64, 0u64, 0u64);
         let mut expected = Vec::new();
         while distinct < count {
             let delivery = consumer.recv_timeout(Duration::from_secs(60)).await?;
@@ -383,8 +384,18 @@ fn async_consume(args: &Args) -> Result<()> {
                 *slot = true;
                 distinct += 1;
             }
-            consumer.ack(&delivery).await?;
+            // An ack that cannot be delivered (its connection was lost) is reported; the
+            // message comes again.
+            if let Err(err) = consumer.ack(&delivery).await {
+                if !matches!(err.kind(), ErrorKind::PeerClosed | ErrorKind::PeerDied) {
+                    return Err(err.into());
+                }
+                eprintln!("async-consume: {err}");
+                ack_errors += 1;
+            }
         }
-        say(&format!("ok distinct={distinct} deliveries={deliveries}"))
+        say(&format!(
+            "ok distinct={distinct} deliveries={deliveries} ack_errors={ack_errors}"
+        ))
     })
 }
