@@ -1,6 +1,6 @@
 //! ipc-queue's RabbitMQ backend across real processes (`ipc-peer` roles): a producer that
 //! exits before its consumer starts, and a stream that survives the broker closing every
-//! connection in the middle. Without `IPC_AMQP_URL` every test prints that it was skipped.
+//! connection in the middle (with the blocking and with the async API). Without `IPC_AMQP_URL` every test prints that it was skipped.
 
 use std::time::Duration;
 
@@ -153,4 +153,54 @@ fn cut_mid_stream(url: &str, count: u64) -> Result<(usize, String, String)> {
         "closed {closed} connections; {produced}; {consumed}"
     );
     Ok((closed, produced, consumed))
+}
+
+#[test]
+fn async_handles_reconnect_when_the_broker_closes_all_connections_mid_stream() -> Result<()> {
+    let _watchdog = Watchdog::new("amqp async restart", Duration::from_secs(600));
+    let Some(url) = amqp_url("amqp async restart") else {
+        return Ok(());
+    };
+    // As above: each attempt checks that nothing was lost; one must have cut the stream.
+    for count in [3000u64, 8000, 20000] {
+        let name = TestQueue::new(&url, "ipcq-async-restart");
+        Queue::create(name.address(), &QueueConfig::new())?;
+        let count_s = count.to_string();
+        let address = name.address_arg();
+        let common = ["--address", address.as_str(), "--count", count_s.as_str()];
+        let mut consumer = Peer::spawn_role("async consumer", "async-consume", common)?;
+        consumer.expect_prefixed("ready", WAIT)?;
+        let mut producer = Peer::spawn_role(
+            "async producer",
+            "async-produce",
+            common
+                .iter()
+                .copied()
+                .chain(["--size", "200", "--progress-every", "200"]),
+        )?;
+        producer.expect_prefixed("progress", WAIT)?;
+        let closed = close_connections_of(name.name())?;
+        let produced = producer.expect_prefixed("ok ", WAIT * 2)?;
+        ensure!(
+            field(&produced, "sent") == Some(count_s.as_str()),
+            "{produced}"
+        );
+        producer.wait_success(WAIT)?;
+        let consumed = consumer.expect_prefixed("ok ", WAIT * 2)?;
+        ensure!(
+            field(&consumed, "distinct") == Some(count_s.as_str()),
+            "{consumed}"
+        );
+        consumer.wait_success(WAIT)?;
+        ensure!(
+            closed >= 1,
+            "closed {closed} connections; {produced}; {consumed}"
+        );
+        let reconnections: u64 = field(&produced, "reconnections").unwrap_or("0").parse()?;
+        println!("count={count} closed={closed} producer: {produced} consumer: {consumed}");
+        if reconnections >= 1 {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the async producer never saw its connection cut mid-stream in 3 attempts")
 }

@@ -123,3 +123,76 @@ fn an_ack_for_a_lost_connection_is_reported_and_the_message_comes_again() -> Res
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     Ok(())
 }
+
+#[test]
+fn the_async_api_on_rabbitmq_sends_and_receives_without_the_blocking_pool() -> Result<()> {
+    let test = "amqp async without a blocking pool";
+    let _watchdog = Watchdog::new(test, Duration::from_secs(120));
+    let Some(url) = amqp_url(test) else {
+        return Ok(());
+    };
+    let name = TestQueue::new(&url, "ipcq-sem-async");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // Connecting resolves the broker's address, which lapin does on the blocking pool:
+        // connect first.
+        let queue = ipc_queue::AsyncQueue::create(name.address(), &QueueConfig::new()).await?;
+        let mut first = queue.consumer::<String>().await?;
+        let mut second = queue.consumer::<String>().await?;
+        let mut producer = queue.producer::<String>(ProducerOptions::new()).await?;
+        // Then one task holds the only blocking-pool thread: from here on any
+        // `spawn_blocking` (or a blocking wait on the runtime's only thread) would hang,
+        // and the watchdog would end the test.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (taken, occupied) = tokio::sync::oneshot::channel::<()>();
+        let hog = tokio::task::spawn_blocking(move || {
+            let _ = taken.send(());
+            let _ = held.recv();
+        });
+        occupied.await?;
+        // A consumer waits before anything is sent.
+        let waiting = tokio::spawn(async move {
+            let delivery = first.recv().await?;
+            first.ack(&delivery).await?;
+            Ok::<_, ipc_core::Error>(delivery.into_message())
+        });
+        producer.send(&"no blocking pool".to_owned()).await?;
+        assert_eq!(waiting.await??, "no blocking pool");
+        producer
+            .send_batch(&[&"a".to_owned(), &"b".to_owned()])
+            .await?;
+        let mut texts = Vec::new();
+        for _ in 0..2 {
+            let delivery = second.recv_timeout(WAIT).await?;
+            texts.push(delivery.message().clone());
+            second.nack(&delivery, None).await?;
+        }
+        for _ in 0..2 {
+            let again = second.recv_timeout(WAIT).await?;
+            assert!(again.deliveries() >= 2, "{}", again.deliveries());
+            texts.push(again.message().clone());
+            second.reject(&again, "done").await?;
+        }
+        texts.sort();
+        assert_eq!(texts, ["a", "a", "b", "b"]);
+        assert!(second.try_recv().await?.is_none());
+        release.send(())?;
+        hog.await?;
+        let mut dead = queue
+            .dead_letters()?
+            .consumer::<ipc_queue::DeadLetter>()
+            .await?;
+        for _ in 0..2 {
+            let letter = dead.recv_timeout(WAIT).await?;
+            dead.ack(&letter).await?;
+        }
+        assert_eq!(queue.stats().await?.depth, 0);
+        drop(second);
+        queue.delete().await?;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}

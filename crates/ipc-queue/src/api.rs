@@ -33,6 +33,11 @@ macro_rules! dispatch {
 /// Everything here behaves the same on both backends, except where `AMQP.md` lists a
 /// difference (what `stats` can count, sequence numbers per producer on RabbitMQ, no delayed
 /// `nack` there, ...).
+///
+/// This is the blocking API. On RabbitMQ its calls (on the queue and on its producers and
+/// consumers) fail with [`InvalidInput`](ErrorKind::InvalidInput) where a tokio runtime is
+/// current, instead of blocking (or panicking) there: in async code use
+/// `AsyncQueue` (`Queue::create_async`, `Queue::open_async`; feature `tokio`).
 #[derive(Clone, Debug)]
 pub struct Queue {
     address: Address,
@@ -208,7 +213,7 @@ impl Queue {
 
 /// Without the `amqp` feature a broker address is an error.
 #[cfg(not(feature = "amqp"))]
-fn no_amqp(address: &Address) -> ipc_core::Error {
+pub(crate) fn no_amqp(address: &Address) -> ipc_core::Error {
     ipc_core::Error::new(
         ErrorKind::InvalidInput,
         format!("{address}: ipc-queue was built without its `amqp` feature"),
@@ -282,27 +287,6 @@ impl<T: Serialize + ?Sized> Producer<T> {
             ProducerBackend::Embedded(_) => 0,
             #[cfg(feature = "amqp")]
             ProducerBackend::Amqp(producer) => producer.reconnections(),
-        }
-    }
-
-    #[cfg(feature = "tokio")]
-    pub(crate) fn max_message_len(&self) -> usize {
-        match &self.backend {
-            ProducerBackend::Embedded(producer) => {
-                producer.queue().config().max_message_len() as usize
-            }
-            #[cfg(feature = "amqp")]
-            ProducerBackend::Amqp(producer) => producer.max_message_len(),
-        }
-    }
-
-    /// Sends a message already encoded (by [`ipc_core::encode_to_vec`]) as a `T`.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn send_encoded(&mut self, payload: &[u8]) -> Result<Receipt> {
-        match &mut self.backend {
-            ProducerBackend::Embedded(producer) => producer.send_encoded(payload),
-            #[cfg(feature = "amqp")]
-            ProducerBackend::Amqp(producer) => producer.send_encoded(payload.to_vec()),
         }
     }
 }
@@ -393,11 +377,6 @@ impl<T: DeserializeOwned> Consumer<T> {
     /// it was rejected).
     pub fn reject(&mut self, delivery: &Delivery<T>, reason: &str) -> Result<()> {
         self.reject_ticket(&delivery.ticket, reason)
-    }
-
-    #[cfg(feature = "tokio")]
-    pub(crate) fn is_embedded(&self) -> bool {
-        matches!(self.backend, ConsumerBackend::Embedded(_))
     }
 
     pub(crate) fn ack_ticket(&mut self, ticket: &Ticket) -> Result<()> {

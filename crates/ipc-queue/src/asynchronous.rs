@@ -1,83 +1,499 @@
-//! Async (tokio) wrappers: the blocking producer and consumer run on tokio's blocking pool
-//! (`spawn_blocking`). Waiting for messages is a tokio sleep between non-blocking polls
-//! (embedded) or short blocking receives on the blocking pool (RabbitMQ).
+//! The async API (feature `tokio`): [`AsyncQueue`], [`AsyncProducer`], [`AsyncConsumer`],
+//! the same queue on either backend behind the same types.
+//!
+//! RabbitMQ: the backend is async at its core; these types await its async fns (lapin's
+//! own futures, each with its deadline) on the caller's runtime, where the connections run.
+//! Nothing here goes through `block_on` or `spawn_blocking` (lapin resolves the broker's
+//! address on the blocking pool when it connects), and a `recv` waits for lapin's consumer
+//! stream: no polling.
+//!
+//! Embedded: appends, `fdatasync` and the consumer's file lock and state-log writes are
+//! blocking syscalls (a sync takes 0.1 to several ms), so each of those calls runs on
+//! tokio's blocking pool (`spawn_blocking`), never on a runtime thread. Waiting for a message
+//! is not a blocking call: between non-blocking looks at the log a `recv` sleeps on the
+//! runtime's timer, 50 µs doubling to 5 ms, the blocking consumer's back-off.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_core::{Error, ErrorKind, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
 
-use crate::api::{Consumer, Producer};
-use crate::delivery::{Delivery, Receipt};
+use crate::address::{Address, Target};
+#[cfg(feature = "amqp")]
+use crate::amqp::{AmqpConsumer, AmqpOptions, AmqpProducer, AmqpQueue, Settle};
+use crate::api::Queue;
+use crate::config::{ProducerOptions, QueueConfig};
+use crate::consumer::EmbeddedConsumer;
+use crate::delivery::{Delivery, Receipt, Ticket};
+use crate::producer::EmbeddedProducer;
+use crate::queue::{EmbeddedQueue, Stats};
 
-/// How long one blocking receive from a broker waits before the async side looks again.
-const POLL: Duration = Duration::from_millis(200);
+/// The connection options of a broker queue (nothing without the `amqp` feature).
+#[cfg(feature = "amqp")]
+type Options = AmqpOptions;
+#[cfg(not(feature = "amqp"))]
+type Options = ();
 
-fn locked<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
-    mutex
-        .lock()
-        .map_err(|_| Error::new(ErrorKind::Poisoned, "a blocking queue call panicked"))
+/// The embedded consumer's back-off between looks at an empty log.
+const FIRST_NAP: Duration = Duration::from_micros(50);
+const LONGEST_NAP: Duration = Duration::from_millis(5);
+
+/// Runs blocking file work on tokio's blocking pool: an error, not a panic, outside a
+/// tokio runtime.
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "the async queue api needs a tokio runtime (with io and time enabled)",
+        )
+    })?;
+    handle.spawn_blocking(work).await.map_err(|err| {
+        Error::new(
+            ErrorKind::Other,
+            format!("blocking queue task failed: {err}"),
+        )
+    })?
 }
 
-fn blocking<R: Send + 'static>(
-    work: impl FnOnce() -> Result<R> + Send + 'static,
-) -> impl Future<Output = Result<R>> + Send + 'static {
-    let task = tokio::task::spawn_blocking(work);
-    async move {
-        task.await.map_err(|err| {
-            Error::new(
-                ErrorKind::Other,
-                format!("blocking queue task failed: {err}"),
-            )
-        })?
+impl Queue {
+    /// [`AsyncQueue::create`]: creates the queue at `address` for async code.
+    pub async fn create_async(
+        address: impl Into<Address>,
+        config: &QueueConfig,
+    ) -> Result<AsyncQueue> {
+        AsyncQueue::create(address, config).await
+    }
+
+    /// [`AsyncQueue::open`]: opens the queue at `address` for async code.
+    pub async fn open_async(address: impl Into<Address>) -> Result<AsyncQueue> {
+        AsyncQueue::open(address).await
+    }
+
+    /// [`AsyncQueue::open_or_create`]: opens or creates the queue at `address` for async
+    /// code.
+    pub async fn open_or_create_async(
+        address: impl Into<Address>,
+        config: &QueueConfig,
+    ) -> Result<AsyncQueue> {
+        AsyncQueue::open_or_create(address, config).await
     }
 }
 
-/// A [`Producer`] for async code (feature `tokio`; needs a tokio runtime).
+/// A durable queue for async code (feature `tokio`), embedded or on RabbitMQ, picked by its
+/// [`Address`]: the async twin of [`Queue`], with the same behaviour and the same
+/// differences between backends. Cheap to clone.
 ///
-/// The message is encoded on the calling task, then stored (appended and synced, or
-/// published and confirmed) on tokio's blocking pool. A `send` future dropped before it completes may or may not have sent the
-/// message (the append goes on in the background); the handle stays usable.
-pub struct AsyncProducer<T: ?Sized> {
-    inner: Arc<Mutex<Producer<T>>>,
-    max_len: usize,
-    buf: Vec<u8>,
+/// Use it inside a tokio runtime with its io and time drivers (`#[tokio::main]`,
+/// `Builder::enable_all`); outside one, its calls fail with
+/// [`InvalidInput`](ErrorKind::InvalidInput). On RabbitMQ its handles' connections run on
+/// the runtime the queue was opened on: keep that runtime running while they are in use.
+/// (The blocking [`Queue`] refuses to work on RabbitMQ inside a runtime, with the same
+/// error kind.)
+///
+/// # Example
+///
+/// ```
+/// use ipc_queue::{AsyncQueue, ProducerOptions, QueueConfig};
+///
+/// # let dir = std::env::temp_dir().join(format!("ipc-queue-async-doc-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// // With "amqp://guest:guest@127.0.0.1:5672/%2f#jobs" instead of a directory, the same
+/// // code runs on RabbitMQ.
+/// let queue = AsyncQueue::create(&dir, &QueueConfig::new()).await?;
+/// let mut producer = queue.producer::<String>(ProducerOptions::new()).await?;
+/// let mut consumer = queue.consumer::<String>().await?;
+/// let receipt = producer.send(&"resize".to_owned()).await?;
+///
+/// // A recv dropped before it returns loses nothing: the message stays for the next one.
+/// let early = tokio::time::timeout(std::time::Duration::ZERO, consumer.recv()).await;
+/// let delivery = match early {
+///     Ok(delivery) => delivery?,
+///     Err(_elapsed) => consumer.recv().await?,
+/// };
+/// assert_eq!(delivery.message(), "resize");
+/// assert_eq!(delivery.seq(), receipt.seq());
+/// consumer.ack(&delivery).await?;
+/// assert_eq!(queue.stats().await?.depth, 0);
+/// queue.delete().await?;
+/// # Ok::<(), ipc_queue::core::Error>(())
+/// # })?;
+/// # Ok::<(), ipc_queue::core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct AsyncQueue {
+    address: Address,
+    backend: QueueBackend,
 }
 
-impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
-    /// Wraps a producer.
-    pub fn new(producer: Producer<T>) -> AsyncProducer<T> {
-        let max_len = producer.max_message_len();
-        AsyncProducer {
-            inner: Arc::new(Mutex::new(producer)),
-            max_len,
-            buf: Vec::new(),
+#[derive(Clone, Debug)]
+enum QueueBackend {
+    Embedded(EmbeddedQueue),
+    #[cfg(feature = "amqp")]
+    Amqp(AmqpQueue),
+}
+
+impl AsyncQueue {
+    /// Creates the queue at `address`, like [`Queue::create`] (the same errors).
+    pub async fn create(address: impl Into<Address>, config: &QueueConfig) -> Result<AsyncQueue> {
+        AsyncQueue::create_inner(address.into(), config, &Options::default()).await
+    }
+
+    /// Opens the existing queue at `address`, like [`Queue::open`].
+    pub async fn open(address: impl Into<Address>) -> Result<AsyncQueue> {
+        AsyncQueue::open_inner(address.into(), &Options::default()).await
+    }
+
+    /// Opens the queue at `address`, creating it with `config` if there is none, like
+    /// [`Queue::open_or_create`].
+    pub async fn open_or_create(
+        address: impl Into<Address>,
+        config: &QueueConfig,
+    ) -> Result<AsyncQueue> {
+        let address = address.into();
+        if let Target::Dir(path) = address.target() {
+            let (path, config) = (path.to_owned(), config.clone());
+            let queue = blocking(move || EmbeddedQueue::open_or_create(path, &config)).await?;
+            return Ok(AsyncQueue {
+                backend: QueueBackend::Embedded(queue),
+                address,
+            });
+        }
+        match AsyncQueue::create(&address, config).await {
+            Err(err) if err.kind() == ErrorKind::AlreadyExists => AsyncQueue::open(address).await,
+            other => other,
         }
     }
 
-    /// Sends `message`; the receipt means what [`Producer::send`]'s does.
-    pub async fn send(&mut self, message: &T) -> Result<Receipt> {
-        self.buf.clear();
-        ipc_core::encode_to_vec(message, &mut self.buf, self.max_len)?;
-        let payload = std::mem::take(&mut self.buf);
-        let inner = Arc::clone(&self.inner);
-        let (payload, receipt) = blocking(move || {
-            let receipt = locked(&inner)?.send_encoded(&payload);
-            Ok((payload, receipt))
-        })
-        .await?;
-        self.buf = payload;
-        receipt
+    /// [`create`](AsyncQueue::create) with connection options for a RabbitMQ address
+    /// (ignored for a directory).
+    #[cfg(feature = "amqp")]
+    pub async fn create_with(
+        address: impl Into<Address>,
+        config: &QueueConfig,
+        options: &AmqpOptions,
+    ) -> Result<AsyncQueue> {
+        AsyncQueue::create_inner(address.into(), config, options).await
     }
 
-    /// Syncs everything sent, like [`Producer::flush`].
-    pub async fn flush(&mut self) -> Result<()> {
-        let inner = Arc::clone(&self.inner);
-        blocking(move || locked(&inner)?.flush()).await
+    /// [`open`](AsyncQueue::open) with connection options for a RabbitMQ address (ignored
+    /// for a directory).
+    #[cfg(feature = "amqp")]
+    pub async fn open_with(
+        address: impl Into<Address>,
+        options: &AmqpOptions,
+    ) -> Result<AsyncQueue> {
+        AsyncQueue::open_inner(address.into(), options).await
     }
+
+    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+    async fn create_inner(
+        address: Address,
+        config: &QueueConfig,
+        options: &Options,
+    ) -> Result<AsyncQueue> {
+        let backend = match address.target() {
+            Target::Dir(path) => {
+                let (path, config) = (path.to_owned(), config.clone());
+                QueueBackend::Embedded(
+                    blocking(move || EmbeddedQueue::create(path, &config)).await?,
+                )
+            }
+            #[cfg(feature = "amqp")]
+            Target::Amqp(parts) => {
+                let (url, name) = parts?;
+                QueueBackend::Amqp(AmqpQueue::create_async(url, name, config, options).await?)
+            }
+            #[cfg(not(feature = "amqp"))]
+            Target::Amqp(parts) => {
+                return Err(parts.err().unwrap_or_else(|| crate::api::no_amqp(&address)));
+            }
+        };
+        Ok(AsyncQueue { address, backend })
+    }
+
+    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+    async fn open_inner(address: Address, options: &Options) -> Result<AsyncQueue> {
+        let backend = match address.target() {
+            Target::Dir(path) => {
+                let path = path.to_owned();
+                QueueBackend::Embedded(blocking(move || EmbeddedQueue::open(path)).await?)
+            }
+            #[cfg(feature = "amqp")]
+            Target::Amqp(parts) => {
+                let (url, name) = parts?;
+                QueueBackend::Amqp(AmqpQueue::open_async(url, name, options).await?)
+            }
+            #[cfg(not(feature = "amqp"))]
+            Target::Amqp(parts) => {
+                return Err(parts.err().unwrap_or_else(|| crate::api::no_amqp(&address)));
+            }
+        };
+        Ok(AsyncQueue { address, backend })
+    }
+
+    /// Where the queue lives.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The directory of an embedded queue; `None` on RabbitMQ.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.address.path()
+    }
+
+    /// The configuration, as [`Queue::config`] gives it.
+    pub fn config(&self) -> &QueueConfig {
+        match &self.backend {
+            QueueBackend::Embedded(queue) => queue.config(),
+            #[cfg(feature = "amqp")]
+            QueueBackend::Amqp(queue) => queue.config(),
+        }
+    }
+
+    /// Opens a producer of `T` messages.
+    pub async fn producer<T: Serialize + ?Sized + 'static>(
+        &self,
+        options: ProducerOptions,
+    ) -> Result<AsyncProducer<T>> {
+        let backend = match &self.backend {
+            QueueBackend::Embedded(queue) => {
+                let queue = queue.clone();
+                let producer = blocking(move || queue.producer::<T>(options)).await?;
+                let max_len = producer.queue().config().max_message_len() as usize;
+                ProducerBackend::Embedded {
+                    producer: Arc::new(Mutex::new(producer)),
+                    max_len,
+                    buf: Vec::new(),
+                }
+            }
+            #[cfg(feature = "amqp")]
+            QueueBackend::Amqp(queue) => {
+                ProducerBackend::Amqp(Box::new(queue.producer_async(options).await?))
+            }
+        };
+        Ok(AsyncProducer { backend })
+    }
+
+    /// Opens a consumer of `T` messages, competing with the queue's other consumers (in
+    /// this and other processes), like [`Queue::consumer`].
+    pub async fn consumer<T: DeserializeOwned + Send + 'static>(&self) -> Result<AsyncConsumer<T>> {
+        let backend = match &self.backend {
+            QueueBackend::Embedded(queue) => {
+                let queue = queue.clone();
+                let consumer = blocking(move || queue.consumer::<T>()).await?;
+                ConsumerBackend::Embedded(Arc::new(Mutex::new(EmbeddedSide {
+                    consumer,
+                    pending: None,
+                })))
+            }
+            #[cfg(feature = "amqp")]
+            QueueBackend::Amqp(queue) => {
+                ConsumerBackend::Amqp(Box::new(queue.consumer_async().await?))
+            }
+        };
+        Ok(AsyncConsumer { backend })
+    }
+
+    /// The dead-letter queue, like [`Queue::dead_letters`].
+    pub fn dead_letters(&self) -> Result<AsyncQueue> {
+        let backend = match &self.backend {
+            QueueBackend::Embedded(queue) => QueueBackend::Embedded(queue.dead_letters()?),
+            #[cfg(feature = "amqp")]
+            QueueBackend::Amqp(queue) => QueueBackend::Amqp(queue.dead_letters()?),
+        };
+        Ok(AsyncQueue {
+            address: self.address.dead_letters(),
+            backend,
+        })
+    }
+
+    /// Looks inside, like [`Queue::stats`].
+    pub async fn stats(&self) -> Result<Stats> {
+        match &self.backend {
+            QueueBackend::Embedded(queue) => {
+                let queue = queue.clone();
+                blocking(move || queue.stats()).await
+            }
+            #[cfg(feature = "amqp")]
+            QueueBackend::Amqp(queue) => queue.stats_async().await,
+        }
+    }
+
+    /// Deletes the queue, its dead-letter queue and all their messages, like
+    /// [`Queue::delete`].
+    pub async fn delete(self) -> Result<()> {
+        match self.backend {
+            QueueBackend::Embedded(queue) => blocking(move || queue.delete()).await,
+            #[cfg(feature = "amqp")]
+            QueueBackend::Amqp(queue) => queue.delete_async().await,
+        }
+    }
+}
+
+/// Sends `T` messages to a queue from async code; opened by [`AsyncQueue::producer`].
+/// A receipt means what [`Producer::send`](crate::Producer::send)'s does.
+///
+/// Cancellation: a `send` future dropped before it completes may or may not have sent its
+/// message (embedded: the append goes on in the background; RabbitMQ: the publish may have
+/// reached the broker); the handle stays usable.
+///
+/// Embedded: the message is encoded on the calling task, then appended and synced on
+/// tokio's blocking pool (dropped inside a runtime, the producer's final sync of what
+/// `Durability::Interval` or `Never` left unsynced runs there too). RabbitMQ: published and
+/// its confirm awaited on the runtime, with the blocking producer's reconnection and outbox.
+pub struct AsyncProducer<T: ?Sized + 'static> {
+    backend: ProducerBackend<T>,
+}
+
+enum ProducerBackend<T: ?Sized> {
+    Embedded {
+        producer: Arc<Mutex<EmbeddedProducer<T>>>,
+        max_len: usize,
+        buf: Vec<u8>,
+    },
+    /// Boxed: a connection's state is large beside the embedded variant's pointer.
+    #[cfg(feature = "amqp")]
+    Amqp(Box<AmqpProducer<T>>),
+}
+
+impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
+    /// Sends `message`, returning once it is stored (on a full queue, waiting or failing
+    /// per [`WhenFull`](crate::WhenFull)), like [`Producer::send`](crate::Producer::send).
+    pub async fn send(&mut self, message: &T) -> Result<Receipt> {
+        match &mut self.backend {
+            ProducerBackend::Embedded {
+                producer,
+                max_len,
+                buf,
+            } => {
+                buf.clear();
+                ipc_core::encode_to_vec(message, buf, *max_len)?;
+                let payload = std::mem::take(buf);
+                let mut guard = Arc::clone(producer).lock_owned().await;
+                let (payload, receipt) = blocking(move || {
+                    let receipt = guard.send_encoded(&payload);
+                    Ok((payload, receipt))
+                })
+                .await?;
+                *buf = payload;
+                receipt
+            }
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.send_async(message).await,
+        }
+    }
+
+    /// Sends `message` without waiting for room: [`Full`](ErrorKind::Full) on a full
+    /// queue, like [`Producer::try_send`](crate::Producer::try_send).
+    pub async fn try_send(&mut self, message: &T) -> Result<Receipt> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.try_send_async(message).await,
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, &[message], true, None, None)
+                .await
+                .map(one),
+        }
+    }
+
+    /// Sends `message`, waiting at most `timeout` for room, like
+    /// [`Producer::send_timeout`](crate::Producer::send_timeout).
+    pub async fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<Receipt> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.send_timeout_async(message, timeout).await,
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, &[message], false, Some(timeout), None)
+                .await
+                .map(one),
+        }
+    }
+
+    /// Sends `message` with its own time-to-live, like
+    /// [`Producer::send_with_ttl`](crate::Producer::send_with_ttl).
+    pub async fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.send_with_ttl_async(message, ttl).await,
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, &[message], false, None, Some(ttl))
+                .await
+                .map(one),
+        }
+    }
+
+    /// Sends a batch, like [`Producer::send_batch`](crate::Producer::send_batch): one
+    /// receipt per message, in order (embedded: one append and one sync, all or nothing;
+    /// RabbitMQ: pipelined, not atomic).
+    pub async fn send_batch(&mut self, messages: &[&T]) -> Result<Vec<Receipt>> {
+        match &mut self.backend {
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => {
+                producer.send_batch_async(messages.iter().copied()).await
+            }
+            ProducerBackend::Embedded {
+                producer, max_len, ..
+            } => send_embedded(producer, *max_len, messages, false, None, None).await,
+        }
+    }
+
+    /// Syncs everything sent, like [`Producer::flush`](crate::Producer::flush) (nothing
+    /// to do on RabbitMQ, where every send waited for its confirm).
+    pub async fn flush(&mut self) -> Result<()> {
+        match &mut self.backend {
+            ProducerBackend::Embedded { producer, .. } => {
+                let mut guard = Arc::clone(producer).lock_owned().await;
+                blocking(move || guard.flush()).await
+            }
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(_) => Ok(()),
+        }
+    }
+
+    /// How many times this producer re-established its connection to the broker (0 on
+    /// the embedded backend).
+    pub fn reconnections(&self) -> u64 {
+        match &self.backend {
+            ProducerBackend::Embedded { .. } => 0,
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.reconnections(),
+        }
+    }
+}
+
+/// Encodes `messages` on the calling task and stores them in one append on the blocking
+/// pool.
+async fn send_embedded<T: Serialize + ?Sized + 'static>(
+    producer: &Arc<Mutex<EmbeddedProducer<T>>>,
+    max_len: usize,
+    messages: &[&T],
+    try_only: bool,
+    timeout: Option<Duration>,
+    ttl: Option<Duration>,
+) -> Result<Vec<Receipt>> {
+    let mut payloads = Vec::with_capacity(messages.len());
+    for message in messages {
+        let mut payload = Vec::new();
+        ipc_core::encode_to_vec(*message, &mut payload, max_len)?;
+        payloads.push(payload);
+    }
+    let mut guard = Arc::clone(producer).lock_owned().await;
+    blocking(move || guard.send_encoded_with(&payloads, try_only, timeout, ttl)).await
+}
+
+/// The one receipt of a one-message batch.
+fn one(receipts: Vec<Receipt>) -> Receipt {
+    receipts.into_iter().next().unwrap_or(Receipt::new(0))
 }
 
 impl<T: Serialize + Sync + ?Sized + 'static> ipc_core::AsyncSender for AsyncProducer<T> {
@@ -92,94 +508,190 @@ impl<T: Serialize + Sync + ?Sized + 'static> ipc_core::AsyncSender for AsyncProd
     }
 }
 
-struct ConsumerState<T> {
-    consumer: Consumer<T>,
-    /// A delivery received by a blocking poll whose future was dropped: the next `recv`
-    /// returns it, so cancelling a `recv` loses nothing.
+impl<T: ?Sized + 'static> Drop for AsyncProducer<T> {
+    fn drop(&mut self) {
+        // An embedded producer with unsynced messages (`Durability::Interval`, `Never`)
+        // syncs them when it goes: on the blocking pool, not on a runtime thread.
+        if let ProducerBackend::Embedded { producer, .. } = &self.backend
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let producer = Arc::clone(producer);
+            drop(handle.spawn_blocking(move || drop(producer)));
+        }
+    }
+}
+
+impl<T: ?Sized + 'static> std::fmt::Debug for AsyncProducer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            ProducerBackend::Embedded { .. } => f.write_str("AsyncProducer(embedded)"),
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => producer.fmt(f),
+        }
+    }
+}
+
+struct EmbeddedSide<T> {
+    consumer: EmbeddedConsumer<T>,
+    /// A delivery taken from the log by a look whose `recv` future was dropped: the next
+    /// `recv` returns it, so cancelling a `recv` loses nothing.
     pending: Option<Delivery<T>>,
 }
 
-/// A [`Consumer`] for async code (feature `tokio`; needs a tokio runtime).
+/// Receives `T` messages from a queue in async code; opened by [`AsyncQueue::consumer`].
+/// The same delivery semantics as [`Consumer`](crate::Consumer): at least once; settle
+/// each [`Delivery`] with [`ack`](AsyncConsumer::ack), [`nack`](AsyncConsumer::nack) or
+/// [`reject`](AsyncConsumer::reject).
 ///
-/// `recv` polls without blocking on tokio's blocking pool and sleeps on the runtime between
-/// polls (embedded), or waits in short blocking receives there (RabbitMQ). A `recv` future
-/// dropped before it completes loses no message: the next `recv` returns it.
+/// Cancellation: a `recv` (or `recv_timeout`, `try_recv`) future dropped before it
+/// completes loses no message: the next receive returns it. A settlement future dropped
+/// before it completes may or may not have settled (an unsettled delivery comes back).
+///
+/// Waiting: RabbitMQ awaits the broker's push (lapin's consumer stream, bounded by the
+/// prefetch); embedded looks at the log on tokio's blocking pool and sleeps on the
+/// runtime's timer between looks (50 µs doubling to 5 ms, so a message that arrives while
+/// the queue is idle is seen within about 5 ms).
 pub struct AsyncConsumer<T> {
-    inner: Arc<Mutex<ConsumerState<T>>>,
+    backend: ConsumerBackend<T>,
+}
+
+enum ConsumerBackend<T> {
+    Embedded(Arc<Mutex<EmbeddedSide<T>>>),
+    /// Boxed: a connection's state is large beside the embedded variant's pointer.
+    #[cfg(feature = "amqp")]
+    Amqp(Box<AmqpConsumer<T>>),
+}
+
+/// How a delivery is settled.
+enum How {
+    Ack,
+    Nack(Option<Duration>),
+    Reject(String),
 }
 
 impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
-    /// Wraps a consumer.
-    pub fn new(consumer: Consumer<T>) -> AsyncConsumer<T> {
-        AsyncConsumer {
-            inner: Arc::new(Mutex::new(ConsumerState {
-                consumer,
-                pending: None,
-            })),
-        }
-    }
-
-    /// Receives the next message, waiting for one; settle it with
-    /// [`ack`](AsyncConsumer::ack), [`nack`](AsyncConsumer::nack) or
-    /// [`reject`](AsyncConsumer::reject).
+    /// Receives the next message, waiting for one; the same errors as
+    /// [`Consumer::recv`](crate::Consumer::recv).
     pub async fn recv(&mut self) -> Result<Delivery<T>> {
-        let mut backoff = Duration::from_micros(100);
-        loop {
-            let inner = Arc::clone(&self.inner);
-            let got = blocking(move || {
-                let mut state = locked(&inner)?;
-                if state.pending.is_none() {
-                    state.pending = if state.consumer.is_embedded() {
-                        state.consumer.try_recv()?
-                    } else {
-                        match state.consumer.recv_timeout(POLL) {
-                            Ok(delivery) => Some(delivery),
-                            Err(err) if err.kind() == ErrorKind::Timeout => None,
-                            Err(err) => return Err(err),
-                        }
-                    };
-                }
-                Ok(state.pending.is_some())
-            })
-            .await?;
-            if got && let Some(delivery) = locked(&self.inner)?.pending.take() {
-                return Ok(delivery);
-            }
-            if locked(&self.inner)?.consumer.is_embedded() {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(5));
-            }
+        match &mut self.backend {
+            ConsumerBackend::Embedded(side) => embedded_recv(side, None).await,
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => consumer.recv_async(None).await,
         }
     }
 
-    /// Acknowledges a delivery, like [`Consumer::ack`].
-    pub fn ack(
-        &mut self,
-        delivery: &Delivery<T>,
-    ) -> impl Future<Output = Result<()>> + Send + use<T> {
-        let (inner, ticket) = (Arc::clone(&self.inner), delivery.ticket.clone());
-        blocking(move || locked(&inner)?.consumer.ack_ticket(&ticket))
+    /// Receives the next message, waiting at most `timeout`:
+    /// [`Timeout`](ErrorKind::Timeout) if none came.
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery<T>> {
+        match &mut self.backend {
+            ConsumerBackend::Embedded(side) => embedded_recv(side, Some(timeout)).await,
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => consumer.recv_async(Some(timeout)).await,
+        }
     }
 
-    /// Gives a delivery back, like [`Consumer::nack`].
-    pub fn nack(
-        &mut self,
+    /// Receives the next message if one is ready.
+    pub async fn try_recv(&mut self) -> Result<Option<Delivery<T>>> {
+        match &mut self.backend {
+            ConsumerBackend::Embedded(side) => embedded_look(side).await,
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => consumer.try_recv_async().await,
+        }
+    }
+
+    /// Acknowledges a delivery, like [`Consumer::ack`](crate::Consumer::ack).
+    pub fn ack<'a>(
+        &'a mut self,
+        delivery: &Delivery<T>,
+    ) -> impl Future<Output = Result<()>> + Send + use<'a, T> {
+        self.settle(delivery.ticket.clone(), How::Ack)
+    }
+
+    /// Gives a delivery back, like [`Consumer::nack`](crate::Consumer::nack) (a delay is
+    /// embedded only).
+    pub fn nack<'a>(
+        &'a mut self,
         delivery: &Delivery<T>,
         delay: Option<Duration>,
-    ) -> impl Future<Output = Result<()>> + Send + use<T> {
-        let (inner, ticket) = (Arc::clone(&self.inner), delivery.ticket.clone());
-        blocking(move || locked(&inner)?.consumer.nack_ticket(&ticket, delay))
+    ) -> impl Future<Output = Result<()>> + Send + use<'a, T> {
+        self.settle(delivery.ticket.clone(), How::Nack(delay))
     }
 
-    /// Dead-letters a delivery, like [`Consumer::reject`].
-    pub fn reject(
-        &mut self,
+    /// Sends a delivery to the dead-letter queue with `reason`, like
+    /// [`Consumer::reject`](crate::Consumer::reject).
+    pub fn reject<'a>(
+        &'a mut self,
         delivery: &Delivery<T>,
         reason: &str,
-    ) -> impl Future<Output = Result<()>> + Send + use<T> {
-        let (inner, ticket) = (Arc::clone(&self.inner), delivery.ticket.clone());
-        let reason = reason.to_owned();
-        blocking(move || locked(&inner)?.consumer.reject_ticket(&ticket, &reason))
+    ) -> impl Future<Output = Result<()>> + Send + use<'a, T> {
+        self.settle(delivery.ticket.clone(), How::Reject(reason.to_owned()))
+    }
+
+    async fn settle(&mut self, ticket: Ticket, how: How) -> Result<()> {
+        match &mut self.backend {
+            ConsumerBackend::Embedded(side) => {
+                let mut guard = Arc::clone(side).lock_owned().await;
+                blocking(move || match how {
+                    How::Ack => guard.consumer.ack(&ticket),
+                    How::Nack(delay) => guard.consumer.nack(&ticket, delay),
+                    How::Reject(reason) => guard.consumer.reject(&ticket, &reason),
+                })
+                .await
+            }
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => {
+                let (how, delay) = match how {
+                    How::Ack => (Settle::Ack, None),
+                    How::Nack(delay) => (Settle::Requeue, delay),
+                    How::Reject(_) => (Settle::Reject, None),
+                };
+                consumer.settle_async(&ticket, how, delay).await
+            }
+        }
+    }
+}
+
+/// One non-blocking look at the log, on the blocking pool. What it finds is parked in
+/// `pending` before the lock is released, so a dropped caller loses nothing.
+async fn embedded_look<T: DeserializeOwned + Send + 'static>(
+    side: &Arc<Mutex<EmbeddedSide<T>>>,
+) -> Result<Option<Delivery<T>>> {
+    let mut guard = Arc::clone(side).lock_owned().await;
+    if let Some(delivery) = guard.pending.take() {
+        return Ok(Some(delivery));
+    }
+    let mut guard = blocking(move || {
+        guard.pending = guard.consumer.try_recv()?;
+        Ok(guard)
+    })
+    .await?;
+    Ok(guard.pending.take())
+}
+
+async fn embedded_recv<T: DeserializeOwned + Send + 'static>(
+    side: &Arc<Mutex<EmbeddedSide<T>>>,
+    timeout: Option<Duration>,
+) -> Result<Delivery<T>> {
+    let started = tokio::time::Instant::now();
+    let deadline = timeout.map(|timeout| started + timeout);
+    let mut nap = FIRST_NAP;
+    loop {
+        if let Some(delivery) = embedded_look(side).await? {
+            return Ok(delivery);
+        }
+        let mut sleep = nap;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("no message within {} ms", started.elapsed().as_millis()),
+                ));
+            }
+            sleep = sleep.min(left);
+        }
+        tokio::time::sleep(sleep).await;
+        nap = (nap * 2).min(LONGEST_NAP);
     }
 }
 
@@ -196,21 +708,30 @@ impl<T: DeserializeOwned + Send + 'static> ipc_core::AsyncReceiver for AsyncCons
     }
 }
 
+impl<T> std::fmt::Debug for AsyncConsumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            ConsumerBackend::Embedded(_) => f.write_str("AsyncConsumer(embedded)"),
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => consumer.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ProducerOptions, Queue, QueueConfig};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn async_producer_and_consumer_round_trip() -> Result<()> {
+    #[tokio::test(flavor = "current_thread")]
+    async fn async_producer_and_consumer_round_trip_on_one_thread() -> Result<()> {
         let dir = std::env::temp_dir().join(format!(
             "ipcq-async-{}-{}",
             std::process::id(),
             fastrand::u64(..)
         ));
-        let queue = Queue::create(&dir, &QueueConfig::new())?;
-        let mut producer = AsyncProducer::new(queue.producer::<String>(ProducerOptions::new())?);
-        let mut consumer = AsyncConsumer::new(queue.consumer::<String>()?);
+        let queue = AsyncQueue::create(&dir, &QueueConfig::new()).await?;
+        let mut producer = queue.producer::<String>(ProducerOptions::new()).await?;
+        let mut consumer = queue.consumer::<String>().await?;
         let receiving = tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..3 {
@@ -227,8 +748,60 @@ mod tests {
             .await
             .map_err(|err| Error::new(ErrorKind::Other, err.to_string()))??;
         assert_eq!(got, ["a", "b", "c"]);
-        assert_eq!(queue.stats()?.depth, 0);
+        assert_eq!(queue.stats().await?.depth, 0);
+        queue.delete().await?;
+        Ok(())
+    }
+
+    #[test]
+    fn handles_dropped_by_a_runtime_shutting_down_do_not_panic() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("ipcq-async-down-{}", fastrand::u64(..)));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|err| Error::io("build a runtime", err))?;
+        let options = ProducerOptions::new().with_durability(crate::Durability::Never);
+        let (producer, consumer) = runtime.block_on(async {
+            let queue = AsyncQueue::create(&dir, &QueueConfig::new()).await?;
+            let mut producer = queue.producer::<String>(options).await?;
+            producer.send(&"unsynced".to_owned()).await?;
+            Ok::<_, Error>((producer, queue.consumer::<String>().await?))
+        })?;
+        // Tasks that own handles, still waiting when the runtime goes.
+        runtime.spawn(async move {
+            let _owned = (producer, consumer);
+            std::future::pending::<()>().await;
+        });
+        drop(runtime);
+        let queue = Queue::open(&dir)?;
+        let mut consumer = queue.consumer::<String>()?;
+        assert_eq!(
+            consumer.recv_timeout(Duration::from_secs(30))?.message(),
+            "unsynced"
+        );
         std::fs::remove_dir_all(&dir).ok();
         Ok(())
+    }
+
+    #[test]
+    fn outside_a_runtime_the_async_api_is_an_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("ipcq-async-none-{}", fastrand::u64(..)));
+        let err = futures_lite_block_on(AsyncQueue::create(&dir, &QueueConfig::new())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("tokio runtime"), "{err}");
+        assert!(!dir.exists());
+    }
+
+    /// Polls `future` to completion on this thread, outside any tokio runtime.
+    fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+                return value;
+            }
+            std::thread::yield_now();
+        }
     }
 }

@@ -166,6 +166,48 @@ impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
         Ok(Receipt::new(seq))
     }
 
+    /// Sends already encoded messages (the async producer encodes on its own task) in one
+    /// append and one sync, like [`send_batch`](EmbeddedProducer::send_batch): without
+    /// waiting for room (`try_only`), waiting at most `timeout`, or per [`WhenFull`]; each
+    /// with the queue's time-to-live, or `ttl` if that is shorter.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_encoded_with(
+        &mut self,
+        payloads: &[Vec<u8>],
+        try_only: bool,
+        timeout: Option<Duration>,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<Receipt>> {
+        let wait = match (try_only, timeout, self.options.when_full) {
+            (true, _, _) | (false, None, WhenFull::Fail) => Wait::No,
+            (false, Some(timeout), _) => Wait::Until(Some(Instant::now() + timeout)),
+            (false, None, WhenFull::Wait) => Wait::Until(None),
+        };
+        let now = fsx::now_ms();
+        let queue_ttl = (self.queue.config.ttl_ms != 0).then_some(self.queue.config.ttl_ms);
+        let own_ttl = ttl.map(|ttl| (ttl.as_millis() as u64).max(1));
+        let expires = match (queue_ttl, own_ttl) {
+            (None, None) => 0,
+            (Some(ttl), None) | (None, Some(ttl)) => now.saturating_add(ttl),
+            (Some(a), Some(b)) => now.saturating_add(a.min(b)),
+        };
+        self.appender.begin_batch();
+        for payload in payloads {
+            self.appender.push(now, expires, |buf, max| {
+                if payload.len() > max {
+                    return Err(Error::new(
+                        ErrorKind::TooLarge,
+                        format!("message of {} bytes exceeds limit of {max}", payload.len()),
+                    ));
+                }
+                buf.extend_from_slice(payload);
+                Ok(payload.len())
+            })?;
+        }
+        let (first, n) = self.commit(wait)?;
+        Ok((first..first + n as u64).map(Receipt::new).collect())
+    }
+
     fn push(&mut self, message: &T) -> Result<()> {
         self.push_with_ttl(message, None)
     }

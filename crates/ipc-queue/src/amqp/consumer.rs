@@ -41,7 +41,8 @@ pub(crate) struct AmqpConsumer<T> {
 }
 
 impl<T: DeserializeOwned> AmqpConsumer<T> {
-    pub(crate) fn open(shared: Arc<Shared>, queue: String) -> Result<AmqpConsumer<T>> {
+    /// Connects a consumer (awaited on the queue's runtime by the blocking API).
+    pub(crate) async fn open(shared: Arc<Shared>, queue: String) -> Result<AmqpConsumer<T>> {
         let mut consumer = AmqpConsumer {
             shared,
             queue,
@@ -49,10 +50,8 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
             generation: 0,
             _type: PhantomData,
         };
-        let shared = Arc::clone(&consumer.shared);
-        shared
-            .handle
-            .block_on(consumer.ensure_link(deadline_after(shared.options.timeout)))?;
+        let deadline = deadline_after(consumer.shared.options.timeout);
+        consumer.ensure_link(deadline).await?;
         Ok(consumer)
     }
 
@@ -62,12 +61,19 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
     /// message that is not a `T` (it is rejected to the dead-letter queue; the next
     /// call goes on).
     pub(crate) fn recv(&mut self) -> Result<Delivery<T>> {
-        self.recv_until(None)
+        let shared = Arc::clone(&self.shared);
+        shared.block_on("recv", self.recv_until(None))
     }
 
     /// Receives the next message if one is already buffered.
     pub(crate) fn try_recv(&mut self) -> Result<Option<Delivery<T>>> {
-        match self.recv_until(Some(deadline_after(Duration::ZERO))) {
+        let shared = Arc::clone(&self.shared);
+        shared.block_on("try_recv", self.try_recv_async())
+    }
+
+    /// [`try_recv`](AmqpConsumer::try_recv), awaited.
+    pub(crate) async fn try_recv_async(&mut self) -> Result<Option<Delivery<T>>> {
+        match self.recv_until(Some(deadline_after(Duration::ZERO))).await {
             Ok(delivery) => Ok(Some(delivery)),
             Err(err) if err.kind() == ErrorKind::Timeout => Ok(None),
             Err(err) => Err(err),
@@ -77,7 +83,19 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
     /// Receives the next message, waiting at most `timeout`:
     /// [`Timeout`](ErrorKind::Timeout) if none came.
     pub(crate) fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery<T>> {
-        self.recv_until(Some(deadline_after(timeout)))
+        let shared = Arc::clone(&self.shared);
+        shared.block_on(
+            "recv_timeout",
+            self.recv_until(Some(deadline_after(timeout))),
+        )
+    }
+
+    /// Receives the next message, waiting until `deadline` if given (forever if not).
+    /// Cancel-safe: dropped before it returns, it has taken no delivery from lapin's
+    /// buffer. (An undecodable delivery whose reject was cut short stays unacknowledged:
+    /// the broker delivers it again once this consumer's connection closes.)
+    pub(crate) async fn recv_async(&mut self, timeout: Option<Duration>) -> Result<Delivery<T>> {
+        self.recv_until(timeout.map(deadline_after)).await
     }
 
     /// Acknowledges a delivery: the broker forgets the message.
@@ -89,18 +107,26 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
         self.settle(ticket, Settle::Ack)
     }
 
+    /// Settles a delivery (ack, requeue or reject), awaited.
+    pub(crate) async fn settle_async(
+        &mut self,
+        ticket: &Ticket,
+        how: Settle,
+        delay: Option<Duration>,
+    ) -> Result<()> {
+        if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+            return Err(no_delay(delay));
+        }
+        self.settle_inner(ticket, how).await
+    }
+
     /// Gives a delivery back to the queue (AMQP `basic.nack` with requeue); its delivery
     /// count goes up. RabbitMQ has no delayed requeue: a `delay` is
     /// [`InvalidInput`](ErrorKind::InvalidInput).
     pub(crate) fn nack(&mut self, ticket: &Ticket, delay: Option<Duration>) -> Result<()> {
+        super::outside_runtime("nack")?;
         if let Some(delay) = delay.filter(|d| !d.is_zero()) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "the amqp backend cannot requeue after a delay ({} ms asked)",
-                    delay.as_millis()
-                ),
-            ));
+            return Err(no_delay(delay));
         }
         self.settle(ticket, Settle::Requeue)
     }
@@ -114,6 +140,11 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
     }
 
     fn settle(&mut self, ticket: &Ticket, how: Settle) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        shared.block_on(how.name(), self.settle_inner(ticket, how))
+    }
+
+    async fn settle_inner(&mut self, ticket: &Ticket, how: Settle) -> Result<()> {
         let seq = ticket.seq;
         let BackendTicket::Amqp { acker, generation } = &ticket.backend else {
             return Err(Error::new(
@@ -135,10 +166,8 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
                 ),
             ));
         }
-        let shared = Arc::clone(&self.shared);
-        let deadline = deadline_after(shared.options.timeout);
-        let result = shared.handle.block_on(settle(acker, how, deadline));
-        match result {
+        let deadline = deadline_after(self.shared.options.timeout);
+        match settle(acker, how, deadline).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::new(
                 ErrorKind::PeerClosed,
@@ -149,52 +178,50 @@ impl<T: DeserializeOwned> AmqpConsumer<T> {
                 ),
             )),
             Err(err) => {
-                shared.handle.block_on(self.drop_link());
+                self.drop_link().await;
                 Err(err)
             }
         }
     }
 
-    fn recv_until(&mut self, deadline: Option<Deadline>) -> Result<Delivery<T>> {
+    async fn recv_until(&mut self, deadline: Option<Deadline>) -> Result<Delivery<T>> {
         let shared = Arc::clone(&self.shared);
-        shared.handle.block_on(async {
-            loop {
-                // Connecting is bounded by the call deadline, or by the queue's timeout per
-                // attempt when waiting forever.
-                let connect_deadline =
-                    deadline.unwrap_or_else(|| deadline_after(shared.options.timeout));
-                match self.ensure_link(connect_deadline).await {
-                    Ok(()) => {}
-                    Err(err) if deadline.is_none() && err.kind() == ErrorKind::Timeout => continue,
-                    Err(err) => return Err(err),
-                }
-                let Some(link) = self.link.as_mut() else {
-                    continue;
-                };
-                let next = poll_fn(|cx| Pin::new(&mut link.consumer).poll_next(cx));
-                let item = match deadline {
-                    Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
-                        Ok(item) => item,
-                        Err(_) => {
-                            return Err(Error::new(
-                                ErrorKind::Timeout,
-                                format!("no message from amqp queue {} in time", self.queue),
-                            ));
-                        }
-                    },
-                    None => next.await,
-                };
-                match item {
-                    Some(Ok(delivery)) => {
-                        let generation = self.generation;
-                        return self.convert(delivery, generation).await;
-                    }
-                    // The consumer ended (connection lost, channel closed, consumer
-                    // cancelled): start again on a new connection.
-                    Some(Err(_)) | None => self.drop_link().await,
-                }
+        loop {
+            // Connecting is bounded by the call deadline, or by the queue's timeout per
+            // attempt when waiting forever.
+            let connect_deadline =
+                deadline.unwrap_or_else(|| deadline_after(shared.options.timeout));
+            match self.ensure_link(connect_deadline).await {
+                Ok(()) => {}
+                Err(err) if deadline.is_none() && err.kind() == ErrorKind::Timeout => continue,
+                Err(err) => return Err(err),
             }
-        })
+            let Some(link) = self.link.as_mut() else {
+                continue;
+            };
+            let next = poll_fn(|cx| Pin::new(&mut link.consumer).poll_next(cx));
+            let item = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("no message from amqp queue {} in time", self.queue),
+                        ));
+                    }
+                },
+                None => next.await,
+            };
+            match item {
+                Some(Ok(delivery)) => {
+                    let generation = self.generation;
+                    return self.convert(delivery, generation).await;
+                }
+                // The consumer ended (connection lost, channel closed, consumer
+                // cancelled): start again on a new connection.
+                Some(Err(_)) | None => self.drop_link().await,
+            }
+        }
     }
 
     async fn convert(
@@ -364,6 +391,16 @@ async fn settle(acker: &Acker, how: Settle, deadline: Deadline) -> Result<bool> 
     }
 }
 
+fn no_delay(delay: Duration) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "the amqp backend cannot requeue after a delay ({} ms asked)",
+            delay.as_millis()
+        ),
+    )
+}
+
 /// An integer header of any AMQP integer type, if it is there and not negative.
 fn header_u64(headers: &FieldTable, key: &str) -> Option<u64> {
     match headers.inner().get(key)? {
@@ -427,13 +464,8 @@ fn death_reason(headers: &FieldTable) -> Option<String> {
 impl<T> Drop for AmqpConsumer<T> {
     fn drop(&mut self) {
         if let Some(link) = self.link.take() {
-            // Politely close; inside an async runtime, blocking is not allowed: close in
-            // the background instead.
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.shared.handle.spawn(link.link.close());
-            } else {
-                self.shared.handle.block_on(link.link.close());
-            }
+            // Politely close; in the background where blocking is not allowed.
+            self.shared.close_on_drop(link.link.close());
         }
     }
 }

@@ -1,14 +1,20 @@
 //! The RabbitMQ backend: the queue API over AMQP 0-9-1 through lapin.
 //!
-//! Every handle owns its own connection and channel, driven by a small tokio runtime that
-//! the [`AmqpQueue`] and its handles share. Every await has a deadline; a lost connection is
-//! re-established with back-off inside the call that found it lost. `AMQP.md` documents the
-//! wire contract and the differences from the embedded backend.
+//! The backend is async at its core: every operation is an async fn over lapin's own
+//! futures. A queue opened through the async API ([`AsyncQueue`](crate::AsyncQueue)) runs
+//! its connections on the caller's tokio runtime and awaits those fns directly. A queue
+//! opened through the blocking API owns a small tokio runtime (shared by its handles) and
+//! each blocking call is a `block_on` of the same fn there; called inside a tokio runtime
+//! (where that `block_on` would panic) it fails with
+//! [`InvalidInput`](ErrorKind::InvalidInput) instead. Every await has a deadline; a lost
+//! connection is re-established with back-off inside the call that found it lost.
+//! `AMQP.md` documents the wire contract and the differences from the embedded backend.
 
 mod consumer;
 mod link;
 mod producer;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::config::{ProducerOptions, QueueConfig};
 use crate::queue::Stats;
 
-pub(crate) use self::consumer::AmqpConsumer;
+pub(crate) use self::consumer::{AmqpConsumer, Settle};
 pub(crate) use self::producer::AmqpProducer;
 
 use self::link::{Link, deadline_after};
@@ -99,10 +105,21 @@ impl AmqpOptions {
     }
 }
 
+/// How a queue's handles run their futures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Blocking calls, each a `block_on` on the queue's own runtime.
+    Blocking,
+    /// Async calls, awaited on the caller's runtime.
+    Async,
+}
+
 /// What a queue handle shares with its producers and consumers.
 pub(crate) struct Shared {
-    /// Where the blocking calls run their futures and lapin runs its connections.
+    /// Where lapin runs its connections: the queue's own runtime (blocking API), or the
+    /// runtime the async queue was opened on.
     pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) mode: Mode,
     /// Owned only to be shut down without blocking when the last handle goes (which may
     /// happen inside an async task, where dropping a runtime would panic).
     runtime: Option<tokio::runtime::Runtime>,
@@ -130,14 +147,62 @@ impl Shared {
     pub(crate) fn dead_name(&self) -> String {
         dead_letter_name(&self.name)
     }
+
+    /// Runs `future` to completion on the queue's own runtime, for the blocking call
+    /// `what`: an error, not a panic, inside a tokio runtime or on an async queue.
+    pub(crate) fn block_on<R>(
+        &self,
+        what: &str,
+        future: impl Future<Output = Result<R>>,
+    ) -> Result<R> {
+        outside_runtime(what)?;
+        if self.mode != Mode::Blocking {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the blocking {what} was called on a handle of an async queue; await its async methods"
+                ),
+            ));
+        }
+        self.handle.block_on(future)
+    }
+
+    /// Closes `link` when its handle is dropped: in the background on a runtime when
+    /// blocking is not allowed (inside any tokio runtime, or for an async queue), else
+    /// waiting for the close handshake on the queue's own runtime.
+    pub(crate) fn close_on_drop(&self, close: impl Future<Output = ()> + Send + 'static) {
+        if self.mode == Mode::Async || tokio::runtime::Handle::try_current().is_ok() {
+            // Spawning onto a runtime that is shutting down drops the task: the connection
+            // then closes without the handshake (the broker requeues what was unacked).
+            drop(self.handle.spawn(close));
+        } else {
+            self.handle.block_on(close);
+        }
+    }
+}
+
+/// [`InvalidInput`](ErrorKind::InvalidInput) if the blocking call `what` is made where a
+/// tokio runtime is current: blocking on the queue's runtime there would panic (and would
+/// stall the caller's runtime). This includes `spawn_blocking` threads, which tokio cannot
+/// tell apart here.
+pub(crate) fn outside_runtime(what: &str) -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the blocking queue api ({what}) was called inside a tokio runtime; use the async api there (Queue::create_async, Queue::open_async)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A durable queue on a RabbitMQ broker: a quorum queue (replicated, fsynced before it
 /// confirms) with a dead-letter queue beside it. Cheap to clone; open producers and
 /// consumers from it, in any process on any machine that reaches the broker.
 ///
-/// The blocking calls must not be made from inside an async runtime (they block on their
-/// own runtime).
+/// Its blocking calls fail with [`InvalidInput`](ErrorKind::InvalidInput) inside a tokio
+/// runtime; an async queue awaits the same async fns on the caller's runtime.
 #[derive(Clone)]
 pub(crate) struct AmqpQueue {
     shared: Arc<Shared>,
@@ -159,62 +224,111 @@ impl AmqpQueue {
         config: &QueueConfig,
         options: &AmqpOptions,
     ) -> Result<AmqpQueue> {
+        outside_runtime("create")?;
         config.validate()?;
-        let queue = AmqpQueue::new(url, name, config.clone(), options)?;
-        let shared = Arc::clone(&queue.shared);
-        let dead = shared.dead_name();
-        let arguments = queue_arguments(config, &dead)?;
-        shared.handle.block_on(async {
-            let deadline = deadline_after(shared.options.timeout);
-            let mut link = Link::connect_once(&shared, deadline, "create").await?;
-            match link.declare_passive(name, deadline).await {
-                Ok(_) => {
-                    return Err(Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!("amqp queue {name} already exists"),
-                    ));
-                }
-                Err(err) if err.kind() == ErrorKind::NotFound => {}
-                Err(err) => return Err(err),
-            }
-            // A failed passive declare closes the channel: declare on a new one.
-            let mut link = Link::connect_once(&shared, deadline, "create").await?;
-            link.declare(&dead, dead_arguments(), deadline).await?;
-            link.declare(name, arguments, deadline).await?;
-            link.close().await;
-            Ok(())
-        })?;
+        let queue = AmqpQueue::new(url, name, config.clone(), options, Mode::Blocking)?;
+        queue.shared.block_on("create", queue.declare_new())?;
         Ok(queue)
+    }
+
+    /// [`create_with`](AmqpQueue::create_with) for an async queue, on the caller's runtime.
+    pub(crate) async fn create_async(
+        url: &str,
+        name: &str,
+        config: &QueueConfig,
+        options: &AmqpOptions,
+    ) -> Result<AmqpQueue> {
+        config.validate()?;
+        let queue = AmqpQueue::new(url, name, config.clone(), options, Mode::Async)?;
+        queue.declare_new().await?;
+        Ok(queue)
+    }
+
+    /// Declares the queue and its dead-letter queue: `AlreadyExists` if the queue is there.
+    async fn declare_new(&self) -> Result<()> {
+        let shared = &*self.shared;
+        let name = shared.name.as_str();
+        let dead = shared.dead_name();
+        let arguments = queue_arguments(&self.config, &dead)?;
+        let deadline = deadline_after(shared.options.timeout);
+        let mut link = Link::connect_once(shared, deadline, "create").await?;
+        match link.declare_passive(name, deadline).await {
+            Ok(_) => {
+                link.close().await;
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("amqp queue {name} already exists"),
+                ));
+            }
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        // A failed passive declare closes the channel: declare on a new one.
+        let mut link = Link::connect_once(shared, deadline, "create").await?;
+        link.declare(&dead, dead_arguments(), deadline).await?;
+        link.declare(name, arguments, deadline).await?;
+        link.close().await;
+        Ok(())
     }
 
     /// Opens the existing queue `name` on the broker at `url`, connecting with `options`.
     pub(crate) fn open_with(url: &str, name: &str, options: &AmqpOptions) -> Result<AmqpQueue> {
-        // AMQP cannot read the queue's configuration back: accept messages up to the largest
-        // length any queue may be created with (the broker bounds them too).
-        let config = QueueConfig::new().with_max_message_len(crate::config::MAX_MESSAGE_LEN_LIMIT);
-        let queue = AmqpQueue::new(url, name, config, options)?;
+        outside_runtime("open")?;
+        let queue = AmqpQueue::new(url, name, opened_config(), options, Mode::Blocking)?;
         queue.stats()?;
         Ok(queue)
     }
 
-    fn new(url: &str, name: &str, config: QueueConfig, options: &AmqpOptions) -> Result<AmqpQueue> {
+    /// [`open_with`](AmqpQueue::open_with) for an async queue, on the caller's runtime.
+    pub(crate) async fn open_async(
+        url: &str,
+        name: &str,
+        options: &AmqpOptions,
+    ) -> Result<AmqpQueue> {
+        let queue = AmqpQueue::new(url, name, opened_config(), options, Mode::Async)?;
+        queue.stats_async().await?;
+        Ok(queue)
+    }
+
+    fn new(
+        url: &str,
+        name: &str,
+        config: QueueConfig,
+        options: &AmqpOptions,
+        mode: Mode,
+    ) -> Result<AmqpQueue> {
         if name.is_empty() || name.len() > 200 {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("amqp queue name of {} bytes (1 to 200 allowed)", name.len()),
             ));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("ipc-queue-amqp")
-            .enable_all()
-            .build()
-            .map_err(|err| Error::io("start the amqp runtime", err))?;
+        let (handle, runtime) = match mode {
+            Mode::Blocking => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("ipc-queue-amqp")
+                    .enable_all()
+                    .build()
+                    .map_err(|err| Error::io("start the amqp runtime", err))?;
+                (runtime.handle().clone(), Some(runtime))
+            }
+            Mode::Async => {
+                let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::new(
+                        ErrorKind::InvalidInput,
+                        "the async queue api on rabbitmq needs a tokio runtime (with io and time enabled)",
+                    )
+                })?;
+                (handle, None)
+            }
+        };
         let bounded = config.max_messages != 0 || config.max_bytes != 0;
         Ok(AmqpQueue {
             shared: Arc::new(Shared {
-                handle: runtime.handle().clone(),
-                runtime: Some(runtime),
+                handle,
+                mode,
+                runtime,
                 url: url.to_owned(),
                 name: name.to_owned(),
                 options: options.clone(),
@@ -239,12 +353,31 @@ impl AmqpQueue {
         &self,
         options: ProducerOptions,
     ) -> Result<AmqpProducer<T>> {
-        AmqpProducer::open(Arc::clone(&self.shared), options)
+        self.shared.block_on(
+            "producer",
+            AmqpProducer::open(Arc::clone(&self.shared), options),
+        )
+    }
+
+    /// [`producer`](AmqpQueue::producer), awaited.
+    pub(crate) async fn producer_async<T: Serialize + ?Sized>(
+        &self,
+        options: ProducerOptions,
+    ) -> Result<AmqpProducer<T>> {
+        AmqpProducer::open(Arc::clone(&self.shared), options).await
     }
 
     /// Opens a consumer of `T` messages, competing with the queue's other consumers.
     pub(crate) fn consumer<T: DeserializeOwned>(&self) -> Result<AmqpConsumer<T>> {
-        AmqpConsumer::open(Arc::clone(&self.shared), self.shared.name.clone())
+        self.shared.block_on(
+            "consumer",
+            AmqpConsumer::open(Arc::clone(&self.shared), self.shared.name.clone()),
+        )
+    }
+
+    /// [`consumer`](AmqpQueue::consumer), awaited.
+    pub(crate) async fn consumer_async<T: DeserializeOwned>(&self) -> Result<AmqpConsumer<T>> {
+        AmqpConsumer::open(Arc::clone(&self.shared), self.shared.name.clone()).await
     }
 
     /// The dead-letter queue `NAME.dead`, whose consumers hand out
@@ -260,6 +393,7 @@ impl AmqpQueue {
         Ok(AmqpQueue {
             shared: Arc::new(Shared {
                 handle: shared.handle.clone(),
+                mode: shared.mode,
                 runtime: None,
                 url: shared.url.clone(),
                 name: shared.dead_name(),
@@ -277,56 +411,69 @@ impl AmqpQueue {
 
     /// Counts from the broker: ready messages, consumers, dead letters.
     pub(crate) fn stats(&self) -> Result<Stats> {
-        let shared = &self.shared;
-        shared.handle.block_on(async {
-            let deadline = deadline_after(shared.options.timeout);
-            let mut link = Link::connect_once(shared, deadline, "stats").await?;
-            let main = link.declare_passive(&shared.name, deadline).await?;
-            let dead = if shared.is_dead_letter {
-                0
-            } else {
-                match link.declare_passive(&shared.dead_name(), deadline).await {
-                    Ok(dead) => u64::from(dead.message_count()),
-                    Err(err) if err.kind() == ErrorKind::NotFound => 0,
-                    Err(err) => return Err(err),
-                }
-            };
-            link.close().await;
-            Ok(Stats {
-                depth: u64::from(main.message_count()),
-                dead_letters: dead,
-                unacked: None,
-                delayed: None,
-                oldest_age: None,
-                consumers: Some(u64::from(main.consumer_count())),
-                storage: None,
-            })
+        self.shared.block_on("stats", self.stats_async())
+    }
+
+    /// [`stats`](AmqpQueue::stats), awaited.
+    pub(crate) async fn stats_async(&self) -> Result<Stats> {
+        let shared = &*self.shared;
+        let deadline = deadline_after(shared.options.timeout);
+        let mut link = Link::connect_once(shared, deadline, "stats").await?;
+        let main = link.declare_passive(&shared.name, deadline).await?;
+        let dead = if shared.is_dead_letter {
+            0
+        } else {
+            match link.declare_passive(&shared.dead_name(), deadline).await {
+                Ok(dead) => u64::from(dead.message_count()),
+                Err(err) if err.kind() == ErrorKind::NotFound => 0,
+                Err(err) => return Err(err),
+            }
+        };
+        link.close().await;
+        Ok(Stats {
+            depth: u64::from(main.message_count()),
+            dead_letters: dead,
+            unacked: None,
+            delayed: None,
+            oldest_age: None,
+            consumers: Some(u64::from(main.consumer_count())),
+            storage: None,
         })
     }
 
     /// Deletes the queue and its dead-letter queue from the broker, with their messages.
     pub(crate) fn delete(&self) -> Result<()> {
-        let shared = &self.shared;
+        self.shared.block_on("delete", self.delete_async())
+    }
+
+    /// [`delete`](AmqpQueue::delete), awaited.
+    pub(crate) async fn delete_async(&self) -> Result<()> {
+        let shared = &*self.shared;
         let mut names = vec![shared.name.clone()];
         if !shared.is_dead_letter {
             names.push(shared.dead_name());
         }
-        shared.handle.block_on(async {
-            let deadline = deadline_after(shared.options.timeout);
-            let link = Link::connect_once(shared, deadline, "delete").await?;
-            for name in names {
-                link::with_deadline(
-                    deadline,
-                    "delete queue",
-                    link.channel
-                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
-                )
-                .await?;
-            }
-            link.close().await;
-            Ok(())
-        })
+        let deadline = deadline_after(shared.options.timeout);
+        let link = Link::connect_once(shared, deadline, "delete").await?;
+        for name in names {
+            link::with_deadline(
+                deadline,
+                "delete queue",
+                link.channel
+                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await?;
+        }
+        link.close().await;
+        Ok(())
     }
+}
+
+/// The configuration of an opened queue: AMQP cannot read the queue's configuration back,
+/// so accept messages up to the largest length any queue may be created with (the broker
+/// bounds them too).
+fn opened_config() -> QueueConfig {
+    QueueConfig::new().with_max_message_len(crate::config::MAX_MESSAGE_LEN_LIMIT)
 }
 
 impl std::fmt::Debug for AmqpQueue {

@@ -46,7 +46,11 @@ enum Round {
 }
 
 impl<T: Serialize + ?Sized> AmqpProducer<T> {
-    pub(crate) fn open(shared: Arc<Shared>, options: ProducerOptions) -> Result<AmqpProducer<T>> {
+    /// Connects a producer (awaited on the queue's runtime by the blocking API).
+    pub(crate) async fn open(
+        shared: Arc<Shared>,
+        options: ProducerOptions,
+    ) -> Result<AmqpProducer<T>> {
         let mut producer = AmqpProducer {
             shared,
             options,
@@ -57,9 +61,8 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
             reconnections: 0,
             _type: PhantomData,
         };
-        let shared = Arc::clone(&producer.shared);
-        let deadline = deadline_after(shared.options.timeout);
-        shared.handle.block_on(producer.ensure_link(deadline))?;
+        let deadline = deadline_after(producer.shared.options.timeout);
+        producer.ensure_link(deadline).await?;
         Ok(producer)
     }
 
@@ -67,26 +70,61 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
     /// refuses the message), waits and retries or fails per [`WhenFull`]. Gives up with
     /// [`Timeout`](ErrorKind::Timeout) after the queue's call deadline.
     pub(crate) fn send(&mut self, message: &T) -> Result<Receipt> {
+        let shared = Arc::clone(&self.shared);
+        shared.block_on("send", self.send_async(message))
+    }
+
+    /// [`send`](AmqpProducer::send), awaited.
+    pub(crate) async fn send_async(&mut self, message: &T) -> Result<Receipt> {
         let timeout = self.shared.options.timeout;
         self.send_one(message, None, self.options.when_full, timeout)
+            .await
     }
 
     /// Sends `message`: [`Full`](ErrorKind::Full) at once if the broker refuses it.
     pub(crate) fn try_send(&mut self, message: &T) -> Result<Receipt> {
+        let shared = Arc::clone(&self.shared);
+        shared.block_on("try_send", self.try_send_async(message))
+    }
+
+    /// [`try_send`](AmqpProducer::try_send), awaited.
+    pub(crate) async fn try_send_async(&mut self, message: &T) -> Result<Receipt> {
         let timeout = self.shared.options.timeout;
-        self.send_one(message, None, WhenFull::Fail, timeout)
+        self.send_one(message, None, WhenFull::Fail, timeout).await
     }
 
     /// Sends `message`, waiting at most `timeout` for the confirm (and for room).
     pub(crate) fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<Receipt> {
+        let shared = Arc::clone(&self.shared);
+        shared.block_on("send_timeout", self.send_timeout_async(message, timeout))
+    }
+
+    /// [`send_timeout`](AmqpProducer::send_timeout), awaited.
+    pub(crate) async fn send_timeout_async(
+        &mut self,
+        message: &T,
+        timeout: Duration,
+    ) -> Result<Receipt> {
         self.send_one(message, None, self.options.when_full, timeout)
+            .await
     }
 
     /// Sends `message` with its own time-to-live (AMQP `expiration`): undelivered after
     /// `ttl`, it is dead-lettered.
     pub(crate) fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
+        let shared = Arc::clone(&self.shared);
+        shared.block_on("send_with_ttl", self.send_with_ttl_async(message, ttl))
+    }
+
+    /// [`send_with_ttl`](AmqpProducer::send_with_ttl), awaited.
+    pub(crate) async fn send_with_ttl_async(
+        &mut self,
+        message: &T,
+        ttl: Duration,
+    ) -> Result<Receipt> {
         let timeout = self.shared.options.timeout;
         self.send_one(message, Some(ttl), self.options.when_full, timeout)
+            .await
     }
 
     /// Sends a batch, pipelined: each message published as soon as it is encoded, then all
@@ -98,8 +136,18 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         I: IntoIterator<Item = &'a T>,
         T: 'a,
     {
+        let shared = Arc::clone(&self.shared);
+        shared.block_on("send_batch", self.send_batch_async(messages.into_iter()))
+    }
+
+    /// [`send_batch`](AmqpProducer::send_batch), awaited.
+    pub(crate) async fn send_batch_async<'a, I>(&mut self, messages: I) -> Result<Vec<Receipt>>
+    where
+        I: Iterator<Item = &'a T>,
+        T: 'a,
+    {
         let deadline = deadline_after(self.shared.options.timeout);
-        let mut fresh = messages.into_iter();
+        let mut fresh = messages;
         let mut outbox = Vec::new();
         let mut receipts = Vec::new();
         self.publish_all(
@@ -108,47 +156,20 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
             &mut receipts,
             self.options.when_full,
             deadline,
-        )?;
+        )
+        .await?;
         Ok(receipts)
     }
 
-    /// Nothing to do: every send already waited for its confirm.
+    /// Nothing to do: every send already waited for its confirm. Still refused inside a
+    /// tokio runtime, like every blocking call.
     pub(crate) fn flush(&mut self) -> Result<()> {
-        Ok(())
+        super::outside_runtime("flush")
     }
 
     /// How many times this producer has reconnected.
     pub(crate) fn reconnections(&self) -> u64 {
         self.reconnections
-    }
-
-    /// Sends an already encoded message (the async wrapper encodes on its own task).
-    pub(crate) fn send_encoded(&mut self, body: Vec<u8>) -> Result<Receipt> {
-        if body.len() > self.max_message_len() {
-            return Err(Error::too_large(
-                body.len() as u64,
-                self.max_message_len() as u64,
-            ));
-        }
-        let seq = self.next_seq();
-        let deadline = deadline_after(self.shared.options.timeout);
-        let outgoing = Outgoing {
-            seq,
-            body,
-            expiration: None,
-        };
-        self.publish_all(
-            &mut vec![outgoing],
-            &mut std::iter::empty(),
-            &mut Vec::new(),
-            self.options.when_full,
-            deadline,
-        )?;
-        Ok(Receipt::new(seq))
-    }
-
-    pub(crate) fn max_message_len(&self) -> usize {
-        self.shared.max_message_len as usize
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -157,7 +178,7 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         seq
     }
 
-    fn send_one(
+    async fn send_one(
         &mut self,
         message: &T,
         ttl: Option<Duration>,
@@ -178,7 +199,8 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
             &mut Vec::new(),
             when_full,
             deadline_after(timeout),
-        )?;
+        )
+        .await?;
         Ok(receipt)
     }
 
@@ -186,7 +208,7 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
     /// pushed to `receipts`), and awaits their confirms; publishes again, on a new
     /// connection, whatever a lost connection left unconfirmed, and what a full queue
     /// refused per `when_full`.
-    fn publish_all<'a, I>(
+    async fn publish_all<'a, I>(
         &mut self,
         outbox: &mut Vec<Outgoing>,
         fresh: &mut I,
@@ -199,38 +221,36 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
         T: 'a,
     {
         let shared = Arc::clone(&self.shared);
-        shared.handle.block_on(async {
-            let mut full_pause = Duration::from_millis(10);
-            loop {
-                self.ensure_link(deadline).await?;
-                match self.round(outbox, fresh, receipts, deadline).await? {
-                    Round::Done if outbox.is_empty() => return Ok(()),
-                    // Some messages were refused (a full queue): wait or fail.
-                    Round::Done => {
-                        if when_full == WhenFull::Fail {
-                            return Err(self.full_error(outbox.len()));
-                        }
-                        if tokio::time::Instant::now() + full_pause >= deadline {
-                            return Err(Error::new(
-                                ErrorKind::Timeout,
-                                format!(
-                                    "amqp queue {} stayed full until the deadline ({} messages refused)",
-                                    shared.name,
-                                    outbox.len()
-                                ),
-                            ));
-                        }
-                        tokio::time::sleep(full_pause).await;
-                        full_pause = (full_pause * 2).min(Duration::from_millis(500));
+        let mut full_pause = Duration::from_millis(10);
+        loop {
+            self.ensure_link(deadline).await?;
+            match self.round(outbox, fresh, receipts, deadline).await? {
+                Round::Done if outbox.is_empty() => return Ok(()),
+                // Some messages were refused (a full queue): wait or fail.
+                Round::Done => {
+                    if when_full == WhenFull::Fail {
+                        return Err(self.full_error(outbox.len()));
                     }
-                    Round::Lost => {
-                        // The outbox keeps every message without a confirm: publish them
-                        // again on a new connection.
-                        self.drop_link().await;
+                    if tokio::time::Instant::now() + full_pause >= deadline {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "amqp queue {} stayed full until the deadline ({} messages refused)",
+                                shared.name,
+                                outbox.len()
+                            ),
+                        ));
                     }
+                    tokio::time::sleep(full_pause).await;
+                    full_pause = (full_pause * 2).min(Duration::from_millis(500));
+                }
+                Round::Lost => {
+                    // The outbox keeps every message without a confirm: publish them
+                    // again on a new connection.
+                    self.drop_link().await;
                 }
             }
-        })
+        }
     }
 
     fn full_error(&self, refused: usize) -> Error {
@@ -399,13 +419,8 @@ impl<T: Serialize + ?Sized> AmqpProducer<T> {
 impl<T: ?Sized> Drop for AmqpProducer<T> {
     fn drop(&mut self) {
         if let Some(link) = self.link.take() {
-            // Politely close; inside an async runtime, blocking is not allowed: close in
-            // the background instead.
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.shared.handle.spawn(link.close());
-            } else {
-                self.shared.handle.block_on(link.close());
-            }
+            // Politely close; in the background where blocking is not allowed.
+            self.shared.close_on_drop(link.close());
         }
     }
 }
