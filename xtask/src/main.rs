@@ -2,6 +2,7 @@
 //!
 //! - `scenarios [NAME] [--quick] [--list]`: cross-crate scenarios with real separate processes;
 //! - `bench [--quick] [--only GROUP] [--json PATH]`: every mechanism beside its raw baseline, as a table and JSON;
+//! - `soak [TEST]`: the long versions of the reliability tests (kill loop, corruption trials, disk full);
 //! - `ci`: the same steps as `.ci/run` (format, lint, test, docs, packaging, quick scenarios);
 //! - `queue stats PATH [--json]`: a look inside an embedded ipc-queue.
 
@@ -17,6 +18,7 @@ mod ci;
 mod peers;
 mod queue;
 mod scenarios;
+mod soak;
 mod table;
 
 #[derive(Parser)]
@@ -57,6 +59,11 @@ enum Task {
         /// Measure nothing: re-render the table and chart of this JSON report.
         #[arg(long, value_name = "REPORT")]
         render: Option<PathBuf>,
+    },
+    /// Run the long reliability tests (kill loop, corruption trials, disk-full rounds) and print their figures.
+    Soak {
+        /// Run only this one: queue_processes, queue_corruption or queue_disk_full.
+        test: Option<String>,
     },
     /// Run the CI steps of `.ci/run`: fmt, clippy, tests, docs, packaging, quick scenarios.
     Ci,
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
         Task::Bench {
             quick, only, json, ..
         } => bench::run(quick, only.as_deref(), &json).map(|()| true),
+        Task::Soak { test } => soak::run(test.as_deref()),
         Task::Ci => ci::run().map(|()| true),
         Task::Queue {
             command: QueueCommand::Stats { address, json },
