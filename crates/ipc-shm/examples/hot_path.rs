@@ -21,9 +21,9 @@ fn main() -> Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
     let config = ChannelConfig::new()
-        .capacity(64 * 1024)
-        .wait_mode(WaitMode::Polling)
-        .message_type(MessageType::named("ipc-tests.Bytes/1"));
+        .with_capacity(64 * 1024)
+        .with_wait_mode(WaitMode::Polling)
+        .with_message_type(MessageType::named("ipc-tests.Bytes/1"));
     let name = format!("hot-path-{}", std::process::id());
     let mut ping = ShmSender::<[u8]>::create(&format!("{name}.ab"), &config)?;
     let mut pong_in = ShmReceiver::<Vec<u8>>::open(&format!("{name}.ab"), &config)?;

@@ -229,19 +229,16 @@ fn channel_round_trip(mode: WaitMode, wait: Wait, rounds: u32) -> Result<Vec<Dur
     let (spin, yield_for) = match wait {
         Wait::Default => {
             let defaults = ChannelConfig::new();
-            (
-                defaults.get_spin_iterations(),
-                defaults.get_yield_duration(),
-            )
+            (defaults.spin_iterations(), defaults.yield_duration())
         }
         Wait::SleepAtOnce => (0, Duration::ZERO),
     };
     let config = ChannelConfig::new()
-        .capacity(64 * 1024)
-        .wait_mode(mode)
-        .spin_iterations(spin)
-        .yield_duration(yield_for)
-        .message_type(MessageType::named(BYTES_TYPE));
+        .with_capacity(64 * 1024)
+        .with_wait_mode(mode)
+        .with_spin_iterations(spin)
+        .with_yield_duration(yield_for)
+        .with_message_type(MessageType::named(BYTES_TYPE));
     let mut out = ShmSender::<[u8]>::create(&format!("{name}.ab"), &config)?;
     let polling = if mode == WaitMode::Polling { "1" } else { "0" };
     let (spin, yield_us) = (spin.to_string(), yield_for.as_micros().to_string());

@@ -68,10 +68,10 @@ const BYTES_TYPE: &str = "ipc-tests.Bytes/1";
 fn config(args: &Args) -> Result<ChannelConfig> {
     let capacity: usize = args.get("capacity", 256 * 1024)?;
     let max_senders: usize = args.get("max-senders", 1)?;
-    let spin: u32 = args.get("spin", ChannelConfig::new().get_spin_iterations())?;
+    let spin: u32 = args.get("spin", ChannelConfig::new().spin_iterations())?;
     let yield_us: u64 = args.get(
         "yield-us",
-        ChannelConfig::new().get_yield_duration().as_micros() as u64,
+        ChannelConfig::new().yield_duration().as_micros() as u64,
     )?;
     let polling: u8 = args.get("polling", 0)?;
     let mode = if polling != 0 {
@@ -80,12 +80,12 @@ fn config(args: &Args) -> Result<ChannelConfig> {
         WaitMode::Blocking
     };
     Ok(ChannelConfig::new()
-        .capacity(capacity)
-        .max_senders(max_senders)
-        .spin_iterations(spin)
-        .yield_duration(Duration::from_micros(yield_us))
-        .wait_mode(mode)
-        .message_type(MessageType::named(SAMPLE_TYPE)))
+        .with_capacity(capacity)
+        .with_max_senders(max_senders)
+        .with_spin_iterations(spin)
+        .with_yield_duration(Duration::from_micros(yield_us))
+        .with_wait_mode(mode)
+        .with_message_type(MessageType::named(SAMPLE_TYPE)))
 }
 
 fn source(args: &Args) -> Result<()> {
@@ -332,7 +332,7 @@ fn create_and_hold(args: &Args) -> Result<()> {
 /// `shm-pong`: opens `N.ab`, creates `N.ba`, echoes every record until the ping closes.
 fn pong(args: &Args) -> Result<()> {
     let name = args.text("name", "");
-    let config = config(args)?.message_type(MessageType::named(BYTES_TYPE));
+    let config = config(args)?.with_message_type(MessageType::named(BYTES_TYPE));
     let mut back = ShmSender::<[u8]>::create(&format!("{name}.ba"), &config)?;
     let mut input = open_retrying(|| ShmReceiver::<Vec<u8>>::open(&format!("{name}.ab"), &config))?;
     println!("ready");

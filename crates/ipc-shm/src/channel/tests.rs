@@ -19,7 +19,7 @@ fn pair<T: Serialize + DeserializeOwned>(
     tag: &str,
     capacity: usize,
 ) -> (ShmSender<T>, ShmReceiver<T>) {
-    let config = ChannelConfig::new().capacity(capacity);
+    let config = ChannelConfig::new().with_capacity(capacity);
     let receiver = ShmReceiver::create(&name(tag), &config).unwrap();
     let sender = ShmSender::open(&name(tag), &config).unwrap();
     (sender, receiver)
@@ -148,7 +148,7 @@ fn bytes_of_an_earlier_lap_never_pass_for_a_record() {
 
 #[test]
 fn a_sender_that_died_mid_record_is_continued_over_its_unpublished_bytes() {
-    let config = ChannelConfig::new().capacity(256);
+    let config = ChannelConfig::new().with_capacity(256);
     let name = name("midrecord");
     let mut receiver = ShmReceiver::<u32>::create(&name, &config).unwrap();
     let mut first = ShmSender::<u32>::open(&name, &config).unwrap();
@@ -202,7 +202,7 @@ fn a_second_live_sender_is_refused_and_bad_configs_are_invalid() {
     let err = receiver.recv().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PeerClosed, "{err}");
     for capacity in [0, 100, 32, MAX_CAPACITY * 2] {
-        let config = ChannelConfig::new().capacity(capacity);
+        let config = ChannelConfig::new().with_capacity(capacity);
         let err = ShmSender::<u32>::create(&name("cap"), &config).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{capacity}: {err}");
     }
@@ -241,7 +241,7 @@ fn scribbled_ring_yields_errors_not_panics() {
 #[test]
 fn senders_get_their_own_rings_and_free_slots_are_reused() {
     let name = format!("unit-mpsc-{}", std::process::id());
-    let config = ChannelConfig::new().capacity(256).max_senders(2);
+    let config = ChannelConfig::new().with_capacity(256).with_max_senders(2);
     let mut receiver = ShmReceiver::<u32>::create(&name, &config).unwrap();
     assert_eq!(receiver.max_senders(), 2);
     let mut a = ShmSender::<u32>::open(&name, &config).unwrap();
