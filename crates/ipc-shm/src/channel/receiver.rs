@@ -133,6 +133,49 @@ impl<T> ShmReceiver<T> {
     }
 
     fn recv_ref_until(&mut self, deadline: Deadline) -> Result<RecvGuard<'_, T>> {
+        if let Some(found) = self.next_on_header() {
+            return Ok(self.guard(found));
+        }
+        self.recv_ref_slow(deadline)
+    }
+
+    /// The common case without a loop or a `Result`: the ring after the last one read has a
+    /// message record at its `head`, taken on its header alone (the sender zeroed that word
+    /// first), that passes the checks of [`next_record`](Self::next_record). Anything else
+    /// (padding, `tail` to read, an empty ring, a record that fails a check and must be
+    /// reported) is left to the full path.
+    #[inline(always)]
+    fn next_on_header(&mut self) -> Option<Found> {
+        let slot = self.next_slot;
+        let Cursor {
+            head,
+            tail,
+            cleared,
+        } = *self.cursors.get(slot)?;
+        if !cleared {
+            return None;
+        }
+        let capacity = self.channel.capacity;
+        let at = self.channel.header_at(slot, head);
+        let word = self.channel.index(at).load(Ordering::Acquire);
+        let (payload_len, tag, next_cleared) = parse_header(word, head)?;
+        let to_end = capacity - (head & (capacity - 1));
+        let available = if tail > head { tail - head } else { to_end };
+        let len = record_len(payload_len);
+        if tag != TAG_MESSAGE || len > to_end || len > available {
+            return None;
+        }
+        self.next_slot = next_slot(slot, self.channel.slots);
+        Some((
+            slot,
+            at + RECORD_HEADER as usize,
+            payload_len as usize,
+            next_cleared,
+        ))
+    }
+
+    #[inline(never)]
+    fn recv_ref_slow(&mut self, deadline: Deadline) -> Result<RecvGuard<'_, T>> {
         let mut look_at_tail = false;
         loop {
             if let Some(found) = self.next_any(look_at_tail)? {

@@ -114,8 +114,9 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
     fn send_until<U: Serialize + ?Sized>(&mut self, message: &U, deadline: Deadline) -> Result<()> {
         self.channel.peer_status(false)?;
         // Fast path: encode straight into the contiguous room, without measuring first.
-        // postcard is called directly here because its "buffer full" is a plain value, where
-        // an `ipc_core::Error` would allocate its message: this path must not allocate.
+        // `try_encode_into` says "does not fit" with a plain `None`, where an
+        // `ipc_core::Error` would allocate its message: this path must not allocate. (It is
+        // ipc-core's serializer of postcard's format, with the common cases inlined.)
         for refresh in [false, true] {
             if refresh {
                 let to_end = self.channel.capacity - self.tail_offset();
@@ -129,21 +130,9 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
             if let Some(room) = self.contiguous_room() {
                 let offset = self.tail_offset();
                 let slot = self.payload_mut(offset, room)?;
-                match postcard::to_slice(message, slot) {
-                    Ok(written) => {
-                        let written = written.len() as u64;
-                        self.publish(offset, written);
-                        return Ok(());
-                    }
-                    Err(postcard::Error::SerializeBufferFull) => {}
-                    // Any other failure is the value's own, worded as ipc-core does.
-                    Err(err) => {
-                        return Err(Error::new(
-                            ErrorKind::Encode,
-                            format!("cannot encode message: {err}"),
-                        )
-                        .with_source(err));
-                    }
+                if let Some(written) = ipc_core::try_encode_into(message, slot)? {
+                    self.publish(offset, written as u64);
+                    return Ok(());
                 }
             }
         }
