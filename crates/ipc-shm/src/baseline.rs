@@ -380,3 +380,33 @@ fn give_up() -> Error {
         format!("baseline peer silent for {} s", GIVE_UP.as_secs()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raw_ring_carries_messages_in_order_and_refuses_bad_sizes() {
+        let name = format!("unit-raw-ring-{}", std::process::id());
+        let consumer = RawRing::create(&name, 16, 4).unwrap();
+        let producer = RawRing::open(&name).unwrap();
+        assert_eq!(producer.slot_len(), 16);
+        let mut into = [0u8; 16];
+        for round in 0..10u8 {
+            producer.produce(&[round; 16], 3).unwrap();
+            for _ in 0..3 {
+                consumer.consume(&mut into, 1).unwrap();
+                assert_eq!(into, [round; 16]);
+            }
+        }
+        let err = producer.produce(&[0; 15], 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert_eq!(err.to_string(), "message of 15 bytes for slots of 16");
+        let err = consumer.consume(&mut [0; 17], 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        for (slot_len, slots) in [(0, 4), (16, 0), (usize::MAX, 2)] {
+            let err = RawRing::create(&format!("{name}-bad"), slot_len, slots).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        }
+    }
+}
