@@ -16,7 +16,13 @@ fn quick_bench_yields_finite_figures_with_baselines() -> Result<()> {
         None => Effort::Quick,
     };
     let figures = shm::run(effort)?;
-    assert_eq!(figures.len(), 6);
+    // Two more with the iceoryx2 anchor rows.
+    let expected = if cfg!(feature = "iceoryx2-anchor") {
+        8
+    } else {
+        6
+    };
+    assert_eq!(figures.len(), expected);
     for figure in &figures {
         eprintln!(
             "{} {} B: {:.0} {} vs {} {:.0} ({:.2}x)",

@@ -173,7 +173,7 @@ fn the_channel_works_through_the_ipc_core_traits_across_processes() -> Result<()
     let name = unique_name("shm-traits");
     // The owned twin of `Sample`: same encoding (a u64 and a length-prefixed byte string).
     let config = ipc_shm::ChannelConfig::new()
-        .message_type(ipc_core::MessageType::named(ipc_tests::roles::SAMPLE_TYPE));
+        .with_message_type(ipc_core::MessageType::named(ipc_tests::roles::SAMPLE_TYPE));
     let mut receiver = ipc_shm::ShmReceiver::<(u64, Vec<u8>)>::create(&name, &config)?;
     let mut source = Peer::spawn_role(
         "source",

@@ -89,7 +89,7 @@ fn a_receiver_killed_is_peer_died_at_the_blocked_sender() -> Result<()> {
     let receiver = ShmReceiver::<u8>::open(
         &name,
         &ChannelConfig::new()
-            .message_type(ipc_core::MessageType::named(ipc_tests::roles::SAMPLE_TYPE)),
+            .with_message_type(ipc_core::MessageType::named(ipc_tests::roles::SAMPLE_TYPE)),
     )?;
     // Our receiver is this test process; it cannot be SIGKILLed, so hand the role to a
     // peer that dies instead: close ours (orderly) first and check that case too.

@@ -226,7 +226,7 @@ fn a_peer_that_truncates_shared_state_kills_nobody_and_the_total_stays_exact() -
     // Opening still validates the segment as before.
     let err = ShmSender::<u8>::open(
         &name,
-        &ChannelConfig::new().message_type(ipc_core::MessageType::named(SAMPLE_TYPE)),
+        &ChannelConfig::new().with_message_type(ipc_core::MessageType::named(SAMPLE_TYPE)),
     )
     .unwrap_err();
     assert_eq!(err.kind(), ipc_core::ErrorKind::UnsupportedVersion, "{err}");

@@ -26,8 +26,10 @@ pub(crate) fn run(quick: bool, only: Option<&str>, json: &Path) -> Result<()> {
             GROUPS.join(", ")
         );
     }
-    eprintln!("building the peer process (ipc-peer, release profile)...");
-    peers::build_peer(Profile::Release)?;
+    eprintln!("building the peer process (ipc-peer, release profile, iceoryx2 anchor)...");
+    // The iceoryx2 anchor rows of the ipc-shm bench need iceoryx2, which only this build
+    // compiles: tests, clippy and the scenarios' peer leave it out.
+    peers::build_peer_with_features(Profile::Release, &["iceoryx2-anchor"])?;
     let effort = if quick { "quick" } else { "full" };
     let mut peer = Peer::spawn_role(
         "bench",

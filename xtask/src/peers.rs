@@ -31,6 +31,12 @@ pub(crate) enum Profile {
 
 /// Builds `ipc-peer` in `profile` and makes `ipc_tests::peer_exe()` return it.
 pub(crate) fn build_peer(profile: Profile) -> Result<PathBuf> {
+    build_peer_with_features(profile, &[])
+}
+
+/// [`build_peer`] with cargo features of `ipc-tests` turned on (the bench's
+/// `iceoryx2-anchor`).
+pub(crate) fn build_peer_with_features(profile: Profile, features: &[&str]) -> Result<PathBuf> {
     let mut command = cargo();
     command.args([
         "build",
@@ -42,6 +48,9 @@ pub(crate) fn build_peer(profile: Profile) -> Result<PathBuf> {
     ]);
     if profile == Profile::Release {
         command.arg("--release");
+    }
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
     }
     let status = command.status().context("run cargo build for ipc-peer")?;
     if !status.success() {

@@ -28,12 +28,19 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<u
 }
 
 /// [`encode_into`] for callers with a fallback: `Ok(None)` when the encoding does not fit
-/// in `buf` (which may then hold a partial encoding), without building an error.
+/// in `buf` (which may then hold a partial encoding), without building an error, so that
+/// a caller that tries a buffer first and then makes room allocates nothing (ipc-shm's
+/// send into the free part of its ring).
+///
+/// ```
+/// let mut small = [0u8; 2];
+/// assert_eq!(ipc_core::try_encode_into(&"hello", &mut small)?, None);
+/// let mut buf = [0u8; 8];
+/// assert_eq!(ipc_core::try_encode_into(&"hello", &mut buf)?, Some(6));
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
 #[inline(always)]
-pub(crate) fn try_encode_into<T: Serialize + ?Sized>(
-    value: &T,
-    buf: &mut [u8],
-) -> Result<Option<usize>> {
+pub fn try_encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<Option<usize>> {
     match crate::ser::to_slice(value, buf) {
         Ok(written) => Ok(Some(written)),
         Err(WriteError(None)) => Ok(None),

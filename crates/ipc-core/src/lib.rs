@@ -61,7 +61,7 @@ mod ser;
 mod transport;
 
 pub use crate::buffer::{FrameBuffer, MAX_BATCH_LEN, MAX_BATCHED_MESSAGE};
-pub use crate::codec::{decode, encode_into, encode_to_vec, encoded_len};
+pub use crate::codec::{decode, encode_into, encode_to_vec, encoded_len, try_encode_into};
 pub use crate::decoder::FrameDecoder;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::frame::{

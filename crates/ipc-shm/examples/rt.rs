@@ -21,9 +21,9 @@ impl serde::Serialize for ByteString<'_> {
 
 fn config() -> ChannelConfig {
     ChannelConfig::new()
-        .capacity(64 * 1024)
-        .wait_mode(WaitMode::Polling)
-        .message_type(MessageType::named("ipc-tests.Bytes/1"))
+        .with_capacity(64 * 1024)
+        .with_wait_mode(WaitMode::Polling)
+        .with_message_type(MessageType::named("ipc-tests.Bytes/1"))
 }
 
 fn main() -> Result<()> {

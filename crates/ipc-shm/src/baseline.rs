@@ -193,3 +193,220 @@ fn wait_for(
         format!("baseline peer silent for {} s", GIVE_UP.as_secs()),
     ))
 }
+
+/// The raw two-process SPSC ring that the stream figures are compared with: fixed slots of
+/// one message each, copy in and copy out, `tail` and `head` on their own 128-byte blocks,
+/// each end keeping a cached copy of the other's index and reading it only when the cache
+/// says full (or empty). No records, headers, validation or liveness: the floor for moving
+/// messages of one size between two processes.
+#[derive(Debug)]
+pub struct RawRing {
+    segment: Segment,
+    slot_len: usize,
+    slots: u64,
+}
+
+const RING_TAIL: usize = 128;
+const RING_HEAD: usize = 256;
+const RING_SLOT_LEN: usize = 384;
+const RING_SLOTS: usize = 392;
+const RING_DATA: usize = 512;
+
+fn ring_spec() -> Spec<'static> {
+    Spec {
+        kind: Kind::State,
+        layout: ipc_core::fnv1a64(
+            b"ipc-shm baseline ring: tail 128, head 256, slot len 384, slots 392, data 512",
+        ),
+        fingerprint: 0,
+        type_name: "raw-ring",
+    }
+}
+
+impl RawRing {
+    /// Creates a ring of `slots` slots of `slot_len` bytes (the consumer side usually).
+    pub fn create(name: &str, slot_len: usize, slots: usize) -> Result<RawRing> {
+        let len = slot_len
+            .checked_mul(slots)
+            .and_then(|data| data.checked_add(RING_DATA))
+            .filter(|_| slot_len > 0 && slots > 0)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("a ring of {slots} slots of {slot_len} bytes"),
+                )
+            })?;
+        let segment = Segment::create(name, ring_spec(), 0, len, |map| {
+            map.u64_at(RING_SLOT_LEN)
+                .store(slot_len as u64, Ordering::Relaxed);
+            map.u64_at(RING_SLOTS)
+                .store(slots as u64, Ordering::Relaxed);
+        })?;
+        Ok(RawRing {
+            segment,
+            slot_len,
+            slots: slots as u64,
+        })
+    }
+
+    /// Opens the ring (the producer side usually), checking its geometry against its size.
+    pub fn open(name: &str) -> Result<RawRing> {
+        let segment = Segment::open(name, ring_spec(), Duration::from_secs(5))?;
+        let map = segment.map();
+        let slot_len = map.u64_at(RING_SLOT_LEN).load(Ordering::Relaxed);
+        let slots = map.u64_at(RING_SLOTS).load(Ordering::Relaxed);
+        let fits = slot_len
+            .checked_mul(slots)
+            .and_then(|data| data.checked_add(RING_DATA as u64))
+            == Some(map.len() as u64);
+        if !fits || slot_len == 0 || slots == 0 {
+            return Err(Error::new(
+                ErrorKind::Corrupted,
+                format!(
+                    "ring claims {slots} slots of {slot_len} bytes in {} bytes",
+                    map.len()
+                ),
+            ));
+        }
+        Ok(RawRing {
+            segment,
+            slot_len: slot_len as usize,
+            slots,
+        })
+    }
+
+    /// The size of one message.
+    pub fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+
+    fn slot_offset(&self, position: u64) -> usize {
+        RING_DATA + (position % self.slots) as usize * self.slot_len
+    }
+
+    /// Copies `count` messages of `message` (one slot long) into the ring, spinning while
+    /// it is full.
+    pub fn produce(&self, message: &[u8], count: u64) -> Result<()> {
+        if message.len() != self.slot_len {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "message of {} bytes for slots of {}",
+                    message.len(),
+                    self.slot_len
+                ),
+            ));
+        }
+        let map = self.segment.map();
+        let (tail_index, head_index) = (map.u64_at(RING_TAIL), map.u64_at(RING_HEAD));
+        let mut tail = tail_index.load(Ordering::Relaxed);
+        let mut head = head_index.load(Ordering::Acquire);
+        for _ in 0..count {
+            let mut stalled = Stall::default();
+            while tail - head >= self.slots {
+                head = head_index.load(Ordering::Acquire);
+                stalled.spin()?;
+            }
+            // SAFETY: the slot lies between the consumer's `head` and our `tail`, which only
+            // this producer writes, and no other reference to it lives in this process.
+            let slot = unsafe { map.bytes_mut(self.slot_offset(tail), self.slot_len) };
+            slot.ok_or_else(give_up)?.copy_from_slice(message);
+            tail += 1;
+            tail_index.store(tail, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Copies `count` messages out of the ring into `into` (one slot long), spinning while
+    /// it is empty; returns the time from the first message to the last.
+    pub fn consume(&self, into: &mut [u8], count: u64) -> Result<Duration> {
+        if into.len() != self.slot_len {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "buffer of {} bytes for slots of {}",
+                    into.len(),
+                    self.slot_len
+                ),
+            ));
+        }
+        let map = self.segment.map();
+        let (tail_index, head_index) = (map.u64_at(RING_TAIL), map.u64_at(RING_HEAD));
+        let mut head = head_index.load(Ordering::Relaxed);
+        let mut tail = tail_index.load(Ordering::Acquire);
+        let mut started = None;
+        for _ in 0..count {
+            let mut stalled = Stall::default();
+            while tail == head {
+                tail = tail_index.load(Ordering::Acquire);
+                stalled.spin()?;
+            }
+            started.get_or_insert_with(Instant::now);
+            let slot = map.bytes(self.slot_offset(head), self.slot_len);
+            into.copy_from_slice(slot.ok_or_else(give_up)?);
+            std::hint::black_box(&mut *into);
+            head += 1;
+            head_index.store(head, Ordering::Release);
+        }
+        Ok(started.map_or(Duration::ZERO, |s| s.elapsed()))
+    }
+}
+
+/// One busy wait of the ring: gives up once it has spun for [`GIVE_UP`], looking at the
+/// clock only every 65536 spins.
+#[derive(Default)]
+struct Stall {
+    spins: u32,
+    since: Option<Instant>,
+}
+
+impl Stall {
+    #[inline]
+    fn spin(&mut self) -> Result<()> {
+        std::hint::spin_loop();
+        self.spins = self.spins.wrapping_add(1);
+        if self.spins.is_multiple_of(1 << 16)
+            && self.since.get_or_insert_with(Instant::now).elapsed() > GIVE_UP
+        {
+            return Err(give_up());
+        }
+        Ok(())
+    }
+}
+
+fn give_up() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!("baseline peer silent for {} s", GIVE_UP.as_secs()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raw_ring_carries_messages_in_order_and_refuses_bad_sizes() {
+        let name = format!("unit-raw-ring-{}", std::process::id());
+        let consumer = RawRing::create(&name, 16, 4).unwrap();
+        let producer = RawRing::open(&name).unwrap();
+        assert_eq!(producer.slot_len(), 16);
+        let mut into = [0u8; 16];
+        for round in 0..10u8 {
+            producer.produce(&[round; 16], 3).unwrap();
+            for _ in 0..3 {
+                consumer.consume(&mut into, 1).unwrap();
+                assert_eq!(into, [round; 16]);
+            }
+        }
+        let err = producer.produce(&[0; 15], 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert_eq!(err.to_string(), "message of 15 bytes for slots of 16");
+        let err = consumer.consume(&mut [0; 17], 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        for (slot_len, slots) in [(0, 4), (16, 0), (usize::MAX, 2)] {
+            let err = RawRing::create(&format!("{name}-bad"), slot_len, slots).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //!   [`ShmSender::reserve`] gives a zero-copy byte path for large payloads. A full ring blocks
 //!   the sender or returns [`Full`](ipc_core::ErrorKind::Full); memory never grows. Up to
 //!   [`MAX_SENDERS`] sender processes can feed one receiver
-//!   ([`ChannelConfig::max_senders`]): each gets its own ring, so no lock is shared and a
+//!   ([`ChannelConfig::with_max_senders`]): each gets its own ring, so no lock is shared and a
 //!   sender that dies cannot block the others.
 //! - [`ShmState`]: a named plain-old-data value under a cross-process lock with timeouts,
 //!   taken over when its holder dies.
@@ -62,7 +62,7 @@
 //! }
 //!
 //! let name = format!("doc-chat-{}", std::process::id());
-//! let config = ChannelConfig::new().capacity(64 * 1024);
+//! let config = ChannelConfig::new().with_capacity(64 * 1024);
 //! // Usually in two processes; here both ends live in one for the example.
 //! let mut receiver = ShmReceiver::<Chat<'static>>::create(&name, &config)?;
 //! let mut sender = ShmSender::<Chat<'static>>::open(&name, &config)?;

@@ -82,15 +82,26 @@ impl StateConfig {
     }
 
     /// How long `open` waits for the creator to finish initialising the segment.
-    pub fn open_timeout(mut self, timeout: Duration) -> StateConfig {
+    pub fn with_open_timeout(mut self, timeout: Duration) -> StateConfig {
         self.open_timeout = timeout;
         self
     }
 
+    /// How long `open` waits for the creator to finish initialising the segment.
+    pub fn open_timeout(&self) -> Duration {
+        self.open_timeout
+    }
+
     /// The type both sides must agree on; by default `MessageType::of::<T>()`.
-    pub fn message_type(mut self, message_type: MessageType) -> StateConfig {
+    pub fn with_message_type(mut self, message_type: MessageType) -> StateConfig {
         self.message_type = Some(message_type);
         self
+    }
+
+    /// The type set with [`with_message_type`](StateConfig::with_message_type), `None` for
+    /// the default (`MessageType::of::<T>()` of the state's `T`).
+    pub fn message_type(&self) -> Option<&MessageType> {
+        self.message_type.as_ref()
     }
 }
 

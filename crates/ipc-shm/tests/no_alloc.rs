@@ -47,7 +47,7 @@ struct Reading<'a> {
 #[test]
 fn no_heap_allocation_per_message() {
     let name = format!("no-alloc-{}", std::process::id());
-    let config = ChannelConfig::new().capacity(4096);
+    let config = ChannelConfig::new().with_capacity(4096);
     let mut receiver = ShmReceiver::<Reading<'static>>::create(&name, &config).unwrap();
     let mut sender = ShmSender::<Reading<'static>>::open(&name, &config).unwrap();
     let samples = [9u8; 100];

@@ -67,9 +67,9 @@ fn socket_config() -> ConnectionConfig {
 
 fn shm_config(workers: usize) -> ChannelConfig {
     ChannelConfig::new()
-        .capacity(64 * 1024)
-        .max_senders(workers)
-        .message_type(MessageType::named("ipc-tests.Answer/1"))
+        .with_capacity(64 * 1024)
+        .with_max_senders(workers)
+        .with_message_type(MessageType::named("ipc-tests.Answer/1"))
 }
 
 /// Runs `role` if it is a pipeline role.

@@ -24,6 +24,13 @@
 //!   `ready` and echoes every record until the pinger closes; for benchmarks.
 //! - `shm-baseline-pong --name N --wait spin|futex|spin-futex`: the raw two-atomics
 //!   baseline's pong side.
+//! - `shm-ring-sink --name N --size S --slots K --count C`: creates the raw SPSC ring
+//!   baseline (K slots of S bytes), prints `ready`, copies C messages out and prints
+//!   `ok count=.. micros=..` (from the first message to the last).
+//! - `shm-ring-source --name N --count C`: opens the raw ring and copies C messages in.
+//! - With the feature `iceoryx2-anchor`: `shm-iceoryx2-pong --name N` (echoes `[u8; 64]`
+//!   samples from `N.ab` to `N.ba`) and `shm-iceoryx2-source --name N --count C`
+//!   (publishes C samples on `N`, prints `sent`, exits at a line or EOF on stdin).
 //!
 //! For benchmarks, `shm-source --fill 0` sends the same payload every time and `shm-sink
 //! --verify 0` only decodes, so that they measure the channel rather than the checks;
@@ -35,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use ipc_core::{Error, ErrorKind, MessageType};
-use ipc_shm::baseline::{BaselineWait, PingPong};
+use ipc_shm::baseline::{BaselineWait, PingPong, RawRing};
 use ipc_shm::{ChannelConfig, ShmReceiver, ShmSender, ShmState, StateConfig, WaitMode};
 
 use super::{Args, SAMPLE_TYPE, Sample};
@@ -54,6 +61,13 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "shm-hostile-creator" => hostile_creator(args),
         "shm-baseline-pong" => baseline_pong(args),
         "shm-pong" => pong(args),
+        "shm-ring-sink" => ring_sink(args),
+        "shm-ring-source" => ring_source(args),
+        #[cfg(feature = "iceoryx2-anchor")]
+        "shm-iceoryx2-pong" => crate::bench::shm::anchor::pong(&args.text("name", ""))
+            .map(|answered| println!("ok count={answered}")),
+        #[cfg(feature = "iceoryx2-anchor")]
+        "shm-iceoryx2-source" => iceoryx2_source(args),
         _ => return None,
     })
 }
@@ -68,10 +82,10 @@ const BYTES_TYPE: &str = "ipc-tests.Bytes/1";
 fn config(args: &Args) -> Result<ChannelConfig> {
     let capacity: usize = args.get("capacity", 256 * 1024)?;
     let max_senders: usize = args.get("max-senders", 1)?;
-    let spin: u32 = args.get("spin", ChannelConfig::new().get_spin_iterations())?;
+    let spin: u32 = args.get("spin", ChannelConfig::new().spin_iterations())?;
     let yield_us: u64 = args.get(
         "yield-us",
-        ChannelConfig::new().get_yield_duration().as_micros() as u64,
+        ChannelConfig::new().yield_duration().as_micros() as u64,
     )?;
     let polling: u8 = args.get("polling", 0)?;
     let mode = if polling != 0 {
@@ -80,12 +94,12 @@ fn config(args: &Args) -> Result<ChannelConfig> {
         WaitMode::Blocking
     };
     Ok(ChannelConfig::new()
-        .capacity(capacity)
-        .max_senders(max_senders)
-        .spin_iterations(spin)
-        .yield_duration(Duration::from_micros(yield_us))
-        .wait_mode(mode)
-        .message_type(MessageType::named(SAMPLE_TYPE)))
+        .with_capacity(capacity)
+        .with_max_senders(max_senders)
+        .with_spin_iterations(spin)
+        .with_yield_duration(Duration::from_micros(yield_us))
+        .with_wait_mode(mode)
+        .with_message_type(MessageType::named(SAMPLE_TYPE)))
 }
 
 fn source(args: &Args) -> Result<()> {
@@ -332,7 +346,7 @@ fn create_and_hold(args: &Args) -> Result<()> {
 /// `shm-pong`: opens `N.ab`, creates `N.ba`, echoes every record until the ping closes.
 fn pong(args: &Args) -> Result<()> {
     let name = args.text("name", "");
-    let config = config(args)?.message_type(MessageType::named(BYTES_TYPE));
+    let config = config(args)?.with_message_type(MessageType::named(BYTES_TYPE));
     let mut back = ShmSender::<[u8]>::create(&format!("{name}.ba"), &config)?;
     let mut input = open_retrying(|| ShmReceiver::<Vec<u8>>::open(&format!("{name}.ab"), &config))?;
     println!("ready");
@@ -379,4 +393,32 @@ fn baseline_pong(args: &Args) -> Result<()> {
     let answered = pair.pong(wait)?;
     println!("ok count={answered}");
     Ok(())
+}
+
+fn ring_sink(args: &Args) -> Result<()> {
+    let name = args.text("name", "");
+    let size: usize = args.get("size", 64)?;
+    let slots: usize = args.get("slots", 16 * 1024)?;
+    let count: u64 = args.get("count", 1000)?;
+    let ring = RawRing::create(&name, size, slots)?;
+    println!("ready");
+    let mut buffer = vec![0u8; size];
+    let elapsed = ring.consume(&mut buffer, count)?;
+    println!("ok count={count} micros={}", elapsed.as_micros());
+    Ok(())
+}
+
+fn ring_source(args: &Args) -> Result<()> {
+    let name = args.text("name", "");
+    let count: u64 = args.get("count", 1000)?;
+    let ring = RawRing::open(&name)?;
+    let message = vec![0x5au8; ring.slot_len()];
+    ring.produce(&message, count)?;
+    println!("ok count={count}");
+    Ok(())
+}
+
+#[cfg(feature = "iceoryx2-anchor")]
+fn iceoryx2_source(args: &Args) -> Result<()> {
+    crate::bench::shm::anchor::source(&args.text("name", ""), args.get("count", 1000)?)
 }
