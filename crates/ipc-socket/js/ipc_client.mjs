@@ -621,23 +621,39 @@ const KIND_NAMES = Object.fromEntries(Object.entries(Kind).map(([name, k]) => [k
 export class FrameDecoder {
   constructor(maxFrameLen = DEFAULT_MAX_FRAME_LEN) {
     this.maxFrameLen = maxFrameLen;
-    this.buf = new Uint8Array(0);
+    // Received bytes are `store[start..end]`; the store grows geometrically, so a large
+    // frame arriving in many small pieces costs linear time.
+    this.store = new Uint8Array(0);
+    this.start = 0;
+    this.end = 0;
     this.failed = null;
+  }
+  /** The bytes received and not yet handed out. */
+  get buf() {
+    return this.store.subarray(this.start, this.end);
   }
   /** Appends received bytes. */
   push(bytes) {
-    if (this.buf.length === 0) {
-      this.buf = bytes.slice();
-    } else {
-      const joined = new Uint8Array(this.buf.length + bytes.length);
-      joined.set(this.buf);
-      joined.set(bytes, this.buf.length);
-      this.buf = joined;
+    if (this.store.length - this.end < bytes.length) {
+      const held = this.end - this.start;
+      if (this.store.length - held >= bytes.length && this.start >= held) {
+        this.store.copyWithin(0, this.start, this.end);
+      } else {
+        let size = Math.max(1024, this.store.length * 2);
+        while (size < held + bytes.length) size *= 2;
+        const grown = new Uint8Array(size);
+        grown.set(this.store.subarray(this.start, this.end));
+        this.store = grown;
+      }
+      this.start = 0;
+      this.end = held;
     }
+    this.store.set(bytes, this.end);
+    this.end += bytes.length;
   }
   /** Bytes of an incomplete frame held. */
   buffered() {
-    return this.buf.length;
+    return this.end - this.start;
   }
   fail(kind, message) {
     this.failed = new IpcError(kind, message);
@@ -675,7 +691,11 @@ export class FrameDecoder {
     }
     if (b.length < HEADER_LEN + len) return null;
     const frame = { kind, id: view.getUint32(12, true), payload: b.slice(HEADER_LEN, HEADER_LEN + len) };
-    this.buf = b.subarray(HEADER_LEN + len);
+    this.start += HEADER_LEN + len;
+    if (this.start === this.end) {
+      this.start = 0;
+      this.end = 0;
+    }
     return frame;
   }
   /** At the end of the stream: a "truncated" error if a frame was cut. */
