@@ -710,6 +710,40 @@ export class FrameDecoder {
 // Transports
 
 /**
+ * Adds the `onbytes` / `onend` callbacks to `base` ({ send, close }), keeping what arrives
+ * before the client sets them (bytes, or the end) and handing it over when it does.
+ */
+export function bufferedTransport(base) {
+  let early = [];
+  let endedEarly;
+  let onbytes = null;
+  let onend = null;
+  return {
+    ...base,
+    set onbytes(fn) {
+      onbytes = fn;
+      const held = early;
+      early = [];
+      for (const bytes of held) fn(bytes);
+    },
+    get onbytes() {
+      return (bytes) => (onbytes ? onbytes(bytes) : early.push(bytes));
+    },
+    set onend(fn) {
+      onend = fn;
+      if (endedEarly !== undefined) {
+        const err = endedEarly;
+        endedEarly = undefined;
+        fn(err);
+      }
+    },
+    get onend() {
+      return (err) => (onend ? onend(err) : (endedEarly = err));
+    },
+  };
+}
+
+/**
  * A WebSocket transport (browsers; Node 20 with `--experimental-websocket`): each binary
  * message carries whole frames. Returns a promise of `{ send, close, onbytes, onend }`.
  */
@@ -721,16 +755,14 @@ export function webSocketTransport(url, WebSocketImpl = globalThis.WebSocket) {
     }
     const ws = new WebSocketImpl(url);
     ws.binaryType = "arraybuffer";
-    const transport = {
+    const transport = bufferedTransport({
       send(bytes) {
         ws.send(bytes);
       },
       close() {
         ws.close();
       },
-      onbytes: () => {},
-      onend: () => {},
-    };
+    });
     let open = false;
     ws.onopen = () => {
       open = true;

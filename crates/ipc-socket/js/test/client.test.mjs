@@ -256,3 +256,60 @@ test("against a real ipc-socket server process", { skip: real ? false : "IPC_TES
   assert.equal(big.seq, (1n << 64n) - 1n);
   client.close();
 });
+
+/**
+ * A stand-in for the browser's WebSocket over a TCP socket: each chunk received is one
+ * binary message (an ArrayBuffer, as with `binaryType = "arraybuffer"`), and each `send`
+ * writes one message's bytes. It lets the client's WebSocket path run in plain Node.
+ */
+function fakeWebSocketClass(port, { textFirst = false } = {}) {
+  return class FakeWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.binaryType = "blob";
+      this.socket = net.connect({ host: "127.0.0.1", port });
+      this.socket.on("connect", () => {
+        FakeWebSocket.binaryTypeAtOpen = this.binaryType;
+        this.onopen?.();
+        if (textFirst) this.onmessage?.({ data: "not a frame" });
+      });
+      this.socket.on("data", (chunk) => {
+        const copy = new Uint8Array(chunk).slice();
+        this.onmessage?.({ data: copy.buffer });
+      });
+      this.socket.on("error", () => this.onerror?.({}));
+      this.socket.on("close", () => this.onclose?.({}));
+    }
+    send(bytes) {
+      this.socket.write(bytes);
+    }
+    close() {
+      this.socket.end();
+    }
+  };
+}
+
+test("over a WebSocket: binary messages carry the frames; a text message is a protocol error", async () => {
+  const server = await fakeServer(async (peer) => {
+    peer.hello();
+    assert.equal((await peer.next()).kind, Kind.Hello);
+    const r = await peer.next();
+    peer.send(Kind.Response, r.id, r.payload);
+  });
+  const WebSocket = fakeWebSocketClass(server.port);
+  const client = await IpcClient.connect({ url: "ws://127.0.0.1/ipc", WebSocket, typeName: TYPE_NAME, type: ChatLine, reconnect: null, heartbeat: null });
+  assert.equal(WebSocket.binaryTypeAtOpen, "arraybuffer");
+  const reply = await client.request(line(3, "via ws"), { timeout: 20000 });
+  assert.equal(reply.text, "via ws");
+  client.close();
+  await server.close();
+
+  const server2 = await fakeServer(async (peer) => {
+    peer.hello();
+  });
+  await assert.rejects(
+    IpcClient.connect({ url: "ws://127.0.0.1/ipc", WebSocket: fakeWebSocketClass(server2.port, { textFirst: true }), typeName: TYPE_NAME, type: ChatLine, reconnect: null }),
+    /text message on an ipc WebSocket/,
+  );
+  await server2.close();
+});
