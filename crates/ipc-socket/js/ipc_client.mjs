@@ -1206,6 +1206,8 @@ export class IpcClient {
     const bytes = textEncoder.encode(prefix);
     if (bytes.length > MAX_NAME_LEN) throw new IpcError("encode", `topic prefix of ${bytes.length} bytes exceeds ${MAX_NAME_LEN}`);
     this.prefixes.add(prefix);
+    // Data messages sent before go out before the subscription, in order.
+    this.flush();
     const id = this.freshId();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -1224,6 +1226,7 @@ export class IpcClient {
   unsubscribe(prefix) {
     this.prefixes.delete(prefix);
     const conn = this.connection();
+    this.flush();
     this.write(conn, encodeFrame(Kind.Unsubscribe, 0, textEncoder.encode(prefix)));
   }
 
