@@ -1238,3 +1238,97 @@ async fn within<F: std::future::Future>(
     }
     tokio::time::timeout(wait, future).await.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        ipc_core::encode_frame(&mut out, FrameKind::Data, 0, text, &Limits::default()).unwrap();
+        out
+    }
+
+    /// What a receiver makes of `wire`: (kind, id, text or empty) per message, and the
+    /// number of batch frames.
+    fn receive(wire: &[u8]) -> (Vec<(FrameKind, u32, String)>, usize) {
+        let mut n_batches = 0;
+        let mut rest = wire;
+        while !rest.is_empty() {
+            let (frame, used) = ipc_core::Frame::parse(rest, &Limits::default()).unwrap();
+            n_batches += usize::from(frame.kind() == FrameKind::Batch);
+            rest = &rest[used..];
+        }
+        let mut decoder = FrameDecoder::new(Limits::default());
+        let mut messages = Vec::new();
+        let mut fed = 0;
+        loop {
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                let text = match frame.kind() {
+                    FrameKind::Data => frame.decode::<String>().unwrap(),
+                    _ => String::new(),
+                };
+                messages.push((frame.kind(), frame.id(), text));
+            }
+            if fed == wire.len() {
+                return (messages, n_batches);
+            }
+            let room = decoder.read_buf();
+            let n = room.len().min(wire.len() - fed);
+            room[..n].copy_from_slice(&wire[fed..fed + n]);
+            decoder.commit(n);
+            fed += n;
+        }
+    }
+
+    fn batcher(limit: usize) -> Batcher {
+        Batcher {
+            limit,
+            lone_data: None,
+            open_batch: None,
+        }
+    }
+
+    #[test]
+    fn batches_keep_every_message_and_the_order_of_all_frames() {
+        let texts: Vec<String> = (0..40).map(|i| format!("message {i}")).collect();
+        let ping = control_wire(FrameKind::Ping, 7);
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            frames.push(data(text));
+            if i % 15 == 14 {
+                frames.push(ping.to_vec());
+            }
+        }
+        frames.push(data(&"x".repeat(MAX_BATCHED_MESSAGE + 1)));
+        frames.push(data("last"));
+        let expected: Vec<_> = frames.iter().flat_map(|f| receive(f).0).collect();
+        // A small limit forces batches to be sealed and new ones opened; 0 means the peer
+        // takes no batches.
+        for limit in [0, 40, 64, MAX_BATCH_LEN] {
+            let mut batcher = batcher(limit);
+            let mut out = Vec::new();
+            for frame in &frames {
+                batcher.push(&mut out, frame);
+            }
+            batcher.finish(&mut out);
+            let (got, n_batches) = receive(&out);
+            assert_eq!(got, expected, "limit {limit}");
+            if limit == 0 {
+                assert_eq!(n_batches, 0);
+                assert_eq!(out, frames.concat());
+            } else {
+                assert!(n_batches > 1, "limit {limit}: {n_batches} batches");
+                // Every batch within the limit.
+                let mut rest = &out[..];
+                while !rest.is_empty() {
+                    let (frame, used) = ipc_core::Frame::parse(rest, &Limits::default()).unwrap();
+                    if frame.kind() == FrameKind::Batch {
+                        assert!(frame.payload().len() <= limit, "limit {limit}");
+                    }
+                    rest = &rest[used..];
+                }
+            }
+        }
+    }
+}
