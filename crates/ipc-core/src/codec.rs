@@ -114,6 +114,23 @@ pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
     }
 }
 
+/// [`decode`], with errors that name the message type as the peers agreed on it (the
+/// `Hello`'s type name, e.g. `chat.Message/1`) instead of the Rust type's name: what a
+/// close reason sent to a peer in another language should say.
+///
+/// ```
+/// let err = ipc_core::decode_as::<u32>(&[0xff], "demo.Count/1").unwrap_err();
+/// assert!(err.to_string().starts_with("payload of 1 bytes does not decode as demo.Count/1: "));
+/// ```
+#[inline]
+pub fn decode_as<'de, T: Deserialize<'de>>(bytes: &'de [u8], type_name: &str) -> Result<T> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(trailing_bytes_error(bytes.len(), rest.len())),
+        Err(err) => Err(decode_error(bytes.len(), type_name, err)),
+    }
+}
+
 #[cold]
 fn trailing_bytes_error(len: usize, rest: usize) -> Error {
     Error::new(

@@ -19,6 +19,11 @@ pub const HEADER_LEN: usize = 16;
 /// The default largest payload a peer accepts: 16 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
 
+/// The largest `Hello` or `Close` payload every receiver accepts, whatever its
+/// [`Limits::max_frame_len`]: 2048 bytes (a `Hello` is at most 18 + 1024 bytes, a `Close`
+/// at most 4 + 1024).
+pub const HANDSHAKE_FRAME_LEN: u32 = 2048;
+
 /// Flag bits defined by protocol version 1: none. Any set bit is a protocol error.
 const KNOWN_FLAGS: u8 = 0;
 
@@ -287,7 +292,11 @@ impl FrameHeader {
             ));
         }
         let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        limits.check_frame_len(u64::from(len))?;
+        // Hello and Close frames are always accepted up to HANDSHAKE_FRAME_LEN, whatever
+        // the limit: a peer must be able to say who it is and why it closes.
+        if !(matches!(kind, FrameKind::Hello | FrameKind::Close) && len <= HANDSHAKE_FRAME_LEN) {
+            limits.check_frame_len(u64::from(len))?;
+        }
         let id = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
         Ok(FrameHeader { kind, id, len })
     }
@@ -388,6 +397,13 @@ impl<'a> Frame<'a> {
     #[inline]
     pub fn decode<T: Deserialize<'a>>(&self) -> Result<T> {
         codec::decode(self.payload)
+    }
+
+    /// [`decode`](Frame::decode), with errors naming the agreed message type `type_name`
+    /// (see [`decode_as`](crate::decode_as)).
+    #[inline]
+    pub fn decode_as<T: Deserialize<'a>>(&self, type_name: &str) -> Result<T> {
+        codec::decode_as(self.payload, type_name)
     }
 }
 
@@ -592,6 +608,21 @@ mod tests {
             assert_eq!(err.kind(), kind, "offset {offset}");
             assert!(err.to_string().starts_with(message), "{err}");
         }
+    }
+
+    #[test]
+    fn hello_and_close_are_accepted_up_to_2048_bytes_whatever_the_limit() {
+        let limits = Limits::new().with_max_frame_len(16);
+        for kind in [FrameKind::Hello, FrameKind::Close] {
+            let bytes = FrameHeader::new(kind, 0, HANDSHAKE_FRAME_LEN).to_bytes();
+            assert_eq!(FrameHeader::parse(&bytes, &limits).unwrap().len(), 2048);
+            let bytes = FrameHeader::new(kind, 0, HANDSHAKE_FRAME_LEN + 1).to_bytes();
+            let err = FrameHeader::parse(&bytes, &limits).unwrap_err();
+            assert_eq!(err.to_string(), "frame of 2049 bytes exceeds limit of 16");
+        }
+        let bytes = FrameHeader::new(FrameKind::Data, 0, 17).to_bytes();
+        let err = FrameHeader::parse(&bytes, &limits).unwrap_err();
+        assert_eq!(err.to_string(), "frame of 17 bytes exceeds limit of 16");
     }
 
     #[test]

@@ -155,7 +155,9 @@ impl Hello {
         self.max_frame_len
     }
 
-    /// Feature bits; version 1 defines none and ignores unknown ones.
+    /// Feature bits. PROTOCOL.md defines two: bit 0 (`0x1`) = speaks the
+    /// messaging patterns, bit 1 ([`FEATURE_BATCH`], `0x2`) = accepts batch frames; a
+    /// receiver ignores bits it does not know.
     pub fn features(&self) -> u32 {
         self.features
     }

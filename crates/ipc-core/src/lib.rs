@@ -61,12 +61,14 @@ mod ser;
 mod transport;
 
 pub use crate::buffer::{FrameBuffer, MAX_BATCH_LEN, MAX_BATCHED_MESSAGE};
-pub use crate::codec::{decode, encode_into, encode_to_vec, encoded_len, try_encode_into};
+pub use crate::codec::{
+    decode, decode_as, encode_into, encode_to_vec, encoded_len, try_encode_into,
+};
 pub use crate::decoder::FrameDecoder;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::frame::{
-    DEFAULT_MAX_FRAME_LEN, Frame, FrameHeader, FrameKind, HEADER_LEN, Limits, MAGIC,
-    PROTOCOL_VERSION, encode_frame, encode_frame_into, encode_raw_frame,
+    DEFAULT_MAX_FRAME_LEN, Frame, FrameHeader, FrameKind, HANDSHAKE_FRAME_LEN, HEADER_LEN, Limits,
+    MAGIC, PROTOCOL_VERSION, encode_frame, encode_frame_into, encode_raw_frame,
 };
 pub use crate::handshake::{
     Agreed, Close, CloseCode, FEATURE_BATCH, Hello, MAX_NAME_LEN, MessageType, fnv1a64,

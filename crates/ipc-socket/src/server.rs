@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipc_core::{
-    Close, CloseCode, Error, ErrorKind, FrameDecoder, FrameKind, HEADER_LEN, Limits, Result,
+    Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, FrameDecoder, FrameKind, HEADER_LEN, Limits,
+    MAX_BATCH_LEN, MAX_BATCHED_MESSAGE, Result,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::address::Address;
 use crate::async_conn::handshake;
-use crate::config::{Beat, ConnectionConfig, Liveness, close_code_for};
+use crate::config::{Beat, ConnectionConfig, FEATURE_PATTERNS, Liveness, close_code_for};
 use crate::stream::{AsyncListener, AsyncReadHalf, AsyncWriteHalf};
 use crate::wire;
 
@@ -222,6 +223,9 @@ struct Conn {
     shutdown: Notify,
     subscriptions: Mutex<Vec<String>>,
     send_limits: Limits,
+    /// The client's hello accepts batch frames (feature bit 1): its writer packs small data
+    /// frames into them.
+    batches: bool,
     /// Why the server ended the connection (its writer failed, the client was too slow, a
     /// response did not fit): the reader reports it.
     failure: Mutex<Option<Error>>,
@@ -767,6 +771,7 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         shutdown: Notify::new(),
         subscriptions: Mutex::new(Vec::new()),
         send_limits: shaken.send_limits,
+        batches: shaken.peer.features() & FEATURE_BATCH != 0,
         failure: Mutex::new(None),
     });
     lock(&shared.conns).insert(id, Arc::clone(&conn));
@@ -774,6 +779,8 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
     let _ = events.send(Event::Connected { conn: id, peer }).await;
 
     let mut reader = Reader::<T> {
+        patterns: shaken.peer.features() & FEATURE_PATTERNS != 0,
+        type_name: config.message_type().name().to_owned(),
         half: shaken.reader,
         decoder: shaken.decoder,
         liveness: Liveness::new(config.heartbeat()),
@@ -826,8 +833,93 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
 const COALESCE_LEN: usize = 64 * 1024;
 const COALESCE_FRAME: usize = 16 * 1024;
 
+/// Packs the small data frames of one coalesced write into batch frames, as
+/// [`ipc_core::FrameBuffer::push_batched`] does for connections: a data frame alone stays
+/// one; a second that follows it turns the pair into a batch, which takes further data
+/// messages of up to [`MAX_BATCHED_MESSAGE`] bytes while its payload stays within
+/// [`MAX_BATCH_LEN`] and the client's `max_frame_len`. Other kinds end the batch, so the
+/// order of all frames is kept.
+struct Batcher {
+    /// The payload limit of a batch for this client.
+    limit: usize,
+    /// Where the last frame of the write starts, if it is a data frame that may still
+    /// become a batch.
+    lone_data: Option<usize>,
+    /// Where the open batch frame starts (its length is written when it is sealed).
+    open_batch: Option<usize>,
+}
+
+impl Batcher {
+    fn new(conn: &Conn) -> Batcher {
+        let limit = if conn.batches {
+            MAX_BATCH_LEN.min(conn.send_limits.max_frame_len() as usize)
+        } else {
+            0
+        };
+        Batcher {
+            limit,
+            lone_data: None,
+            open_batch: None,
+        }
+    }
+
+    /// The payload of `frame` if it is a data frame that may go in a batch.
+    fn batchable(&self, frame: &[u8]) -> Option<usize> {
+        let header: &[u8; HEADER_LEN] = frame.first_chunk()?;
+        let len = frame.len() - HEADER_LEN;
+        let is_data = header[3] == FrameKind::Data.to_byte() && header[12..16] == [0; 4];
+        (self.limit > 0 && is_data && len <= MAX_BATCHED_MESSAGE).then_some(len)
+    }
+
+    /// Appends `frame` to `out`, into a batch where it can go.
+    fn push(&mut self, out: &mut Vec<u8>, frame: &[u8]) {
+        let Some(len) = self.batchable(frame) else {
+            self.seal(out);
+            self.lone_data = None;
+            out.extend_from_slice(frame);
+            return;
+        };
+        let payload = &frame[HEADER_LEN..];
+        if let Some(start) = self.lone_data.take() {
+            let lone_len = out.len() - start - HEADER_LEN;
+            if 2 + lone_len + 2 + len <= self.limit {
+                // The lone data frame becomes a batch of one entry, open for more.
+                out[start + 3] = FrameKind::Batch.to_byte();
+                let at = start + HEADER_LEN;
+                out.splice(at..at, (lone_len as u16).to_le_bytes());
+                self.open_batch = Some(start);
+            }
+        }
+        if let Some(start) = self.open_batch {
+            if out.len() - start - HEADER_LEN + 2 + len <= self.limit {
+                out.extend_from_slice(&(len as u16).to_le_bytes());
+                out.extend_from_slice(payload);
+                return;
+            }
+            self.seal(out);
+        }
+        self.lone_data = Some(out.len());
+        out.extend_from_slice(frame);
+    }
+
+    /// Writes the open batch's length into its header.
+    fn seal(&mut self, out: &mut [u8]) {
+        if let Some(start) = self.open_batch.take() {
+            let len = (out.len() - start - HEADER_LEN) as u32;
+            out[start + 8..start + 12].copy_from_slice(&len.to_le_bytes());
+        }
+    }
+
+    /// Seals the batch at the end of a write.
+    fn finish(&mut self, out: &mut [u8]) {
+        self.seal(out);
+        self.lone_data = None;
+    }
+}
+
 async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
     let mut batch: Vec<u8> = Vec::with_capacity(COALESCE_LEN);
+    let mut batcher = Batcher::new(&conn);
     loop {
         let mut large: Option<Wire> = None;
         let mut n_taken = 0;
@@ -847,11 +939,12 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
                     break;
                 }
                 if let Some(frame) = state.frames.pop_front() {
-                    batch.extend_from_slice(&frame);
+                    batcher.push(&mut batch, &frame);
                     n_taken += 1;
                     bytes_taken += frame.len();
                 }
             }
+            batcher.finish(&mut batch);
             state.closed && state.frames.is_empty()
         };
         if n_taken > 0 {
@@ -896,6 +989,10 @@ async fn write_large(conn: &Conn, half: &mut AsyncWriteHalf, frame: &[u8]) -> st
 }
 
 struct Reader<T> {
+    /// The client's hello sets feature bit 0: it may send the pattern kinds (06 to 0b).
+    patterns: bool,
+    /// The agreed message type's name, for decode errors (and so close reasons).
+    type_name: String,
     half: AsyncReadHalf,
     decoder: FrameDecoder,
     liveness: Liveness,
@@ -940,18 +1037,40 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
         loop {
             let mut handed_out = false;
             loop {
+                let type_name = self.type_name.as_str();
                 let action = match self.decoder.next_frame()? {
                     None => break,
                     Some(frame) => match frame.kind() {
+                        kind @ (FrameKind::Request
+                        | FrameKind::Subscribe
+                        | FrameKind::Unsubscribe
+                        | FrameKind::Publish)
+                            if !self.patterns =>
+                        {
+                            return Err(Error::new(
+                                ErrorKind::Protocol,
+                                format!(
+                                    "{kind:?} frame from a client whose hello does not set feature bit 0 (messaging patterns)"
+                                ),
+                            ));
+                        }
                         FrameKind::Data => Action::Event(Event::Message {
                             conn: id,
-                            message: frame.decode::<T>()?,
+                            message: frame.decode_as::<T>(type_name)?,
                         }),
+                        FrameKind::Request if frame.id() == 0 => {
+                            return Err(Error::new(
+                                ErrorKind::Protocol,
+                                "request with id 0 (request ids must be non-zero)",
+                            ));
+                        }
                         FrameKind::Request => Action::Event(Event::Request {
                             conn: id,
                             id: frame.id(),
-                            message: frame.decode::<T>()?,
+                            message: frame.decode_as::<T>(type_name)?,
                         }),
+                        // A ping's payload, which should be empty, is ignored: the pong is
+                        // empty whatever the ping carried (PROTOCOL.md §5).
                         FrameKind::Ping => {
                             Action::Control(control_wire(FrameKind::Pong, frame.id()))
                         }
@@ -978,7 +1097,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                         FrameKind::Publish => {
                             let (topic, message) = wire::parse_publish(frame.payload())?;
                             // Only well-typed messages are forwarded.
-                            ipc_core::decode::<T>(message)?;
+                            ipc_core::decode_as::<T>(message, type_name)?;
                             if self.shared.any_subscribed(topic) {
                                 let mut out = Vec::with_capacity(frame.header().frame_len());
                                 out.extend_from_slice(&frame.header().to_bytes());
@@ -1118,4 +1237,98 @@ async fn within<F: std::future::Future>(
         return Some(future.await);
     }
     tokio::time::timeout(wait, future).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        ipc_core::encode_frame(&mut out, FrameKind::Data, 0, text, &Limits::default()).unwrap();
+        out
+    }
+
+    /// What a receiver makes of `wire`: (kind, id, text or empty) per message, and the
+    /// number of batch frames.
+    fn receive(wire: &[u8]) -> (Vec<(FrameKind, u32, String)>, usize) {
+        let mut n_batches = 0;
+        let mut rest = wire;
+        while !rest.is_empty() {
+            let (frame, used) = ipc_core::Frame::parse(rest, &Limits::default()).unwrap();
+            n_batches += usize::from(frame.kind() == FrameKind::Batch);
+            rest = &rest[used..];
+        }
+        let mut decoder = FrameDecoder::new(Limits::default());
+        let mut messages = Vec::new();
+        let mut fed = 0;
+        loop {
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                let text = match frame.kind() {
+                    FrameKind::Data => frame.decode::<String>().unwrap(),
+                    _ => String::new(),
+                };
+                messages.push((frame.kind(), frame.id(), text));
+            }
+            if fed == wire.len() {
+                return (messages, n_batches);
+            }
+            let room = decoder.read_buf();
+            let n = room.len().min(wire.len() - fed);
+            room[..n].copy_from_slice(&wire[fed..fed + n]);
+            decoder.commit(n);
+            fed += n;
+        }
+    }
+
+    fn batcher(limit: usize) -> Batcher {
+        Batcher {
+            limit,
+            lone_data: None,
+            open_batch: None,
+        }
+    }
+
+    #[test]
+    fn batches_keep_every_message_and_the_order_of_all_frames() {
+        let texts: Vec<String> = (0..40).map(|i| format!("message {i}")).collect();
+        let ping = control_wire(FrameKind::Ping, 7);
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            frames.push(data(text));
+            if i % 15 == 14 {
+                frames.push(ping.to_vec());
+            }
+        }
+        frames.push(data(&"x".repeat(MAX_BATCHED_MESSAGE + 1)));
+        frames.push(data("last"));
+        let expected: Vec<_> = frames.iter().flat_map(|f| receive(f).0).collect();
+        // A small limit forces batches to be sealed and new ones opened; 0 means the peer
+        // takes no batches.
+        for limit in [0, 40, 64, MAX_BATCH_LEN] {
+            let mut batcher = batcher(limit);
+            let mut out = Vec::new();
+            for frame in &frames {
+                batcher.push(&mut out, frame);
+            }
+            batcher.finish(&mut out);
+            let (got, n_batches) = receive(&out);
+            assert_eq!(got, expected, "limit {limit}");
+            if limit == 0 {
+                assert_eq!(n_batches, 0);
+                assert_eq!(out, frames.concat());
+            } else {
+                assert!(n_batches > 1, "limit {limit}: {n_batches} batches");
+                // Every batch within the limit.
+                let mut rest = &out[..];
+                while !rest.is_empty() {
+                    let (frame, used) = ipc_core::Frame::parse(rest, &Limits::default()).unwrap();
+                    if frame.kind() == FrameKind::Batch {
+                        assert!(frame.payload().len() <= limit, "limit {limit}");
+                    }
+                    rest = &rest[used..];
+                }
+            }
+        }
+    }
 }

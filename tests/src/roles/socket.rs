@@ -200,7 +200,22 @@ async fn server(args: &Args) -> Result<()> {
                 }
             }
             Event::Message { conn, message } => {
-                let _ = handle.send(conn, &message).await;
+                // `burst:N` asks for N messages at once (seq 0 to N-1); others are echoed.
+                match message.text.strip_prefix("burst:").map(str::parse::<u64>) {
+                    Some(Ok(n)) => {
+                        for seq in 0..n {
+                            let line = ChatLine {
+                                from: "server".into(),
+                                seq,
+                                text: format!("burst {seq}"),
+                            };
+                            let _ = handle.send(conn, &line).await;
+                        }
+                    }
+                    _ => {
+                        let _ = handle.send(conn, &message).await;
+                    }
+                }
             }
         }
     }
@@ -531,7 +546,10 @@ fn flood_one(
     let mut stream = std::net::TcpStream::connect(host_port)?;
     let limits = ipc_core::Limits::default();
     let mut hello = Vec::new();
-    ipc_core::Hello::new(MessageType::named(CHAT_TYPE), &limits).encode_frame(&mut hello)?;
+    // Feature bit 0: this client sends requests, a messaging-pattern kind.
+    ipc_core::Hello::new(MessageType::named(CHAT_TYPE), &limits)
+        .with_features(1)
+        .encode_frame(&mut hello)?;
     stream.write_all(&hello)?;
     // The server's hello.
     let mut decoder = ipc_core::FrameDecoder::new(limits);
