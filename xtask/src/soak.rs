@@ -74,7 +74,11 @@ pub(crate) fn run(only: Option<&str>) -> Result<bool> {
     }
     eprintln!(
         "==> {ran} soaks {} in {:.1?}",
-        if all_passed { "passed" } else { "did not all pass" },
+        if all_passed {
+            "passed"
+        } else {
+            "did not all pass"
+        },
         started.elapsed()
     );
     Ok(all_passed)
