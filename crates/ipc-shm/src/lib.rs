@@ -11,9 +11,9 @@
 //! - [`ShmState`]: a named plain-old-data value under a cross-process lock with timeouts,
 //!   taken over when its holder dies.
 //!
-//! Choose it over `ipc-socket` and `ipc-queue` when both processes run on one machine and
+//! Choose it over `ipc-socket` and `ipc-durable-queue` when both processes run on one machine and
 //! latency or bandwidth matters most. Use `ipc-socket` to talk across machines or languages,
-//! `ipc-queue` when messages must outlive the processes.
+//! `ipc-durable-queue` when messages must outlive the processes.
 //!
 //! # Guarantees
 //!

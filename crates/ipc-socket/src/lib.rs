@@ -3,7 +3,7 @@
 //!
 //! Choose this crate over `ipc-shm` when the processes may run on different machines or are
 //! written in other languages (the wire format, messaging patterns included, is ipc-core's
-//! `PROTOCOL.md`), and over `ipc-queue` when both sides run at the same time and nothing
+//! `PROTOCOL.md`), and over `ipc-durable-queue` when both sides run at the same time and nothing
 //! needs to survive a crash.
 //!
 //! - [`Address`]: `local:NAME`, `unix:/path` or `tcp:HOST:PORT`, one API over all three.
