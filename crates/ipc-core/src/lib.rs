@@ -46,8 +46,11 @@
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | (none) | | this crate has no cargo features: everything above is always built |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 

@@ -76,7 +76,11 @@
 //!
 //! # Feature flags
 //!
-//! None.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | (none) | | this crate has no cargo features: everything above is always built |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
 pub mod baseline;

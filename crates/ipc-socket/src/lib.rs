@@ -57,8 +57,11 @@
 //!
 //! # Feature flags
 //!
-//! None.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | (none) | | this crate has no cargo features: the blocking and the tokio API are always built |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod address;
