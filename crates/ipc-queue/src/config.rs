@@ -227,6 +227,7 @@ pub(crate) struct StoredConfig {
 /// take with it. A crash of the *process* loses nothing in any mode: written data is in the
 /// kernel's page cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// `send` returns only after `fdatasync` covered the message (group commit shares one
     /// sync among concurrent senders in all processes). Nothing with a receipt is ever lost.
@@ -243,6 +244,7 @@ pub enum Durability {
 
 /// What a `send` does when the queue is at its bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WhenFull {
     /// Wait (polling) until consumers make room.
     #[default]

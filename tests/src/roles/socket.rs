@@ -202,6 +202,8 @@ async fn server(args: &Args) -> Result<()> {
             Event::Message { conn, message } => {
                 let _ = handle.send(conn, &message).await;
             }
+            // `Event` is non-exhaustive: a later kind of event is reported, not ignored.
+            other => say(format_args!("event {other:?}")),
         }
     }
     server.shutdown().await;
@@ -323,6 +325,8 @@ async fn watch(args: &Args) -> Result<()> {
                 }
             }
             Incoming::Message(message) => say(format_args!("message {}", message.text)),
+            // `Incoming` is non-exhaustive.
+            other => say(format_args!("incoming {other:?}")),
         }
     }
     say(format_args!("ok connections={}", client.connections()));
@@ -412,7 +416,7 @@ fn raw_echo(args: &Args) -> Result<()> {
             let _ = std::fs::remove_file(path);
             outcome
         }
-        Address::Local(_) => bail!("raw echo needs a tcp: or unix: address"),
+        _ => bail!("raw echo needs a tcp: or unix: address"),
     }
 }
 
