@@ -24,6 +24,16 @@ const LICENCES: [&str; 2] = ["LICENSE-MIT", "LICENSE-APACHE"];
 /// The toolchain of `rust-version` in the workspace manifest (the MSRV job).
 const MSRV_TOOLCHAIN: &str = "1.89.0";
 
+/// The targets the README's platform table says build, and the crates it says build there
+/// (ipc-shm is Linux only; ipc-durable-queue needs Unix).
+const CROSS_TARGETS: [(&str, &[&str]); 2] = [
+    (
+        "x86_64-apple-darwin",
+        &["ipc-core", "ipc-socket", "ipc-durable-queue"],
+    ),
+    ("x86_64-pc-windows-gnu", &["ipc-core", "ipc-socket"]),
+];
+
 /// The cargo-hack release installed when it is missing.
 const CARGO_HACK_VERSION: &str = "0.6.46";
 
@@ -89,6 +99,10 @@ fn steps() -> Vec<Step> {
         Step {
             title: "MSRV (rust-version) of the libraries",
             run: Run::Here(check_msrv),
+        },
+        Step {
+            title: "cross targets of the platform table",
+            run: Run::Here(check_cross_targets),
         },
         cargo_step(
             "publish --dry-run of the four crates together",
@@ -254,6 +268,25 @@ fn check_msrv() -> Result<()> {
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC");
     status_of(&mut command)
+}
+
+/// `cargo check --target` of each crate the platform table says builds there, with its
+/// default features and without (the standard library of each target is added to the pinned
+/// toolchain when missing; nothing is linked, so no cross linker is needed).
+fn check_cross_targets() -> Result<()> {
+    for (target, crates) in CROSS_TARGETS {
+        status_of(Command::new("rustup").args(["target", "add", target]))?;
+        for features in [None, Some("--no-default-features")] {
+            let mut command = cargo();
+            command.args(["check", "--target", target]);
+            for name in crates {
+                command.args(["-p", name]);
+            }
+            command.args(features);
+            status_of(&mut command)?;
+        }
+    }
+    Ok(())
 }
 
 fn seconds(duration: Duration) -> String {

@@ -153,6 +153,14 @@
 #![cfg_attr(not(feature = "amqp"), doc = "[`Queue::open_with`]: #feature-flags")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The embedded backend is built on Unix file semantics (positioned reads and writes, inode
+// identity, mode 0600 files, `fdatasync`): say so instead of a screen of unresolved imports.
+#[cfg(not(unix))]
+compile_error!(
+    "ipc-durable-queue builds only on Unix (Linux, macOS): its embedded backend uses Unix file \
+     semantics (std::os::unix); Windows is not supported yet"
+);
+
 mod address;
 #[cfg(feature = "amqp")]
 mod amqp;

@@ -82,6 +82,13 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// memfd seals, futexes and /proc are Linux's: say so instead of a screen of errors.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "ipc-shm builds only on Linux: it needs memfd seals, futex and /proc; on other systems \
+     use ipc-socket"
+);
+
 #[doc(hidden)]
 pub mod baseline;
 mod channel;
