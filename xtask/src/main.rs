@@ -3,7 +3,8 @@
 //! - `scenarios [NAME] [--quick] [--list]`: cross-crate scenarios with real separate processes;
 //! - `bench [--quick] [--only GROUP] [--json PATH]`: every mechanism beside its raw baseline, as a table and JSON;
 //! - `soak [TEST]`: the long versions of the reliability tests (kill loop, corruption trials, disk full);
-//! - `ci`: the same steps as `.ci/run` (format, lint, test, docs, packaging, quick scenarios);
+//! - `ci [--only TEXT]`: the same steps as `.ci/run` (format, licences, lint, test, docs,
+//!   feature sets, MSRV, cross targets, publish --dry-run, quick scenarios);
 //! - `queue stats PATH [--json]`: a look inside an embedded ipc-queue.
 
 use std::path::PathBuf;
@@ -65,8 +66,13 @@ enum Task {
         /// Run only this one: queue_processes, queue_corruption or queue_disk_full.
         test: Option<String>,
     },
-    /// Run the CI steps of `.ci/run`: fmt, clippy, tests, docs, packaging, quick scenarios.
-    Ci,
+    /// Run the CI steps of `.ci/run`: fmt, licences, clippy, tests, docs, feature sets,
+    /// MSRV, cross targets, publish --dry-run, quick scenarios.
+    Ci {
+        /// Run only the steps whose title contains this text (e.g. `feature`, `MSRV`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Look inside an embedded ipc-queue.
     Queue {
         #[command(subcommand)]
@@ -110,7 +116,7 @@ fn main() -> ExitCode {
             quick, only, json, ..
         } => bench::run(quick, only.as_deref(), &json).map(|()| true),
         Task::Soak { test } => soak::run(test.as_deref()),
-        Task::Ci => ci::run().map(|()| true),
+        Task::Ci { only } => ci::run(only.as_deref()).map(|()| true),
         Task::Queue {
             command: QueueCommand::Stats { address, json },
         } => queue::stats(&address, json).map(|()| true),

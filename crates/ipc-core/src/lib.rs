@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `ipc-shm` | both processes are on one machine and speed matters most |
 //! | `ipc-socket` | processes on one or many machines, any language, event driven |
-//! | `ipc-queue` | the receiver may not be running yet; messages must survive crashes |
+//! | `ipc-durable-queue` | the receiver may not be running yet; messages must survive crashes |
 //!
 //! Depend on `ipc-core` directly to write code generic over the mechanism (through
 //! [`Sender`] and [`Receiver`]), or to speak the wire format yourself: a frame is a 16-byte
@@ -46,8 +46,11 @@
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | (none) | | this crate has no cargo features: everything above is always built |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 

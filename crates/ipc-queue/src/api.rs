@@ -96,6 +96,7 @@ impl Queue {
     /// [`create`](Queue::create) with connection options for a RabbitMQ address (ignored
     /// for a directory).
     #[cfg(feature = "amqp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
     pub fn create_with(
         address: impl Into<Address>,
         config: &QueueConfig,
@@ -107,6 +108,7 @@ impl Queue {
     /// [`open`](Queue::open) with connection options for a RabbitMQ address (ignored for a
     /// directory).
     #[cfg(feature = "amqp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
     pub fn open_with(address: impl Into<Address>, options: &AmqpOptions) -> Result<Queue> {
         Queue::open_inner(address.into(), options)
     }

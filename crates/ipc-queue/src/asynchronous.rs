@@ -61,6 +61,7 @@ async fn blocking<R: Send + 'static>(
     })?
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl Queue {
     /// [`AsyncQueue::create`]: creates the queue at `address` for async code.
     pub async fn create_async(
@@ -127,6 +128,7 @@ impl Queue {
 /// # Ok::<(), ipc_queue::core::Error>(())
 /// ```
 #[derive(Clone, Debug)]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct AsyncQueue {
     address: Address,
     backend: QueueBackend,
@@ -174,6 +176,7 @@ impl AsyncQueue {
     /// [`create`](AsyncQueue::create) with connection options for a RabbitMQ address
     /// (ignored for a directory).
     #[cfg(feature = "amqp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
     pub async fn create_with(
         address: impl Into<Address>,
         config: &QueueConfig,
@@ -185,6 +188,7 @@ impl AsyncQueue {
     /// [`open`](AsyncQueue::open) with connection options for a RabbitMQ address (ignored
     /// for a directory).
     #[cfg(feature = "amqp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
     pub async fn open_with(
         address: impl Into<Address>,
         options: &AmqpOptions,
@@ -348,6 +352,7 @@ impl AsyncQueue {
 /// tokio's blocking pool (dropped inside a runtime, the producer's final sync of what
 /// `Durability::Interval` or `Never` left unsynced runs there too). RabbitMQ: published and
 /// its confirm awaited on the runtime, with the blocking producer's reconnection and outbox.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct AsyncProducer<T: ?Sized + 'static> {
     backend: ProducerBackend<T>,
 }
@@ -551,6 +556,7 @@ struct EmbeddedSide<T> {
 /// prefetch); embedded looks at the log on tokio's blocking pool and sleeps on the
 /// runtime's timer between looks (50 µs doubling to 5 ms, so a message that arrives while
 /// the queue is idle is seen within about 5 ms).
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct AsyncConsumer<T> {
     backend: ConsumerBackend<T>,
 }

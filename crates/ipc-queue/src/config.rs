@@ -99,8 +99,9 @@ impl QueueConfig {
     }
 
     /// The size past which the consumer-state log is rewritten as one snapshot (default
-    /// 8 MiB; at least 4 KiB). Exposed for tests of compaction.
+    /// 8 MiB; at least 4 KiB). Test hook (feature `test-hooks`), for tests of compaction.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn with_state_compaction_at(mut self, bytes: u64) -> QueueConfig {
         self.compact_at = bytes.max(4096);
         self
@@ -227,6 +228,7 @@ pub(crate) struct StoredConfig {
 /// take with it. A crash of the *process* loses nothing in any mode: written data is in the
 /// kernel's page cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// `send` returns only after `fdatasync` covered the message (group commit shares one
     /// sync among concurrent senders in all processes). Nothing with a receipt is ever lost.
@@ -243,6 +245,7 @@ pub enum Durability {
 
 /// What a `send` does when the queue is at its bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WhenFull {
     /// Wait (polling) until consumers make room.
     #[default]
@@ -277,23 +280,25 @@ impl ProducerOptions {
         self
     }
 
-    /// Test hook: appends fail with "no space left on device" once this handle has written
+    /// Test hook (feature `test-hooks`): appends fail with "no space left on device" once this handle has written
     /// `bytes` bytes (the failing write is partial, as on a real full disk).
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn with_write_limit(mut self, bytes: u64) -> ProducerOptions {
         self.faults.write_limit = Some(bytes);
         self
     }
 
-    /// Test hook: the `n`-th and later `fdatasync` calls of this handle fail with EIO.
+    /// Test hook (feature `test-hooks`): the `n`-th and later `fdatasync` calls of this handle fail with EIO.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn with_failing_sync_after(mut self, n: u64) -> ProducerOptions {
         self.faults.fail_sync_after = Some(n);
         self
     }
 }
 
-/// Injected faults for tests.
+/// Injected faults for tests (set only through the `test-hooks` feature's methods).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Faults {
     pub(crate) write_limit: Option<u64>,

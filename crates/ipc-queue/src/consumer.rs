@@ -26,6 +26,7 @@ const LIVENESS_TTL: Duration = Duration::from_millis(20);
 
 /// A message in the dead-letter queue: the original bytes and why they are there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The sequence number the message had in its queue.
     pub seq: u64,

@@ -106,11 +106,60 @@
 //!
 //! # Feature flags
 //!
-//! - `amqp` (default): the RabbitMQ backend (`amqp://` addresses, [`AmqpOptions`]), through
-//!   lapin.
-//! - `tokio` (default): the async API, [`AsyncQueue`], [`AsyncProducer`] and
-//!   [`AsyncConsumer`] (which implement [`ipc_core::AsyncSender`] and
-//!   [`ipc_core::AsyncReceiver`]), on both backends.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tokio` | yes | the async API: [`AsyncQueue`] (or [`Queue::create_async`]), [`AsyncProducer`] and [`AsyncConsumer`] (which implement [`ipc_core::AsyncSender`] and [`ipc_core::AsyncReceiver`]), on both backends; pulls in tokio |
+//! | `amqp` | yes | the RabbitMQ backend: `amqp://` addresses, [`AmqpOptions`], [`Queue::create_with`] and [`Queue::open_with`], through lapin; implies `tokio` |
+//! | `test-hooks` | no | fault injection for this project's own tests (a write limit that fails like a full disk, failing `fdatasync`, early state-log compaction); hidden from these docs and not an API promise |
+//!
+//! An embedded-only user writes `ipc-durable-queue = { version = "0.1", default-features =
+//! false }` and gets the blocking embedded API alone (ipc-core, serde, crc32c and fastrand:
+//! no tokio, no lapin). An `amqp://` address then fails with
+//! [`ErrorKind::InvalidInput`](ipc_core::ErrorKind::InvalidInput) ("... was built without its
+//! `amqp` feature").
+//!
+// Links to feature-gated items: the item where the feature is on, the table above where
+// it is off, so the docs of every feature set build without broken links.
+#![cfg_attr(feature = "tokio", doc = "[`AsyncQueue`]: crate::AsyncQueue")]
+#![cfg_attr(feature = "tokio", doc = "[`AsyncProducer`]: crate::AsyncProducer")]
+#![cfg_attr(feature = "tokio", doc = "[`AsyncConsumer`]: crate::AsyncConsumer")]
+#![cfg_attr(
+    feature = "tokio",
+    doc = "[`Queue::create_async`]: crate::Queue::create_async"
+)]
+#![cfg_attr(
+    feature = "tokio",
+    doc = "[`Queue::open_async`]: crate::Queue::open_async"
+)]
+#![cfg_attr(not(feature = "tokio"), doc = "[`AsyncQueue`]: #feature-flags")]
+#![cfg_attr(not(feature = "tokio"), doc = "[`AsyncProducer`]: #feature-flags")]
+#![cfg_attr(not(feature = "tokio"), doc = "[`AsyncConsumer`]: #feature-flags")]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "[`Queue::create_async`]: #feature-flags"
+)]
+#![cfg_attr(not(feature = "tokio"), doc = "[`Queue::open_async`]: #feature-flags")]
+#![cfg_attr(feature = "amqp", doc = "[`AmqpOptions`]: crate::AmqpOptions")]
+#![cfg_attr(
+    feature = "amqp",
+    doc = "[`Queue::create_with`]: crate::Queue::create_with"
+)]
+#![cfg_attr(
+    feature = "amqp",
+    doc = "[`Queue::open_with`]: crate::Queue::open_with"
+)]
+#![cfg_attr(not(feature = "amqp"), doc = "[`AmqpOptions`]: #feature-flags")]
+#![cfg_attr(not(feature = "amqp"), doc = "[`Queue::create_with`]: #feature-flags")]
+#![cfg_attr(not(feature = "amqp"), doc = "[`Queue::open_with`]: #feature-flags")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The embedded backend is built on Unix file semantics (positioned reads and writes, inode
+// identity, mode 0600 files, `fdatasync`): say so instead of a screen of unresolved imports.
+#[cfg(not(unix))]
+compile_error!(
+    "ipc-durable-queue builds only on Unix (Linux, macOS): its embedded backend uses Unix file \
+     semantics (std::os::unix); Windows is not supported yet"
+);
 
 mod address;
 #[cfg(feature = "amqp")]
@@ -132,9 +181,11 @@ mod watermark;
 
 pub use crate::address::Address;
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use crate::amqp::{AmqpOptions, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE};
 pub use crate::api::{Consumer, Producer, Queue};
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use crate::asynchronous::{AsyncConsumer, AsyncProducer, AsyncQueue};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,

@@ -11,9 +11,9 @@
 //! - [`ShmState`]: a named plain-old-data value under a cross-process lock with timeouts,
 //!   taken over when its holder dies.
 //!
-//! Choose it over `ipc-socket` and `ipc-queue` when both processes run on one machine and
+//! Choose it over `ipc-socket` and `ipc-durable-queue` when both processes run on one machine and
 //! latency or bandwidth matters most. Use `ipc-socket` to talk across machines or languages,
-//! `ipc-queue` when messages must outlive the processes.
+//! `ipc-durable-queue` when messages must outlive the processes.
 //!
 //! # Guarantees
 //!
@@ -76,7 +76,18 @@
 //!
 //! # Feature flags
 //!
-//! None.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | (none) | | this crate has no cargo features: everything above is always built |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// memfd seals, futexes and /proc are Linux's: say so instead of a screen of errors.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "ipc-shm builds only on Linux: it needs memfd seals, futex and /proc; on other systems \
+     use ipc-socket"
+);
 
 #[doc(hidden)]
 pub mod baseline;

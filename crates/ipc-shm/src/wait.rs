@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 /// How a blocked end waits for its peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WaitMode {
     /// Spin briefly, then sleep on a futex in the segment until woken (or until a short
     /// slice passes, to look at the peer's liveness). An idle end burns no CPU.

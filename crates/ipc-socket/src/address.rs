@@ -27,6 +27,7 @@ use ipc_core::{Error, ErrorKind, Result};
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Address {
     /// A namespaced local socket name (no file on disk).
     ///

@@ -111,6 +111,7 @@ impl ClientConfig {
 
 /// What a [`Client`] receives.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Incoming<T> {
     /// A data message from the server.
     Message(T),

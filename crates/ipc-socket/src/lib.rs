@@ -3,7 +3,7 @@
 //!
 //! Choose this crate over `ipc-shm` when the processes may run on different machines or are
 //! written in other languages (the wire format, messaging patterns included, is ipc-core's
-//! `PROTOCOL.md`), and over `ipc-queue` when both sides run at the same time and nothing
+//! `PROTOCOL.md`), and over `ipc-durable-queue` when both sides run at the same time and nothing
 //! needs to survive a crash.
 //!
 //! - [`Address`]: `local:NAME`, `unix:/path` or `tcp:HOST:PORT`, one API over all three.
@@ -57,8 +57,11 @@
 //!
 //! # Feature flags
 //!
-//! None.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | (none) | | this crate has no cargo features: the blocking and the tokio API are always built |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod address;

@@ -30,6 +30,7 @@ use crate::wire;
 /// responses, publications, and the control frames its input causes (pongs, subscription
 /// acks). The policy applies to that client alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Policy {
     /// The sender waits until the client has read enough. Nothing is lost; a slow client
     /// slows down whoever sends to it: an event loop that awaits
@@ -134,6 +135,7 @@ impl fmt::Display for ConnId {
 
 /// What happened on the server.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<T> {
     /// A client completed the handshake.
     Connected {

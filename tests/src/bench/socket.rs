@@ -295,7 +295,7 @@ impl RawStream {
                 RawStream::Tcp(stream)
             }
             Address::Path(path) => RawStream::Unix(std::os::unix::net::UnixStream::connect(path)?),
-            Address::Local(_) => bail!("raw streams need a tcp: or unix: address"),
+            _ => bail!("raw streams need a tcp: or unix: address"),
         })
     }
 }

@@ -217,6 +217,8 @@ async fn server(args: &Args) -> Result<()> {
                     }
                 }
             }
+            // `Event` is non-exhaustive: a later kind of event is reported, not ignored.
+            other => say(format_args!("event {other:?}")),
         }
     }
     server.shutdown().await;
@@ -338,6 +340,8 @@ async fn watch(args: &Args) -> Result<()> {
                 }
             }
             Incoming::Message(message) => say(format_args!("message {}", message.text)),
+            // `Incoming` is non-exhaustive.
+            other => say(format_args!("incoming {other:?}")),
         }
     }
     say(format_args!("ok connections={}", client.connections()));
@@ -427,7 +431,7 @@ fn raw_echo(args: &Args) -> Result<()> {
             let _ = std::fs::remove_file(path);
             outcome
         }
-        Address::Local(_) => bail!("raw echo needs a tcp: or unix: address"),
+        _ => bail!("raw echo needs a tcp: or unix: address"),
     }
 }
 
