@@ -464,7 +464,14 @@ fn drain_copies(address: &str) -> Result<u64> {
     let mut consumer = Peer::spawn_role(
         "drain",
         "queue-consume",
-        ["--address", address, "--idle-exit-ms", "1000", "--quiet", "1"],
+        [
+            "--address",
+            address,
+            "--idle-exit-ms",
+            "1000",
+            "--quiet",
+            "1",
+        ],
     )?;
     let received = consumer.expect_prefixed("ok", STEP)?;
     consumer.wait_success(STEP)?;
