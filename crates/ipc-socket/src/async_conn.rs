@@ -19,8 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use crate::address::Address;
-use crate::blocking::{Inbound, check_peer_hello, classify, write_buffer};
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
+use crate::protocol::{
+    self, Front, Inbound, READ_ROOM, check_peer_hello, end_of_stream, take_data, write_buffer,
+};
 use crate::stream::{AsyncReadHalf, AsyncStream, AsyncWriteHalf};
 
 /// A stream after a successful handshake.
@@ -396,13 +398,7 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
     }
 
     fn take_data<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
-        match self.decoder.next_frame()? {
-            Some(frame) => frame.decode::<M>(),
-            None => Err(Error::new(
-                ErrorKind::Other,
-                "data frame vanished from the receive buffer",
-            )),
-        }
+        take_data(&mut self.decoder)
     }
 
     /// Waits until a data frame is at the front of the buffer, answering pings and watching
@@ -412,15 +408,10 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
             return Err(Error::new(kind, "connection failed earlier"));
         }
         loop {
-            let inbound = match self.decoder.peek_header() {
-                Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(()),
-                Ok(None) => None,
-                Ok(Some(_)) => match self.decoder.next_frame() {
-                    Ok(Some(frame)) => Some(classify(frame)),
-                    Ok(None) => None,
-                    Err(err) => Some(Inbound::Bad(err)),
-                },
-                Err(err) => Some(Inbound::Bad(err)),
+            let inbound = match protocol::front(&mut self.decoder) {
+                Front::Data => return Ok(()),
+                Front::More => None,
+                Front::Control(inbound) => Some(inbound),
             };
             match inbound {
                 Some(Inbound::Ping(id)) => {
@@ -465,13 +456,7 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                     }
                 }
                 Some(Ok(0)) => {
-                    let err = match self.decoder.finish() {
-                        Err(err) => err.context("peer vanished"),
-                        Ok(()) => Error::new(
-                            ErrorKind::PeerDied,
-                            "peer closed the stream without a close frame",
-                        ),
-                    };
+                    let err = end_of_stream(&self.decoder);
                     return Err(self.fail(err));
                 }
                 Some(Ok(n)) => {
@@ -571,7 +556,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
                 reader: shaken.reader,
                 decoder: {
                     let mut decoder = shaken.decoder;
-                    decoder.reserve(64 * 1024);
+                    decoder.reserve(READ_ROOM);
                     decoder
                 },
                 liveness: Liveness::new(config.heartbeat()),

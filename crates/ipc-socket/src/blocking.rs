@@ -5,79 +5,18 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use ipc_core::{
-    Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, Frame, FrameBuffer, FrameDecoder, FrameKind,
-    Hello, Limits, MAX_BATCHED_MESSAGE, Receiver, Result, Sender,
+    Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, FrameBuffer, FrameDecoder, FrameKind, Hello,
+    Limits, Receiver, Result, Sender,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
+use crate::protocol::{
+    self, Front, Inbound, check_peer_hello, end_of_stream, read_decoder, take_data, write_buffer,
+};
 use crate::stream::{SyncListener, SyncStream};
-
-/// How much a one-peer connection reads at once at most: many small frames per read.
-const READ_ROOM: usize = 64 * 1024;
-
-/// A decoder for a one-peer connection, with room for large reads.
-pub(crate) fn read_decoder(config: &ConnectionConfig) -> FrameDecoder {
-    let mut decoder = FrameDecoder::new(*config.limits());
-    decoder.reserve(READ_ROOM);
-    decoder
-}
-
-/// The write buffer of a connection: room for a flush threshold's worth of frames.
-pub(crate) fn write_buffer(config: &ConnectionConfig) -> FrameBuffer {
-    FrameBuffer::with_capacity(config.flush_threshold().min(1 << 20) + MAX_BATCHED_MESSAGE + 1024)
-}
-
-/// What a control frame (anything but data) asks of a plain duplex connection.
-pub(crate) enum Inbound {
-    Ping(u32),
-    Ignore,
-    Closed(Error),
-    Bad(Error),
-}
-
-/// Sorts a control frame received after the handshake on a duplex connection; callers
-/// take data frames before (see `FrameDecoder::peek_header`).
-pub(crate) fn classify(frame: Frame<'_>) -> Inbound {
-    match frame.kind() {
-        FrameKind::Data | FrameKind::Pong => Inbound::Ignore,
-        FrameKind::Ping => Inbound::Ping(frame.id()),
-        FrameKind::Close => match Close::decode(frame.payload()) {
-            Ok(close) => Inbound::Closed(close.into_error()),
-            Err(err) => Inbound::Bad(err.context("bad close frame")),
-        },
-        kind => Inbound::Bad(Error::new(
-            ErrorKind::Protocol,
-            format!("unexpected {kind:?} frame on a duplex connection"),
-        )),
-    }
-}
-
-/// Checks the peer's first frame: a hello that agrees with ours.
-pub(crate) fn check_peer_hello(frame: Frame<'_>, ours: &Hello) -> Result<(Hello, Limits)> {
-    match frame.kind() {
-        FrameKind::Hello => {
-            let theirs = Hello::decode(frame.payload())?;
-            let agreed = ours.agree(&theirs)?;
-            Ok((theirs, agreed.send_limit()))
-        }
-        FrameKind::Close => Err(Close::decode(frame.payload())?.into_error()),
-        kind => Err(Error::new(
-            ErrorKind::Protocol,
-            format!("expected a hello frame first, got {kind:?}"),
-        )),
-    }
-}
-
-#[cold]
-fn vanished() -> Error {
-    Error::new(
-        ErrorKind::Other,
-        "data frame vanished from the receive buffer",
-    )
-}
 
 /// A blocking connection carrying messages of type `T` both ways.
 ///
@@ -294,13 +233,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         loop {
             match self.stream.read(self.decoder.read_buf()) {
                 Ok(0) => {
-                    let err = match self.decoder.finish() {
-                        Err(err) => err.context("peer vanished"),
-                        Ok(()) => Error::new(
-                            ErrorKind::PeerDied,
-                            "peer closed the stream without a close frame",
-                        ),
-                    };
+                    let err = end_of_stream(&self.decoder);
                     return Err(self.fail(err));
                 }
                 Ok(n) => {
@@ -329,15 +262,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// the front, false when more input is needed.
     fn front_is_data(&mut self) -> Result<bool> {
         loop {
-            let inbound = match self.decoder.peek_header() {
-                Ok(Some(header)) if header.kind() == FrameKind::Data => return Ok(true),
-                Ok(None) => return Ok(false),
-                Ok(Some(_)) => match self.decoder.next_frame() {
-                    Ok(Some(frame)) => classify(frame),
-                    Ok(None) => return Ok(false),
-                    Err(err) => Inbound::Bad(err),
-                },
-                Err(err) => Inbound::Bad(err),
+            let inbound = match protocol::front(&mut self.decoder) {
+                Front::Data => return Ok(true),
+                Front::More => return Ok(false),
+                Front::Control(inbound) => inbound,
             };
             match inbound {
                 Inbound::Ping(id) => {
@@ -364,10 +292,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// usable.
     #[inline]
     fn take_data<'a, M: Deserialize<'a>>(&'a mut self) -> Result<M> {
-        match self.decoder.next_frame()? {
-            Some(frame) => frame.decode::<M>(),
-            None => Err(vanished()),
-        }
+        take_data(&mut self.decoder)
     }
 
     /// Waits until a data frame is at the front of the buffer, flushing output, answering

@@ -227,21 +227,19 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Client<T> {
         config.connection = config.connection.with_patterns();
         let first = match (config.wait_for_server, config.reconnect) {
             (true, Some(backoff)) => {
-                let mut attempt = 0u32;
-                loop {
-                    match connect_once(&config).await {
-                        Ok(first) => break first,
-                        // Only "nobody listens yet" is worth waiting for.
-                        Err(err) if err.kind() == ErrorKind::NotFound => {
-                            attempt = attempt.saturating_add(1);
-                            if backoff.max_attempts.is_some_and(|max| attempt >= max) {
-                                return Err(err.context(format!(
-                                    "gave up waiting for the server after {attempt} attempts"
-                                )));
-                            }
-                            tokio::time::sleep(backoff.delay(attempt - 1)).await;
-                        }
-                        Err(err) => return Err(err),
+                // Only "nobody listens yet" is worth waiting for.
+                let retry = |err: &Error, _| err.kind() == ErrorKind::NotFound;
+                match connect_with_backoff(&config, backoff, false, retry, || false).await {
+                    Ok(first) => first,
+                    Err(Stopped::Fatal(err)) => return Err(err),
+                    Err(Stopped::GaveUp(err, attempt)) => {
+                        return Err(err.context(format!(
+                            "gave up waiting for the server after {attempt} attempts"
+                        )));
+                    }
+                    // Nothing closes a client being built.
+                    Err(Stopped::Closed) => {
+                        return Err(Error::new(ErrorKind::Closed, "client closed"));
                     }
                 }
             }
@@ -462,6 +460,55 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> AsyncReceiver for 
     }
 }
 
+/// Why [`connect_with_backoff`] ended without a connection.
+enum Stopped {
+    /// An attempt failed with an error not worth retrying.
+    Fatal(Error),
+    /// The last allowed attempt failed: its error and the number of attempts.
+    GaveUp(Error, u32),
+    /// The client was closed.
+    Closed,
+}
+
+/// The client's one back-off loop (waiting for a server at start-up, reconnecting after a
+/// loss): connection attempts paced by `backoff` until one succeeds.
+///
+/// Pause `n` (from 0) lasts `backoff.delay(n)`; with `pause_first` one comes before the first
+/// attempt too, otherwise only between attempts. `retry` sees each failure with the number
+/// of failed attempts so far and says whether to go on; `closed` is asked before each
+/// attempt. Gives up after `backoff.max_attempts` failed attempts.
+async fn connect_with_backoff(
+    config: &ClientConfig,
+    backoff: Backoff,
+    pause_first: bool,
+    retry: impl Fn(&Error, u32) -> bool,
+    closed: impl Fn() -> bool,
+) -> std::result::Result<Handshaken, Stopped> {
+    let mut attempt = 0u32;
+    let mut pauses = 0u32;
+    loop {
+        if closed() {
+            return Err(Stopped::Closed);
+        }
+        if pause_first || attempt > 0 {
+            tokio::time::sleep(backoff.delay(pauses)).await;
+            pauses = pauses.saturating_add(1);
+        }
+        match connect_once(config).await {
+            Ok(shaken) => return Ok(shaken),
+            Err(err) => {
+                attempt = attempt.saturating_add(1);
+                if !retry(&err, attempt) {
+                    return Err(Stopped::Fatal(err));
+                }
+                if backoff.max_attempts.is_some_and(|max| attempt >= max) {
+                    return Err(Stopped::GaveUp(err, attempt));
+                }
+            }
+        }
+    }
+}
+
 async fn connect_once(config: &ClientConfig) -> Result<Handshaken> {
     let stream = AsyncStream::connect(&config.address).await?;
     let mut shaken = handshake(stream, &config.connection)
@@ -499,26 +546,20 @@ async fn supervise<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
                 let Some(backoff) = config.reconnect else {
                     return;
                 };
-                let mut attempt = 0u32;
-                loop {
-                    if shared.closed.load(Ordering::Acquire) {
+                let retry = |err: &Error, attempt| {
+                    tracing::debug!("reconnect attempt {attempt} failed: {err}");
+                    true
+                };
+                let closed = || shared.closed.load(Ordering::Acquire);
+                match connect_with_backoff(&config, backoff, true, retry, closed).await {
+                    Ok(shaken) => shaken,
+                    Err(Stopped::GaveUp(err, attempt)) => {
+                        let err =
+                            err.context(format!("gave up reconnecting after {attempt} attempts"));
+                        let _ = inbox.send(Incoming::Disconnected(err)).await;
                         return;
                     }
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                    match connect_once(&config).await {
-                        Ok(shaken) => break shaken,
-                        Err(err) => {
-                            attempt = attempt.saturating_add(1);
-                            tracing::debug!("reconnect attempt {attempt} failed: {err}");
-                            if backoff.max_attempts.is_some_and(|max| attempt >= max) {
-                                let err = err.context(format!(
-                                    "gave up reconnecting after {attempt} attempts"
-                                ));
-                                let _ = inbox.send(Incoming::Disconnected(err)).await;
-                                return;
-                            }
-                        }
-                    }
+                    Err(Stopped::Fatal(_) | Stopped::Closed) => return,
                 }
             }
         };

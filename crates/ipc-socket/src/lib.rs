@@ -69,6 +69,7 @@ mod async_conn;
 mod blocking;
 mod client;
 mod config;
+mod protocol;
 mod server;
 mod stream;
 mod wire;

@@ -856,3 +856,71 @@ fn batches_go_only_to_peers_that_accept_them() {
         }
     }
 }
+
+#[test]
+fn a_client_gives_up_after_its_back_off_max_attempts() {
+    runtime().block_on(async {
+        let watchdog = Duration::from_secs(20);
+        let dir = Dir::new();
+        let address = Address::path(dir.0.join("never.sock"));
+        let fast = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+            max_attempts: Some(3),
+        };
+        // Waiting for a server that never comes up: three attempts, then the last error.
+        let waiting = Client::<String>::connect(
+            ClientConfig::new(address.clone(), config())
+                .reconnect(fast)
+                .wait_for_server(),
+        );
+        let err = tokio::time::timeout(watchdog, waiting)
+            .await
+            .expect("watchdog")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(
+            err.to_string()
+                .contains("gave up waiting for the server after 3 attempts"),
+            "{err}"
+        );
+
+        // Reconnecting to a server that went away for good: two attempts, then a second
+        // `Disconnected` that says so.
+        let mut server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
+            .await
+            .unwrap();
+        let twice = Backoff {
+            max_attempts: Some(2),
+            ..fast
+        };
+        let client =
+            Client::<String>::connect(ClientConfig::new(address, config()).reconnect(twice))
+                .await
+                .unwrap();
+        server.shutdown().await;
+        drop(server);
+        match tokio::time::timeout(watchdog, client.recv())
+            .await
+            .expect("watchdog")
+        {
+            Ok(Incoming::Disconnected(err)) => assert!(err.is_peer_gone(), "{err}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match tokio::time::timeout(watchdog, client.recv())
+            .await
+            .expect("watchdog")
+        {
+            Ok(Incoming::Disconnected(err)) => {
+                assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+                assert!(
+                    err.to_string()
+                        .contains("gave up reconnecting after 2 attempts"),
+                    "{err}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(client.connections(), 1);
+    });
+}

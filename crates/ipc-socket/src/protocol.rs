@@ -1,0 +1,125 @@
+//! The frame-level protocol of a plain duplex connection, shared by the blocking
+//! [`Connection`](crate::Connection) and the tokio [`AsyncConnection`](crate::AsyncConnection):
+//! buffers sized for a connection, the check of the peer's hello, the sorting of control
+//! frames, and the errors for a stream that ends. The two connections are siblings on top
+//! of this module; neither uses the other.
+
+use ipc_core::{
+    Close, Error, ErrorKind, Frame, FrameBuffer, FrameDecoder, FrameKind, Hello, Limits,
+    MAX_BATCHED_MESSAGE, Result,
+};
+
+use crate::config::ConnectionConfig;
+
+/// How much a one-peer connection reads at once at most: many small frames per read.
+pub(crate) const READ_ROOM: usize = 64 * 1024;
+
+/// A decoder for a one-peer connection, with room for large reads.
+pub(crate) fn read_decoder(config: &ConnectionConfig) -> FrameDecoder {
+    let mut decoder = FrameDecoder::new(*config.limits());
+    decoder.reserve(READ_ROOM);
+    decoder
+}
+
+/// The write buffer of a connection: room for a flush threshold's worth of frames.
+pub(crate) fn write_buffer(config: &ConnectionConfig) -> FrameBuffer {
+    FrameBuffer::with_capacity(config.flush_threshold().min(1 << 20) + MAX_BATCHED_MESSAGE + 1024)
+}
+
+/// Checks the peer's first frame: a hello that agrees with ours.
+pub(crate) fn check_peer_hello(frame: Frame<'_>, ours: &Hello) -> Result<(Hello, Limits)> {
+    match frame.kind() {
+        FrameKind::Hello => {
+            let theirs = Hello::decode(frame.payload())?;
+            let agreed = ours.agree(&theirs)?;
+            Ok((theirs, agreed.send_limit()))
+        }
+        FrameKind::Close => Err(Close::decode(frame.payload())?.into_error()),
+        kind => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("expected a hello frame first, got {kind:?}"),
+        )),
+    }
+}
+
+/// What the front of a duplex connection's receive buffer holds after the handshake.
+pub(crate) enum Front {
+    /// A data frame (received whole or not): the caller takes it.
+    Data,
+    /// Nothing whole yet: more input is needed.
+    More,
+    /// A control frame, already taken out of the buffer, and what it asks.
+    Control(Inbound),
+}
+
+/// What a control frame (anything but data) asks of a plain duplex connection.
+pub(crate) enum Inbound {
+    Ping(u32),
+    Ignore,
+    Closed(Error),
+    Bad(Error),
+}
+
+/// Looks at the front of the receive buffer: a data frame stays for the caller to take,
+/// a control frame is taken and sorted (see [`classify`]).
+#[inline]
+pub(crate) fn front(decoder: &mut FrameDecoder) -> Front {
+    match decoder.peek_header() {
+        Ok(Some(header)) if header.kind() == FrameKind::Data => Front::Data,
+        Ok(None) => Front::More,
+        Ok(Some(_)) => match decoder.next_frame() {
+            Ok(Some(frame)) => Front::Control(classify(frame)),
+            Ok(None) => Front::More,
+            Err(err) => Front::Control(Inbound::Bad(err)),
+        },
+        Err(err) => Front::Control(Inbound::Bad(err)),
+    }
+}
+
+/// Sorts a control frame received after the handshake on a duplex connection; callers
+/// take data frames before (see `FrameDecoder::peek_header`).
+pub(crate) fn classify(frame: Frame<'_>) -> Inbound {
+    match frame.kind() {
+        FrameKind::Data | FrameKind::Pong => Inbound::Ignore,
+        FrameKind::Ping => Inbound::Ping(frame.id()),
+        FrameKind::Close => match Close::decode(frame.payload()) {
+            Ok(close) => Inbound::Closed(close.into_error()),
+            Err(err) => Inbound::Bad(err.context("bad close frame")),
+        },
+        kind => Inbound::Bad(Error::new(
+            ErrorKind::Protocol,
+            format!("unexpected {kind:?} frame on a duplex connection"),
+        )),
+    }
+}
+
+/// Decodes the data frame that [`front`] found. A payload that does not decode is
+/// skipped: the error is returned and the connection stays usable.
+#[inline]
+pub(crate) fn take_data<'a, M: serde::Deserialize<'a>>(decoder: &'a mut FrameDecoder) -> Result<M> {
+    match decoder.next_frame()? {
+        Some(frame) => frame.decode::<M>(),
+        None => Err(vanished()),
+    }
+}
+
+#[cold]
+fn vanished() -> Error {
+    Error::new(
+        ErrorKind::Other,
+        "data frame vanished from the receive buffer",
+    )
+}
+
+/// The error for a stream that ended (a read of 0 bytes) after the handshake: a frame cut
+/// short, or an end without a close frame.
+#[cold]
+pub(crate) fn end_of_stream(decoder: &FrameDecoder) -> Error {
+    match decoder.finish() {
+        Err(err) => err.context("peer vanished"),
+        Ok(()) => Error::new(
+            ErrorKind::PeerDied,
+            "peer closed the stream without a close frame",
+        ),
+    }
+}
