@@ -11,10 +11,9 @@ use crate::address::{Address, Target};
 #[cfg(feature = "amqp")]
 use crate::amqp::{AmqpConsumer, AmqpOptions, AmqpProducer, AmqpQueue};
 use crate::config::{ProducerOptions, QueueConfig};
-use crate::consumer::EmbeddedConsumer;
 use crate::delivery::{Delivery, Receipt, Ticket};
-use crate::producer::EmbeddedProducer;
-use crate::queue::{EmbeddedQueue, Stats};
+use crate::embedded::{EmbeddedConsumer, EmbeddedProducer, EmbeddedQueue};
+use crate::stats::Stats;
 
 /// Runs `$body` with `$inner` bound to the backend's handle, whichever it is.
 macro_rules! dispatch {

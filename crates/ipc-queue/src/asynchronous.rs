@@ -27,10 +27,9 @@ use crate::address::{Address, Target};
 use crate::amqp::{AmqpConsumer, AmqpOptions, AmqpProducer, AmqpQueue, Settle};
 use crate::api::Queue;
 use crate::config::{ProducerOptions, QueueConfig};
-use crate::consumer::EmbeddedConsumer;
 use crate::delivery::{Delivery, Receipt, Ticket};
-use crate::producer::EmbeddedProducer;
-use crate::queue::{EmbeddedQueue, Stats};
+use crate::embedded::{EmbeddedConsumer, EmbeddedProducer, EmbeddedQueue};
+use crate::stats::Stats;
 
 /// The connection options of a broker queue (nothing without the `amqp` feature).
 #[cfg(feature = "amqp")]

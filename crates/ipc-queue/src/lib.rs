@@ -165,19 +165,12 @@ mod address;
 #[cfg(feature = "amqp")]
 mod amqp;
 mod api;
-mod appender;
 #[cfg(feature = "tokio")]
 mod asynchronous;
 mod config;
-mod consumer;
 mod delivery;
-mod fsx;
-mod index;
-mod producer;
-mod queue;
-mod record;
-mod state;
-mod watermark;
+mod embedded;
+mod stats;
 
 pub use crate::address::Address;
 #[cfg(feature = "amqp")]
@@ -190,9 +183,8 @@ pub use crate::asynchronous::{AsyncConsumer, AsyncProducer, AsyncQueue};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,
 };
-pub use crate::consumer::DeadLetter;
-pub use crate::delivery::{Delivery, Receipt};
-pub use crate::queue::{Stats, StorageStats};
+pub use crate::delivery::{DeadLetter, Delivery, Receipt};
+pub use crate::stats::{Stats, StorageStats};
 
 /// The shared foundation: encoding, errors, traits.
 pub use ipc_core as core;

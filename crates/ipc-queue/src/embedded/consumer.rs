@@ -8,56 +8,20 @@ use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::appender::Appender;
+use super::appender::Appender;
+use super::fsx;
+use super::index::{Finding, LogIndex};
+use super::record::{HEADER_LEN, Kind};
+use super::state::{Entry, StateLog, View};
+use super::{EmbeddedQueue, Layout};
 use crate::config::Faults;
-use crate::delivery::{BackendTicket, Delivery, Ticket};
-use crate::fsx;
-use crate::index::{Finding, LogIndex};
-use crate::queue::{EmbeddedQueue, Layout};
-use crate::record::{HEADER_LEN, Kind};
-use crate::state::{Entry, StateLog, View};
+use crate::delivery::{BackendTicket, DeadLetterRef, Delivery, Ticket};
 
 /// Reasons stored with dead letters are cut to this many bytes.
 const MAX_REASON_LEN: usize = 1024;
 /// How long a consumer believes another one alive before checking its lock again.
 const LIVENESS_TTL: Duration = Duration::from_millis(20);
-
-/// A message in the dead-letter queue: the original bytes and why they are there.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// The sequence number the message had in its queue.
-    pub seq: u64,
-    /// Why it was dead-lettered (`rejected: ...`, `expired ...`, `does not decode ...`,
-    /// `delivered N times ...`).
-    pub reason: String,
-    /// How many times it had been delivered.
-    pub deliveries: u32,
-    /// When it was first sent, in milliseconds since the Unix epoch.
-    pub enqueued_ms: u64,
-    /// The original encoded message.
-    pub payload: Vec<u8>,
-}
-
-impl DeadLetter {
-    /// Decodes the original message as `M`.
-    pub fn decode<M: DeserializeOwned>(&self) -> Result<M> {
-        ipc_core::decode(&self.payload)
-    }
-}
-
-/// The borrowed form of [`DeadLetter`], encoded identically (postcard encodes a byte slice
-/// and a `Vec<u8>` the same way).
-#[derive(Serialize)]
-pub(crate) struct DeadLetterRef<'a> {
-    pub(crate) seq: u64,
-    pub(crate) reason: &'a str,
-    pub(crate) deliveries: u32,
-    pub(crate) enqueued_ms: u64,
-    pub(crate) payload: &'a [u8],
-}
 
 /// Receives `T` messages from a queue, competing with the queue's other consumers (in this
 /// and other processes): each message goes to one of them at a time.

@@ -1,67 +1,32 @@
-//! A queue directory: creating, opening, and looking inside.
+//! The embedded backend: a queue directory on disk shared by producer and consumer
+//! processes. This module creates, opens and looks inside one ([`EmbeddedQueue`]); the
+//! rest of the backend is in its submodules, the way `amqp/` holds the RabbitMQ one.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod appender;
+mod consumer;
+mod fsx;
+mod index;
+mod layout;
+mod producer;
+mod record;
+mod repair;
+mod state;
+
+use std::path::Path;
 use std::time::Duration;
 
 use ipc_core::{Error, ErrorKind, Result};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{ProducerOptions, QueueConfig, StoredConfig};
-use crate::consumer::EmbeddedConsumer;
-use crate::fsx;
-use crate::index::LogIndex;
-use crate::producer::EmbeddedProducer;
-use crate::record::{self, HEADER_LEN, Kind, Parsed};
-use crate::state::{Entry, StateLog, View};
-
-/// The paths inside a queue directory.
-#[derive(Clone, Debug)]
-pub(crate) struct Layout {
-    root: Arc<PathBuf>,
-}
-
-impl Layout {
-    pub(crate) fn new(root: &Path) -> Layout {
-        Layout {
-            root: Arc::new(root.to_path_buf()),
-        }
-    }
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
-    }
-    pub(crate) fn meta(&self) -> PathBuf {
-        self.root.join("meta")
-    }
-    pub(crate) fn segments(&self) -> PathBuf {
-        self.root.join("segments")
-    }
-    pub(crate) fn append_lock(&self) -> PathBuf {
-        self.root.join("append.lock")
-    }
-    pub(crate) fn sync_lock(&self) -> PathBuf {
-        self.root.join("sync.lock")
-    }
-    pub(crate) fn synced(&self) -> PathBuf {
-        self.root.join("synced")
-    }
-    pub(crate) fn state_lock(&self) -> PathBuf {
-        self.root.join("state.lock")
-    }
-    pub(crate) fn state_log(&self) -> PathBuf {
-        self.root.join("state.log")
-    }
-    pub(crate) fn consumers(&self) -> PathBuf {
-        self.root.join("consumers")
-    }
-    pub(crate) fn dead(&self) -> PathBuf {
-        self.root.join("dead")
-    }
-    pub(crate) fn poisoned(&self) -> PathBuf {
-        self.root.join("POISONED")
-    }
-}
+pub(crate) use self::consumer::EmbeddedConsumer;
+use self::index::LogIndex;
+pub(crate) use self::layout::Layout;
+pub(crate) use self::producer::EmbeddedProducer;
+use self::record::{HEADER_LEN, Kind, Parsed};
+use self::state::{Entry, StateLog, View};
+use crate::config::{ProducerOptions, QueueConfig};
+use crate::stats::{Stats, StorageStats};
 
 /// An embedded durable queue: a directory on disk shared by any number of producer and
 /// consumer processes. Cheap to clone; open producers and consumers from it.
@@ -245,47 +210,6 @@ impl EmbeddedQueue {
     }
 }
 
-/// A look inside a queue, from [`Queue::stats`](crate::Queue::stats). What a backend
-/// cannot tell is `None`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Messages not yet acknowledged or dead-lettered. Embedded: waiting, leased or delayed.
-    /// RabbitMQ: ready for delivery only (the broker does not count unacknowledged ones
-    /// here).
-    pub depth: u64,
-    /// Messages in the dead-letter queue (RabbitMQ: ready ones).
-    pub dead_letters: u64,
-    /// Deliveries whose lease is running (handed out, not yet acknowledged). Embedded only.
-    pub unacked: Option<u64>,
-    /// Messages negatively acknowledged with a delay that has not passed yet. Embedded only.
-    pub delayed: Option<u64>,
-    /// The age of the oldest message not yet done. Embedded only, and `None` when empty.
-    pub oldest_age: Option<Duration>,
-    /// Consumers attached to the queue. RabbitMQ only.
-    pub consumers: Option<u64>,
-    /// The files of an embedded queue.
-    pub storage: Option<StorageStats>,
-}
-
-/// The files of an embedded queue, in [`Stats::storage`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StorageStats {
-    /// The sequence number the next message will get.
-    pub next_seq: u64,
-    /// Acknowledgements recorded over the queue's life.
-    pub acked: u64,
-    /// Messages lost to corruption (reported and quarantined).
-    pub lost: u64,
-    /// Files in `quarantine/` (damaged bytes kept for inspection).
-    pub quarantined_files: u64,
-    /// Segment files on disk.
-    pub segments: u64,
-    /// Bytes of segment files on disk.
-    pub bytes: u64,
-}
-
 fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Result<EmbeddedQueue> {
     fsx::create_dir(path).map_err(|err| {
         if err.kind() == ErrorKind::AlreadyExists {
@@ -303,9 +227,9 @@ fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Resu
     fsx::open_rw(&layout.segments().join(fsx::segment_name(0)))?;
     fsx::sync_dir(&layout.segments())?;
     let synced = fsx::open_rw(&layout.synced())?;
-    crate::watermark::write(
+    repair::write_mark(
         &synced,
-        crate::watermark::Mark {
+        repair::Mark {
             segment: 0,
             offset: 0,
             next_seq: 0,
@@ -330,7 +254,7 @@ fn create_inner(path: &Path, config: &QueueConfig, is_dead_letter: bool) -> Resu
     }
     // The meta file last, through a rename: a queue without it is not opened.
     let mut payload = Vec::new();
-    ipc_core::encode_to_vec(&config.to_stored(), &mut payload, 4096)?;
+    ipc_core::encode_to_vec(&to_stored(config), &mut payload, 4096)?;
     let mut meta = Vec::new();
     record::write(
         &mut meta,
@@ -388,10 +312,61 @@ fn open_inner(path: &Path, is_dead_letter: bool) -> Result<EmbeddedQueue> {
         }
     };
     let stored: StoredConfig = ipc_core::decode(&bytes[HEADER_LEN..header.record_len()])?;
-    let config = QueueConfig::from_stored(&stored)?;
+    let config = from_stored(&stored)?;
     Ok(EmbeddedQueue {
         layout,
         config,
         is_dead_letter,
     })
+}
+
+/// The configuration as stored in the `meta` file (postcard).
+#[derive(Serialize, Deserialize)]
+struct StoredConfig {
+    version: u32,
+    max_message_len: u32,
+    segment_len: u64,
+    lease_ms: u64,
+    max_deliveries: u32,
+    ttl_ms: u64,
+    max_messages: u64,
+    max_bytes: u64,
+    compact_at: u64,
+}
+
+/// The stored form of `config`.
+fn to_stored(config: &QueueConfig) -> StoredConfig {
+    StoredConfig {
+        version: 1,
+        max_message_len: config.max_message_len,
+        segment_len: config.segment_len,
+        lease_ms: config.lease_ms,
+        max_deliveries: config.max_deliveries,
+        ttl_ms: config.ttl_ms,
+        max_messages: config.max_messages,
+        max_bytes: config.max_bytes,
+        compact_at: config.compact_at,
+    }
+}
+
+/// The configuration a `meta` file holds, checked.
+fn from_stored(stored: &StoredConfig) -> Result<QueueConfig> {
+    if stored.version != 1 {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!("queue format version {} is not 1", stored.version),
+        ));
+    }
+    let config = QueueConfig {
+        max_message_len: stored.max_message_len,
+        segment_len: stored.segment_len,
+        lease_ms: stored.lease_ms.max(1),
+        max_deliveries: stored.max_deliveries,
+        ttl_ms: stored.ttl_ms,
+        max_messages: stored.max_messages,
+        max_bytes: stored.max_bytes,
+        compact_at: stored.compact_at.max(4096),
+    };
+    config.validate()?;
+    Ok(config)
 }

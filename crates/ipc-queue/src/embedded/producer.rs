@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use ipc_core::{Error, ErrorKind, Result};
 use serde::Serialize;
 
-use crate::appender::Appender;
+use super::EmbeddedQueue;
+use super::appender::Appender;
+use super::fsx;
+use super::state::{StateLog, View};
 use crate::config::{Durability, ProducerOptions, WhenFull};
 use crate::delivery::Receipt;
-use crate::fsx;
-use crate::queue::EmbeddedQueue;
-use crate::state::{StateLog, View};
 
 /// Sends `T` messages to a queue. One handle per thread; open as many as you like, in any
 /// number of processes: their appends are serialised by a file lock and their syncs shared
