@@ -25,10 +25,10 @@ use tokio::sync::Mutex;
 use crate::address::{Address, Target};
 #[cfg(feature = "amqp")]
 use crate::amqp::{AmqpConsumer, AmqpOptions, AmqpProducer, AmqpQueue, Settle};
-use crate::api::Queue;
 use crate::config::{ProducerOptions, QueueConfig};
 use crate::delivery::{Delivery, Receipt, Ticket};
 use crate::embedded::{EmbeddedConsumer, EmbeddedProducer, EmbeddedQueue};
+use crate::queue::Queue;
 use crate::stats::Stats;
 
 /// The connection options of a broker queue (nothing without the `amqp` feature).
@@ -215,7 +215,9 @@ impl AsyncQueue {
             }
             #[cfg(not(feature = "amqp"))]
             Target::Amqp(parts) => {
-                return Err(parts.err().unwrap_or_else(|| crate::api::no_amqp(&address)));
+                return Err(parts
+                    .err()
+                    .unwrap_or_else(|| crate::queue::no_amqp(&address)));
             }
         };
         Ok(AsyncQueue { address, backend })
@@ -235,7 +237,9 @@ impl AsyncQueue {
             }
             #[cfg(not(feature = "amqp"))]
             Target::Amqp(parts) => {
-                return Err(parts.err().unwrap_or_else(|| crate::api::no_amqp(&address)));
+                return Err(parts
+                    .err()
+                    .unwrap_or_else(|| crate::queue::no_amqp(&address)));
             }
         };
         Ok(AsyncQueue { address, backend })

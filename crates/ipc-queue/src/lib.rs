@@ -164,26 +164,30 @@ compile_error!(
 mod address;
 #[cfg(feature = "amqp")]
 mod amqp;
-mod api;
 #[cfg(feature = "tokio")]
 mod asynchronous;
 mod config;
+mod consumer;
 mod delivery;
 mod embedded;
+mod producer;
+mod queue;
 mod stats;
 
 pub use crate::address::Address;
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use crate::amqp::{AmqpOptions, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE};
-pub use crate::api::{Consumer, Producer, Queue};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use crate::asynchronous::{AsyncConsumer, AsyncProducer, AsyncQueue};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,
 };
+pub use crate::consumer::Consumer;
 pub use crate::delivery::{DeadLetter, Delivery, Receipt};
+pub use crate::producer::Producer;
+pub use crate::queue::Queue;
 pub use crate::stats::{Stats, StorageStats};
 
 /// The shared foundation: encoding, errors, traits.
