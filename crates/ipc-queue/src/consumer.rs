@@ -9,7 +9,6 @@ use serde::de::DeserializeOwned;
 use crate::amqp::AmqpConsumer;
 use crate::delivery::{Delivery, Ticket};
 use crate::embedded::EmbeddedConsumer;
-use crate::queue::dispatch;
 
 /// Receives `T` messages from a queue, competing with the queue's other consumers (in this
 /// and other processes): each message goes to one of them at a time. Delivery is at least

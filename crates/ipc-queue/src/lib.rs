@@ -161,6 +161,19 @@ compile_error!(
      semantics (std::os::unix); Windows is not supported yet"
 );
 
+/// Runs `$body` with `$inner` bound to the backend's handle, whichever it is (for the
+/// handles in `queue.rs`, `producer.rs` and `consumer.rs`; defined before the modules, so in
+/// scope in all of them).
+macro_rules! dispatch {
+    ($value:expr, $enum:ident, $inner:ident => $body:expr) => {
+        match $value {
+            $enum::Embedded($inner) => $body,
+            #[cfg(feature = "amqp")]
+            $enum::Amqp($inner) => $body,
+        }
+    };
+}
+
 mod address;
 #[cfg(feature = "amqp")]
 mod amqp;

@@ -9,7 +9,6 @@ use serde::Serialize;
 use crate::amqp::AmqpProducer;
 use crate::delivery::Receipt;
 use crate::embedded::EmbeddedProducer;
-use crate::queue::dispatch;
 
 /// Sends `T` messages to a queue; `send` returns a [`Receipt`] once the message is stored
 /// (synced to disk, or confirmed by the broker).

@@ -16,18 +16,6 @@ use crate::embedded::EmbeddedQueue;
 use crate::producer::{Producer, ProducerBackend};
 use crate::stats::Stats;
 
-/// Runs `$body` with `$inner` bound to the backend's handle, whichever it is.
-macro_rules! dispatch {
-    ($value:expr, $enum:ident, $inner:ident => $body:expr) => {
-        match $value {
-            $enum::Embedded($inner) => $body,
-            #[cfg(feature = "amqp")]
-            $enum::Amqp($inner) => $body,
-        }
-    };
-}
-pub(crate) use dispatch;
-
 /// A durable queue, embedded (a directory) or on RabbitMQ, picked by its [`Address`].
 /// Cheap to clone; open producers and consumers from it, in any number of processes.
 ///
