@@ -25,12 +25,11 @@ use tokio::sync::Mutex;
 use crate::address::{Address, Target};
 #[cfg(feature = "amqp")]
 use crate::amqp::{AmqpConsumer, AmqpOptions, AmqpProducer, AmqpQueue, Settle};
-use crate::api::Queue;
 use crate::config::{ProducerOptions, QueueConfig};
-use crate::consumer::EmbeddedConsumer;
 use crate::delivery::{Delivery, Receipt, Ticket};
-use crate::producer::EmbeddedProducer;
-use crate::queue::{EmbeddedQueue, Stats};
+use crate::embedded::{EmbeddedConsumer, EmbeddedProducer, EmbeddedQueue};
+use crate::queue::Queue;
+use crate::stats::Stats;
 
 /// The connection options of a broker queue (nothing without the `amqp` feature).
 #[cfg(feature = "amqp")]
@@ -216,7 +215,9 @@ impl AsyncQueue {
             }
             #[cfg(not(feature = "amqp"))]
             Target::Amqp(parts) => {
-                return Err(parts.err().unwrap_or_else(|| crate::api::no_amqp(&address)));
+                return Err(parts
+                    .err()
+                    .unwrap_or_else(|| crate::queue::no_amqp(&address)));
             }
         };
         Ok(AsyncQueue { address, backend })
@@ -236,7 +237,9 @@ impl AsyncQueue {
             }
             #[cfg(not(feature = "amqp"))]
             Target::Amqp(parts) => {
-                return Err(parts.err().unwrap_or_else(|| crate::api::no_amqp(&address)));
+                return Err(parts
+                    .err()
+                    .unwrap_or_else(|| crate::queue::no_amqp(&address)));
             }
         };
         Ok(AsyncQueue { address, backend })

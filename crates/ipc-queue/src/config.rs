@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use ipc_core::{Error, ErrorKind, Result};
-use serde::{Deserialize, Serialize};
 
 /// The largest message length a queue may be created with: 64 MiB.
 pub const MAX_MESSAGE_LEN_LIMIT: u32 = 64 << 20;
@@ -173,55 +172,6 @@ impl QueueConfig {
         }
         Ok(())
     }
-
-    pub(crate) fn to_stored(&self) -> StoredConfig {
-        StoredConfig {
-            version: 1,
-            max_message_len: self.max_message_len,
-            segment_len: self.segment_len,
-            lease_ms: self.lease_ms,
-            max_deliveries: self.max_deliveries,
-            ttl_ms: self.ttl_ms,
-            max_messages: self.max_messages,
-            max_bytes: self.max_bytes,
-            compact_at: self.compact_at,
-        }
-    }
-
-    pub(crate) fn from_stored(stored: &StoredConfig) -> Result<QueueConfig> {
-        if stored.version != 1 {
-            return Err(Error::new(
-                ErrorKind::UnsupportedVersion,
-                format!("queue format version {} is not 1", stored.version),
-            ));
-        }
-        let config = QueueConfig {
-            max_message_len: stored.max_message_len,
-            segment_len: stored.segment_len,
-            lease_ms: stored.lease_ms.max(1),
-            max_deliveries: stored.max_deliveries,
-            ttl_ms: stored.ttl_ms,
-            max_messages: stored.max_messages,
-            max_bytes: stored.max_bytes,
-            compact_at: stored.compact_at.max(4096),
-        };
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-/// The configuration as stored in the `meta` file (postcard).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StoredConfig {
-    version: u32,
-    max_message_len: u32,
-    segment_len: u64,
-    lease_ms: u64,
-    max_deliveries: u32,
-    ttl_ms: u64,
-    max_messages: u64,
-    max_bytes: u64,
-    compact_at: u64,
 }
 
 /// When a producer's `send` returns, and what an operating-system crash or power loss can

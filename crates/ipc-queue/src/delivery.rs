@@ -1,6 +1,11 @@
-//! What both backends hand out: receipts for sent messages, deliveries to settle.
+//! What both backends hand out: receipts for sent messages, deliveries to settle, and the
+//! dead letters of a dead-letter queue.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipc_core::Result;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Proof that a message is stored: on the embedded backend it is on disk (synced, with
 /// [`Durability::Always`](crate::Durability::Always), the default); on RabbitMQ the broker
@@ -80,4 +85,39 @@ impl<T> Delivery<T> {
     pub fn into_message(self) -> T {
         self.message
     }
+}
+
+/// A message in the dead-letter queue: the original bytes and why they are there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The sequence number the message had in its queue.
+    pub seq: u64,
+    /// Why it was dead-lettered (`rejected: ...`, `expired ...`, `does not decode ...`,
+    /// `delivered N times ...`).
+    pub reason: String,
+    /// How many times it had been delivered.
+    pub deliveries: u32,
+    /// When it was first sent, in milliseconds since the Unix epoch.
+    pub enqueued_ms: u64,
+    /// The original encoded message.
+    pub payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// Decodes the original message as `M`.
+    pub fn decode<M: DeserializeOwned>(&self) -> Result<M> {
+        ipc_core::decode(&self.payload)
+    }
+}
+
+/// The borrowed form of [`DeadLetter`], encoded identically (postcard encodes a byte slice
+/// and a `Vec<u8>` the same way).
+#[derive(Serialize)]
+pub(crate) struct DeadLetterRef<'a> {
+    pub(crate) seq: u64,
+    pub(crate) reason: &'a str,
+    pub(crate) deliveries: u32,
+    pub(crate) enqueued_ms: u64,
+    pub(crate) payload: &'a [u8],
 }

@@ -161,38 +161,47 @@ compile_error!(
      semantics (std::os::unix); Windows is not supported yet"
 );
 
+/// Runs `$body` with `$inner` bound to the backend's handle, whichever it is (for the
+/// handles in `queue.rs`, `producer.rs` and `consumer.rs`; defined before the modules, so in
+/// scope in all of them).
+macro_rules! dispatch {
+    ($value:expr, $enum:ident, $inner:ident => $body:expr) => {
+        match $value {
+            $enum::Embedded($inner) => $body,
+            #[cfg(feature = "amqp")]
+            $enum::Amqp($inner) => $body,
+        }
+    };
+}
+
 mod address;
 #[cfg(feature = "amqp")]
 mod amqp;
-mod api;
-mod appender;
 #[cfg(feature = "tokio")]
 mod asynchronous;
 mod config;
 mod consumer;
 mod delivery;
-mod fsx;
-mod index;
+mod embedded;
 mod producer;
 mod queue;
-mod record;
-mod state;
-mod watermark;
+mod stats;
 
 pub use crate::address::Address;
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use crate::amqp::{AmqpOptions, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE};
-pub use crate::api::{Consumer, Producer, Queue};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use crate::asynchronous::{AsyncConsumer, AsyncProducer, AsyncQueue};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,
 };
-pub use crate::consumer::DeadLetter;
-pub use crate::delivery::{Delivery, Receipt};
-pub use crate::queue::{Stats, StorageStats};
+pub use crate::consumer::Consumer;
+pub use crate::delivery::{DeadLetter, Delivery, Receipt};
+pub use crate::producer::Producer;
+pub use crate::queue::Queue;
+pub use crate::stats::{Stats, StorageStats};
 
 /// The shared foundation: encoding, errors, traits.
 pub use ipc_core as core;

@@ -430,7 +430,7 @@ fn dead_letter_encoding(headers: &FieldTable, seq: u64, body: &[u8]) -> Result<V
         Some(other) => format!("dead-lettered by the broker ({other})"),
         None => "dead-lettered by the broker".to_owned(),
     };
-    let letter = crate::consumer::DeadLetterRef {
+    let letter = crate::delivery::DeadLetterRef {
         seq,
         reason: &reason,
         deliveries: header_u64(headers, "x-delivery-count")

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::{ProducerOptions, QueueConfig};
-use crate::queue::Stats;
+use crate::stats::Stats;
 
 pub(crate) use self::consumer::{AmqpConsumer, Settle};
 pub(crate) use self::producer::AmqpProducer;

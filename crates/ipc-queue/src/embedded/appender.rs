@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use ipc_core::{Error, ErrorKind, Result};
 
+use super::fsx::{self, LockGuard, lock, open_lock};
+use super::layout::Layout;
+use super::record::{self, HEADER_LEN, Kind, Parsed};
+use super::repair::{self, Bad, Mark, examine_bad};
 use crate::config::Faults;
-use crate::fsx;
-use crate::queue::Layout;
-use crate::record::{self, HEADER_LEN, Kind, Parsed};
-use crate::watermark::{self, Mark};
 
 /// The smallest read when scanning a segment.
 const SCAN_CHUNK: usize = 1 << 20;
@@ -38,28 +38,6 @@ pub(crate) struct Appender {
     /// The tail may be behind the `synced` watermark (checked at open, and after the
     /// segment was found shorter than this handle saw it or with a torn tail cut).
     suspect: bool,
-}
-
-/// Releases a `File::lock` when dropped. Shares the lock file through an `Arc`, so that the
-/// guard does not borrow its owner.
-pub(crate) struct LockGuard(Arc<File>);
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let _ = self.0.unlock();
-    }
-}
-
-/// Takes the exclusive lock on `file`, waiting for it.
-pub(crate) fn lock(file: &Arc<File>, what: &str) -> Result<LockGuard> {
-    file.lock()
-        .map_err(|err| Error::io(format!("lock {what}"), err))?;
-    Ok(LockGuard(Arc::clone(file)))
-}
-
-/// Opens a lock file.
-pub(crate) fn open_lock(path: &std::path::Path) -> Result<Arc<File>> {
-    fsx::open_rw(path).map(Arc::new)
 }
 
 impl Appender {
@@ -470,12 +448,12 @@ impl Appender {
     fn check_watermark(&mut self) -> Result<Option<String>> {
         let _guard = lock(&self.sync_lock, "queue sync lock")?;
         let tail = self.tail();
-        let mark = match watermark::read(&self.synced)? {
+        let mark = match repair::read_mark(&self.synced)? {
             Ok(mark) => mark,
             Err(why) => {
                 self.check_poison_file()?;
                 self.sync_segment()?;
-                watermark::replace(&self.synced, tail)?;
+                repair::replace_mark(&self.synced, tail)?;
                 return Ok(Some(format!(
                     "the sync watermark (file synced) {why}; rebuilt at message {} (segment {}, offset {}): a loss of messages synced before cannot be detected",
                     tail.next_seq, tail.segment, tail.offset
@@ -491,7 +469,7 @@ impl Appender {
         } else {
             self.sync_segment()?;
         }
-        watermark::write(&self.synced, self.tail())?;
+        repair::write_mark(&self.synced, self.tail())?;
         Ok(None)
     }
 
@@ -541,7 +519,7 @@ impl Appender {
         self.check_poison()?;
         {
             let _guard = lock(&self.sync_lock, "queue sync lock")?;
-            if let Ok(mark) = watermark::read(&self.synced)?
+            if let Ok(mark) = repair::read_mark(&self.synced)?
                 && mark.position() >= upto
             {
                 return Ok(());
@@ -560,7 +538,7 @@ impl Appender {
             self.tail()
         };
         let _guard = lock(&self.sync_lock, "queue sync lock")?;
-        let current = watermark::read(&self.synced)?;
+        let current = repair::read_mark(&self.synced)?;
         if let Ok(mark) = current
             && mark.position() >= upto
         {
@@ -583,7 +561,7 @@ impl Appender {
         self.sync_segment()?;
         match current {
             Ok(mark) if mark.position() >= tail.position() => Ok(()),
-            Ok(_) => watermark::write(&self.synced, tail),
+            Ok(_) => repair::write_mark(&self.synced, tail),
             Err(why) => {
                 // Damaged while this handle was running: rebuilt here, and said so where
                 // people look for damage.
@@ -594,7 +572,7 @@ impl Appender {
                         tail.next_seq, tail.segment, tail.offset
                     ),
                 );
-                watermark::replace(&self.synced, tail)
+                repair::replace_mark(&self.synced, tail)
             }
         }
     }
@@ -610,111 +588,6 @@ enum Scan {
     /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
     Bad(u64, bool),
     Sealed(u64),
-}
-
-/// What a bad record turned out to be.
-pub(crate) enum Bad {
-    /// A write finished meanwhile: the record is valid now.
-    ValidNow,
-    /// Damaged bytes up to offset `at`, a valid record with sequence number `seq` there:
-    /// corruption in the middle.
-    Resync { at: u64, seq: u64 },
-    /// No valid record after it, but a later segment exists: this segment's end is damaged.
-    LaterSegment(u64),
-    /// No valid record after it in the last segment: a torn write, now quarantined and
-    /// truncated.
-    TornTail,
-}
-
-/// Examines the invalid (or, with `misplaced`, whole but out-of-place) record at `offset`
-/// of segment `seg_first` (the caller holds the
-/// append lock, so no write is in progress). Truncates a torn tail, keeping a copy in
-/// `quarantine/`.
-pub(crate) fn examine_bad(
-    layout: &Layout,
-    seg: &File,
-    seg_first: u64,
-    offset: u64,
-    misplaced: bool,
-    max_payload: usize,
-    buf: &mut Vec<u8>,
-) -> Result<Bad> {
-    let size = fsx::file_len(seg)?;
-    if offset >= size {
-        return Ok(Bad::ValidNow);
-    }
-    let n = fsx::read_at(seg, offset, HEADER_LEN + max_payload, buf)?;
-    // A record that was incomplete or invalid may have been a write in progress; one that
-    // is whole but misplaced stays misplaced.
-    if !misplaced && let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
-        return Ok(Bad::ValidNow);
-    }
-    if let Some((at, seq)) = find_valid_record(seg, offset + 1, size, max_payload, buf)? {
-        return Ok(Bad::Resync { at, seq });
-    }
-    let later = fsx::list_segments(&layout.segments())?
-        .into_iter()
-        .find(|&first| first > seg_first);
-    if let Some(later) = later {
-        return Ok(Bad::LaterSegment(later));
-    }
-    fsx::quarantine(
-        layout.root(),
-        &format!("torn-{seg_first:020}-{offset}"),
-        seg,
-        offset,
-        size,
-        &format!(
-            "torn tail of segment {seg_first}: {} bytes from offset {offset} did not form a valid record; truncated",
-            size - offset
-        ),
-    )?;
-    seg.set_len(offset)
-        .map_err(|err| Error::io(format!("truncate segment {seg_first} to {offset}"), err))?;
-    // The watermark is left alone: if it claims the cut bytes, they had been synced, and
-    // the writer's check against it (`check_watermark`) turns them into a reported loss.
-    Ok(Bad::TornTail)
-}
-
-/// The first valid record at or after `from` (before `size`) and its sequence number,
-/// reading a window at a time so that memory stays bounded by the window plus one record.
-fn find_valid_record(
-    seg: &File,
-    from: u64,
-    size: u64,
-    max_payload: usize,
-    buf: &mut Vec<u8>,
-) -> Result<Option<(u64, u64)>> {
-    const WINDOW: usize = 1 << 20;
-    let mut record = Vec::new();
-    let mut pos = from;
-    while pos < size {
-        let n = fsx::read_at(seg, pos, WINDOW, buf)?;
-        let window = &buf[..n];
-        let mut start = 0;
-        while let Some(found) = window[start..].windows(4).position(|w| w == record::MAGIC) {
-            let at = start + found;
-            let parsed = match record::parse(&window[at..], max_payload) {
-                Parsed::Incomplete if pos + (n as u64) < size => {
-                    // The candidate runs past the window: read it whole (bounded by the limit).
-                    let m =
-                        fsx::read_at(seg, pos + at as u64, HEADER_LEN + max_payload, &mut record)?;
-                    record::parse(&record[..m], max_payload)
-                }
-                parsed => parsed,
-            };
-            if let Parsed::Valid(header) = parsed {
-                return Ok(Some((pos + at as u64, header.seq)));
-            }
-            start = at + 1;
-        }
-        if n < WINDOW {
-            break;
-        }
-        // Overlap by three bytes: a magic may straddle the windows.
-        pos += (n - 3) as u64;
-    }
-    Ok(None)
 }
 
 /// Opens the newest segment.
@@ -748,7 +621,7 @@ pub(crate) fn open_last_segment(layout: &Layout) -> Result<(u64, File)> {
 fn synced_next(layout: &Layout, sync_lock: &Arc<File>) -> Result<u64> {
     let _guard = lock(sync_lock, "queue sync lock")?;
     let synced = fsx::open_rw(&layout.synced())?;
-    Ok(watermark::read(&synced)?.map_or(0, |mark| mark.next_seq))
+    Ok(repair::read_mark(&synced)?.map_or(0, |mark| mark.next_seq))
 }
 
 /// Every segment file is gone: starts the log again after the last synced message (under
@@ -766,7 +639,7 @@ fn recreate_tail(layout: &Layout, sync_lock: &Arc<File>) -> Result<(u64, File)> 
     let first = {
         let _guard = lock(sync_lock, "queue sync lock")?;
         let synced = fsx::open_rw(&layout.synced())?;
-        match watermark::read(&synced)? {
+        match repair::read_mark(&synced)? {
             Ok(mark) => mark.next_seq,
             Err(why) => {
                 // Starting again at 0 could give numbers the consumers took as done.

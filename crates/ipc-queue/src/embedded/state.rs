@@ -8,10 +8,10 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use ipc_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::appender::{LockGuard, lock};
-use crate::fsx;
-use crate::queue::Layout;
-use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
+use super::fsx;
+use super::fsx::{LockGuard, lock};
+use super::layout::Layout;
+use super::record::{self, HEADER_LEN, Header, Kind, Parsed};
 
 /// The largest state record (a compaction snapshot).
 const MAX_STATE_PAYLOAD: usize = 64 << 20;
@@ -243,7 +243,7 @@ pub(crate) struct StateLog {
 impl StateLog {
     /// Opens the state log, to be compacted once it grows past `compact_at` bytes.
     pub(crate) fn open(layout: &Layout, compact_at: u64) -> Result<StateLog> {
-        let lock_file = crate::appender::open_lock(&layout.state_lock())?;
+        let lock_file = fsx::open_lock(&layout.state_lock())?;
         let file = fsx::open_rw(&layout.state_log())?;
         let ino = file
             .metadata()
@@ -418,7 +418,7 @@ impl StateLog {
     /// Deletes the reserve file (under the append lock, so that no producer is between
     /// its check of the reserve and its write). Returns whether there was one.
     fn release_reserve(&self) -> Result<bool> {
-        let append_lock = crate::appender::open_lock(&self.layout.append_lock())?;
+        let append_lock = fsx::open_lock(&self.layout.append_lock())?;
         let _guard = lock(&append_lock, "queue append lock")?;
         match std::fs::remove_file(self.layout.root().join("reserve")) {
             Ok(()) => Ok(true),

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, Result};
 
-use crate::appender::{Appender, Bad, examine_bad, lock};
-use crate::fsx;
-use crate::queue::Layout;
-use crate::record::{self, HEADER_LEN, Header, Kind, Parsed};
-use crate::state::View;
-use crate::watermark;
+use super::appender::Appender;
+use super::fsx;
+use super::fsx::lock;
+use super::layout::Layout;
+use super::record::{self, HEADER_LEN, Header, Kind, Parsed};
+use super::repair::{self, Bad, examine_bad};
+use super::state::View;
 
 const SCAN_CHUNK: usize = 1 << 20;
 const UNSEALED_CHECK: Duration = Duration::from_millis(50);
@@ -123,7 +124,7 @@ impl LogIndex {
         let index = LogIndex {
             layout: layout.clone(),
             max_payload,
-            append_lock: crate::appender::open_lock(&layout.append_lock())?,
+            append_lock: fsx::open_lock(&layout.append_lock())?,
             segs,
             cur: start,
             end: 0,
@@ -532,9 +533,9 @@ impl LogIndex {
 }
 
 /// Reads the watermark under the sync lock: `Err(why)` if it is damaged.
-fn read_mark(layout: &Layout) -> Result<std::result::Result<watermark::Mark, String>> {
-    let sync_lock = crate::appender::open_lock(&layout.sync_lock())?;
+fn read_mark(layout: &Layout) -> Result<std::result::Result<repair::Mark, String>> {
+    let sync_lock = fsx::open_lock(&layout.sync_lock())?;
     let _guard = lock(&sync_lock, "queue sync lock")?;
     let synced = fsx::open_rw(&layout.synced())?;
-    watermark::read(&synced)
+    repair::read_mark(&synced)
 }

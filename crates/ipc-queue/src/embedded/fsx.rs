@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipc_core::{Error, ErrorKind, Result};
@@ -242,4 +243,26 @@ pub(crate) fn ensure_reserve(root: &Path) -> Result<()> {
             ))
         }
     }
+}
+
+/// Releases a `File::lock` when dropped. Shares the lock file through an `Arc`, so that the
+/// guard does not borrow its owner.
+pub(crate) struct LockGuard(pub(crate) Arc<File>);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Takes the exclusive lock on `file`, waiting for it.
+pub(crate) fn lock(file: &Arc<File>, what: &str) -> Result<LockGuard> {
+    file.lock()
+        .map_err(|err| Error::io(format!("lock {what}"), err))?;
+    Ok(LockGuard(Arc::clone(file)))
+}
+
+/// Opens a lock file.
+pub(crate) fn open_lock(path: &Path) -> Result<Arc<File>> {
+    open_rw(path).map(Arc::new)
 }
