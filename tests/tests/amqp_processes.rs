@@ -42,7 +42,16 @@ fn a_producer_exits_before_the_consumer_starts_and_nothing_is_lost() -> Result<(
 
     // Nobody is connected now; the broker holds the messages.
     let queue = Queue::open(name.address())?;
-    let stats = queue.stats()?;
+    // The broker's counts can trail the confirms and the producer's disconnect a little
+    // under load: look again, for a bounded time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut stats = queue.stats()?;
+    while !(stats.depth == 400 && stats.consumers == Some(0))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        stats = queue.stats()?;
+    }
     ensure!(
         stats.depth == 400 && stats.consumers == Some(0),
         "{stats:?}"
