@@ -139,31 +139,14 @@ impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
     }
 
     /// Sends an already encoded message (the async wrapper encodes outside the blocking
-    /// pool).
+    /// pool), waiting for room per [`WhenFull`].
     #[cfg(feature = "tokio")]
     pub(crate) fn send_encoded(&mut self, payload: &[u8]) -> Result<Receipt> {
-        let wait = match self.options.when_full {
-            WhenFull::Wait => Wait::Until(None),
-            WhenFull::Fail => Wait::No,
-        };
-        let now = fsx::now_ms();
-        let expires = match self.queue.config.ttl_ms {
-            0 => 0,
-            ttl => now.saturating_add(ttl),
-        };
-        self.appender.begin_batch();
-        self.appender.push(now, expires, |buf, max| {
-            if payload.len() > max {
-                return Err(Error::new(
-                    ErrorKind::TooLarge,
-                    format!("message of {} bytes exceeds limit of {max}", payload.len()),
-                ));
-            }
-            buf.extend_from_slice(payload);
-            Ok(payload.len())
-        })?;
-        let (seq, _) = self.commit(wait)?;
-        Ok(Receipt::new(seq))
+        let receipts = self.send_encoded_with(&[payload], false, None, None)?;
+        receipts
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "an append of one message gave no receipt"))
     }
 
     /// Sends already encoded messages (the async producer encodes on its own task) in one
@@ -171,9 +154,9 @@ impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
     /// waiting for room (`try_only`), waiting at most `timeout`, or per [`WhenFull`]; each
     /// with the queue's time-to-live, or `ttl` if that is shorter.
     #[cfg(feature = "tokio")]
-    pub(crate) fn send_encoded_with(
+    pub(crate) fn send_encoded_with<P: AsRef<[u8]>>(
         &mut self,
-        payloads: &[Vec<u8>],
+        payloads: &[P],
         try_only: bool,
         timeout: Option<Duration>,
         ttl: Option<Duration>,
@@ -193,6 +176,7 @@ impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
         };
         self.appender.begin_batch();
         for payload in payloads {
+            let payload = payload.as_ref();
             self.appender.push(now, expires, |buf, max| {
                 if payload.len() > max {
                     return Err(Error::new(
