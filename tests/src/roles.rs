@@ -20,6 +20,8 @@ mod queue;
 mod shm;
 mod socket;
 
+pub use socket::{CHAT_TYPE, ChatLine, chat_config};
+
 pub(crate) use amqp::AmqpItem;
 
 /// The message of the frame-stream roles. `payload` borrows from the receive buffer.

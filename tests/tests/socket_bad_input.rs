@@ -10,25 +10,14 @@ use anyhow::{Context, Result, bail};
 use ipc_core::{
     CloseCode, Frame, FrameHeader, FrameKind, Hello, Limits, MessageType, PROTOCOL_VERSION,
 };
-use ipc_socket::{Client, ClientConfig, ConnectionConfig};
+use ipc_socket::{Client, ClientConfig};
 use ipc_tests::{Peer, Watchdog};
 use proptest::prelude::*;
-use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(60);
-const CHAT_TYPE: &str = "ipc-tests.ChatLine/1";
 
-/// The chat roles' message (same wire name, same fields).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-struct ChatLine {
-    from: String,
-    seq: u64,
-    text: String,
-}
-
-fn config() -> ConnectionConfig {
-    ConnectionConfig::new::<ChatLine>().with_message_type(MessageType::named(CHAT_TYPE))
-}
+use ipc_tests::roles::chat_config as config;
+use ipc_tests::roles::{CHAT_TYPE, ChatLine};
 
 struct Live {
     server: Peer,

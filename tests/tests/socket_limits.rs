@@ -15,24 +15,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ipc_core::{ErrorKind, Limits, MessageType};
-use ipc_socket::{Client, ClientConfig, ConnectionConfig};
+use ipc_socket::{Client, ClientConfig};
 use ipc_tests::{Peer, Watchdog};
-use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(60);
-const CHAT_TYPE: &str = "ipc-tests.ChatLine/1";
 
-/// The chat roles' message (same wire name, same fields).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-struct ChatLine {
-    from: String,
-    seq: u64,
-    text: String,
-}
-
-fn config() -> ConnectionConfig {
-    ConnectionConfig::new::<ChatLine>().with_message_type(MessageType::named(CHAT_TYPE))
-}
+use ipc_tests::roles::chat_config as config;
+use ipc_tests::roles::{CHAT_TYPE, ChatLine};
 
 /// A `socket-server` process on a fresh loopback port.
 struct Server {

@@ -5,19 +5,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use ipc_core::MessageType;
-use ipc_socket::{Client, ClientConfig, ConnectionConfig};
+use ipc_socket::{Client, ClientConfig};
 use ipc_tests::{Peer, TempDir, Watchdog};
-use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-struct ChatLine {
-    from: String,
-    seq: u64,
-    text: String,
-}
+use ipc_tests::roles::{ChatLine, chat_config};
 
 fn spawn_server(name: &str, address: &str) -> Result<Peer> {
     let mut command = Peer::role_command("socket-server", ["--address", address])?;
@@ -63,8 +56,7 @@ fn clients_find_a_restarted_server_again() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let config = ConnectionConfig::new::<ChatLine>()
-        .with_message_type(MessageType::named("ipc-tests.ChatLine/1"));
+    let config = chat_config();
     let publisher = runtime.block_on(Client::<ChatLine>::connect(ClientConfig::new(
         address.parse()?,
         config,
@@ -177,8 +169,7 @@ fn publish_bye(address: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let config = ConnectionConfig::new::<ChatLine>()
-        .with_message_type(MessageType::named("ipc-tests.ChatLine/1"));
+    let config = chat_config();
     let publisher = runtime.block_on(Client::<ChatLine>::connect(ClientConfig::new(
         address.parse()?,
         config,

@@ -48,20 +48,20 @@ use super::Args;
 
 /// One chat line: who sent it, its position in the sender's stream, and the text.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ChatLine {
+pub struct ChatLine {
     /// The sender's name.
-    pub(crate) from: String,
+    pub from: String,
     /// The sender's sequence number, from 0.
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// The text.
-    pub(crate) text: String,
+    pub text: String,
 }
 
 /// The explicit wire name of [`ChatLine`], shared with the Python client.
-pub(crate) const CHAT_TYPE: &str = "ipc-tests.ChatLine/1";
+pub const CHAT_TYPE: &str = "ipc-tests.ChatLine/1";
 
 /// The connection settings of every chat role.
-pub(crate) fn chat_config() -> ConnectionConfig {
+pub fn chat_config() -> ConnectionConfig {
     ConnectionConfig::new::<ChatLine>().with_message_type(MessageType::named(CHAT_TYPE))
 }
 
