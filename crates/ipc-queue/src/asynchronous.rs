@@ -28,7 +28,7 @@ use crate::amqp::{AmqpConsumer, AmqpOptions, AmqpProducer, AmqpQueue, Settle};
 use crate::config::{ProducerOptions, QueueConfig};
 use crate::delivery::{Delivery, Receipt, Ticket};
 use crate::embedded::{EmbeddedConsumer, EmbeddedProducer, EmbeddedQueue};
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueBackend};
 use crate::stats::Stats;
 
 /// The connection options of a broker queue (nothing without the `amqp` feature).
@@ -131,13 +131,6 @@ impl Queue {
 pub struct AsyncQueue {
     address: Address,
     backend: QueueBackend,
-}
-
-#[derive(Clone, Debug)]
-enum QueueBackend {
-    Embedded(EmbeddedQueue),
-    #[cfg(feature = "amqp")]
-    Amqp(AmqpQueue),
 }
 
 impl AsyncQueue {
@@ -257,11 +250,7 @@ impl AsyncQueue {
 
     /// The configuration, as [`Queue::config`] gives it.
     pub fn config(&self) -> &QueueConfig {
-        match &self.backend {
-            QueueBackend::Embedded(queue) => queue.config(),
-            #[cfg(feature = "amqp")]
-            QueueBackend::Amqp(queue) => queue.config(),
-        }
+        self.backend.config()
     }
 
     /// Opens a producer of `T` messages.
@@ -310,14 +299,9 @@ impl AsyncQueue {
 
     /// The dead-letter queue, like [`Queue::dead_letters`].
     pub fn dead_letters(&self) -> Result<AsyncQueue> {
-        let backend = match &self.backend {
-            QueueBackend::Embedded(queue) => QueueBackend::Embedded(queue.dead_letters()?),
-            #[cfg(feature = "amqp")]
-            QueueBackend::Amqp(queue) => QueueBackend::Amqp(queue.dead_letters()?),
-        };
         Ok(AsyncQueue {
             address: self.address.dead_letters(),
-            backend,
+            backend: self.backend.dead_letters()?,
         })
     }
 

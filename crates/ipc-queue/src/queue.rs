@@ -33,11 +33,28 @@ pub struct Queue {
     backend: QueueBackend,
 }
 
+/// The backend handle behind a [`Queue`] and an `AsyncQueue`.
 #[derive(Clone, Debug)]
-enum QueueBackend {
+pub(crate) enum QueueBackend {
     Embedded(EmbeddedQueue),
     #[cfg(feature = "amqp")]
     Amqp(AmqpQueue),
+}
+
+impl QueueBackend {
+    /// The configuration the queue was created with.
+    pub(crate) fn config(&self) -> &QueueConfig {
+        dispatch!(self, QueueBackend, queue => queue.config())
+    }
+
+    /// The backend of the dead-letter queue.
+    pub(crate) fn dead_letters(&self) -> Result<QueueBackend> {
+        Ok(match self {
+            QueueBackend::Embedded(queue) => QueueBackend::Embedded(queue.dead_letters()?),
+            #[cfg(feature = "amqp")]
+            QueueBackend::Amqp(queue) => QueueBackend::Amqp(queue.dead_letters()?),
+        })
+    }
 }
 
 /// The connection options of a broker queue (nothing without the `amqp` feature).
@@ -145,7 +162,7 @@ impl Queue {
     /// The configuration. On RabbitMQ after [`open`](Queue::open): the defaults with the
     /// largest message length, as AMQP cannot read a queue's arguments back.
     pub fn config(&self) -> &QueueConfig {
-        dispatch!(&self.backend, QueueBackend, queue => queue.config())
+        self.backend.config()
     }
 
     /// Opens a producer of `T` messages.
@@ -175,14 +192,9 @@ impl Queue {
     /// The dead-letter queue: rejected, undecodable, expired and too-often-delivered
     /// messages, which its consumers receive as [`DeadLetter`](crate::DeadLetter)s.
     pub fn dead_letters(&self) -> Result<Queue> {
-        let backend = match &self.backend {
-            QueueBackend::Embedded(queue) => QueueBackend::Embedded(queue.dead_letters()?),
-            #[cfg(feature = "amqp")]
-            QueueBackend::Amqp(queue) => QueueBackend::Amqp(queue.dead_letters()?),
-        };
         Ok(Queue {
             address: self.address.dead_letters(),
-            backend,
+            backend: self.backend.dead_letters()?,
         })
     }
 
