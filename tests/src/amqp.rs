@@ -1,35 +1,86 @@
-//! Helpers for the tests that need RabbitMQ: the broker URL from `IPC_AMQP_URL`, queue
-//! names that clean up after themselves, and `rabbitmqctl` for the broker's side of things.
+//! Helpers for the tests that need RabbitMQ: the broker URL from `IPC_AMQP_URL` (or a broker
+//! found at the default address), queue names that clean up after themselves, and
+//! `rabbitmqctl` for the broker's side of things.
 
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// The broker URL from `IPC_AMQP_URL`; `None` (after printing that `test` is skipped) when
-/// it is not set.
+/// The broker that a newcomer's machine most likely has: RabbitMQ's defaults.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How many broker tests this test binary skipped so far (each skip prints the count).
+static SKIPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// The broker URL: `IPC_AMQP_URL`, or when it is unset [`DEFAULT_AMQP_URL`] if a RabbitMQ
+/// answers there; `None` (after printing that `test` is skipped, with a count) when neither,
+/// or when `IPC_AMQP_URL` is set but empty (which says: no broker here, do not probe).
+///
+/// A newcomer's `cargo test --workspace` on a machine with a local RabbitMQ thus runs the
+/// broker tests, and on one without it says so on the terminal rather than passing them.
 ///
 /// # Panics
 ///
-/// When `IPC_REQUIRE_AMQP=1` (CI sets it) and `IPC_AMQP_URL` is not set: there, a broker test
+/// When `IPC_REQUIRE_AMQP=1` (CI sets it) and no broker is found: there, a broker test
 /// that did not run is a failure, not a skip.
 pub fn amqp_url(test: &str) -> Option<String> {
     match std::env::var("IPC_AMQP_URL") {
         Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            skip_unless_optional(test, "IPC_AMQP_URL not set");
+        Ok(_) => {
+            skip_unless_optional(test, "IPC_AMQP_URL is set but empty");
+            None
+        }
+        Err(_) if default_broker_answers() => Some(DEFAULT_AMQP_URL.to_owned()),
+        Err(_) => {
+            skip_unless_optional(
+                test,
+                "IPC_AMQP_URL not set and no RabbitMQ answers on 127.0.0.1:5672",
+            );
             None
         }
     }
 }
 
-/// Prints that `test` is skipped for `reason`, or panics if `IPC_REQUIRE_AMQP=1` says the
-/// broker tests must run.
+/// Whether an AMQP 0-9-1 broker answers on 127.0.0.1:5672: it must reply to the protocol
+/// header with a method frame (`Connection.Start`). Probed once per test binary.
+fn default_broker_answers() -> bool {
+    static ANSWERS: OnceLock<bool> = OnceLock::new();
+    *ANSWERS.get_or_init(|| {
+        let probe = || -> std::io::Result<bool> {
+            let addr = SocketAddr::from(([127, 0, 0, 1], 5672));
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(b"AMQP\x00\x00\x09\x01")?;
+            let mut frame_type = [0u8; 1];
+            stream.read_exact(&mut frame_type)?;
+            // 1 is a method frame; a broker that dislikes the version answers with its own
+            // header instead ("AMQP...").
+            Ok(frame_type[0] == 1)
+        };
+        probe().unwrap_or(false)
+    })
+}
+
+/// Reports that `test` is skipped for `reason` on the terminal, or panics if
+/// `IPC_REQUIRE_AMQP=1` says the broker tests must run.
+///
+/// The line goes straight to the process's stderr, not through `println!`, which the test
+/// harness captures and shows only for failed tests: a skip must be seen.
 pub fn skip_unless_optional(test: &str, reason: &str) {
     if std::env::var("IPC_REQUIRE_AMQP").is_ok_and(|v| v == "1") {
         panic!("{test}: cannot run ({reason}) but IPC_REQUIRE_AMQP=1 requires it");
     }
-    println!("{test}: skipped: {reason}");
+    let skipped = SKIPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test}: {reason} ({skipped} broker test(s) of this binary skipped so far; \
+         set IPC_AMQP_URL to run them)"
+    );
 }
 
 /// A unique queue name that deletes the queue and its dead-letter queue on drop.

@@ -1,7 +1,7 @@
 //! A broker that blocks publishers (a memory alarm, forced with
 //! `rabbitmqctl set_vm_memory_high_watermark 0`) makes `send` fail with a timeout instead
 //! of hanging. Its own test binary, because the alarm blocks every publisher on the broker.
-//! Skipped without `IPC_AMQP_URL`.
+//! Skipped (and said so) without a broker: `IPC_AMQP_URL`, or RabbitMQ on 127.0.0.1:5672.
 
 use std::time::Duration;
 

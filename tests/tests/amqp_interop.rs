@@ -1,6 +1,7 @@
 //! The AMQP message format seen from another client: Python with `pika` publishes and
 //! ipc-queue consumes, and the other way round (`crates/ipc-queue/python/ipc_amqp.py`).
-//! Skipped with a printed reason without `IPC_AMQP_URL` or without `pika`
+//! Skipped with a printed reason without a broker (`IPC_AMQP_URL`, or RabbitMQ on
+//! 127.0.0.1:5672) or without `pika`
 //! (`pip install pika`).
 
 use std::path::PathBuf;

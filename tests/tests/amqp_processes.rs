@@ -1,6 +1,6 @@
 //! ipc-queue's RabbitMQ backend across real processes (`ipc-peer` roles): a producer that
 //! exits before its consumer starts, and a stream that survives the broker closing every
-//! connection in the middle (with the blocking and with the async API). Without `IPC_AMQP_URL` every test prints that it was skipped.
+//! connection in the middle (with the blocking and with the async API). Without a broker (`IPC_AMQP_URL`, or RabbitMQ on 127.0.0.1:5672) every test prints that it was skipped.
 
 use std::time::Duration;
 

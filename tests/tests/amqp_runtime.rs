@@ -1,8 +1,8 @@
 //! The blocking API of ipc-queue's RabbitMQ backend called inside a tokio runtime, in a real
 //! peer process: every entry point fails with a clear `InvalidInput` error instead of
 //! panicking (it used to panic: "Cannot start a runtime from within a runtime"), and
-//! dropping the handles there is fine. Without `IPC_AMQP_URL` every test prints that it was
-//! skipped.
+//! dropping the handles there is fine. Without a broker (`IPC_AMQP_URL`, or RabbitMQ on
+//! 127.0.0.1:5672) every test prints that it was skipped.
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! ipc-queue's RabbitMQ backend against a real broker (`IPC_AMQP_URL`), where it differs
 //! from the embedded one: the broker's own view of the queues, a dead broker, a deleted
 //! queue, a lost connection. The semantics both backends share are tested once, on both,
-//! in `queue_conformance.rs`. Without `IPC_AMQP_URL` every test prints that it was skipped.
+//! in `queue_conformance.rs`. Without a broker (`IPC_AMQP_URL`, or RabbitMQ on 127.0.0.1:5672) every test prints that it was skipped.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The queue conformance suite: one set of tests, written once against the backend-neutral
 //! API, run against both backends. `embedded::*` runs each test on a queue directory,
-//! `amqp::*` on a RabbitMQ quorum queue (`IPC_AMQP_URL`; printed as skipped without it).
+//! `amqp::*` on a RabbitMQ quorum queue (`IPC_AMQP_URL`, or RabbitMQ found on 127.0.0.1:5672; printed as skipped without either).
 //! The only thing that differs between the two runs is the queue's address; where the
 //! backends differ by design (`AMQP.md`, "Differences"), the test says so in one `match`.
 //!
