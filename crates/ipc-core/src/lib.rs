@@ -63,7 +63,7 @@ mod handshake;
 mod ser;
 mod transport;
 
-pub use crate::buffer::{FrameBuffer, MAX_BATCH_LEN, MAX_BATCHED_MESSAGE};
+pub use crate::buffer::FrameBuffer;
 pub use crate::codec::{
     decode, decode_as, encode_into, encode_to_vec, encoded_len, try_encode_into,
 };
@@ -74,9 +74,18 @@ pub use crate::frame::{
     MAGIC, PROTOCOL_VERSION, encode_frame, encode_frame_into, encode_raw_frame,
 };
 pub use crate::handshake::{
-    Agreed, Close, CloseCode, FEATURE_BATCH, Hello, MAX_NAME_LEN, MessageType, fnv1a64,
+    Agreed, Close, CloseCode, FEATURE_BATCH, Hello, MAX_NAME_LEN, MessageType,
 };
 pub use crate::transport::{AsyncReceiver, AsyncSender, Receiver, Sender};
+
+/// Details of the wire format that implementers of the protocol in another language, and the
+/// workspace's own crates, need, and that an ordinary user of the typed API does not: the
+/// batch limits of PROTOCOL.md §5 and the FNV-1a hash behind type fingerprints and layout
+/// hashes.
+pub mod wire {
+    pub use crate::buffer::{MAX_BATCH_LEN, MAX_BATCHED_MESSAGE};
+    pub use crate::handshake::fnv1a64;
+}
 
 /// The example in this crate's README, compiled and run as a doc test.
 #[cfg(doctest)]

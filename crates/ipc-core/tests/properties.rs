@@ -87,7 +87,7 @@ proptest! {
         for (i, value) in values.iter().enumerate() {
             let mut value = value.clone();
             if big[i] {
-                value.bytes = vec![i as u8; ipc_core::MAX_BATCHED_MESSAGE + 1];
+                value.bytes = vec![i as u8; ipc_core::wire::MAX_BATCHED_MESSAGE + 1];
             }
             match i % 5 {
                 3 => {

@@ -25,7 +25,7 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 fn spec() -> Spec<'static> {
     Spec {
         kind: Kind::State,
-        layout: ipc_core::fnv1a64(
+        layout: ipc_core::wire::fnv1a64(
             b"ipc-shm baseline ping-pong: ping 128, waiting 132, pong 192, waiting 196",
         ),
         fingerprint: 0,
@@ -215,7 +215,7 @@ const RING_DATA: usize = 512;
 fn ring_spec() -> Spec<'static> {
     Spec {
         kind: Kind::State,
-        layout: ipc_core::fnv1a64(
+        layout: ipc_core::wire::fnv1a64(
             b"ipc-shm baseline ring: tail 128, head 256, slot len 384, slots 392, data 512",
         ),
         fingerprint: 0,

@@ -135,7 +135,7 @@ impl<T: Pod> std::fmt::Debug for ShmState<T> {
 impl<T: Pod> ShmState<T> {
     fn spec(message_type: &MessageType) -> (Spec<'_>, u64) {
         // Size and alignment belong to the type: a mismatch is a type mismatch.
-        let fingerprint = ipc_core::fnv1a64(
+        let fingerprint = ipc_core::wire::fnv1a64(
             format!(
                 "{:016x}:{}:{}",
                 message_type.fingerprint(),
@@ -146,7 +146,7 @@ impl<T: Pod> ShmState<T> {
         );
         let spec = Spec {
             kind: Kind::State,
-            layout: ipc_core::fnv1a64(
+            layout: ipc_core::wire::fnv1a64(
                 b"ipc-shm state: lock 128, waiters 132, start pid 136, start 144, recoveries 152, value 192",
             ),
             fingerprint,

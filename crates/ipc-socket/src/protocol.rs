@@ -4,9 +4,9 @@
 //! frames, and the errors for a stream that ends. The two connections are siblings on top
 //! of this module; neither uses the other.
 
+use ipc_core::wire::MAX_BATCHED_MESSAGE;
 use ipc_core::{
-    Close, Error, ErrorKind, Frame, FrameBuffer, FrameDecoder, FrameKind, Hello, Limits,
-    MAX_BATCHED_MESSAGE, Result,
+    Close, Error, ErrorKind, Frame, FrameBuffer, FrameDecoder, FrameKind, Hello, Limits, Result,
 };
 
 use crate::config::ConnectionConfig;

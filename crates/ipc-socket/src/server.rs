@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ipc_core::wire::{MAX_BATCH_LEN, MAX_BATCHED_MESSAGE};
 use ipc_core::{
     Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, FrameDecoder, FrameKind, HEADER_LEN, Limits,
-    MAX_BATCH_LEN, MAX_BATCHED_MESSAGE, Result,
+    Result,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -66,7 +66,7 @@ pub const MAX_SENDERS: usize = 64;
 /// Fingerprint of this layout, stored in the header so that a build with another layout
 /// refuses the segment instead of misreading it.
 pub(super) fn layout_hash() -> u64 {
-    ipc_core::fnv1a64(
+    ipc_core::wire::fnv1a64(
         b"ipc-shm channel: header 128, receiver 128 (pid, state, start, sleeps 16), slot count 152, data futex 192, \
           slots 256 x 256 (tail 0, sender 64, head 128, space futex 192), rings after slots, \
           record header u64 (len u32, stamp u32: position low bits | tag 1-2 | next zeroed 4), align 8",
