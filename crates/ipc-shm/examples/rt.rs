@@ -2,7 +2,7 @@
 //! and over the raw spin ping-pong, in alternating blocks; prints percentiles of the
 //! per-block round trip, for before/after comparisons on a noisy machine (the low
 //! percentiles are the blocks no other process disturbed):
-//! `cargo run --release -p ipc-shm --example rt -- [blocks] [rounds per block]`.
+//! `cargo run --release -p ipc-shm --example rt --features baseline -- [blocks] [rounds per block]`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

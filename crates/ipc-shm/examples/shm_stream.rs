@@ -4,7 +4,7 @@
 //! instruction counts per message (`valgrind --tool=callgrind --collect-atstart=no
 //! --toggle-collect='stream::send_burst'`, or `recv_burst`, `ring_send_burst`,
 //! `ring_recv_burst`), not for timing:
-//! `cargo run --release -p ipc-shm --example shm_stream -- typed 1000`.
+//! `cargo run --release -p ipc-shm --example shm_stream --features baseline -- typed 1000`.
 
 use ipc_core::{MessageType, Result};
 use ipc_shm::baseline::RawRing;

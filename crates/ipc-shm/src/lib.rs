@@ -78,7 +78,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | (none) | | this crate has no cargo features: everything above is always built |
+//! | `baseline` | no | [`baseline`]: the raw rings and ping-pong that `cargo xtask bench` measures ipc-shm against (plain atomics, no validation, no crash safety); for this project's benchmarks, not an API promise |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -89,7 +89,8 @@ compile_error!(
      use ipc-socket"
 );
 
-#[doc(hidden)]
+#[cfg(feature = "baseline")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baseline")))]
 pub mod baseline;
 mod channel;
 mod process;

@@ -58,6 +58,7 @@ mod slot;
 mod tests;
 
 pub use self::config::ChannelConfig;
+#[cfg(feature = "baseline")]
 pub(crate) use self::config::{DEFAULT_SPIN, DEFAULT_YIELD};
 pub use self::guard::RecvGuard;
 pub use self::layout::{MAX_CAPACITY, MAX_SENDERS, MIN_CAPACITY};
