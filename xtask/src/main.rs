@@ -1,7 +1,8 @@
 //! The project's tasks, run as `cargo xtask <task>`:
 //!
 //! - `scenarios [NAME] [--quick] [--list]`: cross-crate scenarios with real separate processes;
-//! - `bench [--quick] [--only GROUP] [--json PATH]`: every mechanism beside its raw baseline, as a table and JSON;
+//! - `bench [--quick] [--only GROUP] [--json PATH] [--render REPORT] [--update-readme]`: every
+//!   mechanism beside its raw baseline, as a table and JSON (and the README's table);
 //! - `soak [TEST]`: the long versions of the reliability tests (kill loop, corruption trials, disk full);
 //! - `ci [--only TEXT]`: the same steps as `.ci/run` (format, licences, lint, test, docs,
 //!   feature sets, MSRV, cross targets, publish --dry-run, quick scenarios);
@@ -60,6 +61,10 @@ enum Task {
         /// Measure nothing: re-render the table and chart of this JSON report.
         #[arg(long, value_name = "REPORT")]
         render: Option<PathBuf>,
+        /// Also write the table into README.md (between its bench-table markers) and the
+        /// report and chart into docs/; only for a full run of every group, or --render.
+        #[arg(long)]
+        update_readme: bool,
     },
     /// Run the long reliability tests (kill loop, corruption trials, disk-full rounds) and print their figures.
     Soak {
@@ -110,11 +115,16 @@ fn main() -> ExitCode {
         }
         Task::Bench {
             render: Some(report),
+            update_readme,
             ..
-        } => bench::render(&report).map(|()| true),
+        } => bench::render(&report, update_readme).map(|()| true),
         Task::Bench {
-            quick, only, json, ..
-        } => bench::run(quick, only.as_deref(), &json).map(|()| true),
+            quick,
+            only,
+            json,
+            update_readme,
+            ..
+        } => bench::run(quick, only.as_deref(), &json, update_readme).map(|()| true),
         Task::Soak { test } => soak::run(test.as_deref()),
         Task::Ci { only } => ci::run(only.as_deref()).map(|()| true),
         Task::Queue {
