@@ -10,6 +10,8 @@
 //! - [`roles`]: what a peer does, shared by the `ipc-peer` binary and xtask;
 //! - [`Checksum`]: an order-sensitive digest of a message stream.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

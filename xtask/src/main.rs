@@ -8,6 +8,8 @@
 //!   feature sets, MSRV, cross targets, publish --dry-run, quick scenarios);
 //! - `queue stats PATH [--json]`: a look inside an embedded ipc-queue.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
