@@ -91,7 +91,26 @@ impl SliceWriter<'_> {
         if value < 0x80 {
             return self.push(value as u8);
         }
-        self.varint_long(u128::from(value))
+        self.varint_u64(value)
+    }
+
+    /// A varint of two to ten bytes, written in place when ten bytes are left (no
+    /// 128-bit arithmetic, no staging array); near the end of the slice, through
+    /// [`varint_long`](Self::varint_long).
+    #[inline(never)]
+    fn varint_u64(&mut self, mut value: u64) -> Result {
+        let Some(out) = self.buf.get_mut(self.pos..self.pos + 10) else {
+            return self.varint_long(u128::from(value));
+        };
+        let mut len = 0;
+        while value >= 0x80 {
+            out[len] = value as u8 | 0x80;
+            value >>= 7;
+            len += 1;
+        }
+        out[len] = value as u8;
+        self.pos += len + 1;
+        Ok(())
     }
 
     #[inline(never)]
@@ -473,6 +492,10 @@ mod tests {
             let mut buf = vec![0u8; expected.len() + 8];
             let n = to_slice(&value, &mut buf).unwrap();
             prop_assert_eq!(&buf[..n], &expected[..]);
+            // A slice of exactly the length: the last varints take the path for the end of
+            // a slice (fewer than ten bytes left).
+            let exact = to_slice(&value, &mut buf[..expected.len()]).unwrap();
+            prop_assert_eq!(&buf[..exact], &expected[..]);
             // One byte short is "full", never a panic or a wrong length.
             if !expected.is_empty() {
                 let short = to_slice(&value, &mut buf[..expected.len() - 1]);
@@ -489,6 +512,8 @@ mod tests {
             let mut buf = [0u8; 64];
             let n = to_slice(&values, &mut buf).unwrap();
             prop_assert_eq!(&buf[..n], &expected[..]);
+            let exact = to_slice(&values, &mut buf[..expected.len()]).unwrap();
+            prop_assert_eq!(&buf[..exact], &expected[..]);
         }
     }
 

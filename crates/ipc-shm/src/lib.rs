@@ -49,6 +49,14 @@
 //! relative timeout, which has no such bug; sub-second timeouts are tested.
 //! [`WaitMode::Polling`] never sleeps, for the lowest latency.
 //!
+//! A sleeper and its waker must not miss each other (the waker stores an index, then looks
+//! whether the other end sleeps; the sleeper says it sleeps, then looks at the index once
+//! more). That takes a full fence on both sides, which would cost the sending end one per
+//! message. Where the kernel has `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` (Linux 4.16
+//! and later), each process registers for it and a blocking end announces so in its line of
+//! the segment: it calls `membarrier` before it sleeps (which runs the fence on the waker's
+//! CPU for it), and the waker needs none per message. Without it, both sides fence.
+//!
 //! # Example
 //!
 //! ```

@@ -200,6 +200,41 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> 
     Wake::Woken
 }
 
+// membarrier(2) commands (linux/membarrier.h); the libc crate does not name them all.
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+fn membarrier_call(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier takes two integers (command, flags) and a cpu id ignored without
+    // MEMBARRIER_CMD_FLAG_CPU; it touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint, 0 as libc::c_int) }
+}
+
+/// Whether this process is registered for `MEMBARRIER_CMD_GLOBAL_EXPEDITED`: then a
+/// [`membarrier`] issued by any process runs a full memory barrier on every CPU that is
+/// running one of this process's threads. Registers on the first call (once per process;
+/// the kernel keeps it for the life of the process); false where the kernel lacks it.
+pub(crate) fn membarrier_registered() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let supported = membarrier_call(MEMBARRIER_CMD_QUERY);
+        let wanted = (MEMBARRIER_CMD_GLOBAL_EXPEDITED | MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)
+            as libc::c_long;
+        supported >= 0
+            && supported & wanted == wanted
+            && membarrier_call(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0
+    })
+}
+
+/// The slow half of an asymmetric fence: a full memory barrier here and on every CPU that
+/// runs a thread of a process registered with [`membarrier_registered`], so that a
+/// registered peer's plain stores before its plain loads are ordered as if it had fenced.
+/// False if the system call failed (the caller must then fall back to fences on both sides).
+pub(crate) fn membarrier() -> bool {
+    membarrier_call(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0
+}
+
 /// Wakes up to `n` processes or threads sleeping on `word`.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
     let n = n.min(i32::MAX as u32) as libc::c_int;

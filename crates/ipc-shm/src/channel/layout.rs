@@ -19,9 +19,21 @@ pub(super) const S_SENDER_WAITING: usize = 196;
 pub(super) const END_PID: usize = 0;
 pub(super) const END_STATE: usize = 4;
 pub(super) const END_START: usize = 8;
-/// 1 if this end sleeps on its futex when it waits (blocking mode), 0 if it only polls, so
-/// that the other end can skip the fence and the check that waking it would take.
+/// How this end waits, so that the other end knows what waking it takes: one of
+/// [`SLEEPS_NEVER`], [`SLEEPS_FENCED`], [`SLEEPS_MEMBARRIER`].
 pub(super) const END_SLEEPS: usize = 16;
+
+/// The end only polls (`WaitMode::Polling`): it never sleeps, waking it takes nothing.
+pub(super) const SLEEPS_NEVER: u32 = 0;
+/// The end sleeps on its futex after announcing it with a `SeqCst` fence between the
+/// announcement and its last look: a waker fences between its index store and its look at
+/// the announcement (Dekker's pattern, a fence on each side).
+pub(super) const SLEEPS_FENCED: u32 = 1;
+/// The end sleeps on its futex after announcing it with `membarrier(GLOBAL_EXPEDITED)`
+/// between the announcement and its last look, which runs a barrier on every CPU running a
+/// registered process: a waker whose process is registered needs no fence of its own, only
+/// program order (an asymmetric fence: the rare sleep pays, not every message).
+pub(super) const SLEEPS_MEMBARRIER: u32 = 2;
 
 pub(super) const END_DETACHED: u32 = 0;
 pub(super) const END_ATTACHED: u32 = 1;
@@ -67,7 +79,7 @@ pub const MAX_SENDERS: usize = 64;
 /// refuses the segment instead of misreading it.
 pub(super) fn layout_hash() -> u64 {
     ipc_core::wire::fnv1a64(
-        b"ipc-shm channel: header 128, receiver 128 (pid, state, start, sleeps 16), slot count 152, data futex 192, \
+        b"ipc-shm channel: header 128, receiver 128 (pid, state, start, sleeps 16: 0 never, 1 fenced, 2 membarrier), slot count 152, data futex 192, \
           slots 256 x 256 (tail 0, sender 64, head 128, space futex 192), rings after slots, \
           record header u64 (len u32, stamp u32: position low bits | tag 1-2 | next zeroed 4), align 8",
     )

@@ -1,6 +1,6 @@
 //! What both ends hold: the segment, attaching, liveness, waiting and waking.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence, fence};
 use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, MessageType, Result};
@@ -9,7 +9,8 @@ use super::config::ChannelConfig;
 use super::layout::{
     DATA_SEQ, END_ATTACHED, END_CLOSED, END_DETACHED, END_PID, END_SLEEPS, END_START, END_STATE,
     MAX_CAPACITY, MAX_SENDERS, MIN_CAPACITY, RX_LINE, RX_SLOT_COUNT, S_HEAD, S_SENDER, S_SPACE_SEQ,
-    S_TAIL, SLOT_LEN, SLOTS, layout_hash, segment_len, slot_base,
+    S_TAIL, SLEEPS_FENCED, SLEEPS_MEMBARRIER, SLEEPS_NEVER, SLOT_LEN, SLOTS, layout_hash,
+    segment_len, slot_base,
 };
 use crate::process::ProcessId;
 use crate::segment::{Kind, Segment, Spec};
@@ -37,6 +38,21 @@ pub(super) struct Channel {
     pub(super) wait_mode: WaitMode,
     pub(super) spin: u32,
     pub(super) yield_for: Duration,
+    /// This process is registered for global expedited membarriers: waking a peer that
+    /// announces [`SLEEPS_MEMBARRIER`] needs no fence here.
+    pub(super) registered: bool,
+    /// How this end waits (the value of its `END_SLEEPS` word); it falls back from
+    /// [`SLEEPS_MEMBARRIER`] to [`SLEEPS_FENCED`] if a membarrier ever fails.
+    pub(super) sleeps: AtomicU32,
+}
+
+/// The `END_SLEEPS` value of an end with this wait mode in this process.
+fn sleeps_for(wait_mode: WaitMode) -> u32 {
+    match wait_mode {
+        WaitMode::Polling => SLEEPS_NEVER,
+        WaitMode::Blocking if sys::membarrier_registered() => SLEEPS_MEMBARRIER,
+        WaitMode::Blocking => SLEEPS_FENCED,
+    }
 }
 
 impl Channel {
@@ -78,7 +94,7 @@ impl Channel {
             )
         })?;
         let me = ProcessId::current();
-        let sleeps = u32::from(config.wait_mode == WaitMode::Blocking);
+        let sleeps = sleeps_for(config.wait_mode);
         let line = match role {
             Role::Receiver => RX_LINE,
             Role::Sender => slot_base(0) + S_SENDER,
@@ -110,6 +126,8 @@ impl Channel {
             wait_mode: config.wait_mode,
             spin: config.spin,
             yield_for: config.yield_for,
+            registered: sys::membarrier_registered(),
+            sleeps: AtomicU32::new(sleeps),
         })
     }
 
@@ -145,6 +163,8 @@ impl Channel {
             wait_mode: config.wait_mode,
             spin: config.spin,
             yield_for: config.yield_for,
+            registered: sys::membarrier_registered(),
+            sleeps: AtomicU32::new(sleeps_for(config.wait_mode)),
         };
         match role {
             Role::Receiver => channel.attach(RX_LINE, "receiver")?,
@@ -207,10 +227,8 @@ impl Channel {
         }
         map.u64_at(line + END_START)
             .store(me.start, Ordering::Relaxed);
-        map.u32_at(line + END_SLEEPS).store(
-            u32::from(self.wait_mode == WaitMode::Blocking),
-            Ordering::Relaxed,
-        );
+        map.u32_at(line + END_SLEEPS)
+            .store(self.sleeps.load(Ordering::Relaxed), Ordering::Relaxed);
         map.u32_at(line + END_STATE)
             .store(END_ATTACHED, Ordering::Release);
         Ok(())
@@ -383,9 +401,9 @@ impl Channel {
                 WaitMode::Blocking => {
                     let observed = seq.load(Ordering::Acquire);
                     waiting.store(1, Ordering::Relaxed);
-                    // Pairs with the fence in `notify`: either the peer sees `waiting` and
-                    // bumps `seq`, or we see its index change here.
-                    fence(Ordering::SeqCst);
+                    // Pairs with `notify`: either the peer sees `waiting` and bumps `seq`,
+                    // or we see its index change here.
+                    self.announce_sleep();
                     if changed() {
                         waiting.store(0, Ordering::Relaxed);
                         return Ok(());
@@ -422,23 +440,66 @@ impl Channel {
         }
     }
 
+    /// The sleeper's half of the wake-up handshake, between its `waiting` store and its
+    /// last look at the indices: a `SeqCst` fence, or, where this end announced
+    /// [`SLEEPS_MEMBARRIER`], a membarrier that stands in for the waker's fence too.
+    fn announce_sleep(&self) {
+        if self.sleeps.load(Ordering::Relaxed) == SLEEPS_MEMBARRIER {
+            if sys::membarrier() {
+                return;
+            }
+            // It cannot fail once registered, but if it does: from now on wakers fence.
+            // A waker that skipped its fence just before this store may have missed our
+            // `waiting`; the sleep below is a slice, so that costs one slice at most.
+            self.sleeps.store(SLEEPS_FENCED, Ordering::Relaxed);
+            self.word(self.own_line() + END_SLEEPS)
+                .store(SLEEPS_FENCED, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+    }
+
+    /// The line of this end: the receiver's, or this sender's slot.
+    fn own_line(&self) -> usize {
+        match self.role {
+            Role::Receiver => RX_LINE,
+            Role::Sender => slot_base(self.slot) + S_SENDER,
+        }
+    }
+
     /// Tells the peer whose end is at `peer_line`, which may be asleep on `seq_offset`,
     /// that an index moved. A polling peer never sleeps: nothing to do then.
     #[inline]
     pub(super) fn notify(&self, peer_line: usize, seq_offset: usize, waiting_offset: usize) {
-        if self.word(peer_line + END_SLEEPS).load(Ordering::Relaxed) == 0 {
+        let sleeps = self.word(peer_line + END_SLEEPS).load(Ordering::Relaxed);
+        if sleeps == SLEEPS_NEVER {
+            return;
+        }
+        if sleeps == SLEEPS_MEMBARRIER && self.registered {
+            // The peer's membarrier orders our index store before this load on our CPU;
+            // only the compiler must keep them in program order.
+            compiler_fence(Ordering::SeqCst);
+            if self.word(waiting_offset).load(Ordering::Relaxed) != 0 {
+                self.wake_sleeper(seq_offset);
+            }
             return;
         }
         self.notify_sleeper(seq_offset, waiting_offset);
     }
 
-    pub(super) fn notify_sleeper(&self, seq_offset: usize, waiting_offset: usize) {
+    /// Wakes the sleeper at `seq_offset` if `waiting_offset` says it sleeps, after a fence
+    /// (the waker's half of [`SLEEPS_FENCED`]).
+    fn notify_sleeper(&self, seq_offset: usize, waiting_offset: usize) {
         fence(Ordering::SeqCst);
         if self.word(waiting_offset).load(Ordering::Relaxed) != 0 {
-            let seq = self.word(seq_offset);
-            seq.fetch_add(1, Ordering::Release);
-            sys::futex_wake(seq, 1);
+            self.wake_sleeper(seq_offset);
         }
+    }
+
+    #[cold]
+    fn wake_sleeper(&self, seq_offset: usize) {
+        let seq = self.word(seq_offset);
+        seq.fetch_add(1, Ordering::Release);
+        sys::futex_wake(seq, 1);
     }
 
     pub(super) fn wake(&self, seq_offset: usize) {
