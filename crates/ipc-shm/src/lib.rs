@@ -86,7 +86,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `baseline` | no | [`baseline`]: the raw rings and ping-pong that `cargo xtask bench` measures ipc-shm against (plain atomics, no validation, no crash safety); for this project's benchmarks, not an API promise |
+//! | `baseline` | no | the module `baseline`: the raw rings and ping-pong that `cargo xtask bench` measures ipc-shm against (plain atomics, no validation, no crash safety); for this project's benchmarks, not an API promise |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

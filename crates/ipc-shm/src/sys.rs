@@ -208,7 +208,14 @@ const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
 fn membarrier_call(cmd: libc::c_int) -> libc::c_long {
     // SAFETY: membarrier takes two integers (command, flags) and a cpu id ignored without
     // MEMBARRIER_CMD_FLAG_CPU; it touches no memory of ours.
-    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint, 0 as libc::c_int) }
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            cmd,
+            0 as libc::c_uint,
+            0 as libc::c_int,
+        )
+    }
 }
 
 /// Whether this process is registered for `MEMBARRIER_CMD_GLOBAL_EXPEDITED`: then a
