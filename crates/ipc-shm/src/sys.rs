@@ -94,6 +94,21 @@ impl Mapping {
         );
     }
 
+    /// The word of `ring` at ring position `position` (its low three bits and everything
+    /// above the ring's capacity ignored): in bounds and aligned whatever the position, so
+    /// hot paths index rings without an offset check per access.
+    #[inline(always)]
+    pub(crate) fn ring_u64(&self, ring: Ring, position: u64) -> &AtomicU64 {
+        if ring.end > self.len {
+            ring_outside(ring, self.len);
+        }
+        let at = ring.offset_of(position);
+        // SAFETY: `at` is a multiple of 8 (`ring.offset` is, by `Ring::new`, and the masked
+        // position is) and `at + 8 <= ring.offset + capacity == ring.end <= self.len`, so
+        // the word is inside the mapping and aligned; otherwise as for `u32_at`.
+        unsafe { AtomicU64::from_ptr(self.base.add(at).cast::<u64>()) }
+    }
+
     /// The atomic `u32` at `offset` (a multiple of 4 inside the mapping).
     #[inline]
     pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
@@ -160,6 +175,51 @@ impl Mapping {
         // caller's promise); the memory lives as long as `self`.
         unsafe { &mut *self.base.add(offset).cast::<T>() }
     }
+}
+
+/// Where a ring of bytes lies in a mapping: an offset that is a multiple of 8 and a
+/// power-of-two capacity of at least 8 bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ring {
+    offset: usize,
+    mask: usize,
+    end: usize,
+}
+
+impl Ring {
+    /// The ring at `offset` of `capacity` bytes; `None` if the offset is unaligned, the
+    /// capacity not a power of two of at least 8, or the end beyond the address space.
+    pub(crate) fn new(offset: usize, capacity: usize) -> Option<Ring> {
+        if !offset.is_multiple_of(8) || !capacity.is_power_of_two() || capacity < 8 {
+            return None;
+        }
+        Some(Ring {
+            offset,
+            mask: capacity - 1,
+            end: offset.checked_add(capacity)?,
+        })
+    }
+}
+
+impl Ring {
+    /// The mapping offset of ring position `position` (masked as in
+    /// [`Mapping::ring_u64`]).
+    #[inline(always)]
+    pub(crate) fn offset_of(self, position: u64) -> usize {
+        self.offset + (position as usize & self.mask & !7)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn ring_outside(ring: Ring, len: usize) -> ! {
+    // Rings are placed by the layout inside a mapping whose size was checked: a bug in
+    // this crate, never a consequence of what a peer wrote.
+    panic!(
+        "ring at {} of {} bytes outside mapping of {len} bytes",
+        ring.offset,
+        ring.mask + 1
+    )
 }
 
 /// What a futex wait ended with. Callers re-check their condition either way.

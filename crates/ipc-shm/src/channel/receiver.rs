@@ -14,6 +14,7 @@ use super::layout::{
     TAG_MESSAGE, TAG_PADDING, next_slot, parse_header, record_len, slot_base,
 };
 use super::shared::{Channel, Role};
+use crate::sys::Ring;
 use crate::wait::Deadline;
 
 /// The receiving end of a shared-memory channel of `T` messages.
@@ -32,6 +33,9 @@ pub struct ShmReceiver<T> {
 
 #[derive(Clone, Copy, Debug)]
 struct Cursor {
+    /// Where the ring lies, and the mapping offset of its `head` index.
+    ring: Ring,
+    head_at: usize,
     head: u64,
     /// The `tail` last read; it may trail `head` (records are taken on their headers).
     tail: u64,
@@ -83,8 +87,12 @@ impl<T> ShmReceiver<T> {
             if !head.is_multiple_of(8) {
                 return Err(channel.corrupted(format!("ring {slot} starts at unaligned {head}")));
             }
+            let ring = Ring::new(channel.ring_at(slot), channel.capacity as usize)
+                .ok_or_else(|| channel.corrupted(format!("ring {slot} misplaced")))?;
             // The ring starts zeroed: position 0 holds zero or its record's header.
             cursors.push(Cursor {
+                ring,
+                head_at: Channel::head_at(slot),
                 head,
                 tail: head,
                 cleared: head == 0,
@@ -148,16 +156,22 @@ impl<T> ShmReceiver<T> {
     fn next_on_header(&mut self) -> Option<Found> {
         let slot = self.next_slot;
         let Cursor {
+            ring,
             head,
             tail,
             cleared,
+            ..
         } = *self.cursors.get(slot)?;
         if !cleared {
             return None;
         }
         let capacity = self.channel.capacity;
-        let at = self.channel.header_at(slot, head);
-        let word = self.channel.index(at).load(Ordering::Acquire);
+        let at = ring.offset_of(head);
+        let word = self
+            .channel
+            .map()
+            .ring_u64(ring, head)
+            .load(Ordering::Acquire);
         let (payload_len, tag, next_cleared) = parse_header(word, head)?;
         let to_end = capacity - (head & (capacity - 1));
         let available = if tail > head { tail - head } else { to_end };
@@ -294,6 +308,7 @@ impl<T> ShmReceiver<T> {
                 head,
                 tail,
                 cleared,
+                ..
             } = self.cursors[slot];
             let offset = head & (capacity - 1);
             let to_end = capacity - offset;
@@ -365,12 +380,13 @@ impl<T> ShmReceiver<T> {
         }
     }
 
+    #[inline(always)]
     pub(super) fn advance(&mut self, slot: usize, bytes: u64, next_cleared: bool) {
         let cursor = &mut self.cursors[slot];
         cursor.head += bytes;
         cursor.cleared = next_cleared;
         self.channel
-            .index(Channel::head_at(slot))
+            .index(cursor.head_at)
             .store(cursor.head, Ordering::Release);
         let base = slot_base(slot);
         self.channel

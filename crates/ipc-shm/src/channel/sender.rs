@@ -14,6 +14,7 @@ use super::layout::{
 };
 use super::shared::{Channel, Role};
 use super::slot::SendSlot;
+use crate::sys::Ring;
 use crate::wait::Deadline;
 
 /// The sending end of a shared-memory channel of `T` messages.
@@ -27,6 +28,10 @@ pub struct ShmSender<T: ?Sized> {
     pub(super) channel: Channel,
     pub(super) tail: u64,
     pub(super) head: u64,
+    /// Our ring, for the hot path's header words.
+    ring: Ring,
+    /// The mapping offsets of our `tail` index and of the receiver's `END_SLEEPS` word.
+    tail_at: usize,
     pub(super) _message: PhantomData<fn(&T)>,
 }
 
@@ -131,7 +136,7 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
                 let offset = self.tail_offset();
                 let slot = self.payload_mut(offset, room)?;
                 if let Some(written) = ipc_core::try_encode_into(message, slot)? {
-                    self.publish(offset, written as u64);
+                    self.publish(written as u64);
                     return Ok(());
                 }
             }
@@ -141,7 +146,7 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
         let offset = self.make_room(payload_len, deadline)?;
         let slot = self.payload_mut(offset, payload_len)?;
         let written = ipc_core::encode_into(message, slot)?;
-        self.publish(offset, written as u64);
+        self.publish(written as u64);
         Ok(())
     }
 }
@@ -189,10 +194,14 @@ impl<T: ?Sized> ShmSender<T> {
                 channel.slot
             )));
         }
+        let ring = Ring::new(channel.ring_at(channel.slot), channel.capacity as usize)
+            .ok_or_else(|| channel.corrupted(format!("ring {} misplaced", channel.slot)))?;
         Ok(ShmSender {
+            tail_at: Channel::tail_at(channel.slot),
             channel,
             tail,
             head,
+            ring,
             _message: PhantomData,
         })
     }
@@ -294,7 +303,7 @@ impl<T: ?Sized> ShmSender<T> {
                 }
             } else if free >= to_end {
                 // The record cannot fit before the end: fill the rest with padding.
-                self.write_record_header(offset, to_end - RECORD_HEADER, TAG_PADDING);
+                self.write_record_header(to_end - RECORD_HEADER, TAG_PADDING);
                 self.tail += to_end;
                 self.channel
                     .index(Channel::tail_at(self.channel.slot))
@@ -352,34 +361,35 @@ impl<T: ?Sized> ShmSender<T> {
         })
     }
 
-    /// Writes the header of the record at our `tail` (ring `offset`), which commits it: the
-    /// receiver may take it from then on, before `tail` moves. First zeroes the header word
-    /// after the record when that word is free space, and says so in the stamp.
-    #[inline]
-    fn write_record_header(&mut self, offset: u64, payload_len: u64, tag: u32) {
+    /// Writes the header of the record at our `tail`, which commits it: the receiver may
+    /// take it from then on, before `tail` moves. First zeroes the header word after the
+    /// record when that word is free space, and says so in the stamp.
+    #[inline(always)]
+    fn write_record_header(&mut self, payload_len: u64, tag: u32) {
         let capacity = self.channel.capacity;
-        let ring = self.channel.ring_at(self.channel.slot);
         let end = self.tail + record_len(payload_len);
+        let map = self.channel.map();
         // The word at `end` is ours when it lies before the receiver's released bytes come
         // round again (`head` is never ahead of the real one, so this errs on the safe side).
         let next_cleared = end + RECORD_HEADER - self.head <= capacity;
         if next_cleared {
-            self.channel
-                .index(ring + (end & (capacity - 1)) as usize)
-                .store(0, Ordering::Relaxed);
+            map.ring_u64(self.ring, end).store(0, Ordering::Relaxed);
         }
         // Release: the payload and the zeroed word are visible before the stamp is.
-        self.channel.index(ring + offset as usize).store(
+        map.ring_u64(self.ring, self.tail).store(
             header_word(self.tail, payload_len, tag, next_cleared),
             Ordering::Release,
         );
     }
 
-    pub(super) fn publish(&mut self, offset: u64, payload_len: u64) {
-        self.write_record_header(offset, payload_len, TAG_MESSAGE);
+    /// Commits the message record of `payload_len` bytes at our `tail` (whose payload is
+    /// written), moves `tail` past it and wakes the receiver if it sleeps.
+    #[inline(always)]
+    pub(super) fn publish(&mut self, payload_len: u64) {
+        self.write_record_header(payload_len, TAG_MESSAGE);
         self.tail += record_len(payload_len);
         self.channel
-            .index(Channel::tail_at(self.channel.slot))
+            .index(self.tail_at)
             .store(self.tail, Ordering::Release);
         self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
     }

@@ -468,7 +468,7 @@ impl Channel {
 
     /// Tells the peer whose end is at `peer_line`, which may be asleep on `seq_offset`,
     /// that an index moved. A polling peer never sleeps: nothing to do then.
-    #[inline]
+    #[inline(always)]
     pub(super) fn notify(&self, peer_line: usize, seq_offset: usize, waiting_offset: usize) {
         let sleeps = self.word(peer_line + END_SLEEPS).load(Ordering::Relaxed);
         if sleeps == SLEEPS_NEVER {

@@ -32,7 +32,7 @@ impl<T: ?Sized> SendSlot<'_, T> {
     /// Publishes the first `len` bytes (at most the reserved length) as one message.
     pub fn commit_len(self, len: usize) {
         let len = len.min(self.len) as u64;
-        self.sender.publish(self.offset, len);
+        self.sender.publish(len);
     }
 }
 
