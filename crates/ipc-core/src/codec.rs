@@ -98,7 +98,9 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
 ///
 /// Bytes left over after the value are an error ([`ErrorKind::Decode`]), since a
 /// well-behaved peer never sends them. Hostile input never panics, and no allocation grows
-/// past the input's own size (postcard checks lengths against the remaining input).
+/// past the input's own size (a count is a size hint only when the remaining input could
+/// hold that many values). The decoder is ipc-core's own reader of postcard's format,
+/// which accepts and refuses exactly what postcard does, with postcard's errors.
 ///
 /// ```
 /// let (text, n): (&str, u16) = ipc_core::decode(&[2, b'h', b'i', 7])?;
@@ -107,7 +109,7 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
 /// ```
 #[inline]
 pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
-    match postcard::take_from_bytes::<T>(bytes) {
+    match crate::de::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(trailing_bytes_error(bytes.len(), rest.len())),
         Err(err) => Err(decode_error(bytes.len(), std::any::type_name::<T>(), err)),
@@ -124,7 +126,7 @@ pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
 /// ```
 #[inline]
 pub fn decode_as<'de, T: Deserialize<'de>>(bytes: &'de [u8], type_name: &str) -> Result<T> {
-    match postcard::take_from_bytes::<T>(bytes) {
+    match crate::de::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(trailing_bytes_error(bytes.len(), rest.len())),
         Err(err) => Err(decode_error(bytes.len(), type_name, err)),

@@ -56,6 +56,7 @@
 
 mod buffer;
 mod codec;
+mod de;
 mod decoder;
 mod error;
 mod frame;
