@@ -27,7 +27,16 @@ use crate::wire;
 /// Attempt `n` (from 0) waits a random time between half and all of
 /// `min(initial * 2^n, max)`, so that many clients of a restarted server do not all knock
 /// at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_socket::Backoff;
+///
+/// let quick = Backoff::new(Duration::from_millis(5), Duration::from_millis(50)).with_max_attempts(3);
+/// assert_eq!(quick.max_attempts, Some(3));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// The first delay.
     pub initial: Duration,
@@ -49,6 +58,21 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Delays from `initial`, doubling up to `max`, without a limit on attempts.
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            max_attempts: None,
+        }
+    }
+
+    /// Gives up after `attempts` failed attempts in a row.
+    pub fn with_max_attempts(mut self, attempts: u32) -> Backoff {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
     /// The jittered delay before attempt `attempt` (from 0).
     pub fn delay(&self, attempt: u32) -> Duration {
         let full = self

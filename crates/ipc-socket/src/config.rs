@@ -10,12 +10,21 @@ use ipc_core::{
 ///
 /// A side that has heard nothing for `interval` sends a ping; one that has heard nothing
 /// (no frame at all, data or pong) for `timeout` fails with [`ErrorKind::PeerDied`].
+/// Build one with [`Heartbeat::new`] (or take the default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Heartbeat {
     /// Idle time before a ping is sent.
     pub interval: Duration,
     /// Silence after which the peer counts as dead.
     pub timeout: Duration,
+}
+
+impl Heartbeat {
+    /// A ping after `interval` of silence; dead after `timeout` of it.
+    pub fn new(interval: Duration, timeout: Duration) -> Heartbeat {
+        Heartbeat { interval, timeout }
+    }
 }
 
 impl Default for Heartbeat {

@@ -151,10 +151,10 @@ fn another_message_type_fails_the_handshake_on_both_sides() {
 
 #[test]
 fn a_silent_peer_is_declared_dead_by_the_heartbeat() {
-    let quick = config().with_heartbeat(Heartbeat {
-        interval: Duration::from_millis(20),
-        timeout: Duration::from_millis(150),
-    });
+    let quick = config().with_heartbeat(Heartbeat::new(
+        Duration::from_millis(20),
+        Duration::from_millis(150),
+    ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = Address::tcp(listener.local_addr().unwrap().to_string());
     // A peer that completes the handshake and then never says anything again.
@@ -594,11 +594,7 @@ fn a_client_reconnects_and_resubscribes_after_a_server_restart() {
         let mut server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
             .await
             .unwrap();
-        let fast = Backoff {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(50),
-            max_attempts: None,
-        };
+        let fast = Backoff::new(Duration::from_millis(5), Duration::from_millis(50));
         let client =
             Client::<String>::connect(ClientConfig::new(address.clone(), config()).reconnect(fast))
                 .await
@@ -695,10 +691,10 @@ fn a_client_refuses_a_server_without_the_patterns() {
 
 #[test]
 fn the_server_drops_a_silent_client() {
-    let quick = config().with_heartbeat(Heartbeat {
-        interval: Duration::from_millis(20),
-        timeout: Duration::from_millis(150),
-    });
+    let quick = config().with_heartbeat(Heartbeat::new(
+        Duration::from_millis(20),
+        Duration::from_millis(150),
+    ));
     runtime().block_on(async {
         let mut server =
             Server::<String>::bind(ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), quick))
@@ -741,11 +737,7 @@ fn a_client_can_wait_for_a_server_that_is_not_up_yet() {
     runtime().block_on(async {
         let dir = Dir::new();
         let address = Address::path(dir.0.join("late.sock"));
-        let fast = Backoff {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(50),
-            max_attempts: None,
-        };
+        let fast = Backoff::new(Duration::from_millis(5), Duration::from_millis(50));
         let err = Client::<String>::connect(ClientConfig::new(address.clone(), config()))
             .await
             .unwrap_err();
@@ -863,11 +855,8 @@ fn a_client_gives_up_after_its_back_off_max_attempts() {
         let watchdog = Duration::from_secs(20);
         let dir = Dir::new();
         let address = Address::path(dir.0.join("never.sock"));
-        let fast = Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-            max_attempts: Some(3),
-        };
+        let fast =
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(5)).with_max_attempts(3);
         // Waiting for a server that never comes up: three attempts, then the last error.
         let waiting = Client::<String>::connect(
             ClientConfig::new(address.clone(), config())
@@ -890,10 +879,7 @@ fn a_client_gives_up_after_its_back_off_max_attempts() {
         let mut server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
             .await
             .unwrap();
-        let twice = Backoff {
-            max_attempts: Some(2),
-            ..fast
-        };
+        let twice = fast.with_max_attempts(2);
         let client =
             Client::<String>::connect(ClientConfig::new(address, config()).reconnect(twice))
                 .await

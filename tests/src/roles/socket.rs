@@ -120,10 +120,10 @@ async fn server(args: &Args) -> Result<()> {
     let heartbeat_ms: u64 = args.get("heartbeat-ms", 0)?;
     let mut connection = chat_config();
     if heartbeat_ms != 0 {
-        connection = connection.with_heartbeat(Heartbeat {
-            interval: Duration::from_millis(heartbeat_ms),
-            timeout: Duration::from_millis(heartbeat_ms * 5),
-        });
+        connection = connection.with_heartbeat(Heartbeat::new(
+            Duration::from_millis(heartbeat_ms),
+            Duration::from_millis(heartbeat_ms * 5),
+        ));
     }
     let frame_timeout_ms: u64 = args.get("frame-timeout-ms", 0)?;
     if frame_timeout_ms != 0 {
