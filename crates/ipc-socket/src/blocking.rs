@@ -68,7 +68,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Connects to a server at `address` and performs the handshake within the config's
     /// handshake timeout. [`ErrorKind::NotFound`] if nobody listens there.
     pub fn connect(address: &Address, config: ConnectionConfig) -> Result<Connection<T>> {
-        let stream = SyncStream::connect(address)?;
+        let stream = SyncStream::connect(address, &config)?;
         Connection::handshake(stream, &config)
             .map_err(|err| err.context(format_args!("handshake with {address}")))
     }
@@ -251,7 +251,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                     return Ok(false);
                 }
                 Err(err) => {
-                    let err = Error::io("read from peer", err);
+                    let err = crate::ws::unwrap_io("read from peer", err);
                     return Err(self.fail(err));
                 }
             }
@@ -477,7 +477,7 @@ impl<T: Serialize + DeserializeOwned> Listener<T> {
     /// Listens on `address`. A socket file left by a crashed server is reclaimed; a live
     /// server's is not ([`ErrorKind::AlreadyExists`]). Socket files get mode 0600.
     pub fn bind(address: &Address, config: ConnectionConfig) -> Result<Listener<T>> {
-        let (inner, address) = SyncListener::bind(address)?;
+        let (inner, address) = SyncListener::bind(address, &config)?;
         Ok(Listener {
             inner,
             address,

@@ -73,6 +73,7 @@ mod protocol;
 mod server;
 mod stream;
 mod wire;
+mod ws;
 
 pub use crate::address::Address;
 pub use crate::async_conn::{AsyncConnection, AsyncRecvHalf, AsyncSendHalf, SendFuture};
