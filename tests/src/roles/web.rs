@@ -8,6 +8,8 @@
 //!   `chat` and `notice`, announces its name, prints `joined`; then publishes `TEXT` on `chat`
 //!   for every stdin line `say TEXT`, prints `got chat FROM: TEXT` and `got notice TEXT` for
 //!   what arrives, and closes with `ok` when stdin closes.
+//! - `socket-raw-ws --address ws://HOST:PORT/PATH --mode echo|sink`: the raw tungstenite
+//!   baseline server of the WebSocket bench rows (`bench/ws.rs`).
 
 use std::io::BufRead;
 
@@ -26,6 +28,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
     match role {
         "socket-web-chat" => Some(runtime().and_then(|rt| rt.block_on(web_chat(args)))),
         "socket-web-peer" => Some(runtime().and_then(|rt| rt.block_on(web_peer(args)))),
+        "socket-raw-ws" => Some(raw_ws(args)),
         _ => None,
     }
 }
@@ -107,4 +110,9 @@ async fn web_peer(args: &Args) -> Result<()> {
     }
     say("ok");
     Ok(())
+}
+
+fn raw_ws(args: &Args) -> Result<()> {
+    let address: Address = args.text("address", "").parse()?;
+    crate::bench::ws::raw_server(&address, &args.text("mode", "echo"))
 }
