@@ -284,6 +284,19 @@ test("against a real ipc-socket server over WebSocket", { skip: wsSkip }, async 
   client.send({ from: "js", seq: 0n, text: "burst:500" });
   await all;
   assert.deepEqual(burst, [...Array(500).keys()].map((i) => BigInt(i)));
+  // 600 messages of 140 bytes sent in one task (about 90 KiB) leave as several messages of
+  // at most 64 KiB (a server whose frames are small would refuse a longer one): all echoed,
+  // in order (600 stays under the server's 1024-frame queue: its echoes are not too slow).
+  const many = [];
+  const allBack = new Promise((resolve) => {
+    client.onmessage = (m) => {
+      many.push(m.seq);
+      if (many.length === 600) resolve();
+    };
+  });
+  for (let i = 0; i < 600; i++) client.send(line(i, "y".repeat(120)));
+  await allBack;
+  assert.deepEqual(many, [...Array(600).keys()].map((i) => BigInt(i)));
   // A message larger than one 64 KiB group travels alone and arrives whole.
   const long = "x".repeat(200 * 1024);
   const echoed = await client.request(line(7, long), { timeout: 20000 });
