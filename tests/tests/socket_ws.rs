@@ -418,3 +418,67 @@ fn bad_input_over_websocket_closes_only_that_connection() -> Result<()> {
     server.expect_prefixed("ok", WAIT)?;
     Ok(())
 }
+
+#[test]
+fn connection_limits_origins_and_files_of_a_websocket_server() -> Result<()> {
+    let _watchdog = Watchdog::new("ws limits and http", WAIT);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = ipc_socket::ServerConfig::new("ws://127.0.0.1:0/ipc".parse()?, chat_config())
+            .max_connections(1)
+            .with_allowed_origins(["https://app.example"])
+            .with_http_file("/", "text/html; charset=utf-8", &b"<p>hi</p>"[..]);
+        let mut server = ipc_socket::Server::<ChatLine>::bind(config).await?;
+        let ws = server.address().to_string();
+        let client_config =
+            ClientConfig::new(server.address().clone(), chat_config()).no_reconnect();
+        let first = Client::<ChatLine>::connect(client_config.clone()).await?;
+        // The second is refused over WebSocket as over TCP: close code 6 and why.
+        let err = Client::<ChatLine>::connect(client_config.clone())
+            .await
+            .err()
+            .context("a second connection over the limit of 1 was accepted")?;
+        assert!(
+            err.to_string().contains("maximum of 1 connections"),
+            "{err}"
+        );
+        first.close().await?;
+        // Its slot is free once the server saw it leave.
+        loop {
+            match server.next_event().await.context("server stopped")? {
+                ipc_socket::Event::Disconnected { .. } => break,
+                _ => continue,
+            }
+        }
+        let ws_for_raw = ws.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            // Listed origins are let in besides the page's own; others are refused.
+            let hp = host_port(&ws_for_raw)?;
+            raw_ws(&ws_for_raw, Some("https://app.example"))?.close(None)?;
+            let refused = raw_ws(&ws_for_raw, Some("https://other.example"));
+            assert!(refused.is_err_and(|err| err.to_string().contains("403")));
+            // The file, with its content type; HEAD without the body.
+            for (method, body) in [("GET", "<p>hi</p>"), ("HEAD", "")] {
+                let mut stream = TcpStream::connect(&hp)?;
+                stream.set_read_timeout(Some(WAIT))?;
+                write!(stream, "{method} / HTTP/1.1\r\nHost: {hp}\r\n\r\n")?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+                assert!(
+                    answer.contains("Content-Type: text/html; charset=utf-8\r\n"),
+                    "{answer}"
+                );
+                assert!(answer.contains("Content-Length: 9\r\n"), "{answer}");
+                assert!(answer.ends_with(&format!("\r\n\r\n{body}")), "{answer}");
+            }
+            Ok(())
+        })
+        .await??;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
