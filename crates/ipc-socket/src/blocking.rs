@@ -492,6 +492,11 @@ impl<T: Serialize + DeserializeOwned> Listener<T> {
     }
 
     /// Waits for a client and performs the handshake with it.
+    ///
+    /// On a `ws://` address the client's HTTP request is read here too (within the
+    /// handshake timeout): a request that is not a WebSocket upgrade of the listener's path
+    /// from an allowed `Origin` is answered with an HTTP error and this returns that error;
+    /// call `accept` again for the next client.
     pub fn accept(&self) -> Result<Connection<T>> {
         let (stream, _uid) = self.inner.accept()?;
         Connection::handshake(stream, &self.config)

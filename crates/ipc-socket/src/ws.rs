@@ -948,6 +948,8 @@ impl Drop for SyncWs {
             .inner
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // One attempt, never a wait: a peer that does not read must not hang a drop.
+        let _ = inner.ws.get_ref().set_nonblocking(true);
         let _ = inner.drain();
         let close = inner.close.take().unwrap_or(CloseFrame {
             code: WsCloseCode::Normal,
