@@ -250,6 +250,16 @@ fn bad_input_over_websocket_closes_only_that_connection() -> Result<()> {
     assert_eq!(code, Some(CloseCode::Unsupported));
     rt.block_on(still_serving(&ws, &unix))?;
 
+    // The same before the hellos: the handshake's verdict, with the same close codes.
+    let mut socket = raw_ws(&ws, None)?;
+    socket.send(Message::text("no hello"))?;
+    let (reason, code) = closed_with(&mut socket)?;
+    assert_eq!(
+        reason,
+        "websocket text message of 8 bytes (only binary messages carry frames)"
+    );
+    assert_eq!(code, Some(CloseCode::Unsupported));
+
     // A message over the limit (1000-byte frames: messages up to 64 KiB), announced by a
     // WebSocket header claiming 1 GiB of which only a few bytes follow: refused from the
     // header, before anything is buffered.

@@ -102,8 +102,12 @@ pub(crate) async fn handshake(
                 ErrorKind::PeerClosed | ErrorKind::PeerDied | ErrorKind::Io
             ) {
                 let close = close_frame_for(&err);
-                let _ = tokio::time::timeout(Duration::from_millis(200), writer.write_all(&close))
-                    .await;
+                // The shutdown ends a WebSocket with its close frame (the verdict's code).
+                let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                    writer.write_all(&close).await?;
+                    writer.shutdown().await
+                })
+                .await;
             }
             Err(err)
         }
