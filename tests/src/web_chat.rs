@@ -30,7 +30,7 @@ struct GroupGuard(u32);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0)])
+            .args(["-KILL", "--", &format!("-{}", self.0)])
             .stderr(Stdio::null())
             .status();
     }
@@ -64,7 +64,7 @@ async fn browser(driver: &str) -> Result<Client> {
         serde_json::json!({
             "binary": CHROMIUM,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=720,560"],
+                     "--disable-dev-shm-usage", "--disable-crash-reporter", "--disable-breakpad", "--window-size=720,560"],
         }),
     );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
