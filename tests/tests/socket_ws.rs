@@ -492,3 +492,82 @@ fn connection_limits_origins_and_files_of_a_websocket_server() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// The server's resident and peak memory in bytes (`VmRSS`, `VmHWM`).
+fn memory(peer: &Peer) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", peer.pid()))?;
+    let kib = |key: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(key))
+            .with_context(|| format!("no {key} in /proc status"))?;
+        Ok(line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()?
+            * 1024)
+    };
+    Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+#[test]
+fn websocket_messages_claiming_the_largest_length_stay_within_the_memory_bound() -> Result<()> {
+    let _watchdog = Watchdog::new("ws length claims", WAIT);
+    const MAX_FRAME_LEN: u64 = 256 * 1024;
+    const QUEUE_BYTES: u64 = 256 * 1024;
+    const CONNECTIONS: u64 = 16;
+    let dir = TempDir::new("ws-claims")?;
+    let max = MAX_FRAME_LEN.to_string();
+    let queue = QUEUE_BYTES.to_string();
+    let (mut server, _unix, ws) = server(
+        &dir,
+        &[
+            "--max-frame-len",
+            &max,
+            "--queue-bytes",
+            &queue,
+            "--heartbeat-ms",
+            "200",
+        ],
+    )?;
+    let (baseline, _) = memory(&server)?;
+    // Each connection sends a WebSocket header claiming a message of the largest length
+    // (max_frame_len + 16) and all of it but the last byte, then stalls: nothing reaches the
+    // frame reader, so the heartbeat timeout (1 s) closes it.
+    let message_len = MAX_FRAME_LEN + 16;
+    let mut sockets = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut socket = raw_ws(&ws, None)?;
+        raw_handshake(&mut socket)?;
+        let mut claim = vec![0x82, 0xff];
+        claim.extend_from_slice(&message_len.to_be_bytes());
+        claim.extend_from_slice(&[0, 0, 0, 0]);
+        claim.resize(claim.len() + message_len as usize - 1, 0);
+        socket.get_mut().write_all(&claim)?;
+        sockets.push(socket);
+    }
+    for _ in 0..CONNECTIONS {
+        let line = server.expect_prefixed("closed conn=", WAIT)?;
+        assert!(line.contains("heartbeat"), "{line}");
+    }
+    let (rss, peak) = memory(&server)?;
+    // The crate README's bound for these limits (1024 frames per queue), plus its
+    // WebSocket addition, plus 4 MiB of allocator and runtime slack.
+    let per_connection = MAX_FRAME_LEN + QUEUE_BYTES + 80 * 1024 + 64 * 1024;
+    let per_websocket = 3 * MAX_FRAME_LEN + 256 * 1024;
+    let limit = CONNECTIONS * (per_connection + per_websocket) + 4 * 1024 * 1024;
+    println!("16 ws claims: baseline {baseline}, peak {peak}, after {rss}, bound {limit} bytes");
+    assert!(
+        peak <= baseline + limit,
+        "peak {peak} over baseline {baseline} + {limit}"
+    );
+    assert!(
+        rss <= baseline + limit,
+        "after {rss} over {baseline} + {limit}"
+    );
+    drop(sockets);
+    server.close_stdin();
+    server.expect_prefixed("ok", WAIT)?;
+    Ok(())
+}
