@@ -19,6 +19,7 @@ pub mod pipeline;
 mod queue;
 mod shm;
 mod socket;
+mod web;
 
 pub use socket::{CHAT_TYPE, ChatLine, chat_config};
 
@@ -94,6 +95,7 @@ pub fn run<I: IntoIterator<Item = String>>(args: I) -> i32 {
         "bench" => bench(&args),
         other => shm::run(other, &args)
             .or_else(|| socket::run(other, &args))
+            .or_else(|| web::run(other, &args))
             .or_else(|| queue::run(other, &args))
             .or_else(|| pipeline::run(other, &args))
             .or_else(|| amqp::run(other, &args))

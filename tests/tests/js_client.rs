@@ -41,14 +41,24 @@ fn node_unit_tests_pass_against_a_real_server_process() -> Result<()> {
     let _watchdog = Watchdog::new("node --test", WAIT);
     let mut command = Peer::role_command(
         "socket-server",
-        ["--address", "tcp:127.0.0.1:0", "--policy", "default"],
+        [
+            "--address",
+            "tcp:127.0.0.1:0",
+            "--policy",
+            "default",
+            "--also",
+            "ws://127.0.0.1:0/ipc",
+        ],
     )?;
     command.stdin(Stdio::piped());
     let mut server = Peer::spawn("server", command)?;
+    let ws_url = server.expect_prefixed("also address=", WAIT)?;
     let address = server.expect_prefixed("ready address=", WAIT)?;
     let host_port = address.strip_prefix("tcp:").context("tcp address")?;
     let out = Command::new("node")
         .args([
+            // Node 20's WebSocket, for the test against the server's ws:// endpoint.
+            "--experimental-websocket",
             "--test",
             "--test-timeout=60000",
             "test/codec.test.mjs",
@@ -56,6 +66,7 @@ fn node_unit_tests_pass_against_a_real_server_process() -> Result<()> {
         ])
         .current_dir(js_dir())
         .env("IPC_TEST_SERVER", host_port)
+        .env("IPC_TEST_WS_URL", &ws_url)
         .output()
         .context("run node --test")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -69,10 +80,13 @@ fn node_unit_tests_pass_against_a_real_server_process() -> Result<()> {
     // Every test ran, the one against the server included (it is skipped without it).
     assert!(stdout.contains("# fail 0"), "{stdout}");
     assert!(stdout.contains("# skipped 0"), "{stdout}");
-    // The JS client connected, and closed with a normal close frame.
-    server.expect_prefixed("connected", WAIT)?;
-    let closed = server.expect_prefixed("closed", WAIT)?;
-    assert!(closed.ends_with("normal"), "{closed}");
+    // The JS client connected, over TCP and over WebSocket, and closed each time with a
+    // normal close frame.
+    for _ in 0..2 {
+        server.expect_prefixed("connected", WAIT)?;
+        let closed = server.expect_prefixed("closed", WAIT)?;
+        assert!(closed.ends_with("normal"), "{closed}");
+    }
     server.close_stdin();
     server.expect_prefixed("ok", WAIT)?;
     server.wait_success(WAIT)

@@ -86,6 +86,13 @@ const SCENARIOS: &[Scenario] = &[
         run: chat_tcp,
     },
     Scenario {
+        name: "web-chat",
+        mechanism: "ipc-socket / ws + unix",
+        about: "two headless Chromium pages, a native process and the Python client chat in one room through one server (WebSocket and a Unix socket); join and leave notices; a page closes mid-way (needs chromium and chromium-driver)",
+        needs_broker: false,
+        run: web_chat,
+    },
+    Scenario {
         name: "queue-decoupled",
         mechanism: "ipc-queue",
         about: "a producer sends 10,000 durable messages and exits; only then does a consumer start, and it receives all of them",
@@ -173,6 +180,23 @@ pub(crate) fn run(name: Option<&str>, quick: bool, amqp: Option<String>) -> Resu
                 .progress_chars("=> "),
         );
         bar.set_prefix(scenario.name);
+        // The browser scenario runs where Chromium is (and must, with IPC_REQUIRE_BROWSER=1).
+        if scenario.name == "web-chat" && !ipc_tests::web_chat::browser_present()? {
+            let missing = ipc_tests::web_chat::browser_missing().unwrap_or_default();
+            eprintln!("{:>16} skipped: {missing}", scenario.name);
+            skipped += 1;
+            table.push(vec![
+                scenario.name.into(),
+                scenario.mechanism.into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "skipped".into(),
+                missing,
+            ]);
+            continue;
+        }
         if scenario.needs_broker && ctx.amqp.is_none() {
             eprintln!("{:>16} skipped: no broker", scenario.name);
             skipped += 1;
@@ -242,7 +266,9 @@ pub(crate) fn run(name: Option<&str>, quick: bool, amqp: Option<String>) -> Resu
     }
     match skipped {
         0 => println!("\nall scenarios passed"),
-        n => println!("\nall scenarios passed; {n} skipped (they need a RabbitMQ broker)"),
+        n => println!(
+            "\nall scenarios passed; {n} skipped (they need a RabbitMQ broker or Chromium)"
+        ),
     }
     Ok(true)
 }
@@ -341,6 +367,11 @@ fn chat_tcp(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     with_bar(bar, |p| {
         flows::chat(ChatTransport::Tcp, 8, ctx.size(1_000, 200), p)
     })
+}
+
+fn web_chat(_ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    bar.set_message("chromium, a native peer and python");
+    ipc_tests::web_chat::web_chat()
 }
 
 fn queue_decoupled(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {

@@ -442,6 +442,8 @@ export const FEATURE_PATTERNS = 0x1;
 export const FEATURE_BATCH = 0x2;
 export const MAX_BATCHED_MESSAGE = 4096;
 export const MAX_BATCH_LEN = 8 * 1024;
+/** The most bytes of whole frames one write (one WebSocket message) groups. */
+export const MESSAGE_GROUP_LEN = 64 * 1024;
 
 export const Kind = Object.freeze({
   Hello: 0x01,
@@ -1161,16 +1163,27 @@ export class IpcClient {
       groupLen += 2 + m.length;
     }
     seal();
-    let total = 0;
-    for (const p of parts) total += p.length;
-    const out = new Uint8Array(total);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
+    // Whole frames, grouped into writes of at most MESSAGE_GROUP_LEN bytes (a larger frame
+    // alone): over a WebSocket each write is one message, which the peer accepts up to
+    // max(max_frame_len + 16, 65536) bytes (PROTOCOL.md, "WebSocket mapping").
     try {
-      this.write(conn, out);
+      let start = 0;
+      while (start < parts.length) {
+        let end = start + 1;
+        let total = parts[start].length;
+        while (end < parts.length && total + parts[end].length <= MESSAGE_GROUP_LEN) {
+          total += parts[end].length;
+          end += 1;
+        }
+        const out = new Uint8Array(total);
+        let at = 0;
+        for (const p of parts.slice(start, end)) {
+          out.set(p, at);
+          at += p.length;
+        }
+        this.write(conn, out);
+        start = end;
+      }
     } catch (err) {
       this.lost(conn, err);
     }

@@ -15,6 +15,7 @@ use ipc_core::{Error, ErrorKind, Result};
 /// | `local:NAME` | a namespaced local socket: an abstract Unix socket on Linux, `\\.\pipe\NAME` on Windows; no file |
 /// | `unix:/path/to/sock` | a Unix domain socket file (owner-only, mode 0600) |
 /// | `tcp:HOST:PORT` | TCP; `tcp:127.0.0.1:0` lets the server pick a port ([`Server::address`](crate::Server::address) tells which) |
+/// | `ws://HOST:PORT/PATH` | a WebSocket over TCP (browsers); the path defaults to `/`; each binary message carries whole frames (PROTOCOL.md, "WebSocket mapping") |
 ///
 /// ```
 /// use ipc_socket::Address;
@@ -39,6 +40,13 @@ pub enum Address {
     Path(PathBuf),
     /// A TCP `host:port`.
     Tcp(String),
+    /// A WebSocket endpoint `ws://host_port` + `path` (the path starts with `/`).
+    WebSocket {
+        /// The TCP `host:port`.
+        host_port: String,
+        /// The request path, `/` when the text gave none.
+        path: String,
+    },
 }
 
 impl Address {
@@ -57,6 +65,21 @@ impl Address {
         Address::Tcp(host_port.into())
     }
 
+    /// A WebSocket endpoint: `host:port` and a path (`/` if empty; a missing leading `/` is
+    /// added).
+    pub fn websocket(host_port: impl Into<String>, path: impl Into<String>) -> Address {
+        let path = path.into();
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
+        Address::WebSocket {
+            host_port: host_port.into(),
+            path,
+        }
+    }
+
     /// The socket file, for a [`Path`](Address::Path) address.
     pub fn as_path(&self) -> Option<&Path> {
         match self {
@@ -69,7 +92,7 @@ impl Address {
         let empty = match self {
             Address::Local(name) => name.is_empty(),
             Address::Path(path) => path.as_os_str().is_empty(),
-            Address::Tcp(host_port) => host_port.is_empty(),
+            Address::Tcp(host_port) | Address::WebSocket { host_port, .. } => host_port.is_empty(),
         };
         if empty {
             return Err(Error::new(
@@ -85,6 +108,28 @@ impl Address {
                 format!("tcp address `{host_port}` has no port (expected host:port)"),
             ));
         }
+        if let Address::WebSocket { host_port, path } = self {
+            if !host_port.contains(':') {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "websocket address `{self}` has no port (expected ws://host:port/path)"
+                    ),
+                ));
+            }
+            if !path.starts_with('/')
+                || path
+                    .bytes()
+                    .any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f)
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "websocket path `{path}` must start with / and hold no spaces, controls, ? or #"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -99,10 +144,19 @@ impl FromStr for Address {
             Address::Path(PathBuf::from(path))
         } else if let Some(host_port) = text.strip_prefix("tcp:") {
             Address::Tcp(host_port.to_owned())
+        } else if let Some(rest) = text.strip_prefix("ws://") {
+            let (host_port, path) = match rest.find('/') {
+                Some(at) => (&rest[..at], &rest[at..]),
+                None => (rest, "/"),
+            };
+            Address::WebSocket {
+                host_port: host_port.to_owned(),
+                path: path.to_owned(),
+            }
         } else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("address `{text}` must start with local:, unix: or tcp:"),
+                format!("address `{text}` must start with local:, unix:, tcp: or ws://"),
             ));
         };
         address.validate()?;
@@ -116,6 +170,7 @@ impl fmt::Display for Address {
             Address::Local(name) => write!(f, "local:{name}"),
             Address::Path(path) => write!(f, "unix:{}", path.display()),
             Address::Tcp(host_port) => write!(f, "tcp:{host_port}"),
+            Address::WebSocket { host_port, path } => write!(f, "ws://{host_port}{path}"),
         }
     }
 }
@@ -126,11 +181,21 @@ mod tests {
 
     #[test]
     fn parses_and_prints_every_scheme() {
-        for text in ["local:chat", "unix:/tmp/x.sock", "tcp:127.0.0.1:9000"] {
+        for text in [
+            "local:chat",
+            "unix:/tmp/x.sock",
+            "tcp:127.0.0.1:9000",
+            "ws://127.0.0.1:9000/",
+            "ws://localhost:80/chat/ipc",
+        ] {
             let address: Address = text.parse().unwrap();
             assert_eq!(address.to_string(), text);
         }
         assert_eq!("local:a".parse::<Address>().unwrap(), Address::local("a"));
+        assert_eq!(
+            "ws://127.0.0.1:1".parse::<Address>().unwrap(),
+            Address::websocket("127.0.0.1:1", "")
+        );
     }
 
     #[test]
@@ -138,7 +203,15 @@ mod tests {
         for (text, message) in [
             (
                 "chat",
-                "address `chat` must start with local:, unix: or tcp:",
+                "address `chat` must start with local:, unix:, tcp: or ws://",
+            ),
+            (
+                "ws://localhost/x",
+                "websocket address `ws://localhost/x` has no port (expected ws://host:port/path)",
+            ),
+            (
+                "ws://localhost:1/a b",
+                "websocket path `/a b` must start with / and hold no spaces, controls, ? or #",
             ),
             ("local:", "address `local:` names nothing"),
             (

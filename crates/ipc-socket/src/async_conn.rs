@@ -63,7 +63,11 @@ pub(crate) async fn handshake(
             }
             let n = match reader.read(decoder.read_buf()).await {
                 Ok(n) => n,
-                Err(err) => return Err(sent.err().unwrap_or(Error::io("read hello", err))),
+                Err(err) => {
+                    return Err(sent
+                        .err()
+                        .unwrap_or(crate::ws::unwrap_io("read hello", err)));
+                }
             };
             if n == 0 {
                 return Err(sent.err().unwrap_or(Error::new(
@@ -98,8 +102,12 @@ pub(crate) async fn handshake(
                 ErrorKind::PeerClosed | ErrorKind::PeerDied | ErrorKind::Io
             ) {
                 let close = close_frame_for(&err);
-                let _ = tokio::time::timeout(Duration::from_millis(200), writer.write_all(&close))
-                    .await;
+                // The shutdown ends a WebSocket with its close frame (the verdict's code).
+                let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                    writer.write_all(&close).await?;
+                    writer.shutdown().await
+                })
+                .await;
             }
             Err(err)
         }
@@ -464,7 +472,7 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                     self.liveness.heard();
                 }
                 Some(Err(err)) => {
-                    let err = Error::io("read from peer", err);
+                    let err = crate::ws::unwrap_io("read from peer", err);
                     return Err(self.fail(err));
                 }
             }
@@ -522,7 +530,7 @@ pub struct AsyncConnection<T> {
 impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
     /// Connects to `address` and performs the handshake; must run inside a tokio runtime.
     pub async fn connect(address: &Address, config: ConnectionConfig) -> Result<Self> {
-        let stream = AsyncStream::connect(address).await?;
+        let stream = AsyncStream::connect(address, &config).await?;
         let shaken = handshake(stream, &config)
             .await
             .map_err(|err| err.context(format_args!("handshake with {address}")))?;

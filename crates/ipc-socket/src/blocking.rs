@@ -68,7 +68,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Connects to a server at `address` and performs the handshake within the config's
     /// handshake timeout. [`ErrorKind::NotFound`] if nobody listens there.
     pub fn connect(address: &Address, config: ConnectionConfig) -> Result<Connection<T>> {
-        let stream = SyncStream::connect(address)?;
+        let stream = SyncStream::connect(address, &config)?;
         Connection::handshake(stream, &config)
             .map_err(|err| err.context(format_args!("handshake with {address}")))
     }
@@ -251,7 +251,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                     return Ok(false);
                 }
                 Err(err) => {
-                    let err = Error::io("read from peer", err);
+                    let err = crate::ws::unwrap_io("read from peer", err);
                     return Err(self.fail(err));
                 }
             }
@@ -477,7 +477,7 @@ impl<T: Serialize + DeserializeOwned> Listener<T> {
     /// Listens on `address`. A socket file left by a crashed server is reclaimed; a live
     /// server's is not ([`ErrorKind::AlreadyExists`]). Socket files get mode 0600.
     pub fn bind(address: &Address, config: ConnectionConfig) -> Result<Listener<T>> {
-        let (inner, address) = SyncListener::bind(address)?;
+        let (inner, address) = SyncListener::bind(address, &config)?;
         Ok(Listener {
             inner,
             address,
@@ -492,6 +492,11 @@ impl<T: Serialize + DeserializeOwned> Listener<T> {
     }
 
     /// Waits for a client and performs the handshake with it.
+    ///
+    /// On a `ws://` address the client's HTTP request is read here too (within the
+    /// handshake timeout): a request that is not a WebSocket upgrade of the listener's path
+    /// from an allowed `Origin` is answered with an HTTP error and this returns that error;
+    /// call `accept` again for the next client.
     pub fn accept(&self) -> Result<Connection<T>> {
         let (stream, _uid) = self.inner.accept()?;
         Connection::handshake(stream, &self.config)

@@ -534,7 +534,7 @@ async fn connect_with_backoff(
 }
 
 async fn connect_once(config: &ClientConfig) -> Result<Handshaken> {
-    let stream = AsyncStream::connect(&config.address).await?;
+    let stream = AsyncStream::connect(&config.address, &config.connection).await?;
     let mut shaken = handshake(stream, &config.connection)
         .await
         .map_err(|err| err.context(format_args!("handshake with {}", config.address)))?;
@@ -768,7 +768,7 @@ async fn read_frames<T: DeserializeOwned + Send>(
                 decoder.commit(n);
                 liveness.heard();
             }
-            Some(Err(err)) => return Err(Error::io("read from server", err)),
+            Some(Err(err)) => return Err(crate::ws::unwrap_io("read from server", err)),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! `PROTOCOL.md`), and over `ipc-durable-queue` when both sides run at the same time and nothing
 //! needs to survive a crash.
 //!
-//! - [`Address`]: `local:NAME`, `unix:/path` or `tcp:HOST:PORT`, one API over all three.
+//! - [`Address`]: `local:NAME`, `unix:/path`, `tcp:HOST:PORT` or `ws://HOST:PORT/PATH`
+//!   (WebSocket, for browsers), one API over all four.
 //! - [`Connection`] / [`Listener`]: blocking, one peer, messages both ways
 //!   ([`Sender`](ipc_core::Sender) / [`Receiver`](ipc_core::Receiver)).
 //! - [`AsyncConnection`]: the same for tokio, splittable into halves
@@ -73,6 +74,7 @@ mod protocol;
 mod server;
 mod stream;
 mod wire;
+mod ws;
 
 pub use crate::address::Address;
 pub use crate::async_conn::{AsyncConnection, AsyncRecvHalf, AsyncSendHalf, SendFuture};

@@ -53,6 +53,8 @@ pub enum Policy {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     address: Address,
+    more_addresses: Vec<Address>,
+    http: crate::ws::HttpSettings,
     connection: ConnectionConfig,
     max_connections: usize,
     queue_capacity: usize,
@@ -68,6 +70,8 @@ impl ServerConfig {
     pub fn new(address: Address, connection: ConnectionConfig) -> ServerConfig {
         ServerConfig {
             address,
+            more_addresses: Vec::new(),
+            http: crate::ws::HttpSettings::default(),
             connection,
             max_connections: 1024,
             queue_capacity: 1024,
@@ -107,6 +111,48 @@ impl ServerConfig {
     /// credentials). TCP clients carry no credentials and are refused when this is set.
     pub fn allow_uids(mut self, uids: Vec<u32>) -> ServerConfig {
         self.allow_uids = Some(uids);
+        self
+    }
+
+    /// Listens on `address` too: one server, one event stream, for clients of every
+    /// transport (say `unix:` for local processes and `ws://` for browsers). Bound in the
+    /// order given, after the first address; [`Server::addresses`] tells them all.
+    pub fn also_listen(mut self, address: Address) -> ServerConfig {
+        self.more_addresses.push(address);
+        self
+    }
+
+    /// Browser pages from these origins (`http://host:port`, exact and ASCII
+    /// case-insensitive; `*` for any) may open the `ws://` endpoints, besides the page's own
+    /// origin (see the crate README, "WebSockets and browsers"). Clients that send no
+    /// `Origin` header (non-browser programs) are always let through.
+    pub fn with_allowed_origins<S: Into<String>>(
+        mut self,
+        origins: impl IntoIterator<Item = S>,
+    ) -> ServerConfig {
+        self.http
+            .allowed_origins
+            .extend(origins.into_iter().map(Into::into));
+        self
+    }
+
+    /// Serves `body` with `content_type` at `path` (say `/` or `/app.js`) over plain HTTP on
+    /// every `ws://` address of this server: `GET` and `HEAD` only, one request per
+    /// connection, nothing else on the port is served (404). A later file at the same path
+    /// replaces the earlier one.
+    pub fn with_http_file(
+        mut self,
+        path: impl Into<String>,
+        content_type: impl Into<String>,
+        body: impl Into<Arc<[u8]>>,
+    ) -> ServerConfig {
+        let path = path.into();
+        self.http.files.retain(|file| file.path != path);
+        self.http.files.push(crate::ws::HttpFile {
+            path,
+            content_type: content_type.into(),
+            body: body.into(),
+        });
         self
     }
 
@@ -608,16 +654,26 @@ impl<T> ServerHandle<T> {
 pub struct Server<T> {
     handle: ServerHandle<T>,
     events: mpsc::Receiver<Event<T>>,
-    address: Address,
-    accept_task: JoinHandle<()>,
+    addresses: Vec<Address>,
+    accept_tasks: Vec<JoinHandle<()>>,
 }
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
     /// Listens on the config's address; must run inside a tokio runtime. A socket file left
     /// by a crashed server is reclaimed, a live server's is not ([`ErrorKind::AlreadyExists`]).
+    ///
+    /// With [`ServerConfig::also_listen`] it listens on every address; if one cannot be
+    /// bound, none is kept.
     pub async fn bind(mut config: ServerConfig) -> Result<Server<T>> {
         config.connection = config.connection.with_patterns();
-        let (listener, address) = AsyncListener::bind(&config.address).await?;
+        let http = Arc::new(config.http.clone());
+        let mut listeners = Vec::new();
+        let mut addresses = Vec::new();
+        for wanted in std::iter::once(&config.address).chain(&config.more_addresses) {
+            let (listener, address) = AsyncListener::bind(wanted, Arc::clone(&http)).await?;
+            listeners.push(listener);
+            addresses.push(address);
+        }
         let (events_tx, events) = mpsc::channel(config.event_capacity);
         let shared = Arc::new(Shared {
             conns: Mutex::new(HashMap::new()),
@@ -625,21 +681,36 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
             next_id: AtomicU64::new(1),
             config,
         });
-        let accept_task = tokio::spawn(accept_loop::<T>(listener, Arc::clone(&shared), events_tx));
+        let accept_tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(accept_loop::<T>(
+                    listener,
+                    Arc::clone(&shared),
+                    events_tx.clone(),
+                ))
+            })
+            .collect();
         Ok(Server {
             handle: ServerHandle {
                 shared,
                 _message: PhantomData,
             },
             events,
-            address,
-            accept_task,
+            addresses,
+            accept_tasks,
         })
     }
 
-    /// The address clients connect to (for `tcp:…:0`, the port actually bound).
+    /// The address clients connect to (for `tcp:…:0`, the port actually bound): the first
+    /// of [`addresses`](Server::addresses).
     pub fn address(&self) -> &Address {
-        &self.address
+        &self.addresses[0]
+    }
+
+    /// Every address the server listens on, in the order of its config (ports as bound).
+    pub fn addresses(&self) -> &[Address] {
+        &self.addresses
     }
 
     /// A handle to send from other tasks.
@@ -655,8 +726,12 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
     /// Stops accepting (the listener is closed, and its socket file removed, when this
     /// returns) and closes every client with code "going away" after what is queued for it.
     pub async fn shutdown(&mut self) {
-        self.accept_task.abort();
-        let _ = (&mut self.accept_task).await;
+        for task in &self.accept_tasks {
+            task.abort();
+        }
+        for task in &mut self.accept_tasks {
+            let _ = task.await;
+        }
         for conn in self.handle.shared.all() {
             let mut out = Vec::new();
             let _ =
@@ -669,7 +744,9 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
 
 impl<T> Drop for Server<T> {
     fn drop(&mut self) {
-        self.accept_task.abort();
+        for task in &self.accept_tasks {
+            task.abort();
+        }
         for conn in self.handle.shared.all() {
             conn.close(None);
             conn.shutdown.notify_one();
@@ -696,6 +773,21 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         let events = events.clone();
         tokio::spawn(async move {
             let refusal = admission(&shared, uid);
+            // A `ws://` connection starts with HTTP: a WebSocket upgrade (the refusal, if
+            // any, is then sent as over any stream) or a file.
+            let stream = match stream.upgrade(&shared.config.connection, &peer).await {
+                Ok(Some(stream)) => stream,
+                outcome => {
+                    if refusal.is_none() {
+                        shared.n_conns.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    if let Err(err) = outcome {
+                        tracing::warn!("refused {peer}: {err}");
+                        let _ = events.send(Event::Rejected { peer, error: err }).await;
+                    }
+                    return;
+                }
+            };
             let Some(err) = refusal else {
                 serve(stream, peer, shared, events).await;
                 return;
@@ -1205,8 +1297,10 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                     drained = n < room_len;
                 }
                 Some(Err(err)) => {
-                    let err = Error::io("read from client", err);
+                    let err = crate::ws::unwrap_io("read from client", err);
                     return Err(match self.decoder.buffered() {
+                        // A WebSocket's verdict on a message (text, too large, cut frame).
+                        _ if matches!(err.kind(), ErrorKind::Protocol | ErrorKind::TooLarge) => err,
                         0 => err,
                         n => err.context(format_args!(
                             "client vanished mid-frame ({n} bytes of a frame received)"

@@ -17,6 +17,8 @@ use ipc_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::address::Address;
+use crate::config::ConnectionConfig;
+use crate::ws;
 
 type LocalStream = interprocess::local_socket::Stream;
 type TokioLocalStream = interprocess::local_socket::tokio::Stream;
@@ -25,7 +27,9 @@ fn local_name(address: &Address) -> Result<Name<'_>> {
     let name = match address {
         Address::Local(name) => name.as_str().to_ns_name::<GenericNamespaced>(),
         Address::Path(path) => path.as_path().to_fs_name::<GenericFilePath>(),
-        Address::Tcp(_) => unreachable!("local_name is only called for local addresses"),
+        Address::Tcp(_) | Address::WebSocket { .. } => {
+            unreachable!("local_name is only called for local addresses")
+        }
     };
     name.map_err(|err| Error::io(format!("local socket name for `{address}`"), err))
 }
@@ -48,12 +52,27 @@ fn connect_error(address: &Address, err: io::Error) -> Error {
 pub(crate) enum SyncStream {
     Local(LocalStream),
     Tcp(TcpStream),
+    Ws(Box<ws::SyncWs>),
 }
 
 impl SyncStream {
-    pub(crate) fn connect(address: &Address) -> Result<SyncStream> {
+    pub(crate) fn connect(address: &Address, config: &ConnectionConfig) -> Result<SyncStream> {
         address.validate()?;
         match address {
+            Address::WebSocket { host_port, path } => {
+                let stream = TcpStream::connect(host_port.as_str())
+                    .map_err(|err| connect_error(address, err))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+                let ws = ws::connect_sync(
+                    stream,
+                    &ws::url(host_port, path),
+                    config.limits().max_frame_len(),
+                    config.handshake_timeout(),
+                )?;
+                Ok(SyncStream::Ws(Box::new(ws)))
+            }
             Address::Tcp(host_port) => {
                 let stream = TcpStream::connect(host_port.as_str())
                     .map_err(|err| connect_error(address, err))?;
@@ -75,6 +94,7 @@ impl SyncStream {
         match self {
             SyncStream::Local(stream) => stream.set_recv_timeout(timeout),
             SyncStream::Tcp(stream) => stream.set_read_timeout(timeout),
+            SyncStream::Ws(stream) => stream.with_io(|io| io.set_read_timeout(timeout)),
         }
     }
 
@@ -82,6 +102,7 @@ impl SyncStream {
         match self {
             SyncStream::Local(stream) => stream.set_send_timeout(timeout),
             SyncStream::Tcp(stream) => stream.set_write_timeout(timeout),
+            SyncStream::Ws(stream) => stream.with_io(|io| io.set_write_timeout(timeout)),
         }
     }
 
@@ -89,6 +110,7 @@ impl SyncStream {
         match self {
             SyncStream::Local(stream) => stream.set_nonblocking(nonblocking),
             SyncStream::Tcp(stream) => stream.set_nonblocking(nonblocking),
+            SyncStream::Ws(stream) => stream.with_io(|io| io.set_nonblocking(nonblocking)),
         }
     }
 
@@ -96,6 +118,7 @@ impl SyncStream {
         match self {
             SyncStream::Local(stream) => (&*stream).read(buf),
             SyncStream::Tcp(stream) => (&*stream).read(buf),
+            SyncStream::Ws(stream) => stream.read(buf),
         }
     }
 
@@ -103,6 +126,7 @@ impl SyncStream {
         match self {
             SyncStream::Local(stream) => (&*stream).write(buf),
             SyncStream::Tcp(stream) => (&*stream).write(buf),
+            SyncStream::Ws(stream) => stream.write(buf),
         }
     }
 }
@@ -188,12 +212,46 @@ fn bind_error(address: &Address, err: io::Error) -> Error {
 pub(crate) enum SyncListener {
     Local(interprocess::local_socket::Listener),
     Tcp(std::net::TcpListener),
+    Ws(std::net::TcpListener, ws::WsListen, u32, Duration),
+}
+
+/// Binds a TCP listener for a `ws://` address; returns it and the bound address.
+fn ws_listen(address: &Address, http: Arc<ws::HttpSettings>) -> (&str, ws::WsListen) {
+    let Address::WebSocket { host_port, path } = address else {
+        unreachable!("ws_listen is only called for websocket addresses")
+    };
+    let host = match host_port.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => host_port,
+    };
+    let listen = ws::WsListen {
+        path: path.clone(),
+        host: host.to_owned(),
+        settings: http,
+    };
+    (host_port, listen)
 }
 
 impl SyncListener {
-    pub(crate) fn bind(address: &Address) -> Result<(SyncListener, Address)> {
+    pub(crate) fn bind(
+        address: &Address,
+        config: &ConnectionConfig,
+    ) -> Result<(SyncListener, Address)> {
         address.validate()?;
         match address {
+            Address::WebSocket { path, .. } => {
+                let (host_port, listen) = ws_listen(address, Arc::default());
+                let listener = std::net::TcpListener::bind(host_port)
+                    .map_err(|err| bind_error(address, err))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|err| Error::io("local address of listener", err))?;
+                let max = config.limits().max_frame_len();
+                Ok((
+                    SyncListener::Ws(listener, listen, max, config.handshake_timeout()),
+                    Address::websocket(bound.to_string(), path.clone()),
+                ))
+            }
             Address::Tcp(host_port) => {
                 let listener = std::net::TcpListener::bind(host_port.as_str())
                     .map_err(|err| bind_error(address, err))?;
@@ -213,6 +271,17 @@ impl SyncListener {
 
     pub(crate) fn accept(&self) -> Result<(SyncStream, Option<u32>)> {
         match self {
+            SyncListener::Ws(listener, listen, max_frame_len, timeout) => {
+                let (stream, peer) = listener
+                    .accept()
+                    .map_err(|err| Error::io("accept a tcp connection", err))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+                let ws = ws::accept_sync(stream, listen, *max_frame_len, *timeout)
+                    .map_err(|err| err.context(format_args!("websocket from {peer}")))?;
+                Ok((SyncStream::Ws(Box::new(ws)), None))
+            }
             SyncListener::Tcp(listener) => {
                 let (stream, _) = listener
                     .accept()
@@ -250,13 +319,31 @@ fn peer_uid(creds: io::Result<interprocess::local_socket::PeerCreds>) -> Option<
 pub(crate) enum AsyncListener {
     Local(interprocess::local_socket::tokio::Listener),
     Tcp(tokio::net::TcpListener),
+    Ws(tokio::net::TcpListener, ws::WsListen),
 }
 
 impl AsyncListener {
     /// Binds; must run inside a tokio runtime. Returns the bound address (the real port).
-    pub(crate) async fn bind(address: &Address) -> Result<(AsyncListener, Address)> {
+    /// A `ws://` listener serves `http`'s files and origin rules.
+    pub(crate) async fn bind(
+        address: &Address,
+        http: Arc<ws::HttpSettings>,
+    ) -> Result<(AsyncListener, Address)> {
         address.validate()?;
         match address {
+            Address::WebSocket { path, .. } => {
+                let (host_port, listen) = ws_listen(address, http);
+                let listener = tokio::net::TcpListener::bind(host_port)
+                    .await
+                    .map_err(|err| bind_error(address, err))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|err| Error::io("local address of listener", err))?;
+                Ok((
+                    AsyncListener::Ws(listener, listen),
+                    Address::websocket(bound.to_string(), path.clone()),
+                ))
+            }
             Address::Tcp(host_port) => {
                 let listener = tokio::net::TcpListener::bind(host_port.as_str())
                     .await
@@ -281,6 +368,12 @@ impl AsyncListener {
     /// Accepts one stream and the peer's user id where the transport tells it.
     pub(crate) async fn accept(&self) -> io::Result<(AsyncStream, Option<u32>, String)> {
         match self {
+            AsyncListener::Ws(listener, listen) => {
+                let (stream, peer) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                let peer = format!("ws {peer}");
+                Ok((AsyncStream::Http(stream, listen.clone()), None, peer))
+            }
             AsyncListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 stream.set_nodelay(true)?;
@@ -304,12 +397,59 @@ impl AsyncListener {
 pub(crate) enum AsyncStream {
     Local(TokioLocalStream),
     Tcp(tokio::net::TcpStream),
+    /// An accepted connection to a `ws://` listener, before its HTTP request is read
+    /// ([`upgrade`](AsyncStream::upgrade)).
+    Http(tokio::net::TcpStream, ws::WsListen),
+    Ws(ws::AsyncWs),
 }
 
 impl AsyncStream {
-    pub(crate) async fn connect(address: &Address) -> Result<AsyncStream> {
+    /// Runs the HTTP side of an accepted `ws://` connection: `Some` WebSocket stream after
+    /// an upgrade, `None` after a file was served. Other streams are returned as they are.
+    pub(crate) async fn upgrade(
+        self,
+        config: &ConnectionConfig,
+        peer: &str,
+    ) -> Result<Option<AsyncStream>> {
+        let AsyncStream::Http(stream, listen) = self else {
+            return Ok(Some(self));
+        };
+        let accepted = ws::accept_async(
+            stream,
+            &listen,
+            config.limits().max_frame_len(),
+            config.handshake_timeout(),
+            peer.to_owned(),
+        )
+        .await?;
+        Ok(match accepted {
+            ws::Accepted::Ws(ws) => Some(AsyncStream::Ws(ws)),
+            ws::Accepted::Served => None,
+        })
+    }
+
+    pub(crate) async fn connect(
+        address: &Address,
+        config: &ConnectionConfig,
+    ) -> Result<AsyncStream> {
         address.validate()?;
         match address {
+            Address::WebSocket { host_port, path } => {
+                let stream = tokio::net::TcpStream::connect(host_port.as_str())
+                    .await
+                    .map_err(|err| connect_error(address, err))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+                let ws = ws::connect_async(
+                    stream,
+                    &ws::url(host_port, path),
+                    config.limits().max_frame_len(),
+                    config.handshake_timeout(),
+                )
+                .await?;
+                Ok(AsyncStream::Ws(ws))
+            }
             Address::Tcp(host_port) => {
                 let stream = tokio::net::TcpStream::connect(host_port.as_str())
                     .await
@@ -339,9 +479,13 @@ impl AsyncStream {
                     AsyncWriteHalf::Local(stream),
                 )
             }
-            AsyncStream::Tcp(stream) => {
+            AsyncStream::Tcp(stream) | AsyncStream::Http(stream, _) => {
                 let (read, write) = stream.into_split();
                 (AsyncReadHalf::Tcp(read), AsyncWriteHalf::Tcp(write))
+            }
+            AsyncStream::Ws(stream) => {
+                let (read, write) = stream.into_split();
+                (AsyncReadHalf::Ws(read), AsyncWriteHalf::Ws(write))
             }
         }
     }
@@ -352,6 +496,7 @@ impl AsyncStream {
 pub(crate) enum AsyncReadHalf {
     Local(Arc<TokioLocalStream>),
     Tcp(tokio::net::tcp::OwnedReadHalf),
+    Ws(ws::AsyncWsRead),
 }
 
 /// The sending half of an [`AsyncStream`].
@@ -359,6 +504,7 @@ pub(crate) enum AsyncReadHalf {
 pub(crate) enum AsyncWriteHalf {
     Local(Arc<TokioLocalStream>),
     Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Ws(ws::AsyncWsWrite),
 }
 
 impl AsyncRead for AsyncReadHalf {
@@ -370,6 +516,7 @@ impl AsyncRead for AsyncReadHalf {
         match self.get_mut() {
             AsyncReadHalf::Local(stream) => Pin::new(&mut &**stream).poll_read(cx, buf),
             AsyncReadHalf::Tcp(half) => Pin::new(half).poll_read(cx, buf),
+            AsyncReadHalf::Ws(half) => Pin::new(half).poll_read(cx, buf),
         }
     }
 }
@@ -383,6 +530,7 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_write(cx, buf),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_write(cx, buf),
+            AsyncWriteHalf::Ws(half) => Pin::new(half).poll_write(cx, buf),
         }
     }
 
@@ -390,6 +538,7 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_flush(cx),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_flush(cx),
+            AsyncWriteHalf::Ws(half) => Pin::new(half).poll_flush(cx),
         }
     }
 
@@ -397,6 +546,7 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_shutdown(cx),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_shutdown(cx),
+            AsyncWriteHalf::Ws(half) => Pin::new(half).poll_shutdown(cx),
         }
     }
 }

@@ -196,6 +196,8 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
             ));
         }
     }
+    // WebSocket, beside raw tokio-tungstenite (`bench/ws.rs`).
+    figures.extend(super::ws::run(effort)?);
     Ok(figures)
 }
 

@@ -1,8 +1,9 @@
 //! Peer roles for ipc-socket. Each role is named `socket-...`.
 //!
 //! - `socket-server --address A [--policy wait|drop-oldest|disconnect] [--max-connections N]
-//!   [--heartbeat-ms MS]`:
-//!   a chat server (a publish/subscribe broker that also echoes requests). Prints
+//!   [--heartbeat-ms MS] [--also B,C]`:
+//!   a chat server (a publish/subscribe broker that also echoes requests), listening on A and
+//!   on every address of `--also`. Prints `also address=B` per extra address, then
 //!   `ready address=A`, then one line per connection event (`connected`, `closed conn=#n
 //!   error=<kind>: <message>`, `rejected error=...`), and `ok` when its stdin closes.
 //! - `socket-chat --address A --name NAME --count N [--expect a,b] [--progress K]`: joins the
@@ -138,6 +139,10 @@ async fn server(args: &Args) -> Result<()> {
     let respond_len: usize = args.get("respond-len", 0)?;
     let mut config = ServerConfig::new(address(args)?, connection)
         .max_connections(args.get("max-connections", 1024)?);
+    // `--also A,B`: more addresses for the same server (say a ws:// port beside a socket).
+    for also in args.text("also", "").split(',').filter(|a| !a.is_empty()) {
+        config = config.also_listen(also.parse::<Address>()?);
+    }
     if let Some(policy) = policy {
         config = config.policy(policy);
     }
@@ -154,6 +159,9 @@ async fn server(args: &Args) -> Result<()> {
         config = config.event_capacity(event_capacity);
     }
     let mut server = Server::<ChatLine>::bind(config).await?;
+    for also in &server.addresses()[1..] {
+        say(format_args!("also address={also}"));
+    }
     say(format_args!("ready address={}", server.address()));
     let handle = server.handle();
     let mut done = stdin_closed();

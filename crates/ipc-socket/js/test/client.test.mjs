@@ -257,6 +257,53 @@ test("against a real ipc-socket server process", { skip: real ? false : "IPC_TES
   client.close();
 });
 
+// The same server's ws:// endpoint (IPC_TEST_WS_URL), through Node's own WebSocket
+// (`node --experimental-websocket` on Node 20): the browser's code path, byte for byte.
+const realWs = process.env.IPC_TEST_WS_URL;
+const wsSkip = !realWs ? "IPC_TEST_WS_URL not set" : !globalThis.WebSocket ? "no WebSocket in this Node (needs --experimental-websocket)" : false;
+test("against a real ipc-socket server over WebSocket", { skip: wsSkip }, async () => {
+  const client = await IpcClient.connect({ url: realWs, typeName: TYPE_NAME, type: ChatLine, reconnect: null });
+  const replies = await Promise.all([...Array(50).keys()].map((i) => client.request(line(i, `w${i}`), { timeout: 20000 })));
+  assert.deepEqual(replies.map((r) => r.text), [...Array(50).keys()].map((i) => `w${i}`));
+  const publication = new Promise((resolve) => {
+    client.onpublication = (topic, value) => resolve([topic, value]);
+  });
+  await client.subscribe("room/");
+  client.publish("room/ws", line(6, "hello over ws"));
+  const [topic, value] = await publication;
+  assert.equal(topic, "room/ws");
+  assert.equal(value.text, "hello over ws");
+  // A burst of 500 from the server: batch frames grouped into binary messages.
+  const burst = [];
+  const all = new Promise((resolve) => {
+    client.onmessage = (m) => {
+      burst.push(m.seq);
+      if (burst.length === 500) resolve();
+    };
+  });
+  client.send({ from: "js", seq: 0n, text: "burst:500" });
+  await all;
+  assert.deepEqual(burst, [...Array(500).keys()].map((i) => BigInt(i)));
+  // 600 messages of 140 bytes sent in one task (about 90 KiB) leave as several messages of
+  // at most 64 KiB (a server whose frames are small would refuse a longer one): all echoed,
+  // in order (600 stays under the server's 1024-frame queue: its echoes are not too slow).
+  const many = [];
+  const allBack = new Promise((resolve) => {
+    client.onmessage = (m) => {
+      many.push(m.seq);
+      if (many.length === 600) resolve();
+    };
+  });
+  for (let i = 0; i < 600; i++) client.send(line(i, "y".repeat(120)));
+  await allBack;
+  assert.deepEqual(many, [...Array(600).keys()].map((i) => BigInt(i)));
+  // A message larger than one 64 KiB group travels alone and arrives whole.
+  const long = "x".repeat(200 * 1024);
+  const echoed = await client.request(line(7, long), { timeout: 20000 });
+  assert.equal(echoed.text.length, long.length);
+  client.close();
+});
+
 /**
  * A stand-in for the browser's WebSocket over a TCP socket: each chunk received is one
  * binary message (an ArrayBuffer, as with `binaryType = "arraybuffer"`), and each `send`
