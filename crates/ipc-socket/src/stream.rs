@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
 use interprocess::local_socket::traits::{Listener as _, Stream as _, StreamCommon as _};
-use interprocess::local_socket::{
-    GenericFilePath, GenericNamespaced, ListenerOptions, Name, ToFsName as _, ToNsName as _,
-};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, Name, ToFsName as _};
+#[cfg(not(all(unix, not(any(target_os = "linux", target_os = "android")))))]
+use interprocess::local_socket::{GenericNamespaced, ToNsName as _};
 use ipc_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -23,8 +23,26 @@ use crate::ws;
 type LocalStream = interprocess::local_socket::Stream;
 type TokioLocalStream = interprocess::local_socket::tokio::Stream;
 
+/// Unix systems other than Linux have no abstract sockets: there `local:NAME` is the
+/// socket file `NAME` in the user's temporary directory (`$TMPDIR`, which macOS makes per
+/// user and owner-only; `/tmp` without it), created with mode 0600 and reclaimed when
+/// stale under the rules of `unix:` paths. A name with a `/` is refused there.
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+fn local_socket_path(name: &str) -> Result<std::path::PathBuf> {
+    if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("local socket name `{name}` must be a plain file name on this system"),
+        ));
+    }
+    Ok(std::env::temp_dir().join(name))
+}
+
 fn local_name(address: &Address) -> Result<Name<'_>> {
     let name = match address {
+        #[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+        Address::Local(name) => local_socket_path(name)?.to_fs_name::<GenericFilePath>(),
+        #[cfg(not(all(unix, not(any(target_os = "linux", target_os = "android")))))]
         Address::Local(name) => name.as_str().to_ns_name::<GenericNamespaced>(),
         Address::Path(path) => path.as_path().to_fs_name::<GenericFilePath>(),
         Address::Tcp(_) | Address::WebSocket { .. } => {
@@ -187,6 +205,12 @@ fn listener_options(address: &Address) -> Result<ListenerOptions<'_>> {
         use interprocess::os::unix::local_socket::ListenerOptionsExt as _;
         reclaim_stale_socket_file(path)?;
         // Owner-only: only the write bit matters to connect(); 0600 keeps other users out.
+        return Ok(options.mode(0o600));
+    }
+    #[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+    if let Address::Local(name) = address {
+        use interprocess::os::unix::local_socket::ListenerOptionsExt as _;
+        reclaim_stale_socket_file(&local_socket_path(name)?)?;
         return Ok(options.mode(0o600));
     }
     #[cfg(not(unix))]
