@@ -26,6 +26,7 @@ pub mod amqp;
 pub mod bench;
 pub mod flows;
 pub mod roles;
+pub mod tls;
 
 /// The value of `key=value` in a peer's line of space-separated fields (`ok sent=3 ..`).
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {

@@ -15,6 +15,7 @@ use ipc_core::{Error, ErrorKind, Result};
 /// | `local:NAME` | a namespaced local socket: an abstract Unix socket on Linux, `\\.\pipe\NAME` on Windows; no file |
 /// | `unix:/path/to/sock` | a Unix domain socket file (owner-only, mode 0600) |
 /// | `tcp:HOST:PORT` | TCP; `tcp:127.0.0.1:0` lets the server pick a port ([`Server::address`](crate::Server::address) tells which) |
+/// | `tls:HOST:PORT` | TLS over TCP (feature `tls`); the client checks the server's certificate against `HOST` |
 ///
 /// ```
 /// use ipc_socket::Address;
@@ -39,6 +40,10 @@ pub enum Address {
     Path(PathBuf),
     /// A TCP `host:port`.
     Tcp(String),
+    /// TLS over TCP to `host:port`; `host` is the name the server's certificate must have.
+    /// Connecting or listening needs the crate's `tls` feature, and listening a
+    /// `TlsServerConfig` (`ConnectionConfig::with_tls_server`).
+    Tls(String),
 }
 
 impl Address {
@@ -57,6 +62,11 @@ impl Address {
         Address::Tcp(host_port.into())
     }
 
+    /// TLS over TCP to `host:port`.
+    pub fn tls(host_port: impl Into<String>) -> Address {
+        Address::Tls(host_port.into())
+    }
+
     /// The socket file, for a [`Path`](Address::Path) address.
     pub fn as_path(&self) -> Option<&Path> {
         match self {
@@ -69,7 +79,7 @@ impl Address {
         let empty = match self {
             Address::Local(name) => name.is_empty(),
             Address::Path(path) => path.as_os_str().is_empty(),
-            Address::Tcp(host_port) => host_port.is_empty(),
+            Address::Tcp(host_port) | Address::Tls(host_port) => host_port.is_empty(),
         };
         if empty {
             return Err(Error::new(
@@ -77,12 +87,17 @@ impl Address {
                 format!("address `{self}` names nothing"),
             ));
         }
-        if let Address::Tcp(host_port) = self
+        if let Address::Tcp(host_port) | Address::Tls(host_port) = self
             && !host_port.contains(':')
         {
+            let scheme = if matches!(self, Address::Tls(_)) {
+                "tls"
+            } else {
+                "tcp"
+            };
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("tcp address `{host_port}` has no port (expected host:port)"),
+                format!("{scheme} address `{host_port}` has no port (expected host:port)"),
             ));
         }
         Ok(())
@@ -99,10 +114,12 @@ impl FromStr for Address {
             Address::Path(PathBuf::from(path))
         } else if let Some(host_port) = text.strip_prefix("tcp:") {
             Address::Tcp(host_port.to_owned())
+        } else if let Some(host_port) = text.strip_prefix("tls:") {
+            Address::Tls(host_port.to_owned())
         } else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("address `{text}` must start with local:, unix: or tcp:"),
+                format!("address `{text}` must start with local:, unix:, tcp: or tls:"),
             ));
         };
         address.validate()?;
@@ -116,6 +133,7 @@ impl fmt::Display for Address {
             Address::Local(name) => write!(f, "local:{name}"),
             Address::Path(path) => write!(f, "unix:{}", path.display()),
             Address::Tcp(host_port) => write!(f, "tcp:{host_port}"),
+            Address::Tls(host_port) => write!(f, "tls:{host_port}"),
         }
     }
 }
@@ -126,7 +144,12 @@ mod tests {
 
     #[test]
     fn parses_and_prints_every_scheme() {
-        for text in ["local:chat", "unix:/tmp/x.sock", "tcp:127.0.0.1:9000"] {
+        for text in [
+            "local:chat",
+            "unix:/tmp/x.sock",
+            "tcp:127.0.0.1:9000",
+            "tls:localhost:9000",
+        ] {
             let address: Address = text.parse().unwrap();
             assert_eq!(address.to_string(), text);
         }
@@ -138,12 +161,16 @@ mod tests {
         for (text, message) in [
             (
                 "chat",
-                "address `chat` must start with local:, unix: or tcp:",
+                "address `chat` must start with local:, unix:, tcp: or tls:",
             ),
             ("local:", "address `local:` names nothing"),
             (
                 "tcp:localhost",
                 "tcp address `localhost` has no port (expected host:port)",
+            ),
+            (
+                "tls:localhost",
+                "tls address `localhost` has no port (expected host:port)",
             ),
         ] {
             let err = text.parse::<Address>().unwrap_err();

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc_core::{
     AsyncReceiver, AsyncSender, Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, FrameBuffer,
@@ -35,46 +35,74 @@ pub(crate) struct Handshaken {
     pub(crate) send_limits: Limits,
 }
 
-/// Exchanges hellos on `stream` within the config's handshake timeout. On a mismatch the
-/// peer is told why with a close frame.
+/// Exchanges hellos on `stream` by `deadline` (the handshake timeout, counted from when
+/// the connection was made). On a mismatch the peer is told why with a close frame.
+///
+/// A side that holds tokens reads the peer's hello and `Auth` frame first and sends its
+/// own hello only once the token is accepted: a refused peer gets a close and nothing else.
 pub(crate) async fn handshake(
     stream: AsyncStream,
     config: &ConnectionConfig,
+    deadline: Instant,
 ) -> Result<Handshaken> {
     let (mut reader, mut writer) = stream.into_split();
     let ours = config.hello();
     let mut decoder = FrameDecoder::new(*config.limits());
+    let holds_tokens = config.accepted_tokens().is_some();
     let exchange = async {
-        let mut hello = Vec::new();
-        ours.encode_frame(&mut hello)?;
+        let mut opening = Vec::new();
+        protocol::opening(config, &ours, &mut opening)?;
         // A server that refuses us may close before our hello arrives: its close frame,
         // which says why, is then still ours to read.
-        let sent = writer
-            .write_all(&hello)
-            .await
-            .map_err(|err| Error::io("send hello", err));
-        loop {
+        let mut unsent = if holds_tokens {
+            None
+        } else {
+            write_flushed(&mut writer, &opening)
+                .await
+                .err()
+                .map(|err| Error::io("send hello", err))
+        };
+        let mut hello: Option<(Hello, Limits)> = None;
+        let agreed = loop {
             if let Some(frame) = decoder.next_frame()? {
-                let checked = check_peer_hello(frame, &ours);
-                return match (checked, sent) {
-                    (Ok(_), Err(err)) => Err(err),
-                    (checked, _) => checked,
-                };
+                if let Some(agreed) = hello.take() {
+                    protocol::check_auth(frame, config)?;
+                    break agreed;
+                }
+                let (theirs, send_limits) = check_peer_hello(frame, &ours)?;
+                if let Some(err) = unsent.take() {
+                    return Err(err);
+                }
+                if protocol::expects_auth(config, &theirs)? {
+                    hello = Some((theirs, send_limits));
+                    continue;
+                }
+                break (theirs, send_limits);
             }
             let n = match reader.read(decoder.read_buf()).await {
                 Ok(n) => n,
-                Err(err) => return Err(sent.err().unwrap_or(Error::io("read hello", err))),
+                Err(err) => {
+                    return Err(unsent
+                        .take()
+                        .unwrap_or(crate::stream::stream_error("read hello", err)));
+                }
             };
             if n == 0 {
-                return Err(sent.err().unwrap_or(Error::new(
+                return Err(unsent.take().unwrap_or(Error::new(
                     ErrorKind::PeerDied,
                     "peer closed the stream during the handshake",
                 )));
             }
             decoder.commit(n);
+        };
+        if holds_tokens {
+            write_flushed(&mut writer, &opening)
+                .await
+                .map_err(|err| Error::io("send hello", err))?;
         }
+        Ok(agreed)
     };
-    let outcome = match tokio::time::timeout(config.handshake_timeout(), exchange).await {
+    let outcome = match tokio::time::timeout_at(deadline.into(), exchange).await {
         Ok(outcome) => outcome,
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
@@ -98,12 +126,21 @@ pub(crate) async fn handshake(
                 ErrorKind::PeerClosed | ErrorKind::PeerDied | ErrorKind::Io
             ) {
                 let close = close_frame_for(&err);
-                let _ = tokio::time::timeout(Duration::from_millis(200), writer.write_all(&close))
-                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    write_flushed(&mut writer, &close),
+                )
+                .await;
             }
             Err(err)
         }
     }
+}
+
+/// Writes all of `bytes` and flushes (a TLS stream may hold records back until then).
+async fn write_flushed(writer: &mut AsyncWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// The write side shared by both halves (the receive half answers pings through it).
@@ -208,6 +245,10 @@ impl Writer {
                     Ok(n) => io.pos += n,
                     Err(err) => return Err(self.fail(Error::io("write to peer", err))),
                 }
+            }
+            // A TLS stream may hold records back until flushed (a no-op on plain sockets).
+            if let Err(err) = io.half.flush().await {
+                return Err(self.fail(Error::io("write to peer", err)));
             }
             io.buf.clear();
             io.pos = 0;
@@ -522,8 +563,9 @@ pub struct AsyncConnection<T> {
 impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
     /// Connects to `address` and performs the handshake; must run inside a tokio runtime.
     pub async fn connect(address: &Address, config: ConnectionConfig) -> Result<Self> {
-        let stream = AsyncStream::connect(address).await?;
-        let shaken = handshake(stream, &config)
+        let deadline = Instant::now() + config.handshake_timeout();
+        let stream = AsyncStream::connect(address, &config, deadline).await?;
+        let shaken = handshake(stream, &config, deadline)
             .await
             .map_err(|err| err.context(format_args!("handshake with {address}")))?;
         Ok(AsyncConnection::from_handshaken(shaken, &config))

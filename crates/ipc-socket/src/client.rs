@@ -147,6 +147,11 @@ impl ClientWriter {
                 Err(err) => return Err(Error::io("write to server", err)),
             }
         }
+        // A TLS stream may hold records back until flushed (a no-op on plain sockets).
+        self.half
+            .flush()
+            .await
+            .map_err(|err| Error::io("write to server", err))?;
         self.out.clear();
         self.out_pos = 0;
         Ok(())
@@ -510,8 +515,9 @@ async fn connect_with_backoff(
 }
 
 async fn connect_once(config: &ClientConfig) -> Result<Handshaken> {
-    let stream = AsyncStream::connect(&config.address).await?;
-    let mut shaken = handshake(stream, &config.connection)
+    let deadline = std::time::Instant::now() + config.connection.handshake_timeout();
+    let stream = AsyncStream::connect(&config.address, &config.connection, deadline).await?;
+    let mut shaken = handshake(stream, &config.connection, deadline)
         .await
         .map_err(|err| err.context(format_args!("handshake with {}", config.address)))?;
     if shaken.peer.features() & FEATURE_PATTERNS == 0 {
@@ -525,6 +531,7 @@ async fn connect_once(config: &ClientConfig) -> Result<Handshaken> {
         let mut close = Vec::new();
         let _ = Close::new(CloseCode::PROTOCOL_ERROR, err.to_string()).encode_frame(&mut close);
         let _ = shaken.writer.write_all(&close).await;
+        let _ = shaken.writer.flush().await;
         return Err(err);
     }
     Ok(shaken)

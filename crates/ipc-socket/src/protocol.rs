@@ -4,12 +4,93 @@
 //! frames, and the errors for a stream that ends. The two connections are siblings on top
 //! of this module; neither uses the other.
 
+use std::fmt;
+
 use ipc_core::{
-    Close, Error, ErrorKind, Frame, FrameBuffer, FrameDecoder, FrameKind, Hello, Limits,
-    MAX_BATCHED_MESSAGE, Result,
+    Close, Error, ErrorKind, FEATURE_TOKEN, Frame, FrameBuffer, FrameDecoder, FrameKind, Hello,
+    Limits, MAX_BATCHED_MESSAGE, MAX_TOKEN_LEN, Result, encode_raw_frame,
 };
 
 use crate::config::ConnectionConfig;
+
+/// What this side writes to open a connection: its hello and, when it has a token, the
+/// `Auth` frame that carries it.
+pub(crate) fn opening(config: &ConnectionConfig, ours: &Hello, out: &mut Vec<u8>) -> Result<()> {
+    ours.encode_frame(out)?;
+    if let Some(token) = config.token() {
+        encode_raw_frame(
+            out,
+            FrameKind::Auth,
+            0,
+            token.as_bytes(),
+            &Limits::default(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The source of every token refusal: it makes the close code 11 (unauthorized).
+#[derive(Debug)]
+struct Unauthorized;
+
+impl fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("token check failed")
+    }
+}
+
+impl std::error::Error for Unauthorized {}
+
+fn unauthorized(reason: &'static str) -> Error {
+    Error::new(ErrorKind::PermissionDenied, reason).with_source(Unauthorized)
+}
+
+/// Whether `err` is a token refusal (close code 11).
+pub(crate) fn is_unauthorized(err: &Error) -> bool {
+    std::error::Error::source(err).is_some_and(|source| source.is::<Unauthorized>())
+}
+
+/// After the peer's hello: whether an `Auth` frame must follow it. A side that holds
+/// tokens refuses a hello without one.
+pub(crate) fn expects_auth(config: &ConnectionConfig, theirs: &Hello) -> Result<bool> {
+    if theirs.features() & FEATURE_TOKEN != 0 {
+        return Ok(true);
+    }
+    if config.accepted_tokens().is_some() {
+        return Err(unauthorized("no token presented"));
+    }
+    Ok(false)
+}
+
+/// Checks the frame after a hello that announced a token. The errors never contain the
+/// token's bytes.
+pub(crate) fn check_auth(frame: Frame<'_>, config: &ConnectionConfig) -> Result<()> {
+    if frame.kind() != FrameKind::Auth {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "expected an Auth frame after a hello that sets feature bit 2, got {:?}",
+                frame.kind()
+            ),
+        ));
+    }
+    let token = frame.payload();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "auth frame of {} bytes: tokens have 1 to {MAX_TOKEN_LEN} bytes",
+                token.len()
+            ),
+        ));
+    }
+    match config.accepted_tokens() {
+        Some(accepted) if !crate::token::accepts(accepted, token) => {
+            Err(unauthorized("the token presented is not accepted"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// How much a one-peer connection reads at once at most: many small frames per read.
 pub(crate) const READ_ROOM: usize = 64 * 1024;

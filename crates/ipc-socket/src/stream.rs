@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
 use interprocess::local_socket::traits::{Listener as _, Stream as _, StreamCommon as _};
@@ -17,6 +17,68 @@ use ipc_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::address::Address;
+use crate::config::ConnectionConfig;
+#[cfg(feature = "tls")]
+use crate::tls::{self, AsyncTlsStream, PeerCertificate};
+
+/// What the server learned about a peer when it accepted it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerFacts {
+    pub(crate) uid: Option<u32>,
+    #[cfg(feature = "tls")]
+    pub(crate) certificate: Option<PeerCertificate>,
+}
+
+impl PeerFacts {
+    fn with_uid(uid: Option<u32>) -> PeerFacts {
+        PeerFacts {
+            uid,
+            #[cfg(feature = "tls")]
+            certificate: None,
+        }
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn no_tls(address: &Address) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("{address}: tls: addresses need ipc-socket's `tls` feature"),
+    )
+}
+
+#[cfg(feature = "tls")]
+fn no_tls_server(address: &Address) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "{address}: listening on a tls: address needs a certificate (ConnectionConfig::with_tls_server)"
+        ),
+    )
+}
+
+/// An I/O error of any stream as an [`Error`]; a TLS stream's keep rustls's reason (an
+/// alert from the peer refusing this side's certificate arrives as a read error).
+pub(crate) fn stream_error(what: &'static str, err: io::Error) -> Error {
+    #[cfg(feature = "tls")]
+    {
+        tls::stream_error(what, err)
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Error::io(what, err)
+    }
+}
+
+/// TLS records arrive in pieces: a stream that ends without TLS's close_notify is an end
+/// of stream like any other (the frame layer above notices a cut frame).
+#[cfg(feature = "tls")]
+fn eof_is_end(result: io::Result<usize>) -> io::Result<usize> {
+    match result {
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
+    }
+}
 
 type LocalStream = interprocess::local_socket::Stream;
 type TokioLocalStream = interprocess::local_socket::tokio::Stream;
@@ -25,7 +87,9 @@ fn local_name(address: &Address) -> Result<Name<'_>> {
     let name = match address {
         Address::Local(name) => name.as_str().to_ns_name::<GenericNamespaced>(),
         Address::Path(path) => path.as_path().to_fs_name::<GenericFilePath>(),
-        Address::Tcp(_) => unreachable!("local_name is only called for local addresses"),
+        Address::Tcp(_) | Address::Tls(_) => {
+            unreachable!("local_name is only called for local addresses")
+        }
     };
     name.map_err(|err| Error::io(format!("local socket name for `{address}`"), err))
 }
@@ -48,21 +112,46 @@ fn connect_error(address: &Address, err: io::Error) -> Error {
 pub(crate) enum SyncStream {
     Local(LocalStream),
     Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    TlsClient(Box<tls::SyncClientStream>),
+    #[cfg(feature = "tls")]
+    TlsServer(Box<tls::SyncServerStream>),
+}
+
+fn tcp_connect_sync(address: &Address, host_port: &str) -> Result<TcpStream> {
+    let stream = TcpStream::connect(host_port).map_err(|err| connect_error(address, err))?;
+    // Frames are coalesced above; Nagle's delay would only add latency.
+    stream
+        .set_nodelay(true)
+        .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+    Ok(stream)
 }
 
 impl SyncStream {
-    pub(crate) fn connect(address: &Address) -> Result<SyncStream> {
+    /// Connects; a TLS handshake, if any, is done by `deadline`.
+    pub(crate) fn connect(
+        address: &Address,
+        config: &ConnectionConfig,
+        deadline: Instant,
+    ) -> Result<SyncStream> {
         address.validate()?;
+        let _ = (config, deadline);
         match address {
-            Address::Tcp(host_port) => {
-                let stream = TcpStream::connect(host_port.as_str())
-                    .map_err(|err| connect_error(address, err))?;
-                // Frames are coalesced above; Nagle's delay would only add latency.
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
-                Ok(SyncStream::Tcp(stream))
+            Address::Tcp(host_port) => Ok(SyncStream::Tcp(tcp_connect_sync(address, host_port)?)),
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let stream = tcp_connect_sync(address, host_port)?;
+                let stream = tls::connect_sync(
+                    stream,
+                    host_port,
+                    &config.tls_client(),
+                    deadline,
+                    config.handshake_timeout(),
+                )?;
+                Ok(SyncStream::TlsClient(Box::new(stream)))
             }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let stream = LocalStream::connect(local_name(address)?)
                     .map_err(|err| connect_error(address, err))?;
@@ -71,40 +160,77 @@ impl SyncStream {
         }
     }
 
-    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+    /// The TCP socket under a TCP or TLS stream.
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            SyncStream::Local(stream) => stream.set_recv_timeout(timeout),
-            SyncStream::Tcp(stream) => stream.set_read_timeout(timeout),
+            SyncStream::Local(_) => None,
+            SyncStream::Tcp(stream) => Some(stream),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsClient(stream) => Some(&stream.sock),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsServer(stream) => Some(&stream.sock),
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match (self, self.tcp()) {
+            (_, Some(tcp)) => tcp.set_read_timeout(timeout),
+            (SyncStream::Local(stream), None) => stream.set_recv_timeout(timeout),
+            _ => Ok(()),
         }
     }
 
     pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            SyncStream::Local(stream) => stream.set_send_timeout(timeout),
-            SyncStream::Tcp(stream) => stream.set_write_timeout(timeout),
+        match (self, self.tcp()) {
+            (_, Some(tcp)) => tcp.set_write_timeout(timeout),
+            (SyncStream::Local(stream), None) => stream.set_send_timeout(timeout),
+            _ => Ok(()),
         }
     }
 
     pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        match self {
-            SyncStream::Local(stream) => stream.set_nonblocking(nonblocking),
-            SyncStream::Tcp(stream) => stream.set_nonblocking(nonblocking),
+        match (self, self.tcp()) {
+            (_, Some(tcp)) => tcp.set_nonblocking(nonblocking),
+            (SyncStream::Local(stream), None) => stream.set_nonblocking(nonblocking),
+            _ => Ok(()),
         }
     }
 
-    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             SyncStream::Local(stream) => (&*stream).read(buf),
             SyncStream::Tcp(stream) => (&*stream).read(buf),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsClient(stream) => eof_is_end(stream.read(buf)),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsServer(stream) => eof_is_end(stream.read(buf)),
         }
     }
 
-    pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             SyncStream::Local(stream) => (&*stream).write(buf),
             SyncStream::Tcp(stream) => (&*stream).write(buf),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsClient(stream) => write_tls(stream.as_mut(), buf),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsServer(stream) => write_tls(stream.as_mut(), buf),
         }
     }
+}
+
+/// Writes through a blocking TLS stream and pushes the records out at once (rustls's
+/// `write` sends what it can and keeps the rest for later; a framed connection expects a
+/// write to have reached the socket).
+#[cfg(feature = "tls")]
+fn write_tls<C, S>(stream: &mut rustls::StreamOwned<C, TcpStream>, buf: &[u8]) -> io::Result<usize>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    let n = stream.write(buf)?;
+    stream.flush()?;
+    Ok(n)
 }
 
 /// Refuses to bind over a live server, and removes a socket file left by a dead one.
@@ -188,20 +314,50 @@ fn bind_error(address: &Address, err: io::Error) -> Error {
 pub(crate) enum SyncListener {
     Local(interprocess::local_socket::Listener),
     Tcp(std::net::TcpListener),
+    #[cfg(feature = "tls")]
+    Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
+}
+
+fn tcp_bind_sync(address: &Address, host_port: &str) -> Result<(std::net::TcpListener, String)> {
+    let listener =
+        std::net::TcpListener::bind(host_port).map_err(|err| bind_error(address, err))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|err| Error::io("local address of listener", err))?;
+    Ok((listener, bound.to_string()))
+}
+
+fn tcp_accept_sync(listener: &std::net::TcpListener) -> Result<TcpStream> {
+    let (stream, _) = listener
+        .accept()
+        .map_err(|err| Error::io("accept a tcp connection", err))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+    Ok(stream)
 }
 
 impl SyncListener {
-    pub(crate) fn bind(address: &Address) -> Result<(SyncListener, Address)> {
+    pub(crate) fn bind(
+        address: &Address,
+        config: &ConnectionConfig,
+    ) -> Result<(SyncListener, Address)> {
         address.validate()?;
+        config.check_bind(address)?;
         match address {
             Address::Tcp(host_port) => {
-                let listener = std::net::TcpListener::bind(host_port.as_str())
-                    .map_err(|err| bind_error(address, err))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|err| Error::io("local address of listener", err))?;
-                Ok((SyncListener::Tcp(listener), Address::Tcp(bound.to_string())))
+                let (listener, bound) = tcp_bind_sync(address, host_port)?;
+                Ok((SyncListener::Tcp(listener), Address::Tcp(bound)))
             }
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let tls = config.tls_server().ok_or_else(|| no_tls_server(address))?;
+                let tls = tls.build()?;
+                let (listener, bound) = tcp_bind_sync(address, host_port)?;
+                Ok((SyncListener::Tls(listener, tls), Address::Tls(bound)))
+            }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let listener = listener_options(address)?
                     .create_sync()
@@ -211,23 +367,36 @@ impl SyncListener {
         }
     }
 
-    pub(crate) fn accept(&self) -> Result<(SyncStream, Option<u32>)> {
+    /// Accepts one stream; a TLS handshake, if any, is done by `deadline`.
+    pub(crate) fn accept(
+        &self,
+        config: &ConnectionConfig,
+        deadline: impl FnOnce() -> Instant,
+    ) -> Result<(SyncStream, PeerFacts)> {
+        let _ = config;
         match self {
-            SyncListener::Tcp(listener) => {
-                let (stream, _) = listener
-                    .accept()
-                    .map_err(|err| Error::io("accept a tcp connection", err))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
-                Ok((SyncStream::Tcp(stream), None))
+            SyncListener::Tcp(listener) => Ok((
+                SyncStream::Tcp(tcp_accept_sync(listener)?),
+                PeerFacts::default(),
+            )),
+            #[cfg(feature = "tls")]
+            SyncListener::Tls(listener, tls) => {
+                let stream = tcp_accept_sync(listener)?;
+                let (stream, certificate) =
+                    tls::accept_sync(stream, tls, deadline(), config.handshake_timeout())?;
+                let facts = PeerFacts {
+                    uid: None,
+                    certificate,
+                };
+                Ok((SyncStream::TlsServer(Box::new(stream)), facts))
             }
             SyncListener::Local(listener) => {
+                let _ = deadline;
                 let stream = listener
                     .accept()
                     .map_err(|err| Error::io("accept a local connection", err))?;
-                let uid = peer_uid(stream.peer_creds());
-                Ok((SyncStream::Local(stream), uid))
+                let facts = PeerFacts::with_uid(peer_uid(stream.peer_creds()));
+                Ok((SyncStream::Local(stream), facts))
             }
         }
     }
@@ -250,25 +419,81 @@ fn peer_uid(creds: io::Result<interprocess::local_socket::PeerCreds>) -> Option<
 pub(crate) enum AsyncListener {
     Local(interprocess::local_socket::tokio::Listener),
     Tcp(tokio::net::TcpListener),
+    #[cfg(feature = "tls")]
+    Tls(tokio::net::TcpListener, Arc<rustls::ServerConfig>),
+}
+
+async fn tcp_bind_async(
+    address: &Address,
+    host_port: &str,
+) -> Result<(tokio::net::TcpListener, String)> {
+    let listener = tokio::net::TcpListener::bind(host_port)
+        .await
+        .map_err(|err| bind_error(address, err))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|err| Error::io("local address of listener", err))?;
+    Ok((listener, bound.to_string()))
+}
+
+/// A stream just accepted, before its TLS handshake (if any): the accept loop hands it to
+/// a task of its own, so that a slow handshake never holds up the next accept.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    stream: AsyncStream,
+    #[cfg(feature = "tls")]
+    acceptor: Option<Arc<rustls::ServerConfig>>,
+    facts: PeerFacts,
+}
+
+impl Pending {
+    /// Completes the TLS handshake, if any, by `deadline`.
+    pub(crate) async fn finish(
+        self,
+        config: &ConnectionConfig,
+        deadline: Instant,
+    ) -> Result<(AsyncStream, PeerFacts)> {
+        let _ = (config, deadline);
+        #[cfg(feature = "tls")]
+        if let (Some(acceptor), AsyncStream::Tcp(tcp)) = (&self.acceptor, &self.stream) {
+            let _ = tcp;
+            let AsyncStream::Tcp(tcp) = self.stream else {
+                unreachable!("matched above")
+            };
+            let (stream, certificate) =
+                tls::accept_async(tcp, acceptor, deadline, config.handshake_timeout()).await?;
+            let facts = PeerFacts {
+                certificate,
+                ..self.facts
+            };
+            return Ok((AsyncStream::Tls(Box::new(stream)), facts));
+        }
+        Ok((self.stream, self.facts))
+    }
 }
 
 impl AsyncListener {
     /// Binds; must run inside a tokio runtime. Returns the bound address (the real port).
-    pub(crate) async fn bind(address: &Address) -> Result<(AsyncListener, Address)> {
+    pub(crate) async fn bind(
+        address: &Address,
+        config: &ConnectionConfig,
+    ) -> Result<(AsyncListener, Address)> {
         address.validate()?;
+        config.check_bind(address)?;
         match address {
             Address::Tcp(host_port) => {
-                let listener = tokio::net::TcpListener::bind(host_port.as_str())
-                    .await
-                    .map_err(|err| bind_error(address, err))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|err| Error::io("local address of listener", err))?;
-                Ok((
-                    AsyncListener::Tcp(listener),
-                    Address::Tcp(bound.to_string()),
-                ))
+                let (listener, bound) = tcp_bind_async(address, host_port).await?;
+                Ok((AsyncListener::Tcp(listener), Address::Tcp(bound)))
             }
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let tls = config.tls_server().ok_or_else(|| no_tls_server(address))?;
+                let acceptor = tls.build()?;
+                let (listener, bound) = tcp_bind_async(address, host_port).await?;
+                Ok((AsyncListener::Tls(listener, acceptor), Address::Tls(bound)))
+            }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let listener = listener_options(address)?
                     .create_tokio()
@@ -278,13 +503,31 @@ impl AsyncListener {
         }
     }
 
-    /// Accepts one stream and the peer's user id where the transport tells it.
-    pub(crate) async fn accept(&self) -> io::Result<(AsyncStream, Option<u32>, String)> {
+    /// Accepts one stream, with the peer's user id where the transport tells it and who
+    /// it is for logs.
+    pub(crate) async fn accept(&self) -> io::Result<(Pending, String)> {
         match self {
             AsyncListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((AsyncStream::Tcp(stream), None, peer.to_string()))
+                let pending = Pending {
+                    stream: AsyncStream::Tcp(stream),
+                    #[cfg(feature = "tls")]
+                    acceptor: None,
+                    facts: PeerFacts::default(),
+                };
+                Ok((pending, peer.to_string()))
+            }
+            #[cfg(feature = "tls")]
+            AsyncListener::Tls(listener, acceptor) => {
+                let (stream, peer) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                let pending = Pending {
+                    stream: AsyncStream::Tcp(stream),
+                    acceptor: Some(Arc::clone(acceptor)),
+                    facts: PeerFacts::default(),
+                };
+                Ok((pending, peer.to_string()))
             }
             AsyncListener::Local(listener) => {
                 let stream = listener.accept().await?;
@@ -293,7 +536,13 @@ impl AsyncListener {
                     Some(uid) => format!("local uid {uid}"),
                     None => "local".to_owned(),
                 };
-                Ok((AsyncStream::Local(stream), uid, who))
+                let pending = Pending {
+                    stream: AsyncStream::Local(stream),
+                    #[cfg(feature = "tls")]
+                    acceptor: None,
+                    facts: PeerFacts::with_uid(uid),
+                };
+                Ok((pending, who))
             }
         }
     }
@@ -304,21 +553,48 @@ impl AsyncListener {
 pub(crate) enum AsyncStream {
     Local(TokioLocalStream),
     Tcp(tokio::net::TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<AsyncTlsStream>),
+}
+
+async fn tcp_connect_async(address: &Address, host_port: &str) -> Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(host_port)
+        .await
+        .map_err(|err| connect_error(address, err))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+    Ok(stream)
 }
 
 impl AsyncStream {
-    pub(crate) async fn connect(address: &Address) -> Result<AsyncStream> {
+    /// Connects; a TLS handshake, if any, is done by `deadline`.
+    pub(crate) async fn connect(
+        address: &Address,
+        config: &ConnectionConfig,
+        deadline: Instant,
+    ) -> Result<AsyncStream> {
         address.validate()?;
+        let _ = (config, deadline);
         match address {
-            Address::Tcp(host_port) => {
-                let stream = tokio::net::TcpStream::connect(host_port.as_str())
-                    .await
-                    .map_err(|err| connect_error(address, err))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
-                Ok(AsyncStream::Tcp(stream))
+            Address::Tcp(host_port) => Ok(AsyncStream::Tcp(
+                tcp_connect_async(address, host_port).await?,
+            )),
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let stream = tcp_connect_async(address, host_port).await?;
+                let stream = tls::connect_async(
+                    stream,
+                    host_port,
+                    &config.tls_client(),
+                    deadline,
+                    config.handshake_timeout(),
+                )
+                .await?;
+                Ok(AsyncStream::Tls(Box::new(stream)))
             }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let stream = TokioLocalStream::connect(local_name(address)?)
                     .await
@@ -343,6 +619,11 @@ impl AsyncStream {
                 let (read, write) = stream.into_split();
                 (AsyncReadHalf::Tcp(read), AsyncWriteHalf::Tcp(write))
             }
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                (AsyncReadHalf::Tls(read), AsyncWriteHalf::Tls(write))
+            }
         }
     }
 }
@@ -352,6 +633,8 @@ impl AsyncStream {
 pub(crate) enum AsyncReadHalf {
     Local(Arc<TokioLocalStream>),
     Tcp(tokio::net::tcp::OwnedReadHalf),
+    #[cfg(feature = "tls")]
+    Tls(tokio::io::ReadHalf<AsyncTlsStream>),
 }
 
 /// The sending half of an [`AsyncStream`].
@@ -359,6 +642,8 @@ pub(crate) enum AsyncReadHalf {
 pub(crate) enum AsyncWriteHalf {
     Local(Arc<TokioLocalStream>),
     Tcp(tokio::net::tcp::OwnedWriteHalf),
+    #[cfg(feature = "tls")]
+    Tls(tokio::io::WriteHalf<AsyncTlsStream>),
 }
 
 impl AsyncRead for AsyncReadHalf {
@@ -370,6 +655,14 @@ impl AsyncRead for AsyncReadHalf {
         match self.get_mut() {
             AsyncReadHalf::Local(stream) => Pin::new(&mut &**stream).poll_read(cx, buf),
             AsyncReadHalf::Tcp(half) => Pin::new(half).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            AsyncReadHalf::Tls(half) => match Pin::new(half).poll_read(cx, buf) {
+                // See `eof_is_end`: the end of the stream, not an error.
+                Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            },
         }
     }
 }
@@ -383,6 +676,8 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_write(cx, buf),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            AsyncWriteHalf::Tls(half) => Pin::new(half).poll_write(cx, buf),
         }
     }
 
@@ -390,6 +685,8 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_flush(cx),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            AsyncWriteHalf::Tls(half) => Pin::new(half).poll_flush(cx),
         }
     }
 
@@ -397,6 +694,8 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_shutdown(cx),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            AsyncWriteHalf::Tls(half) => Pin::new(half).poll_shutdown(cx),
         }
     }
 }
