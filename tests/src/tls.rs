@@ -239,3 +239,168 @@ pub fn apply(args: &Args, mut config: ConnectionConfig) -> Result<ConnectionConf
     }
     Ok(config)
 }
+
+/// A second RabbitMQ node with only a TLS listener (mutual TLS: `verify_peer` and
+/// `fail_if_no_peer_cert`), started for one test on its own ports and directories, with the
+/// certificates of a [`TestPki`]. The default broker (5672) is not touched. Stopped with
+/// `rabbitmqctl -n NODE stop` on drop (also when the test failed), then killed if need be.
+#[derive(Debug)]
+pub struct TlsBroker {
+    node: String,
+    port: u16,
+    server: Option<std::process::Child>,
+    dir: TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The uid and gid of the `rabbitmq` user, when this process is root (Debian's
+/// `rabbitmq-server` then runs the node as that user, which must own the node's files).
+#[cfg(unix)]
+fn rabbitmq_owner() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let id = |flag: &str| -> Option<u32> {
+        let out = std::process::Command::new("id")
+            .args([flag, "rabbitmq"])
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+impl TlsBroker {
+    /// Starts the node and waits until it runs; `Ok(None)` when `rabbitmq-server` is not
+    /// installed. How long the start took is printed (about 10 s on the 2-core test machine).
+    pub fn start(pki: &TestPki) -> Result<Option<TlsBroker>> {
+        let installed = std::process::Command::new("rabbitmqctl")
+            .arg("version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !installed {
+            return Ok(None);
+        }
+        let dir = TempDir::new("rabbit-tls")?;
+        let port = free_port()?;
+        let dist_port = free_port()?;
+        let node = format!("ipc-tls-{}-{port}@localhost", std::process::id());
+        let root = dir.path().to_path_buf();
+        let path = |name: &str| root.join(name);
+        for name in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::copy(pki.path(name), path(name)).with_context(|| format!("copy {name}"))?;
+        }
+        let config = format!(
+            "listeners.tcp = none\n\
+             listeners.ssl.default = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {ca}\n\
+             ssl_options.certfile = {cert}\n\
+             ssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n",
+            ca = path("ca.pem").display(),
+            cert = path("server.pem").display(),
+            key = path("server.key").display(),
+        );
+        std::fs::write(path("rabbitmq.conf"), config)?;
+        // Our own env file: the system one names the default node.
+        std::fs::write(path("rabbitmq-env.conf"), "ERL_EPMD_ADDRESS=127.0.0.1\n")?;
+        std::fs::write(path("enabled_plugins"), "[].\n")?;
+        #[cfg(unix)]
+        if let Some((uid, gid)) = rabbitmq_owner() {
+            for entry in std::fs::read_dir(dir.path())? {
+                std::os::unix::fs::chown(entry?.path(), Some(uid), Some(gid))?;
+            }
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+        }
+        let started = std::time::Instant::now();
+        let log = std::fs::File::create(path("server.out"))?;
+        let server = std::process::Command::new("rabbitmq-server")
+            .current_dir(dir.path())
+            .env("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf"))
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", path("pid"))
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_NODE_PORT", free_port()?.to_string())
+            .env("ERL_FLAGS", "-kernel inet_dist_use_interface {127,0,0,1}")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn rabbitmq-server")?;
+        let broker = TlsBroker {
+            node,
+            port,
+            server: Some(server),
+            dir,
+        };
+        let waited = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &broker.node, "wait"])
+            .arg(path("pid"))
+            .args(["--timeout", "90"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("rabbitmqctl wait")?;
+        if !waited.success() {
+            let out = std::fs::read_to_string(path("server.out")).unwrap_or_default();
+            let tail: Vec<&str> = out.lines().rev().take(20).collect();
+            anyhow::bail!(
+                "the tls node {} did not start: {}",
+                broker.node,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        println!(
+            "tls broker node {} up on port {port} after {:.1} s",
+            broker.node,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Some(broker))
+    }
+
+    /// `amqps://guest:guest@localhost:PORT/%2f`, with a queue name after `#`.
+    pub fn url(&self, queue: &str) -> String {
+        format!("amqps://guest:guest@localhost:{}/%2f#{queue}", self.port)
+    }
+
+    /// The node's files (certificates, config, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Some(mut server) = self.server.take() {
+            // `stop` returns once the node is down; the wrapper script exits with it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                match server.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if std::time::Instant::now() > deadline => {
+                        let _ = server.kill();
+                        let _ = server.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
