@@ -429,3 +429,16 @@ fn public_binds_need_tls_tokens_or_an_explicit_opt_in() -> Result<()> {
     // tests of `check_bind`): tests use loopback only.
     Ok(())
 }
+
+#[test]
+fn chat_over_tls_with_a_killed_client() -> Result<()> {
+    let _watchdog = Watchdog::new("chat over tls", WAIT * 3);
+    let outcome = ipc_tests::flows::chat(
+        ipc_tests::flows::ChatTransport::Tls,
+        4,
+        500,
+        &mut ipc_tests::flows::no_progress,
+    )?;
+    assert_eq!(outcome.messages, 4 * 4 * 500);
+    Ok(())
+}

@@ -86,6 +86,13 @@ const SCENARIOS: &[Scenario] = &[
         run: chat_tcp,
     },
     Scenario {
+        name: "chat-tls",
+        mechanism: "ipc-socket / tls",
+        about: "the same chat over tls: on 127.0.0.1 (certificates made at run time; Rust clients only)",
+        needs_broker: false,
+        run: chat_tls,
+    },
+    Scenario {
         name: "queue-decoupled",
         mechanism: "ipc-queue",
         about: "a producer sends 10,000 durable messages and exits; only then does a consumer start, and it receives all of them",
@@ -340,6 +347,13 @@ fn chat_tcp(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("clients done");
     with_bar(bar, |p| {
         flows::chat(ChatTransport::Tcp, 8, ctx.size(1_000, 200), p)
+    })
+}
+
+fn chat_tls(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    bar.set_message("clients done");
+    with_bar(bar, |p| {
+        flows::chat(ChatTransport::Tls, 8, ctx.size(1_000, 200), p)
     })
 }
 
