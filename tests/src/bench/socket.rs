@@ -196,6 +196,8 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
             ));
         }
     }
+    // TLS over TCP, beside raw tokio-rustls and beside plain TCP (bench/tls.rs).
+    figures.extend(super::tls::run(effort)?);
     Ok(figures)
 }
 

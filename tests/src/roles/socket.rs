@@ -31,7 +31,9 @@
 //!   and prints `ok`, or `refused kind=<ErrorKind> error=<message>` if the connection or
 //!   the handshake failed (see `crate::tls` for the options).
 //! - `socket-echo-server --address A --mode echo|sink`, `socket-raw-echo --address A --mode
-//!   echo|sink`: bench partners, see `bench/socket.rs`.
+//!   echo|sink`: bench partners, see `bench/socket.rs` (the echo server takes the tls
+//!   options of `crate::tls`); `socket-raw-tls-echo`: the raw rustls partner of
+//!   `bench/tls.rs`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
@@ -79,6 +81,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "socket-flood" => Some(flood(args)),
         "socket-echo-server" => Some(echo_server(args)),
         "socket-raw-echo" => Some(raw_echo(args)),
+        "socket-raw-tls-echo" => Some(crate::bench::tls::raw_tls_echo(args)),
         "socket-probe" => Some(probe(args)),
         _ => None,
     }
@@ -387,7 +390,8 @@ fn half_frame(args: &Args) -> Result<()> {
 /// `echo` sends every message back (round trips), `sink` counts messages until one of zero
 /// bytes arrives and then answers it (streaming).
 fn echo_server(args: &Args) -> Result<()> {
-    let listener = Listener::<Blob>::bind(&address(args)?, blob_config())?;
+    let config = crate::tls::apply(args, blob_config())?;
+    let listener = Listener::<Blob>::bind(&address(args)?, config)?;
     say(format_args!("ready address={}", listener.address()));
     let mode = args.text("mode", "echo");
     let mut conn: Connection<Blob> = listener.accept()?;
