@@ -11,8 +11,9 @@ use ipc_tests::bench::{Effort, socket};
 fn socket_benches_produce_every_figure() -> Result<()> {
     let _watchdog = Watchdog::new("socket benches", Duration::from_secs(300));
     let figures = socket::run(Effort::Quick)?;
-    // Two transports, each: 2 round trips + 2 sizes x (blocking + async) streams.
-    assert_eq!(figures.len(), 16, "{figures:#?}");
+    // Two transports, each: 2 round trips + 3 sizes x (blocking + async) streams; then tls:
+    // 2 round trips (beside raw rustls, beside tcp) + 2 sizes x 2 streams.
+    assert_eq!(figures.len(), 16 + 6, "{figures:#?}");
     for figure in &figures {
         assert!(figure.value.is_finite() && figure.value > 0.0, "{figure:?}");
         assert!(

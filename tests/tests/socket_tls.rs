@@ -442,3 +442,41 @@ fn chat_over_tls_with_a_killed_client() -> Result<()> {
     assert_eq!(outcome.messages, 4 * 4 * 500);
     Ok(())
 }
+
+#[test]
+fn a_server_with_tokens_checks_the_token_before_the_message_type() -> Result<()> {
+    use ipc_socket::{Connection, ConnectionConfig, Listener, Token};
+    let _watchdog = Watchdog::new("token before type", WAIT);
+    let token = || Token::new("the-right-token").expect("a valid token");
+    let server = ConnectionConfig::new::<String>().with_accepted_tokens(vec![token()]);
+    let listener = Listener::<String>::bind(&"tcp:127.0.0.1:0".parse()?, server)?;
+    let address = listener.address().clone();
+    let accepting = std::thread::spawn(move || {
+        (0..2)
+            .map(|_| listener.accept().map(|_| ()).unwrap_err().to_string())
+            .collect::<Vec<_>>()
+    });
+    // No token and another message type: the refusal says only "unauthorized".
+    let err = Connection::<u32>::connect(&address, ConnectionConfig::new::<u32>()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("code 11 (unauthorized): no token presented"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("String"), "{err}");
+    // The right token and another message type: now the mismatch is told.
+    let err =
+        Connection::<u32>::connect(&address, ConnectionConfig::new::<u32>().with_token(token()))
+            .unwrap_err();
+    assert!(err.to_string().contains("code 3 (type mismatch)"), "{err}");
+    let server_errors = accepting.join().expect("accept thread");
+    assert!(
+        server_errors[0].contains("no token presented"),
+        "{server_errors:?}"
+    );
+    assert!(
+        !server_errors.concat().contains("the-right-token"),
+        "{server_errors:?}"
+    );
+    Ok(())
+}

@@ -20,9 +20,7 @@ use tokio::sync::Mutex;
 
 use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
-use crate::protocol::{
-    self, Front, Inbound, READ_ROOM, check_peer_hello, end_of_stream, take_data, write_buffer,
-};
+use crate::protocol::{self, Front, Inbound, READ_ROOM, end_of_stream, take_data, write_buffer};
 use crate::stream::{AsyncReadHalf, AsyncStream, AsyncWriteHalf};
 
 /// A stream after a successful handshake.
@@ -62,22 +60,17 @@ pub(crate) async fn handshake(
                 .err()
                 .map(|err| Error::io("send hello", err))
         };
-        let mut hello: Option<(Hello, Limits)> = None;
+        let mut opening_frames = protocol::Opening::new(config, &ours);
         let agreed = loop {
             if let Some(frame) = decoder.next_frame()? {
-                if let Some(agreed) = hello.take() {
-                    protocol::check_auth(frame, config)?;
-                    break agreed;
-                }
-                let (theirs, send_limits) = check_peer_hello(frame, &ours)?;
+                let step = opening_frames.on_frame(frame)?;
                 if let Some(err) = unsent.take() {
                     return Err(err);
                 }
-                if protocol::expects_auth(config, &theirs)? {
-                    hello = Some((theirs, send_limits));
-                    continue;
+                match step {
+                    protocol::Step::More => continue,
+                    protocol::Step::Done(theirs, send_limits) => break (theirs, send_limits),
                 }
-                break (theirs, send_limits);
             }
             let n = match reader.read(decoder.read_buf()).await {
                 Ok(n) => n,

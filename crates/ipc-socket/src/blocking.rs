@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
-use crate::protocol::{
-    self, Front, Inbound, check_peer_hello, end_of_stream, read_decoder, take_data, write_buffer,
-};
+use crate::protocol::{self, Front, Inbound, end_of_stream, read_decoder, take_data, write_buffer};
 use crate::stream::{SyncListener, SyncStream};
 
 /// A blocking connection carrying messages of type `T` both ways.
@@ -110,27 +108,20 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             unsent = conn.write_out().err();
             conn.failed = None;
         }
-        let mut hello: Option<(Hello, Limits)> = None;
+        let mut opening_frames = protocol::Opening::new(config, &ours);
         let checked = loop {
             let step = match conn.decoder.next_frame() {
                 Err(err) => Some(Err(err)),
                 Ok(None) => None,
-                Ok(Some(frame)) => match hello.take() {
-                    Some(agreed) => Some(protocol::check_auth(frame, config).map(|()| agreed)),
-                    None => match check_peer_hello(frame, &ours) {
-                        Err(err) => Some(Err(err)),
-                        Ok(_) if unsent.is_some() => {
-                            return Err(unsent.take().expect("checked just above"));
-                        }
-                        Ok(agreed) => match protocol::expects_auth(config, &agreed.0) {
-                            Ok(true) => {
-                                hello = Some(agreed);
-                                continue;
-                            }
-                            Ok(false) => Some(Ok(agreed)),
-                            Err(err) => Some(Err(err)),
-                        },
-                    },
+                Ok(Some(frame)) => match opening_frames.on_frame(frame) {
+                    Err(err) => Some(Err(err)),
+                    Ok(_) if unsent.is_some() => {
+                        return Err(unsent.take().expect("checked just above"));
+                    }
+                    Ok(protocol::Step::More) => continue,
+                    Ok(protocol::Step::Done(theirs, send_limits)) => {
+                        Some(Ok((theirs, send_limits)))
+                    }
                 },
             };
             if let Some(step) = step {

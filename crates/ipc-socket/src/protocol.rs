@@ -50,6 +50,64 @@ pub(crate) fn is_unauthorized(err: &Error) -> bool {
     std::error::Error::source(err).is_some_and(|source| source.is::<Unauthorized>())
 }
 
+/// The frames of a handshake, one at a time: the peer's hello, then its `Auth` frame if its
+/// hello announced one. A side that holds tokens checks the token before it compares the
+/// hello with its own, so that a peer without a token learns nothing (not even a type
+/// mismatch) but the refusal.
+pub(crate) struct Opening<'a> {
+    config: &'a ConnectionConfig,
+    ours: &'a Hello,
+    /// The peer's hello, waiting for its `Auth` frame, and the agreed limits if already
+    /// compared.
+    hello: Option<(Hello, Option<Limits>)>,
+}
+
+/// What a handshake frame did.
+pub(crate) enum Step {
+    /// Another frame must follow.
+    More,
+    /// The handshake is done: the peer's hello and the limits to send with.
+    Done(Hello, Limits),
+}
+
+impl<'a> Opening<'a> {
+    pub(crate) fn new(config: &'a ConnectionConfig, ours: &'a Hello) -> Opening<'a> {
+        Opening {
+            config,
+            ours,
+            hello: None,
+        }
+    }
+
+    pub(crate) fn on_frame(&mut self, frame: Frame<'_>) -> Result<Step> {
+        if let Some((theirs, agreed)) = self.hello.take() {
+            check_auth(frame, self.config)?;
+            let send_limits = match agreed {
+                Some(limits) => limits,
+                None => agree(self.ours, &theirs)?,
+            };
+            return Ok(Step::Done(theirs, send_limits));
+        }
+        let theirs = decode_peer_hello(frame)?;
+        let agreed = if self.config.accepted_tokens().is_some() {
+            None
+        } else {
+            Some(agree(self.ours, &theirs)?)
+        };
+        match (expects_auth(self.config, &theirs)?, agreed) {
+            (false, Some(send_limits)) => Ok(Step::Done(theirs, send_limits)),
+            (false, None) => {
+                let send_limits = agree(self.ours, &theirs)?;
+                Ok(Step::Done(theirs, send_limits))
+            }
+            (true, agreed) => {
+                self.hello = Some((theirs, agreed));
+                Ok(Step::More)
+            }
+        }
+    }
+}
+
 /// After the peer's hello: whether an `Auth` frame must follow it. A side that holds
 /// tokens refuses a hello without one.
 pub(crate) fn expects_auth(config: &ConnectionConfig, theirs: &Hello) -> Result<bool> {
@@ -107,14 +165,16 @@ pub(crate) fn write_buffer(config: &ConnectionConfig) -> FrameBuffer {
     FrameBuffer::with_capacity(config.flush_threshold().min(1 << 20) + MAX_BATCHED_MESSAGE + 1024)
 }
 
-/// Checks the peer's first frame: a hello that agrees with ours.
-pub(crate) fn check_peer_hello(frame: Frame<'_>, ours: &Hello) -> Result<(Hello, Limits)> {
+/// Whether the peer's hello agrees with ours: the limits to send with.
+pub(crate) fn agree(ours: &Hello, theirs: &Hello) -> Result<Limits> {
+    Ok(ours.agree(theirs)?.send_limit())
+}
+
+/// The peer's first frame as a hello, not yet compared with ours (a side that holds tokens
+/// checks the token first, and tells a peer without one nothing about itself).
+pub(crate) fn decode_peer_hello(frame: Frame<'_>) -> Result<Hello> {
     match frame.kind() {
-        FrameKind::Hello => {
-            let theirs = Hello::decode(frame.payload())?;
-            let agreed = ours.agree(&theirs)?;
-            Ok((theirs, agreed.send_limit()))
-        }
+        FrameKind::Hello => Hello::decode(frame.payload()),
         FrameKind::Close => Err(Close::decode(frame.payload())?.into_error()),
         kind => Err(Error::new(
             ErrorKind::Protocol,
