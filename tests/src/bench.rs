@@ -8,6 +8,7 @@ pub mod core;
 pub mod queue;
 pub mod shm;
 pub mod socket;
+pub mod tls;
 pub mod ws;
 
 /// One measured figure beside the raw baseline it is compared with.

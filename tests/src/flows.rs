@@ -220,6 +220,9 @@ pub enum ChatTransport {
     Namespaced,
     /// TCP on 127.0.0.1, on a port the server picks.
     Tcp,
+    /// TLS over TCP on 127.0.0.1 (`tls:`), with run-time test certificates; Rust clients
+    /// only (the Python client speaks plain sockets).
+    Tls,
 }
 
 /// True if `python3` runs on this machine (the cross-language tests need it).
@@ -255,13 +258,23 @@ pub fn chat(
         ChatTransport::LocalSocket => format!("unix:{}", dir.path().join("chat.sock").display()),
         ChatTransport::Namespaced => format!("local:{}", unique_name("chat")),
         ChatTransport::Tcp => "tcp:127.0.0.1:0".to_owned(),
+        ChatTransport::Tls => "tls:127.0.0.1:0".to_owned(),
+    };
+    let pki = match transport {
+        ChatTransport::Tls => Some(crate::tls::TestPki::generate()?),
+        _ => None,
     };
     let mut command = Peer::role_command("socket-server", ["--address", &address])?;
+    let mut client_tls = Vec::new();
+    if let Some(pki) = &pki {
+        command.args(pki.server_args("server"));
+        client_tls = vec!["--tls-ca".to_owned(), pki.arg("ca.pem")];
+    }
     command.stdin(Stdio::piped());
     let mut server = Peer::spawn("chat server", command)?;
     let bound = server.expect_prefixed("ready address=", STEP)?;
 
-    let python = python_chat_client();
+    let python = python_chat_client().filter(|_| pki.is_none());
     let mut names: Vec<String> = (0..clients).map(|i| format!("rust{i}")).collect();
     if python.is_some() && clients > 0 {
         names[clients - 1] = "python".to_owned();
@@ -280,6 +293,9 @@ pub fn chat(
             "--expect".to_owned(),
             expect.clone(),
         ]
+        .into_iter()
+        .chain(client_tls.iter().cloned())
+        .collect::<Vec<_>>()
     };
     let mut peers = Vec::new();
     for name in &names {
@@ -357,6 +373,8 @@ pub fn chat(
         bytes: 0,
         detail: if python.is_some() {
             "python client joined; victim killed".to_owned()
+        } else if pki.is_some() {
+            "tls with run-time certificates, Rust clients only; victim killed".to_owned()
         } else {
             "python3 missing: Rust clients only; victim killed".to_owned()
         },

@@ -28,6 +28,7 @@ pub mod amqp;
 pub mod bench;
 pub mod flows;
 pub mod roles;
+pub mod tls;
 pub mod web_chat;
 
 /// The value of `key=value` in a peer's line of space-separated fields (`ok sent=3 ..`).

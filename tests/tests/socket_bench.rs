@@ -12,8 +12,9 @@ fn socket_benches_produce_every_figure() -> Result<()> {
     let _watchdog = Watchdog::new("socket benches", Duration::from_secs(300));
     let figures = socket::run(Effort::Quick)?;
     // Two transports, each: 2 round trips + 3 sizes x (blocking + async) streams; then
-    // WebSocket: a round trip and 2 stream sizes.
-    assert_eq!(figures.len(), 16 + 3, "{figures:#?}");
+    // WebSocket: a round trip and 2 stream sizes; then tls: 2 round trips (beside raw
+    // rustls, beside tcp) + 2 sizes x 2 streams.
+    assert_eq!(figures.len(), 16 + 3 + 6, "{figures:#?}");
     for figure in &figures {
         assert!(figure.value.is_finite() && figure.value > 0.0, "{figure:?}");
         assert!(

@@ -93,6 +93,13 @@ const SCENARIOS: &[Scenario] = &[
         run: web_chat,
     },
     Scenario {
+        name: "chat-tls",
+        mechanism: "ipc-socket / tls",
+        about: "the same chat over tls: on 127.0.0.1 (certificates made at run time; Rust clients only)",
+        needs_broker: false,
+        run: chat_tls,
+    },
+    Scenario {
         name: "queue-decoupled",
         mechanism: "ipc-queue",
         about: "a producer sends 10,000 durable messages and exits; only then does a consumer start, and it receives all of them",
@@ -372,6 +379,13 @@ fn chat_tcp(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
 fn web_chat(_ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
     bar.set_message("chromium, a native peer and python");
     ipc_tests::web_chat::web_chat()
+}
+
+fn chat_tls(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {
+    bar.set_message("clients done");
+    with_bar(bar, |p| {
+        flows::chat(ChatTransport::Tls, 8, ctx.size(1_000, 200), p)
+    })
 }
 
 fn queue_decoupled(ctx: &Ctx, bar: &ProgressBar) -> Result<Outcome> {

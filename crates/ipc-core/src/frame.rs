@@ -111,6 +111,10 @@ pub enum FrameKind {
     /// [`FEATURE_BATCH`](crate::FEATURE_BATCH). [`FrameDecoder`](crate::FrameDecoder) hands
     /// out each message as a [`Data`](FrameKind::Data) frame.
     Batch,
+    /// `0x0D`: a client's token (1 to [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes),
+    /// sent right after its hello when that hello sets
+    /// [`FEATURE_TOKEN`](crate::FEATURE_TOKEN); id 0.
+    Auth,
 }
 
 impl FrameKind {
@@ -129,6 +133,7 @@ impl FrameKind {
             FrameKind::Unsubscribe => 0x0A,
             FrameKind::Publish => 0x0B,
             FrameKind::Batch => 0x0C,
+            FrameKind::Auth => 0x0D,
         }
     }
 
@@ -159,6 +164,7 @@ impl FrameKind {
             0x0A => FrameKind::Unsubscribe,
             0x0B => FrameKind::Publish,
             0x0C => FrameKind::Batch,
+            0x0D => FrameKind::Auth,
             _ => return None,
         })
     }
@@ -292,9 +298,11 @@ impl FrameHeader {
             ));
         }
         let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        // Hello and Close frames are always accepted up to HANDSHAKE_FRAME_LEN, whatever
+        // Hello, Auth and Close frames are always accepted up to HANDSHAKE_FRAME_LEN, whatever
         // the limit: a peer must be able to say who it is and why it closes.
-        if !(matches!(kind, FrameKind::Hello | FrameKind::Close) && len <= HANDSHAKE_FRAME_LEN) {
+        if !(matches!(kind, FrameKind::Hello | FrameKind::Auth | FrameKind::Close)
+            && len <= HANDSHAKE_FRAME_LEN)
+        {
             limits.check_frame_len(u64::from(len))?;
         }
         let id = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
@@ -307,6 +315,16 @@ impl FrameHeader {
 pub(crate) fn check_prefix(bytes: &[u8]) -> Result<()> {
     for (i, (&have, &want)) in bytes.iter().zip(MAGIC.iter()).enumerate() {
         if have != want {
+            // 0x16 opens a TLS handshake record, 0x15 a TLS alert: the usual mix-up of a
+            // tls: peer and a plaintext port.
+            if i == 0 && (have == 0x16 || have == 0x15) {
+                return Err(Error::new(
+                    ErrorKind::BadMagic,
+                    format!(
+                        "bad magic byte 0: 0x{have:02x}, expected 0x{want:02x} (the peer speaks TLS: use a tls: address on both sides, or neither)"
+                    ),
+                ));
+            }
             return Err(Error::new(
                 ErrorKind::BadMagic,
                 format!(

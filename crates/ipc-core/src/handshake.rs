@@ -130,6 +130,13 @@ pub struct Hello {
 /// [`FrameKind::Batch`]: crate::FrameKind::Batch
 pub const FEATURE_BATCH: u32 = 1 << 1;
 
+/// The [`Hello`] feature bit (`0x4`) of a client that sends an
+/// [`Auth`](crate::FrameKind::Auth) frame, carrying its token, right after this hello.
+pub const FEATURE_TOKEN: u32 = 1 << 2;
+
+/// The most bytes a token in an [`Auth`](crate::FrameKind::Auth) frame may have.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
 /// The fixed part of a `Hello` payload: max_frame_len, features, fingerprint, name_len.
 const HELLO_FIXED_LEN: usize = 4 + 4 + 8 + 2;
 
@@ -269,6 +276,9 @@ impl CloseCode {
     /// `10`: a frame the peer started did not arrive whole within the sender's frame
     /// deadline (a peer trickling bytes, or sending only fragments).
     pub const FRAME_TIMEOUT: CloseCode = CloseCode(10);
+    /// `11`: the peer presented no token, or a token the sender does not accept; sent
+    /// instead of a hello, and the reason never repeats the token.
+    pub const UNAUTHORIZED: CloseCode = CloseCode(11);
 }
 
 impl fmt::Debug for CloseCode {
@@ -285,6 +295,7 @@ impl fmt::Debug for CloseCode {
             CloseCode::HEARTBEAT_TIMEOUT => "heartbeat timeout",
             CloseCode::RESPONSE_TOO_LARGE => "response too large",
             CloseCode::FRAME_TIMEOUT => "frame timeout",
+            CloseCode::UNAUTHORIZED => "unauthorized",
             _ => "unknown",
         };
         write!(f, "{} ({name})", self.0)

@@ -75,7 +75,8 @@ pub use crate::frame::{
     MAGIC, PROTOCOL_VERSION, encode_frame, encode_frame_into, encode_raw_frame,
 };
 pub use crate::handshake::{
-    Agreed, Close, CloseCode, FEATURE_BATCH, Hello, MAX_NAME_LEN, MessageType,
+    Agreed, Close, CloseCode, FEATURE_BATCH, FEATURE_TOKEN, Hello, MAX_NAME_LEN, MAX_TOKEN_LEN,
+    MessageType,
 };
 pub use crate::transport::{AsyncReceiver, AsyncSender, Receiver, Sender};
 

@@ -110,6 +110,7 @@
 //! |---|---|---|
 //! | `tokio` | yes | the async API: [`AsyncQueue`] (or [`Queue::create_async`]), [`AsyncProducer`] and [`AsyncConsumer`] (which implement [`ipc_core::AsyncSender`] and [`ipc_core::AsyncReceiver`]), on both backends; pulls in tokio |
 //! | `amqp` | yes | the RabbitMQ backend: `amqp://` addresses, [`AmqpOptions`], [`Queue::create_with`] and [`Queue::open_with`], through lapin; implies `tokio` |
+//! | `tls` | no | `amqps://` addresses: lapin's rustls with the ring provider (no OpenSSL, no C build), the platform's root certificates, and `AmqpOptions::with_ca_pem` / `with_client_certificate`; implies `amqp`. Without it an `amqps://` address fails at once with [`ErrorKind::InvalidInput`](ipc_core::ErrorKind::InvalidInput) |
 //! | `test-hooks` | no | fault injection for this project's own tests (a write limit that fails like a full disk, failing `fdatasync`, early state-log compaction); hidden from these docs and not an API promise |
 //!
 //! An embedded-only user writes `ipc-durable-queue = { version = "0.1", default-features =

@@ -16,6 +16,7 @@ use ipc_core::{Error, ErrorKind, Result};
 /// | `unix:/path/to/sock` | a Unix domain socket file (owner-only, mode 0600) |
 /// | `tcp:HOST:PORT` | TCP; `tcp:127.0.0.1:0` lets the server pick a port ([`Server::address`](crate::Server::address) tells which) |
 /// | `ws://HOST:PORT/PATH` | a WebSocket over TCP (browsers); the path defaults to `/`; each binary message carries whole frames (PROTOCOL.md, "WebSocket mapping") |
+/// | `tls:HOST:PORT` | TLS over TCP (feature `tls`); the client checks the server's certificate against `HOST` |
 ///
 /// ```
 /// use ipc_socket::Address;
@@ -47,6 +48,10 @@ pub enum Address {
         /// The request path, `/` when the text gave none.
         path: String,
     },
+    /// TLS over TCP to `host:port`; `host` is the name the server's certificate must have.
+    /// Connecting or listening needs the crate's `tls` feature, and listening a
+    /// `TlsServerConfig` (`ConnectionConfig::with_tls_server`).
+    Tls(String),
 }
 
 impl Address {
@@ -80,6 +85,11 @@ impl Address {
         }
     }
 
+    /// TLS over TCP to `host:port`.
+    pub fn tls(host_port: impl Into<String>) -> Address {
+        Address::Tls(host_port.into())
+    }
+
     /// The socket file, for a [`Path`](Address::Path) address.
     pub fn as_path(&self) -> Option<&Path> {
         match self {
@@ -92,7 +102,9 @@ impl Address {
         let empty = match self {
             Address::Local(name) => name.is_empty(),
             Address::Path(path) => path.as_os_str().is_empty(),
-            Address::Tcp(host_port) | Address::WebSocket { host_port, .. } => host_port.is_empty(),
+            Address::Tcp(host_port)
+            | Address::WebSocket { host_port, .. }
+            | Address::Tls(host_port) => host_port.is_empty(),
         };
         if empty {
             return Err(Error::new(
@@ -100,12 +112,17 @@ impl Address {
                 format!("address `{self}` names nothing"),
             ));
         }
-        if let Address::Tcp(host_port) = self
+        if let Address::Tcp(host_port) | Address::Tls(host_port) = self
             && !host_port.contains(':')
         {
+            let scheme = if matches!(self, Address::Tls(_)) {
+                "tls"
+            } else {
+                "tcp"
+            };
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("tcp address `{host_port}` has no port (expected host:port)"),
+                format!("{scheme} address `{host_port}` has no port (expected host:port)"),
             ));
         }
         if let Address::WebSocket { host_port, path } = self {
@@ -153,10 +170,12 @@ impl FromStr for Address {
                 host_port: host_port.to_owned(),
                 path: path.to_owned(),
             }
+        } else if let Some(host_port) = text.strip_prefix("tls:") {
+            Address::Tls(host_port.to_owned())
         } else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("address `{text}` must start with local:, unix:, tcp: or ws://"),
+                format!("address `{text}` must start with local:, unix:, tcp:, tls: or ws://"),
             ));
         };
         address.validate()?;
@@ -171,6 +190,7 @@ impl fmt::Display for Address {
             Address::Path(path) => write!(f, "unix:{}", path.display()),
             Address::Tcp(host_port) => write!(f, "tcp:{host_port}"),
             Address::WebSocket { host_port, path } => write!(f, "ws://{host_port}{path}"),
+            Address::Tls(host_port) => write!(f, "tls:{host_port}"),
         }
     }
 }
@@ -187,6 +207,7 @@ mod tests {
             "tcp:127.0.0.1:9000",
             "ws://127.0.0.1:9000/",
             "ws://localhost:80/chat/ipc",
+            "tls:localhost:9000",
         ] {
             let address: Address = text.parse().unwrap();
             assert_eq!(address.to_string(), text);
@@ -203,7 +224,7 @@ mod tests {
         for (text, message) in [
             (
                 "chat",
-                "address `chat` must start with local:, unix:, tcp: or ws://",
+                "address `chat` must start with local:, unix:, tcp:, tls: or ws://",
             ),
             (
                 "ws://localhost/x",
@@ -217,6 +238,10 @@ mod tests {
             (
                 "tcp:localhost",
                 "tcp address `localhost` has no port (expected host:port)",
+            ),
+            (
+                "tls:localhost",
+                "tls address `localhost` has no port (expected host:port)",
             ),
         ] {
             let err = text.parse::<Address>().unwrap_err();

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc_core::{
     AsyncReceiver, AsyncSender, Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, FrameBuffer,
@@ -20,9 +20,7 @@ use tokio::sync::Mutex;
 
 use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
-use crate::protocol::{
-    self, Front, Inbound, READ_ROOM, check_peer_hello, end_of_stream, take_data, write_buffer,
-};
+use crate::protocol::{self, Front, Inbound, READ_ROOM, end_of_stream, take_data, write_buffer};
 use crate::stream::{AsyncReadHalf, AsyncStream, AsyncWriteHalf};
 
 /// A stream after a successful handshake.
@@ -35,50 +33,69 @@ pub(crate) struct Handshaken {
     pub(crate) send_limits: Limits,
 }
 
-/// Exchanges hellos on `stream` within the config's handshake timeout. On a mismatch the
-/// peer is told why with a close frame.
+/// Exchanges hellos on `stream` by `deadline` (the handshake timeout, counted from when
+/// the connection was made). On a mismatch the peer is told why with a close frame.
+///
+/// A side that holds tokens reads the peer's hello and `Auth` frame first and sends its
+/// own hello only once the token is accepted: a refused peer gets a close and nothing else.
 pub(crate) async fn handshake(
     stream: AsyncStream,
     config: &ConnectionConfig,
+    deadline: Instant,
 ) -> Result<Handshaken> {
     let (mut reader, mut writer) = stream.into_split();
     let ours = config.hello();
     let mut decoder = FrameDecoder::new(*config.limits());
+    let holds_tokens = config.accepted_tokens().is_some();
     let exchange = async {
-        let mut hello = Vec::new();
-        ours.encode_frame(&mut hello)?;
+        let mut opening = Vec::new();
+        protocol::opening(config, &ours, &mut opening)?;
         // A server that refuses us may close before our hello arrives: its close frame,
         // which says why, is then still ours to read.
-        let sent = writer
-            .write_all(&hello)
-            .await
-            .map_err(|err| Error::io("send hello", err));
-        loop {
+        let mut unsent = if holds_tokens {
+            None
+        } else {
+            write_flushed(&mut writer, &opening)
+                .await
+                .err()
+                .map(|err| Error::io("send hello", err))
+        };
+        let mut opening_frames = protocol::Opening::new(config, &ours);
+        let agreed = loop {
             if let Some(frame) = decoder.next_frame()? {
-                let checked = check_peer_hello(frame, &ours);
-                return match (checked, sent) {
-                    (Ok(_), Err(err)) => Err(err),
-                    (checked, _) => checked,
-                };
+                let step = opening_frames.on_frame(frame)?;
+                if let Some(err) = unsent.take() {
+                    return Err(err);
+                }
+                match step {
+                    protocol::Step::More => continue,
+                    protocol::Step::Done(theirs, send_limits) => break (theirs, send_limits),
+                }
             }
             let n = match reader.read(decoder.read_buf()).await {
                 Ok(n) => n,
                 Err(err) => {
-                    return Err(sent
-                        .err()
-                        .unwrap_or(crate::ws::unwrap_io("read hello", err)));
+                    return Err(unsent
+                        .take()
+                        .unwrap_or(crate::stream::stream_error("read hello", err)));
                 }
             };
             if n == 0 {
-                return Err(sent.err().unwrap_or(Error::new(
+                return Err(unsent.take().unwrap_or(Error::new(
                     ErrorKind::PeerDied,
                     "peer closed the stream during the handshake",
                 )));
             }
             decoder.commit(n);
+        };
+        if holds_tokens {
+            write_flushed(&mut writer, &opening)
+                .await
+                .map_err(|err| Error::io("send hello", err))?;
         }
+        Ok(agreed)
     };
-    let outcome = match tokio::time::timeout(config.handshake_timeout(), exchange).await {
+    let outcome = match tokio::time::timeout_at(deadline.into(), exchange).await {
         Ok(outcome) => outcome,
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
@@ -102,9 +119,10 @@ pub(crate) async fn handshake(
                 ErrorKind::PeerClosed | ErrorKind::PeerDied | ErrorKind::Io
             ) {
                 let close = close_frame_for(&err);
-                // The shutdown ends a WebSocket with its close frame (the verdict's code).
+                // The shutdown ends a WebSocket with its close frame (the verdict's code) and
+                // a TLS stream with its close_notify.
                 let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                    writer.write_all(&close).await?;
+                    write_flushed(&mut writer, &close).await?;
                     writer.shutdown().await
                 })
                 .await;
@@ -112,6 +130,12 @@ pub(crate) async fn handshake(
             Err(err)
         }
     }
+}
+
+/// Writes all of `bytes` and flushes (a TLS stream may hold records back until then).
+async fn write_flushed(writer: &mut AsyncWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// The write side shared by both halves (the receive half answers pings through it).
@@ -216,6 +240,10 @@ impl Writer {
                     Ok(n) => io.pos += n,
                     Err(err) => return Err(self.fail(Error::io("write to peer", err))),
                 }
+            }
+            // A TLS stream may hold records back until flushed (a no-op on plain sockets).
+            if let Err(err) = io.half.flush().await {
+                return Err(self.fail(Error::io("write to peer", err)));
             }
             io.buf.clear();
             io.pos = 0;
@@ -472,7 +500,7 @@ impl<T: DeserializeOwned + Send> AsyncRecvHalf<T> {
                     self.liveness.heard();
                 }
                 Some(Err(err)) => {
-                    let err = crate::ws::unwrap_io("read from peer", err);
+                    let err = crate::stream::stream_error("read from peer", err);
                     return Err(self.fail(err));
                 }
             }
@@ -530,8 +558,9 @@ pub struct AsyncConnection<T> {
 impl<T: Serialize + DeserializeOwned + Send + Sync> AsyncConnection<T> {
     /// Connects to `address` and performs the handshake; must run inside a tokio runtime.
     pub async fn connect(address: &Address, config: ConnectionConfig) -> Result<Self> {
-        let stream = AsyncStream::connect(address, &config).await?;
-        let shaken = handshake(stream, &config)
+        let deadline = Instant::now() + config.handshake_timeout();
+        let stream = AsyncStream::connect(address, &config, deadline).await?;
+        let shaken = handshake(stream, &config, deadline)
             .await
             .map_err(|err| err.context(format_args!("handshake with {address}")))?;
         Ok(AsyncConnection::from_handshaken(shaken, &config))

@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
-use crate::protocol::{
-    self, Front, Inbound, check_peer_hello, end_of_stream, read_decoder, take_data, write_buffer,
-};
+use crate::protocol::{self, Front, Inbound, end_of_stream, read_decoder, take_data, write_buffer};
 use crate::stream::{SyncListener, SyncStream};
 
 /// A blocking connection carrying messages of type `T` both ways.
@@ -66,15 +64,20 @@ pub struct Connection<T> {
 
 impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Connects to a server at `address` and performs the handshake within the config's
-    /// handshake timeout. [`ErrorKind::NotFound`] if nobody listens there.
+    /// handshake timeout (a TLS handshake included). [`ErrorKind::NotFound`] if nobody
+    /// listens there.
     pub fn connect(address: &Address, config: ConnectionConfig) -> Result<Connection<T>> {
-        let stream = SyncStream::connect(address, &config)?;
-        Connection::handshake(stream, &config)
+        let deadline = Instant::now() + config.handshake_timeout();
+        let stream = SyncStream::connect(address, &config, deadline)?;
+        Connection::handshake(stream, &config, deadline)
             .map_err(|err| err.context(format_args!("handshake with {address}")))
     }
 
-    fn handshake(stream: SyncStream, config: &ConnectionConfig) -> Result<Connection<T>> {
-        let deadline = Instant::now() + config.handshake_timeout();
+    fn handshake(
+        stream: SyncStream,
+        config: &ConnectionConfig,
+        deadline: Instant,
+    ) -> Result<Connection<T>> {
         let ours = config.hello();
         let mut conn = Connection {
             stream,
@@ -93,36 +96,40 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         conn.stream
             .set_write_timeout(Some(config.handshake_timeout()))
             .map_err(|err| Error::io("set write timeout", err))?;
-        conn.out.with_vec(|out| ours.encode_frame(out))?;
+        let holds_tokens = config.accepted_tokens().is_some();
+        let mut opening = Vec::new();
+        protocol::opening(config, &ours, &mut opening)?;
         // A server that refuses us may close before our hello arrives: its close frame,
-        // which says why, is then still ours to read.
-        let sent = conn.write_out();
-        conn.failed = None;
-        loop {
-            let checked = conn
-                .decoder
-                .next_frame()?
-                .map(|frame| check_peer_hello(frame, &ours));
-            match checked {
-                Some(Ok(_)) if sent.is_err() => return sent.map(|()| conn),
-                Some(Ok((theirs, send_limits))) => {
-                    conn.batching = theirs.features() & FEATURE_BATCH != 0;
-                    conn.peer = theirs;
-                    conn.send_limits = send_limits;
-                    break;
-                }
-                Some(Err(err)) => {
-                    if err.kind() != ErrorKind::PeerClosed {
-                        conn.out.extend_from_slice(&close_frame_for(&err));
-                        let _ = conn.write_out();
+        // which says why, is then still ours to read. A side that holds tokens sends its
+        // hello only after the peer's token passed.
+        let mut unsent = None;
+        if !holds_tokens {
+            conn.out.extend_from_slice(&opening);
+            unsent = conn.write_out().err();
+            conn.failed = None;
+        }
+        let mut opening_frames = protocol::Opening::new(config, &ours);
+        let checked = loop {
+            let step = match conn.decoder.next_frame() {
+                Err(err) => Some(Err(err)),
+                Ok(None) => None,
+                Ok(Some(frame)) => match opening_frames.on_frame(frame) {
+                    Err(err) => Some(Err(err)),
+                    Ok(_) if unsent.is_some() => {
+                        return Err(unsent.take().expect("checked just above"));
                     }
-                    return Err(err);
-                }
-                None => {}
+                    Ok(protocol::Step::More) => continue,
+                    Ok(protocol::Step::Done(theirs, send_limits)) => {
+                        Some(Ok((theirs, send_limits)))
+                    }
+                },
+            };
+            if let Some(step) = step {
+                break step;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::new(
+                break Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
                         "no hello from peer within {} ms",
@@ -132,12 +139,26 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             }
             conn.set_read_timeout(Some(left))?;
             if let Err(err) = conn.read_some() {
-                return Err(match sent {
-                    Err(sent) => sent,
-                    Ok(()) => err,
-                });
+                return Err(unsent.take().unwrap_or(err));
             }
+        };
+        let (theirs, send_limits) = match checked {
+            Ok(agreed) => agreed,
+            Err(err) => {
+                if err.kind() != ErrorKind::PeerClosed {
+                    conn.out.extend_from_slice(&close_frame_for(&err));
+                    let _ = conn.write_out();
+                }
+                return Err(err);
+            }
+        };
+        if holds_tokens {
+            conn.out.extend_from_slice(&opening);
+            conn.write_out()?;
         }
+        conn.batching = theirs.features() & FEATURE_BATCH != 0;
+        conn.peer = theirs;
+        conn.send_limits = send_limits;
         conn.stream
             .set_write_timeout(None)
             .map_err(|err| Error::io("clear write timeout", err))?;
@@ -251,7 +272,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                     return Ok(false);
                 }
                 Err(err) => {
-                    let err = crate::ws::unwrap_io("read from peer", err);
+                    let err = crate::stream::stream_error("read from peer", err);
                     return Err(self.fail(err));
                 }
             }
@@ -491,15 +512,21 @@ impl<T: Serialize + DeserializeOwned> Listener<T> {
         &self.address
     }
 
-    /// Waits for a client and performs the handshake with it.
+    /// Waits for a client and performs the handshake with it (a TLS handshake first, on a
+    /// `tls:` address), both within the config's handshake timeout.
     ///
     /// On a `ws://` address the client's HTTP request is read here too (within the
     /// handshake timeout): a request that is not a WebSocket upgrade of the listener's path
     /// from an allowed `Origin` is answered with an HTTP error and this returns that error;
     /// call `accept` again for the next client.
     pub fn accept(&self) -> Result<Connection<T>> {
-        let (stream, _uid) = self.inner.accept()?;
-        Connection::handshake(stream, &self.config)
+        let timeout = self.config.handshake_timeout();
+        let mut deadline = None;
+        let (stream, _facts) = self
+            .inner
+            .accept(&self.config, || *deadline.insert(Instant::now() + timeout))?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout);
+        Connection::handshake(stream, &self.config, deadline)
             .map_err(|err| err.context("handshake with a new client"))
     }
 }

@@ -171,6 +171,11 @@ impl ClientWriter {
                 Err(err) => return Err(Error::io("write to server", err)),
             }
         }
+        // A TLS stream may hold records back until flushed (a no-op on plain sockets).
+        self.half
+            .flush()
+            .await
+            .map_err(|err| Error::io("write to server", err))?;
         self.out.clear();
         self.out_pos = 0;
         Ok(())
@@ -534,8 +539,9 @@ async fn connect_with_backoff(
 }
 
 async fn connect_once(config: &ClientConfig) -> Result<Handshaken> {
-    let stream = AsyncStream::connect(&config.address, &config.connection).await?;
-    let mut shaken = handshake(stream, &config.connection)
+    let deadline = std::time::Instant::now() + config.connection.handshake_timeout();
+    let stream = AsyncStream::connect(&config.address, &config.connection, deadline).await?;
+    let mut shaken = handshake(stream, &config.connection, deadline)
         .await
         .map_err(|err| err.context(format_args!("handshake with {}", config.address)))?;
     if shaken.peer.features() & FEATURE_PATTERNS == 0 {
@@ -549,6 +555,7 @@ async fn connect_once(config: &ClientConfig) -> Result<Handshaken> {
         let mut close = Vec::new();
         let _ = Close::new(CloseCode::PROTOCOL_ERROR, err.to_string()).encode_frame(&mut close);
         let _ = shaken.writer.write_all(&close).await;
+        let _ = shaken.writer.flush().await;
         return Err(err);
     }
     Ok(shaken)
@@ -768,7 +775,7 @@ async fn read_frames<T: DeserializeOwned + Send>(
                 decoder.commit(n);
                 liveness.heard();
             }
-            Some(Err(err)) => return Err(crate::ws::unwrap_io("read from server", err)),
+            Some(Err(err)) => return Err(crate::stream::stream_error("read from server", err)),
         }
     }
 }

@@ -1,10 +1,17 @@
 //! Connection settings shared by every side, and helpers common to the blocking and async code.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc_core::{
-    Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, Hello, Limits, MessageType, Result,
+    Close, CloseCode, Error, ErrorKind, FEATURE_BATCH, FEATURE_TOKEN, Hello, Limits, MessageType,
+    Result,
 };
+
+use crate::address::Address;
+#[cfg(feature = "tls")]
+use crate::tls::{TlsClientConfig, TlsServerConfig};
+use crate::token::Token;
 
 /// How often an idle side probes its peer, and when it gives up on a silent one.
 ///
@@ -58,6 +65,13 @@ pub struct ConnectionConfig {
     frame_timeout: Option<Duration>,
     flush_threshold: usize,
     features: u32,
+    token: Option<Token>,
+    accepted_tokens: Option<Arc<[Token]>>,
+    insecure_public_bind: bool,
+    #[cfg(feature = "tls")]
+    tls_server: Option<TlsServerConfig>,
+    #[cfg(feature = "tls")]
+    tls_client: Option<TlsClientConfig>,
 }
 
 /// `Hello` feature bit 0: this side speaks the messaging patterns of ipc-core's PROTOCOL.md, section 5 (frame
@@ -78,7 +92,100 @@ impl ConnectionConfig {
             flush_threshold: 64 * 1024,
             // Every receiver here takes batch frames apart (ipc_core::FrameDecoder).
             features: FEATURE_BATCH,
+            token: None,
+            accepted_tokens: None,
+            insecure_public_bind: false,
+            #[cfg(feature = "tls")]
+            tls_server: None,
+            #[cfg(feature = "tls")]
+            tls_client: None,
         }
+    }
+
+    /// Client side: presents `token` to the server in the handshake (an `Auth` frame right
+    /// after the hello, ipc-core's PROTOCOL.md section 3). A server that accepts no tokens
+    /// ignores it. The token never appears in `Debug` output, errors or logs.
+    pub fn with_token(mut self, token: Token) -> ConnectionConfig {
+        self.token = Some(token);
+        self
+    }
+
+    /// Server side: every client must present one of `tokens` in its handshake; a client
+    /// with a missing or wrong token gets a close frame with code 11 (unauthorized) instead
+    /// of the server's hello, and nothing else. Tokens are compared in constant time. An
+    /// empty list refuses every client.
+    pub fn with_accepted_tokens(mut self, tokens: Vec<Token>) -> ConnectionConfig {
+        self.accepted_tokens = Some(tokens.into());
+        self
+    }
+
+    /// Server side: allows listening on a `tcp:` address that is not loopback (such as
+    /// `0.0.0.0` or a public interface) although the connection has neither TLS nor
+    /// tokens, so that anyone who reaches the port can connect and read everything in the
+    /// clear. Without this, such a bind fails with [`ErrorKind::PermissionDenied`]; with
+    /// it, the bind logs a warning. Loopback addresses never need it.
+    pub fn with_insecure_public_bind(mut self) -> ConnectionConfig {
+        self.insecure_public_bind = true;
+        self
+    }
+
+    /// Server side of `tls:` addresses: the server's certificate, key and (for mutual TLS)
+    /// the client certificate authority.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn with_tls_server(mut self, tls: TlsServerConfig) -> ConnectionConfig {
+        self.tls_server = Some(tls);
+        self
+    }
+
+    /// Client side of `tls:` addresses: whom to trust, and the client certificate for
+    /// mutual TLS. Without it, a `tls:` client trusts the platform's root certificates.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn with_tls_client(mut self, tls: TlsClientConfig) -> ConnectionConfig {
+        self.tls_client = Some(tls);
+        self
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_server(&self) -> Option<&TlsServerConfig> {
+        self.tls_server.as_ref()
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_client(&self) -> TlsClientConfig {
+        self.tls_client.clone().unwrap_or_default()
+    }
+
+    pub(crate) fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    pub(crate) fn accepted_tokens(&self) -> Option<&[Token]> {
+        self.accepted_tokens.as_deref()
+    }
+
+    /// Refuses (or, when allowed, warns about) a listener that anyone on the network can
+    /// reach and that neither encrypts nor authenticates.
+    pub(crate) fn check_bind(&self, address: &Address) -> Result<()> {
+        let Address::Tcp(host_port) = address else {
+            return Ok(());
+        };
+        if self.accepted_tokens.is_some() || is_loopback(host_port) {
+            return Ok(());
+        }
+        if self.insecure_public_bind {
+            tracing::warn!(
+                "listening on {address} without tls or tokens: anyone who reaches the port can connect, and traffic is not encrypted"
+            );
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "refusing to listen on non-loopback {address} without tls or tokens (use a tls: address, ConnectionConfig::with_accepted_tokens, or opt in with ConnectionConfig::with_insecure_public_bind)"
+            ),
+        ))
     }
 
     /// The message type announced in the handshake.
@@ -171,13 +278,35 @@ impl ConnectionConfig {
     }
 
     pub(crate) fn hello(&self) -> Hello {
-        Hello::new(self.message_type.clone(), &self.limits).with_features(self.features)
+        let token = if self.token.is_some() {
+            FEATURE_TOKEN
+        } else {
+            0
+        };
+        Hello::new(self.message_type.clone(), &self.limits).with_features(self.features | token)
     }
 
     pub(crate) fn with_patterns(mut self) -> ConnectionConfig {
         self.features |= FEATURE_PATTERNS;
         self
     }
+}
+
+/// Whether the host of `host:port` is a loopback address (`127.0.0.0/8`, `::1`) or
+/// `localhost`; names are not resolved, so any other name counts as public.
+fn is_loopback(host_port: &str) -> bool {
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(host, _)| host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The close code that tells a peer why its input was refused.
@@ -187,6 +316,9 @@ pub(crate) fn close_code_for(err: &Error) -> CloseCode {
         ErrorKind::TypeMismatch => CloseCode::TYPE_MISMATCH,
         ErrorKind::Decode => CloseCode::DECODE_ERROR,
         ErrorKind::Full => CloseCode::TOO_SLOW,
+        ErrorKind::PermissionDenied if crate::protocol::is_unauthorized(err) => {
+            CloseCode::UNAUTHORIZED
+        }
         ErrorKind::PermissionDenied => CloseCode::REFUSED,
         _ => CloseCode::PROTOCOL_ERROR,
     }
@@ -303,5 +435,57 @@ impl Liveness {
                 heartbeat.timeout.as_millis()
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(config: &ConnectionConfig, address: &str) -> Result<()> {
+        config.check_bind(&address.parse()?)
+    }
+
+    #[test]
+    fn public_binds_need_tls_tokens_or_the_opt_in() {
+        let plain = ConnectionConfig::new::<String>();
+        for loopback in [
+            "tcp:127.0.0.1:0",
+            "tcp:127.9.9.9:1",
+            "tcp:[::1]:0",
+            "tcp:localhost:1",
+        ] {
+            check(&plain, loopback).unwrap();
+        }
+        check(&plain, "tls:0.0.0.0:0").unwrap();
+        check(&plain, "local:x").unwrap();
+        for public in [
+            "tcp:0.0.0.0:0",
+            "tcp:[::]:0",
+            "tcp:10.1.2.3:80",
+            "tcp:example.org:1",
+        ] {
+            let err = check(&plain, public).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "refusing to listen on non-loopback {public} without tls or tokens"
+                )),
+                "{err}"
+            );
+            check(&plain.clone().with_insecure_public_bind(), public).unwrap();
+            let tokens = vec![crate::Token::new("t").unwrap()];
+            check(&plain.clone().with_accepted_tokens(tokens), public).unwrap();
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_tokens() {
+        let config = ConnectionConfig::new::<String>()
+            .with_token(crate::Token::new("client-secret-1").unwrap())
+            .with_accepted_tokens(vec![crate::Token::new("server-secret-2").unwrap()]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("Token(<hidden, 15 bytes>)"), "{shown}");
     }
 }

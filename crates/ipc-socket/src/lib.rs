@@ -6,8 +6,8 @@
 //! `PROTOCOL.md`), and over `ipc-durable-queue` when both sides run at the same time and nothing
 //! needs to survive a crash.
 //!
-//! - [`Address`]: `local:NAME`, `unix:/path`, `tcp:HOST:PORT` or `ws://HOST:PORT/PATH`
-//!   (WebSocket, for browsers), one API over all four.
+//! - [`Address`]: `local:NAME`, `unix:/path`, `tcp:HOST:PORT`, `ws://HOST:PORT/PATH`
+//!   (WebSocket, for browsers) or `tls:HOST:PORT` (feature `tls`), one API over all of them.
 //! - [`Connection`] / [`Listener`]: blocking, one peer, messages both ways
 //!   ([`Sender`](ipc_core::Sender) / [`Receiver`](ipc_core::Receiver)).
 //! - [`AsyncConnection`]: the same for tokio, splittable into halves
@@ -56,11 +56,20 @@
 //! by a crashed server is removed only after a connect attempt to it is refused; a live
 //! server's socket is never taken over.
 //!
+//! Between machines, use `tls:` addresses (feature `tls`: server authentication,
+//! `TlsServerConfig::require_client_certificates` for mutual TLS) and/or tokens
+//! ([`ConnectionConfig::with_accepted_tokens`], [`Token`]). A server refuses to listen on a
+//! non-loopback `tcp:` address without either unless
+//! [`ConnectionConfig::with_insecure_public_bind`] is set. The crate README's "TLS, mutual
+//! TLS and tokens" says what each refusal looks like.
+//!
 //! # Feature flags
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | (none) | | this crate has no cargo features: the blocking and the tokio API are always built |
+//! | `tls` | no | `tls:HOST:PORT` addresses over rustls (ring provider), blocking and tokio: `TlsServerConfig`, `TlsClientConfig`, mutual TLS and `PeerCertificate` |
+//!
+//! The blocking and the tokio API are always built; tokens need no feature.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -73,6 +82,9 @@ mod config;
 mod protocol;
 mod server;
 mod stream;
+#[cfg(feature = "tls")]
+mod tls;
+mod token;
 mod wire;
 mod ws;
 
@@ -81,7 +93,10 @@ pub use crate::async_conn::{AsyncConnection, AsyncRecvHalf, AsyncSendHalf, SendF
 pub use crate::blocking::{Connection, Listener};
 pub use crate::client::{Backoff, Client, ClientConfig, Incoming};
 pub use crate::config::{ConnectionConfig, Heartbeat};
-pub use crate::server::{ConnId, Event, Policy, Server, ServerConfig, ServerHandle};
+pub use crate::server::{ConnId, Event, Peer, Policy, Server, ServerConfig, ServerHandle};
+#[cfg(feature = "tls")]
+pub use crate::tls::{PeerCertificate, TlsClientConfig, TlsServerConfig};
+pub use crate::token::Token;
 
 /// The shared foundation: frames, handshake, errors, traits.
 pub use ipc_core as core;

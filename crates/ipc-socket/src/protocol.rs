@@ -4,12 +4,152 @@
 //! frames, and the errors for a stream that ends. The two connections are siblings on top
 //! of this module; neither uses the other.
 
+use std::fmt;
+
 use ipc_core::wire::MAX_BATCHED_MESSAGE;
 use ipc_core::{
-    Close, Error, ErrorKind, Frame, FrameBuffer, FrameDecoder, FrameKind, Hello, Limits, Result,
+    Close, Error, ErrorKind, FEATURE_TOKEN, Frame, FrameBuffer, FrameDecoder, FrameKind, Hello,
+    Limits, MAX_TOKEN_LEN, Result, encode_raw_frame,
 };
 
 use crate::config::ConnectionConfig;
+
+/// What this side writes to open a connection: its hello and, when it has a token, the
+/// `Auth` frame that carries it.
+pub(crate) fn opening(config: &ConnectionConfig, ours: &Hello, out: &mut Vec<u8>) -> Result<()> {
+    ours.encode_frame(out)?;
+    if let Some(token) = config.token() {
+        encode_raw_frame(
+            out,
+            FrameKind::Auth,
+            0,
+            token.as_bytes(),
+            &Limits::default(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The source of every token refusal: it makes the close code 11 (unauthorized).
+#[derive(Debug)]
+struct Unauthorized;
+
+impl fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("token check failed")
+    }
+}
+
+impl std::error::Error for Unauthorized {}
+
+fn unauthorized(reason: &'static str) -> Error {
+    Error::new(ErrorKind::PermissionDenied, reason).with_source(Unauthorized)
+}
+
+/// Whether `err` is a token refusal (close code 11).
+pub(crate) fn is_unauthorized(err: &Error) -> bool {
+    std::error::Error::source(err).is_some_and(|source| source.is::<Unauthorized>())
+}
+
+/// The frames of a handshake, one at a time: the peer's hello, then its `Auth` frame if its
+/// hello announced one. A side that holds tokens checks the token before it compares the
+/// hello with its own, so that a peer without a token learns nothing (not even a type
+/// mismatch) but the refusal.
+pub(crate) struct Opening<'a> {
+    config: &'a ConnectionConfig,
+    ours: &'a Hello,
+    /// The peer's hello, waiting for its `Auth` frame, and the agreed limits if already
+    /// compared.
+    hello: Option<(Hello, Option<Limits>)>,
+}
+
+/// What a handshake frame did.
+pub(crate) enum Step {
+    /// Another frame must follow.
+    More,
+    /// The handshake is done: the peer's hello and the limits to send with.
+    Done(Hello, Limits),
+}
+
+impl<'a> Opening<'a> {
+    pub(crate) fn new(config: &'a ConnectionConfig, ours: &'a Hello) -> Opening<'a> {
+        Opening {
+            config,
+            ours,
+            hello: None,
+        }
+    }
+
+    pub(crate) fn on_frame(&mut self, frame: Frame<'_>) -> Result<Step> {
+        if let Some((theirs, agreed)) = self.hello.take() {
+            check_auth(frame, self.config)?;
+            let send_limits = match agreed {
+                Some(limits) => limits,
+                None => agree(self.ours, &theirs)?,
+            };
+            return Ok(Step::Done(theirs, send_limits));
+        }
+        let theirs = decode_peer_hello(frame)?;
+        let agreed = if self.config.accepted_tokens().is_some() {
+            None
+        } else {
+            Some(agree(self.ours, &theirs)?)
+        };
+        match (expects_auth(self.config, &theirs)?, agreed) {
+            (false, Some(send_limits)) => Ok(Step::Done(theirs, send_limits)),
+            (false, None) => {
+                let send_limits = agree(self.ours, &theirs)?;
+                Ok(Step::Done(theirs, send_limits))
+            }
+            (true, agreed) => {
+                self.hello = Some((theirs, agreed));
+                Ok(Step::More)
+            }
+        }
+    }
+}
+
+/// After the peer's hello: whether an `Auth` frame must follow it. A side that holds
+/// tokens refuses a hello without one.
+pub(crate) fn expects_auth(config: &ConnectionConfig, theirs: &Hello) -> Result<bool> {
+    if theirs.features() & FEATURE_TOKEN != 0 {
+        return Ok(true);
+    }
+    if config.accepted_tokens().is_some() {
+        return Err(unauthorized("no token presented"));
+    }
+    Ok(false)
+}
+
+/// Checks the frame after a hello that announced a token. The errors never contain the
+/// token's bytes.
+pub(crate) fn check_auth(frame: Frame<'_>, config: &ConnectionConfig) -> Result<()> {
+    if frame.kind() != FrameKind::Auth {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "expected an Auth frame after a hello that sets feature bit 2, got {:?}",
+                frame.kind()
+            ),
+        ));
+    }
+    let token = frame.payload();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "auth frame of {} bytes: tokens have 1 to {MAX_TOKEN_LEN} bytes",
+                token.len()
+            ),
+        ));
+    }
+    match config.accepted_tokens() {
+        Some(accepted) if !crate::token::accepts(accepted, token) => {
+            Err(unauthorized("the token presented is not accepted"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// How much a one-peer connection reads at once at most: many small frames per read.
 pub(crate) const READ_ROOM: usize = 64 * 1024;
@@ -26,14 +166,16 @@ pub(crate) fn write_buffer(config: &ConnectionConfig) -> FrameBuffer {
     FrameBuffer::with_capacity(config.flush_threshold().min(1 << 20) + MAX_BATCHED_MESSAGE + 1024)
 }
 
-/// Checks the peer's first frame: a hello that agrees with ours.
-pub(crate) fn check_peer_hello(frame: Frame<'_>, ours: &Hello) -> Result<(Hello, Limits)> {
+/// Whether the peer's hello agrees with ours: the limits to send with.
+pub(crate) fn agree(ours: &Hello, theirs: &Hello) -> Result<Limits> {
+    Ok(ours.agree(theirs)?.send_limit())
+}
+
+/// The peer's first frame as a hello, not yet compared with ours (a side that holds tokens
+/// checks the token first, and tells a peer without one nothing about itself).
+pub(crate) fn decode_peer_hello(frame: Frame<'_>) -> Result<Hello> {
     match frame.kind() {
-        FrameKind::Hello => {
-            let theirs = Hello::decode(frame.payload())?;
-            let agreed = ours.agree(&theirs)?;
-            Ok((theirs, agreed.send_limit()))
-        }
+        FrameKind::Hello => Hello::decode(frame.payload()),
         FrameKind::Close => Err(Close::decode(frame.payload())?.into_error()),
         kind => Err(Error::new(
             ErrorKind::Protocol,

@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 use crate::address::Address;
 use crate::async_conn::handshake;
 use crate::config::{Beat, ConnectionConfig, FEATURE_PATTERNS, Liveness, close_code_for};
-use crate::stream::{AsyncListener, AsyncReadHalf, AsyncWriteHalf};
+use crate::stream::{AsyncListener, AsyncReadHalf, AsyncWriteHalf, PeerFacts};
+#[cfg(feature = "tls")]
+use crate::tls::PeerCertificate;
 use crate::wire;
 
 /// What a full outbound queue does when one more frame is sent to a client.
@@ -188,7 +190,9 @@ pub enum Event<T> {
     Connected {
         /// Its id.
         conn: ConnId,
-        /// Who it is, for logs (`127.0.0.1:5555`, `local uid 1000`).
+        /// Who it is, for logs: `127.0.0.1:5555`, `local uid 1000`, or for a mutual-TLS
+        /// client `127.0.0.1:5555 (certificate `CN=alice` (DNS:alice.example))`.
+        /// [`ServerHandle::peer`] gives the same as fields.
         peer: String,
     },
     /// A client sent a data message (a duplex stream).
@@ -223,6 +227,56 @@ pub enum Event<T> {
         /// Why.
         error: Error,
     },
+}
+
+/// Who a connected client is, as far as its transport tells: [`ServerHandle::peer`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Peer {
+    address: String,
+    uid: Option<u32>,
+    #[cfg(feature = "tls")]
+    certificate: Option<PeerCertificate>,
+}
+
+impl Peer {
+    fn new(address: String, facts: PeerFacts) -> Peer {
+        Peer {
+            address,
+            uid: facts.uid,
+            #[cfg(feature = "tls")]
+            certificate: facts.certificate,
+        }
+    }
+
+    /// Its address for logs (`127.0.0.1:5555`, `local uid 1000`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Its user id, from the peer credentials of a local socket (Unix only).
+    pub fn uid(&self) -> Option<u32> {
+        self.uid
+    }
+
+    /// The certificate a mutual-TLS client presented (verified against the server's client
+    /// certificate authority): its subject and alternative names.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn certificate(&self) -> Option<&PeerCertificate> {
+        self.certificate.as_ref()
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.address)?;
+        #[cfg(feature = "tls")]
+        if let Some(certificate) = &self.certificate {
+            write!(f, " ({certificate})")?;
+        }
+        Ok(())
+    }
 }
 
 /// A frame ready to write, shared between every queue it is in.
@@ -266,6 +320,7 @@ struct QueueLimits {
 #[derive(Debug)]
 struct Conn {
     id: ConnId,
+    peer: Peer,
     state: Mutex<OutState>,
     writer_wake: Notify,
     space: Notify,
@@ -617,6 +672,12 @@ impl<T> ServerHandle<T> {
         Ok(())
     }
 
+    /// Who `conn` is: its address, its user id (local sockets) and its verified client
+    /// certificate (mutual TLS). [`ErrorKind::NotFound`] once it is gone.
+    pub fn peer(&self, conn: ConnId) -> Result<Peer> {
+        Ok(self.shared.conn(conn)?.peer.clone())
+    }
+
     /// The ids of the connected clients.
     pub fn connections(&self) -> Vec<ConnId> {
         let mut ids: Vec<ConnId> = lock(&self.shared.conns).keys().copied().collect();
@@ -670,7 +731,8 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
         for wanted in std::iter::once(&config.address).chain(&config.more_addresses) {
-            let (listener, address) = AsyncListener::bind(wanted, Arc::clone(&http)).await?;
+            let (listener, address) =
+                AsyncListener::bind(wanted, &config.connection, Arc::clone(&http)).await?;
             listeners.push(listener);
             addresses.push(address);
         }
@@ -760,7 +822,7 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
     events: mpsc::Sender<Event<T>>,
 ) {
     loop {
-        let (stream, uid, peer) = match listener.accept().await {
+        let (pending, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!("accept failed: {err}");
@@ -772,7 +834,17 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         let shared = Arc::clone(&shared);
         let events = events.clone();
         tokio::spawn(async move {
-            let refusal = admission(&shared, uid);
+            // The handshake deadline counts from the accept and covers TLS too.
+            let deadline = Instant::now() + shared.config.connection.handshake_timeout();
+            let (stream, facts) = match pending.finish(&shared.config.connection, deadline).await {
+                Ok(finished) => finished,
+                Err(err) => {
+                    tracing::warn!("handshake with {peer} failed: {err}");
+                    let _ = events.send(Event::Rejected { peer, error: err }).await;
+                    return;
+                }
+            };
+            let refusal = admission(&shared, facts.uid);
             // A `ws://` connection starts with HTTP: a WebSocket upgrade (the refusal, if
             // any, is then sent as over any stream) or a file.
             let stream = match stream.upgrade(&shared.config.connection, &peer).await {
@@ -789,7 +861,7 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
                 }
             };
             let Some(err) = refusal else {
-                serve(stream, peer, shared, events).await;
+                serve(stream, Peer::new(peer, facts), deadline, shared, events).await;
                 return;
             };
             {
@@ -799,6 +871,7 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
                 // that closing does not reset the connection before the close frame is read.
                 let _ = tokio::time::timeout(Duration::from_millis(500), async {
                     writer.write_all(&close).await?;
+                    writer.flush().await?;
                     writer.shutdown().await?;
                     let mut sink = [0u8; 1024];
                     while reader.read(&mut sink).await? > 0 {}
@@ -843,16 +916,18 @@ fn admission(shared: &Shared, uid: Option<u32>) -> Option<Error> {
 
 async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
     stream: crate::stream::AsyncStream,
-    peer: String,
+    peer: Peer,
+    deadline: Instant,
     shared: Arc<Shared>,
     events: mpsc::Sender<Event<T>>,
 ) {
     let config = shared.config.connection.clone();
-    let shaken = match handshake(stream, &config).await {
+    let shaken = match handshake(stream, &config, deadline).await {
         Ok(shaken) => shaken,
         Err(err) => {
             shared.n_conns.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("handshake with {peer} failed: {err}");
+            let peer = peer.to_string();
             let _ = events.send(Event::Rejected { peer, error: err }).await;
             return;
         }
@@ -860,6 +935,7 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
     let conn = Arc::new(Conn {
         id,
+        peer: peer.clone(),
         state: Mutex::new(OutState::default()),
         writer_wake: Notify::new(),
         space: Notify::new(),
@@ -871,6 +947,7 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
     });
     lock(&shared.conns).insert(id, Arc::clone(&conn));
     let writer = tokio::spawn(write_loop(Arc::clone(&conn), shaken.writer));
+    let peer = peer.to_string();
     let _ = events.send(Event::Connected { conn: id, peer }).await;
 
     let mut reader = Reader::<T> {
@@ -1045,7 +1122,7 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
         if n_taken > 0 {
             let written = match &large {
                 Some(frame) => write_large(&conn, &mut half, frame).await,
-                None => half.write_all(&batch).await,
+                None => write_flushed(&mut half, &batch).await,
             };
             drop(large);
             batch.clear();
@@ -1077,10 +1154,17 @@ async fn write_loop(conn: Arc<Conn>, mut half: AsyncWriteHalf) {
 /// it slowly but steadily does not look stuck to a sender waiting under [`Policy::Wait`].
 async fn write_large(conn: &Conn, half: &mut AsyncWriteHalf, frame: &[u8]) -> std::io::Result<()> {
     for piece in frame.chunks(256 * 1024) {
-        half.write_all(piece).await?;
+        write_flushed(half, piece).await?;
         lock(&conn.state).last_write = Some(Instant::now());
     }
     Ok(())
+}
+
+/// Writes all of `bytes` and flushes: a TLS stream keeps records it could not write yet
+/// until the next write or flush (a no-op on plain sockets).
+async fn write_flushed(half: &mut AsyncWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    half.write_all(bytes).await?;
+    half.flush().await
 }
 
 struct Reader<T> {
@@ -1297,7 +1381,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
                     drained = n < room_len;
                 }
                 Some(Err(err)) => {
-                    let err = crate::ws::unwrap_io("read from client", err);
+                    let err = crate::stream::stream_error("read from client", err);
                     return Err(match self.decoder.buffered() {
                         // A WebSocket's verdict on a message (text, too large, cut frame).
                         _ if matches!(err.kind(), ErrorKind::Protocol | ErrorKind::TooLarge) => err,

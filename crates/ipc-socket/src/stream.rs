@@ -1,12 +1,13 @@
-//! The byte streams under a connection: one enum over local sockets and TCP, blocking and
-//! tokio, and the listeners that produce them. Framing lives above this module.
+//! The byte streams under a connection: one enum over local sockets, TCP, TLS and
+//! WebSocket, blocking and tokio, and the listeners that produce them. Framing lives above
+//! this module.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
 use interprocess::local_socket::traits::{Listener as _, Stream as _, StreamCommon as _};
@@ -18,7 +19,75 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::address::Address;
 use crate::config::ConnectionConfig;
+#[cfg(feature = "tls")]
+use crate::tls::{self, AsyncTlsStream, PeerCertificate};
 use crate::ws;
+
+/// What the server learned about a peer when it accepted it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerFacts {
+    pub(crate) uid: Option<u32>,
+    #[cfg(feature = "tls")]
+    pub(crate) certificate: Option<PeerCertificate>,
+}
+
+impl PeerFacts {
+    fn with_uid(uid: Option<u32>) -> PeerFacts {
+        PeerFacts {
+            uid,
+            #[cfg(feature = "tls")]
+            certificate: None,
+        }
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn no_tls(address: &Address) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("{address}: tls: addresses need ipc-socket's `tls` feature"),
+    )
+}
+
+#[cfg(feature = "tls")]
+fn no_tls_server(address: &Address) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "{address}: listening on a tls: address needs a certificate (ConnectionConfig::with_tls_server)"
+        ),
+    )
+}
+
+/// An I/O error of any stream as an [`Error`]; a TLS stream's keep rustls's reason (an
+/// alert from the peer refusing this side's certificate arrives as a read error).
+pub(crate) fn stream_error(what: &'static str, err: io::Error) -> Error {
+    // The WebSocket layer carries its protocol errors (a text message, a message that
+    // ends inside a frame) through `io::Error`: unwrap them for their close codes.
+    if err.kind() == io::ErrorKind::InvalidData
+        && err.get_ref().is_some_and(|inner| inner.is::<Error>())
+    {
+        return ws::unwrap_io(what, err);
+    }
+    #[cfg(feature = "tls")]
+    {
+        tls::stream_error(what, err)
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Error::io(what, err)
+    }
+}
+
+/// TLS records arrive in pieces: a stream that ends without TLS's close_notify is an end
+/// of stream like any other (the frame layer above notices a cut frame).
+#[cfg(feature = "tls")]
+fn eof_is_end(result: io::Result<usize>) -> io::Result<usize> {
+    match result {
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
+    }
+}
 
 type LocalStream = interprocess::local_socket::Stream;
 type TokioLocalStream = interprocess::local_socket::tokio::Stream;
@@ -45,7 +114,7 @@ fn local_name(address: &Address) -> Result<Name<'_>> {
         #[cfg(not(all(unix, not(any(target_os = "linux", target_os = "android")))))]
         Address::Local(name) => name.as_str().to_ns_name::<GenericNamespaced>(),
         Address::Path(path) => path.as_path().to_fs_name::<GenericFilePath>(),
-        Address::Tcp(_) | Address::WebSocket { .. } => {
+        Address::Tcp(_) | Address::Tls(_) | Address::WebSocket { .. } => {
             unreachable!("local_name is only called for local addresses")
         }
     };
@@ -70,19 +139,35 @@ fn connect_error(address: &Address, err: io::Error) -> Error {
 pub(crate) enum SyncStream {
     Local(LocalStream),
     Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    TlsClient(Box<tls::SyncClientStream>),
+    #[cfg(feature = "tls")]
+    TlsServer(Box<tls::SyncServerStream>),
     Ws(Box<ws::SyncWs>),
 }
 
+fn tcp_connect_sync(address: &Address, host_port: &str) -> Result<TcpStream> {
+    let stream = TcpStream::connect(host_port).map_err(|err| connect_error(address, err))?;
+    // Frames are coalesced above; Nagle's delay would only add latency.
+    stream
+        .set_nodelay(true)
+        .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+    Ok(stream)
+}
+
 impl SyncStream {
-    pub(crate) fn connect(address: &Address, config: &ConnectionConfig) -> Result<SyncStream> {
+    /// Connects; a TLS handshake, if any, is done by `deadline`.
+    pub(crate) fn connect(
+        address: &Address,
+        config: &ConnectionConfig,
+        deadline: Instant,
+    ) -> Result<SyncStream> {
         address.validate()?;
+        let _ = (config, deadline);
         match address {
+            Address::Tcp(host_port) => Ok(SyncStream::Tcp(tcp_connect_sync(address, host_port)?)),
             Address::WebSocket { host_port, path } => {
-                let stream = TcpStream::connect(host_port.as_str())
-                    .map_err(|err| connect_error(address, err))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+                let stream = tcp_connect_sync(address, host_port)?;
                 let ws = ws::connect_sync(
                     stream,
                     &ws::url(host_port, path),
@@ -91,15 +176,20 @@ impl SyncStream {
                 )?;
                 Ok(SyncStream::Ws(Box::new(ws)))
             }
-            Address::Tcp(host_port) => {
-                let stream = TcpStream::connect(host_port.as_str())
-                    .map_err(|err| connect_error(address, err))?;
-                // Frames are coalesced above; Nagle's delay would only add latency.
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
-                Ok(SyncStream::Tcp(stream))
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let stream = tcp_connect_sync(address, host_port)?;
+                let stream = tls::connect_sync(
+                    stream,
+                    host_port,
+                    &config.tls_client(),
+                    deadline,
+                    config.handshake_timeout(),
+                )?;
+                Ok(SyncStream::TlsClient(Box::new(stream)))
             }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let stream = LocalStream::connect(local_name(address)?)
                     .map_err(|err| connect_error(address, err))?;
@@ -108,45 +198,82 @@ impl SyncStream {
         }
     }
 
-    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+    /// The TCP socket under a TCP or TLS stream.
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            SyncStream::Local(stream) => stream.set_recv_timeout(timeout),
-            SyncStream::Tcp(stream) => stream.set_read_timeout(timeout),
-            SyncStream::Ws(stream) => stream.with_io(|io| io.set_read_timeout(timeout)),
+            SyncStream::Local(_) | SyncStream::Ws(_) => None,
+            SyncStream::Tcp(stream) => Some(stream),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsClient(stream) => Some(&stream.sock),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsServer(stream) => Some(&stream.sock),
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match (self, self.tcp()) {
+            (_, Some(tcp)) => tcp.set_read_timeout(timeout),
+            (SyncStream::Local(stream), None) => stream.set_recv_timeout(timeout),
+            (SyncStream::Ws(stream), None) => stream.with_io(|io| io.set_read_timeout(timeout)),
+            _ => Ok(()),
         }
     }
 
     pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            SyncStream::Local(stream) => stream.set_send_timeout(timeout),
-            SyncStream::Tcp(stream) => stream.set_write_timeout(timeout),
-            SyncStream::Ws(stream) => stream.with_io(|io| io.set_write_timeout(timeout)),
+        match (self, self.tcp()) {
+            (_, Some(tcp)) => tcp.set_write_timeout(timeout),
+            (SyncStream::Local(stream), None) => stream.set_send_timeout(timeout),
+            (SyncStream::Ws(stream), None) => stream.with_io(|io| io.set_write_timeout(timeout)),
+            _ => Ok(()),
         }
     }
 
     pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        match self {
-            SyncStream::Local(stream) => stream.set_nonblocking(nonblocking),
-            SyncStream::Tcp(stream) => stream.set_nonblocking(nonblocking),
-            SyncStream::Ws(stream) => stream.with_io(|io| io.set_nonblocking(nonblocking)),
+        match (self, self.tcp()) {
+            (_, Some(tcp)) => tcp.set_nonblocking(nonblocking),
+            (SyncStream::Local(stream), None) => stream.set_nonblocking(nonblocking),
+            (SyncStream::Ws(stream), None) => stream.with_io(|io| io.set_nonblocking(nonblocking)),
+            _ => Ok(()),
         }
     }
 
-    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             SyncStream::Local(stream) => (&*stream).read(buf),
             SyncStream::Tcp(stream) => (&*stream).read(buf),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsClient(stream) => eof_is_end(stream.read(buf)),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsServer(stream) => eof_is_end(stream.read(buf)),
             SyncStream::Ws(stream) => stream.read(buf),
         }
     }
 
-    pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             SyncStream::Local(stream) => (&*stream).write(buf),
             SyncStream::Tcp(stream) => (&*stream).write(buf),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsClient(stream) => write_tls(stream.as_mut(), buf),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsServer(stream) => write_tls(stream.as_mut(), buf),
             SyncStream::Ws(stream) => stream.write(buf),
         }
     }
+}
+
+/// Writes through a blocking TLS stream and pushes the records out at once (rustls's
+/// `write` sends what it can and keeps the rest for later; a framed connection expects a
+/// write to have reached the socket).
+#[cfg(feature = "tls")]
+fn write_tls<C, S>(stream: &mut rustls::StreamOwned<C, TcpStream>, buf: &[u8]) -> io::Result<usize>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    let n = stream.write(buf)?;
+    stream.flush()?;
+    Ok(n)
 }
 
 /// Refuses to bind over a live server, and removes a socket file left by a dead one.
@@ -236,10 +363,13 @@ fn bind_error(address: &Address, err: io::Error) -> Error {
 pub(crate) enum SyncListener {
     Local(interprocess::local_socket::Listener),
     Tcp(std::net::TcpListener),
+    #[cfg(feature = "tls")]
+    Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
     Ws(std::net::TcpListener, ws::WsListen, u32, Duration),
 }
 
-/// Binds a TCP listener for a `ws://` address; returns it and the bound address.
+/// What a `ws://` listener needs besides its TCP listener; returns it with the TCP
+/// `host:port` to bind.
 fn ws_listen(address: &Address, http: Arc<ws::HttpSettings>) -> (&str, ws::WsListen) {
     let Address::WebSocket { host_port, path } = address else {
         unreachable!("ws_listen is only called for websocket addresses")
@@ -256,34 +386,55 @@ fn ws_listen(address: &Address, http: Arc<ws::HttpSettings>) -> (&str, ws::WsLis
     (host_port, listen)
 }
 
+fn tcp_bind_sync(address: &Address, host_port: &str) -> Result<(std::net::TcpListener, String)> {
+    let listener =
+        std::net::TcpListener::bind(host_port).map_err(|err| bind_error(address, err))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|err| Error::io("local address of listener", err))?;
+    Ok((listener, bound.to_string()))
+}
+
+fn tcp_accept_sync(listener: &std::net::TcpListener) -> Result<TcpStream> {
+    let (stream, _) = listener
+        .accept()
+        .map_err(|err| Error::io("accept a tcp connection", err))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+    Ok(stream)
+}
+
 impl SyncListener {
     pub(crate) fn bind(
         address: &Address,
         config: &ConnectionConfig,
     ) -> Result<(SyncListener, Address)> {
         address.validate()?;
+        config.check_bind(address)?;
         match address {
+            Address::Tcp(host_port) => {
+                let (listener, bound) = tcp_bind_sync(address, host_port)?;
+                Ok((SyncListener::Tcp(listener), Address::Tcp(bound)))
+            }
             Address::WebSocket { path, .. } => {
                 let (host_port, listen) = ws_listen(address, Arc::default());
-                let listener = std::net::TcpListener::bind(host_port)
-                    .map_err(|err| bind_error(address, err))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|err| Error::io("local address of listener", err))?;
+                let (listener, bound) = tcp_bind_sync(address, host_port)?;
                 let max = config.limits().max_frame_len();
                 Ok((
                     SyncListener::Ws(listener, listen, max, config.handshake_timeout()),
-                    Address::websocket(bound.to_string(), path.clone()),
+                    Address::websocket(bound, path.clone()),
                 ))
             }
-            Address::Tcp(host_port) => {
-                let listener = std::net::TcpListener::bind(host_port.as_str())
-                    .map_err(|err| bind_error(address, err))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|err| Error::io("local address of listener", err))?;
-                Ok((SyncListener::Tcp(listener), Address::Tcp(bound.to_string())))
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let tls = config.tls_server().ok_or_else(|| no_tls_server(address))?;
+                let tls = tls.build()?;
+                let (listener, bound) = tcp_bind_sync(address, host_port)?;
+                Ok((SyncListener::Tls(listener, tls), Address::Tls(bound)))
             }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let listener = listener_options(address)?
                     .create_sync()
@@ -293,34 +444,45 @@ impl SyncListener {
         }
     }
 
-    pub(crate) fn accept(&self) -> Result<(SyncStream, Option<u32>)> {
+    /// Accepts one stream; a TLS handshake, if any, is done by `deadline`.
+    pub(crate) fn accept(
+        &self,
+        config: &ConnectionConfig,
+        deadline: impl FnOnce() -> Instant,
+    ) -> Result<(SyncStream, PeerFacts)> {
+        let _ = config;
         match self {
+            SyncListener::Tcp(listener) => Ok((
+                SyncStream::Tcp(tcp_accept_sync(listener)?),
+                PeerFacts::default(),
+            )),
             SyncListener::Ws(listener, listen, max_frame_len, timeout) => {
-                let (stream, peer) = listener
-                    .accept()
-                    .map_err(|err| Error::io("accept a tcp connection", err))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+                let stream = tcp_accept_sync(listener)?;
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "an unknown peer".to_owned(), |peer| peer.to_string());
                 let ws = ws::accept_sync(stream, listen, *max_frame_len, *timeout)
                     .map_err(|err| err.context(format_args!("websocket from {peer}")))?;
-                Ok((SyncStream::Ws(Box::new(ws)), None))
+                Ok((SyncStream::Ws(Box::new(ws)), PeerFacts::default()))
             }
-            SyncListener::Tcp(listener) => {
-                let (stream, _) = listener
-                    .accept()
-                    .map_err(|err| Error::io("accept a tcp connection", err))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
-                Ok((SyncStream::Tcp(stream), None))
+            #[cfg(feature = "tls")]
+            SyncListener::Tls(listener, tls) => {
+                let stream = tcp_accept_sync(listener)?;
+                let (stream, certificate) =
+                    tls::accept_sync(stream, tls, deadline(), config.handshake_timeout())?;
+                let facts = PeerFacts {
+                    uid: None,
+                    certificate,
+                };
+                Ok((SyncStream::TlsServer(Box::new(stream)), facts))
             }
             SyncListener::Local(listener) => {
+                let _ = deadline;
                 let stream = listener
                     .accept()
                     .map_err(|err| Error::io("accept a local connection", err))?;
-                let uid = peer_uid(stream.peer_creds());
-                Ok((SyncStream::Local(stream), uid))
+                let facts = PeerFacts::with_uid(peer_uid(stream.peer_creds()));
+                Ok((SyncStream::Local(stream), facts))
             }
         }
     }
@@ -343,7 +505,58 @@ fn peer_uid(creds: io::Result<interprocess::local_socket::PeerCreds>) -> Option<
 pub(crate) enum AsyncListener {
     Local(interprocess::local_socket::tokio::Listener),
     Tcp(tokio::net::TcpListener),
+    #[cfg(feature = "tls")]
+    Tls(tokio::net::TcpListener, Arc<rustls::ServerConfig>),
     Ws(tokio::net::TcpListener, ws::WsListen),
+}
+
+async fn tcp_bind_async(
+    address: &Address,
+    host_port: &str,
+) -> Result<(tokio::net::TcpListener, String)> {
+    let listener = tokio::net::TcpListener::bind(host_port)
+        .await
+        .map_err(|err| bind_error(address, err))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|err| Error::io("local address of listener", err))?;
+    Ok((listener, bound.to_string()))
+}
+
+/// A stream just accepted, before its TLS handshake (if any): the accept loop hands it to
+/// a task of its own, so that a slow handshake never holds up the next accept.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    stream: AsyncStream,
+    #[cfg(feature = "tls")]
+    acceptor: Option<Arc<rustls::ServerConfig>>,
+    facts: PeerFacts,
+}
+
+impl Pending {
+    /// Completes the TLS handshake, if any, by `deadline`.
+    pub(crate) async fn finish(
+        self,
+        config: &ConnectionConfig,
+        deadline: Instant,
+    ) -> Result<(AsyncStream, PeerFacts)> {
+        let _ = (config, deadline);
+        #[cfg(feature = "tls")]
+        if let (Some(acceptor), AsyncStream::Tcp(tcp)) = (&self.acceptor, &self.stream) {
+            let _ = tcp;
+            let AsyncStream::Tcp(tcp) = self.stream else {
+                unreachable!("matched above")
+            };
+            let (stream, certificate) =
+                tls::accept_async(tcp, acceptor, deadline, config.handshake_timeout()).await?;
+            let facts = PeerFacts {
+                certificate,
+                ..self.facts
+            };
+            return Ok((AsyncStream::Tls(Box::new(stream)), facts));
+        }
+        Ok((self.stream, self.facts))
+    }
 }
 
 impl AsyncListener {
@@ -351,35 +564,33 @@ impl AsyncListener {
     /// A `ws://` listener serves `http`'s files and origin rules.
     pub(crate) async fn bind(
         address: &Address,
+        config: &ConnectionConfig,
         http: Arc<ws::HttpSettings>,
     ) -> Result<(AsyncListener, Address)> {
         address.validate()?;
+        config.check_bind(address)?;
         match address {
+            Address::Tcp(host_port) => {
+                let (listener, bound) = tcp_bind_async(address, host_port).await?;
+                Ok((AsyncListener::Tcp(listener), Address::Tcp(bound)))
+            }
             Address::WebSocket { path, .. } => {
                 let (host_port, listen) = ws_listen(address, http);
-                let listener = tokio::net::TcpListener::bind(host_port)
-                    .await
-                    .map_err(|err| bind_error(address, err))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|err| Error::io("local address of listener", err))?;
+                let (listener, bound) = tcp_bind_async(address, host_port).await?;
                 Ok((
                     AsyncListener::Ws(listener, listen),
-                    Address::websocket(bound.to_string(), path.clone()),
+                    Address::websocket(bound, path.clone()),
                 ))
             }
-            Address::Tcp(host_port) => {
-                let listener = tokio::net::TcpListener::bind(host_port.as_str())
-                    .await
-                    .map_err(|err| bind_error(address, err))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|err| Error::io("local address of listener", err))?;
-                Ok((
-                    AsyncListener::Tcp(listener),
-                    Address::Tcp(bound.to_string()),
-                ))
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let tls = config.tls_server().ok_or_else(|| no_tls_server(address))?;
+                let acceptor = tls.build()?;
+                let (listener, bound) = tcp_bind_async(address, host_port).await?;
+                Ok((AsyncListener::Tls(listener, acceptor), Address::Tls(bound)))
             }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let listener = listener_options(address)?
                     .create_tokio()
@@ -389,19 +600,42 @@ impl AsyncListener {
         }
     }
 
-    /// Accepts one stream and the peer's user id where the transport tells it.
-    pub(crate) async fn accept(&self) -> io::Result<(AsyncStream, Option<u32>, String)> {
+    /// Accepts one stream, with the peer's user id where the transport tells it and who
+    /// it is for logs.
+    pub(crate) async fn accept(&self) -> io::Result<(Pending, String)> {
         match self {
-            AsyncListener::Ws(listener, listen) => {
-                let (stream, peer) = listener.accept().await?;
-                stream.set_nodelay(true)?;
-                let peer = format!("ws {peer}");
-                Ok((AsyncStream::Http(stream, listen.clone()), None, peer))
-            }
             AsyncListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((AsyncStream::Tcp(stream), None, peer.to_string()))
+                let pending = Pending {
+                    stream: AsyncStream::Tcp(stream),
+                    #[cfg(feature = "tls")]
+                    acceptor: None,
+                    facts: PeerFacts::default(),
+                };
+                Ok((pending, peer.to_string()))
+            }
+            AsyncListener::Ws(listener, listen) => {
+                let (stream, peer) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                let pending = Pending {
+                    stream: AsyncStream::Http(stream, listen.clone()),
+                    #[cfg(feature = "tls")]
+                    acceptor: None,
+                    facts: PeerFacts::default(),
+                };
+                Ok((pending, format!("ws {peer}")))
+            }
+            #[cfg(feature = "tls")]
+            AsyncListener::Tls(listener, acceptor) => {
+                let (stream, peer) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                let pending = Pending {
+                    stream: AsyncStream::Tcp(stream),
+                    acceptor: Some(Arc::clone(acceptor)),
+                    facts: PeerFacts::default(),
+                };
+                Ok((pending, peer.to_string()))
             }
             AsyncListener::Local(listener) => {
                 let stream = listener.accept().await?;
@@ -410,7 +644,13 @@ impl AsyncListener {
                     Some(uid) => format!("local uid {uid}"),
                     None => "local".to_owned(),
                 };
-                Ok((AsyncStream::Local(stream), uid, who))
+                let pending = Pending {
+                    stream: AsyncStream::Local(stream),
+                    #[cfg(feature = "tls")]
+                    acceptor: None,
+                    facts: PeerFacts::with_uid(uid),
+                };
+                Ok((pending, who))
             }
         }
     }
@@ -421,10 +661,22 @@ impl AsyncListener {
 pub(crate) enum AsyncStream {
     Local(TokioLocalStream),
     Tcp(tokio::net::TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<AsyncTlsStream>),
     /// An accepted connection to a `ws://` listener, before its HTTP request is read
     /// ([`upgrade`](AsyncStream::upgrade)).
     Http(tokio::net::TcpStream, ws::WsListen),
     Ws(ws::AsyncWs),
+}
+
+async fn tcp_connect_async(address: &Address, host_port: &str) -> Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(host_port)
+        .await
+        .map_err(|err| connect_error(address, err))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+    Ok(stream)
 }
 
 impl AsyncStream {
@@ -452,19 +704,20 @@ impl AsyncStream {
         })
     }
 
+    /// Connects; a TLS handshake, if any, is done by `deadline`.
     pub(crate) async fn connect(
         address: &Address,
         config: &ConnectionConfig,
+        deadline: Instant,
     ) -> Result<AsyncStream> {
         address.validate()?;
+        let _ = (config, deadline);
         match address {
+            Address::Tcp(host_port) => Ok(AsyncStream::Tcp(
+                tcp_connect_async(address, host_port).await?,
+            )),
             Address::WebSocket { host_port, path } => {
-                let stream = tokio::net::TcpStream::connect(host_port.as_str())
-                    .await
-                    .map_err(|err| connect_error(address, err))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
+                let stream = tcp_connect_async(address, host_port).await?;
                 let ws = ws::connect_async(
                     stream,
                     &ws::url(host_port, path),
@@ -474,15 +727,21 @@ impl AsyncStream {
                 .await?;
                 Ok(AsyncStream::Ws(ws))
             }
-            Address::Tcp(host_port) => {
-                let stream = tokio::net::TcpStream::connect(host_port.as_str())
-                    .await
-                    .map_err(|err| connect_error(address, err))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| Error::io("set TCP_NODELAY", err))?;
-                Ok(AsyncStream::Tcp(stream))
+            #[cfg(feature = "tls")]
+            Address::Tls(host_port) => {
+                let stream = tcp_connect_async(address, host_port).await?;
+                let stream = tls::connect_async(
+                    stream,
+                    host_port,
+                    &config.tls_client(),
+                    deadline,
+                    config.handshake_timeout(),
+                )
+                .await?;
+                Ok(AsyncStream::Tls(Box::new(stream)))
             }
+            #[cfg(not(feature = "tls"))]
+            Address::Tls(_) => Err(no_tls(address)),
             _ => {
                 let stream = TokioLocalStream::connect(local_name(address)?)
                     .await
@@ -511,6 +770,11 @@ impl AsyncStream {
                 let (read, write) = stream.into_split();
                 (AsyncReadHalf::Ws(read), AsyncWriteHalf::Ws(write))
             }
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                (AsyncReadHalf::Tls(read), AsyncWriteHalf::Tls(write))
+            }
         }
     }
 }
@@ -520,6 +784,8 @@ impl AsyncStream {
 pub(crate) enum AsyncReadHalf {
     Local(Arc<TokioLocalStream>),
     Tcp(tokio::net::tcp::OwnedReadHalf),
+    #[cfg(feature = "tls")]
+    Tls(tokio::io::ReadHalf<AsyncTlsStream>),
     Ws(ws::AsyncWsRead),
 }
 
@@ -528,6 +794,8 @@ pub(crate) enum AsyncReadHalf {
 pub(crate) enum AsyncWriteHalf {
     Local(Arc<TokioLocalStream>),
     Tcp(tokio::net::tcp::OwnedWriteHalf),
+    #[cfg(feature = "tls")]
+    Tls(tokio::io::WriteHalf<AsyncTlsStream>),
     Ws(ws::AsyncWsWrite),
 }
 
@@ -540,6 +808,14 @@ impl AsyncRead for AsyncReadHalf {
         match self.get_mut() {
             AsyncReadHalf::Local(stream) => Pin::new(&mut &**stream).poll_read(cx, buf),
             AsyncReadHalf::Tcp(half) => Pin::new(half).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            AsyncReadHalf::Tls(half) => match Pin::new(half).poll_read(cx, buf) {
+                // See `eof_is_end`: the end of the stream, not an error.
+                Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            },
             AsyncReadHalf::Ws(half) => Pin::new(half).poll_read(cx, buf),
         }
     }
@@ -554,6 +830,8 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_write(cx, buf),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            AsyncWriteHalf::Tls(half) => Pin::new(half).poll_write(cx, buf),
             AsyncWriteHalf::Ws(half) => Pin::new(half).poll_write(cx, buf),
         }
     }
@@ -562,6 +840,8 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_flush(cx),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            AsyncWriteHalf::Tls(half) => Pin::new(half).poll_flush(cx),
             AsyncWriteHalf::Ws(half) => Pin::new(half).poll_flush(cx),
         }
     }
@@ -570,6 +850,8 @@ impl AsyncWrite for AsyncWriteHalf {
         match self.get_mut() {
             AsyncWriteHalf::Local(stream) => Pin::new(&mut &**stream).poll_shutdown(cx),
             AsyncWriteHalf::Tcp(half) => Pin::new(half).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            AsyncWriteHalf::Tls(half) => Pin::new(half).poll_shutdown(cx),
             AsyncWriteHalf::Ws(half) => Pin::new(half).poll_shutdown(cx),
         }
     }

@@ -198,6 +198,8 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     }
     // WebSocket, beside raw tokio-tungstenite (`bench/ws.rs`).
     figures.extend(super::ws::run(effort)?);
+    // TLS over TCP, beside raw tokio-rustls and beside plain TCP (bench/tls.rs).
+    figures.extend(super::tls::run(effort)?);
     Ok(figures)
 }
 

@@ -27,8 +27,14 @@
 //!   `trickle` and `silent` wait for the server to close), then `ok`. With `--hold true`,
 //!   `ping` and `request` connections stay open, unread, after the flood: it prints
 //!   `flooded` and waits for stdin to close before the `end` lines.
+//! - `socket-probe --address A [--blocking true] [tls and token options]`: connects once
+//!   (with [`Client`], or a blocking [`Connection`]), sends a request and waits for its echo,
+//!   and prints `ok`, or `refused kind=<ErrorKind> error=<message>` if the connection or
+//!   the handshake failed (see `crate::tls` for the options).
 //! - `socket-echo-server --address A --mode echo|sink`, `socket-raw-echo --address A --mode
-//!   echo|sink`: bench partners, see `bench/socket.rs`.
+//!   echo|sink`: bench partners, see `bench/socket.rs` (the echo server takes the tls
+//!   options of `crate::tls`); `socket-raw-tls-echo`: the raw rustls partner of
+//!   `bench/tls.rs`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
@@ -76,6 +82,8 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "socket-flood" => Some(flood(args)),
         "socket-echo-server" => Some(echo_server(args)),
         "socket-raw-echo" => Some(raw_echo(args)),
+        "socket-raw-tls-echo" => Some(crate::bench::tls::raw_tls_echo(args)),
+        "socket-probe" => Some(probe(args)),
         _ => None,
     }
 }
@@ -119,7 +127,7 @@ async fn server(args: &Args) -> Result<()> {
         other => bail!("--policy {other}: expected wait, drop-oldest, disconnect or default"),
     };
     let heartbeat_ms: u64 = args.get("heartbeat-ms", 0)?;
-    let mut connection = chat_config();
+    let mut connection = crate::tls::apply(args, chat_config())?;
     if heartbeat_ms != 0 {
         connection = connection.with_heartbeat(Heartbeat::new(
             Duration::from_millis(heartbeat_ms),
@@ -249,7 +257,8 @@ async fn chat(args: &Args) -> Result<()> {
     }
     let client = Arc::new(
         Client::<ChatLine>::connect(
-            ClientConfig::new(address(args)?, chat_config()).no_reconnect(),
+            ClientConfig::new(address(args)?, crate::tls::apply(args, chat_config())?)
+                .no_reconnect(),
         )
         .await?,
     );
@@ -389,7 +398,8 @@ fn half_frame(args: &Args) -> Result<()> {
 /// `echo` sends every message back (round trips), `sink` counts messages until one of zero
 /// bytes arrives and then answers it (streaming).
 fn echo_server(args: &Args) -> Result<()> {
-    let listener = Listener::<Blob>::bind(&address(args)?, blob_config())?;
+    let config = crate::tls::apply(args, blob_config())?;
+    let listener = Listener::<Blob>::bind(&address(args)?, config)?;
     say(format_args!("ready address={}", listener.address()));
     let mode = args.text("mode", "echo");
     let mut conn: Connection<Blob> = listener.accept()?;
@@ -709,4 +719,33 @@ fn read_until_closed(stream: &mut std::net::TcpStream) -> String {
         rest = &rest[used..];
     }
     how
+}
+
+fn probe(args: &Args) -> Result<()> {
+    let address = address(args)?;
+    let config = crate::tls::apply(args, chat_config())?;
+    let outcome: ipc_core::Result<()> = if args.get("blocking", false)? {
+        Connection::<ChatLine>::connect(&address, config).and_then(|conn| conn.close())
+    } else {
+        runtime()?.block_on(async {
+            let client =
+                Client::<ChatLine>::connect(ClientConfig::new(address, config).no_reconnect())
+                    .await?;
+            let line = ChatLine {
+                from: "probe".into(),
+                seq: 0,
+                text: "are you there".into(),
+            };
+            let echo = client.request(&line, Duration::from_secs(30)).await?;
+            if echo != line {
+                return Err(ipc_core::Error::new(ErrorKind::Other, "wrong echo"));
+            }
+            Ok(())
+        })
+    };
+    match outcome {
+        Ok(()) => say("ok"),
+        Err(err) => say(format_args!("refused kind={:?} error={err}", err.kind())),
+    }
+    Ok(())
 }

@@ -56,6 +56,13 @@ pub(crate) fn timeout_error(what: &str) -> Error {
 /// Maps a lapin error: a missing queue is `NotFound`, a refused login `PermissionDenied`,
 /// a lost connection `PeerDied`, the broker closing on us `PeerClosed`.
 pub(crate) fn map_error(what: &str, err: lapin::Error) -> Error {
+    if let Some(reason) = tls_failure(&err) {
+        return Error::new(
+            ErrorKind::PermissionDenied,
+            format!("amqp {what}: tls handshake with the broker failed: {reason}"),
+        )
+        .with_source(err);
+    }
     let kind = match err.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => ErrorKind::NotFound,
@@ -87,6 +94,94 @@ pub(crate) fn is_connection_trouble(err: &Error) -> bool {
     )
 }
 
+/// Whether `url` asks for TLS.
+fn is_amqps(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqps://"))
+}
+
+#[cfg(feature = "tls")]
+async fn connect(shared: &Shared, properties: ConnectionProperties) -> lapin::Result<Connection> {
+    let builder = lapin::DefaultConnectionBuilder::new()?
+        .with_uri_str(shared.url.clone())
+        .with_properties(properties);
+    let builder = if is_amqps(&shared.url) {
+        builder.with_tls_config(shared.options.tls.lapin_config())
+    } else {
+        builder
+    };
+    builder.connect().await
+}
+
+#[cfg(not(feature = "tls"))]
+async fn connect(shared: &Shared, properties: ConnectionProperties) -> lapin::Result<Connection> {
+    Connection::connect(&shared.url, properties).await
+}
+
+/// An `amqps://` URL without the `tls` feature fails at once, instead of lapin's less
+/// clear error (or a plaintext attempt) on each reconnection.
+pub(crate) fn check_scheme(url: &str) -> Result<()> {
+    if is_amqps(url) && cfg!(not(feature = "tls")) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "amqps:// addresses need ipc-durable-queue's `tls` feature",
+        ));
+    }
+    Ok(())
+}
+
+/// A TLS failure (a certificate one side refused, a bad record) under a lapin error: the
+/// reason, and that retrying cannot help.
+#[cfg(feature = "tls")]
+fn tls_failure(err: &lapin::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = source {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        source = error.source();
+    }
+    None
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_failure(_err: &lapin::Error) -> Option<String> {
+    None
+}
+
+/// With TLS 1.3 a broker checks the client's certificate after the client's side of the
+/// handshake is done: a broker that refuses it (or requires one) ends the connection, and
+/// the client often sees only a reset, its alert lost. On an `amqps://` connect that is a
+/// refusal, not a broker to wait for.
+fn tls_refusal(url: &str, err: Error) -> Error {
+    let reset = std::error::Error::source(&err)
+        .and_then(|source| source.downcast_ref::<lapin::Error>())
+        .is_some_and(|lapin| {
+            matches!(lapin.kind(), lapin::ErrorKind::IOError(io) if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            ))
+        });
+    if !(reset && is_amqps(url)) {
+        return err;
+    }
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "{err} (the broker ended the tls connection at once: it refuses this client's certificate, or requires one)"
+        ),
+    )
+}
+
 /// A connection and its one channel.
 pub(crate) struct Link {
     pub(crate) connection: Connection,
@@ -108,12 +203,9 @@ impl Link {
             )
             .into(),
         );
-        let connection = with_deadline(
-            deadline,
-            "connect",
-            Connection::connect(&shared.url, properties),
-        )
-        .await?;
+        let connection = with_deadline(deadline, "connect", connect(shared, properties))
+            .await
+            .map_err(|err| tls_refusal(&shared.url, err))?;
         let channel = with_deadline(deadline, "open channel", connection.create_channel()).await?;
         Ok(Link {
             connection,
@@ -205,5 +297,26 @@ impl Link {
             let _ = self.connection.close(200, "bye".into()).await;
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqps_needs_the_tls_feature() {
+        assert!(check_scheme("amqp://h/%2f").is_ok());
+        let checked = check_scheme("AMQPS://h/%2f");
+        if cfg!(feature = "tls") {
+            assert!(checked.is_ok());
+        } else {
+            let err = checked.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert_eq!(
+                err.to_string(),
+                "amqps:// addresses need ipc-durable-queue's `tls` feature"
+            );
+        }
     }
 }
