@@ -168,7 +168,7 @@ impl ConnectionConfig {
     /// Refuses (or, when allowed, warns about) a listener that anyone on the network can
     /// reach and that neither encrypts nor authenticates.
     pub(crate) fn check_bind(&self, address: &Address) -> Result<()> {
-        let Address::Tcp(host_port) = address else {
+        let (Address::Tcp(host_port) | Address::WebSocket { host_port, .. }) = address else {
             return Ok(());
         };
         if self.accepted_tokens.is_some() || is_loopback(host_port) {
@@ -454,6 +454,8 @@ mod tests {
             "tcp:127.9.9.9:1",
             "tcp:[::1]:0",
             "tcp:localhost:1",
+            "ws://127.0.0.1:0/chat",
+            "ws://localhost:1/",
         ] {
             check(&plain, loopback).unwrap();
         }
@@ -464,6 +466,8 @@ mod tests {
             "tcp:[::]:0",
             "tcp:10.1.2.3:80",
             "tcp:example.org:1",
+            "ws://0.0.0.0:0/chat",
+            "ws://[::]:8080/",
         ] {
             let err = check(&plain, public).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::PermissionDenied);
