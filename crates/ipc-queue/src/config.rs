@@ -246,6 +246,16 @@ impl ProducerOptions {
         self.faults.fail_sync_after = Some(n);
         self
     }
+
+    /// Test hook (feature `test-hooks`): the process exits at once (status 70) when this handle is about to
+    /// run its `n`-th `fdatasync` as the leader of a group commit (holding the sync lock,
+    /// before the sync), as a process killed there would.
+    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
+    pub fn with_abort_in_sync_after(mut self, n: u64) -> ProducerOptions {
+        self.faults.abort_in_sync_after = Some(n);
+        self
+    }
 }
 
 /// Injected faults for tests (set only through the `test-hooks` feature's methods).
@@ -253,4 +263,5 @@ impl ProducerOptions {
 pub(crate) struct Faults {
     pub(crate) write_limit: Option<u64>,
     pub(crate) fail_sync_after: Option<u64>,
+    pub(crate) abort_in_sync_after: Option<u64>,
 }

@@ -28,7 +28,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     // one after the queue's durable figures (the ratios are then conservative).
     let mut sync_baseline = raw_append(dir.path(), 1024, durable_n, true)?;
     let sync_name = "write + fdatasync per message";
-    for producers in [1u64, 4] {
+    for producers in [1u64, 4, 16] {
         let rate = produce(dir.path(), producers, durable_n, 1024, "always", 1)?;
         figures.push(figure(
             &format!("durable send, {producers} producer process(es), one message per send"),

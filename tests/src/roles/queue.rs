@@ -2,8 +2,10 @@
 //! (`--address`: a directory, or `amqp://...#queue`): the same programs on either backend.
 //!
 //! - `queue-produce --address A [--create 1] [--segment-len BYTES] --producer ID
-//!   --incarnation I [--count N] [--batch B] [--size BYTES] [--durability always|never|MS]`:
-//!   sends `QueueJob`s (creating the queue if asked and needed, with the default
+//!   --incarnation I [--count N] [--batch B] [--size BYTES] [--durability always|never|MS]
+//!   [--abort-in-sync K]`:
+//!   sends `QueueJob`s (with `--abort-in-sync K` the process exits at once as the leader of its
+//!   `K`-th sync, holding the sync lock) (creating the queue if asked and needed, with the default
 //!   configuration or segments of `BYTES`), printing
 //!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`.
 //! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]
@@ -97,8 +99,12 @@ fn produce(args: &Args) -> Result<()> {
     let batch: u64 = args.get("batch", 1)?;
     let size: usize = args.get("size", 16)?;
     let quiet: u8 = args.get("quiet", 0)?;
-    let options =
+    let abort_in_sync: u64 = args.get("abort-in-sync", 0)?;
+    let mut options =
         ProducerOptions::new().with_durability(durability(&args.text("durability", "always"))?);
+    if abort_in_sync != 0 {
+        options = options.with_abort_in_sync_after(abort_in_sync);
+    }
     let mut producer = queue.producer::<QueueJob>(options)?;
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
