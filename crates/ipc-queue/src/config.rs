@@ -205,17 +205,47 @@ pub enum WhenFull {
 }
 
 /// Options of one producer handle.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ProducerOptions {
     pub(crate) durability: Durability,
     pub(crate) when_full: WhenFull,
+    pub(crate) window: u32,
     pub(crate) faults: Faults,
 }
 
+impl Default for ProducerOptions {
+    fn default() -> ProducerOptions {
+        ProducerOptions {
+            durability: Durability::default(),
+            when_full: WhenFull::default(),
+            window: DEFAULT_WINDOW,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// The default window of [`ProducerOptions::with_window`].
+const DEFAULT_WINDOW: u32 = 256;
+/// The largest window of [`ProducerOptions::with_window`].
+const MAX_WINDOW: u32 = 65_536;
+
 impl ProducerOptions {
-    /// The defaults: [`Durability::Always`], [`WhenFull::Wait`].
+    /// The defaults: [`Durability::Always`], [`WhenFull::Wait`], a window of 256.
     pub fn new() -> ProducerOptions {
         ProducerOptions::default()
+    }
+
+    /// Sets how many messages an async producer's
+    /// [`send_pipelined`](crate::AsyncProducer::send_pipelined) leaves unconfirmed at
+    /// most (256 by default; taken as 1 to 65 536).
+    pub fn with_window(mut self, window: u32) -> ProducerOptions {
+        self.window = window.clamp(1, MAX_WINDOW);
+        self
+    }
+
+    /// The window of pipelined sends.
+    pub fn window(&self) -> u32 {
+        self.window
     }
 
     /// Sets the durability mode.

@@ -3,11 +3,13 @@
 //!
 //! - `queue-produce --address A [--create 1] [--segment-len BYTES] --producer ID
 //!   --incarnation I [--count N] [--batch B] [--size BYTES] [--durability always|never|MS]
-//!   [--abort-in-sync K]`:
+//!   [--abort-in-sync K] [--window W]`:
 //!   sends `QueueJob`s (with `--abort-in-sync K` the process exits at once as the leader of its
 //!   `K`-th sync, holding the sync lock) (creating the queue if asked and needed, with the default
 //!   configuration or segments of `BYTES`), printing
-//!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`.
+//!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`. With
+//!   `--window W` it sends one message at a time with the async `send_pipelined`, at most
+//!   `W` unconfirmed (`--batch` is then unused), and prints the receipts as they come.
 //! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]
 //!   [--losses 1]`: receives (with `--hold 1`: one message, then keeps its lease until
 //!   killed; with `--losses 1` a `Corrupted` report of lost messages, from the open or a
@@ -105,6 +107,10 @@ fn produce(args: &Args) -> Result<()> {
     if abort_in_sync != 0 {
         options = options.with_abort_in_sync_after(abort_in_sync);
     }
+    let window: u32 = args.get("window", 0)?;
+    if window != 0 {
+        return produce_pipelined(queue.address().clone(), options.with_window(window), args);
+    }
     let mut producer = queue.producer::<QueueJob>(options)?;
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
@@ -140,6 +146,72 @@ fn produce(args: &Args) -> Result<()> {
     producer.flush()?;
     writeln!(out, "ok sent={n} micros={}", started.elapsed().as_micros())?;
     Ok(())
+}
+
+/// `queue-produce --window W`: one async producer sending one message at a time with
+/// `send_pipelined`, at most `W` unconfirmed; prints `sent ...` as each receipt comes.
+fn produce_pipelined(address: Address, options: ProducerOptions, args: &Args) -> Result<()> {
+    let producer_id: u32 = args.get("producer", 0)?;
+    let incarnation: u32 = args.get("incarnation", 0)?;
+    let count: u64 = args.get("count", u64::MAX)?;
+    let size: usize = args.get("size", 16)?;
+    let quiet = args.get::<u8>("quiet", 0)? != 0;
+    let producer_window = options.window();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("build a runtime")?;
+    runtime.block_on(async move {
+        let queue = ipc_queue::AsyncQueue::open(address).await?;
+        let mut producer = queue.producer::<QueueJob>(options).await?;
+        let window = producer_window as usize;
+        let mut out = std::io::stdout().lock();
+        let started = Instant::now();
+        let mut pending = std::collections::VecDeque::with_capacity(window);
+        for n in 0..count {
+            let mut payload = vec![0u8; size];
+            fill_payload(job_seed(producer_id, incarnation, n), &mut payload);
+            let job = QueueJob {
+                producer: producer_id,
+                incarnation,
+                n,
+                payload,
+            };
+            pending.push_back((n, producer.send_pipelined(&job).await?));
+            // A full window: the oldest receipt is the next to come.
+            if pending.len() >= window
+                && let Some((n, receipt)) = pending.pop_front()
+            {
+                let receipt = receipt.await?;
+                if !quiet {
+                    writeln!(
+                        out,
+                        "sent {producer_id} {incarnation} {n} {}",
+                        receipt.seq()
+                    )?;
+                }
+            }
+        }
+        while let Some((n, receipt)) = pending.pop_front() {
+            let receipt = receipt.await?;
+            if !quiet {
+                writeln!(
+                    out,
+                    "sent {producer_id} {incarnation} {n} {}",
+                    receipt.seq()
+                )?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        producer.flush().await?;
+        writeln!(
+            std::io::stdout(),
+            "ok sent={count} micros={}",
+            started.elapsed().as_micros()
+        )?;
+        Ok(())
+    })
 }
 
 fn consume(args: &Args) -> Result<()> {
