@@ -138,3 +138,40 @@ fn every_durability_mode_delivers_and_a_failed_sync_poisons() -> Result<()> {
     queue.producer::<u32>(ProducerOptions::new())?.send(&4)?;
     Ok(())
 }
+
+#[test]
+fn ack_batch_settles_its_deliveries_and_only_those() -> Result<()> {
+    let _watchdog = Watchdog::new("ack batch", WAIT);
+    let (_dir, queue) = fresh(&QueueConfig::new())?;
+    let mut producer = queue.producer::<u32>(ProducerOptions::new())?;
+    let messages: Vec<u32> = (0..10).collect();
+    producer.send_batch(&messages)?;
+    let mut consumer = queue.consumer::<u32>()?;
+    let mut deliveries = Vec::new();
+    for _ in 0..10 {
+        deliveries.push(consumer.recv_timeout(WAIT)?);
+    }
+    // Five of them, one twice, and an empty batch: all fine.
+    let (done, left) = deliveries.split_at(5);
+    let mut batch: Vec<_> = done.iter().collect();
+    batch.push(&done[0]);
+    consumer.ack_batch(&batch)?;
+    consumer.ack_batch(&[])?;
+    let stats = queue.stats()?;
+    assert_eq!((stats.depth, stats.unacked), (5, Some(5)), "{stats:?}");
+    // The consumer goes without acknowledging the rest: those, and only those, come again.
+    drop(consumer);
+    let mut again = queue.consumer::<u32>()?;
+    let mut redelivered = Vec::new();
+    for _ in 0..5 {
+        let delivery = again.recv_timeout(WAIT)?;
+        redelivered.push(*delivery.message());
+        again.ack(&delivery)?;
+    }
+    redelivered.sort_unstable();
+    let expected: Vec<u32> = left.iter().map(|d| *d.message()).collect();
+    assert_eq!(redelivered, expected);
+    assert_eq!(again.try_recv()?.map(|d| *d.message()), None);
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}

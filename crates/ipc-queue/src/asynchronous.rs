@@ -805,6 +805,35 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
         self.settle(delivery.ticket.clone(), How::Ack)
     }
 
+    /// Acknowledges deliveries together, like
+    /// [`Consumer::ack_batch`](crate::Consumer::ack_batch) (embedded: one write to the
+    /// state log for all of them).
+    pub fn ack_batch<'a>(
+        &'a mut self,
+        deliveries: &[&Delivery<T>],
+    ) -> impl Future<Output = Result<()>> + Send + use<'a, T> {
+        let tickets: Vec<Ticket> = deliveries.iter().map(|d| d.ticket.clone()).collect();
+        async move {
+            match &mut self.backend {
+                ConsumerBackend::Embedded(side) => {
+                    let mut guard = Arc::clone(side).lock_owned().await;
+                    blocking(move || {
+                        let refs: Vec<&Ticket> = tickets.iter().collect();
+                        guard.consumer.ack_batch(&refs)
+                    })
+                    .await
+                }
+                #[cfg(feature = "amqp")]
+                ConsumerBackend::Amqp(consumer) => {
+                    for ticket in &tickets {
+                        consumer.settle_async(ticket, Settle::Ack, None).await?;
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// Gives a delivery back, like [`Consumer::nack`](crate::Consumer::nack) (a delay is
     /// embedded only).
     pub fn nack<'a>(

@@ -59,6 +59,28 @@ impl<T: DeserializeOwned> Consumer<T> {
         self.ack_ticket(&delivery.ticket)
     }
 
+    /// Acknowledges deliveries together: the same as [`ack`](Consumer::ack) on each, in
+    /// one step. Embedded: one lock and one write to the state log for all of them, so a
+    /// consumer that acknowledges every 64 messages pays for one acknowledgement instead
+    /// of 64. Delivery stays at least once: a consumer that dies before it acknowledges
+    /// gets its unacknowledged messages delivered again (to any consumer), never lost.
+    /// RabbitMQ: one `basic.ack` per delivery.
+    pub fn ack_batch(&mut self, deliveries: &[&Delivery<T>]) -> Result<()> {
+        match &mut self.backend {
+            ConsumerBackend::Embedded(consumer) => {
+                let tickets: Vec<&Ticket> = deliveries.iter().map(|d| &d.ticket).collect();
+                consumer.ack_batch(&tickets)
+            }
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => {
+                for delivery in deliveries {
+                    consumer.ack(&delivery.ticket)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Gives a delivery back: it becomes deliverable again (after `delay`, embedded only:
     /// RabbitMQ has no delayed requeue, and a non-zero `delay` there is
     /// [`InvalidInput`](ipc_core::ErrorKind::InvalidInput)). Its delivery count goes up.

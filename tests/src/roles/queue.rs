@@ -11,7 +11,8 @@
 //!   `--window W` it sends one message at a time with the async `send_pipelined`, at most
 //!   `W` unconfirmed (`--batch` is then unused), and prints the receipts as they come.
 //! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]
-//!   [--losses 1]`: receives (with `--hold 1`: one message, then keeps its lease until
+//!   [--losses 1] [--ack-batch K]`: receives (acknowledging K deliveries at a time with
+//!   `ack_batch`, default 1), (with `--hold 1`: one message, then keeps its lease until
 //!   killed; with `--losses 1` a `Corrupted` report of lost messages, from the open or a
 //!   receive, is printed as `loss TEXT` and receiving goes on, instead of failing), checks
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
@@ -214,6 +215,29 @@ fn produce_pipelined(address: Address, options: ProducerOptions, args: &Args) ->
     })
 }
 
+/// Acknowledges `unacked` (one `ack`, or one `ack_batch` for several), printing `acked`
+/// lines if `loud`.
+fn settle(
+    consumer: &mut ipc_queue::Consumer<QueueJob>,
+    unacked: &mut Vec<ipc_queue::Delivery<QueueJob>>,
+    loud: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    match unacked.as_slice() {
+        [] => return Ok(()),
+        [one] => consumer.ack(one)?,
+        many => consumer.ack_batch(&many.iter().collect::<Vec<_>>())?,
+    }
+    if loud {
+        for delivery in unacked.iter() {
+            writeln!(out, "acked {} {}", delivery.seq(), delivery.deliveries())?;
+        }
+        out.flush()?;
+    }
+    unacked.clear();
+    Ok(())
+}
+
 fn consume(args: &Args) -> Result<()> {
     let queue = Queue::open(address(args)?)?;
     let expect: u64 = args.get("expect", u64::MAX)?;
@@ -221,6 +245,8 @@ fn consume(args: &Args) -> Result<()> {
     let quiet: u8 = args.get("quiet", 0)?;
     let hold: u8 = args.get("hold", 0)?;
     let report_losses = args.get::<u8>("losses", 0)? != 0;
+    let ack_batch = args.get::<usize>("ack-batch", 1)?.max(1);
+    let mut unacked = Vec::with_capacity(ack_batch);
     let mut out = std::io::stdout().lock();
     // A loss found when the consumer opens (the segment holding its floor is gone) is
     // reported by that open, once; the next open goes on after it.
@@ -249,6 +275,7 @@ fn consume(args: &Args) -> Result<()> {
         let delivery = match consumer.recv_timeout(wait) {
             Ok(delivery) => delivery,
             Err(err) if err.kind() == ErrorKind::Timeout && idle_exit_ms != 0 => {
+                settle(&mut consumer, &mut unacked, quiet == 0, &mut out)?;
                 if queue.stats()?.depth == 0 {
                     break;
                 }
@@ -302,17 +329,19 @@ fn consume(args: &Args) -> Result<()> {
                 std::thread::park();
             }
         }
-        consumer.ack(&delivery)?;
-        if quiet == 0 {
-            writeln!(out, "acked {} {}", delivery.seq(), delivery.deliveries())?;
-            out.flush()?;
-        }
         if first {
             received += 1;
         } else {
             duplicates += 1;
         }
+        unacked.push(delivery);
+        // With `--ack-batch K`, K deliveries (or what is left at the end) are acknowledged
+        // together; a message that then comes again was not acknowledged.
+        if unacked.len() >= ack_batch || received >= expect {
+            settle(&mut consumer, &mut unacked, quiet == 0, &mut out)?;
+        }
     }
+    settle(&mut consumer, &mut unacked, quiet == 0, &mut out)?;
     let micros = started.map_or(0, |s| s.elapsed().as_micros());
     writeln!(
         out,

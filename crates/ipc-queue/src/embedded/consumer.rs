@@ -131,6 +131,27 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
         self.settle(seq, Kind::Ack, 0)
     }
 
+    /// Acknowledges deliveries with one write to the state log (one lock, one append of
+    /// all their records): the same as acknowledging each, at the cost of one.
+    pub(crate) fn ack_batch(&mut self, tickets: &[&Ticket]) -> Result<()> {
+        for ticket in tickets {
+            own(ticket, "ack")?;
+        }
+        let _guard = self.state.lock()?;
+        self.state.catch_up(&mut self.view, true)?;
+        let mut seqs: Vec<u64> = tickets.iter().map(|ticket| ticket.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let records: Vec<(u64, u64, u64)> = seqs
+            .into_iter()
+            .filter(|&seq| !self.is_done(seq))
+            .map(|seq| (seq, 0, self.owner))
+            .collect();
+        self.state
+            .append_many(&mut self.view, Kind::Ack, &records)?;
+        self.reclaim()
+    }
+
     /// Gives a delivery back: it becomes deliverable again, after `delay` if given.
     pub(crate) fn nack(&mut self, ticket: &Ticket, delay: Option<Duration>) -> Result<()> {
         own(ticket, "nack")?;
