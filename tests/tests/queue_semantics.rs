@@ -175,3 +175,39 @@ fn ack_batch_settles_its_deliveries_and_only_those() -> Result<()> {
     assert_eq!(queue.stats()?.depth, 0);
     Ok(())
 }
+
+#[test]
+fn recv_batch_takes_what_is_ready_and_stops_at_an_undecodable_message() -> Result<()> {
+    let _watchdog = Watchdog::new("recv batch", WAIT);
+    let (_dir, queue) = fresh(&QueueConfig::new())?;
+    let mut strings = queue.producer::<String>(ProducerOptions::new())?;
+    let mut numbers = queue.producer::<u32>(ProducerOptions::new())?;
+    let mut consumer = queue.consumer::<String>()?;
+    let err = consumer
+        .recv_batch(8, Duration::from_millis(20))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    for text in ["a", "b", "c"] {
+        strings.send(&text.to_owned())?;
+    }
+    // Not a String: a length of 200 with nothing after it.
+    numbers.send(&200)?;
+    strings.send(&"d".to_owned())?;
+    let first = consumer.recv_batch(2, WAIT)?;
+    let texts: Vec<&str> = first.iter().map(|d| d.message().as_str()).collect();
+    assert_eq!(texts, ["a", "b"]);
+    // The batch ends before the undecodable message; the next call reports it.
+    let second = consumer.recv_batch(100, WAIT)?;
+    let texts: Vec<&str> = second.iter().map(|d| d.message().as_str()).collect();
+    assert_eq!(texts, ["c"]);
+    let err = consumer.recv_batch(100, WAIT).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    let third = consumer.recv_batch(100, WAIT)?;
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].message(), "d");
+    let all: Vec<_> = first.iter().chain(&second).chain(&third).collect();
+    consumer.ack_batch(&all)?;
+    let stats = queue.stats()?;
+    assert_eq!((stats.depth, stats.dead_letters), (0, 1), "{stats:?}");
+    Ok(())
+}

@@ -11,8 +11,8 @@
 //!   `--window W` it sends one message at a time with the async `send_pipelined`, at most
 //!   `W` unconfirmed (`--batch` is then unused), and prints the receipts as they come.
 //! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]
-//!   [--losses 1] [--ack-batch K]`: receives (acknowledging K deliveries at a time with
-//!   `ack_batch`, default 1), (with `--hold 1`: one message, then keeps its lease until
+//!   [--losses 1] [--ack-batch K]`: receives (with K > 1, K deliveries at a time with
+//!   `recv_batch`, acknowledged together with `ack_batch`), (with `--hold 1`: one message, then keeps its lease until
 //!   killed; with `--losses 1` a `Corrupted` report of lost messages, from the open or a
 //!   receive, is printed as `loss TEXT` and receiving goes on, instead of failing), checks
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
@@ -247,6 +247,7 @@ fn consume(args: &Args) -> Result<()> {
     let report_losses = args.get::<u8>("losses", 0)? != 0;
     let ack_batch = args.get::<usize>("ack-batch", 1)?.max(1);
     let mut unacked = Vec::with_capacity(ack_batch);
+    let mut ready = std::collections::VecDeque::with_capacity(ack_batch);
     let mut out = std::io::stdout().lock();
     // A loss found when the consumer opens (the segment holding its floor is gone) is
     // reported by that open, once; the next open goes on after it.
@@ -272,7 +273,23 @@ fn consume(args: &Args) -> Result<()> {
         } else {
             Duration::from_millis(idle_exit_ms)
         };
-        let delivery = match consumer.recv_timeout(wait) {
+        // With `--ack-batch K`, K deliveries are received at a time too (`recv_batch`).
+        let fetched = if let Some(delivery) = ready.pop_front() {
+            Ok(delivery)
+        } else if ack_batch > 1 {
+            consumer
+                .recv_batch(ack_batch, wait)
+                .map(|batch| {
+                    ready.extend(batch);
+                    ready.pop_front()
+                })
+                .and_then(|first| {
+                    first.ok_or_else(|| ipc_core::Error::new(ErrorKind::Other, "an empty batch"))
+                })
+        } else {
+            consumer.recv_timeout(wait)
+        };
+        let delivery = match fetched {
             Ok(delivery) => delivery,
             Err(err) if err.kind() == ErrorKind::Timeout && idle_exit_ms != 0 => {
                 settle(&mut consumer, &mut unacked, quiet == 0, &mut out)?;

@@ -618,39 +618,57 @@ impl Appender {
         if let Some(mark) = seen
             && mark.position() >= upto
         {
-            self.covered_by_another(None, mark);
+            self.covered_by_another();
             return Ok(());
         }
         // Wait (with a shared lock) for a sync that is running now; the handles that
         // sync covered all wake and leave at once, none of them behind the next leader.
-        let from = {
-            self.sync_lock
-                .lock_shared()
-                .map_err(|err| Error::io("lock queue sync lock (shared)", err))?;
-            let _shared = LockGuard(Arc::clone(&self.sync_lock));
-            let current = repair::read_mark(&self.synced)?;
-            if let Ok(mark) = current
-                && mark.position() >= upto
+        // The exclusive lock is only ever tried, never waited for: a waiter for it could
+        // be passed over for as long as others keep taking the shared lock, though the
+        // sync it waits for covered it long ago.
+        let mut from = None;
+        let mut delayed = false;
+        let _guard = loop {
             {
-                self.covered_by_another(seen, mark);
-                return Ok(());
+                self.sync_lock
+                    .lock_shared()
+                    .map_err(|err| Error::io("lock queue sync lock (shared)", err))?;
+                let _shared = LockGuard(Arc::clone(&self.sync_lock));
+                let current = repair::read_mark(&self.synced)?;
+                if let Ok(mark) = current
+                    && mark.position() >= upto
+                {
+                    self.covered_by_another();
+                    return Ok(());
+                }
+                if !delayed {
+                    // The commit delay runs under the shared lock, so that it holds up
+                    // neither the handles the last sync covered nor the appends it waits
+                    // for.
+                    delayed = true;
+                    from = match current {
+                        Ok(mark) if mark.segment == self.seg_first => Some(mark),
+                        _ => None,
+                    };
+                    self.commit_delay(from);
+                }
             }
-            // The commit delay runs under the shared lock, so that it holds up neither
-            // the handles the last sync covered nor the appends it waits for.
-            let from = match current {
-                Ok(mark) if mark.segment == self.seg_first => Some(mark),
-                _ => None,
-            };
-            self.commit_delay(from);
-            from
+            match self.sync_lock.try_lock() {
+                Ok(()) => break LockGuard(Arc::clone(&self.sync_lock)),
+                // Another leader syncs (the shared lock then waits for it), or others look
+                // at the watermark or wait in their commit delay.
+                Err(std::fs::TryLockError::WouldBlock) => std::thread::yield_now(),
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(Error::io("lock queue sync lock", err));
+                }
+            }
         };
-        let _guard = lock(&self.sync_lock, "queue sync lock")?;
         let current = repair::read_mark(&self.synced)?;
         if let Ok(mark) = current
             && mark.position() >= upto
         {
             // Another leader's sync, after its own delay, covered this handle's bytes.
-            self.covered_by_another(seen, mark);
+            self.covered_by_another();
             return Ok(());
         }
         let from = match current {
@@ -720,16 +738,12 @@ impl Appender {
         }
     }
 
-    /// Another process's sync covered this handle's messages (the watermark went from
-    /// `seen`, when this handle first looked, to `mark`): there are other producers, and
-    /// that sync's group was about as large as the watermark's step.
-    fn covered_by_another(&mut self, seen: Option<Mark>, mark: Mark) {
+    /// Another process's sync covered this handle's messages: there are other producers.
+    /// (How large that group was is not known here: the watermark may have moved more
+    /// than once since this handle looked. Groups are measured by their leaders.)
+    fn covered_by_another(&mut self) {
         self.group.own_unsynced = 0;
-        let bytes = match seen {
-            Some(seen) if seen.segment == mark.segment => mark.offset.saturating_sub(seen.offset),
-            _ => 0,
-        };
-        self.group.observe(bytes, true);
+        self.group.observe(0, true);
     }
 
     /// The commit delay of a leader whose sync would start from watermark `from` (in this
