@@ -170,3 +170,29 @@ fn pipelined_producer_processes_lose_no_receipted_message() -> Result<()> {
     ensure!(got == receipted, "deliveries differ from receipts");
     Ok(())
 }
+
+#[test]
+fn async_recv_batch_and_ack_batch_settle_everything() -> Result<()> {
+    let _watchdog = Watchdog::new("async batches", WAIT);
+    let dir = TempDir::new("ipcq-async-batch")?;
+    let path = dir.path().join("q");
+    runtime()?.block_on(async {
+        let queue = AsyncQueue::create(&path, &QueueConfig::new()).await?;
+        let mut producer = queue.producer::<u32>(ProducerOptions::new()).await?;
+        let mut consumer = queue.consumer::<u32>().await?;
+        let err = consumer
+            .recv_batch(4, Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        producer.send_batch(&[&1, &2, &3, &4, &5]).await?;
+        let first = consumer.recv_batch(3, WAIT).await?;
+        let second = consumer.recv_batch(10, WAIT).await?;
+        let got: Vec<u32> = first.iter().chain(&second).map(|d| *d.message()).collect();
+        ensure!(got == [1, 2, 3, 4, 5], "got {got:?}");
+        let all: Vec<_> = first.iter().chain(&second).collect();
+        consumer.ack_batch(&all).await?;
+        ensure!(queue.stats().await?.depth == 0, "messages left");
+        Ok(())
+    })
+}

@@ -293,7 +293,7 @@ impl AsyncQueue {
                 let consumer = blocking(move || queue.consumer::<T>()).await?;
                 ConsumerBackend::Embedded(Arc::new(Mutex::new(EmbeddedSide {
                     consumer,
-                    pending: None,
+                    pending: std::collections::VecDeque::new(),
                 })))
             }
             #[cfg(feature = "amqp")]
@@ -732,7 +732,7 @@ struct EmbeddedSide<T> {
     consumer: EmbeddedConsumer<T>,
     /// A delivery taken from the log by a look whose `recv` future was dropped: the next
     /// `recv` returns it, so cancelling a `recv` loses nothing.
-    pending: Option<Delivery<T>>,
+    pending: std::collections::VecDeque<Delivery<T>>,
 }
 
 /// Receives `T` messages from a queue in async code; opened by [`AsyncQueue::consumer`].
@@ -794,6 +794,42 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
             ConsumerBackend::Embedded(side) => embedded_look(side).await,
             #[cfg(feature = "amqp")]
             ConsumerBackend::Amqp(consumer) => consumer.try_recv_async().await,
+        }
+    }
+
+    /// Receives up to `max` messages, waiting at most `timeout` for the first, like
+    /// [`Consumer::recv_batch`](crate::Consumer::recv_batch). A dropped future loses
+    /// nothing: what it had taken from the log comes from the next receive.
+    pub async fn recv_batch(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery<T>>> {
+        match &mut self.backend {
+            ConsumerBackend::Embedded(side) => {
+                let first = embedded_recv(side, Some(timeout)).await?;
+                let mut guard = Arc::clone(side).lock_owned().await;
+                // Kept where a dropped caller leaves it: in `pending`.
+                guard.pending.push_front(first);
+                let more = max.saturating_sub(guard.pending.len());
+                let mut guard = blocking(move || {
+                    if more > 0 {
+                        let batch = guard.consumer.try_batch(more)?;
+                        guard.pending.extend(batch);
+                    }
+                    Ok(guard)
+                })
+                .await?;
+                let take = max.max(1).min(guard.pending.len());
+                Ok(guard.pending.drain(..take).collect())
+            }
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => {
+                let mut out = vec![consumer.recv_async(Some(timeout)).await?];
+                while out.len() < max {
+                    match consumer.try_recv_async().await {
+                        Ok(Some(delivery)) => out.push(delivery),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Ok(out)
+            }
         }
     }
 
@@ -884,15 +920,17 @@ async fn embedded_look<T: DeserializeOwned + Send + 'static>(
     side: &Arc<Mutex<EmbeddedSide<T>>>,
 ) -> Result<Option<Delivery<T>>> {
     let mut guard = Arc::clone(side).lock_owned().await;
-    if let Some(delivery) = guard.pending.take() {
+    if let Some(delivery) = guard.pending.pop_front() {
         return Ok(Some(delivery));
     }
     let mut guard = blocking(move || {
-        guard.pending = guard.consumer.try_recv()?;
+        if let Some(delivery) = guard.consumer.try_recv()? {
+            guard.pending.push_back(delivery);
+        }
         Ok(guard)
     })
     .await?;
-    Ok(guard.pending.take())
+    Ok(guard.pending.pop_front())
 }
 
 async fn embedded_recv<T: DeserializeOwned + Send + 'static>(

@@ -253,10 +253,12 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
         let mut backoff = Duration::from_micros(50);
         let mut out = Vec::with_capacity(max.min(1024));
         loop {
-            self.try_many(max.max(1), &mut out)?;
+            let looked = self.try_many(max.max(1), &mut out);
             if !out.is_empty() {
+                // Leased already: returned even if a later step of the look failed.
                 return Ok(out);
             }
+            looked?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::new(
@@ -266,6 +268,17 @@ impl<T: DeserializeOwned> EmbeddedConsumer<T> {
             }
             std::thread::sleep(backoff.min(left));
             backoff = (backoff * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Receives up to `max` messages that are ready, without waiting (none: empty).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_batch(&mut self, max: usize) -> Result<Vec<Delivery<T>>> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        match self.try_many(max, &mut out) {
+            Err(_) if !out.is_empty() => Ok(out),
+            Err(err) => Err(err),
+            Ok(()) => Ok(out),
         }
     }
 
