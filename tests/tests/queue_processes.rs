@@ -311,8 +311,15 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
     let spawn = |slot: usize, incarnation: &mut u32| -> Result<Peer> {
         *incarnation += 1;
         let inc = incarnation.to_string();
+        // Producer 0 sends batches, producer 1 pipelined sends (a window of 16);
+        // consumer 2 acknowledges each delivery, consumer 3 eight at a time (`ack_batch`).
         if slot < 2 {
             let id = slot.to_string();
+            let (how, many) = if slot == 0 {
+                ("--batch", "4")
+            } else {
+                ("--window", "16")
+            };
             Peer::spawn_role(
                 format!("producer {slot}.{inc}"),
                 "queue-produce",
@@ -323,17 +330,18 @@ fn kill_loop_loses_nothing_receipted_and_duplicates_only_unacknowledged() -> Res
                     &id,
                     "--incarnation",
                     &inc,
-                    "--batch",
-                    "4",
+                    how,
+                    many,
                     "--size",
                     "200",
                 ],
             )
         } else {
+            let ack_batch = if slot == 2 { "1" } else { "8" };
             Peer::spawn_role(
                 format!("consumer {slot}.{inc}"),
                 "queue-consume",
-                ["--address", &path],
+                ["--address", &path, "--ack-batch", ack_batch],
             )
         }
     };

@@ -138,3 +138,76 @@ fn every_durability_mode_delivers_and_a_failed_sync_poisons() -> Result<()> {
     queue.producer::<u32>(ProducerOptions::new())?.send(&4)?;
     Ok(())
 }
+
+#[test]
+fn ack_batch_settles_its_deliveries_and_only_those() -> Result<()> {
+    let _watchdog = Watchdog::new("ack batch", WAIT);
+    let (_dir, queue) = fresh(&QueueConfig::new())?;
+    let mut producer = queue.producer::<u32>(ProducerOptions::new())?;
+    let messages: Vec<u32> = (0..10).collect();
+    producer.send_batch(&messages)?;
+    let mut consumer = queue.consumer::<u32>()?;
+    let mut deliveries = Vec::new();
+    for _ in 0..10 {
+        deliveries.push(consumer.recv_timeout(WAIT)?);
+    }
+    // Five of them, one twice, and an empty batch: all fine.
+    let (done, left) = deliveries.split_at(5);
+    let mut batch: Vec<_> = done.iter().collect();
+    batch.push(&done[0]);
+    consumer.ack_batch(&batch)?;
+    consumer.ack_batch(&[])?;
+    let stats = queue.stats()?;
+    assert_eq!((stats.depth, stats.unacked), (5, Some(5)), "{stats:?}");
+    // The consumer goes without acknowledging the rest: those, and only those, come again.
+    drop(consumer);
+    let mut again = queue.consumer::<u32>()?;
+    let mut redelivered = Vec::new();
+    for _ in 0..5 {
+        let delivery = again.recv_timeout(WAIT)?;
+        redelivered.push(*delivery.message());
+        again.ack(&delivery)?;
+    }
+    redelivered.sort_unstable();
+    let expected: Vec<u32> = left.iter().map(|d| *d.message()).collect();
+    assert_eq!(redelivered, expected);
+    assert_eq!(again.try_recv()?.map(|d| *d.message()), None);
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}
+
+#[test]
+fn recv_batch_takes_what_is_ready_and_stops_at_an_undecodable_message() -> Result<()> {
+    let _watchdog = Watchdog::new("recv batch", WAIT);
+    let (_dir, queue) = fresh(&QueueConfig::new())?;
+    let mut strings = queue.producer::<String>(ProducerOptions::new())?;
+    let mut numbers = queue.producer::<u32>(ProducerOptions::new())?;
+    let mut consumer = queue.consumer::<String>()?;
+    let err = consumer
+        .recv_batch(8, Duration::from_millis(20))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    for text in ["a", "b", "c"] {
+        strings.send(&text.to_owned())?;
+    }
+    // Not a String: a length of 200 with nothing after it.
+    numbers.send(&200)?;
+    strings.send(&"d".to_owned())?;
+    let first = consumer.recv_batch(2, WAIT)?;
+    let texts: Vec<&str> = first.iter().map(|d| d.message().as_str()).collect();
+    assert_eq!(texts, ["a", "b"]);
+    // The batch ends before the undecodable message; the next call reports it.
+    let second = consumer.recv_batch(100, WAIT)?;
+    let texts: Vec<&str> = second.iter().map(|d| d.message().as_str()).collect();
+    assert_eq!(texts, ["c"]);
+    let err = consumer.recv_batch(100, WAIT).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    let third = consumer.recv_batch(100, WAIT)?;
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].message(), "d");
+    let all: Vec<_> = first.iter().chain(&second).chain(&third).collect();
+    consumer.ack_batch(&all)?;
+    let stats = queue.stats()?;
+    assert_eq!((stats.depth, stats.dead_letters), (0, 1), "{stats:?}");
+    Ok(())
+}

@@ -14,13 +14,15 @@
 //! runtime's timer, 50 µs doubling to 5 ms, the blocking consumer's back-off.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ipc_core::{Error, ErrorKind, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::address::{Address, Target};
 #[cfg(feature = "amqp")]
@@ -258,6 +260,7 @@ impl AsyncQueue {
         &self,
         options: ProducerOptions,
     ) -> Result<AsyncProducer<T>> {
+        let options_window = options.window;
         let backend = match &self.backend {
             QueueBackend::Embedded(queue) => {
                 let queue = queue.clone();
@@ -267,6 +270,7 @@ impl AsyncQueue {
                     producer: Arc::new(Mutex::new(producer)),
                     max_len,
                     buf: Vec::new(),
+                    pipeline: None,
                 }
             }
             #[cfg(feature = "amqp")]
@@ -274,7 +278,10 @@ impl AsyncQueue {
                 ProducerBackend::Amqp(Box::new(queue.producer_async(options).await?))
             }
         };
-        Ok(AsyncProducer { backend })
+        Ok(AsyncProducer {
+            backend,
+            window: options_window,
+        })
     }
 
     /// Opens a consumer of `T` messages, competing with the queue's other consumers (in
@@ -286,7 +293,7 @@ impl AsyncQueue {
                 let consumer = blocking(move || queue.consumer::<T>()).await?;
                 ConsumerBackend::Embedded(Arc::new(Mutex::new(EmbeddedSide {
                     consumer,
-                    pending: None,
+                    pending: std::collections::VecDeque::new(),
                 })))
             }
             #[cfg(feature = "amqp")]
@@ -342,6 +349,9 @@ impl AsyncQueue {
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct AsyncProducer<T: ?Sized + 'static> {
     backend: ProducerBackend<T>,
+    /// The most messages [`send_pipelined`](AsyncProducer::send_pipelined) leaves
+    /// unconfirmed.
+    window: u32,
 }
 
 enum ProducerBackend<T: ?Sized> {
@@ -349,6 +359,8 @@ enum ProducerBackend<T: ?Sized> {
         producer: Arc<Mutex<EmbeddedProducer<T>>>,
         max_len: usize,
         buf: Vec<u8>,
+        /// Started by the first pipelined send.
+        pipeline: Option<Pipeline>,
     },
     /// Boxed: a connection's state is large beside the embedded variant's pointer.
     #[cfg(feature = "amqp")]
@@ -359,11 +371,13 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// Sends `message`, returning once it is stored (on a full queue, waiting or failing
     /// per [`WhenFull`](crate::WhenFull)), like [`Producer::send`](crate::Producer::send).
     pub async fn send(&mut self, message: &T) -> Result<Receipt> {
+        self.settle().await;
         match &mut self.backend {
             ProducerBackend::Embedded {
                 producer,
                 max_len,
                 buf,
+                ..
             } => {
                 buf.clear();
                 ipc_core::encode_to_vec(message, buf, *max_len)?;
@@ -385,6 +399,7 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// Sends `message` without waiting for room: [`Full`](ErrorKind::Full) on a full
     /// queue, like [`Producer::try_send`](crate::Producer::try_send).
     pub async fn try_send(&mut self, message: &T) -> Result<Receipt> {
+        self.settle().await;
         match &mut self.backend {
             #[cfg(feature = "amqp")]
             ProducerBackend::Amqp(producer) => producer.try_send_async(message).await,
@@ -399,6 +414,7 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// Sends `message`, waiting at most `timeout` for room, like
     /// [`Producer::send_timeout`](crate::Producer::send_timeout).
     pub async fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<Receipt> {
+        self.settle().await;
         match &mut self.backend {
             #[cfg(feature = "amqp")]
             ProducerBackend::Amqp(producer) => producer.send_timeout_async(message, timeout).await,
@@ -413,6 +429,7 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// Sends `message` with its own time-to-live, like
     /// [`Producer::send_with_ttl`](crate::Producer::send_with_ttl).
     pub async fn send_with_ttl(&mut self, message: &T, ttl: Duration) -> Result<Receipt> {
+        self.settle().await;
         match &mut self.backend {
             #[cfg(feature = "amqp")]
             ProducerBackend::Amqp(producer) => producer.send_with_ttl_async(message, ttl).await,
@@ -428,6 +445,7 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// receipt per message, in order (embedded: one append and one sync, all or nothing;
     /// RabbitMQ: pipelined, not atomic).
     pub async fn send_batch(&mut self, messages: &[&T]) -> Result<Vec<Receipt>> {
+        self.settle().await;
         match &mut self.backend {
             #[cfg(feature = "amqp")]
             ProducerBackend::Amqp(producer) => {
@@ -442,6 +460,7 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
     /// Syncs everything sent, like [`Producer::flush`](crate::Producer::flush) (nothing
     /// to do on RabbitMQ, where every send waited for its confirm).
     pub async fn flush(&mut self) -> Result<()> {
+        self.settle().await;
         match &mut self.backend {
             ProducerBackend::Embedded { producer, .. } => {
                 let mut guard = Arc::clone(producer).lock_owned().await;
@@ -452,6 +471,71 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
         }
     }
 
+    /// Queues `message` and returns as soon as it is queued, without waiting for it to be
+    /// stored: the returned [`PendingReceipt`] resolves to its [`Receipt`] (or the error
+    /// that kept it from being stored) once it is, like a RabbitMQ publisher's confirm.
+    /// At most the producer's window ([`ProducerOptions::with_window`], 256 by default) of
+    /// messages are unconfirmed at a time: beyond that this waits for room. Receipts come
+    /// in the order of the sends.
+    ///
+    /// Embedded: a thread of the producer takes every message queued meanwhile (up to the
+    /// window, and 4 MiB) and stores them as one batch, with one append and one sync (per
+    /// the producer's [`Durability`](crate::Durability)), while the caller goes on
+    /// queueing the next ones; so one producer reaches the rate of
+    /// [`send_batch`](AsyncProducer::send_batch) without batching by hand. A batch is
+    /// stored whole or not at all: an error (a full queue with
+    /// [`WhenFull::Fail`](crate::WhenFull), a poisoned queue) is the receipt of each of its
+    /// messages, and messages queued after it are tried again in the next batch. The
+    /// message is encoded before this returns ([`TooLarge`](ErrorKind::TooLarge) and
+    /// encoding errors come from here, not from the receipt), and the other calls of this
+    /// producer first wait until every pipelined message is confirmed, so that receipts
+    /// stay in order. Dropping a `PendingReceipt` does not cancel its message; dropping
+    /// the producer lets its queued messages be stored all the same.
+    ///
+    /// RabbitMQ: sends as [`send`](AsyncProducer::send) does, awaiting the confirm, and
+    /// returns a receipt that is ready (use [`send_batch`](AsyncProducer::send_batch) to
+    /// keep a window of confirms open on the broker).
+    pub async fn send_pipelined(&mut self, message: &T) -> Result<PendingReceipt> {
+        let window = self.window;
+        match &mut self.backend {
+            ProducerBackend::Embedded {
+                producer,
+                max_len,
+                pipeline,
+                ..
+            } => {
+                let mut payload = Vec::new();
+                ipc_core::encode_to_vec(message, &mut payload, *max_len)?;
+                if pipeline.is_none() {
+                    *pipeline = Some(Pipeline::start(Arc::clone(producer), window)?);
+                }
+                let Some(pipeline) = pipeline.as_ref() else {
+                    return Err(Error::new(ErrorKind::Other, "no producer pipeline"));
+                };
+                pipeline.queue(payload).await
+            }
+            #[cfg(feature = "amqp")]
+            ProducerBackend::Amqp(producer) => {
+                let result = producer.send_async(message).await;
+                let (reply, receipt) = oneshot::channel();
+                let _ = reply.send(result);
+                Ok(PendingReceipt { receipt })
+            }
+        }
+    }
+
+    /// Waits until every pipelined message of this producer is confirmed, so that other
+    /// calls keep the order of receipts.
+    async fn settle(&self) {
+        if let ProducerBackend::Embedded {
+            pipeline: Some(pipeline),
+            ..
+        } = &self.backend
+        {
+            pipeline.settle().await;
+        }
+    }
+
     /// How many times this producer re-established its connection to the broker (0 on
     /// the embedded backend).
     pub fn reconnections(&self) -> u64 {
@@ -459,6 +543,127 @@ impl<T: Serialize + ?Sized + 'static> AsyncProducer<T> {
             ProducerBackend::Embedded { .. } => 0,
             #[cfg(feature = "amqp")]
             ProducerBackend::Amqp(producer) => producer.reconnections(),
+        }
+    }
+}
+
+/// The receipt of a message sent with [`AsyncProducer::send_pipelined`], still to come:
+/// await it for the [`Receipt`] (once the message is stored per the producer's durability)
+/// or the error that kept it from being stored. Dropping it does not cancel the message.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+#[derive(Debug)]
+#[must_use = "a pending receipt says whether its message was stored"]
+pub struct PendingReceipt {
+    receipt: oneshot::Receiver<Result<Receipt>>,
+}
+
+impl Future for PendingReceipt {
+    type Output = Result<Receipt>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
+        match Pin::new(&mut self.receipt).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(Error::new(
+                ErrorKind::Other,
+                "the producer's pipeline stopped before this message was stored",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The most payload bytes one pipelined batch takes (a larger message goes alone).
+const PIPELINE_BATCH_BYTES: usize = 4 << 20;
+
+/// An embedded producer's pipeline: a thread that stores what was queued, batch by batch.
+struct Pipeline {
+    jobs: mpsc::UnboundedSender<Job>,
+    window: Arc<Semaphore>,
+    size: u32,
+}
+
+/// One queued message, with where its receipt goes and its place in the window.
+struct Job {
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<Receipt>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pipeline {
+    fn start<T: Serialize + ?Sized + 'static>(
+        producer: Arc<Mutex<EmbeddedProducer<T>>>,
+        size: u32,
+    ) -> Result<Pipeline> {
+        let (jobs, mut queued) = mpsc::unbounded_channel::<Job>();
+        // A thread of its own rather than tokio's blocking pool: it lives as long as the
+        // producer, and a runtime shutting down must not wait for it.
+        std::thread::Builder::new()
+            .name("ipc-queue-pipeline".to_owned())
+            .spawn(move || {
+                let mut batch: Vec<Job> = Vec::new();
+                while let Some(first) = queued.blocking_recv() {
+                    let mut bytes = first.payload.len();
+                    batch.push(first);
+                    while batch.len() < size as usize && bytes < PIPELINE_BATCH_BYTES {
+                        match queued.try_recv() {
+                            Ok(job) => {
+                                bytes += job.payload.len();
+                                batch.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let payloads: Vec<&[u8]> =
+                        batch.iter().map(|job| job.payload.as_slice()).collect();
+                    let stored = producer
+                        .blocking_lock()
+                        .send_encoded_with(&payloads, false, None, None);
+                    match stored {
+                        Ok(receipts) => {
+                            for (job, receipt) in batch.drain(..).zip(receipts) {
+                                let _ = job.reply.send(Ok(receipt));
+                            }
+                        }
+                        Err(err) => {
+                            for job in batch.drain(..) {
+                                let _ =
+                                    job.reply.send(Err(Error::new(err.kind(), err.to_string())));
+                            }
+                        }
+                    }
+                    // Any job left (no receipt for it) is answered by its dropped sender.
+                    batch.clear();
+                }
+            })
+            .map_err(|err| Error::io("start the producer's pipeline thread", err))?;
+        Ok(Pipeline {
+            jobs,
+            window: Arc::new(Semaphore::new(size as usize)),
+            size,
+        })
+    }
+
+    /// Queues one encoded message, waiting for room in the window.
+    async fn queue(&self, payload: Vec<u8>) -> Result<PendingReceipt> {
+        let permit = Arc::clone(&self.window)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Other, "the producer's pipeline is closed"))?;
+        let (reply, receipt) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                payload,
+                reply,
+                _permit: permit,
+            })
+            .map_err(|_| Error::new(ErrorKind::Other, "the producer's pipeline stopped"))?;
+        Ok(PendingReceipt { receipt })
+    }
+
+    /// Waits until no message is unconfirmed.
+    async fn settle(&self) {
+        if let Ok(all) = self.window.acquire_many(self.size).await {
+            drop(all);
         }
     }
 }
@@ -527,7 +732,7 @@ struct EmbeddedSide<T> {
     consumer: EmbeddedConsumer<T>,
     /// A delivery taken from the log by a look whose `recv` future was dropped: the next
     /// `recv` returns it, so cancelling a `recv` loses nothing.
-    pending: Option<Delivery<T>>,
+    pending: std::collections::VecDeque<Delivery<T>>,
 }
 
 /// Receives `T` messages from a queue in async code; opened by [`AsyncQueue::consumer`].
@@ -592,12 +797,77 @@ impl<T: DeserializeOwned + Send + 'static> AsyncConsumer<T> {
         }
     }
 
+    /// Receives up to `max` messages, waiting at most `timeout` for the first, like
+    /// [`Consumer::recv_batch`](crate::Consumer::recv_batch). A dropped future loses
+    /// nothing: what it had taken from the log comes from the next receive.
+    pub async fn recv_batch(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery<T>>> {
+        match &mut self.backend {
+            ConsumerBackend::Embedded(side) => {
+                let first = embedded_recv(side, Some(timeout)).await?;
+                let mut guard = Arc::clone(side).lock_owned().await;
+                // Kept where a dropped caller leaves it: in `pending`.
+                guard.pending.push_front(first);
+                let more = max.saturating_sub(guard.pending.len());
+                let mut guard = blocking(move || {
+                    if more > 0 {
+                        let batch = guard.consumer.try_batch(more)?;
+                        guard.pending.extend(batch);
+                    }
+                    Ok(guard)
+                })
+                .await?;
+                let take = max.max(1).min(guard.pending.len());
+                Ok(guard.pending.drain(..take).collect())
+            }
+            #[cfg(feature = "amqp")]
+            ConsumerBackend::Amqp(consumer) => {
+                let mut out = vec![consumer.recv_async(Some(timeout)).await?];
+                while out.len() < max {
+                    match consumer.try_recv_async().await {
+                        Ok(Some(delivery)) => out.push(delivery),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Acknowledges a delivery, like [`Consumer::ack`](crate::Consumer::ack).
     pub fn ack<'a>(
         &'a mut self,
         delivery: &Delivery<T>,
     ) -> impl Future<Output = Result<()>> + Send + use<'a, T> {
         self.settle(delivery.ticket.clone(), How::Ack)
+    }
+
+    /// Acknowledges deliveries together, like
+    /// [`Consumer::ack_batch`](crate::Consumer::ack_batch) (embedded: one write to the
+    /// state log for all of them).
+    pub fn ack_batch<'a>(
+        &'a mut self,
+        deliveries: &[&Delivery<T>],
+    ) -> impl Future<Output = Result<()>> + Send + use<'a, T> {
+        let tickets: Vec<Ticket> = deliveries.iter().map(|d| d.ticket.clone()).collect();
+        async move {
+            match &mut self.backend {
+                ConsumerBackend::Embedded(side) => {
+                    let mut guard = Arc::clone(side).lock_owned().await;
+                    blocking(move || {
+                        let refs: Vec<&Ticket> = tickets.iter().collect();
+                        guard.consumer.ack_batch(&refs)
+                    })
+                    .await
+                }
+                #[cfg(feature = "amqp")]
+                ConsumerBackend::Amqp(consumer) => {
+                    for ticket in &tickets {
+                        consumer.settle_async(ticket, Settle::Ack, None).await?;
+                    }
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// Gives a delivery back, like [`Consumer::nack`](crate::Consumer::nack) (a delay is
@@ -650,15 +920,17 @@ async fn embedded_look<T: DeserializeOwned + Send + 'static>(
     side: &Arc<Mutex<EmbeddedSide<T>>>,
 ) -> Result<Option<Delivery<T>>> {
     let mut guard = Arc::clone(side).lock_owned().await;
-    if let Some(delivery) = guard.pending.take() {
+    if let Some(delivery) = guard.pending.pop_front() {
         return Ok(Some(delivery));
     }
     let mut guard = blocking(move || {
-        guard.pending = guard.consumer.try_recv()?;
+        if let Some(delivery) = guard.consumer.try_recv()? {
+            guard.pending.push_back(delivery);
+        }
         Ok(guard)
     })
     .await?;
-    Ok(guard.pending.take())
+    Ok(guard.pending.pop_front())
 }
 
 async fn embedded_recv<T: DeserializeOwned + Send + 'static>(

@@ -205,17 +205,47 @@ pub enum WhenFull {
 }
 
 /// Options of one producer handle.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ProducerOptions {
     pub(crate) durability: Durability,
     pub(crate) when_full: WhenFull,
+    pub(crate) window: u32,
     pub(crate) faults: Faults,
 }
 
+impl Default for ProducerOptions {
+    fn default() -> ProducerOptions {
+        ProducerOptions {
+            durability: Durability::default(),
+            when_full: WhenFull::default(),
+            window: DEFAULT_WINDOW,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// The default window of [`ProducerOptions::with_window`].
+const DEFAULT_WINDOW: u32 = 256;
+/// The largest window of [`ProducerOptions::with_window`].
+const MAX_WINDOW: u32 = 65_536;
+
 impl ProducerOptions {
-    /// The defaults: [`Durability::Always`], [`WhenFull::Wait`].
+    /// The defaults: [`Durability::Always`], [`WhenFull::Wait`], a window of 256.
     pub fn new() -> ProducerOptions {
         ProducerOptions::default()
+    }
+
+    /// Sets how many messages an async producer's
+    /// [`send_pipelined`](crate::AsyncProducer::send_pipelined) leaves unconfirmed at
+    /// most (256 by default; taken as 1 to 65 536).
+    pub fn with_window(mut self, window: u32) -> ProducerOptions {
+        self.window = window.clamp(1, MAX_WINDOW);
+        self
+    }
+
+    /// The window of pipelined sends.
+    pub fn window(&self) -> u32 {
+        self.window
     }
 
     /// Sets the durability mode.
@@ -246,6 +276,16 @@ impl ProducerOptions {
         self.faults.fail_sync_after = Some(n);
         self
     }
+
+    /// Test hook (feature `test-hooks`): the process exits at once (status 70) when this handle is about to
+    /// run its `n`-th `fdatasync` as the leader of a group commit (holding the sync lock,
+    /// before the sync), as a process killed there would.
+    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
+    pub fn with_abort_in_sync_after(mut self, n: u64) -> ProducerOptions {
+        self.faults.abort_in_sync_after = Some(n);
+        self
+    }
 }
 
 /// Injected faults for tests (set only through the `test-hooks` feature's methods).
@@ -253,4 +293,5 @@ impl ProducerOptions {
 pub(crate) struct Faults {
     pub(crate) write_limit: Option<u64>,
     pub(crate) fail_sync_after: Option<u64>,
+    pub(crate) abort_in_sync_after: Option<u64>,
 }

@@ -194,7 +194,7 @@ pub use crate::address::Address;
 pub use crate::amqp::{AmqpOptions, CONTENT_TYPE, HEADER_SENT_MS, HEADER_SEQ, HEADER_TYPE};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use crate::asynchronous::{AsyncConsumer, AsyncProducer, AsyncQueue};
+pub use crate::asynchronous::{AsyncConsumer, AsyncProducer, AsyncQueue, PendingReceipt};
 pub use crate::config::{
     Durability, MAX_MESSAGE_LEN_LIMIT, ProducerOptions, QueueConfig, WhenFull,
 };

@@ -28,7 +28,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     // one after the queue's durable figures (the ratios are then conservative).
     let mut sync_baseline = raw_append(dir.path(), 1024, durable_n, true)?;
     let sync_name = "write + fdatasync per message";
-    for producers in [1u64, 4] {
+    for producers in [1u64, 4, 16] {
         let rate = produce(dir.path(), producers, durable_n, 1024, "always", 1)?;
         figures.push(figure(
             &format!("durable send, {producers} producer process(es), one message per send"),
@@ -51,6 +51,30 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     let rate = end_to_end(dir.path(), durable_n * 10, 1024, 64)?;
     figures.push(figure(
         "end to end, durable batches of 64, one consumer process",
+        1024,
+        rate,
+        sync_name,
+        sync_baseline,
+    ));
+    // One message per send, pipelined (`send_pipelined`, a window of 256): no batching by
+    // hand.
+    for producers in [1u64, 4] {
+        let rate = produce_pipelined(dir.path(), producers, durable_n * 20, 1024, PIPELINE_WINDOW)?;
+        figures.push(figure(
+            &format!(
+                "durable send, {producers} producer process(es), pipelined (window of {PIPELINE_WINDOW})"
+            ),
+            1024,
+            rate,
+            sync_name,
+            sync_baseline,
+        ));
+    }
+    let rate = end_to_end_pipelined(dir.path(), 4, durable_n * 20, 1024, PIPELINE_WINDOW, 64)?;
+    figures.push(figure(
+        &format!(
+            "end to end, 4 pipelined producer processes (window of {PIPELINE_WINDOW}), one consumer process acknowledging 64 at a time"
+        ),
         1024,
         rate,
         sync_name,
@@ -201,6 +225,106 @@ fn produce(
     Ok((each * producers) as f64 / (slowest / 1e6))
 }
 
+/// The window of the pipelined rows, as RabbitMQ publishers keep one of confirms.
+const PIPELINE_WINDOW: u32 = 256;
+
+fn spawn_pipelined(
+    path: &str,
+    producers: u64,
+    each: u64,
+    size: usize,
+    window: u32,
+) -> Result<Vec<Peer>> {
+    let (each_s, size_s, window_s) = (each.to_string(), size.to_string(), window.to_string());
+    let mut peers = Vec::new();
+    for id in 0..producers {
+        let id = id.to_string();
+        peers.push(Peer::spawn_role(
+            format!("bench pipelined producer {id}"),
+            "queue-produce",
+            [
+                "--address",
+                path,
+                "--producer",
+                &id,
+                "--count",
+                &each_s,
+                "--size",
+                &size_s,
+                "--window",
+                &window_s,
+                "--quiet",
+                "1",
+            ],
+        )?);
+    }
+    Ok(peers)
+}
+
+/// `producers` processes each send `count / producers` messages one at a time with
+/// `send_pipelined`; aggregate messages per second over the slowest producer's time.
+fn produce_pipelined(
+    dir: &Path,
+    producers: u64,
+    count: u64,
+    size: usize,
+    window: u32,
+) -> Result<f64> {
+    let path = fresh_queue(dir)?;
+    let each = (count / producers).max(1);
+    let mut peers = spawn_pipelined(&path, producers, each, size, window)?;
+    let mut slowest: f64 = 0.0;
+    for peer in &mut peers {
+        let outcome = peer.expect_prefixed("ok", std::time::Duration::from_secs(600))?;
+        slowest = slowest.max(field(&outcome, "micros")?);
+        peer.wait_success(std::time::Duration::from_secs(60))?;
+    }
+    if slowest <= 0.0 {
+        bail!("producers reported no time");
+    }
+    let _ = std::fs::remove_dir_all(&path);
+    Ok((each * producers) as f64 / (slowest / 1e6))
+}
+
+/// Pipelined producer processes and one consumer process (acknowledging `ack_batch`
+/// deliveries at a time) running together: messages per second as the consumer saw them.
+fn end_to_end_pipelined(
+    dir: &Path,
+    producers: u64,
+    count: u64,
+    size: usize,
+    window: u32,
+    ack_batch: u64,
+) -> Result<f64> {
+    let path = fresh_queue(dir)?;
+    let each = (count / producers).max(1);
+    let total = (each * producers).to_string();
+    let ack_batch = ack_batch.to_string();
+    let mut consumer = Peer::spawn_role(
+        "bench consumer",
+        "queue-consume",
+        [
+            "--address",
+            &path,
+            "--expect",
+            &total,
+            "--ack-batch",
+            &ack_batch,
+            "--quiet",
+            "1",
+        ],
+    )?;
+    let mut peers = spawn_pipelined(&path, producers, each, size, window)?;
+    let outcome = consumer.expect_prefixed("ok", std::time::Duration::from_secs(600))?;
+    for peer in &mut peers {
+        peer.wait_success(std::time::Duration::from_secs(60))?;
+    }
+    consumer.wait_success(std::time::Duration::from_secs(60))?;
+    let micros = field(&outcome, "micros")?;
+    let _ = std::fs::remove_dir_all(&path);
+    Ok((each * producers) as f64 / (micros.max(1.0) / 1e6))
+}
+
 /// A producer and a consumer running together: messages per second as the consumer saw
 /// them (first to last delivery).
 fn end_to_end(dir: &Path, count: u64, size: usize, batch: u64) -> Result<f64> {
@@ -267,7 +391,7 @@ mod tests {
     #[test]
     fn the_quick_bench_yields_finite_figures() -> anyhow::Result<()> {
         let figures = super::run(super::Effort::Quick)?;
-        assert!(figures.len() >= 8);
+        assert!(figures.len() >= 12);
         for figure in &figures {
             assert!(figure.value.is_finite() && figure.value > 0.0, "{figure:?}");
             assert!(

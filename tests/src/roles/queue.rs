@@ -2,12 +2,17 @@
 //! (`--address`: a directory, or `amqp://...#queue`): the same programs on either backend.
 //!
 //! - `queue-produce --address A [--create 1] [--segment-len BYTES] --producer ID
-//!   --incarnation I [--count N] [--batch B] [--size BYTES] [--durability always|never|MS]`:
-//!   sends `QueueJob`s (creating the queue if asked and needed, with the default
+//!   --incarnation I [--count N] [--batch B] [--size BYTES] [--durability always|never|MS]
+//!   [--abort-in-sync K] [--window W]`:
+//!   sends `QueueJob`s (with `--abort-in-sync K` the process exits at once as the leader of its
+//!   `K`-th sync, holding the sync lock) (creating the queue if asked and needed, with the default
 //!   configuration or segments of `BYTES`), printing
-//!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`.
+//!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`. With
+//!   `--window W` it sends one message at a time with the async `send_pipelined`, at most
+//!   `W` unconfirmed (`--batch` is then unused), and prints the receipts as they come.
 //! - `queue-consume --address A [--expect N] [--idle-exit-ms MS] [--quiet 1] [--hold 1]
-//!   [--losses 1]`: receives (with `--hold 1`: one message, then keeps its lease until
+//!   [--losses 1] [--ack-batch K]`: receives (with K > 1, K deliveries at a time with
+//!   `recv_batch`, acknowledged together with `ack_batch`), (with `--hold 1`: one message, then keeps its lease until
 //!   killed; with `--losses 1` a `Corrupted` report of lost messages, from the open or a
 //!   receive, is printed as `loss TEXT` and receiving goes on, instead of failing), checks
 //!   every payload byte, prints `got ID I N SEQ DELIVERIES` before acknowledging and
@@ -97,8 +102,16 @@ fn produce(args: &Args) -> Result<()> {
     let batch: u64 = args.get("batch", 1)?;
     let size: usize = args.get("size", 16)?;
     let quiet: u8 = args.get("quiet", 0)?;
-    let options =
+    let abort_in_sync: u64 = args.get("abort-in-sync", 0)?;
+    let mut options =
         ProducerOptions::new().with_durability(durability(&args.text("durability", "always"))?);
+    if abort_in_sync != 0 {
+        options = options.with_abort_in_sync_after(abort_in_sync);
+    }
+    let window: u32 = args.get("window", 0)?;
+    if window != 0 {
+        return produce_pipelined(queue.address().clone(), options.with_window(window), args);
+    }
     let mut producer = queue.producer::<QueueJob>(options)?;
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
@@ -136,6 +149,95 @@ fn produce(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `queue-produce --window W`: one async producer sending one message at a time with
+/// `send_pipelined`, at most `W` unconfirmed; prints `sent ...` as each receipt comes.
+fn produce_pipelined(address: Address, options: ProducerOptions, args: &Args) -> Result<()> {
+    let producer_id: u32 = args.get("producer", 0)?;
+    let incarnation: u32 = args.get("incarnation", 0)?;
+    let count: u64 = args.get("count", u64::MAX)?;
+    let size: usize = args.get("size", 16)?;
+    let quiet = args.get::<u8>("quiet", 0)? != 0;
+    let producer_window = options.window();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("build a runtime")?;
+    runtime.block_on(async move {
+        let queue = ipc_queue::AsyncQueue::open(address).await?;
+        let mut producer = queue.producer::<QueueJob>(options).await?;
+        let window = producer_window as usize;
+        let mut out = std::io::stdout().lock();
+        let started = Instant::now();
+        let mut pending = std::collections::VecDeque::with_capacity(window);
+        for n in 0..count {
+            let mut payload = vec![0u8; size];
+            fill_payload(job_seed(producer_id, incarnation, n), &mut payload);
+            let job = QueueJob {
+                producer: producer_id,
+                incarnation,
+                n,
+                payload,
+            };
+            pending.push_back((n, producer.send_pipelined(&job).await?));
+            // A full window: the oldest receipt is the next to come.
+            if pending.len() >= window
+                && let Some((n, receipt)) = pending.pop_front()
+            {
+                let receipt = receipt.await?;
+                if !quiet {
+                    writeln!(
+                        out,
+                        "sent {producer_id} {incarnation} {n} {}",
+                        receipt.seq()
+                    )?;
+                }
+            }
+        }
+        while let Some((n, receipt)) = pending.pop_front() {
+            let receipt = receipt.await?;
+            if !quiet {
+                writeln!(
+                    out,
+                    "sent {producer_id} {incarnation} {n} {}",
+                    receipt.seq()
+                )?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        producer.flush().await?;
+        writeln!(
+            std::io::stdout(),
+            "ok sent={count} micros={}",
+            started.elapsed().as_micros()
+        )?;
+        Ok(())
+    })
+}
+
+/// Acknowledges `unacked` (one `ack`, or one `ack_batch` for several), printing `acked`
+/// lines if `loud`.
+fn settle(
+    consumer: &mut ipc_queue::Consumer<QueueJob>,
+    unacked: &mut Vec<ipc_queue::Delivery<QueueJob>>,
+    loud: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    match unacked.as_slice() {
+        [] => return Ok(()),
+        [one] => consumer.ack(one)?,
+        many => consumer.ack_batch(&many.iter().collect::<Vec<_>>())?,
+    }
+    if loud {
+        for delivery in unacked.iter() {
+            writeln!(out, "acked {} {}", delivery.seq(), delivery.deliveries())?;
+        }
+        out.flush()?;
+    }
+    unacked.clear();
+    Ok(())
+}
+
 fn consume(args: &Args) -> Result<()> {
     let queue = Queue::open(address(args)?)?;
     let expect: u64 = args.get("expect", u64::MAX)?;
@@ -143,6 +245,9 @@ fn consume(args: &Args) -> Result<()> {
     let quiet: u8 = args.get("quiet", 0)?;
     let hold: u8 = args.get("hold", 0)?;
     let report_losses = args.get::<u8>("losses", 0)? != 0;
+    let ack_batch = args.get::<usize>("ack-batch", 1)?.max(1);
+    let mut unacked = Vec::with_capacity(ack_batch);
+    let mut ready = std::collections::VecDeque::with_capacity(ack_batch);
     let mut out = std::io::stdout().lock();
     // A loss found when the consumer opens (the segment holding its floor is gone) is
     // reported by that open, once; the next open goes on after it.
@@ -168,9 +273,26 @@ fn consume(args: &Args) -> Result<()> {
         } else {
             Duration::from_millis(idle_exit_ms)
         };
-        let delivery = match consumer.recv_timeout(wait) {
+        // With `--ack-batch K`, K deliveries are received at a time too (`recv_batch`).
+        let fetched = if let Some(delivery) = ready.pop_front() {
+            Ok(delivery)
+        } else if ack_batch > 1 {
+            consumer
+                .recv_batch(ack_batch, wait)
+                .map(|batch| {
+                    ready.extend(batch);
+                    ready.pop_front()
+                })
+                .and_then(|first| {
+                    first.ok_or_else(|| ipc_core::Error::new(ErrorKind::Other, "an empty batch"))
+                })
+        } else {
+            consumer.recv_timeout(wait)
+        };
+        let delivery = match fetched {
             Ok(delivery) => delivery,
             Err(err) if err.kind() == ErrorKind::Timeout && idle_exit_ms != 0 => {
+                settle(&mut consumer, &mut unacked, quiet == 0, &mut out)?;
                 if queue.stats()?.depth == 0 {
                     break;
                 }
@@ -224,17 +346,19 @@ fn consume(args: &Args) -> Result<()> {
                 std::thread::park();
             }
         }
-        consumer.ack(&delivery)?;
-        if quiet == 0 {
-            writeln!(out, "acked {} {}", delivery.seq(), delivery.deliveries())?;
-            out.flush()?;
-        }
         if first {
             received += 1;
         } else {
             duplicates += 1;
         }
+        unacked.push(delivery);
+        // With `--ack-batch K`, K deliveries (or what is left at the end) are acknowledged
+        // together; a message that then comes again was not acknowledged.
+        if unacked.len() >= ack_batch || received >= expect {
+            settle(&mut consumer, &mut unacked, quiet == 0, &mut out)?;
+        }
     }
+    settle(&mut consumer, &mut unacked, quiet == 0, &mut out)?;
     let micros = started.map_or(0, |s| s.elapsed().as_micros());
     writeln!(
         out,

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, Result};
 
@@ -38,7 +39,86 @@ pub(crate) struct Appender {
     /// The tail may be behind the `synced` watermark (checked at open, and after the
     /// segment was found shorter than this handle saw it or with a torn tail cut).
     suspect: bool,
+    /// What this handle learnt about other producers, for the commit delay (boxed: it is
+    /// touched once a sync, and keeps the producer types small).
+    group: Box<GroupCommit>,
 }
+
+/// The adaptive commit delay (PostgreSQL's `commit_delay` / `commit_siblings`). With one
+/// message in flight per producer, every producer waits for the same sync and then
+/// appends its next message while no sync runs: a leader that synced at once would cover
+/// only the few that were quickest. So a leader waits for other producers' appends, but
+/// only when the syncs of the last [`GROUP_WINDOW`] showed that there are others (its own
+/// sync covered their messages, or theirs covered its), and at most until the log holds
+/// as many bytes past the watermark as the largest group of that time, while appends keep
+/// coming (a quiet spell of about one `fdatasync` time ends it, and so does
+/// [`MAX_COMMIT_DELAY`]). A lone producer never waits.
+#[derive(Clone, Copy, Debug)]
+struct GroupCommit {
+    /// When the last sync this handle took part in covered other producers' messages.
+    others_seen: Option<Instant>,
+    /// The largest group (bytes past the watermark) seen since `window_start`, and in the
+    /// window before.
+    largest: u64,
+    largest_before: u64,
+    window_start: Instant,
+    /// A moving average of this handle's `fdatasync` times, in nanoseconds.
+    sync_nanos: u64,
+    /// Messages this handle appended since its last sync.
+    own_unsynced: u64,
+}
+
+impl GroupCommit {
+    fn new() -> GroupCommit {
+        GroupCommit {
+            others_seen: None,
+            largest: 0,
+            largest_before: 0,
+            window_start: Instant::now(),
+            sync_nanos: 0,
+            own_unsynced: 0,
+        }
+    }
+
+    /// Notes a sync that covered `bytes` past the watermark before it, with messages of
+    /// other producers or not.
+    fn observe(&mut self, bytes: u64, others: bool) {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= GROUP_WINDOW {
+            self.largest_before = self.largest;
+            self.largest = 0;
+            self.window_start = now;
+        }
+        self.largest = self.largest.max(bytes);
+        if others {
+            self.others_seen = Some(now);
+        }
+    }
+
+    /// How many bytes past the watermark a leader waits for, if it waits at all.
+    fn target(&self) -> Option<u64> {
+        let recent = self
+            .others_seen
+            .is_some_and(|seen| seen.elapsed() < GROUP_WINDOW);
+        let target = self.largest.max(self.largest_before);
+        (recent && target > 0).then_some(target)
+    }
+}
+
+/// How long what a handle saw of other producers counts for the commit delay.
+const GROUP_WINDOW: Duration = Duration::from_millis(100);
+/// The longest commit delay, whatever the syncs take.
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(2);
+/// How long a leader tries to take the append lock (without waiting for it, as the lock
+/// order is append before sync) to note what others appended, before it syncs what it
+/// knows.
+const APPEND_LOCK_PATIENCE: Duration = Duration::from_micros(100);
+/// The commit delay gives up after this long without an append (its `fdatasync` time,
+/// within these bounds).
+const MIN_QUIET: Duration = Duration::from_micros(50);
+const MAX_QUIET: Duration = Duration::from_millis(1);
+/// The commit delay of a handle that has not timed an `fdatasync` yet.
+const FIRST_COMMIT_DELAY: Duration = Duration::from_micros(200);
 
 impl Appender {
     pub(crate) fn open(
@@ -74,6 +154,7 @@ impl Appender {
             written: 0,
             syncs: 0,
             suspect: true,
+            group: Box::new(GroupCommit::new()),
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -197,6 +278,7 @@ impl Appender {
         self.batch = batch;
         result?;
         self.next_seq += self.bounds.len() as u64;
+        self.group.own_unsynced += self.bounds.len() as u64;
         Ok(Some((first, (self.seg_first, self.seg_end))))
     }
 
@@ -256,10 +338,17 @@ impl Appender {
     }
 
     fn sync_segment(&mut self) -> Result<()> {
+        let started = Instant::now();
         let result = if self.fail_sync() {
             Err(std::io::Error::from_raw_os_error(5)) // EIO
         } else {
             self.seg.sync_data()
+        };
+        let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.group.sync_nanos = if self.group.sync_nanos == 0 {
+            nanos
+        } else {
+            (self.group.sync_nanos * 7 + nanos) / 8
         };
         if let Err(err) = result {
             let reason = format!("fdatasync of segment {} failed: {err}", self.seg_first);
@@ -514,51 +603,123 @@ impl Appender {
     }
 
     /// Makes everything up to `upto` (segment, offset) durable, sharing the `fdatasync` with
-    /// every other process through the sync lock and the `synced` watermark.
+    /// every other process through the sync lock and the `synced` watermark (group commit).
+    ///
+    /// A *follower* finds its bytes covered: by a look at the watermark without a lock, or
+    /// after waiting (with a shared lock) for the sync running now. A *leader* holds the
+    /// exclusive sync lock, notes the tail (its own end, or further if the append lock is
+    /// free: whatever other processes appended meanwhile), `fdatasync`s and only then
+    /// writes that tail to the watermark. A leader that dies or fails releases the lock
+    /// without moving the watermark, so a follower that wakes up finds its bytes not
+    /// covered and leads a sync of its own (or fails on the poisoned queue).
     pub(crate) fn sync_upto(&mut self, upto: (u64, u64)) -> Result<()> {
         self.check_poison()?;
+        let seen = mark_unlocked(&self.synced);
+        if let Some(mark) = seen
+            && mark.position() >= upto
         {
-            let _guard = lock(&self.sync_lock, "queue sync lock")?;
-            if let Ok(mark) = repair::read_mark(&self.synced)?
-                && mark.position() >= upto
-            {
-                return Ok(());
-            }
+            self.covered_by_another();
+            return Ok(());
         }
-        // What this sync will cover: the tail as of now, with every write before it whole
-        // (taken under the append lock, so the watermark never claims a partial write that
-        // its writer then removes, and records the sequence number there).
-        let tail = {
-            let _append = lock(&self.append_lock, "queue append lock")?;
-            if let Some(note) = self.catch_up()? {
-                // The rebuild synced the tail, this handle's bytes with it: no reason to
-                // fail a send that is durable (and would be sent again).
-                note_damage(&self.layout, &note);
+        // Wait (with a shared lock) for a sync that is running now; the handles that
+        // sync covered all wake and leave at once, none of them behind the next leader.
+        // The exclusive lock is only ever tried, never waited for: a waiter for it could
+        // be passed over for as long as others keep taking the shared lock, though the
+        // sync it waits for covered it long ago.
+        let mut from = None;
+        let mut delayed = false;
+        let _guard = loop {
+            {
+                self.sync_lock
+                    .lock_shared()
+                    .map_err(|err| Error::io("lock queue sync lock (shared)", err))?;
+                let _shared = LockGuard(Arc::clone(&self.sync_lock));
+                let current = repair::read_mark(&self.synced)?;
+                if let Ok(mark) = current
+                    && mark.position() >= upto
+                {
+                    self.covered_by_another();
+                    return Ok(());
+                }
+                if !delayed {
+                    // The commit delay runs under the shared lock, so that it holds up
+                    // neither the handles the last sync covered nor the appends it waits
+                    // for.
+                    delayed = true;
+                    from = match current {
+                        Ok(mark) if mark.segment == self.seg_first => Some(mark),
+                        _ => None,
+                    };
+                    self.commit_delay(from);
+                }
             }
-            self.tail()
+            match self.sync_lock.try_lock() {
+                Ok(()) => break LockGuard(Arc::clone(&self.sync_lock)),
+                // Another leader syncs (the shared lock then waits for it), or others look
+                // at the watermark or wait in their commit delay.
+                Err(std::fs::TryLockError::WouldBlock) => std::thread::yield_now(),
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(Error::io("lock queue sync lock", err));
+                }
+            }
         };
-        let _guard = lock(&self.sync_lock, "queue sync lock")?;
         let current = repair::read_mark(&self.synced)?;
         if let Ok(mark) = current
             && mark.position() >= upto
         {
+            // Another leader's sync, after its own delay, covered this handle's bytes.
+            self.covered_by_another();
             return Ok(());
         }
+        let from = match current {
+            Ok(mark) if Some(mark) == from => from,
+            Ok(mark) if mark.segment == self.seg_first => Some(mark),
+            _ => None,
+        };
         self.check_poison_file()?;
-        // Bytes appended while this handle waited for the sync lock can share this sync:
-        // note the tail again if the append lock is free (without waiting for it, as the
-        // lock order is append before sync).
-        let mut tail = tail;
-        if self.append_lock.try_lock().is_ok() {
-            let _append = LockGuard(Arc::clone(&self.append_lock));
-            self.extend_tail()?;
-            tail = self.tail();
+        let deadline = Instant::now() + APPEND_LOCK_PATIENCE;
+        // This handle's own end: every byte before it is whole (appends are serialised by
+        // the append lock, each written completely before the lock is released).
+        let mut tail = self.tail();
+        // Bytes other processes appended while this handle waited can share this sync:
+        // note the tail again if the append lock is free. The lock order is append before
+        // sync, so this never waits for it: it tries again (until the delay's deadline) and
+        // otherwise syncs what it knows.
+        loop {
+            if self.append_lock.try_lock().is_ok() {
+                let _append = LockGuard(Arc::clone(&self.append_lock));
+                self.extend_tail()?;
+                tail = self.tail();
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::yield_now();
         }
         if upto.0 < tail.segment {
             // An older segment: sealing synced it.
             return Ok(());
         }
+        if self
+            .faults
+            .abort_in_sync_after
+            .is_some_and(|n| self.syncs + 1 >= n)
+        {
+            // Exits without unwinding or dropping anything (no core file, unlike abort):
+            // the kernel releases the locks, as it would for a killed process.
+            std::process::exit(70);
+        }
         self.sync_segment()?;
+        let own = std::mem::take(&mut self.group.own_unsynced);
+        if let Some(from) = from
+            && tail.segment == from.segment
+        {
+            // Only this handle's messages in the sync (after any delay): alone for now.
+            let others = tail.next_seq.saturating_sub(from.next_seq) > own;
+            self.group
+                .observe(tail.offset.saturating_sub(from.offset), others);
+        }
         match current {
             Ok(mark) if mark.position() >= tail.position() => Ok(()),
             Ok(_) => repair::write_mark(&self.synced, tail),
@@ -574,6 +735,53 @@ impl Appender {
                 );
                 repair::replace_mark(&self.synced, tail)
             }
+        }
+    }
+
+    /// Another process's sync covered this handle's messages: there are other producers.
+    /// (How large that group was is not known here: the watermark may have moved more
+    /// than once since this handle looked. Groups are measured by their leaders.)
+    fn covered_by_another(&mut self) {
+        self.group.own_unsynced = 0;
+        self.group.observe(0, true);
+    }
+
+    /// The commit delay of a leader whose sync would start from watermark `from` (in this
+    /// handle's segment): when there are other producers, waits (yielding the CPU to them)
+    /// until the segment has grown past `from` by as much as the last group held, or about
+    /// one `fdatasync` time has passed.
+    fn commit_delay(&mut self, from: Option<Mark>) {
+        let Some(from) = from else { return };
+        let Some(target) = self.group.target() else {
+            return;
+        };
+        // Waits while appends keep coming: it gives up after a quiet spell of about one
+        // `fdatasync` time without any, and in any case after MAX_COMMIT_DELAY.
+        let quiet = match self.group.sync_nanos {
+            0 => FIRST_COMMIT_DELAY,
+            nanos => Duration::from_nanos(nanos).clamp(MIN_QUIET, MAX_QUIET),
+        };
+        let started = Instant::now();
+        let mut last_growth = started;
+        let mut last_len = 0;
+        let want = from.offset.saturating_add(target);
+        loop {
+            match fsx::file_len(&self.seg) {
+                Ok(len) if len < want => {
+                    if len != last_len {
+                        last_len = len;
+                        last_growth = Instant::now();
+                    }
+                }
+                _ => break,
+            }
+            let now = Instant::now();
+            if now.duration_since(last_growth) >= quiet
+                || now.duration_since(started) >= MAX_COMMIT_DELAY
+            {
+                break;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -657,6 +865,20 @@ fn recreate_tail(layout: &Layout, sync_lock: &Arc<File>) -> Result<(u64, File)> 
     let file = fsx::open_rw(&path)?;
     fsx::sync_dir(&layout.segments())?;
     Ok((first, file))
+}
+
+/// The watermark, by a look without the sync lock. It is written with one `pwrite` and
+/// checksummed, and only after the sync that covered it: a read that races a write fails
+/// the checksum (or sees the old value) and gives `None`, as does the old unchecksummed
+/// format, so the caller then takes the lock.
+fn mark_unlocked(synced: &File) -> Option<Mark> {
+    let mut buf = [0u8; repair::MARK_LEN + 1];
+    if !matches!(synced.read_at(&mut buf, 0), Ok(n) if n == repair::MARK_LEN) {
+        return None;
+    }
+    let mut mark = [0u8; repair::MARK_LEN];
+    mark.copy_from_slice(&buf[..repair::MARK_LEN]);
+    repair::decode_mark(&mark).ok()
 }
 
 /// Leaves a note about damage that no caller can be told about in `quarantine/`.

@@ -1,6 +1,6 @@
 //! Tail repair: the `synced` watermark (how far the message log is known to be durable;
-//! layout in `FORMAT.md`, read and written only under `sync.lock`, so a reader never sees
-//! half a write), and what a bad record found while catching up with the tail turns out
+//! layout in `FORMAT.md`, written only under `sync.lock` and checksummed, so a reader
+//! without the lock that sees half a write knows it), and what a bad record found while catching up with the tail turns out
 //! to be ([`examine_bad`]).
 
 use std::fs::File;
@@ -66,21 +66,33 @@ pub(crate) fn read_mark(file: &File) -> Result<std::result::Result<Mark, String>
     if n != MARK_LEN {
         return Ok(Err(format!("is {n} bytes instead of {MARK_LEN}")));
     }
+    let mut mark = [0u8; MARK_LEN];
+    mark.copy_from_slice(&buf[..MARK_LEN]);
+    Ok(decode_mark(&mark))
+}
+
+/// Decodes the current (32-byte, checksummed) format: `Err(why)` if it is damaged.
+pub(crate) fn decode_mark(buf: &[u8; MARK_LEN]) -> std::result::Result<Mark, String> {
+    let u64_at = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&buf[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
     if buf[..4] != MARK_MAGIC {
-        return Ok(Err("has a wrong magic".to_owned()));
+        return Err("has a wrong magic".to_owned());
     }
     let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let computed = crc32c::crc32c(&buf[8..MARK_LEN]);
     if stored != computed {
-        return Ok(Err(format!(
+        return Err(format!(
             "fails its checksum (stored {stored:#010x}, computed {computed:#010x})"
-        )));
+        ));
     }
-    Ok(check_mark(Mark {
+    check_mark(Mark {
         segment: u64_at(8),
         offset: u64_at(16),
         next_seq: u64_at(24),
-    }))
+    })
 }
 
 /// Every message record is at least a header long: a segment holds at most

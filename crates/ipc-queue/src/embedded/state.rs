@@ -373,6 +373,29 @@ impl StateLog {
     ) -> Result<()> {
         self.out.clear();
         record::write(&mut self.out, kind, seq, time, aux, payload);
+        self.append_out(view)
+    }
+
+    /// Appends records of `kind` without payloads, one per `(seq, time, aux)`, with one
+    /// write (under the lock, after `catch_up`), and applies them to `view`.
+    pub(crate) fn append_many(
+        &mut self,
+        view: &mut View,
+        kind: Kind,
+        records: &[(u64, u64, u64)],
+    ) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.out.clear();
+        for &(seq, time, aux) in records {
+            record::write(&mut self.out, kind, seq, time, aux, &[]);
+        }
+        self.append_out(view)
+    }
+
+    /// Writes the records in `self.out` and applies them to `view`.
+    fn append_out(&mut self, view: &mut View) -> Result<()> {
         if let Err(err) = self.write_out() {
             if !fsx::is_disk_full(&err) {
                 return Err(Error::io(
@@ -398,11 +421,12 @@ impl StateLog {
             })?;
         }
         self.offset += self.out.len() as u64;
-        let header = match record::parse(&self.out, MAX_STATE_PAYLOAD) {
-            Parsed::Valid(header) => header,
-            _ => return Ok(()),
-        };
-        view.apply(&header, payload);
+        let mut pos = 0;
+        while let Parsed::Valid(header) = record::parse(&self.out[pos..], MAX_STATE_PAYLOAD) {
+            let end = pos + header.record_len();
+            view.apply(&header, &self.out[pos + HEADER_LEN..end]);
+            pos = end;
+        }
         Ok(())
     }
 

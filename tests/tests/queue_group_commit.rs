@@ -1,0 +1,206 @@
+//! Group commit across processes (issue 14): many producer processes share `fdatasync`s
+//! through the sync lock and the `synced` watermark; a leader that dies or fails in its sync
+//! blocks no one and makes no one else's bytes count as durable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use ipc_core::ErrorKind;
+use ipc_queue::{Durability, ProducerOptions, Queue, QueueConfig};
+use ipc_tests::{Peer, TempDir, Watchdog};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The watermark as FORMAT.md lays it out: (segment, offset, next_seq).
+fn watermark(queue: &Path) -> Result<(u64, u64, u64)> {
+    let bytes = std::fs::read(queue.join("synced")).context("read synced")?;
+    ensure!(bytes.len() == 32, "synced is {} bytes", bytes.len());
+    ensure!(&bytes[..4] == b"IPQW", "synced has a wrong magic");
+    let at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    Ok((at(8), at(16), at(24)))
+}
+
+/// The newest segment: (first sequence number, length in bytes).
+fn last_segment(queue: &Path) -> Result<(u64, u64)> {
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(queue.join("segments"))? {
+        let path = entry?.path();
+        let Some(first) = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| stem.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(best, _)| first > *best) {
+            newest = Some((first, path));
+        }
+    }
+    let (first, path) = newest.context("no segment")?;
+    Ok((first, std::fs::metadata(path)?.len()))
+}
+
+#[test]
+fn sixteen_producer_processes_sending_one_at_a_time_lose_nothing() -> Result<()> {
+    let _watchdog = Watchdog::new("16 producers", WAIT);
+    let dir = TempDir::new("ipcq-group")?;
+    let path = dir.path().join("q");
+    Queue::create(&path, &QueueConfig::new().with_segment_len(64 << 10))?;
+    let address = path_arg(&path);
+    let (producers, each) = (16u32, 40u64);
+    let mut peers = Vec::new();
+    for id in 0..producers {
+        peers.push(Peer::spawn_role(
+            format!("producer {id}"),
+            "queue-produce",
+            [
+                "--address",
+                &address,
+                "--producer",
+                &id.to_string(),
+                "--count",
+                &each.to_string(),
+                "--size",
+                "1000",
+            ],
+        )?);
+    }
+    // Every receipt a producer printed must be a message the consumer gets.
+    let mut receipted = BTreeMap::new();
+    for peer in &mut peers {
+        loop {
+            let line = peer.expect_line(WAIT)?;
+            if line.starts_with("ok") {
+                break;
+            }
+            let words: Vec<&str> = line.split(' ').collect();
+            ensure!(words.len() == 5 && words[0] == "sent", "{line}");
+            receipted.insert(
+                words[4].parse::<u64>()?,
+                (words[1].to_owned(), words[3].to_owned()),
+            );
+        }
+        peer.wait_success(WAIT)?;
+    }
+    ensure!(receipted.len() as u64 == u64::from(producers) * each);
+    let total = receipted.len().to_string();
+    let mut consumer = Peer::spawn_role(
+        "consumer",
+        "queue-consume",
+        ["--address", &address, "--expect", &total],
+    )?;
+    let mut got = BTreeMap::new();
+    loop {
+        let line = consumer.expect_line(WAIT)?;
+        if let Some(rest) = line.strip_prefix("got ") {
+            let words: Vec<&str> = rest.split(' ').collect();
+            got.insert(
+                words[3].parse::<u64>()?,
+                (words[0].to_owned(), words[2].to_owned()),
+            );
+        } else if line.starts_with("ok") {
+            ensure!(line.starts_with(&format!("ok received={total} ")), "{line}");
+            break;
+        }
+    }
+    consumer.wait_success(WAIT)?;
+    ensure!(got == receipted, "deliveries differ from receipts");
+    Ok(())
+}
+
+#[test]
+fn a_leader_killed_in_its_sync_blocks_no_one_and_claims_nothing() -> Result<()> {
+    let _watchdog = Watchdog::new("killed leader", WAIT);
+    let dir = TempDir::new("ipcq-leader")?;
+    let path = dir.path().join("q");
+    let queue = Queue::create(&path, &QueueConfig::new())?;
+    // Bytes appended but not synced, by another handle.
+    let mut lazy =
+        queue.producer::<Vec<u8>>(ProducerOptions::new().with_durability(Durability::Never))?;
+    lazy.send(&vec![7u8; 500])?;
+    let before = watermark(&path)?;
+
+    // A producer process appends, becomes the leader of a sync (nobody else is syncing)
+    // and dies holding the sync lock, before its fdatasync.
+    let mut leader = Peer::spawn_role(
+        "dying leader",
+        "queue-produce",
+        [
+            "--address",
+            &path_arg(&path),
+            "--producer",
+            "1",
+            "--count",
+            "1",
+            "--abort-in-sync",
+            "1",
+        ],
+    )?;
+    let status = leader.wait(WAIT)?;
+    ensure!(
+        !status.success(),
+        "the leader should have aborted: {status}"
+    );
+    let (segment, len) = last_segment(&path)?;
+    let after = watermark(&path)?;
+    ensure!(
+        after == before,
+        "the watermark moved from {before:?} to {after:?}"
+    );
+    ensure!(
+        (after.0, after.1) < (segment, len),
+        "the watermark {after:?} covers bytes never synced (segment {segment} is {len} bytes)"
+    );
+
+    // The kernel released the dead leader's lock: others sync, and their syncs cover it all.
+    lazy.flush()?;
+    let mut producer = queue.producer::<Vec<u8>>(ProducerOptions::new())?;
+    producer.send(&vec![8u8; 500])?;
+    let (segment, len) = last_segment(&path)?;
+    let after = watermark(&path)?;
+    ensure!(
+        (after.0, after.1) == (segment, len),
+        "after a sync the watermark {after:?} should be at the end, segment {segment} length {len}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failed_leader_sync_makes_no_follower_durable() -> Result<()> {
+    let _watchdog = Watchdog::new("failed leader", WAIT);
+    let dir = TempDir::new("ipcq-failsync")?;
+    let path = dir.path().join("q");
+    let queue = Queue::create(&path, &QueueConfig::new())?;
+    let mut lazy =
+        queue.producer::<u32>(ProducerOptions::new().with_durability(Durability::Never))?;
+    lazy.send(&1)?;
+    let before = watermark(&path)?;
+    // This handle's sync covers the other handle's bytes too, and fails.
+    let mut failing = queue.producer::<u32>(ProducerOptions::new().with_failing_sync_after(1))?;
+    let err = failing.send(&2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Poisoned, "{err}");
+    ensure!(
+        watermark(&path)? == before,
+        "a failed sync moved the watermark"
+    );
+    // The other handle's bytes were in the failed sync: it gets no success for them.
+    let err = lazy.flush().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Poisoned, "{err}");
+    let err = lazy
+        .send(&3)
+        .map(|_| ())
+        .and_then(|()| lazy.flush())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Poisoned, "{err}");
+    ensure!(
+        watermark(&path)? == before,
+        "the watermark moved on a poisoned queue"
+    );
+    Ok(())
+}
