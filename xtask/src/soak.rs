@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::peers::cargo;
 
-/// One soak: a test binary of `ipc-tests` and a filter on its test names.
+/// One soak: a module of `ipc-tests`' test binary `it` and a filter on its test names.
 struct Soak {
     what: &'static str,
     test: &'static str,
@@ -36,7 +36,7 @@ const SOAKS: &[Soak] = &[
     },
 ];
 
-/// Runs every soak (or those whose test binary is `only`); returns false if one failed.
+/// Runs every soak (or the one whose module is `only`); returns false if one failed.
 pub(crate) fn run(only: Option<&str>) -> Result<bool> {
     let started = Instant::now();
     let mut all_passed = true;
@@ -47,11 +47,9 @@ pub(crate) fn run(only: Option<&str>) -> Result<bool> {
         let soak_started = Instant::now();
         let mut command = cargo();
         command
-            .args(["test", "--release", "-p", "ipc-tests", "--test", soak.test])
+            .args(["test", "--release", "-p", "ipc-tests", "--test", "it"])
+            .arg(format!("{}::{}", soak.test, soak.filter))
             .env("IPC_SOAK", "1");
-        if !soak.filter.is_empty() {
-            command.arg(soak.filter);
-        }
         command.args(["--", "--nocapture", "--test-threads", "1"]);
         let status = command
             .status()

@@ -1,6 +1,6 @@
 // The client against a scripted server in this process (refusals, deadlines, heartbeats,
 // reconnection, batches) and, when IPC_TEST_SERVER=host:port is set (the Rust test
-// tests/tests/js_client.rs sets it), against a real ipc-socket Server process.
+// tests/it/js_client.rs sets it), against a real ipc-socket Server process.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";

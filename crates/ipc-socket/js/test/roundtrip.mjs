@@ -1,5 +1,5 @@
 // Reads lines of JSON `{ "hex": postcard bytes from Rust, "value": the value }` on stdin,
-// for values of the `Everything` schema below (tests/tests/js_client.rs has the Rust type),
+// for values of the `Everything` schema below (tests/it/js_client.rs has the Rust type),
 // and writes per line `{ "hex": the value encoded here, "same": decode(bytes) equals
 // value, "why": ... }`. Integers arrive as decimal strings, floats as numbers or "NaN",
 // "inf", "-inf", byte strings as arrays.
