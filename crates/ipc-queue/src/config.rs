@@ -235,9 +235,8 @@ impl ProducerOptions {
         ProducerOptions::default()
     }
 
-    /// Sets how many messages an async producer's
-    /// [`send_pipelined`](crate::AsyncProducer::send_pipelined) leaves unconfirmed at
-    /// most (256 by default; taken as 1 to 65 536).
+    /// Sets how many messages an async producer's `AsyncProducer::send_pipelined` (feature
+    /// `tokio`) leaves unconfirmed at most (256 by default; taken as 1 to 65 536).
     pub fn with_window(mut self, window: u32) -> ProducerOptions {
         self.window = window.clamp(1, MAX_WINDOW);
         self
