@@ -241,8 +241,8 @@ fn check_each_feature() -> Result<()> {
     Ok(())
 }
 
-/// The four libraries build with the toolchain of the `rust-version` they claim (the tests
-/// and xtask may use newer features: they are not checked here).
+/// The four libraries build, with every feature, with the toolchain of the `rust-version`
+/// they claim (the tests and xtask may use newer features: they are not checked here).
 fn check_msrv() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["run", MSRV_TOOLCHAIN, "rustc", "--version"])
@@ -262,7 +262,7 @@ fn check_msrv() -> Result<()> {
     command
         .current_dir(workspace_root())
         .args(["run", MSRV_TOOLCHAIN, "cargo"])
-        .args(each_published(&["check"]))
+        .args(each_published(&["check", "--all-features"]))
         // The pinned toolchain's cargo that runs xtask must not leak into the MSRV build.
         .env_remove("CARGO")
         .env_remove("RUSTUP_TOOLCHAIN")
