@@ -46,11 +46,17 @@ pub(super) struct Channel {
     pub(super) sleeps: AtomicU32,
 }
 
-/// The `END_SLEEPS` value of an end with this wait mode in this process.
-fn sleeps_for(wait_mode: WaitMode) -> u32 {
-    match wait_mode {
+/// The `END_SLEEPS` value of an end with this config in this process.
+///
+/// A membarrier costs an interrupt of every CPU running the peer (several µs in a VM):
+/// worth it for an end that spins or yields before it sleeps, which then sleeps only when
+/// the peer is idle, and saves the peer a fence per message. An end set to sleep at once
+/// sleeps on every wait, and a fence on each side is the cheaper pair there.
+fn sleeps_for(config: &ChannelConfig) -> u32 {
+    let sleeps_at_once = config.spin == 0 && config.yield_for.is_zero();
+    match config.wait_mode {
         WaitMode::Polling => SLEEPS_NEVER,
-        WaitMode::Blocking if sys::membarrier_registered() => SLEEPS_MEMBARRIER,
+        WaitMode::Blocking if !sleeps_at_once && sys::membarrier_registered() => SLEEPS_MEMBARRIER,
         WaitMode::Blocking => SLEEPS_FENCED,
     }
 }
@@ -94,7 +100,7 @@ impl Channel {
             )
         })?;
         let me = ProcessId::current();
-        let sleeps = sleeps_for(config.wait_mode);
+        let sleeps = sleeps_for(config);
         let line = match role {
             Role::Receiver => RX_LINE,
             Role::Sender => slot_base(0) + S_SENDER,
@@ -164,7 +170,7 @@ impl Channel {
             spin: config.spin,
             yield_for: config.yield_for,
             registered: sys::membarrier_registered(),
-            sleeps: AtomicU32::new(sleeps_for(config.wait_mode)),
+            sleeps: AtomicU32::new(sleeps_for(config)),
         };
         match role {
             Role::Receiver => channel.attach(RX_LINE, "receiver")?,

@@ -282,6 +282,10 @@ fn blocking_ends_announce_how_they_sleep_and_polling_ends_that_they_never_do() {
     use super::layout::{END_SLEEPS, RX_LINE, SLEEPS_FENCED, SLEEPS_MEMBARRIER, SLEEPS_NEVER};
     let blocking = ChannelConfig::new().with_capacity(256);
     let polling = blocking.clone().with_wait_mode(crate::WaitMode::Polling);
+    let at_once = blocking
+        .clone()
+        .with_spin_iterations(0)
+        .with_yield_duration(Duration::ZERO);
     let receiver = ShmReceiver::<u64>::create(&name("sleeps"), &blocking).unwrap();
     let sender = ShmSender::<u64>::open(&name("sleeps"), &polling).unwrap();
     let map = receiver.channel.map();
@@ -300,22 +304,38 @@ fn blocking_ends_announce_how_they_sleep_and_polling_ends_that_they_never_do() {
         SLEEPS_NEVER
     );
     drop(sender);
+    let sender = ShmSender::<u64>::open(&name("sleeps"), &at_once).unwrap();
+    assert_eq!(
+        map.u32_at(slot_base(0) + S_SENDER + END_SLEEPS)
+            .load(Ordering::Relaxed),
+        SLEEPS_FENCED
+    );
+    drop(sender);
 }
 
-/// Both ends sleep on the futex before every message (no spin, no yield), so every message
-/// needs a wake-up; the ends wake each other without fences of their own where the
+/// Both ends sleep on the futex on almost every message (a few spins, no yield), so most
+/// messages need a wake-up; the ends wake each other without fences of their own where the
 /// sleeper's membarrier stands in for them. A lost wake-up would cost a 20 ms slice, not
-/// the round trip: this runs 2000 of them.
+/// the round trip: this runs 2000 of them, and the same with ends that sleep at once
+/// (fences on both sides).
 #[test]
 fn ends_that_sleep_at_once_wake_each_other_for_every_message() {
-    let config = ChannelConfig::new()
+    let spinning = ChannelConfig::new()
         .with_capacity(4096)
-        .with_spin_iterations(0)
+        .with_spin_iterations(1)
         .with_yield_duration(Duration::ZERO);
-    let mut ping_rx = ShmReceiver::<u64>::create(&name("sleep-pong"), &config).unwrap();
-    let mut pong_rx = ShmReceiver::<u64>::create(&name("sleep-ping"), &config).unwrap();
-    let mut ping_tx = ShmSender::<u64>::open(&name("sleep-ping"), &config).unwrap();
-    let mut pong_tx = ShmSender::<u64>::open(&name("sleep-pong"), &config).unwrap();
+    ping_pong_2000("sleep-mb", &spinning);
+    let at_once = spinning.with_spin_iterations(0);
+    ping_pong_2000("sleep-f", &at_once);
+}
+
+fn ping_pong_2000(tag: &str, config: &ChannelConfig) {
+    let config = config.clone();
+    let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+    let mut ping_rx = ShmReceiver::<u64>::create(&name(&b), &config).unwrap();
+    let mut pong_rx = ShmReceiver::<u64>::create(&name(&a), &config).unwrap();
+    let mut ping_tx = ShmSender::<u64>::open(&name(&a), &config).unwrap();
+    let mut pong_tx = ShmSender::<u64>::open(&name(&b), &config).unwrap();
     let echo = std::thread::spawn(move || {
         for _ in 0..2000 {
             let value = pong_rx.recv().unwrap();
