@@ -55,7 +55,9 @@
 //! message. Where the kernel has `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` (Linux 4.16
 //! and later), each process registers for it and a blocking end announces so in its line of
 //! the segment: it calls `membarrier` before it sleeps (which runs the fence on the waker's
-//! CPU for it), and the waker needs none per message. Without it, both sides fence.
+//! CPU for it), and the waker needs none per message. Without it, both sides fence; so do
+//! ends set to sleep at once (no spin, no yield), which sleep on every wait and for which
+//! a membarrier per sleep (an interrupt of the peer's CPU) costs more than the fences.
 //!
 //! # Example
 //!
