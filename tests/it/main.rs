@@ -20,6 +20,7 @@ mod queue_group_commit;
 mod queue_pipelined;
 mod queue_processes;
 mod queue_semantics;
+mod queue_support;
 mod shm_bench;
 mod shm_channel;
 mod shm_crash;

@@ -2,7 +2,6 @@
 //! through the sync lock and the `synced` watermark; a leader that dies or fails in its sync
 //! blocks no one and makes no one else's bytes count as durable.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,65 +52,7 @@ fn sixteen_producer_processes_sending_one_at_a_time_lose_nothing() -> Result<()>
     let path = dir.path().join("q");
     Queue::create(&path, &QueueConfig::new().with_segment_len(64 << 10))?;
     let address = path_arg(&path);
-    let (producers, each) = (16u32, 40u64);
-    let mut peers = Vec::new();
-    for id in 0..producers {
-        peers.push(Peer::spawn_role(
-            format!("producer {id}"),
-            "queue-produce",
-            [
-                "--address",
-                &address,
-                "--producer",
-                &id.to_string(),
-                "--count",
-                &each.to_string(),
-                "--size",
-                "1000",
-            ],
-        )?);
-    }
-    // Every receipt a producer printed must be a message the consumer gets.
-    let mut receipted = BTreeMap::new();
-    for peer in &mut peers {
-        loop {
-            let line = peer.expect_line(WAIT)?;
-            if line.starts_with("ok") {
-                break;
-            }
-            let words: Vec<&str> = line.split(' ').collect();
-            ensure!(words.len() == 5 && words[0] == "sent", "{line}");
-            receipted.insert(
-                words[4].parse::<u64>()?,
-                (words[1].to_owned(), words[3].to_owned()),
-            );
-        }
-        peer.wait_success(WAIT)?;
-    }
-    ensure!(receipted.len() as u64 == u64::from(producers) * each);
-    let total = receipted.len().to_string();
-    let mut consumer = Peer::spawn_role(
-        "consumer",
-        "queue-consume",
-        ["--address", &address, "--expect", &total],
-    )?;
-    let mut got = BTreeMap::new();
-    loop {
-        let line = consumer.expect_line(WAIT)?;
-        if let Some(rest) = line.strip_prefix("got ") {
-            let words: Vec<&str> = rest.split(' ').collect();
-            got.insert(
-                words[3].parse::<u64>()?,
-                (words[0].to_owned(), words[2].to_owned()),
-            );
-        } else if line.starts_with("ok") {
-            ensure!(line.starts_with(&format!("ok received={total} ")), "{line}");
-            break;
-        }
-    }
-    consumer.wait_success(WAIT)?;
-    ensure!(got == receipted, "deliveries differ from receipts");
-    Ok(())
+    crate::queue_support::every_receipt_is_delivered(&address, 16, 40, &[], WAIT)
 }
 
 #[test]

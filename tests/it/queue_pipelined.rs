@@ -2,14 +2,13 @@
 //! order, errors as receipts, other calls after pipelined ones, and pipelined producer
 //! processes whose receipts all come out of the queue.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use ipc_core::ErrorKind;
 use ipc_queue::{AsyncQueue, ProducerOptions, Queue, QueueConfig};
-use ipc_tests::{Peer, TempDir, Watchdog};
+use ipc_tests::{TempDir, Watchdog};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -109,66 +108,7 @@ fn pipelined_producer_processes_lose_no_receipted_message() -> Result<()> {
     let path = dir.path().join("q");
     Queue::create(&path, &QueueConfig::new().with_segment_len(256 << 10))?;
     let address = path_arg(&path);
-    let (producers, each) = (4u32, 300u64);
-    let mut peers = Vec::new();
-    for id in 0..producers {
-        peers.push(Peer::spawn_role(
-            format!("pipelined producer {id}"),
-            "queue-produce",
-            [
-                "--address",
-                &address,
-                "--producer",
-                &id.to_string(),
-                "--count",
-                &each.to_string(),
-                "--size",
-                "1000",
-                "--window",
-                "64",
-            ],
-        )?);
-    }
-    let mut receipted = BTreeMap::new();
-    for peer in &mut peers {
-        loop {
-            let line = peer.expect_line(WAIT)?;
-            if line.starts_with("ok") {
-                break;
-            }
-            let words: Vec<&str> = line.split(' ').collect();
-            ensure!(words.len() == 5 && words[0] == "sent", "{line}");
-            receipted.insert(
-                words[4].parse::<u64>()?,
-                (words[1].to_owned(), words[3].to_owned()),
-            );
-        }
-        peer.wait_success(WAIT)?;
-    }
-    ensure!(receipted.len() as u64 == u64::from(producers) * each);
-    let total = receipted.len().to_string();
-    let mut consumer = Peer::spawn_role(
-        "consumer",
-        "queue-consume",
-        ["--address", &address, "--expect", &total],
-    )?;
-    let mut got = BTreeMap::new();
-    loop {
-        let line = consumer.expect_line(WAIT)?;
-        if let Some(rest) = line.strip_prefix("got ") {
-            let words: Vec<&str> = rest.split(' ').collect();
-            got.insert(
-                words[3].parse::<u64>()?,
-                (words[0].to_owned(), words[2].to_owned()),
-            );
-        } else if line.starts_with("ok") {
-            ensure!(line.starts_with(&format!("ok received={total} ")), "{line}");
-            break;
-        }
-    }
-    consumer.wait_success(WAIT)?;
-    ensure!(got == receipted, "deliveries differ from receipts");
-    Ok(())
+    crate::queue_support::every_receipt_is_delivered(&address, 4, 300, &["--window", "64"], WAIT)
 }
 
 #[test]

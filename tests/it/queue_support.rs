@@ -1,0 +1,82 @@
+//! What several queue test modules share: producer processes whose every receipt must come
+//! out of a consumer process.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use ipc_tests::Peer;
+
+/// Runs `producers` `queue-produce` processes of `each` 1000-byte messages on the queue at
+/// `address` (with `extra` arguments, e.g. a window), collects every receipt they print,
+/// then drains the queue with one `queue-consume` process: the deliveries must be exactly
+/// the receipted messages, producer, sequence and checksum alike.
+pub(crate) fn every_receipt_is_delivered(
+    address: &str,
+    producers: u32,
+    each: u64,
+    extra: &[&str],
+    wait: Duration,
+) -> Result<()> {
+    let mut peers = Vec::new();
+    for id in 0..producers {
+        let (id_s, each_s) = (id.to_string(), each.to_string());
+        let mut args = vec![
+            "--address",
+            address,
+            "--producer",
+            &id_s,
+            "--count",
+            &each_s,
+            "--size",
+            "1000",
+        ];
+        args.extend_from_slice(extra);
+        peers.push(Peer::spawn_role(
+            format!("producer {id}"),
+            "queue-produce",
+            args,
+        )?);
+    }
+    let mut receipted = BTreeMap::new();
+    for peer in &mut peers {
+        loop {
+            let line = peer.expect_line(wait)?;
+            if line.starts_with("ok") {
+                break;
+            }
+            let words: Vec<&str> = line.split(' ').collect();
+            ensure!(words.len() == 5 && words[0] == "sent", "{line}");
+            receipted.insert(
+                words[4].parse::<u64>()?,
+                (words[1].to_owned(), words[3].to_owned()),
+            );
+        }
+        peer.wait_success(wait)?;
+    }
+    ensure!(receipted.len() as u64 == u64::from(producers) * each);
+    let total = receipted.len().to_string();
+    let mut consumer = Peer::spawn_role(
+        "consumer",
+        "queue-consume",
+        ["--address", address, "--expect", &total],
+    )?;
+    let mut got = BTreeMap::new();
+    loop {
+        let line = consumer.expect_line(wait)?;
+        if let Some(rest) = line.strip_prefix("got ") {
+            let words: Vec<&str> = rest.split(' ').collect();
+            ensure!(words.len() >= 4, "{line}");
+            got.insert(
+                words[3].parse::<u64>()?,
+                (words[0].to_owned(), words[2].to_owned()),
+            );
+        } else if line.starts_with("ok") {
+            ensure!(line.starts_with(&format!("ok received={total} ")), "{line}");
+            break;
+        }
+    }
+    consumer.wait_success(wait)?;
+    ensure!(got == receipted, "deliveries differ from receipts");
+    Ok(())
+}
