@@ -203,25 +203,33 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-fn latency(case: String, per_op: Duration, baseline_name: String, baseline: Duration) -> Figure {
+/// An ipc-socket round-trip figure of 64-byte messages beside its baseline.
+pub(super) fn latency(
+    case: impl Into<String>,
+    per_op: Duration,
+    baseline_name: impl Into<String>,
+    baseline: Duration,
+) -> Figure {
     Figure {
         mechanism: "ipc-socket".to_owned(),
-        case,
+        case: case.into(),
         payload_bytes: 64,
         metric: "latency".to_owned(),
         value: per_op.as_nanos() as f64,
         unit: "ns".to_owned(),
-        baseline_name,
+        baseline_name: baseline_name.into(),
         baseline_value: baseline.as_nanos() as f64,
     }
 }
 
-fn throughput(
-    case: String,
+/// An ipc-socket stream figure of `count` messages of `size` bytes beside its baseline:
+/// msg/s, or MB/s from 1 KiB up.
+pub(super) fn throughput(
+    case: impl Into<String>,
     size: usize,
     count: u64,
     elapsed: Duration,
-    baseline_name: String,
+    baseline_name: impl Into<String>,
     baseline: Duration,
 ) -> Figure {
     let (value, base, unit) = if size >= 1024 {
@@ -240,12 +248,12 @@ fn throughput(
     };
     Figure {
         mechanism: "ipc-socket".to_owned(),
-        case,
+        case: case.into(),
         payload_bytes: size as u64,
         metric: "throughput".to_owned(),
         value,
         unit: unit.to_owned(),
-        baseline_name,
+        baseline_name: baseline_name.into(),
         baseline_value: base,
     }
 }
@@ -443,24 +451,33 @@ async fn async_round_trip(transport: Transport, n: u64) -> Result<Duration> {
 
 async fn async_stream(transport: Transport, size: usize, count: u64) -> Result<Duration> {
     let server = spawn_server("socket-echo-server", "sink", transport)?;
-    let elapsed = {
-        let mut conn = AsyncConnection::<Blob>::connect(&server.address, blob_config()).await?;
-        let message = Blob {
-            bytes: vec![7u8; size],
-        };
-        let started = Instant::now();
-        for _ in 0..count {
-            conn.send(&message).await?;
-        }
-        conn.send(&Blob { bytes: Vec::new() }).await?;
-        let marker = conn.recv().await?;
-        if !marker.bytes.is_empty() {
-            bail!("expected the empty end marker back");
-        }
-        let elapsed = started.elapsed();
-        conn.close().await?;
-        elapsed
-    };
+    let conn = AsyncConnection::<Blob>::connect(&server.address, blob_config()).await?;
+    let elapsed = stream_to_sink(conn, size, count).await?;
     server.finish()?;
+    Ok(elapsed)
+}
+
+/// Streams `count` messages of `size` bytes to a sink server, then an empty end marker,
+/// and waits for the sink to echo the marker (so every message was read); the time from
+/// the first send to the echo. Closes the connection.
+pub(super) async fn stream_to_sink(
+    mut conn: AsyncConnection<Blob>,
+    size: usize,
+    count: u64,
+) -> Result<Duration> {
+    let message = Blob {
+        bytes: vec![7u8; size],
+    };
+    let started = Instant::now();
+    for _ in 0..count {
+        conn.send(&message).await?;
+    }
+    conn.send(&Blob { bytes: Vec::new() }).await?;
+    let marker = conn.recv().await?;
+    if !marker.bytes.is_empty() {
+        bail!("expected the empty end marker back");
+    }
+    let elapsed = started.elapsed();
+    conn.close().await?;
     Ok(elapsed)
 }

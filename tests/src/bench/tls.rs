@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 
-use super::socket::{Blob, blob_config};
+use super::socket::{Blob, blob_config, latency, stream_to_sink, throughput};
 use super::{Effort, Figure};
 use crate::Peer;
 use crate::roles::Args;
@@ -151,53 +151,6 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-fn latency(case: &str, per_op: Duration, baseline_name: &str, baseline: Duration) -> Figure {
-    Figure {
-        mechanism: "ipc-socket".to_owned(),
-        case: case.to_owned(),
-        payload_bytes: 64,
-        metric: "latency".to_owned(),
-        value: per_op.as_nanos() as f64,
-        unit: "ns".to_owned(),
-        baseline_name: baseline_name.to_owned(),
-        baseline_value: baseline.as_nanos() as f64,
-    }
-}
-
-fn throughput(
-    case: &str,
-    size: usize,
-    count: u64,
-    elapsed: Duration,
-    baseline_name: &str,
-    baseline: Duration,
-) -> Figure {
-    let (value, base, unit) = if size >= 1024 {
-        let bytes = (size as u64 * count) as f64;
-        (
-            bytes / elapsed.as_secs_f64() / 1e6,
-            bytes / baseline.as_secs_f64() / 1e6,
-            "MB/s",
-        )
-    } else {
-        (
-            count as f64 / elapsed.as_secs_f64(),
-            count as f64 / baseline.as_secs_f64(),
-            "msg/s",
-        )
-    };
-    Figure {
-        mechanism: "ipc-socket".to_owned(),
-        case: case.to_owned(),
-        payload_bytes: size as u64,
-        metric: "throughput".to_owned(),
-        value,
-        unit: unit.to_owned(),
-        baseline_name: baseline_name.to_owned(),
-        baseline_value: base,
-    }
-}
-
 fn ipc_config(pki: &TestPki, side: Side) -> Result<ConnectionConfig> {
     let config = blob_config();
     if side == Side::Tcp {
@@ -294,22 +247,8 @@ async fn stream(pki: &TestPki, side: Side, size: usize, count: u64) -> Result<Du
         elapsed
     } else {
         let address: Address = server.address.parse()?;
-        let mut conn = AsyncConnection::<Blob>::connect(&address, ipc_config(pki, side)?).await?;
-        let message = Blob {
-            bytes: vec![7u8; size],
-        };
-        let started = Instant::now();
-        for _ in 0..count {
-            conn.send(&message).await?;
-        }
-        conn.send(&Blob { bytes: Vec::new() }).await?;
-        let marker = conn.recv().await?;
-        if !marker.bytes.is_empty() {
-            bail!("expected the empty end marker back");
-        }
-        let elapsed = started.elapsed();
-        conn.close().await?;
-        elapsed
+        let conn = AsyncConnection::<Blob>::connect(&address, ipc_config(pki, side)?).await?;
+        stream_to_sink(conn, size, count).await?
     };
     server.peer.wait_success(WAIT)?;
     Ok(elapsed)

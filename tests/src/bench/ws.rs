@@ -21,7 +21,7 @@ use ipc_socket::{Address, AsyncConnection};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::Message;
 
-use super::socket::{Blob, blob_config};
+use super::socket::{Blob, blob_config, latency, stream_to_sink, throughput};
 use super::{Effort, Figure};
 use crate::Peer;
 
@@ -61,46 +61,26 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         raw_rt = raw_rt.min(runtime.block_on(raw_round_trip(round_trips))?);
         ipc_rt = ipc_rt.min(runtime.block_on(ipc_round_trip(round_trips))?);
     }
-    figures.push(Figure {
-        mechanism: "ipc-socket".to_owned(),
-        case: "round trip async, websocket".to_owned(),
-        payload_bytes: 64,
-        metric: "latency".to_owned(),
-        value: ipc_rt.as_nanos() as f64,
-        unit: "ns".to_owned(),
-        baseline_name: "raw tokio-tungstenite ping-pong".to_owned(),
-        baseline_value: raw_rt.as_nanos() as f64,
-    });
+    figures.push(latency(
+        "round trip async, websocket",
+        ipc_rt,
+        "raw tokio-tungstenite ping-pong",
+        raw_rt,
+    ));
     for (size, count) in [(64usize, small), (64 * 1024, large)] {
         let (mut raw, mut ipc) = (Duration::MAX, Duration::MAX);
         for _ in 0..reps {
             raw = raw.min(runtime.block_on(raw_stream(size, count))?);
             ipc = ipc.min(runtime.block_on(ipc_stream(size, count))?);
         }
-        let (value, base, unit) = if size >= 1024 {
-            let bytes = (size as u64 * count) as f64;
-            (
-                bytes / ipc.as_secs_f64() / 1e6,
-                bytes / raw.as_secs_f64() / 1e6,
-                "MB/s",
-            )
-        } else {
-            (
-                count as f64 / ipc.as_secs_f64(),
-                count as f64 / raw.as_secs_f64(),
-                "msg/s",
-            )
-        };
-        figures.push(Figure {
-            mechanism: "ipc-socket".to_owned(),
-            case: "stream async, websocket".to_owned(),
-            payload_bytes: size as u64,
-            metric: "throughput".to_owned(),
-            value,
-            unit: unit.to_owned(),
-            baseline_name: "raw tokio-tungstenite stream of binary messages".to_owned(),
-            baseline_value: base,
-        });
+        figures.push(throughput(
+            "stream async, websocket",
+            size,
+            count,
+            ipc,
+            "raw tokio-tungstenite stream of binary messages",
+            raw,
+        ));
     }
     Ok(figures)
 }
@@ -137,21 +117,8 @@ async fn ipc_round_trip(n: u64) -> Result<Duration> {
 
 async fn ipc_stream(size: usize, count: u64) -> Result<Duration> {
     let server = spawn_server("socket-echo-server", "sink")?;
-    let mut conn = AsyncConnection::<Blob>::connect(&server.address, blob_config()).await?;
-    let message = Blob {
-        bytes: vec![7u8; size],
-    };
-    let started = Instant::now();
-    for _ in 0..count {
-        conn.send(&message).await?;
-    }
-    conn.send(&Blob { bytes: Vec::new() }).await?;
-    let marker = conn.recv().await?;
-    if !marker.bytes.is_empty() {
-        bail!("expected the empty end marker back");
-    }
-    let elapsed = started.elapsed();
-    conn.close().await?;
+    let conn = AsyncConnection::<Blob>::connect(&server.address, blob_config()).await?;
+    let elapsed = stream_to_sink(conn, size, count).await?;
     let mut peer = server.peer;
     peer.wait_success(WAIT)?;
     Ok(elapsed)
