@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -504,7 +504,28 @@ struct Shared {
     conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
     n_conns: AtomicUsize,
     next_id: AtomicU64,
+    /// [`RUNNING`], [`SHUT_DOWN`] or [`DROPPED`]; written and read with `conns` held, so a
+    /// connection whose handshake ends while the server stops is either among those the
+    /// stop closes or sees the stop when it registers, never neither.
+    stopped: AtomicU8,
     config: ServerConfig,
+}
+
+const RUNNING: u8 = 0;
+const SHUT_DOWN: u8 = 1;
+const DROPPED: u8 = 2;
+
+/// Ends one connection because the server stops: with a going-away close frame after
+/// [`Server::shutdown`], without one when the server is dropped.
+fn stop_conn(conn: &Conn, how: u8) {
+    if how == SHUT_DOWN {
+        let mut out = Vec::new();
+        let _ = Close::new(CloseCode::GOING_AWAY, "server shutting down").encode_frame(&mut out);
+        conn.close(Some(out.into()));
+    } else {
+        conn.close(None);
+    }
+    conn.shutdown.notify_one();
 }
 
 impl Shared {
@@ -537,6 +558,21 @@ impl Shared {
 
     fn all(&self) -> Vec<Arc<Conn>> {
         lock(&self.conns).values().cloned().collect()
+    }
+
+    /// Marks the server stopped and ends every registered connection.
+    fn stop(&self, how: u8) {
+        let conns: Vec<Arc<Conn>> = {
+            let conns = lock(&self.conns);
+            if self.stopped.load(Ordering::Relaxed) != RUNNING {
+                return;
+            }
+            self.stopped.store(how, Ordering::Relaxed);
+            conns.values().cloned().collect()
+        };
+        for conn in conns {
+            stop_conn(&conn, how);
+        }
     }
 
     async fn publish_wire(&self, topic: &str, frame: Wire) -> usize {
@@ -741,6 +777,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
             conns: Mutex::new(HashMap::new()),
             n_conns: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            stopped: AtomicU8::new(RUNNING),
             config,
         });
         let accept_tasks = listeners
@@ -794,13 +831,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Server<T> {
         for task in &mut self.accept_tasks {
             let _ = task.await;
         }
-        for conn in self.handle.shared.all() {
-            let mut out = Vec::new();
-            let _ =
-                Close::new(CloseCode::GOING_AWAY, "server shutting down").encode_frame(&mut out);
-            conn.close(Some(out.into()));
-            conn.shutdown.notify_one();
-        }
+        self.handle.shared.stop(SHUT_DOWN);
     }
 }
 
@@ -809,10 +840,7 @@ impl<T> Drop for Server<T> {
         for task in &self.accept_tasks {
             task.abort();
         }
-        for conn in self.handle.shared.all() {
-            conn.close(None);
-            conn.shutdown.notify_one();
-        }
+        self.handle.shared.stop(DROPPED);
     }
 }
 
@@ -945,7 +973,16 @@ async fn serve<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
         batches: shaken.peer.features() & FEATURE_BATCH != 0,
         failure: Mutex::new(None),
     });
-    lock(&shared.conns).insert(id, Arc::clone(&conn));
+    {
+        let mut conns = lock(&shared.conns);
+        conns.insert(id, Arc::clone(&conn));
+        // The server stopped while this handshake ran: the stop did not see this
+        // connection, so it ends here (the reader sees the shutdown at once).
+        let how = shared.stopped.load(Ordering::Relaxed);
+        if how != RUNNING {
+            stop_conn(&conn, how);
+        }
+    }
     let writer = tokio::spawn(write_loop(Arc::clone(&conn), shaken.writer));
     let peer = peer.to_string();
     let _ = events.send(Event::Connected { conn: id, peer }).await;

@@ -910,3 +910,35 @@ fn a_client_gives_up_after_its_back_off_max_attempts() {
         assert_eq!(client.connections(), 1);
     });
 }
+
+/// A client whose handshake the server is still finishing when it shuts down is ended
+/// too: the stop and the registration of a new connection cannot miss each other (a
+/// connection that registered just after the stop once lived on with no server).
+#[test]
+fn a_shutdown_ends_a_connection_whose_handshake_was_finishing() {
+    runtime().block_on(async {
+        let watchdog = Duration::from_secs(20);
+        let dir = Dir::new();
+        for round in 0..200 {
+            let address = Address::path(dir.0.join(format!("s{round}.sock")));
+            let mut server = Server::<String>::bind(ServerConfig::new(address.clone(), config()))
+                .await
+                .unwrap();
+            let client =
+                Client::<String>::connect(ClientConfig::new(address, config()).no_reconnect())
+                    .await
+                    .unwrap();
+            server.shutdown().await;
+            if round % 2 == 0 {
+                drop(server);
+            }
+            match tokio::time::timeout(watchdog, client.recv()).await {
+                Ok(Ok(Incoming::Disconnected(err))) => {
+                    assert!(err.is_peer_gone(), "round {round}: {err}")
+                }
+                Ok(other) => panic!("round {round}: unexpected {other:?}"),
+                Err(_) => panic!("round {round}: the connection outlived the server's shutdown"),
+            }
+        }
+    });
+}
