@@ -55,6 +55,27 @@ fn node_unit_tests_pass_against_a_real_server_process() -> Result<()> {
     let ws_url = server.expect_prefixed("also address=", WAIT)?;
     let address = server.expect_prefixed("ready address=", WAIT)?;
     let host_port = address.strip_prefix("tcp:").context("tcp address")?;
+    // A second server that holds tokens, over TCP and WebSocket.
+    let dir = ipc_tests::TempDir::new("js-tokens")?;
+    let tokens = dir.path().join("tokens");
+    let token = "js-token-3e8d1c";
+    std::fs::write(&tokens, format!("another-token-aa01\n{token}\n"))?;
+    let mut command = Peer::role_command(
+        "socket-server",
+        [
+            "--address",
+            "tcp:127.0.0.1:0",
+            "--also",
+            "ws://127.0.0.1:0/ipc",
+            "--tokens-file",
+            &tokens.display().to_string(),
+        ],
+    )?;
+    command.stdin(Stdio::piped());
+    let mut token_server = Peer::spawn("token server", command)?;
+    let token_ws_url = token_server.expect_prefixed("also address=", WAIT)?;
+    let token_address = token_server.expect_prefixed("ready address=", WAIT)?;
+    let token_host_port = token_address.strip_prefix("tcp:").context("tcp address")?;
     let out = Command::new("node")
         .args([
             // Node 20's WebSocket, for the test against the server's ws:// endpoint.
@@ -67,6 +88,9 @@ fn node_unit_tests_pass_against_a_real_server_process() -> Result<()> {
         .current_dir(js_dir())
         .env("IPC_TEST_SERVER", host_port)
         .env("IPC_TEST_WS_URL", &ws_url)
+        .env("IPC_TEST_TOKEN_SERVER", token_host_port)
+        .env("IPC_TEST_TOKEN_WS_URL", &token_ws_url)
+        .env("IPC_TEST_TOKEN", token)
         .output()
         .context("run node --test")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -89,7 +113,17 @@ fn node_unit_tests_pass_against_a_real_server_process() -> Result<()> {
     }
     server.close_stdin();
     server.expect_prefixed("ok", WAIT)?;
-    server.wait_success(WAIT)
+    server.wait_success(WAIT)?;
+    // The token server let in the two clients with the token and refused the four without,
+    // and never printed the token.
+    for _ in 0..4 {
+        let rejected = token_server.expect_prefixed("rejected", WAIT)?;
+        assert!(rejected.contains("token"), "{rejected}");
+        assert!(!rejected.contains(token), "a token leaked: {rejected}");
+    }
+    token_server.close_stdin();
+    token_server.expect_prefixed("ok", WAIT)?;
+    token_server.wait_success(WAIT)
 }
 
 /// The Rust side of `test/roundtrip.mjs`'s `Everything` schema.

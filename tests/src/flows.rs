@@ -220,8 +220,8 @@ pub enum ChatTransport {
     Namespaced,
     /// TCP on 127.0.0.1, on a port the server picks.
     Tcp,
-    /// TLS over TCP on 127.0.0.1 (`tls:`), with run-time test certificates; Rust clients
-    /// only (the Python client speaks plain sockets).
+    /// TLS over TCP on 127.0.0.1 (`tls:`), with run-time test certificates; the Python
+    /// client checks the server against the test CA with Python's `ssl` module.
     Tls,
 }
 
@@ -274,7 +274,7 @@ pub fn chat(
     let mut server = Peer::spawn("chat server", command)?;
     let bound = server.expect_prefixed("ready address=", STEP)?;
 
-    let python = python_chat_client().filter(|_| pki.is_none());
+    let python = python_chat_client();
     let mut names: Vec<String> = (0..clients).map(|i| format!("rust{i}")).collect();
     if python.is_some() && clients > 0 {
         names[clients - 1] = "python".to_owned();
@@ -371,10 +371,10 @@ pub fn chat(
         processes: n as u32 + 2,
         messages: n * n * count,
         bytes: 0,
-        detail: if python.is_some() {
+        detail: if python.is_some() && pki.is_some() {
+            "tls with run-time certificates, python client joined; victim killed".to_owned()
+        } else if python.is_some() {
             "python client joined; victim killed".to_owned()
-        } else if pki.is_some() {
-            "tls with run-time certificates, Rust clients only; victim killed".to_owned()
         } else {
             "python3 missing: Rust clients only; victim killed".to_owned()
         },

@@ -95,7 +95,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "chat-tls",
         mechanism: "ipc-socket / tls",
-        about: "the same chat over tls: on 127.0.0.1 (certificates made at run time; Rust clients only)",
+        about: "the same chat over tls: on 127.0.0.1 (certificates made at run time; Rust clients and the Python client, which checks the server with Python's ssl module)",
         needs_broker: false,
         run: chat_tls,
     },

@@ -12,7 +12,9 @@
 //   `encodeClose`/`decodeClose`, `encodePublish`/`decodePublish`: the frames;
 // - `IpcClient`: handshake with the type fingerprint, requests with many in flight and
 //   deadlines, subscribe/publish, data messages both ways, heartbeats, close, batch frames
-//   both ways, and reconnection with jittered exponential back-off that resubscribes.
+//   both ways, reconnection with jittered exponential back-off that resubscribes, and a
+//   token for servers that hold them (the Auth frame). `wss://` URLs work as `ws://` ones:
+//   the browser (or Node's WebSocket) does the TLS and checks the server's certificate.
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -440,6 +442,9 @@ export const HANDSHAKE_FRAME_LEN = 2048;
 export const MAX_NAME_LEN = 1024;
 export const FEATURE_PATTERNS = 0x1;
 export const FEATURE_BATCH = 0x2;
+/** Feature bit 2: an Auth frame (the client's token) follows the client's Hello. */
+export const FEATURE_TOKEN = 0x4;
+export const MAX_TOKEN_LEN = 1024;
 export const MAX_BATCHED_MESSAGE = 4096;
 export const MAX_BATCH_LEN = 8 * 1024;
 /** The most bytes of whole frames one write (one WebSocket message) groups. */
@@ -458,6 +463,7 @@ export const Kind = Object.freeze({
   Unsubscribe: 0x0a,
   Publish: 0x0b,
   Batch: 0x0c,
+  Auth: 0x0d,
 });
 
 export const CloseCode = Object.freeze({
@@ -472,6 +478,7 @@ export const CloseCode = Object.freeze({
   HEARTBEAT_TIMEOUT: 8,
   RESPONSE_TOO_LARGE: 9,
   FRAME_TIMEOUT: 10,
+  UNAUTHORIZED: 11,
 });
 
 /** FNV-1a 64 of `bytes` (a Uint8Array or a string, taken as UTF-8), as a BigInt. */
@@ -484,7 +491,7 @@ export function fnv1a64(bytes) {
 
 /** One whole frame: the 16-byte header and `payload`. */
 export function encodeFrame(kind, id, payload = new Uint8Array(0), maxFrameLen = 0xffffffff) {
-  if (payload.length > maxFrameLen && !((kind === Kind.Hello || kind === Kind.Close) && payload.length <= HANDSHAKE_FRAME_LEN)) {
+  if (payload.length > maxFrameLen && !((kind === Kind.Hello || kind === Kind.Auth || kind === Kind.Close) && payload.length <= HANDSHAKE_FRAME_LEN)) {
     throw new IpcError("too-large", `frame of ${payload.length} bytes exceeds limit of ${maxFrameLen}`);
   }
   const out = new Uint8Array(HEADER_LEN + payload.length);
@@ -687,7 +694,7 @@ export class FrameDecoder {
     }
     const view = new DataView(b.buffer, b.byteOffset, b.length);
     const len = view.getUint32(8, true);
-    const handshake = (kind === Kind.Hello || kind === Kind.Close) && len <= HANDSHAKE_FRAME_LEN;
+    const handshake = (kind === Kind.Hello || kind === Kind.Auth || kind === Kind.Close) && len <= HANDSHAKE_FRAME_LEN;
     if (len > this.maxFrameLen && !handshake) {
       this.fail("too-large", `frame of ${len} bytes exceeds limit of ${this.maxFrameLen}`);
     }
@@ -822,6 +829,10 @@ export class IpcClient {
    * @param {{initial: number, max: number} | null} [options.reconnect] back-off in ms
    *   (50 doubling to 2000); null: no reconnection
    * @param {boolean} [options.batches] announce and send batch frames (true)
+   * @param {string | Uint8Array} [options.token] a token (1 to 1024 bytes; a string is
+   *   taken as UTF-8) for a server that holds tokens, sent in an Auth frame right after
+   *   the Hello. A refusal with close code 11 (unauthorized) or 3 (type mismatch) is
+   *   final: the client does not reconnect after it. The token never appears in errors.
    */
   static async connect(options) {
     const client = new IpcClient(options);
@@ -841,6 +852,15 @@ export class IpcClient {
     if (!this.options.transport) {
       const url = this.options.url;
       this.options.transport = () => webSocketTransport(url, this.options.WebSocket);
+    }
+    if (this.options.token !== undefined && this.options.token !== null) {
+      const token = typeof this.options.token === "string" ? textEncoder.encode(this.options.token) : this.options.token;
+      if (!(token instanceof Uint8Array) || token.length < 1 || token.length > MAX_TOKEN_LEN) {
+        throw new IpcError("encode", `a token is 1 to ${MAX_TOKEN_LEN} bytes, this one is ${token?.length ?? "not a string or Uint8Array"}`);
+      }
+      // Kept out of `options`, so that logging the options does not show it.
+      Object.defineProperty(this, "token", { value: token, enumerable: false });
+      delete this.options.token;
     }
     this.typeName = this.options.typeName;
     this.type = this.options.type;
@@ -871,8 +891,17 @@ export class IpcClient {
     const decoder = new FrameDecoder(this.options.maxFrameLen);
     let features = FEATURE_PATTERNS;
     if (this.options.batches) features |= FEATURE_BATCH;
+    if (this.token) features |= FEATURE_TOKEN;
     const conn = { transport, decoder, peer: null, up: false, lastHeard: Date.now(), pinged: false, nonce: 0, timer: null, ended: false };
-    const hello = encodeFrame(Kind.Hello, 0, encodeHello({ typeName: this.typeName, maxFrameLen: this.options.maxFrameLen, features }));
+    let hello = encodeFrame(Kind.Hello, 0, encodeHello({ typeName: this.typeName, maxFrameLen: this.options.maxFrameLen, features }));
+    if (this.token) {
+      // The Auth frame goes with the Hello, without waiting for the server's (PROTOCOL.md, Tokens).
+      const auth = encodeFrame(Kind.Auth, 0, this.token);
+      const both = new Uint8Array(hello.length + auth.length);
+      both.set(hello);
+      both.set(auth, hello.length);
+      hello = both;
+    }
     await new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         fail(new IpcError("timeout", `no hello from peer within ${this.options.handshakeTimeout} ms`), CloseCode.PROTOCOL_ERROR);
@@ -1102,7 +1131,15 @@ export class IpcClient {
       if (this.closed) return;
       try {
         await this.connectOnce();
-      } catch {
+      } catch (err) {
+        // A wrong token or message type will not fix itself: the refusal is final.
+        if (err.kind === "peer-closed" && (err.code === CloseCode.UNAUTHORIZED || err.code === CloseCode.TYPE_MISMATCH)) {
+          if (!this.closed) {
+            this.closed = true;
+            this.onclosed(err);
+          }
+          return;
+        }
         if (!this.closed) this.reconnect(attempt + 1);
         return;
       }

@@ -2,12 +2,18 @@
 """A client of ipc_socket::Server in Python, standard library only.
 
 Written from ipc-core's PROTOCOL.md alone (frames, handshake, close, ping/pong, postcard,
-and the messaging patterns: subscribe/publish, request/response). It connects over TCP
-(`tcp:HOST:PORT`), a socket file (`unix:/path`) or a Linux abstract name (`local:NAME`).
+the messaging patterns: subscribe/publish, request/response, and tokens). It connects over TCP
+(`tcp:HOST:PORT`), TLS (`tls:HOST:PORT`, with Python's `ssl` module: the server's certificate
+is checked against the given CA bundle, or the system's, and HOST; a client certificate for
+mutual TLS is optional), a socket file (`unix:/path`) or a Linux abstract name (`local:NAME`).
 
 Use as a library:
 
     client = Client.connect("tcp:127.0.0.1:9000", "ipc-tests.ChatLine/1")
+    # or, to a server that holds tokens, over TLS:
+    # tls = TlsOptions(ca_file="ca.pem")
+    # client = Client.connect("tls:server.example:9000", "ipc-tests.ChatLine/1",
+    #                         token=b"s3cret", tls=tls)
     client.subscribe("chat")
     client.publish("chat", encode_chat_line("py", 0, "hello"))
     kind, topic, payload = client.next_message(timeout=5)
@@ -16,11 +22,14 @@ Use as a library:
 or run `ipc_client.py chat --address A --name NAME --count N --expect a,b`, which behaves like
 the `socket-chat` role of the ipc-tests peer (see tests/src/roles/socket.rs), or
 `ipc_client.py requests --address A --count N`, which checks that N requests (four in flight
-at a time) come back as their echo from the `socket-server` role.
+at a time) come back as their echo from the `socket-server` role. Both take the options
+`--tls-ca FILE`, `--tls-client-cert FILE --tls-client-key FILE` and `--token-file FILE` (the
+token is the file's bytes without a trailing newline), named as the Rust roles name them.
 """
 
 import queue
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -31,14 +40,46 @@ HEADER = struct.Struct("<2sBBB3sII")  # magic, version, kind, flags, reserved, l
 
 HELLO, DATA, CLOSE, PING, PONG = 0x01, 0x02, 0x03, 0x04, 0x05
 REQUEST, RESPONSE, SUBSCRIBE, SUBSCRIBE_ACK, UNSUBSCRIBE, PUBLISH = range(0x06, 0x0C)
-KNOWN_KINDS = set(range(0x01, 0x0C))
+AUTH = 0x0D  # client to server only, right after the client's hello
+KNOWN_KINDS = set(range(0x01, 0x0D))
 FEATURE_PATTERNS = 1
+FEATURE_TOKEN = 4  # an Auth frame follows the hello
+MAX_TOKEN_LEN = 1024
+CLOSE_UNAUTHORIZED = 11
 MAX_NAME_LEN = 1024
 DEFAULT_MAX_FRAME_LEN = 16 * 1024 * 1024
 
 
 class ProtocolError(Exception):
     """The peer broke the protocol, or closed the connection."""
+
+
+class Refused(ProtocolError):
+    """The server refused the connection with a close frame instead of its hello; `code`
+    is the close code (11: unauthorized, 3: type mismatch, 6: refused)."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"server refused: close code {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class TlsOptions:
+    """How a `tls:` connection checks the server and, for mutual TLS, proves who we are.
+    Without `ca_file` the system's trusted roots are used; the server name is always the
+    address's HOST."""
+
+    def __init__(self, ca_file=None, cert_file=None, key_file=None):
+        self.ca_file = ca_file
+        self.cert_file = cert_file
+        self.key_file = key_file
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 def fnv1a64(data: bytes) -> int:
@@ -133,11 +174,27 @@ def parse_close(payload: bytes):
     return code, payload[4:4 + reason_len].decode("utf-8", "replace")
 
 
-def connect_socket(address: str) -> socket.socket:
-    if address.startswith("tcp:"):
-        host, _, port = address[4:].rpartition(":")
-        sock = socket.create_connection((host, int(port)))
+def split_host_port(rest: str):
+    host, _, port = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 literal
+    return host, int(port)
+
+
+def connect_socket(address: str, tls=None, timeout=5.0) -> socket.socket:
+    if address.startswith("tcp:") or address.startswith("tls:"):
+        host, port = split_host_port(address[4:])
+        sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if address.startswith("tls:"):
+            context = (tls or TlsOptions()).context()
+            try:
+                # The handshake runs here, under the connect timeout; the name checked is
+                # the address's host (a DNS name or an IP address).
+                sock = context.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
         return sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if address.startswith("unix:"):
@@ -145,7 +202,7 @@ def connect_socket(address: str) -> socket.socket:
     elif address.startswith("local:"):
         sock.connect("\0" + address[6:])  # Linux abstract namespace
     else:
-        raise ValueError(f"address {address!r} must start with tcp:, unix: or local:")
+        raise ValueError(f"address {address!r} must start with tcp:, tls:, unix: or local:")
     return sock
 
 
@@ -168,15 +225,29 @@ class Client:
 
     @classmethod
     def connect(cls, address: str, type_name: str, max_frame_len=DEFAULT_MAX_FRAME_LEN,
-                timeout=5.0):
-        sock = connect_socket(address)
+                timeout=5.0, token=None, tls=None):
+        """Connects and exchanges hellos within `timeout` seconds. `token` (bytes or str,
+        1 to 1024 bytes) is presented in an Auth frame right after our hello, for a server
+        that holds tokens; `tls` (a TlsOptions) is used for `tls:` addresses. A refusal
+        raises Refused with the server's close code."""
+        if isinstance(token, str):
+            token = token.encode("utf-8")
+        if token is not None and not 1 <= len(token) <= MAX_TOKEN_LEN:
+            # The length only: a token never appears in an error.
+            raise ValueError(f"a token is 1 to {MAX_TOKEN_LEN} bytes, this one is {len(token)}")
+        sock = connect_socket(address, tls, timeout)
         sock.settimeout(timeout)
         client = cls(sock, type_name, max_frame_len)
-        sock.sendall(frame(HELLO, 0, hello_payload(type_name, FEATURE_PATTERNS, max_frame_len)))
+        features = FEATURE_PATTERNS | (FEATURE_TOKEN if token is not None else 0)
+        first = frame(HELLO, 0, hello_payload(type_name, features, max_frame_len))
+        if token is not None:
+            first += frame(AUTH, 0, token)  # at once, without waiting for the server's hello
+        sock.sendall(first)
         kind, _, payload = client.read_frame()
         if kind == CLOSE:
             code, reason = parse_close(payload)
-            raise ProtocolError(f"server refused: close code {code}: {reason}")
+            sock.close()
+            raise Refused(code, reason)
         if kind != HELLO:
             raise ProtocolError(f"expected a hello frame first, got kind {kind}")
         peer_max, features, fingerprint, name = parse_hello(payload)
@@ -200,11 +271,11 @@ class Client:
                 magic, version, kind, flags, reserved, length, ident = HEADER.unpack_from(self.buf)
                 if version != VERSION:
                     raise ProtocolError(f"peer speaks protocol version {version}")
-                if kind not in KNOWN_KINDS:
+                if kind not in KNOWN_KINDS or kind == AUTH:
                     raise ProtocolError(f"unknown frame kind 0x{kind:02x}")
                 if flags or reserved != b"\0\0\0":
                     raise ProtocolError("flags or reserved bytes set")
-                if length > self.max_frame_len:
+                if length > self.max_frame_len and not (kind in (HELLO, CLOSE) and length <= 2048):
                     raise ProtocolError(f"frame of {length} bytes exceeds limit")
                 end = HEADER.size + length
                 if len(self.buf) >= end:
@@ -299,12 +370,25 @@ class Client:
             pass
 
 
+def connect_options(args):
+    """The token and TLS options of the command line, named as the Rust roles name them."""
+    token = None
+    if args.get("token-file"):
+        with open(args["token-file"], "rb") as f:
+            token = f.read().rstrip(b"\r\n")
+    tls = None
+    if args.get("tls-ca") or args.get("tls-client-cert"):
+        tls = TlsOptions(args.get("tls-ca"), args.get("tls-client-cert"),
+                         args.get("tls-client-key"))
+    return {"token": token, "tls": tls}
+
+
 def chat(args):
     name, count = args["name"], int(args.get("count", "1000"))
     expected = [n for n in args.get("expect", "").split(",") if n]
     if name not in expected:
         expected.append(name)
-    client = Client.connect(args["address"], "ipc-tests.ChatLine/1")
+    client = Client.connect(args["address"], "ipc-tests.ChatLine/1", **connect_options(args))
     client.subscribe("chat")
     print("subscribed", flush=True)
     if sys.stdin.readline().strip() != "go":
@@ -346,7 +430,7 @@ def requests(args):
     """Sends --count requests, several in flight at once from threads, and checks that each
     response is the echo of its request (the socket-server role echoes requests)."""
     count = int(args.get("count", "100"))
-    client = Client.connect(args["address"], "ipc-tests.ChatLine/1")
+    client = Client.connect(args["address"], "ipc-tests.ChatLine/1", **connect_options(args))
     failures = []
 
     def worker(first):

@@ -7,7 +7,7 @@ import net from "node:net";
 import {
   T, encode, decode, IpcClient, IpcError, Kind, CloseCode, FrameDecoder, encodeFrame,
   encodeHello, decodeHello, encodeClose, decodeClose, encodeBatch, decodeBatch,
-  FEATURE_PATTERNS, FEATURE_BATCH,
+  FEATURE_PATTERNS, FEATURE_BATCH, FEATURE_TOKEN,
 } from "../ipc_client.mjs";
 import { tcpTransport } from "./tcp_transport.mjs";
 
@@ -194,6 +194,63 @@ test("reconnection with back-off resubscribes before anything else", async () =>
   await server.close();
 });
 
+test("a token goes in an Auth frame right after the Hello; code 11 is final", async () => {
+  const seen = [];
+  const server = await fakeServer(async (peer) => {
+    // Like a server that holds tokens: read the client's Hello and Auth before any Hello.
+    const hello = await peer.next();
+    const auth = await peer.next();
+    seen.push({ features: decodeHello(hello.payload).features, auth });
+    if (new TextDecoder().decode(auth.payload) === "the-good-one") {
+      peer.hello();
+    } else {
+      peer.send(Kind.Close, 0, encodeClose(CloseCode.UNAUTHORIZED, "the token presented is not accepted"));
+      peer.end();
+    }
+  });
+  const client = await IpcClient.connect(server.options({ heartbeat: null, token: "the-good-one" }));
+  assert.equal(seen[0].features & FEATURE_TOKEN, FEATURE_TOKEN);
+  assert.equal(seen[0].auth.kind, Kind.Auth);
+  assert.equal(seen[0].auth.id, 0);
+  assert.ok(!JSON.stringify(client.options).includes("the-good-one"), "the token shows in the options");
+  client.close();
+  const refused = await IpcClient.connect(server.options({ token: new TextEncoder().encode("a-bad-one") })).then(
+    () => null,
+    (err) => err,
+  );
+  assert.equal(refused.kind, "peer-closed");
+  assert.equal(refused.code, CloseCode.UNAUTHORIZED);
+  assert.ok(!refused.message.includes("a-bad-one"), refused.message);
+  // Bad tokens are refused before anything is sent.
+  assert.throws(() => new IpcClient(server.options({ token: "" })), (err) => err.kind === "encode");
+  assert.throws(() => new IpcClient(server.options({ token: "x".repeat(1025) })), /1 to 1024 bytes, this one is 1025/);
+  await server.close();
+});
+
+test("a reconnect refused with code 11 ends the client instead of retrying", async () => {
+  let attempts = 0;
+  const server = await fakeServer(async (peer) => {
+    attempts += 1;
+    await peer.next();
+    await peer.next();
+    if (peer.n === 0) {
+      peer.hello();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      peer.end(); // the first connection drops; the token has been revoked since
+      return;
+    }
+    peer.send(Kind.Close, 0, encodeClose(CloseCode.UNAUTHORIZED, "the token presented is not accepted"));
+    peer.end();
+  });
+  const client = await IpcClient.connect(server.options({ heartbeat: null, token: "t", reconnect: { initial: 5, max: 10 } }));
+  const closed = await new Promise((resolve) => {
+    client.onclosed = resolve;
+  });
+  assert.equal(closed.code, CloseCode.UNAUTHORIZED);
+  assert.equal(attempts, 2);
+  await server.close();
+});
+
 test("data messages sent together go out in batch frames; batches from the server arrive", async () => {
   const got = [];
   const server = await fakeServer(async (peer) => {
@@ -255,6 +312,38 @@ test("against a real ipc-socket server process", { skip: real ? false : "IPC_TES
   const big = await client.request({ from: "js", seq: (1n << 64n) - 1n, text: "big" }, { timeout: 20000 });
   assert.equal(big.seq, (1n << 64n) - 1n);
   client.close();
+});
+
+// A second real server that holds tokens (IPC_TEST_TOKEN_SERVER=host:port, its ws:// endpoint
+// IPC_TEST_TOKEN_WS_URL, one of its tokens IPC_TEST_TOKEN): in with it over TCP and over
+// WebSocket, refused with code 11 without it or with another.
+const tokenServer = process.env.IPC_TEST_TOKEN_SERVER;
+const tokenWs = process.env.IPC_TEST_TOKEN_WS_URL;
+const tokenSkip = !tokenServer || !tokenWs ? "IPC_TEST_TOKEN_SERVER not set" : !globalThis.WebSocket ? "no WebSocket in this Node (needs --experimental-websocket)" : false;
+test("against a real ipc-socket server that holds tokens", { skip: tokenSkip }, async () => {
+  const [host, port] = tokenServer.split(":");
+  const good = process.env.IPC_TEST_TOKEN;
+  const tcp = (token) => ({ transport: () => tcpTransport(host, Number(port)), typeName: TYPE_NAME, type: ChatLine, reconnect: null, token });
+  const ws = (token) => ({ url: tokenWs, typeName: TYPE_NAME, type: ChatLine, reconnect: null, token });
+  for (const options of [tcp(good), ws(good)]) {
+    const client = await IpcClient.connect(options);
+    const reply = await client.request(line(1, "with a token"), { timeout: 20000 });
+    assert.equal(reply.text, "with a token");
+    client.close();
+  }
+  for (const [options, reason] of [
+    [tcp("not-the-token"), "the token presented is not accepted"],
+    [ws("not-the-token"), "the token presented is not accepted"],
+    [tcp(undefined), "no token presented"],
+    [ws(undefined), "no token presented"],
+  ]) {
+    const err = await IpcClient.connect(options).then(() => null, (e) => e);
+    assert.ok(err, `got in with ${reason}`);
+    assert.equal(err.kind, "peer-closed", err.message);
+    assert.equal(err.code, CloseCode.UNAUTHORIZED, err.message);
+    assert.equal(err.reason, reason);
+    assert.ok(!err.message.includes(good), err.message);
+  }
 });
 
 // The same server's ws:// endpoint (IPC_TEST_WS_URL), through Node's own WebSocket
