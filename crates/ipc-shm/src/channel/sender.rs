@@ -17,6 +17,13 @@ use super::slot::SendSlot;
 use crate::sys::Ring;
 use crate::wait::Deadline;
 
+/// How many looks at the receiver's `head` a full ring's sender takes while it paces.
+const PACE_LOOKS: u32 = 64;
+/// Spin-loop hints between two of those looks (tens of nanoseconds each).
+const PACE_SPINS: u32 = 32;
+/// More than the pacing takes (64 x 32 hints of at most about 50 ns each).
+const PACE_AT_MOST: Duration = Duration::from_millis(1);
+
 /// The sending end of a shared-memory channel of `T` messages.
 ///
 /// Messages are serialised with postcard straight into the ring. `Ok` from a send means the
@@ -293,6 +300,7 @@ impl<T: ?Sized> ShmSender<T> {
         // says there is not enough room, not on every message.
         // (The cached copy is never ahead of the real one, so the room it shows is real.)
         let mut fresh = false;
+        let mut paced = false;
         loop {
             let free = capacity - (self.tail - self.head);
             let offset = self.tail_offset();
@@ -316,6 +324,23 @@ impl<T: ?Sized> ShmSender<T> {
             if !fresh {
                 self.refresh_head()?;
                 fresh = true;
+                continue;
+            }
+            // (Not with a deadline closer than the pacing can take: it would overshoot.)
+            if !paced
+                && deadline
+                    .remaining()
+                    .is_none_or(|left| left >= PACE_AT_MOST)
+            {
+                // Full: the receiver is slower than we are. Looking at its `head` after
+                // every message it takes would pull that line away from it each time (a
+                // cache miss per message on the receiver's side, which is the bottleneck);
+                // instead look rarely until a good part of the ring is free, so that the
+                // receiver runs through a stretch of records undisturbed and the records
+                // we write next find the word after them free to zero.
+                paced = true;
+                self.pace(needed);
+                self.refresh_head()?;
                 continue;
             }
             let used = self.tail - self.head;
@@ -345,6 +370,31 @@ impl<T: ?Sized> ShmSender<T> {
                 timeout_error,
             )?;
             self.refresh_head()?;
+        }
+    }
+
+    /// Waits, spinning with long pauses between looks at the receiver's `head`, until an
+    /// eighth of the ring (at least `needed` bytes) is free or [`PACE_LOOKS`] looks have
+    /// passed (a few tens of microseconds), whichever comes first. The caller validates
+    /// `head` afterwards; the usual wait (spin, yield, sleep) follows if there is still no
+    /// room.
+    #[cold]
+    fn pace(&self, needed: u64) {
+        let capacity = self.channel.capacity;
+        let target = (capacity / 8).max(needed);
+        let head_index = self
+            .channel
+            .index(Channel::head_at(self.channel.slot));
+        for _ in 0..PACE_LOOKS {
+            for _ in 0..PACE_SPINS {
+                std::hint::spin_loop();
+            }
+            let head = head_index.load(Ordering::Relaxed);
+            // A `head` out of range (a hostile receiver) ends the pacing: `refresh_head`
+            // reports it.
+            if head > self.tail || capacity - (self.tail - head) >= target {
+                return;
+            }
         }
     }
 
