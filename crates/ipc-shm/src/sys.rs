@@ -82,16 +82,15 @@ impl Mapping {
         self.len
     }
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, offset: usize, len: usize, align: usize) {
         // Offsets of atomics are constants of the layout; a failure here is a bug in this
         // crate, never a consequence of what a peer wrote.
-        assert!(
-            offset.is_multiple_of(align)
-                && offset.checked_add(len).is_some_and(|end| end <= self.len),
-            "offset {offset} + {len} outside mapping of {} bytes",
-            self.len
-        );
+        if !(offset.is_multiple_of(align)
+            && offset.checked_add(len).is_some_and(|end| end <= self.len))
+        {
+            outside_mapping(offset, len, self.len);
+        }
     }
 
     /// The word of `ring` at ring position `position` (its low three bits and everything
@@ -481,4 +480,10 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn outside_mapping(offset: usize, len: usize, mapping_len: usize) -> ! {
+    panic!("offset {offset} + {len} outside mapping of {mapping_len} bytes")
 }

@@ -37,6 +37,7 @@ impl<T> std::fmt::Debug for RecvGuard<'_, T> {
 
 impl<T> RecvGuard<'_, T> {
     /// The message's bytes.
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         // In range: `next_record` checked the record against the ring's bounds.
         self.receiver
@@ -50,6 +51,7 @@ impl<T> RecvGuard<'_, T> {
     ///
     /// Any `U` can be asked for; the channel's type `T` (or its borrowing twin, such as
     /// `Chat<'a>` for `Chat<'static>`) is what the sender wrote.
+    #[inline]
     pub fn decode<'b, U: Deserialize<'b>>(&'b self) -> Result<U> {
         ipc_core::decode(self.bytes())
     }

@@ -122,6 +122,7 @@ impl<T> ShmReceiver<T> {
     /// Errors: `PeerClosed` / `PeerDied` once the rings are empty and no sender is left
     /// (one closed or died and none is attached); `Corrupted` when a ring's indices or
     /// record headers are inconsistent.
+    #[inline]
     pub fn recv_ref(&mut self) -> Result<RecvGuard<'_, T>> {
         self.recv_ref_until(Deadline::Never)
     }
@@ -140,6 +141,7 @@ impl<T> ShmReceiver<T> {
         self.recv_ref_until(Deadline::after(timeout))
     }
 
+    #[inline(always)]
     fn recv_ref_until(&mut self, deadline: Deadline) -> Result<RecvGuard<'_, T>> {
         if let Some(found) = self.next_on_header() {
             return Ok(self.guard(found));

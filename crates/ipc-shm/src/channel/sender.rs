@@ -86,6 +86,7 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
     }
 
     /// Sends `message`, waiting while the ring is full.
+    #[inline]
     pub fn send(&mut self, message: &T) -> Result<()> {
         self.send_until(message, Deadline::Never)
     }
@@ -104,6 +105,7 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
     /// borrowing twin of the channel's type (`Sample<'a>` on a channel of
     /// `Sample<'static>`), so that borrowed data need not be `'static` or copied first.
     /// The type fingerprint cannot tell the difference: keep the two types in step.
+    #[inline]
     pub fn send_as<U: Serialize + ?Sized>(&mut self, message: &U) -> Result<()> {
         self.send_until(message, Deadline::Never)
     }
@@ -123,22 +125,34 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
         self.send_until(message, Deadline::after(timeout))
     }
 
+    #[inline(always)]
     fn send_until<U: Serialize + ?Sized>(&mut self, message: &U, deadline: Deadline) -> Result<()> {
         self.channel.peer_status(false)?;
         // Fast path: encode straight into the contiguous room, without measuring first.
         // `try_encode_into` says "does not fit" with a plain `None`, where an
         // `ipc_core::Error` would allocate its message: this path must not allocate. (It is
         // ipc-core's serializer of postcard's format, with the common cases inlined.)
-        for refresh in [false, true] {
-            if refresh {
-                let to_end = self.channel.capacity - self.tail_offset();
-                let free = self.channel.capacity - (self.tail - self.head);
-                if free >= to_end {
-                    // The end of the ring was the limit, not the receiver: no use looking.
-                    break;
-                }
-                self.refresh_head()?;
+        if let Some(room) = self.contiguous_room() {
+            let offset = self.tail_offset();
+            let slot = self.payload_mut(offset, room)?;
+            if let Some(written) = ipc_core::try_encode_into(message, slot)? {
+                self.publish(written as u64);
+                return Ok(());
             }
+        }
+        self.send_slow(message, deadline)
+    }
+
+    /// [`send_until`](Self::send_until) when the message did not fit the room our cached
+    /// `head` shows: look at the receiver's `head` once and try again, then measure the
+    /// message and wait for room.
+    #[inline(never)]
+    fn send_slow<U: Serialize + ?Sized>(&mut self, message: &U, deadline: Deadline) -> Result<()> {
+        let to_end = self.channel.capacity - self.tail_offset();
+        let free = self.channel.capacity - (self.tail - self.head);
+        // When the end of the ring was the limit, not the receiver, there is no use looking.
+        if free < to_end {
+            self.refresh_head()?;
             if let Some(room) = self.contiguous_room() {
                 let offset = self.tail_offset();
                 let slot = self.payload_mut(offset, room)?;
