@@ -873,9 +873,10 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
                 }
             };
             let refusal = admission(&shared, facts.uid);
-            // A `ws://` connection starts with HTTP: a WebSocket upgrade (the refusal, if
-            // any, is then sent as over any stream) or a file.
-            let stream = match stream.upgrade(&shared.config.connection, &peer).await {
+            // A `ws://` or `wss://` connection starts with HTTP: a WebSocket upgrade (the
+            // refusal, if any, is then sent as over any stream) or a file.
+            let upgraded = stream.upgrade(&shared.config.connection, &peer, deadline);
+            let stream = match upgraded.await {
                 Ok(Some(stream)) => stream,
                 outcome => {
                     if refusal.is_none() {
