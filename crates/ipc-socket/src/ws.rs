@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -496,7 +497,103 @@ pub(crate) fn url(host_port: &str, path: &str) -> String {
     format!("ws://{host_port}{path}")
 }
 
-fn handshake_error(url: &str, err: tungstenite::Error) -> Error {
+/// The first byte a client's stream received, kept for the upgrade's error: a TLS record
+/// (0x15 alert, 0x16 handshake) instead of `HTTP/1.1 101` means a `wss://` or `tls:` port.
+#[derive(Clone, Debug, Default)]
+struct FirstByte(Arc<AtomicU16>);
+
+impl FirstByte {
+    fn note(&self, received: &[u8]) {
+        if let Some(&byte) = received.first()
+            && self.0.load(Ordering::Relaxed) == 0
+        {
+            self.0.store(0x100 | u16::from(byte), Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> Option<u8> {
+        let seen = self.0.load(Ordering::Relaxed);
+        (seen != 0).then_some((seen & 0xff) as u8)
+    }
+}
+
+/// A client's stream that notes its first byte ([`FirstByte`]); otherwise the stream.
+struct Noted<S> {
+    inner: S,
+    first: FirstByte,
+}
+
+impl<S: Read> Read for Noted<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.first.note(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<S: Write> Write for Noted<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<S: SyncIo> SyncIo for Noted<S> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.set_write_timeout(timeout)
+    }
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.inner.set_nonblocking(nonblocking)
+    }
+}
+
+impl<S: AsyncIo> AsyncRead for Noted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        this.first.note(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncIo> AsyncWrite for Noted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+fn handshake_error(url: &str, err: tungstenite::Error, first: &FirstByte) -> Error {
+    if url.starts_with("ws://")
+        && matches!(first.get(), Some(0x15 | 0x16))
+        && !matches!(err, tungstenite::Error::Http(_))
+    {
+        return Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "websocket upgrade to {url}: the server speaks TLS (it answered with a TLS record, not http): use a wss:// address ({err})"
+            ),
+        );
+    }
     match err {
         tungstenite::Error::Http(response) => {
             let status = response.status();
@@ -515,6 +612,16 @@ fn handshake_error(url: &str, err: tungstenite::Error) -> Error {
                 format!("websocket upgrade to {url} refused: {status} {body}"),
             )
         }
+        // Over TLS, the server's verdict on this side's certificate (TLS 1.3 tells it after
+        // the client's handshake is done) arrives as a read error of the upgrade.
+        #[cfg(feature = "tls")]
+        tungstenite::Error::Io(err)
+            if err
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            crate::tls::io_error(&format!("websocket upgrade to {url}"), err)
+        }
         tungstenite::Error::Io(err) => Error::io(format!("websocket upgrade to {url}"), err),
         err => Error::new(
             ErrorKind::Protocol,
@@ -532,12 +639,16 @@ pub(crate) async fn connect_async<S: AsyncIo>(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<AsyncWs> {
-    let stream: BoxedIo = Box::new(stream);
+    let first = FirstByte::default();
+    let stream: BoxedIo = Box::new(Noted {
+        inner: stream,
+        first: first.clone(),
+    });
     let upgrade =
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(max_frame_len)));
     match tokio::time::timeout_at(deadline.into(), upgrade).await {
         Ok(Ok((ws, _response))) => Ok(AsyncWs::new(ws, url.to_owned())),
-        Ok(Err(err)) => Err(handshake_error(url, err)),
+        Ok(Err(err)) => Err(handshake_error(url, err, &first)),
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
             format!(
@@ -1001,7 +1112,11 @@ pub(crate) fn connect_sync<S: SyncIo>(
             .map_err(|err| Error::io("set websocket upgrade timeouts", err))
     };
     bound(&stream)?;
-    let stream: Box<dyn SyncIo> = Box::new(stream);
+    let first = FirstByte::default();
+    let stream: Box<dyn SyncIo> = Box::new(Noted {
+        inner: stream,
+        first: first.clone(),
+    });
     let mut attempt =
         tungstenite::client::client_with_config(url, stream, Some(ws_config(max_frame_len)));
     loop {
@@ -1014,7 +1129,7 @@ pub(crate) fn connect_sync<S: SyncIo>(
                 return Ok(SyncWs::new(ws));
             }
             Err(tungstenite::HandshakeError::Failure(err)) => {
-                return Err(handshake_error(url, err));
+                return Err(handshake_error(url, err, &first));
             }
             // A read or write timed out: go on with the time left, if any.
             Err(tungstenite::HandshakeError::Interrupted(mid)) => {
