@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ipc_core::{Receiver, Sender};
@@ -146,7 +147,10 @@ fn mutual_tls_over_wss_shows_the_client_identity_and_refuses_the_others() -> Res
         );
     }
     // Signed by a CA the server does not trust.
-    let (kind, error) = refusal(&probe(&address, &with_client_certificate(&pki, "other-client"))?)?;
+    let (kind, error) = refusal(&probe(
+        &address,
+        &with_client_certificate(&pki, "other-client"),
+    )?)?;
     assert_eq!(kind, "PermissionDenied", "{error}");
     let rejected = server.expect_rejected()?;
     assert!(
@@ -443,5 +447,91 @@ fn origins_and_files_over_wss_follow_the_https_page() -> Result<()> {
     // And the server still takes clients.
     assert_eq!(probe(&server.address, &trusting(&pki))?, "ok");
     server.expect_connected()?;
+    server.stop()
+}
+
+/// Trickles an HTTP request into `stream`, a byte per read timeout of the socket, until the
+/// server closes the connection; fails if it is still open after `max_bytes`.
+fn trickle_until_closed(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    max_bytes: usize,
+) -> Result<usize> {
+    let request = b"GET /ipc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n";
+    let mut sink = [0u8; 1024];
+    for (sent, byte) in request.iter().cycle().take(max_bytes).enumerate() {
+        if stream
+            .write_all(&[*byte])
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
+            return Ok(sent);
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => return Ok(sent),
+            // The server's refusal (an HTTP error or an alert) and then the end.
+            Ok(_) => {}
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Ok(sent),
+        }
+    }
+    bail!("the server still reads a request trickled for {max_bytes} bytes")
+}
+
+#[test]
+fn a_wss_handshake_has_one_deadline_for_tls_http_and_hello() -> Result<()> {
+    let _watchdog = Watchdog::new("wss handshake deadline", WAIT * 2);
+    let pki = TestPki::generate()?;
+    let mut options = pki.server_args("server");
+    options.extend(args(&[("handshake-timeout-ms", "1000".to_owned())]));
+    let mut server = Server::start(WSS, &options)?;
+    let mut listener = BlockingServer::start(WSS, 3, &options)?;
+    for address in [server.address.clone(), listener.address.clone()] {
+        let host_port = format!("127.0.0.1:{}", port_of(&address)?);
+        // TLS done, then an HTTP request a byte at a time: each read is quick, the whole
+        // request never comes; the deadline counted from the accept ends it.
+        let mut stream = raw_tls(&pki, &host_port)?;
+        stream
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(100)))?;
+        let sent = trickle_until_closed(&mut stream, 600)?;
+        println!("{address}: closed after {sent} trickled bytes");
+        // TLS and the upgrade done, then no hello: the same deadline ends it.
+        let silent = {
+            let stream = raw_tls(&pki, &host_port)?;
+            let request = ClientRequestBuilder::new(address.parse()?);
+            match tungstenite::client::client(request, stream) {
+                Ok((socket, _)) => socket,
+                Err(err) => bail!("websocket upgrade: {err}"),
+            }
+        };
+        if address == server.address {
+            for what in ["trickled request", "silent websocket"] {
+                let rejected = server.expect_rejected()?;
+                assert!(rejected.contains("error=timed out"), "{what}: {rejected}");
+            }
+        } else {
+            let rejected = listener.next_accept()?;
+            assert!(
+                rejected.starts_with("rejected error=timed out")
+                    && rejected.contains("no complete http request"),
+                "{rejected}"
+            );
+            let rejected = listener.next_accept()?;
+            assert!(
+                rejected.starts_with("rejected error=timed out") && rejected.contains("no hello"),
+                "{rejected}"
+            );
+        }
+        drop(silent);
+        // Still serving.
+        assert_eq!(probe(&address, &blocking(trusting(&pki)))?, "ok");
+    }
+    server.expect_connected()?;
+    assert_eq!(listener.next_accept()?, "accepted certificate=none");
+    listener.finish()?;
     server.stop()
 }

@@ -965,11 +965,17 @@ fn tls_and_wss_addresses_need_the_tls_feature() {
         runtime().block_on(async {
             let server = ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), config())
                 .also_listen(address.clone());
-            let err = Server::<String>::bind(server).await.map(|_| ()).unwrap_err();
+            let err = Server::<String>::bind(server)
+                .await
+                .map(|_| ())
+                .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
             assert!(err.to_string().contains(&expected), "{err}");
             let client = ClientConfig::new(address.clone(), config()).no_reconnect();
-            let err = Client::<String>::connect(client).await.map(|_| ()).unwrap_err();
+            let err = Client::<String>::connect(client)
+                .await
+                .map(|_| ())
+                .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
             assert!(err.to_string().contains(&expected), "{err}");
             let err = AsyncConnection::<String>::connect(&address, config())
