@@ -540,7 +540,7 @@ impl<T: Serialize + DeserializeOwned> Listener<T> {
     /// the same timeout): a request that is not a WebSocket upgrade of the listener's path
     /// from an allowed `Origin` is answered with an HTTP error and this returns that error;
     /// call `accept` again for the next client. A mutual-TLS client's certificate is in
-    /// [`Connection::peer_certificate`].
+    /// `Connection::peer_certificate` (feature `tls`).
     pub fn accept(&self) -> Result<Connection<T>> {
         let timeout = self.config.handshake_timeout();
         let mut deadline = None;
