@@ -370,6 +370,25 @@ fn raw_tls(
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
+/// Sends `request` over a raw TLS connection to `127.0.0.1:port` and returns all the server
+/// answered before it closed.
+fn raw_https(pki: &TestPki, port: &str, request: &[u8]) -> Result<String> {
+    let mut stream = raw_tls(pki, &format!("127.0.0.1:{port}"))?;
+    stream.write_all(request)?;
+    stream.flush()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(err) => bail!("reading the server's answer: {err}"),
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
 /// A raw WebSocket upgrade over TLS with `origin`: `Ok(())` if upgraded, else the HTTP
 /// status line the server answered with.
 fn raw_wss_upgrade(pki: &TestPki, wss: &str, origin: &str) -> Result<Result<(), String>> {
@@ -424,25 +443,34 @@ fn origins_and_files_over_wss_follow_the_https_page() -> Result<()> {
     }
 
     // A file is served over HTTPS.
-    let mut stream = raw_tls(&pki, &format!("127.0.0.1:{port}"))?;
-    write!(
-        stream,
-        "GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    let reply = raw_https(
+        &pki,
+        &port,
+        format!("GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
     )?;
-    stream.flush()?;
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => reply.extend_from_slice(&chunk[..n]),
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(err) => bail!("reading the file's response: {err}"),
-        }
-    }
-    let reply = String::from_utf8(reply)?;
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
     assert!(reply.ends_with("\r\n\r\nserved at /hello.txt\n"), "{reply}");
+    // Garbage inside TLS where the request belongs, and a plain request on the endpoint.
+    for (request, status, reason) in [
+        (
+            b"\x00\x01\x02 not http\r\n\r\n".to_vec(),
+            "400 Bad Request",
+            "malformed http request",
+        ),
+        (
+            format!("GET /ipc HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").into_bytes(),
+            "426 Upgrade Required",
+            "plain http request refused",
+        ),
+    ] {
+        let reply = raw_https(&pki, &port, &request)?;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{reply}"
+        );
+        let rejected = server.expect_rejected()?;
+        assert!(rejected.contains(reason), "{rejected}");
+    }
 
     // And the server still takes clients.
     assert_eq!(probe(&server.address, &trusting(&pki))?, "ok");
