@@ -33,4 +33,5 @@ mod socket_limits;
 mod socket_restart;
 mod socket_tls;
 mod socket_ws;
+mod socket_wss;
 mod web_chat;

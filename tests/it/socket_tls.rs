@@ -11,16 +11,16 @@ use anyhow::{Context, Result, bail};
 use ipc_tests::tls::TestPki;
 use ipc_tests::{Peer, Watchdog, field};
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-/// A running `socket-server` peer and its address.
-struct Server {
-    peer: Peer,
-    address: String,
+/// A running `socket-server` peer and its address (shared with `socket_wss`).
+pub(crate) struct Server {
+    pub(crate) peer: Peer,
+    pub(crate) address: String,
 }
 
 impl Server {
-    fn start(address: &str, options: &[String]) -> Result<Server> {
+    pub(crate) fn start(address: &str, options: &[String]) -> Result<Server> {
         let mut args = vec!["--address".to_owned(), address.to_owned()];
         args.extend_from_slice(options);
         let mut command = Peer::role_command("socket-server", &args)?;
@@ -31,7 +31,7 @@ impl Server {
     }
 
     /// The next `connected`/`rejected`/`closed` line.
-    fn event(&mut self) -> Result<String> {
+    pub(crate) fn event(&mut self) -> Result<String> {
         loop {
             let line = self.peer.expect_line(WAIT)?;
             if line.starts_with("connected")
@@ -43,7 +43,7 @@ impl Server {
         }
     }
 
-    fn expect_rejected(&mut self) -> Result<String> {
+    pub(crate) fn expect_rejected(&mut self) -> Result<String> {
         loop {
             let line = self.event()?;
             if line.starts_with("rejected") {
@@ -52,7 +52,7 @@ impl Server {
         }
     }
 
-    fn expect_connected(&mut self) -> Result<String> {
+    pub(crate) fn expect_connected(&mut self) -> Result<String> {
         loop {
             let line = self.event()?;
             if line.starts_with("connected") {
@@ -61,7 +61,7 @@ impl Server {
         }
     }
 
-    fn stop(mut self) -> Result<()> {
+    pub(crate) fn stop(mut self) -> Result<()> {
         self.peer.close_stdin();
         self.peer.expect_prefixed("ok", WAIT)?;
         self.peer.wait_success(WAIT)
@@ -69,7 +69,7 @@ impl Server {
 }
 
 /// Runs one `socket-probe` and returns its verdict line (`ok` or `refused kind=.. error=..`).
-fn probe(address: &str, options: &[String]) -> Result<String> {
+pub(crate) fn probe(address: &str, options: &[String]) -> Result<String> {
     let mut args = vec!["--address".to_owned(), address.to_owned()];
     args.extend_from_slice(options);
     let mut peer = Peer::spawn_role("probe", "socket-probe", &args)?;
@@ -78,12 +78,12 @@ fn probe(address: &str, options: &[String]) -> Result<String> {
     Ok(line)
 }
 
-fn blocking(mut options: Vec<String>) -> Vec<String> {
+pub(crate) fn blocking(mut options: Vec<String>) -> Vec<String> {
     options.extend(["--blocking".to_owned(), "true".to_owned()]);
     options
 }
 
-fn args(pairs: &[(&str, String)]) -> Vec<String> {
+pub(crate) fn args(pairs: &[(&str, String)]) -> Vec<String> {
     pairs
         .iter()
         .flat_map(|(key, value)| [format!("--{key}"), value.clone()])
@@ -91,7 +91,7 @@ fn args(pairs: &[(&str, String)]) -> Vec<String> {
 }
 
 /// The error of a `refused` line, failing if the probe got in.
-fn refusal(line: &str) -> Result<(String, String)> {
+pub(crate) fn refusal(line: &str) -> Result<(String, String)> {
     let Some(rest) = line.strip_prefix("refused ") else {
         bail!("expected a refusal, got `{line}`");
     };
@@ -103,7 +103,7 @@ fn refusal(line: &str) -> Result<(String, String)> {
     Ok((kind, error))
 }
 
-fn trusting(pki: &TestPki) -> Vec<String> {
+pub(crate) fn trusting(pki: &TestPki) -> Vec<String> {
     args(&[("tls-ca", pki.arg("ca.pem"))])
 }
 

@@ -754,7 +754,9 @@ export function bufferedTransport(base) {
 
 /**
  * A WebSocket transport (browsers; Node 20 with `--experimental-websocket`): each binary
- * message carries whole frames. Returns a promise of `{ send, close, onbytes, onend }`.
+ * message carries whole frames. `url` is `ws://HOST:PORT/PATH` or, for a server's
+ * `wss://` address (TLS; the page served over HTTPS), `wss://HOST:PORT/PATH`: the
+ * WebSocket implementation does the TLS. Returns a promise of `{ send, close, onbytes, onend }`.
  */
 export function webSocketTransport(url, WebSocketImpl = globalThis.WebSocket) {
   return new Promise((resolve, reject) => {
@@ -819,7 +821,7 @@ export function webSocketTransport(url, WebSocketImpl = globalThis.WebSocket) {
 export class IpcClient {
   /**
    * @param {object} options
-   * @param {string} [options.url] a `ws://` URL, used with `webSocketTransport`
+   * @param {string} [options.url] a `ws://` or `wss://` URL, used with `webSocketTransport`
    * @param {() => Promise<object>} [options.transport] makes a transport instead of `url`
    * @param {string} options.typeName the agreed message type name (its FNV-1a 64 is checked)
    * @param {object} options.type the postcard schema of the messages (see `T`)

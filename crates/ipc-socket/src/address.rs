@@ -17,6 +17,7 @@ use ipc_core::{Error, ErrorKind, Result};
 /// | `tcp:HOST:PORT` | TCP; `tcp:127.0.0.1:0` lets the server pick a port ([`Server::address`](crate::Server::address) tells which) |
 /// | `ws://HOST:PORT/PATH` | a WebSocket over TCP (browsers); the path defaults to `/`; each binary message carries whole frames (PROTOCOL.md, "WebSocket mapping") |
 /// | `tls:HOST:PORT` | TLS over TCP (feature `tls`); the client checks the server's certificate against `HOST` |
+/// | `wss://HOST:PORT/PATH` | a WebSocket over TLS over TCP (feature `tls`): TLS as for `tls:`, then the WebSocket of `ws://` |
 ///
 /// ```
 /// use ipc_socket::Address;
@@ -52,6 +53,15 @@ pub enum Address {
     /// Connecting or listening needs the crate's `tls` feature, and listening a
     /// `TlsServerConfig` (`ConnectionConfig::with_tls_server`).
     Tls(String),
+    /// A WebSocket over TLS, `wss://host_port` + `path`: TLS as for [`Tls`](Address::Tls)
+    /// (`host` is the name the server's certificate must have), then the WebSocket of
+    /// [`WebSocket`](Address::WebSocket). Needs the crate's `tls` feature, like `Tls`.
+    SecureWebSocket {
+        /// The TCP `host:port`.
+        host_port: String,
+        /// The request path, `/` when the text gave none.
+        path: String,
+    },
 }
 
 impl Address {
@@ -85,6 +95,15 @@ impl Address {
         }
     }
 
+    /// A WebSocket over TLS (`wss://`): `host:port` and a path, as for
+    /// [`websocket`](Address::websocket).
+    pub fn secure_websocket(host_port: impl Into<String>, path: impl Into<String>) -> Address {
+        let Address::WebSocket { host_port, path } = Address::websocket(host_port, path) else {
+            unreachable!("Address::websocket makes a WebSocket address")
+        };
+        Address::SecureWebSocket { host_port, path }
+    }
+
     /// TLS over TCP to `host:port`.
     pub fn tls(host_port: impl Into<String>) -> Address {
         Address::Tls(host_port.into())
@@ -104,6 +123,7 @@ impl Address {
             Address::Path(path) => path.as_os_str().is_empty(),
             Address::Tcp(host_port)
             | Address::WebSocket { host_port, .. }
+            | Address::SecureWebSocket { host_port, .. }
             | Address::Tls(host_port) => host_port.is_empty(),
         };
         if empty {
@@ -125,12 +145,19 @@ impl Address {
                 format!("{scheme} address `{host_port}` has no port (expected host:port)"),
             ));
         }
-        if let Address::WebSocket { host_port, path } = self {
+        if let Address::WebSocket { host_port, path }
+        | Address::SecureWebSocket { host_port, path } = self
+        {
             if !host_port.contains(':') {
+                let scheme = if matches!(self, Address::SecureWebSocket { .. }) {
+                    "wss"
+                } else {
+                    "ws"
+                };
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
                     format!(
-                        "websocket address `{self}` has no port (expected ws://host:port/path)"
+                        "websocket address `{self}` has no port (expected {scheme}://host:port/path)"
                     ),
                 ));
             }
@@ -162,24 +189,31 @@ impl FromStr for Address {
         } else if let Some(host_port) = text.strip_prefix("tcp:") {
             Address::Tcp(host_port.to_owned())
         } else if let Some(rest) = text.strip_prefix("ws://") {
-            let (host_port, path) = match rest.find('/') {
-                Some(at) => (&rest[..at], &rest[at..]),
-                None => (rest, "/"),
-            };
-            Address::WebSocket {
-                host_port: host_port.to_owned(),
-                path: path.to_owned(),
-            }
+            let (host_port, path) = split_path(rest);
+            Address::WebSocket { host_port, path }
+        } else if let Some(rest) = text.strip_prefix("wss://") {
+            let (host_port, path) = split_path(rest);
+            Address::SecureWebSocket { host_port, path }
         } else if let Some(host_port) = text.strip_prefix("tls:") {
             Address::Tls(host_port.to_owned())
         } else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("address `{text}` must start with local:, unix:, tcp:, tls: or ws://"),
+                format!(
+                    "address `{text}` must start with local:, unix:, tcp:, tls:, ws:// or wss://"
+                ),
             ));
         };
         address.validate()?;
         Ok(address)
+    }
+}
+
+/// `host:port/path` as the host and port, and the path (`/` when none).
+fn split_path(rest: &str) -> (String, String) {
+    match rest.find('/') {
+        Some(at) => (rest[..at].to_owned(), rest[at..].to_owned()),
+        None => (rest.to_owned(), "/".to_owned()),
     }
 }
 
@@ -191,6 +225,7 @@ impl fmt::Display for Address {
             Address::Tcp(host_port) => write!(f, "tcp:{host_port}"),
             Address::WebSocket { host_port, path } => write!(f, "ws://{host_port}{path}"),
             Address::Tls(host_port) => write!(f, "tls:{host_port}"),
+            Address::SecureWebSocket { host_port, path } => write!(f, "wss://{host_port}{path}"),
         }
     }
 }
@@ -208,6 +243,8 @@ mod tests {
             "ws://127.0.0.1:9000/",
             "ws://localhost:80/chat/ipc",
             "tls:localhost:9000",
+            "wss://localhost:9443/",
+            "wss://127.0.0.1:1/chat/ipc",
         ] {
             let address: Address = text.parse().unwrap();
             assert_eq!(address.to_string(), text);
@@ -217,6 +254,18 @@ mod tests {
             "ws://127.0.0.1:1".parse::<Address>().unwrap(),
             Address::websocket("127.0.0.1:1", "")
         );
+        assert_eq!(
+            "wss://localhost:1".parse::<Address>().unwrap(),
+            Address::secure_websocket("localhost:1", "")
+        );
+        assert_eq!(
+            Address::secure_websocket("localhost:1", "chat").to_string(),
+            "wss://localhost:1/chat"
+        );
+        assert_ne!(
+            "wss://localhost:1/".parse::<Address>().unwrap(),
+            "ws://localhost:1/".parse::<Address>().unwrap()
+        );
     }
 
     #[test]
@@ -224,8 +273,17 @@ mod tests {
         for (text, message) in [
             (
                 "chat",
-                "address `chat` must start with local:, unix:, tcp:, tls: or ws://",
+                "address `chat` must start with local:, unix:, tcp:, tls:, ws:// or wss://",
             ),
+            (
+                "wss://localhost/x",
+                "websocket address `wss://localhost/x` has no port (expected wss://host:port/path)",
+            ),
+            (
+                "wss://localhost:1/a?b",
+                "websocket path `/a?b` must start with / and hold no spaces, controls, ? or #",
+            ),
+            ("wss://", "address `wss:///` names nothing"),
             (
                 "ws://localhost/x",
                 "websocket address `ws://localhost/x` has no port (expected ws://host:port/path)",

@@ -15,6 +15,8 @@ use crate::address::Address;
 use crate::config::{Beat, ConnectionConfig, Liveness, close_frame_for};
 use crate::protocol::{self, Front, Inbound, end_of_stream, read_decoder, take_data, write_buffer};
 use crate::stream::{SyncListener, SyncStream};
+#[cfg(feature = "tls")]
+use crate::tls::PeerCertificate;
 
 /// A blocking connection carrying messages of type `T` both ways.
 ///
@@ -59,6 +61,9 @@ pub struct Connection<T> {
     read_timeout: Option<Duration>,
     failed: Option<ErrorKind>,
     peer: Hello,
+    /// The verified client certificate of a connection a [`Listener`] accepted.
+    #[cfg(feature = "tls")]
+    certificate: Option<PeerCertificate>,
     _message: PhantomData<fn(T) -> T>,
 }
 
@@ -91,6 +96,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             read_timeout: None,
             failed: None,
             peer: ours.clone(),
+            #[cfg(feature = "tls")]
+            certificate: None,
             _message: PhantomData,
         };
         conn.stream
@@ -169,6 +176,19 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// The peer's hello: its message type and limits.
     pub fn peer_hello(&self) -> &Hello {
         &self.peer
+    }
+
+    /// On a connection a [`Listener`] accepted on a `tls:` or `wss://` address that
+    /// requires client certificates
+    /// ([`TlsServerConfig::require_client_certificates`](crate::TlsServerConfig::require_client_certificates)):
+    /// the certificate the client presented, verified against the client certificate
+    /// authority, with its subject and alternative names (the same as
+    /// [`Peer::certificate`](crate::Peer::certificate) on a [`Server`](crate::Server)).
+    /// `None` on other transports, without mutual TLS, and on the connecting side.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn peer_certificate(&self) -> Option<&PeerCertificate> {
+        self.certificate.as_ref()
     }
 
     /// Sends a close frame with code [`CloseCode::NORMAL`] and flushes; the peer's next
@@ -513,20 +533,30 @@ impl<T: Serialize + DeserializeOwned> Listener<T> {
     }
 
     /// Waits for a client and performs the handshake with it (a TLS handshake first, on a
-    /// `tls:` address), both within the config's handshake timeout.
+    /// `tls:` or `wss://` address), all within the config's handshake timeout, counted
+    /// from the accept.
     ///
-    /// On a `ws://` address the client's HTTP request is read here too (within the
-    /// handshake timeout): a request that is not a WebSocket upgrade of the listener's path
+    /// On a `ws://` or `wss://` address the client's HTTP request is read here too (within
+    /// the same timeout): a request that is not a WebSocket upgrade of the listener's path
     /// from an allowed `Origin` is answered with an HTTP error and this returns that error;
-    /// call `accept` again for the next client.
+    /// call `accept` again for the next client. A mutual-TLS client's certificate is in
+    /// `Connection::peer_certificate` (feature `tls`).
     pub fn accept(&self) -> Result<Connection<T>> {
         let timeout = self.config.handshake_timeout();
         let mut deadline = None;
-        let (stream, _facts) = self
+        let (stream, facts) = self
             .inner
             .accept(&self.config, || *deadline.insert(Instant::now() + timeout))?;
         let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout);
-        Connection::handshake(stream, &self.config, deadline)
-            .map_err(|err| err.context("handshake with a new client"))
+        let conn = Connection::handshake(stream, &self.config, deadline)
+            .map_err(|err| err.context("handshake with a new client"))?;
+        #[cfg(feature = "tls")]
+        let conn = Connection {
+            certificate: facts.certificate,
+            ..conn
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = facts;
+        Ok(conn)
     }
 }

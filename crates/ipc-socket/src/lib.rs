@@ -7,7 +7,8 @@
 //! needs to survive a crash.
 //!
 //! - [`Address`]: `local:NAME`, `unix:/path`, `tcp:HOST:PORT`, `ws://HOST:PORT/PATH`
-//!   (WebSocket, for browsers) or `tls:HOST:PORT` (feature `tls`), one API over all of them.
+//!   (WebSocket, for browsers), `tls:HOST:PORT` or `wss://HOST:PORT/PATH` (WebSocket over
+//!   TLS; both feature `tls`), one API over all of them.
 //! - [`Connection`] / [`Listener`]: blocking, one peer, messages both ways
 //!   ([`Sender`](ipc_core::Sender) / [`Receiver`](ipc_core::Receiver)).
 //! - [`AsyncConnection`]: the same for tokio, splittable into halves
@@ -56,8 +57,10 @@
 //! by a crashed server is removed only after a connect attempt to it is refused; a live
 //! server's socket is never taken over.
 //!
-//! Between machines, use `tls:` addresses (feature `tls`: server authentication,
-//! `TlsServerConfig::require_client_certificates` for mutual TLS) and/or tokens
+//! Between machines, use `tls:` or `wss://` addresses (feature `tls`: server
+//! authentication, `TlsServerConfig::require_client_certificates` for mutual TLS, the
+//! client's certificate in `Peer::certificate` and `Connection::peer_certificate`) and/or
+//! tokens
 //! ([`ConnectionConfig::with_accepted_tokens`], [`Token`]). A server refuses to listen on a
 //! non-loopback `tcp:` address without either unless
 //! [`ConnectionConfig::with_insecure_public_bind`] is set. The crate README's "TLS, mutual
@@ -67,7 +70,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `tls` | no | `tls:HOST:PORT` addresses over rustls (ring provider), blocking and tokio: `TlsServerConfig`, `TlsClientConfig`, mutual TLS and `PeerCertificate` |
+//! | `tls` | no | `tls:HOST:PORT` and `wss://HOST:PORT/PATH` addresses over rustls (ring provider), blocking and tokio: `TlsServerConfig`, `TlsClientConfig`, mutual TLS and `PeerCertificate`; without it such addresses parse but connecting or listening is an `InvalidInput` error |
 //!
 //! The blocking and the tokio API are always built; tokens need no feature.
 

@@ -125,8 +125,9 @@ impl ServerConfig {
     }
 
     /// Browser pages from these origins (`http://host:port`, exact and ASCII
-    /// case-insensitive; `*` for any) may open the `ws://` endpoints, besides the page's own
-    /// origin (see the crate README, "WebSockets and browsers"). Clients that send no
+    /// case-insensitive; `*` for any) may open the `ws://` and `wss://` endpoints, besides
+    /// the page's own origin (`https://` only on `wss://`; see the crate README,
+    /// "WebSockets and browsers"). Clients that send no
     /// `Origin` header (non-browser programs) are always let through.
     pub fn with_allowed_origins<S: Into<String>>(
         mut self,
@@ -138,8 +139,8 @@ impl ServerConfig {
         self
     }
 
-    /// Serves `body` with `content_type` at `path` (say `/` or `/app.js`) over plain HTTP on
-    /// every `ws://` address of this server: `GET` and `HEAD` only, one request per
+    /// Serves `body` with `content_type` at `path` (say `/` or `/app.js`) over HTTP on
+    /// every `ws://` address of this server, and over HTTPS on every `wss://` one: `GET` and `HEAD` only, one request per
     /// connection, nothing else on the port is served (404). A later file at the same path
     /// replaces the earlier one.
     pub fn with_http_file(
@@ -873,9 +874,10 @@ async fn accept_loop<T: Serialize + DeserializeOwned + Send + Sync + 'static>(
                 }
             };
             let refusal = admission(&shared, facts.uid);
-            // A `ws://` connection starts with HTTP: a WebSocket upgrade (the refusal, if
-            // any, is then sent as over any stream) or a file.
-            let stream = match stream.upgrade(&shared.config.connection, &peer).await {
+            // A `ws://` or `wss://` connection starts with HTTP: a WebSocket upgrade (the
+            // refusal, if any, is then sent as over any stream) or a file.
+            let upgraded = stream.upgrade(&shared.config.connection, &peer, deadline);
+            let stream = match upgraded.await {
                 Ok(Some(stream)) => stream,
                 outcome => {
                     if refusal.is_none() {

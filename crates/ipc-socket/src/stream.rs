@@ -1,6 +1,6 @@
 //! The byte streams under a connection: one enum over local sockets, TCP, TLS and
-//! WebSocket, blocking and tokio, and the listeners that produce them. Framing lives above
-//! this module.
+//! WebSocket (over TCP or, for `wss://`, over TLS), blocking and tokio, and the listeners
+//! that produce them. Framing lives above this module.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -45,7 +45,7 @@ impl PeerFacts {
 fn no_tls(address: &Address) -> Error {
     Error::new(
         ErrorKind::InvalidInput,
-        format!("{address}: tls: addresses need ipc-socket's `tls` feature"),
+        format!("{address}: tls: and wss:// addresses need ipc-socket's `tls` feature"),
     )
 }
 
@@ -54,7 +54,7 @@ fn no_tls_server(address: &Address) -> Error {
     Error::new(
         ErrorKind::InvalidInput,
         format!(
-            "{address}: listening on a tls: address needs a certificate (ConnectionConfig::with_tls_server)"
+            "{address}: listening on a tls: or wss:// address needs a certificate (ConnectionConfig::with_tls_server)"
         ),
     )
 }
@@ -114,7 +114,10 @@ fn local_name(address: &Address) -> Result<Name<'_>> {
         #[cfg(not(all(unix, not(any(target_os = "linux", target_os = "android")))))]
         Address::Local(name) => name.as_str().to_ns_name::<GenericNamespaced>(),
         Address::Path(path) => path.as_path().to_fs_name::<GenericFilePath>(),
-        Address::Tcp(_) | Address::Tls(_) | Address::WebSocket { .. } => {
+        Address::Tcp(_)
+        | Address::Tls(_)
+        | Address::WebSocket { .. }
+        | Address::SecureWebSocket { .. } => {
             unreachable!("local_name is only called for local addresses")
         }
     };
@@ -172,6 +175,7 @@ impl SyncStream {
                     stream,
                     &ws::url(host_port, path),
                     config.limits().max_frame_len(),
+                    deadline,
                     config.handshake_timeout(),
                 )?;
                 Ok(SyncStream::Ws(Box::new(ws)))
@@ -188,8 +192,28 @@ impl SyncStream {
                 )?;
                 Ok(SyncStream::TlsClient(Box::new(stream)))
             }
+            #[cfg(feature = "tls")]
+            Address::SecureWebSocket { host_port, .. } => {
+                // TLS first, then the WebSocket upgrade inside it, both by `deadline`.
+                let stream = tcp_connect_sync(address, host_port)?;
+                let stream = tls::connect_sync(
+                    stream,
+                    host_port,
+                    &config.tls_client(),
+                    deadline,
+                    config.handshake_timeout(),
+                )?;
+                let ws = ws::connect_sync(
+                    tls::SyncTlsIo(stream),
+                    &address.to_string(),
+                    config.limits().max_frame_len(),
+                    deadline,
+                    config.handshake_timeout(),
+                )?;
+                Ok(SyncStream::Ws(Box::new(ws)))
+            }
             #[cfg(not(feature = "tls"))]
-            Address::Tls(_) => Err(no_tls(address)),
+            Address::Tls(_) | Address::SecureWebSocket { .. } => Err(no_tls(address)),
             _ => {
                 let stream = LocalStream::connect(local_name(address)?)
                     .map_err(|err| connect_error(address, err))?;
@@ -366,12 +390,20 @@ pub(crate) enum SyncListener {
     #[cfg(feature = "tls")]
     Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
     Ws(std::net::TcpListener, ws::WsListen, u32, Duration),
+    #[cfg(feature = "tls")]
+    Wss(
+        std::net::TcpListener,
+        ws::WsListen,
+        Arc<rustls::ServerConfig>,
+    ),
 }
 
-/// What a `ws://` listener needs besides its TCP listener; returns it with the TCP
-/// `host:port` to bind.
+/// What a `ws://` or `wss://` listener needs besides its TCP listener (and TLS config);
+/// returns it with the TCP `host:port` to bind.
 fn ws_listen(address: &Address, http: Arc<ws::HttpSettings>) -> (&str, ws::WsListen) {
-    let Address::WebSocket { host_port, path } = address else {
+    let (Address::WebSocket { host_port, path } | Address::SecureWebSocket { host_port, path }) =
+        address
+    else {
         unreachable!("ws_listen is only called for websocket addresses")
     };
     let host = match host_port.rsplit_once(':') {
@@ -382,6 +414,7 @@ fn ws_listen(address: &Address, http: Arc<ws::HttpSettings>) -> (&str, ws::WsLis
         path: path.clone(),
         host: host.to_owned(),
         settings: http,
+        secure: matches!(address, Address::SecureWebSocket { .. }),
     };
     (host_port, listen)
 }
@@ -433,8 +466,19 @@ impl SyncListener {
                 let (listener, bound) = tcp_bind_sync(address, host_port)?;
                 Ok((SyncListener::Tls(listener, tls), Address::Tls(bound)))
             }
+            #[cfg(feature = "tls")]
+            Address::SecureWebSocket { path, .. } => {
+                let tls = config.tls_server().ok_or_else(|| no_tls_server(address))?;
+                let tls = tls.build()?;
+                let (host_port, listen) = ws_listen(address, Arc::default());
+                let (listener, bound) = tcp_bind_sync(address, host_port)?;
+                Ok((
+                    SyncListener::Wss(listener, listen, tls),
+                    Address::secure_websocket(bound, path.clone()),
+                ))
+            }
             #[cfg(not(feature = "tls"))]
-            Address::Tls(_) => Err(no_tls(address)),
+            Address::Tls(_) | Address::SecureWebSocket { .. } => Err(no_tls(address)),
             _ => {
                 let listener = listener_options(address)?
                     .create_sync()
@@ -444,7 +488,8 @@ impl SyncListener {
         }
     }
 
-    /// Accepts one stream; a TLS handshake, if any, is done by `deadline`.
+    /// Accepts one stream; a TLS handshake and an HTTP upgrade, if any, are done by
+    /// `deadline` (asked for once the TCP connection is accepted).
     pub(crate) fn accept(
         &self,
         config: &ConnectionConfig,
@@ -461,9 +506,33 @@ impl SyncListener {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "an unknown peer".to_owned(), |peer| peer.to_string());
-                let ws = ws::accept_sync(stream, listen, *max_frame_len, *timeout)
+                let ws = ws::accept_sync(stream, listen, *max_frame_len, deadline(), *timeout)
                     .map_err(|err| err.context(format_args!("websocket from {peer}")))?;
                 Ok((SyncStream::Ws(Box::new(ws)), PeerFacts::default()))
+            }
+            #[cfg(feature = "tls")]
+            SyncListener::Wss(listener, listen, tls) => {
+                let stream = tcp_accept_sync(listener)?;
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "an unknown peer".to_owned(), |peer| peer.to_string());
+                let deadline = deadline();
+                let timeout = config.handshake_timeout();
+                let (stream, certificate) = tls::accept_sync(stream, tls, deadline, timeout)
+                    .map_err(|err| err.context(format_args!("wss from {peer}")))?;
+                let ws = ws::accept_sync(
+                    tls::SyncTlsIo(stream),
+                    listen,
+                    config.limits().max_frame_len(),
+                    deadline,
+                    timeout,
+                )
+                .map_err(|err| err.context(format_args!("websocket from {peer}")))?;
+                let facts = PeerFacts {
+                    uid: None,
+                    certificate,
+                };
+                Ok((SyncStream::Ws(Box::new(ws)), facts))
             }
             #[cfg(feature = "tls")]
             SyncListener::Tls(listener, tls) => {
@@ -508,6 +577,12 @@ pub(crate) enum AsyncListener {
     #[cfg(feature = "tls")]
     Tls(tokio::net::TcpListener, Arc<rustls::ServerConfig>),
     Ws(tokio::net::TcpListener, ws::WsListen),
+    #[cfg(feature = "tls")]
+    Wss(
+        tokio::net::TcpListener,
+        ws::WsListen,
+        Arc<rustls::ServerConfig>,
+    ),
 }
 
 async fn tcp_bind_async(
@@ -555,6 +630,20 @@ impl Pending {
             };
             return Ok((AsyncStream::Tls(Box::new(stream)), facts));
         }
+        // A `wss://` connection: TLS now, its HTTP request after (`upgrade`).
+        #[cfg(feature = "tls")]
+        if let (Some(acceptor), AsyncStream::Http(..)) = (&self.acceptor, &self.stream) {
+            let AsyncStream::Http(tcp, listen) = self.stream else {
+                unreachable!("matched above")
+            };
+            let (stream, certificate) =
+                tls::accept_async(tcp, acceptor, deadline, config.handshake_timeout()).await?;
+            let facts = PeerFacts {
+                certificate,
+                ..self.facts
+            };
+            return Ok((AsyncStream::Https(Box::new(stream), listen), facts));
+        }
         Ok((self.stream, self.facts))
     }
 }
@@ -589,8 +678,19 @@ impl AsyncListener {
                 let (listener, bound) = tcp_bind_async(address, host_port).await?;
                 Ok((AsyncListener::Tls(listener, acceptor), Address::Tls(bound)))
             }
+            #[cfg(feature = "tls")]
+            Address::SecureWebSocket { path, .. } => {
+                let tls = config.tls_server().ok_or_else(|| no_tls_server(address))?;
+                let acceptor = tls.build()?;
+                let (host_port, listen) = ws_listen(address, http);
+                let (listener, bound) = tcp_bind_async(address, host_port).await?;
+                Ok((
+                    AsyncListener::Wss(listener, listen, acceptor),
+                    Address::secure_websocket(bound, path.clone()),
+                ))
+            }
             #[cfg(not(feature = "tls"))]
-            Address::Tls(_) => Err(no_tls(address)),
+            Address::Tls(_) | Address::SecureWebSocket { .. } => Err(no_tls(address)),
             _ => {
                 let listener = listener_options(address)?
                     .create_tokio()
@@ -625,6 +725,17 @@ impl AsyncListener {
                     facts: PeerFacts::default(),
                 };
                 Ok((pending, format!("ws {peer}")))
+            }
+            #[cfg(feature = "tls")]
+            AsyncListener::Wss(listener, listen, acceptor) => {
+                let (stream, peer) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                let pending = Pending {
+                    stream: AsyncStream::Http(stream, listen.clone()),
+                    acceptor: Some(Arc::clone(acceptor)),
+                    facts: PeerFacts::default(),
+                };
+                Ok((pending, format!("wss {peer}")))
             }
             #[cfg(feature = "tls")]
             AsyncListener::Tls(listener, acceptor) => {
@@ -666,6 +777,10 @@ pub(crate) enum AsyncStream {
     /// An accepted connection to a `ws://` listener, before its HTTP request is read
     /// ([`upgrade`](AsyncStream::upgrade)).
     Http(tokio::net::TcpStream, ws::WsListen),
+    /// An accepted connection to a `wss://` listener after its TLS handshake, before its
+    /// HTTP request is read.
+    #[cfg(feature = "tls")]
+    Https(Box<AsyncTlsStream>, ws::WsListen),
     Ws(ws::AsyncWs),
 }
 
@@ -680,24 +795,28 @@ async fn tcp_connect_async(address: &Address, host_port: &str) -> Result<tokio::
 }
 
 impl AsyncStream {
-    /// Runs the HTTP side of an accepted `ws://` connection: `Some` WebSocket stream after
-    /// an upgrade, `None` after a file was served. Other streams are returned as they are.
+    /// Runs the HTTP side of an accepted `ws://` or `wss://` connection by `deadline`:
+    /// `Some` WebSocket stream after an upgrade, `None` after a file was served. Other
+    /// streams are returned as they are.
     pub(crate) async fn upgrade(
         self,
         config: &ConnectionConfig,
         peer: &str,
+        deadline: Instant,
     ) -> Result<Option<AsyncStream>> {
-        let AsyncStream::Http(stream, listen) = self else {
-            return Ok(Some(self));
+        let max_frame_len = config.limits().max_frame_len();
+        let timeouts = (deadline, config.handshake_timeout());
+        let accepted = match self {
+            AsyncStream::Http(stream, listen) => {
+                ws::accept_async(stream, &listen, max_frame_len, timeouts, peer.to_owned()).await?
+            }
+            #[cfg(feature = "tls")]
+            AsyncStream::Https(stream, listen) => {
+                let stream = tls::AsyncTlsIo(stream);
+                ws::accept_async(stream, &listen, max_frame_len, timeouts, peer.to_owned()).await?
+            }
+            other => return Ok(Some(other)),
         };
-        let accepted = ws::accept_async(
-            stream,
-            &listen,
-            config.limits().max_frame_len(),
-            config.handshake_timeout(),
-            peer.to_owned(),
-        )
-        .await?;
         Ok(match accepted {
             ws::Accepted::Ws(ws) => Some(AsyncStream::Ws(ws)),
             ws::Accepted::Served => None,
@@ -722,6 +841,29 @@ impl AsyncStream {
                     stream,
                     &ws::url(host_port, path),
                     config.limits().max_frame_len(),
+                    deadline,
+                    config.handshake_timeout(),
+                )
+                .await?;
+                Ok(AsyncStream::Ws(ws))
+            }
+            #[cfg(feature = "tls")]
+            Address::SecureWebSocket { host_port, .. } => {
+                // TLS first, then the WebSocket upgrade inside it, both by `deadline`.
+                let stream = tcp_connect_async(address, host_port).await?;
+                let stream = tls::connect_async(
+                    stream,
+                    host_port,
+                    &config.tls_client(),
+                    deadline,
+                    config.handshake_timeout(),
+                )
+                .await?;
+                let ws = ws::connect_async(
+                    tls::AsyncTlsIo(Box::new(stream)),
+                    &address.to_string(),
+                    config.limits().max_frame_len(),
+                    deadline,
                     config.handshake_timeout(),
                 )
                 .await?;
@@ -741,7 +883,7 @@ impl AsyncStream {
                 Ok(AsyncStream::Tls(Box::new(stream)))
             }
             #[cfg(not(feature = "tls"))]
-            Address::Tls(_) => Err(no_tls(address)),
+            Address::Tls(_) | Address::SecureWebSocket { .. } => Err(no_tls(address)),
             _ => {
                 let stream = TokioLocalStream::connect(local_name(address)?)
                     .await
@@ -771,7 +913,7 @@ impl AsyncStream {
                 (AsyncReadHalf::Ws(read), AsyncWriteHalf::Ws(write))
             }
             #[cfg(feature = "tls")]
-            AsyncStream::Tls(stream) => {
+            AsyncStream::Tls(stream) | AsyncStream::Https(stream, _) => {
                 let (read, write) = tokio::io::split(*stream);
                 (AsyncReadHalf::Tls(read), AsyncWriteHalf::Tls(write))
             }

@@ -1,15 +1,21 @@
-//! TLS under `tls:host:port` addresses: rustls (ring provider) over TCP, blocking and tokio.
+//! TLS under `tls:host:port` and `wss://host:port/path` addresses: rustls (ring provider)
+//! over TCP, blocking and tokio.
 //!
 //! This module turns a connected TCP stream into an encrypted byte stream and back; framing
-//! and the ipc handshake run on top exactly as over plain TCP. The hooks elsewhere are small:
-//! [`Address::Tls`](crate::Address::Tls), one variant in each stream enum, and the calls to
-//! [`connect_sync`], [`accept_sync`], [`connect_async`] and [`accept_async`].
+//! and the ipc handshake run on top exactly as over plain TCP, and for `wss://` the
+//! WebSocket of `ws.rs` runs on top first ([`SyncTlsIo`], [`AsyncTlsIo`]). The hooks
+//! elsewhere are small: [`Address::Tls`](crate::Address::Tls) and
+//! [`Address::SecureWebSocket`](crate::Address::SecureWebSocket), a few variants in the
+//! stream enums, and the calls to [`connect_sync`], [`accept_sync`], [`connect_async`] and
+//! [`accept_async`].
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ipc_core::{Error, ErrorKind, Result};
@@ -25,6 +31,93 @@ pub(crate) type SyncClientStream = rustls::StreamOwned<rustls::ClientConnection,
 pub(crate) type SyncServerStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
 /// The tokio TLS stream, either side: a plain byte stream (`AsyncRead + AsyncWrite`).
 pub(crate) type AsyncTlsStream = tokio_rustls::TlsStream<tokio::net::TcpStream>;
+
+/// A blocking TLS stream (either side) under a `wss://` WebSocket. A peer that closes
+/// without TLS's close_notify ends the stream, as a closed TCP stream does under `ws://`,
+/// so that the WebSocket layer reports the same end either way.
+pub(crate) struct SyncTlsIo<C>(pub(crate) rustls::StreamOwned<C, TcpStream>);
+
+impl<C, S> Read for SyncTlsIo<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.0.read(buf) {
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+            other => other,
+        }
+    }
+}
+
+impl<C, S> Write for SyncTlsIo<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    /// Takes the bytes into TLS records and tries once to send them; tungstenite's flush
+    /// (after every message) pushes out whatever the socket did not take.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<C, S> crate::ws::SyncIo for SyncTlsIo<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>> + Send + 'static,
+    S: rustls::SideData,
+{
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.sock.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.sock.set_write_timeout(timeout)
+    }
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.0.sock.set_nonblocking(nonblocking)
+    }
+}
+
+/// The tokio TLS stream under a `wss://` WebSocket; like [`SyncTlsIo`], a missing
+/// close_notify is the end of the stream.
+pub(crate) struct AsyncTlsIo(pub(crate) Box<AsyncTlsStream>);
+
+impl tokio::io::AsyncRead for AsyncTlsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut *self.get_mut().0).poll_read(cx, buf) {
+            Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for AsyncTlsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().0).poll_shutdown(cx)
+    }
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -67,7 +160,7 @@ fn describe(err: &rustls::Error) -> String {
         }
         rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
         | rustls::Error::InvalidMessage(rustls::InvalidMessage::UnknownProtocolVersion) => {
-            format!("{err} (the peer does not speak TLS: a plaintext tcp: peer?)")
+            format!("{err} (the peer does not speak TLS: a plaintext tcp: or ws:// peer?)")
         }
         rustls::Error::AlertReceived(_) => {
             format!("{err} (the peer refused this side's certificate or handshake)")
@@ -223,7 +316,10 @@ impl TlsServerConfig {
 
     /// Mutual TLS: every client must present a certificate that chains to one in
     /// `ca_pem` (PEM, one or more certificates); others fail the TLS handshake. The
-    /// accepted client's identity is in [`ServerHandle::peer`](crate::ServerHandle::peer).
+    /// accepted client's identity is in [`ServerHandle::peer`](crate::ServerHandle::peer)
+    /// (a [`Server`](crate::Server)) or
+    /// [`Connection::peer_certificate`](crate::Connection::peer_certificate) (a
+    /// [`Listener`](crate::Listener)), on `tls:` and `wss://` addresses alike.
     pub fn require_client_certificates(mut self, ca_pem: &[u8]) -> Result<TlsServerConfig> {
         self.client_roots = Some(Arc::new(root_store(ca_pem)?));
         self.build()?;
@@ -280,8 +376,8 @@ enum Trust {
 /// The client side of TLS: whom to trust (the platform's roots by default, a CA bundle, or
 /// one pinned certificate) and, for mutual TLS, the client's own certificate.
 ///
-/// The server name checked against the certificate is the host of the `tls:HOST:PORT`
-/// address (a DNS name or an IP address).
+/// The server name checked against the certificate is the host of the `tls:HOST:PORT` or
+/// `wss://HOST:PORT/PATH` address (a DNS name or an IP address).
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 #[derive(Clone, Debug)]
 pub struct TlsClientConfig {

@@ -1,6 +1,6 @@
-//! The WebSocket layer (`ws://host:port/path`): RFC 6455 through tungstenite, generic over the
-//! stream below it (TCP now; a TLS stream for `wss://` later), presented to the rest of the
-//! crate as a byte stream of ipc-core frames.
+//! The WebSocket layer (`ws://host:port/path`, and `wss://` over the TLS streams of `tls.rs`):
+//! RFC 6455 through tungstenite, generic over the stream below it, presented to the rest of
+//! the crate as a byte stream of ipc-core frames.
 //!
 //! The mapping (PROTOCOL.md, "WebSocket mapping"): every binary message carries one or more
 //! whole frames. The writer cuts messages only between frames: bytes of a frame written in
@@ -10,15 +10,19 @@
 //! before it buffers the payload.
 //!
 //! The server side does its own HTTP/1.1: one request per TCP connection, a few static files,
-//! an `Origin` check before the upgrade (the browser security of the crate README).
+//! an `Origin` check before the upgrade (the browser security of the crate README). Every
+//! step of a handshake (the request, the upgrade, on a blocking stream each read) runs
+//! against the connection's one handshake deadline, which TLS before it and the ipc hello
+//! after it share.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_core::Stream as _;
 use futures_sink::Sink as _;
@@ -56,7 +60,7 @@ pub(crate) fn ws_config(max_frame_len: u32) -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-/// Any stream a WebSocket runs over (TCP, later TLS over TCP).
+/// Any stream a WebSocket runs over (TCP, or TLS over TCP).
 pub(crate) trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> AsyncIo for S {}
 
@@ -80,6 +84,19 @@ impl SyncIo for std::net::TcpStream {
 }
 
 type BoxedIo = Box<dyn AsyncIo>;
+
+/// The time left until `deadline`, or the timeout error `what` (with the configured
+/// `timeout` in it) once it has passed.
+fn time_left(deadline: Instant, timeout: Duration, what: &str) -> Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::new(
+            ErrorKind::Timeout,
+            format!("{what} within {} ms", timeout.as_millis()),
+        ));
+    }
+    Ok(left)
+}
 
 /// A WebSocket close reason: at most 123 bytes, cut at a character boundary.
 fn close_reason(reason: &str) -> tungstenite::Utf8Bytes {
@@ -480,7 +497,103 @@ pub(crate) fn url(host_port: &str, path: &str) -> String {
     format!("ws://{host_port}{path}")
 }
 
-fn handshake_error(url: &str, err: tungstenite::Error) -> Error {
+/// The first byte a client's stream received, kept for the upgrade's error: a TLS record
+/// (0x15 alert, 0x16 handshake) instead of `HTTP/1.1 101` means a `wss://` or `tls:` port.
+#[derive(Clone, Debug, Default)]
+struct FirstByte(Arc<AtomicU16>);
+
+impl FirstByte {
+    fn note(&self, received: &[u8]) {
+        if let Some(&byte) = received.first()
+            && self.0.load(Ordering::Relaxed) == 0
+        {
+            self.0.store(0x100 | u16::from(byte), Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> Option<u8> {
+        let seen = self.0.load(Ordering::Relaxed);
+        (seen != 0).then_some((seen & 0xff) as u8)
+    }
+}
+
+/// A client's stream that notes its first byte ([`FirstByte`]); otherwise the stream.
+struct Noted<S> {
+    inner: S,
+    first: FirstByte,
+}
+
+impl<S: Read> Read for Noted<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.first.note(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<S: Write> Write for Noted<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<S: SyncIo> SyncIo for Noted<S> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.set_write_timeout(timeout)
+    }
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.inner.set_nonblocking(nonblocking)
+    }
+}
+
+impl<S: AsyncIo> AsyncRead for Noted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        this.first.note(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncIo> AsyncWrite for Noted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+fn handshake_error(url: &str, err: tungstenite::Error, first: &FirstByte) -> Error {
+    if url.starts_with("ws://")
+        && matches!(first.get(), Some(0x15 | 0x16))
+        && !matches!(err, tungstenite::Error::Http(_))
+    {
+        return Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "websocket upgrade to {url}: the server speaks TLS (it answered with a TLS record, not http): use a wss:// address ({err})"
+            ),
+        );
+    }
     match err {
         tungstenite::Error::Http(response) => {
             let status = response.status();
@@ -499,6 +612,16 @@ fn handshake_error(url: &str, err: tungstenite::Error) -> Error {
                 format!("websocket upgrade to {url} refused: {status} {body}"),
             )
         }
+        // Over TLS, the server's verdict on this side's certificate (TLS 1.3 tells it after
+        // the client's handshake is done) arrives as a read error of the upgrade.
+        #[cfg(feature = "tls")]
+        tungstenite::Error::Io(err)
+            if err
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            crate::tls::io_error(&format!("websocket upgrade to {url}"), err)
+        }
         tungstenite::Error::Io(err) => Error::io(format!("websocket upgrade to {url}"), err),
         err => Error::new(
             ErrorKind::Protocol,
@@ -507,19 +630,25 @@ fn handshake_error(url: &str, err: tungstenite::Error) -> Error {
     }
 }
 
-/// Opens a WebSocket over `stream` (client side), within `timeout`.
+/// Opens a WebSocket over `stream` (client side), by `deadline` (the handshake timeout
+/// `timeout` counted from the connect).
 pub(crate) async fn connect_async<S: AsyncIo>(
     stream: S,
     url: &str,
     max_frame_len: u32,
+    deadline: Instant,
     timeout: Duration,
 ) -> Result<AsyncWs> {
-    let stream: BoxedIo = Box::new(stream);
+    let first = FirstByte::default();
+    let stream: BoxedIo = Box::new(Noted {
+        inner: stream,
+        first: first.clone(),
+    });
     let upgrade =
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(max_frame_len)));
-    match tokio::time::timeout(timeout, upgrade).await {
+    match tokio::time::timeout_at(deadline.into(), upgrade).await {
         Ok(Ok((ws, _response))) => Ok(AsyncWs::new(ws, url.to_owned())),
-        Ok(Err(err)) => Err(handshake_error(url, err)),
+        Ok(Err(err)) => Err(handshake_error(url, err, &first)),
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
             format!(
@@ -594,13 +723,13 @@ fn has_token(value: Option<&[u8]>, token: &str) -> bool {
 /// page's own origin (its host:port is the `Host` header) when that host is `localhost`, an
 /// IP address, or the listen address's host, so that a DNS-rebinding page (a name of the
 /// attacker's that resolves to this machine) is refused.
-fn origin_allowed(
-    origin: &str,
-    host: Option<&str>,
-    listen_host: &str,
-    settings: &HttpSettings,
-) -> bool {
-    if settings
+///
+/// On a `wss://` listener the page's own origin is `https://` only (no plain page can share
+/// the TLS port); a `ws://` listener takes `http://` and `https://` (a TLS proxy in front
+/// of it serves `https://` pages).
+fn origin_allowed(origin: &str, host: Option<&str>, listen: &WsListen) -> bool {
+    if listen
+        .settings
         .allowed_origins
         .iter()
         .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
@@ -608,10 +737,12 @@ fn origin_allowed(
         return true;
     }
     let Some(host) = host else { return false };
-    let Some(authority) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
+    let authority = match origin.strip_prefix("https://") {
+        Some(authority) => Some(authority),
+        None if listen.secure => None,
+        None => origin.strip_prefix("http://"),
+    };
+    let Some(authority) = authority else {
         return false;
     };
     if !authority.eq_ignore_ascii_case(host) {
@@ -624,16 +755,13 @@ fn origin_allowed(
     let name = name.trim_start_matches('[').trim_end_matches(']');
     name.eq_ignore_ascii_case("localhost")
         || name.parse::<std::net::IpAddr>().is_ok()
-        || name.eq_ignore_ascii_case(listen_host)
+        || name.eq_ignore_ascii_case(&listen.host)
 }
 
 /// Decides what to do with a complete request head.
-fn answer(
-    request: &httparse::Request<'_, '_>,
-    ws_path: &str,
-    listen_host: &str,
-    settings: &HttpSettings,
-) -> Answer {
+fn answer(request: &httparse::Request<'_, '_>, listen: &WsListen) -> Answer {
+    let ws_path = listen.path.as_str();
+    let settings = &*listen.settings;
     let method = request.method.unwrap_or("");
     let full_path = request.path.unwrap_or("");
     let path = full_path.split('?').next().unwrap_or("");
@@ -694,7 +822,7 @@ fn answer(
     if let Some(origin) = header(headers, "origin") {
         let origin = String::from_utf8_lossy(origin);
         let host = header(headers, "host").map(String::from_utf8_lossy);
-        if !origin_allowed(&origin, host.as_deref(), listen_host, settings) {
+        if !origin_allowed(&origin, host.as_deref(), listen) {
             return refuse(
                 "403 Forbidden",
                 ErrorKind::PermissionDenied,
@@ -713,18 +841,23 @@ fn answer(
 
 /// Parses what arrived so far: `Ok(None)` if the head is incomplete, else the answer and
 /// how many bytes the head took.
-fn parse_head(
-    head: &[u8],
-    ws_path: &str,
-    listen_host: &str,
-    settings: &HttpSettings,
-) -> Option<(Answer, usize)> {
+fn parse_head(head: &[u8], listen: &WsListen) -> Option<(Answer, usize)> {
+    // A TLS record (a ClientHello) where a request line belongs: a `wss://` or `tls:`
+    // client on a plain port. Said at once, without waiting for more of it.
+    if head.first() == Some(&0x16) {
+        return Some((
+            refuse(
+                "400 Bad Request",
+                ErrorKind::Protocol,
+                "the peer speaks TLS: this is a plain ws:// listener (use ws:// on both sides, or a wss:// listener)".to_owned(),
+            ),
+            head.len(),
+        ));
+    }
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
-        Ok(httparse::Status::Complete(used)) => {
-            Some((answer(&request, ws_path, listen_host, settings), used))
-        }
+        Ok(httparse::Status::Complete(used)) => Some((answer(&request, listen), used)),
         Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD_LEN => Some((
             refuse(
                 "431 Request Header Fields Too Large",
@@ -745,12 +878,14 @@ fn parse_head(
     }
 }
 
-/// The server side of one TCP connection to a `ws://` listener.
+/// The server side of one TCP connection to a `ws://` or `wss://` listener.
 #[derive(Clone, Debug)]
 pub(crate) struct WsListen {
     pub(crate) path: String,
     pub(crate) host: String,
     pub(crate) settings: Arc<HttpSettings>,
+    /// A `wss://` listener: its pages' own origin is `https://HOST:PORT`.
+    pub(crate) secure: bool,
 }
 
 /// What came of an HTTP request.
@@ -762,12 +897,13 @@ pub(crate) enum Accepted {
     Served,
 }
 
-/// Reads one HTTP request (within `timeout`), and upgrades it, serves a file, or refuses it.
+/// Reads one HTTP request (by `deadline`, the handshake timeout `timeout` counted from the
+/// accept), and upgrades it, serves a file, or refuses it.
 pub(crate) async fn accept_async<S: AsyncIo>(
     mut stream: S,
     listen: &WsListen,
     max_frame_len: u32,
-    timeout: Duration,
+    (deadline, timeout): (Instant, Duration),
     peer: String,
 ) -> Result<Accepted> {
     let read_head = async {
@@ -785,15 +921,13 @@ pub(crate) async fn accept_async<S: AsyncIo>(
                 ));
             }
             head.extend_from_slice(&chunk[..n]);
-            if let Some((answer, used)) =
-                parse_head(&head, &listen.path, &listen.host, &listen.settings)
-            {
+            if let Some((answer, used)) = parse_head(&head, listen) {
                 let rest = head.split_off(used.min(head.len()));
                 return Ok((answer, rest));
             }
         }
     };
-    let (answer, rest) = match tokio::time::timeout(timeout, read_head).await {
+    let (answer, rest) = match tokio::time::timeout_at(deadline.into(), read_head).await {
         Ok(outcome) => outcome?,
         Err(_) => {
             return Err(Error::new(
@@ -960,55 +1094,81 @@ impl Drop for SyncWs {
     }
 }
 
-/// Opens a blocking WebSocket over `stream` (client side); the stream's timeouts bound it.
+/// Opens a blocking WebSocket over `stream` (client side) by `deadline` (the handshake
+/// timeout `timeout` counted from the connect): every read and write of the upgrade waits
+/// at most for the time left.
 pub(crate) fn connect_sync<S: SyncIo>(
     stream: S,
     url: &str,
     max_frame_len: u32,
+    deadline: Instant,
     timeout: Duration,
 ) -> Result<SyncWs> {
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|err| Error::io("set websocket upgrade timeouts", err))?;
-    let stream: Box<dyn SyncIo> = Box::new(stream);
-    match tungstenite::client::client_with_config(url, stream, Some(ws_config(max_frame_len))) {
-        Ok((ws, _response)) => {
-            ws.get_ref()
-                .set_read_timeout(None)
-                .and_then(|()| ws.get_ref().set_write_timeout(None))
-                .map_err(|err| Error::io("clear websocket upgrade timeouts", err))?;
-            Ok(SyncWs::new(ws))
+    let what = format!("websocket upgrade to {url} not answered");
+    let bound = |io: &dyn SyncIo| -> Result<()> {
+        let left = time_left(deadline, timeout, &what)?;
+        io.set_read_timeout(Some(left))
+            .and_then(|()| io.set_write_timeout(Some(left)))
+            .map_err(|err| Error::io("set websocket upgrade timeouts", err))
+    };
+    bound(&stream)?;
+    let first = FirstByte::default();
+    let stream: Box<dyn SyncIo> = Box::new(Noted {
+        inner: stream,
+        first: first.clone(),
+    });
+    let mut attempt =
+        tungstenite::client::client_with_config(url, stream, Some(ws_config(max_frame_len)));
+    loop {
+        match attempt {
+            Ok((ws, _response)) => {
+                ws.get_ref()
+                    .set_read_timeout(None)
+                    .and_then(|()| ws.get_ref().set_write_timeout(None))
+                    .map_err(|err| Error::io("clear websocket upgrade timeouts", err))?;
+                return Ok(SyncWs::new(ws));
+            }
+            Err(tungstenite::HandshakeError::Failure(err)) => {
+                return Err(handshake_error(url, err, &first));
+            }
+            // A read or write timed out: go on with the time left, if any.
+            Err(tungstenite::HandshakeError::Interrupted(mid)) => {
+                bound(&**mid.get_ref().get_ref())?;
+                attempt = mid.handshake();
+            }
         }
-        Err(tungstenite::HandshakeError::Failure(err)) => Err(handshake_error(url, err)),
-        Err(tungstenite::HandshakeError::Interrupted(_)) => Err(Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "websocket upgrade to {url} not answered within {} ms",
-                timeout.as_millis()
-            ),
-        )),
     }
 }
 
-/// Accepts one blocking WebSocket on `stream` (server side): upgrades it or answers with a
-/// refusal (no files: the blocking [`Listener`](crate::Listener) serves only the endpoint).
+/// Accepts one blocking WebSocket on `stream` (server side) by `deadline` (the handshake
+/// timeout `timeout` counted from the accept): upgrades it or answers with a refusal (no
+/// files: the blocking [`Listener`](crate::Listener) serves only the endpoint).
 pub(crate) fn accept_sync<S: SyncIo>(
     mut stream: S,
     listen: &WsListen,
     max_frame_len: u32,
+    deadline: Instant,
     timeout: Duration,
 ) -> Result<SyncWs> {
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|err| Error::io("set http timeouts", err))?;
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let (answer, rest) = loop {
-        let n = stream
-            .read(&mut chunk[..(MAX_HEAD_LEN - head.len()).clamp(1, 1024)])
-            .map_err(|err| Error::io("read http request", err))?;
+        // Each read waits only for the time left: a request trickled in byte by byte
+        // still ends at the deadline.
+        let left = time_left(deadline, timeout, "no complete http request")?;
+        stream
+            .set_read_timeout(Some(left))
+            .and_then(|()| stream.set_write_timeout(Some(left)))
+            .map_err(|err| Error::io("set http timeouts", err))?;
+        let n = match stream.read(&mut chunk[..(MAX_HEAD_LEN - head.len()).clamp(1, 1024)]) {
+            Ok(n) => n,
+            Err(err) if is_blocked(&err) => {
+                time_left(deadline, timeout, "no complete http request")?;
+                continue;
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(Error::io("read http request", err)),
+        };
         if n == 0 {
             return Err(Error::new(
                 ErrorKind::PeerDied,
@@ -1016,9 +1176,7 @@ pub(crate) fn accept_sync<S: SyncIo>(
             ));
         }
         head.extend_from_slice(&chunk[..n]);
-        if let Some((answer, used)) =
-            parse_head(&head, &listen.path, &listen.host, &listen.settings)
-        {
+        if let Some((answer, used)) = parse_head(&head, listen) {
             let rest = head.split_off(used.min(head.len()));
             break (answer, rest);
         }
@@ -1027,6 +1185,7 @@ pub(crate) fn accept_sync<S: SyncIo>(
         Answer::Upgrade(reply) => {
             stream
                 .write_all(&reply)
+                .and_then(|()| stream.flush())
                 .map_err(|err| Error::io("write http upgrade response", err))?;
             stream
                 .set_read_timeout(None)
@@ -1041,7 +1200,7 @@ pub(crate) fn accept_sync<S: SyncIo>(
             )))
         }
         Answer::Respond(reply, refusal) => {
-            let _ = stream.write_all(&reply);
+            let _ = stream.write_all(&reply).and_then(|()| stream.flush());
             Err(refusal.unwrap_or_else(|| {
                 Error::new(
                     ErrorKind::Protocol,
@@ -1107,21 +1266,27 @@ mod tests {
         );
     }
 
-    fn settings(origins: &[&str]) -> HttpSettings {
-        HttpSettings {
-            allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
-            files: Vec::new(),
+    fn listen(origins: &[&str], host: &str, secure: bool) -> WsListen {
+        WsListen {
+            path: "/".to_owned(),
+            host: host.to_owned(),
+            settings: Arc::new(HttpSettings {
+                allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+                files: Vec::new(),
+            }),
+            secure,
         }
     }
 
     #[test]
     fn origins_are_checked_against_the_host_and_the_allow_list() {
-        let none = settings(&[]);
-        let allowed = |origin: &str, host: &str, s: &HttpSettings| {
-            origin_allowed(origin, Some(host), "0.0.0.0", s)
-        };
+        let none = listen(&[], "0.0.0.0", false);
+        let allowed =
+            |origin: &str, host: &str, l: &WsListen| origin_allowed(origin, Some(host), l);
         assert!(allowed("http://127.0.0.1:8080", "127.0.0.1:8080", &none));
         assert!(allowed("http://localhost:8080", "localhost:8080", &none));
+        // A TLS proxy in front of a ws:// listener serves https:// pages.
+        assert!(allowed("https://localhost:8080", "localhost:8080", &none));
         assert!(!allowed(
             "http://evil.example:8080",
             "127.0.0.1:8080",
@@ -1134,14 +1299,46 @@ mod tests {
             &none
         ));
         assert!(!allowed("null", "127.0.0.1:8080", &none));
-        let listed = settings(&["https://app.example"]);
+        let listed = listen(&["https://app.example"], "0.0.0.0", false);
         assert!(allowed("https://APP.example", "127.0.0.1:8080", &listed));
-        assert!(allowed("http://anything", "x", &settings(&["*"])));
+        assert!(allowed(
+            "http://anything",
+            "x",
+            &listen(&["*"], "0.0.0.0", false)
+        ));
         assert!(origin_allowed(
             "http://chat.local:80",
             Some("chat.local:80"),
-            "chat.local",
-            &none
+            &listen(&[], "chat.local", false)
         ));
+    }
+
+    #[test]
+    fn a_wss_listener_takes_only_https_pages_as_its_own() {
+        let secure = listen(&[], "localhost", true);
+        let allowed =
+            |origin: &str, host: &str, l: &WsListen| origin_allowed(origin, Some(host), l);
+        assert!(allowed("https://localhost:8443", "localhost:8443", &secure));
+        assert!(allowed("https://127.0.0.1:8443", "127.0.0.1:8443", &secure));
+        assert!(!allowed("http://localhost:8443", "localhost:8443", &secure));
+        assert!(!allowed(
+            "https://evil.example:8443",
+            "evil.example:8443",
+            &secure
+        ));
+        let listed = listen(&["http://app.example"], "localhost", true);
+        assert!(allowed("http://app.example", "localhost:8443", &listed));
+    }
+
+    #[test]
+    fn a_tls_client_hello_on_a_plain_listener_is_named_at_once() {
+        let (answer, _) = parse_head(&[0x16, 0x03, 0x01], &listen(&[], "localhost", false))
+            .expect("answered without more bytes");
+        let Answer::Respond(reply, Some(err)) = answer else {
+            panic!("expected a refusal, got {answer:?}");
+        };
+        assert!(reply.starts_with(b"HTTP/1.1 400 "));
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.to_string().contains("the peer speaks TLS"), "{err}");
     }
 }

@@ -942,3 +942,48 @@ fn a_shutdown_ends_a_connection_whose_handshake_was_finishing() {
         }
     });
 }
+
+/// Without the `tls` feature a `wss://` or `tls:` address still parses, and every place an
+/// address goes refuses it with the same clear error instead of panicking.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn tls_and_wss_addresses_need_the_tls_feature() {
+    for text in ["wss://127.0.0.1:1/ipc", "tls:127.0.0.1:1"] {
+        let address: Address = text.parse().unwrap();
+        assert_eq!(address.to_string(), text);
+        let expected = format!("{text}: tls: and wss:// addresses need ipc-socket's `tls` feature");
+        let err = Listener::<String>::bind(&address, config()).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.to_string()),
+            (ErrorKind::InvalidInput, expected.clone())
+        );
+        let err = Connection::<String>::connect(&address, config()).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.to_string()),
+            (ErrorKind::InvalidInput, expected.clone())
+        );
+        runtime().block_on(async {
+            let server = ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), config())
+                .also_listen(address.clone());
+            let err = Server::<String>::bind(server)
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains(&expected), "{err}");
+            let client = ClientConfig::new(address.clone(), config()).no_reconnect();
+            let err = Client::<String>::connect(client)
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains(&expected), "{err}");
+            let err = AsyncConnection::<String>::connect(&address, config())
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains(&expected), "{err}");
+        });
+    }
+}

@@ -1,9 +1,10 @@
 //! Peer roles for ipc-socket. Each role is named `socket-...`.
 //!
 //! - `socket-server --address A [--policy wait|drop-oldest|disconnect] [--max-connections N]
-//!   [--heartbeat-ms MS] [--also B,C]`:
+//!   [--heartbeat-ms MS] [--also B,C] [--http-file /PATH]`:
 //!   a chat server (a publish/subscribe broker that also echoes requests), listening on A and
-//!   on every address of `--also`. Prints `also address=B` per extra address, then
+//!   on every address of `--also` (`--http-file` serves the text `served at /PATH` there on
+//!   its `ws://` and `wss://` addresses). Prints `also address=B` per extra address, then
 //!   `ready address=A`, then one line per connection event (`connected`, `closed conn=#n
 //!   error=<kind>: <message>`, `rejected error=...`), and `ok` when its stdin closes.
 //! - `socket-chat --address A --name NAME --count N [--expect a,b] [--progress K]`: joins the
@@ -28,9 +29,14 @@
 //!   `ping` and `request` connections stay open, unread, after the flood: it prints
 //!   `flooded` and waits for stdin to close before the `end` lines.
 //! - `socket-probe --address A [--blocking true] [tls and token options]`: connects once
-//!   (with [`Client`], or a blocking [`Connection`]), sends a request and waits for its echo,
-//!   and prints `ok`, or `refused kind=<ErrorKind> error=<message>` if the connection or
-//!   the handshake failed (see `crate::tls` for the options).
+//!   (with [`Client`], or a blocking [`Connection`]), sends a request (blocking: a message)
+//!   and waits for its echo, and prints `ok`, or `refused kind=<ErrorKind> error=<message>`
+//!   if the connection or the handshake failed (see `crate::tls` for the options).
+//! - `socket-blocking-server --address A --accepts N [tls and token options]`: a blocking
+//!   [`Listener`] that runs N accepts one after the other. Prints `ready address=A`, then
+//!   per accept `accepted certificate=<the client's certificate, or none>` and, once the
+//!   client has gone after its messages were echoed, `closed`; or `rejected
+//!   error=<kind>: <message>`. Then `ok`.
 //! - `socket-echo-server --address A --mode echo|sink`, `socket-raw-echo --address A --mode
 //!   echo|sink`: bench partners, see `bench/socket.rs` (the echo server takes the tls
 //!   options of `crate::tls`); `socket-raw-tls-echo`: the raw rustls partner of
@@ -84,6 +90,7 @@ pub(super) fn run(role: &str, args: &Args) -> Option<Result<()>> {
         "socket-raw-echo" => Some(raw_echo(args)),
         "socket-raw-tls-echo" => Some(crate::bench::tls::raw_tls_echo(args)),
         "socket-probe" => Some(probe(args)),
+        "socket-blocking-server" => Some(blocking_server(args)),
         _ => None,
     }
 }
@@ -150,6 +157,11 @@ async fn server(args: &Args) -> Result<()> {
     // `--also A,B`: more addresses for the same server (say a ws:// port beside a socket).
     for also in args.text("also", "").split(',').filter(|a| !a.is_empty()) {
         config = config.also_listen(also.parse::<Address>()?);
+    }
+    let http_file = args.text("http-file", "");
+    if !http_file.is_empty() {
+        let body = format!("served at {http_file}\n").into_bytes();
+        config = config.with_http_file(http_file, "text/plain; charset=utf-8", body);
     }
     if let Some(policy) = policy {
         config = config.policy(policy);
@@ -724,18 +736,25 @@ fn read_until_closed(stream: &mut std::net::TcpStream) -> String {
 fn probe(args: &Args) -> Result<()> {
     let address = address(args)?;
     let config = crate::tls::apply(args, chat_config())?;
+    let line = ChatLine {
+        from: "probe".into(),
+        seq: 0,
+        text: "are you there".into(),
+    };
     let outcome: ipc_core::Result<()> = if args.get("blocking", false)? {
-        Connection::<ChatLine>::connect(&address, config).and_then(|conn| conn.close())
+        Connection::<ChatLine>::connect(&address, config).and_then(|mut conn| {
+            conn.send(&line)?;
+            conn.flush()?;
+            if conn.recv()? != line {
+                return Err(ipc_core::Error::new(ErrorKind::Other, "wrong echo"));
+            }
+            conn.close()
+        })
     } else {
         runtime()?.block_on(async {
             let client =
                 Client::<ChatLine>::connect(ClientConfig::new(address, config).no_reconnect())
                     .await?;
-            let line = ChatLine {
-                from: "probe".into(),
-                seq: 0,
-                text: "are you there".into(),
-            };
             let echo = client.request(&line, Duration::from_secs(30)).await?;
             if echo != line {
                 return Err(ipc_core::Error::new(ErrorKind::Other, "wrong echo"));
@@ -747,5 +766,40 @@ fn probe(args: &Args) -> Result<()> {
         Ok(()) => say("ok"),
         Err(err) => say(format_args!("refused kind={:?} error={err}", err.kind())),
     }
+    Ok(())
+}
+
+/// `socket-blocking-server --address A --accepts N`: see the module docs.
+fn blocking_server(args: &Args) -> Result<()> {
+    let config = crate::tls::apply(args, chat_config())?;
+    let listener = Listener::<ChatLine>::bind(&address(args)?, config)?;
+    say(format_args!("ready address={}", listener.address()));
+    for _ in 0..args.get("accepts", 1u32)? {
+        let mut conn = match listener.accept() {
+            Ok(conn) => conn,
+            Err(err) => {
+                say(format_args!("rejected error={}: {err}", err.kind()));
+                continue;
+            }
+        };
+        match conn.peer_certificate() {
+            Some(certificate) => say(format_args!("accepted certificate={certificate}")),
+            None => say("accepted certificate=none"),
+        }
+        let echoed = (|| -> ipc_core::Result<()> {
+            loop {
+                let message = conn.recv()?;
+                conn.send(&message)?;
+                conn.flush()?;
+            }
+        })();
+        match echoed {
+            Err(err) if !err.is_peer_gone() => {
+                say(format_args!("closed error={}: {err}", err.kind()))
+            }
+            _ => say("closed"),
+        }
+    }
+    say("ok");
     Ok(())
 }
