@@ -480,3 +480,70 @@ fn a_server_with_tokens_checks_the_token_before_the_message_type() -> Result<()>
     );
     Ok(())
 }
+
+/// A blocking `tls:` send that times out while the peer does not read leaves the rest of
+/// its bytes buffered, and nothing is written twice: once the peer reads, every message
+/// arrives once, in order, intact (the TLS layer had taken bytes whose flush timed out,
+/// and they used to be written again).
+#[test]
+fn a_timed_out_blocking_tls_send_writes_nothing_twice() -> Result<()> {
+    use ipc_core::{ErrorKind, Receiver, Sender};
+    use ipc_socket::{
+        Address, Connection, ConnectionConfig, Listener, TlsClientConfig, TlsServerConfig,
+    };
+
+    type Message = (u64, serde_bytes::ByteBuf);
+    let _watchdog = Watchdog::new("timed-out tls send", WAIT);
+    let pki = TestPki::generate()?;
+    let server_config = ConnectionConfig::new::<Message>().with_tls_server(
+        TlsServerConfig::from_pem(&pki.read("server.pem")?, &pki.read("server.key")?)?,
+    );
+    let listener =
+        Listener::<Message>::bind(&"tls:127.0.0.1:0".parse::<Address>()?, server_config)?;
+    let address = listener.address().clone();
+    let (go, wait_for_go) = std::sync::mpsc::channel::<u64>();
+    let reader = std::thread::spawn(move || -> Result<u64> {
+        let mut conn = listener.accept()?;
+        // Read nothing until the sender has timed out at least once.
+        let total = wait_for_go.recv()?;
+        for seq in 0..total {
+            let (got, payload) = conn.recv()?;
+            anyhow::ensure!(got == seq, "message {seq} arrived as {got}");
+            anyhow::ensure!(
+                payload.len() == 65_536 && payload.iter().all(|b| *b == seq as u8),
+                "message {seq} is damaged"
+            );
+        }
+        Ok(total)
+    });
+    let client_config = ConnectionConfig::new::<Message>()
+        .with_tls_client(TlsClientConfig::with_ca_pem(&pki.read("ca.pem")?)?);
+    let mut conn = Connection::<Message>::connect(&address, client_config)?;
+    let mut seq = 0u64;
+    let mut timeouts = 0;
+    // (A send that times out may first wait for the kernel to take a trickle of bytes for
+    // seconds: a write timeout bounds the time without progress, as for plain TCP.)
+    while timeouts < 1 {
+        anyhow::ensure!(seq < 10_000, "the socket never filled up");
+        let sent = conn.send_timeout(
+            &(seq, serde_bytes::ByteBuf::from(vec![seq as u8; 65_536])),
+            Duration::from_millis(2),
+        );
+        match sent {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::Timeout => timeouts += 1,
+            Err(err) => bail!("send {seq}: {err}"),
+        }
+        // A message whose send timed out stays queued: it is sent too.
+        seq += 1;
+    }
+    go.send(seq + 2)?;
+    for _ in 0..2 {
+        conn.send(&(seq, serde_bytes::ByteBuf::from(vec![seq as u8; 65_536])))?;
+        seq += 1;
+    }
+    conn.flush()?;
+    let received = reader.join().expect("reader thread")?;
+    assert_eq!(received, seq);
+    Ok(())
+}

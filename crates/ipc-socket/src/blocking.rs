@@ -256,7 +256,27 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         }
         self.out.clear();
         self.out_pos = 0;
-        Ok(())
+        // Every byte is taken; a TLS stream may still hold records the socket did not
+        // take. A timeout here leaves them there (nothing is written twice): the next
+        // write or flush pushes them out.
+        loop {
+            match self.stream.flush() {
+                Ok(()) => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(Error::io("write to peer", err));
+                }
+                Err(err) => {
+                    let err = Error::io("write to peer", err);
+                    return Err(self.fail(err));
+                }
+            }
+        }
     }
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {

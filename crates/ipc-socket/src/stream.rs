@@ -284,6 +284,18 @@ impl SyncStream {
             SyncStream::Ws(stream) => stream.write(buf),
         }
     }
+
+    /// Pushes out what a TLS stream holds in records the socket did not take yet; a no-op
+    /// for the other streams, whose writes reach the socket or fail.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        match self {
+            #[cfg(feature = "tls")]
+            SyncStream::TlsClient(stream) => stream.as_mut().flush(),
+            #[cfg(feature = "tls")]
+            SyncStream::TlsServer(stream) => stream.as_mut().flush(),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Writes through a blocking TLS stream and pushes the records out at once (rustls's
@@ -296,8 +308,22 @@ where
     S: rustls::SideData,
 {
     let n = stream.write(buf)?;
-    stream.flush()?;
-    Ok(n)
+    match stream.flush() {
+        // The `n` bytes are taken (into TLS records): saying otherwise would have the
+        // caller write them again. What the socket did not take yet goes out with the
+        // next write or `flush`.
+        Err(err)
+            if n > 0
+                && matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+        {
+            Ok(n)
+        }
+        Err(err) => Err(err),
+        Ok(()) => Ok(n),
+    }
 }
 
 /// Refuses to bind over a live server, and removes a socket file left by a dead one.

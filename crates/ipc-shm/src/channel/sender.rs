@@ -341,11 +341,7 @@ impl<T: ?Sized> ShmSender<T> {
                 continue;
             }
             // (Not with a deadline closer than the pacing can take: it would overshoot.)
-            if !paced
-                && deadline
-                    .remaining()
-                    .is_none_or(|left| left >= PACE_AT_MOST)
-            {
+            if !paced && deadline.remaining().is_none_or(|left| left >= PACE_AT_MOST) {
                 // Full: the receiver is slower than we are. Looking at its `head` after
                 // every message it takes would pull that line away from it each time (a
                 // cache miss per message on the receiver's side, which is the bottleneck);
@@ -396,9 +392,7 @@ impl<T: ?Sized> ShmSender<T> {
     fn pace(&self, needed: u64) {
         let capacity = self.channel.capacity;
         let target = (capacity / 8).max(needed);
-        let head_index = self
-            .channel
-            .index(Channel::head_at(self.channel.slot));
+        let head_index = self.channel.index(Channel::head_at(self.channel.slot));
         for _ in 0..PACE_LOOKS {
             for _ in 0..PACE_SPINS {
                 std::hint::spin_loop();
