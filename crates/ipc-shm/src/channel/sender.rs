@@ -406,17 +406,17 @@ impl<T: ?Sized> ShmSender<T> {
         }
     }
 
+    #[inline(always)]
     pub(super) fn payload_mut(&mut self, offset: u64, len: u64) -> Result<&mut [u8]> {
         let start = (self.channel.ring_at(self.channel.slot) as u64) + offset + RECORD_HEADER;
         // SAFETY: the range lies between our tail and the receiver's head (`make_room` or
         // `contiguous_room` checked it), which only the sender writes; the returned slice
         // borrows `self` mutably, so no other slice of this process overlaps it.
         let bytes = unsafe { self.channel.map().bytes_mut(start as usize, len as usize) };
-        bytes.ok_or_else(|| {
-            self.channel.corrupted(format!(
-                "record at ring offset {offset} of {len} bytes outside the ring"
-            ))
-        })
+        match bytes {
+            Some(bytes) => Ok(bytes),
+            None => Err(self.channel.outside_ring(offset, len)),
+        }
     }
 
     /// Writes the header of the record at our `tail`, which commits it: the receiver may

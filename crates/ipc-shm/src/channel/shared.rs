@@ -319,7 +319,7 @@ impl Channel {
     /// its process is gone; `Ok` while it lives or has not attached yet. For the receiver
     /// the peer is every sender: it is gone once no sender is attached and alive and at
     /// least one has closed or died.
-    #[inline]
+    #[inline(always)]
     pub(super) fn peer_status(&self, check_liveness: bool) -> Result<()> {
         // A sender looks before every message: one load of a line the receiver writes only
         // when it attaches or closes.
@@ -533,6 +533,14 @@ impl Channel {
                 }
             }
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn outside_ring(&self, offset: u64, len: u64) -> Error {
+        self.corrupted(format!(
+            "record at ring offset {offset} of {len} bytes outside the ring"
+        ))
     }
 
     pub(super) fn corrupted(&self, what: String) -> Error {
