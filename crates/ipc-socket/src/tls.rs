@@ -24,6 +24,7 @@ pub(crate) type SyncClientStream = rustls::StreamOwned<rustls::ClientConnection,
 /// The blocking TLS stream of a server.
 pub(crate) type SyncServerStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
 /// The tokio TLS stream, either side: a plain byte stream (`AsyncRead + AsyncWrite`).
+#[cfg(feature = "tokio")]
 pub(crate) type AsyncTlsStream = tokio_rustls::TlsStream<tokio::net::TcpStream>;
 
 fn provider() -> Arc<CryptoProvider> {
@@ -223,7 +224,16 @@ impl TlsServerConfig {
 
     /// Mutual TLS: every client must present a certificate that chains to one in
     /// `ca_pem` (PEM, one or more certificates); others fail the TLS handshake. The
-    /// accepted client's identity is in [`ServerHandle::peer`](crate::ServerHandle::peer).
+    /// accepted client's identity is in [`ServerHandle::peer`].
+    ///
+    #[cfg_attr(
+        feature = "tokio",
+        doc = "\n[`ServerHandle::peer`]: crate::ServerHandle::peer"
+    )]
+    #[cfg_attr(
+        not(feature = "tokio"),
+        doc = "\n[`ServerHandle::peer`]: crate#feature-flags"
+    )]
     pub fn require_client_certificates(mut self, ca_pem: &[u8]) -> Result<TlsServerConfig> {
         self.client_roots = Some(Arc::new(root_store(ca_pem)?));
         self.build()?;
@@ -627,6 +637,7 @@ pub(crate) fn accept_sync(
 }
 
 /// Client side, tokio.
+#[cfg(feature = "tokio")]
 pub(crate) async fn connect_async(
     sock: tokio::net::TcpStream,
     host_port: &str,
@@ -645,6 +656,7 @@ pub(crate) async fn connect_async(
 }
 
 /// Server side, tokio.
+#[cfg(feature = "tokio")]
 pub(crate) async fn accept_async(
     sock: tokio::net::TcpStream,
     config: &Arc<rustls::ServerConfig>,
