@@ -97,6 +97,10 @@ fn steps() -> Vec<Step> {
             run: Run::Here(check_each_feature),
         },
         Step {
+            title: "ipc-socket's blocking API without tokio",
+            run: Run::Here(check_blocking_socket),
+        },
+        Step {
             title: "MSRV (rust-version) of the libraries",
             run: Run::Here(check_msrv),
         },
@@ -238,6 +242,52 @@ fn check_each_feature() -> Result<()> {
         seconds(checked),
         seconds(started.elapsed() - checked)
     );
+    Ok(())
+}
+
+/// The feature sets of ipc-socket without `tokio` (the blocking API alone, with and without
+/// `tls`): no tokio crate in their normal dependency tree (ARCHITECTURE.md's invariant), and
+/// the crate's own tests pass. The builds and docs of these sets are cargo-hack's above.
+fn check_blocking_socket() -> Result<()> {
+    for features in [
+        &["--no-default-features"][..],
+        &["--no-default-features", "--features", "tls"],
+    ] {
+        let output = cargo()
+            .args([
+                "tree",
+                "-p",
+                "ipc-socket",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args(features)
+            .output()
+            .context("run cargo tree")?;
+        if !output.status.success() {
+            bail!(
+                "cargo tree {} failed: {}",
+                features.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&output.stdout);
+        let tokio: Vec<&str> = tree
+            .lines()
+            .filter(|line| line.to_ascii_lowercase().contains("tokio"))
+            .collect();
+        if !tokio.is_empty() {
+            bail!(
+                "ipc-socket {} depends on {} tokio crate(s): {}",
+                features.join(" "),
+                tokio.len(),
+                tokio.join(", ")
+            );
+        }
+        status_of(cargo().args(["test", "-p", "ipc-socket"]).args(features))?;
+    }
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 //!   mechanism beside its raw baseline, as a table and JSON (and the README's table);
 //! - `soak [TEST]`: the long versions of the reliability tests (kill loop, corruption trials, disk full);
 //! - `ci [--only TEXT]`: the same steps as `.ci/run` (format, licences, lint, test, docs,
-//!   feature sets, MSRV, cross targets, publish --dry-run, quick scenarios);
+//!   feature sets, ipc-socket without tokio, MSRV, cross targets, publish --dry-run, quick
+//!   scenarios);
 //! - `queue stats PATH [--json]`: a look inside an embedded ipc-queue.
 
 #![forbid(unsafe_code)]
@@ -74,7 +75,7 @@ enum Task {
         test: Option<String>,
     },
     /// Run the CI steps of `.ci/run`: fmt, licences, clippy, tests, docs, feature sets,
-    /// MSRV, cross targets, publish --dry-run, quick scenarios.
+    /// ipc-socket without tokio, MSRV, cross targets, publish --dry-run, quick scenarios.
     Ci {
         /// Run only the steps whose title contains this text (e.g. `feature`, `MSRV`).
         #[arg(long)]

@@ -14,7 +14,7 @@ use ipc_core::{Error, ErrorKind, Result};
 /// |---|---|
 /// | `local:NAME` | a namespaced local socket: an abstract Unix socket on Linux, `\\.\pipe\NAME` on Windows; no file |
 /// | `unix:/path/to/sock` | a Unix domain socket file (owner-only, mode 0600) |
-/// | `tcp:HOST:PORT` | TCP; `tcp:127.0.0.1:0` lets the server pick a port ([`Server::address`](crate::Server::address) tells which) |
+/// | `tcp:HOST:PORT` | TCP; `tcp:127.0.0.1:0` lets the server pick a port ([`Server::address`] tells which) |
 /// | `ws://HOST:PORT/PATH` | a WebSocket over TCP (browsers); the path defaults to `/`; each binary message carries whole frames (PROTOCOL.md, "WebSocket mapping") |
 /// | `tls:HOST:PORT` | TLS over TCP (feature `tls`); the client checks the server's certificate against `HOST` |
 /// | `wss://HOST:PORT/PATH` | a WebSocket over TLS over TCP (feature `tls`): TLS as for `tls:`, then the WebSocket of `ws://` |
@@ -29,14 +29,31 @@ use ipc_core::{Error, ErrorKind, Result};
 /// assert!("ftp:x".parse::<Address>().is_err());
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
+#[cfg_attr(
+    feature = "tokio",
+    doc = "\n[`Server::address`]: crate::Server::address"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = "\n[`Server::address`]: crate#feature-flags"
+)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Address {
     /// A namespaced local socket name (no file on disk).
     ///
     /// On Linux this is an abstract socket, which has no permission bits: any local user can
-    /// connect. Use [`ServerConfig::allow_uids`](crate::ServerConfig::allow_uids) or a
+    /// connect. Use [`ServerConfig::allow_uids`] or a
     /// [`Path`](Address::Path) address when that matters.
+    ///
+    #[cfg_attr(
+        feature = "tokio",
+        doc = "\n[`ServerConfig::allow_uids`]: crate::ServerConfig::allow_uids"
+    )]
+    #[cfg_attr(
+        not(feature = "tokio"),
+        doc = "\n[`ServerConfig::allow_uids`]: crate#feature-flags"
+    )]
     Local(String),
     /// A socket file on the filesystem.
     Path(PathBuf),

@@ -265,6 +265,7 @@ impl Writer {
 /// Each clone coalesces its frames in a buffer of its own; they go out (after whatever
 /// was queued before) when it reaches the flush threshold, on [`flush`](Self::flush), or,
 /// if the half is dropped, with the next flush of another half.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug)]
 pub struct AsyncSendHalf<T> {
     writer: Arc<Writer>,
@@ -306,6 +307,7 @@ impl<T> Drop for AsyncSendHalf<T> {
 ///
 /// Most sends never write, and their future is one small value: no state machine for the
 /// write is built (nor moved) for them.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[must_use = "the message is queued, but a full buffer is written only when this is awaited"]
 pub struct SendFuture<'a> {
     /// `None` once the message is queued and nothing needs writing: the common case, a
@@ -403,6 +405,7 @@ impl<T: Serialize + Sync> AsyncSender for AsyncSendHalf<T> {
 
 /// The receiving half of an [`AsyncConnection`]. It answers pings and watches the peer's
 /// liveness while a `recv` is pending.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug)]
 pub struct AsyncRecvHalf<T> {
     reader: AsyncReadHalf,
@@ -548,6 +551,7 @@ impl<T: DeserializeOwned + Send> AsyncReceiver for AsyncRecvHalf<T> {
 /// # Ok::<(), ipc_core::Error>(())
 /// # }).unwrap();
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug)]
 pub struct AsyncConnection<T> {
     send: AsyncSendHalf<T>,

@@ -26,7 +26,7 @@ use crate::tls::PeerCertificate;
 /// [`ConnectionConfig::without_batches`](crate::ConnectionConfig::without_batches)). A blocking connection answers
 /// pings and checks the peer's liveness only while it is inside a call (`recv` and
 /// friends); a side that stays out of `recv` longer than the peer's heartbeat timeout looks
-/// dead to the peer. Use [`AsyncConnection`](crate::AsyncConnection) for an always-live side.
+/// dead to the peer. Use [`AsyncConnection`] for an always-live side.
 ///
 /// ```
 /// use ipc_socket::{Address, Connection, ConnectionConfig, Listener};
@@ -47,6 +47,14 @@ use crate::tls::PeerCertificate;
 /// server.join().unwrap()?;
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
+#[cfg_attr(
+    feature = "tokio",
+    doc = "\n[`AsyncConnection`]: crate::AsyncConnection"
+)]
+#[cfg_attr(
+    not(feature = "tokio"),
+    doc = "\n[`AsyncConnection`]: crate#feature-flags"
+)]
 #[derive(Debug)]
 pub struct Connection<T> {
     stream: SyncStream,
@@ -524,8 +532,11 @@ impl<T: Serialize + DeserializeOwned> Receiver for Connection<T> {
     }
 }
 
-/// A blocking listener that accepts [`Connection`]s; see [`Server`](crate::Server) for many
+/// A blocking listener that accepts [`Connection`]s; see [`Server`] for many
 /// clients at once.
+///
+#[cfg_attr(feature = "tokio", doc = "\n[`Server`]: crate::Server")]
+#[cfg_attr(not(feature = "tokio"), doc = "\n[`Server`]: crate#feature-flags")]
 #[derive(Debug)]
 pub struct Listener<T> {
     inner: SyncListener,

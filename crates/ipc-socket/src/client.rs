@@ -35,6 +35,7 @@ use crate::wire;
 /// let quick = Backoff::new(Duration::from_millis(5), Duration::from_millis(50)).with_max_attempts(3);
 /// assert_eq!(quick.max_attempts, Some(3));
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Backoff {
@@ -84,6 +85,7 @@ impl Backoff {
 }
 
 /// Settings of a [`Client`].
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     address: Address,
@@ -134,6 +136,7 @@ impl ClientConfig {
 }
 
 /// What a [`Client`] receives.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Incoming<T> {
@@ -230,6 +233,7 @@ impl<T> Shared<T> {
 /// [`Incoming::Disconnected`], and (unless [`ClientConfig::no_reconnect`]) the client
 /// reconnects with jittered exponential back-off, resubscribes to its topics, and reports
 /// [`Incoming::Reconnected`]. Sends while disconnected fail with [`ErrorKind::PeerDied`].
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct Client<T> {
     shared: Arc<Shared<T>>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Incoming<T>>>,

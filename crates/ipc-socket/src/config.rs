@@ -76,6 +76,7 @@ pub struct ConnectionConfig {
 
 /// `Hello` feature bit 0: this side speaks the messaging patterns of ipc-core's PROTOCOL.md, section 5 (frame
 /// kinds 0x06 to 0x0B). [`Server`](crate::Server) and [`Client`](crate::Client) set it.
+#[cfg(feature = "tokio")]
 pub(crate) const FEATURE_PATTERNS: u32 = 1;
 
 impl ConnectionConfig {
@@ -227,9 +228,12 @@ impl ConnectionConfig {
     }
 
     /// How long a frame may take to arrive once its first byte has (default 10 s). A
-    /// [`Server`](crate::Server) closes a client whose frame is not whole by then with
+    /// [`Server`] closes a client whose frame is not whole by then with
     /// close code 10 (frame timeout): a client that trickles bytes, or sends only fragments,
     /// cannot hold a connection slot.
+    ///
+    #[cfg_attr(feature = "tokio", doc = "\n[`Server`]: crate::Server")]
+    #[cfg_attr(not(feature = "tokio"), doc = "\n[`Server`]: crate#feature-flags")]
     pub fn with_frame_timeout(mut self, timeout: Duration) -> ConnectionConfig {
         self.frame_timeout = Some(timeout);
         self
@@ -286,6 +290,7 @@ impl ConnectionConfig {
         Hello::new(self.message_type.clone(), &self.limits).with_features(self.features | token)
     }
 
+    #[cfg(feature = "tokio")]
     pub(crate) fn with_patterns(mut self) -> ConnectionConfig {
         self.features |= FEATURE_PATTERNS;
         self
@@ -342,6 +347,13 @@ pub(crate) struct Liveness {
 }
 
 /// What the heartbeat wants done now.
+#[cfg_attr(
+    not(feature = "tokio"),
+    expect(
+        dead_code,
+        reason = "the durations bound the reads of the tokio connections only"
+    )
+)]
 pub(crate) enum Beat {
     /// Nothing; check again within the duration.
     Wait(Duration),
@@ -376,6 +388,7 @@ impl Liveness {
     /// Awaits `future` for at most `wait` when heartbeats are on (`None` if the time ran
     /// out), or without a timer when they are off: a timer per read costs a round trip
     /// measurable time.
+    #[cfg(feature = "tokio")]
     pub(crate) async fn within<F: std::future::Future>(
         &self,
         wait: Duration,

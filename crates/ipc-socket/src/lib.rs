@@ -11,12 +11,12 @@
 //!   TLS; both feature `tls`), one API over all of them.
 //! - [`Connection`] / [`Listener`]: blocking, one peer, messages both ways
 //!   ([`Sender`](ipc_core::Sender) / [`Receiver`](ipc_core::Receiver)).
-//! - [`AsyncConnection`]: the same for tokio, splittable into halves
+//! - [`AsyncConnection`] (feature `tokio`): the same for tokio, splittable into halves
 //!   ([`AsyncSender`](ipc_core::AsyncSender) / [`AsyncReceiver`](ipc_core::AsyncReceiver)).
-//! - [`Server`]: tokio, many clients, bounded per-client queues with a [`Policy`], duplex
-//!   messages, request/response and publish/subscribe with topics.
-//! - [`Client`]: tokio, requests with correlation ids and deadlines, subscriptions, and
-//!   reconnection with jittered exponential back-off that resubscribes.
+//! - [`Server`] (feature `tokio`): many clients, bounded per-client queues with a
+//!   [`Policy`], duplex messages, request/response and publish/subscribe with topics.
+//! - [`Client`] (feature `tokio`): requests with correlation ids and deadlines,
+//!   subscriptions, and reconnection with jittered exponential back-off that resubscribes.
 //!
 //! Every connection starts with ipc-core's handshake (protocol version, frame limits,
 //! message-type fingerprint), watches its peer with ping/pong heartbeats and ends with an
@@ -24,7 +24,10 @@
 //!
 //! # Example
 //!
+//! On tokio (feature `tokio`); the blocking API's example is on [`Connection`].
+//!
 //! ```
+//! # #[cfg(feature = "tokio")] {
 //! use ipc_socket::{Client, ClientConfig, ConnectionConfig, Incoming, Server, ServerConfig};
 //! use ipc_core::MessageType;
 //!
@@ -47,6 +50,7 @@
 //! }
 //! # Ok::<(), ipc_core::Error>(())
 //! # }).unwrap();
+//! # }
 //! ```
 //!
 //! # Security
@@ -70,32 +74,53 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `tls` | no | `tls:HOST:PORT` and `wss://HOST:PORT/PATH` addresses over rustls (ring provider), blocking and tokio: `TlsServerConfig`, `TlsClientConfig`, mutual TLS and `PeerCertificate`; without it such addresses parse but connecting or listening is an `InvalidInput` error |
+//! | `tokio` | yes | the tokio API: `AsyncConnection` and its halves, `Server` (`ServerConfig`, `ServerHandle`, `Event`, `Peer`, `Policy`, `ConnId`), `Client` (`ClientConfig`, `Incoming`, `Backoff`) |
+//! | `tls` | no | `tls:HOST:PORT` and `wss://HOST:PORT/PATH` addresses over rustls (ring provider), blocking and (with `tokio`) tokio: `TlsServerConfig`, `TlsClientConfig`, mutual TLS and `PeerCertificate`; without it such addresses parse but connecting or listening is an `InvalidInput` error |
 //!
-//! The blocking and the tokio API are always built; tokens need no feature.
-
+//! The blocking API ([`Connection`], [`Listener`], over every address) is always built;
+//! tokens need no feature. A program that uses only the blocking API leaves tokio out of
+//! its build entirely:
+//!
+//! ```toml
+//! ipc-socket = { version = "0.1", default-features = false } # or features = ["tls"]
+//! ```
+#![cfg_attr(
+    feature = "tokio",
+    doc = "[`AsyncConnection`]: crate::AsyncConnection\n[`Server`]: crate::Server\n[`Policy`]: crate::Policy\n[`Client`]: crate::Client\n[`ServerConfig::allow_uids`]: crate::ServerConfig::allow_uids"
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "[`AsyncConnection`]: #feature-flags\n[`Server`]: #feature-flags\n[`Policy`]: #feature-flags\n[`Client`]: #feature-flags\n[`ServerConfig::allow_uids`]: #feature-flags"
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod address;
+#[cfg(feature = "tokio")]
 mod async_conn;
 mod blocking;
+#[cfg(feature = "tokio")]
 mod client;
 mod config;
 mod protocol;
+#[cfg(feature = "tokio")]
 mod server;
 mod stream;
 #[cfg(feature = "tls")]
 mod tls;
 mod token;
+#[cfg(feature = "tokio")]
 mod wire;
 mod ws;
 
 pub use crate::address::Address;
+#[cfg(feature = "tokio")]
 pub use crate::async_conn::{AsyncConnection, AsyncRecvHalf, AsyncSendHalf, SendFuture};
 pub use crate::blocking::{Connection, Listener};
+#[cfg(feature = "tokio")]
 pub use crate::client::{Backoff, Client, ClientConfig, Incoming};
 pub use crate::config::{ConnectionConfig, Heartbeat};
+#[cfg(feature = "tokio")]
 pub use crate::server::{ConnId, Event, Peer, Policy, Server, ServerConfig, ServerHandle};
 #[cfg(feature = "tls")]
 pub use crate::tls::{PeerCertificate, TlsClientConfig, TlsServerConfig};
@@ -104,7 +129,7 @@ pub use crate::token::Token;
 /// The shared foundation: frames, handshake, errors, traits.
 pub use ipc_core as core;
 
-/// The README's example, compiled and run as a doc test.
-#[cfg(doctest)]
+/// The README's examples (all on tokio), compiled and run as a doc test.
+#[cfg(all(doctest, feature = "tokio"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -32,6 +32,7 @@ use crate::wire;
 /// Every frame the server sends a client counts against its queue's bounds: data,
 /// responses, publications, and the control frames its input causes (pongs, subscription
 /// acks). The policy applies to that client alone.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Policy {
@@ -52,6 +53,7 @@ pub enum Policy {
 }
 
 /// Settings of a [`Server`].
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     address: Address,
@@ -167,6 +169,7 @@ impl ServerConfig {
 }
 
 /// A client connection's id, unique within one server.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
@@ -184,6 +187,7 @@ impl fmt::Display for ConnId {
 }
 
 /// What happened on the server.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<T> {
@@ -231,6 +235,7 @@ pub enum Event<T> {
 }
 
 /// Who a connected client is, as far as its transport tells: [`ServerHandle::peer`].
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Peer {
@@ -599,6 +604,7 @@ impl Shared {
 }
 
 /// A cheap, cloneable handle for sending to a [`Server`]'s clients from any task.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug)]
 pub struct ServerHandle<T> {
     shared: Arc<Shared>,
@@ -748,6 +754,7 @@ impl<T> ServerHandle<T> {
 /// "Server memory").
 ///
 /// See [`AsyncConnection`](crate::AsyncConnection) for an example.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug)]
 pub struct Server<T> {
     handle: ServerHandle<T>,

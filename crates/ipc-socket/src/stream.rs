@@ -4,26 +4,39 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+#[cfg(feature = "tokio")]
 use std::pin::Pin;
 use std::sync::Arc;
+#[cfg(feature = "tokio")]
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "tokio")]
 use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
 use interprocess::local_socket::traits::{Listener as _, Stream as _, StreamCommon as _};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, Name, ToFsName as _};
 #[cfg(not(all(unix, not(any(target_os = "linux", target_os = "android")))))]
 use interprocess::local_socket::{GenericNamespaced, ToNsName as _};
 use ipc_core::{Error, ErrorKind, Result};
+#[cfg(feature = "tokio")]
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::address::Address;
 use crate::config::ConnectionConfig;
+#[cfg(all(feature = "tls", feature = "tokio"))]
+use crate::tls::AsyncTlsStream;
 #[cfg(feature = "tls")]
-use crate::tls::{self, AsyncTlsStream, PeerCertificate};
+use crate::tls::{self, PeerCertificate};
 use crate::ws;
 
 /// What the server learned about a peer when it accepted it.
+#[cfg_attr(
+    not(feature = "tokio"),
+    expect(
+        dead_code,
+        reason = "the facts reach users only through the tokio server"
+    )
+)]
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PeerFacts {
     pub(crate) uid: Option<u32>,
@@ -90,6 +103,7 @@ fn eof_is_end(result: io::Result<usize>) -> io::Result<usize> {
 }
 
 type LocalStream = interprocess::local_socket::Stream;
+#[cfg(feature = "tokio")]
 type TokioLocalStream = interprocess::local_socket::tokio::Stream;
 
 /// Unix systems other than Linux have no abstract sockets: there `local:NAME` is the
@@ -596,6 +610,7 @@ fn peer_uid(creds: io::Result<interprocess::local_socket::PeerCreds>) -> Option<
 }
 
 /// A tokio listener.
+#[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub(crate) enum AsyncListener {
     Local(interprocess::local_socket::tokio::Listener),
@@ -611,6 +626,7 @@ pub(crate) enum AsyncListener {
     ),
 }
 
+#[cfg(feature = "tokio")]
 async fn tcp_bind_async(
     address: &Address,
     host_port: &str,
@@ -626,6 +642,7 @@ async fn tcp_bind_async(
 
 /// A stream just accepted, before its TLS handshake (if any): the accept loop hands it to
 /// a task of its own, so that a slow handshake never holds up the next accept.
+#[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub(crate) struct Pending {
     stream: AsyncStream,
@@ -634,6 +651,7 @@ pub(crate) struct Pending {
     facts: PeerFacts,
 }
 
+#[cfg(feature = "tokio")]
 impl Pending {
     /// Completes the TLS handshake, if any, by `deadline`.
     pub(crate) async fn finish(
@@ -674,6 +692,7 @@ impl Pending {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncListener {
     /// Binds; must run inside a tokio runtime. Returns the bound address (the real port).
     /// A `ws://` listener serves `http`'s files and origin rules.
@@ -794,6 +813,7 @@ impl AsyncListener {
 }
 
 /// A tokio byte stream, before it is split.
+#[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub(crate) enum AsyncStream {
     Local(TokioLocalStream),
@@ -810,6 +830,7 @@ pub(crate) enum AsyncStream {
     Ws(ws::AsyncWs),
 }
 
+#[cfg(feature = "tokio")]
 async fn tcp_connect_async(address: &Address, host_port: &str) -> Result<tokio::net::TcpStream> {
     let stream = tokio::net::TcpStream::connect(host_port)
         .await
@@ -820,6 +841,7 @@ async fn tcp_connect_async(address: &Address, host_port: &str) -> Result<tokio::
     Ok(stream)
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncStream {
     /// Runs the HTTP side of an accepted `ws://` or `wss://` connection by `deadline`:
     /// `Some` WebSocket stream after an upgrade, `None` after a file was served. Other
@@ -948,6 +970,7 @@ impl AsyncStream {
 }
 
 /// The receiving half of an [`AsyncStream`].
+#[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub(crate) enum AsyncReadHalf {
     Local(Arc<TokioLocalStream>),
@@ -958,6 +981,7 @@ pub(crate) enum AsyncReadHalf {
 }
 
 /// The sending half of an [`AsyncStream`].
+#[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub(crate) enum AsyncWriteHalf {
     Local(Arc<TokioLocalStream>),
@@ -967,6 +991,7 @@ pub(crate) enum AsyncWriteHalf {
     Ws(ws::AsyncWsWrite),
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncRead for AsyncReadHalf {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -989,6 +1014,7 @@ impl AsyncRead for AsyncReadHalf {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncWrite for AsyncWriteHalf {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -13,8 +13,10 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+#[cfg(feature = "tokio")]
 use std::pin::Pin;
 use std::sync::Arc;
+#[cfg(feature = "tokio")]
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ pub(crate) type SyncClientStream = rustls::StreamOwned<rustls::ClientConnection,
 /// The blocking TLS stream of a server.
 pub(crate) type SyncServerStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
 /// The tokio TLS stream, either side: a plain byte stream (`AsyncRead + AsyncWrite`).
+#[cfg(feature = "tokio")]
 pub(crate) type AsyncTlsStream = tokio_rustls::TlsStream<tokio::net::TcpStream>;
 
 /// A blocking TLS stream (either side) under a `wss://` WebSocket. A peer that closes
@@ -84,8 +87,10 @@ where
 
 /// The tokio TLS stream under a `wss://` WebSocket; like [`SyncTlsIo`], a missing
 /// close_notify is the end of the stream.
+#[cfg(feature = "tokio")]
 pub(crate) struct AsyncTlsIo(pub(crate) Box<AsyncTlsStream>);
 
+#[cfg(feature = "tokio")]
 impl tokio::io::AsyncRead for AsyncTlsIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -101,6 +106,7 @@ impl tokio::io::AsyncRead for AsyncTlsIo {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl tokio::io::AsyncWrite for AsyncTlsIo {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -316,10 +322,18 @@ impl TlsServerConfig {
 
     /// Mutual TLS: every client must present a certificate that chains to one in
     /// `ca_pem` (PEM, one or more certificates); others fail the TLS handshake. The
-    /// accepted client's identity is in [`ServerHandle::peer`](crate::ServerHandle::peer)
-    /// (a [`Server`](crate::Server)) or
-    /// [`Connection::peer_certificate`](crate::Connection::peer_certificate) (a
+    /// accepted client's identity is in [`ServerHandle::peer`] (a `Server`, feature
+    /// `tokio`) or [`Connection::peer_certificate`](crate::Connection::peer_certificate) (a
     /// [`Listener`](crate::Listener)), on `tls:` and `wss://` addresses alike.
+    ///
+    #[cfg_attr(
+        feature = "tokio",
+        doc = "\n[`ServerHandle::peer`]: crate::ServerHandle::peer"
+    )]
+    #[cfg_attr(
+        not(feature = "tokio"),
+        doc = "\n[`ServerHandle::peer`]: crate#feature-flags"
+    )]
     pub fn require_client_certificates(mut self, ca_pem: &[u8]) -> Result<TlsServerConfig> {
         self.client_roots = Some(Arc::new(root_store(ca_pem)?));
         self.build()?;
@@ -723,6 +737,7 @@ pub(crate) fn accept_sync(
 }
 
 /// Client side, tokio.
+#[cfg(feature = "tokio")]
 pub(crate) async fn connect_async(
     sock: tokio::net::TcpStream,
     host_port: &str,
@@ -741,6 +756,7 @@ pub(crate) async fn connect_async(
 }
 
 /// Server side, tokio.
+#[cfg(feature = "tokio")]
 pub(crate) async fn accept_async(
     sock: tokio::net::TcpStream,
     config: &Arc<rustls::ServerConfig>,

@@ -18,16 +18,22 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
+#[cfg(feature = "tokio")]
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "tokio")]
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "tokio")]
 use futures_core::Stream as _;
+#[cfg(feature = "tokio")]
 use futures_sink::Sink as _;
 use ipc_core::{Error, ErrorKind, HEADER_LEN, Result};
+#[cfg(feature = "tokio")]
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+#[cfg(feature = "tokio")]
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -61,7 +67,9 @@ pub(crate) fn ws_config(max_frame_len: u32) -> WebSocketConfig {
 }
 
 /// Any stream a WebSocket runs over (TCP, or TLS over TCP).
+#[cfg(feature = "tokio")]
 pub(crate) trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
+#[cfg(feature = "tokio")]
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> AsyncIo for S {}
 
 /// Any blocking stream a WebSocket runs over, with the timeouts `Connection` sets.
@@ -83,6 +91,7 @@ impl SyncIo for std::net::TcpStream {
     }
 }
 
+#[cfg(feature = "tokio")]
 type BoxedIo = Box<dyn AsyncIo>;
 
 /// The time left until `deadline`, or the timeout error `what` (with the configured
@@ -284,6 +293,7 @@ impl Framer {
 
 /// The state both halves of an async WebSocket share. Every poll takes the lock briefly; the
 /// WebSocket keeps separate wakers for reading and writing.
+#[cfg(feature = "tokio")]
 struct AsyncShared {
     ws: WebSocketStream<BoxedIo>,
     /// The close frame to send when the writer shuts down (set by the reader on bad input).
@@ -307,17 +317,20 @@ fn ws_io(err: tungstenite::Error) -> io::Error {
 }
 
 /// An async WebSocket carrying ipc frames, before it is split.
+#[cfg(feature = "tokio")]
 pub(crate) struct AsyncWs {
     shared: Arc<Mutex<AsyncShared>>,
     peer: String,
 }
 
+#[cfg(feature = "tokio")]
 impl fmt::Debug for AsyncWs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncWs").field("peer", &self.peer).finish()
     }
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncWs {
     fn new(ws: WebSocketStream<BoxedIo>, peer: String) -> AsyncWs {
         AsyncWs {
@@ -346,12 +359,14 @@ impl AsyncWs {
 }
 
 /// The receiving half: the bytes of binary messages, checked to be whole frames.
+#[cfg(feature = "tokio")]
 pub(crate) struct AsyncWsRead {
     shared: Arc<Mutex<AsyncShared>>,
     current: Bytes,
     ended: bool,
 }
 
+#[cfg(feature = "tokio")]
 impl fmt::Debug for AsyncWsRead {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncWsRead")
@@ -360,6 +375,7 @@ impl fmt::Debug for AsyncWsRead {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncRead for AsyncWsRead {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -395,6 +411,7 @@ impl AsyncRead for AsyncWsRead {
 }
 
 /// The sending half: written bytes leave as binary messages of whole frames.
+#[cfg(feature = "tokio")]
 pub(crate) struct AsyncWsWrite {
     shared: Arc<Mutex<AsyncShared>>,
     framer: Framer,
@@ -406,6 +423,7 @@ pub(crate) struct AsyncWsWrite {
     closing: bool,
 }
 
+#[cfg(feature = "tokio")]
 impl fmt::Debug for AsyncWsWrite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncWsWrite")
@@ -415,6 +433,7 @@ impl fmt::Debug for AsyncWsWrite {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncWsWrite {
     /// Hands every queued message to the WebSocket and flushes it.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -436,6 +455,7 @@ impl AsyncWsWrite {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl AsyncWrite for AsyncWsWrite {
     /// Returns once the messages completed by `buf` are flushed, so that no caller has to
     /// flush (a frame still incomplete waits for the rest of its bytes).
@@ -552,6 +572,7 @@ impl<S: SyncIo> SyncIo for Noted<S> {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl<S: AsyncIo> AsyncRead for Noted<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -566,6 +587,7 @@ impl<S: AsyncIo> AsyncRead for Noted<S> {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl<S: AsyncIo> AsyncWrite for Noted<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -632,6 +654,7 @@ fn handshake_error(url: &str, err: tungstenite::Error, first: &FirstByte) -> Err
 
 /// Opens a WebSocket over `stream` (client side), by `deadline` (the handshake timeout
 /// `timeout` counted from the connect).
+#[cfg(feature = "tokio")]
 pub(crate) async fn connect_async<S: AsyncIo>(
     stream: S,
     url: &str,
@@ -889,6 +912,7 @@ pub(crate) struct WsListen {
 }
 
 /// What came of an HTTP request.
+#[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub(crate) enum Accepted {
     /// A WebSocket carrying ipc frames.
@@ -899,6 +923,7 @@ pub(crate) enum Accepted {
 
 /// Reads one HTTP request (by `deadline`, the handshake timeout `timeout` counted from the
 /// accept), and upgrades it, serves a file, or refuses it.
+#[cfg(feature = "tokio")]
 pub(crate) async fn accept_async<S: AsyncIo>(
     mut stream: S,
     listen: &WsListen,

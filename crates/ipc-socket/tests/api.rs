@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use ipc_core::{
-    AsyncReceiver, CloseCode, ErrorKind, FrameKind, Hello, Limits, MessageType, Receiver, Sender,
-};
+#[cfg(feature = "tokio")]
+use ipc_core::{AsyncReceiver, CloseCode};
+use ipc_core::{ErrorKind, FrameKind, Hello, Limits, MessageType, Receiver, Sender};
+use ipc_socket::{Address, Connection, ConnectionConfig, Heartbeat, Listener};
+#[cfg(feature = "tokio")]
 use ipc_socket::{
-    Address, AsyncConnection, Backoff, Client, ClientConfig, Connection, ConnectionConfig, Event,
-    Heartbeat, Incoming, Listener, Policy, Server, ServerConfig,
+    AsyncConnection, Backoff, Client, ClientConfig, Event, Incoming, Policy, Server, ServerConfig,
 };
 
 struct Dir(PathBuf);
@@ -51,7 +52,11 @@ fn config() -> ConnectionConfig {
 }
 
 fn echo_over(address: Address) {
-    let listener = Listener::<String>::bind(&address, config()).unwrap();
+    echo_over_with(address, config(), config());
+}
+
+fn echo_over_with(address: Address, server: ConnectionConfig, client: ConnectionConfig) {
+    let listener = Listener::<String>::bind(&address, server).unwrap();
     let address = listener.address().clone();
     let server = std::thread::spawn(move || {
         let mut conn = listener.accept().unwrap();
@@ -65,7 +70,7 @@ fn echo_over(address: Address) {
             }
         }
     });
-    let mut client = Connection::<String>::connect(&address, config()).unwrap();
+    let mut client = Connection::<String>::connect(&address, client).unwrap();
     for i in 0..100 {
         client.send(&format!("message {i}")).unwrap();
     }
@@ -89,6 +94,29 @@ fn blocking_echo_over_tcp_local_name_and_socket_file() {
     echo_over(unique_local());
     let dir = Dir::new();
     echo_over(Address::path(dir.0.join("echo.sock")));
+}
+
+#[test]
+fn blocking_echo_over_websocket() {
+    echo_over("ws://127.0.0.1:0/ipc".parse().unwrap());
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn blocking_echo_over_tls() {
+    use ipc_socket::{TlsClientConfig, TlsServerConfig};
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let tls = TlsServerConfig::from_pem(
+        certified.cert.pem().as_bytes(),
+        certified.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let pinned = TlsClientConfig::danger_pin_certificate(certified.cert.der().to_vec());
+    echo_over_with(
+        "tls:127.0.0.1:0".parse().unwrap(),
+        config().with_tls_server(tls),
+        config().with_tls_client(pinned),
+    );
 }
 
 #[test]
@@ -184,6 +212,7 @@ fn a_silent_peer_is_declared_dead_by_the_heartbeat() {
     peer.join().unwrap();
 }
 
+#[cfg(feature = "tokio")]
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -192,6 +221,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+#[cfg(feature = "tokio")]
 async fn next_message(server: &mut Server<String>) -> (ipc_socket::ConnId, String) {
     loop {
         match server.next_event().await.unwrap() {
@@ -202,6 +232,7 @@ async fn next_message(server: &mut Server<String>) -> (ipc_socket::ConnId, Strin
     }
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn async_duplex_over_every_transport() {
     runtime().block_on(async {
@@ -244,6 +275,7 @@ fn async_duplex_over_every_transport() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn async_send_clones_keep_their_frames_whole_and_in_order() {
     runtime().block_on(async {
@@ -298,6 +330,7 @@ fn async_send_clones_keep_their_frames_whole_and_in_order() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn many_requests_in_flight_and_a_deadline() {
     runtime().block_on(async {
@@ -350,6 +383,7 @@ fn many_requests_in_flight_and_a_deadline() {
 }
 
 /// Polls the futures concurrently (a tiny `join_all` without a futures dependency).
+#[cfg(feature = "tokio")]
 async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
@@ -373,6 +407,7 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     outputs.into_iter().map(|o| o.unwrap()).collect()
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_late_subscriber_gets_everything_published_after_its_ack() {
     runtime().block_on(async {
@@ -421,6 +456,7 @@ fn a_late_subscriber_gets_everything_published_after_its_ack() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn bad_input_closes_only_that_connection() {
     runtime().block_on(async {
@@ -507,6 +543,7 @@ fn bad_input_closes_only_that_connection() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn the_connection_limit_refuses_with_a_reason() {
     runtime().block_on(async {
@@ -532,6 +569,7 @@ fn the_connection_limit_refuses_with_a_reason() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_slow_client_is_disconnected_or_loses_old_frames_per_policy() {
     runtime().block_on(async {
@@ -587,6 +625,7 @@ fn a_slow_client_is_disconnected_or_loses_old_frames_per_policy() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_client_reconnects_and_resubscribes_after_a_server_restart() {
     runtime().block_on(async {
@@ -634,6 +673,7 @@ fn a_client_reconnects_and_resubscribes_after_a_server_restart() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn peer_credentials_allow_list() {
     use std::os::unix::fs::MetadataExt;
@@ -669,6 +709,7 @@ fn peer_credentials_allow_list() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_client_refuses_a_server_without_the_patterns() {
     let listener = Listener::<String>::bind(&"tcp:127.0.0.1:0".parse().unwrap(), config()).unwrap();
@@ -689,6 +730,7 @@ fn a_client_refuses_a_server_without_the_patterns() {
     assert_eq!(server_err.kind(), ErrorKind::PeerClosed, "{server_err}");
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn the_server_drops_a_silent_client() {
     let quick = config().with_heartbeat(Heartbeat::new(
@@ -732,6 +774,7 @@ fn the_server_drops_a_silent_client() {
     });
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_client_can_wait_for_a_server_that_is_not_up_yet() {
     runtime().block_on(async {
@@ -810,11 +853,16 @@ fn batches_go_only_to_peers_that_accept_them() {
             format!("{i}:{}", "x".repeat(len))
         })
         .collect();
+    #[cfg(feature = "tokio")]
     let runtime = runtime();
     for features in [0, ipc_core::FEATURE_BATCH] {
         for asynchronous in [false, true] {
+            if asynchronous && !cfg!(feature = "tokio") {
+                continue; // the tokio API is not built
+            }
             let (address, receiver) = raw_receiver(features);
             if asynchronous {
+                #[cfg(feature = "tokio")]
                 runtime.block_on(async {
                     let mut conn = AsyncConnection::<String>::connect(&address, config())
                         .await
@@ -849,6 +897,7 @@ fn batches_go_only_to_peers_that_accept_them() {
     }
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_client_gives_up_after_its_back_off_max_attempts() {
     runtime().block_on(async {
@@ -914,6 +963,7 @@ fn a_client_gives_up_after_its_back_off_max_attempts() {
 /// A client whose handshake the server is still finishing when it shuts down is ended
 /// too: the stop and the registration of a new connection cannot miss each other (a
 /// connection that registered just after the stop once lived on with no server).
+#[cfg(feature = "tokio")]
 #[test]
 fn a_shutdown_ends_a_connection_whose_handshake_was_finishing() {
     runtime().block_on(async {
@@ -962,6 +1012,7 @@ fn tls_and_wss_addresses_need_the_tls_feature() {
             (err.kind(), err.to_string()),
             (ErrorKind::InvalidInput, expected.clone())
         );
+        #[cfg(feature = "tokio")]
         runtime().block_on(async {
             let server = ServerConfig::new("tcp:127.0.0.1:0".parse().unwrap(), config())
                 .also_listen(address.clone());
