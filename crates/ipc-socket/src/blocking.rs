@@ -191,7 +191,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// ([`TlsServerConfig::require_client_certificates`](crate::TlsServerConfig::require_client_certificates)):
     /// the certificate the client presented, verified against the client certificate
     /// authority, with its subject and alternative names (the same as
-    /// [`Peer::certificate`](crate::Peer::certificate) on a [`Server`](crate::Server)).
+    /// `Peer::certificate` on a `Server`, feature `tokio`).
     /// `None` on other transports, without mutual TLS, and on the connecting side.
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
