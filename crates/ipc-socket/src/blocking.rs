@@ -247,19 +247,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 }
                 Ok(n) => self.out_pos += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    // The unwritten rest stays buffered: the stream remains in sync.
-                    return Err(Error::io("write to peer", err));
-                }
-                Err(err) => {
-                    let err = Error::io("write to peer", err);
-                    return Err(self.fail(err));
-                }
+                // After a timeout the unwritten rest stays buffered: the stream remains in
+                // sync.
+                Err(err) => return Err(self.write_failed(err)),
             }
         }
         self.out.clear();
@@ -271,20 +261,20 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             match self.stream.flush() {
                 Ok(()) => return Ok(()),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(Error::io("write to peer", err));
-                }
-                Err(err) => {
-                    let err = Error::io("write to peer", err);
-                    return Err(self.fail(err));
-                }
+                Err(err) => return Err(self.write_failed(err)),
             }
         }
+    }
+
+    /// The error of a failed write: a timeout leaves the connection usable (what was not
+    /// written stays buffered), anything else fails it.
+    fn write_failed(&mut self, err: io::Error) -> Error {
+        let timed_out = matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        let err = Error::io("write to peer", err);
+        if timed_out { err } else { self.fail(err) }
     }
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {

@@ -132,15 +132,26 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
         // `try_encode_into` says "does not fit" with a plain `None`, where an
         // `ipc_core::Error` would allocate its message: this path must not allocate. (It is
         // ipc-core's serializer of postcard's format, with the common cases inlined.)
-        if let Some(room) = self.contiguous_room() {
-            let offset = self.tail_offset();
-            let slot = self.payload_mut(offset, room)?;
-            if let Some(written) = ipc_core::try_encode_into(message, slot)? {
-                self.publish(written as u64);
-                return Ok(());
-            }
+        if self.try_send_in_room(message)? {
+            return Ok(());
         }
         self.send_slow(message, deadline)
+    }
+
+    /// Encodes and publishes `message` if it fits the contiguous room our cached `head`
+    /// shows; `false` if it does not.
+    #[inline(always)]
+    fn try_send_in_room<U: Serialize + ?Sized>(&mut self, message: &U) -> Result<bool> {
+        let Some(room) = self.contiguous_room() else {
+            return Ok(false);
+        };
+        let offset = self.tail_offset();
+        let slot = self.payload_mut(offset, room)?;
+        let Some(written) = ipc_core::try_encode_into(message, slot)? else {
+            return Ok(false);
+        };
+        self.publish(written as u64);
+        Ok(true)
     }
 
     /// [`send_until`](Self::send_until) when the message did not fit the room our cached
@@ -153,13 +164,8 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
         // When the end of the ring was the limit, not the receiver, there is no use looking.
         if free < to_end {
             self.refresh_head()?;
-            if let Some(room) = self.contiguous_room() {
-                let offset = self.tail_offset();
-                let slot = self.payload_mut(offset, room)?;
-                if let Some(written) = ipc_core::try_encode_into(message, slot)? {
-                    self.publish(written as u64);
-                    return Ok(());
-                }
+            if self.try_send_in_room(message)? {
+                return Ok(());
             }
         }
         // Slow path: the message does not fit now. Measure it, then wait for room.
