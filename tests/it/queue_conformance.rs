@@ -447,9 +447,37 @@ fn generic_code_runs_through_the_core_traits(place: &mut Place) -> Result<()> {
     let queue = place.queue(&QueueConfig::new())?;
     pump(&mut queue.producer::<u32>(ProducerOptions::new())?, 100)?;
     assert_eq!(drain(&mut queue.consumer::<u32>()?, 100)?, 4950);
-    // The trait's receive acknowledges: nothing comes back.
-    assert!(queue.consumer::<u32>()?.try_recv()?.is_none());
+    // The trait's receive acknowledges: nothing comes back. On RabbitMQ, a quorum queue
+    // may drop acknowledgements sent just before their channel closes and deliver those
+    // messages again (rabbitmq-server#10327, open; our consumer closes its channel before
+    // its connection, which is all a client can do): at least once allows that, so a few
+    // may come back there, marked as delivered before. Without the acknowledgements all
+    // 100 would.
+    let mut again = queue.consumer::<u32>()?;
+    let mut returned = Vec::new();
+    while let Some(delivery) = again.try_recv()? {
+        assert!(
+            place.backend == Backend::Amqp && delivery.deliveries() >= 2,
+            "message {} came back after it was acknowledged ({} deliveries)",
+            delivery.message(),
+            delivery.deliveries()
+        );
+        returned.push(*delivery.message());
+        again.ack(&delivery)?;
+    }
+    assert!(
+        returned.len() <= 10,
+        "{} acknowledged messages came back: {returned:?}",
+        returned.len()
+    );
+    if !returned.is_empty() {
+        println!(
+            "the broker delivered {returned:?} again after their acknowledgements (rabbitmq-server#10327)"
+        );
+    }
+    // (`again` stays open: its own last acknowledgements cannot be dropped by a close.)
     assert_eq!(settled_stats(&queue)?.depth, 0);
+    drop(again);
     Ok(())
 }
 
