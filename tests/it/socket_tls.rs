@@ -274,6 +274,8 @@ fn plaintext_and_tls_mixups_fail_clearly_and_the_server_goes_on() -> Result<()> 
     tls_server.stop()
 }
 
+/// Tokens over `tcp:`, `tls:` and `wss://`, with both APIs: the right one gets in, a wrong
+/// or missing one gets close code 11 with its reason, and no token is ever printed.
 #[test]
 fn tokens_let_in_who_has_one_and_never_show() -> Result<()> {
     let _watchdog = Watchdog::new("tokens", WAIT * 2);
@@ -286,10 +288,14 @@ fn tokens_let_in_who_has_one_and_never_show() -> Result<()> {
     std::fs::write(&wrong, "second-secret-9a2c\n")?;
     let path = |p: &std::path::Path| p.display().to_string();
 
-    for address in ["tcp:127.0.0.1:0", "tls:127.0.0.1:0"] {
+    for address in [
+        "tcp:127.0.0.1:0",
+        "tls:127.0.0.1:0",
+        "wss://127.0.0.1:0/ipc",
+    ] {
         let mut options = args(&[("tokens-file", path(&tokens))]);
         let mut client = Vec::new();
-        if address.starts_with("tls") {
+        if !address.starts_with("tcp") {
             options.extend(pki.server_args("server"));
             client = trusting(&pki);
         }

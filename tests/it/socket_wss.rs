@@ -186,54 +186,6 @@ fn mutual_tls_over_wss_shows_the_client_identity_and_refuses_the_others() -> Res
     Ok(())
 }
 
-#[test]
-fn tokens_over_wss_let_in_who_has_one() -> Result<()> {
-    let _watchdog = Watchdog::new("tokens over wss", WAIT * 2);
-    let pki = TestPki::generate()?;
-    let tokens = pki.dir().join("tokens");
-    std::fs::write(&tokens, "first-secret-4f1d\nsecond-secret-9a2b\n")?;
-    let right = pki.dir().join("right");
-    std::fs::write(&right, "second-secret-9a2b\n")?;
-    let wrong = pki.dir().join("wrong");
-    std::fs::write(&wrong, "second-secret-9a2c\n")?;
-    let path = |p: &std::path::Path| p.display().to_string();
-
-    let mut options = args(&[("tokens-file", path(&tokens))]);
-    options.extend(pki.server_args("server"));
-    let mut server = Server::start(WSS, &options)?;
-    let with = |file: &std::path::Path| {
-        let mut options = trusting(&pki);
-        options.extend(args(&[("token-file", path(file))]));
-        options
-    };
-    assert_eq!(probe(&server.address, &with(&right))?, "ok");
-    server.expect_connected()?;
-    assert_eq!(probe(&server.address, &blocking(with(&right)))?, "ok");
-    server.expect_connected()?;
-    for (options, reason) in [
-        (with(&wrong), "the token presented is not accepted"),
-        (
-            blocking(with(&wrong)),
-            "the token presented is not accepted",
-        ),
-        (trusting(&pki), "no token presented"),
-        (blocking(trusting(&pki)), "no token presented"),
-    ] {
-        let line = probe(&server.address, &options)?;
-        let (kind, error) = refusal(&line)?;
-        assert_eq!(kind, "PeerClosed", "{error}");
-        assert!(
-            error.contains("code 11 (unauthorized)") && error.contains(reason),
-            "{error}"
-        );
-        assert!(!line.contains("secret"), "a token leaked: {line}");
-        let rejected = server.expect_rejected()?;
-        assert!(rejected.contains(reason), "{rejected}");
-        assert!(!rejected.contains("secret"), "a token leaked: {rejected}");
-    }
-    server.stop()
-}
-
 /// A blocking connection of the test's own to `address`, kept open across a test's
 /// refusals: a message round trip shows that the server still serves it.
 fn open_client(address: &str, pki: &TestPki) -> Result<Connection<ChatLine>> {
