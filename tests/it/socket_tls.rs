@@ -193,22 +193,35 @@ fn mutual_tls_shows_the_client_identity_and_refuses_the_others() -> Result<()> {
     server.stop()
 }
 
+/// Bad server certificates, over `tls:` and `wss://`, with both APIs: each refused on
+/// both sides with an error that names the reason.
 #[test]
 fn bad_server_certificates_are_refused_with_their_reason() -> Result<()> {
     let _watchdog = Watchdog::new("bad server certificates", WAIT * 4);
     let pki = TestPki::generate()?;
-    for (certificate, client, reason) in [
+    let cases = [
         ("expired", trusting(&pki), "expired"),
         ("wrong-host", trusting(&pki), "not valid for name"),
         ("self-signed", trusting(&pki), "UnknownIssuer"),
         ("other-server", trusting(&pki), "UnknownIssuer"),
+        // The client trusts another CA than the one that signed the server.
+        (
+            "server",
+            args(&[("tls-ca", pki.arg("other-ca.pem"))]),
+            "UnknownIssuer",
+        ),
         (
             "server",
             args(&[("tls-pin", pki.arg("self-signed.der"))]),
             "not the pinned one",
         ),
-    ] {
-        let mut server = Server::start("tls:127.0.0.1:0", &pki.server_args(certificate))?;
+    ];
+    let over = |address: &'static str| cases.clone().map(|case| (address, case));
+    for (address, (certificate, client, reason)) in over("tls:127.0.0.1:0")
+        .into_iter()
+        .chain(over("wss://127.0.0.1:0/ipc"))
+    {
+        let mut server = Server::start(address, &pki.server_args(certificate))?;
         for options in [client.clone(), blocking(client.clone())] {
             let line = probe(&server.address, &options)?;
             let (kind, error) = refusal(&line)?;

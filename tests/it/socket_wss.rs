@@ -266,41 +266,6 @@ fn plain_and_secure_websocket_mixups_fail_clearly_and_the_server_goes_on() -> Re
     wss_server.stop()
 }
 
-#[test]
-fn bad_server_certificates_over_wss_are_refused_with_their_reason() -> Result<()> {
-    let _watchdog = Watchdog::new("bad certificates over wss", WAIT * 3);
-    let pki = TestPki::generate()?;
-    for (certificate, client, reason) in [
-        // The client trusts another CA than the one that signed the server.
-        ("other-server", trusting(&pki), "UnknownIssuer"),
-        (
-            "server",
-            args(&[("tls-ca", pki.arg("other-ca.pem"))]),
-            "UnknownIssuer",
-        ),
-        // A certificate for another host.
-        ("wrong-host", trusting(&pki), "not valid for name"),
-    ] {
-        let mut server = Server::start(WSS, &pki.server_args(certificate))?;
-        for options in [client.clone(), blocking(client.clone())] {
-            let (kind, error) = refusal(&probe(&server.address, &options)?)?;
-            println!("{certificate}: {error}");
-            assert_eq!(kind, "PermissionDenied", "{certificate}: {error}");
-            assert!(
-                error.contains(reason) || error.to_lowercase().contains(&reason.to_lowercase()),
-                "{certificate}: `{error}` should name `{reason}`"
-            );
-            let rejected = server.expect_rejected()?;
-            assert!(
-                rejected.contains("tls handshake") && rejected.contains("received fatal alert"),
-                "{certificate}: {rejected}"
-            );
-        }
-        server.stop()?;
-    }
-    Ok(())
-}
-
 /// A raw TLS stream of the test's own to `host_port`, trusting the test CA.
 fn raw_tls(
     pki: &TestPki,
