@@ -830,6 +830,26 @@ pub(crate) enum AsyncStream {
     Ws(ws::AsyncWs),
 }
 
+/// A TCP connection to `host_port` with the TLS handshake done over it by `deadline` (the
+/// stream under `tls:` and `wss://`).
+#[cfg(all(feature = "tokio", feature = "tls"))]
+async fn tls_connect_async(
+    address: &Address,
+    host_port: &str,
+    config: &ConnectionConfig,
+    deadline: Instant,
+) -> Result<tls::AsyncTlsStream> {
+    let stream = tcp_connect_async(address, host_port).await?;
+    tls::connect_async(
+        stream,
+        host_port,
+        &config.tls_client(),
+        deadline,
+        config.handshake_timeout(),
+    )
+    .await
+}
+
 #[cfg(feature = "tokio")]
 async fn tcp_connect_async(address: &Address, host_port: &str) -> Result<tokio::net::TcpStream> {
     let stream = tokio::net::TcpStream::connect(host_port)
@@ -898,15 +918,7 @@ impl AsyncStream {
             #[cfg(feature = "tls")]
             Address::SecureWebSocket { host_port, .. } => {
                 // TLS first, then the WebSocket upgrade inside it, both by `deadline`.
-                let stream = tcp_connect_async(address, host_port).await?;
-                let stream = tls::connect_async(
-                    stream,
-                    host_port,
-                    &config.tls_client(),
-                    deadline,
-                    config.handshake_timeout(),
-                )
-                .await?;
+                let stream = tls_connect_async(address, host_port, config, deadline).await?;
                 let ws = ws::connect_async(
                     tls::AsyncTlsIo(Box::new(stream)),
                     &address.to_string(),
@@ -919,15 +931,7 @@ impl AsyncStream {
             }
             #[cfg(feature = "tls")]
             Address::Tls(host_port) => {
-                let stream = tcp_connect_async(address, host_port).await?;
-                let stream = tls::connect_async(
-                    stream,
-                    host_port,
-                    &config.tls_client(),
-                    deadline,
-                    config.handshake_timeout(),
-                )
-                .await?;
+                let stream = tls_connect_async(address, host_port, config, deadline).await?;
                 Ok(AsyncStream::Tls(Box::new(stream)))
             }
             #[cfg(not(feature = "tls"))]
