@@ -29,7 +29,9 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     let mut sync_baseline = raw_append(dir.path(), 1024, durable_n, true)?;
     let sync_name = "write + fdatasync per message";
     for producers in [1u64, 4, 16] {
-        let rate = produce(dir.path(), producers, durable_n, 1024, "always", 1)?;
+        // More producers, more messages: each sends at least a quarter of `durable_n`.
+        let count = durable_n * producers.min(4);
+        let rate = produce(dir.path(), producers, count, 1024, "always", 1)?;
         figures.push(figure(
             &format!("durable send, {producers} producer process(es), one message per send"),
             1024,
@@ -191,9 +193,8 @@ fn produce(
     let mut peers = Vec::new();
     for id in 0..producers {
         let id = id.to_string();
-        peers.push(Peer::spawn_role(
+        peers.push(spawn_gated(
             format!("bench producer {id}"),
-            "queue-produce",
             [
                 "--address",
                 &path,
@@ -212,6 +213,7 @@ fn produce(
             ],
         )?);
     }
+    start_all(&mut peers)?;
     let mut slowest: f64 = 0.0;
     for peer in &mut peers {
         let outcome = peer.expect_prefixed("ok", std::time::Duration::from_secs(600))?;
@@ -239,9 +241,8 @@ fn spawn_pipelined(
     let mut peers = Vec::new();
     for id in 0..producers {
         let id = id.to_string();
-        peers.push(Peer::spawn_role(
+        peers.push(spawn_gated(
             format!("bench pipelined producer {id}"),
-            "queue-produce",
             [
                 "--address",
                 path,
@@ -258,7 +259,33 @@ fn spawn_pipelined(
             ],
         )?);
     }
+    start_all(&mut peers)?;
     Ok(peers)
+}
+
+/// Spawns a `queue-produce` peer with `args` and `--wait-go 1` (stdin piped): it opens its
+/// producer, prints `ready` and waits for [`start_all`].
+fn spawn_gated<const N: usize>(name: String, args: [&str; N]) -> Result<Peer> {
+    let mut command = Peer::role_command("queue-produce", args)?;
+    command
+        .args(["--wait-go", "1"])
+        .stdin(std::process::Stdio::piped());
+    Peer::spawn(name, command)
+}
+
+/// Waits until every gated producer is ready, then lets them all go at once, so that the
+/// slowest producer's time covers the whole run with every producer sending (no producer
+/// runs alone while the others start).
+fn start_all(peers: &mut [Peer]) -> Result<()> {
+    for peer in peers.iter_mut() {
+        peer.expect_prefixed("ready", std::time::Duration::from_secs(60))?;
+    }
+    for peer in peers.iter_mut() {
+        let stdin = peer.stdin().context("a gated producer without stdin")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+    }
+    Ok(())
 }
 
 /// `producers` processes each send `count / producers` messages one at a time with

@@ -3,8 +3,9 @@
 //!
 //! - `queue-produce --address A [--create 1] [--segment-len BYTES] --producer ID
 //!   --incarnation I [--count N] [--batch B] [--size BYTES] [--durability always|never|MS]
-//!   [--abort-in-sync K] [--window W]`:
-//!   sends `QueueJob`s (with `--abort-in-sync K` the process exits at once as the leader of its
+//!   [--abort-in-sync K] [--window W] [--wait-go 1]`:
+//!   sends `QueueJob`s (with `--wait-go 1` once its producer is open it prints `ready` and
+//!   waits for a line on stdin, so that a bench starts every producer at once) (with `--abort-in-sync K` the process exits at once as the leader of its
 //!   `K`-th sync, holding the sync lock) (creating the queue if asked and needed, with the default
 //!   configuration or segments of `BYTES`), printing
 //!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`. With
@@ -113,6 +114,7 @@ fn produce(args: &Args) -> Result<()> {
         return produce_pipelined(queue.address().clone(), options.with_window(window), args);
     }
     let mut producer = queue.producer::<QueueJob>(options)?;
+    wait_go(args)?;
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
     let mut jobs = Vec::new();
@@ -165,6 +167,7 @@ fn produce_pipelined(address: Address, options: ProducerOptions, args: &Args) ->
     runtime.block_on(async move {
         let queue = ipc_queue::AsyncQueue::open(address).await?;
         let mut producer = queue.producer::<QueueJob>(options).await?;
+        wait_go(args)?;
         let window = producer_window as usize;
         let mut out = std::io::stdout().lock();
         let started = Instant::now();
@@ -213,6 +216,15 @@ fn produce_pipelined(address: Address, options: ProducerOptions, args: &Args) ->
         )?;
         Ok(())
     })
+}
+
+/// With `--wait-go 1`: prints `ready` and waits for a line on stdin (the go-ahead).
+fn wait_go(args: &Args) -> Result<()> {
+    if args.get::<u8>("wait-go", 0)? != 0 {
+        println!("ready");
+        std::io::stdin().read_line(&mut String::new())?;
+    }
+    Ok(())
 }
 
 /// Acknowledges `unacked` (one `ack`, or one `ack_batch` for several), printing `acked`
