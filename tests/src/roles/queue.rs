@@ -4,10 +4,11 @@
 //! - `queue-produce --address A [--create 1] [--segment-len BYTES] --producer ID
 //!   --incarnation I [--count N] [--batch B] [--size BYTES] [--durability always|never|MS]
 //!   [--abort-in-sync K] [--window W] [--wait-go 1]`:
-//!   sends `QueueJob`s (with `--wait-go 1` once its producer is open it prints `ready` and
-//!   waits for a line on stdin, so that a bench starts every producer at once) (with `--abort-in-sync K` the process exits at once as the leader of its
-//!   `K`-th sync, holding the sync lock) (creating the queue if asked and needed, with the default
-//!   configuration or segments of `BYTES`), printing
+//!   sends `QueueJob`s (with `--abort-in-sync K` the process exits at once as the leader of its
+//!   `K`-th sync, holding the sync lock; with `--wait-go 1` it prints `ready` once its producer
+//!   is open and waits for a line on stdin, so that a bench starts every producer at once)
+//!   (creating the queue if asked and needed, with the default configuration or segments of
+//!   `BYTES`), printing
 //!   `sent ID I N SEQ` after each receipt; ends with `ok sent=N micros=..`. With
 //!   `--window W` it sends one message at a time with the async `send_pipelined`, at most
 //!   `W` unconfirmed (`--batch` is then unused), and prints the receipts as they come.
