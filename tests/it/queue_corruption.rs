@@ -37,6 +37,9 @@ fn template_with_unsynced(dir: &Path, synced: u64, unsynced: u64) -> Result<Queu
     for i in synced..synced + unsynced {
         producer.send(&message(i))?;
     }
+    drop(producer);
+    // These tests damage segments by their lengths, as if the records ran to the end.
+    crate::queue_support::strip_zeros(dir)?;
     Ok(queue)
 }
 
@@ -602,7 +605,7 @@ fn after_a_cut_below_the_watermark_a_receipt_still_needs_a_sync_and_numbers_are_
     }
     drop(consumer);
     let last = segment_paths(&path)?.pop().context("a segment")?;
-    let len = std::fs::metadata(&last)?.len();
+    let len = crate::queue_support::records_end(&last)?;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&last)?
@@ -1034,5 +1037,160 @@ fn an_old_format_watermark_is_migrated_and_still_catches_a_cut() -> Result<()> {
             "cut {cut}: the watermark is in the current format"
         );
     }
+    Ok(())
+}
+
+/// A queue of `count` synced messages in one 64 KiB segment, with the zeros written ahead
+/// of the log left in place (the layout producers leave); returns the segment.
+fn template_with_zeros(dir: &Path, count: u64) -> Result<PathBuf> {
+    let queue = Queue::create(dir, &QueueConfig::new().with_segment_len(64 << 10))?;
+    let mut producer = queue.producer::<String>(ProducerOptions::new())?;
+    for i in 0..count {
+        producer.send(&message(i))?;
+    }
+    drop(producer);
+    let segment = segment_paths(dir)?.remove(0);
+    let end = crate::queue_support::records_end(&segment)?;
+    ensure!(end == count * RECORD_LEN, "records end at {end}");
+    ensure!(
+        std::fs::metadata(&segment)?.len() > end + 4096,
+        "no zeros written ahead"
+    );
+    Ok(segment)
+}
+
+fn overwrite(segment: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment)?
+        .write_all_at(bytes, offset)?;
+    Ok(())
+}
+
+/// Zeros where a synced record starts are damage, not the end of the log: the records
+/// after them are still delivered and the one zeroed is a reported loss.
+#[test]
+fn zeros_over_a_synced_record_are_damage_not_the_end() -> Result<()> {
+    let _watchdog = Watchdog::new("zeroed records", WAIT);
+    let dir = Scratch::new("ipcq-zeroed")?;
+    for (name, len) in [("header", 40), ("record", RECORD_LEN as usize)] {
+        let path = dir.path().join(name);
+        let segment = template_with_zeros(&path, 20)?;
+        overwrite(&segment, 5 * RECORD_LEN, &vec![0u8; len])?;
+        let drained = drain(&path).with_context(|| name.to_owned())?;
+        let expected: BTreeSet<u64> = (0..20).filter(|&seq| seq != 5).collect();
+        assert_eq!(drained.seqs, expected, "{name}");
+        assert_eq!(drained.reports.len(), 1, "{name}: {:?}", drained.reports);
+        assert_eq!(lost(&path)?, 1, "{name}");
+        assert_eq!(send_after(&path)?, 20, "{name}");
+    }
+    Ok(())
+}
+
+/// The last synced records zeroed (the log seems to end early, in zeros): the watermark
+/// says otherwise, so it is a reported loss and the lost numbers are never given again.
+#[test]
+fn a_synced_tail_zeroed_is_a_reported_loss() -> Result<()> {
+    let _watchdog = Watchdog::new("zeroed tail", WAIT);
+    let dir = Scratch::new("ipcq-zerotail")?;
+    for opener in ["consumer", "producer"] {
+        let path = dir.path().join(opener);
+        let segment = template_with_zeros(&path, 20)?;
+        overwrite(
+            &segment,
+            17 * RECORD_LEN,
+            &vec![0u8; 3 * RECORD_LEN as usize],
+        )?;
+        let mut reports = Vec::new();
+        if opener == "producer" {
+            let queue = Queue::open(&path)?;
+            match queue.producer::<String>(ProducerOptions::new()) {
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::Corrupted => reports.push(err.to_string()),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let drained = drain(&path).with_context(|| opener.to_owned())?;
+        reports.extend(drained.reports);
+        assert_eq!(drained.seqs, (0..17).collect(), "{opener}");
+        assert!(
+            reports.iter().any(|r| r.contains("17..20")),
+            "{opener}: {reports:?}"
+        );
+        assert_eq!(lost(&path)?, 3, "{opener}");
+        assert!(send_after(&path)? >= 20, "{opener}");
+    }
+    Ok(())
+}
+
+/// Bytes written into the zeros ahead of the log are no record of it: a torn record there
+/// is cut and kept in quarantine, garbage further on is never delivered, and neither is a
+/// reported loss; what comes after is delivered whole, over the garbage too.
+#[test]
+fn bytes_in_the_zeros_ahead_are_cut_or_overwritten_never_delivered() -> Result<()> {
+    let _watchdog = Watchdog::new("zeros ahead", WAIT);
+    let dir = Scratch::new("ipcq-ahead")?;
+    let count = 20;
+    let end = count * RECORD_LEN;
+    // A torn record right after the last one: its first 30 bytes.
+    let path = dir.path().join("torn");
+    let segment = template_with_zeros(&path, count)?;
+    let record = std::fs::read(&segment)?[..RECORD_LEN as usize].to_vec();
+    overwrite(&segment, end, &record[..30])?;
+    let drained = drain(&path)?;
+    assert_eq!(drained.seqs, (0..count).collect());
+    assert!(drained.reports.is_empty(), "{:?}", drained.reports);
+    assert_eq!(quarantined(&path), 1);
+    assert_eq!(send_after(&path)?, count);
+    // Garbage 8 KiB past the end: ignored until the log comes within 4 KiB of it, then cut
+    // as a torn tail would be.
+    let path = dir.path().join("garbage");
+    let segment = template_with_zeros(&path, count)?;
+    let garbage: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 1) as u8).collect();
+    overwrite(&segment, end + 8192, &garbage)?;
+    let drained = drain(&path)?;
+    assert_eq!(drained.seqs, (0..count).collect());
+    assert!(drained.reports.is_empty(), "{:?}", drained.reports);
+    // Enough new messages to pass the garbage: all delivered, in order, none lost.
+    let queue = Queue::open(&path)?;
+    let mut producer = queue.producer::<String>(ProducerOptions::new())?;
+    let more = 400;
+    for i in count..count + more {
+        assert_eq!(producer.send(&message(i))?.seq(), i);
+    }
+    drop(producer);
+    let mut consumer = queue.consumer::<String>()?;
+    for i in count..count + more {
+        let delivery = consumer.recv_timeout(WAIT)?;
+        assert_eq!(
+            (delivery.seq(), delivery.message().as_str()),
+            (i, message(i).as_str())
+        );
+        consumer.ack(&delivery)?;
+    }
+    drop(consumer);
+    assert_eq!(lost(&path)?, 0);
+    assert_eq!(quarantined(&path), 1);
+    assert_eq!(send_after(&path)?, count + more);
+    Ok(())
+}
+
+/// A segment cut inside the zeros ahead loses nothing: the records are all before it.
+#[test]
+fn a_segment_cut_in_its_zeros_loses_nothing() -> Result<()> {
+    let _watchdog = Watchdog::new("cut zeros", WAIT);
+    let dir = Scratch::new("ipcq-cutzeros")?;
+    let path = dir.path().join("q");
+    let segment = template_with_zeros(&path, 20)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)?
+        .set_len(20 * RECORD_LEN + 100)?;
+    let drained = drain(&path)?;
+    assert_eq!(drained.seqs, (0..20).collect());
+    assert!(drained.reports.is_empty(), "{:?}", drained.reports);
+    assert_eq!(lost(&path)?, 0);
+    assert_eq!(send_after(&path)?, 20);
     Ok(())
 }

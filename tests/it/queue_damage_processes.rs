@@ -175,7 +175,7 @@ fn damaged_segment_is_reported(damage: impl FnOnce(&Path) -> Result<()>) -> Resu
 fn a_cut_segment_is_a_reported_loss_across_processes() -> Result<()> {
     let watchdog = Watchdog::new("a cut segment", WAIT);
     damaged_segment_is_reported(|segment| {
-        let len = std::fs::metadata(segment)?.len();
+        let len = crate::queue_support::records_end(segment)?;
         let file = std::fs::OpenOptions::new().write(true).open(segment)?;
         file.set_len(len / 2)?;
         Ok(())

@@ -25,7 +25,7 @@ fn watermark(queue: &Path) -> Result<(u64, u64, u64)> {
     Ok((at(8), at(16), at(24)))
 }
 
-/// The newest segment: (first sequence number, length in bytes).
+/// The newest segment: (first sequence number, where its records end).
 fn last_segment(queue: &Path) -> Result<(u64, u64)> {
     let mut newest: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(queue.join("segments"))? {
@@ -42,7 +42,7 @@ fn last_segment(queue: &Path) -> Result<(u64, u64)> {
         }
     }
     let (first, path) = newest.context("no segment")?;
-    Ok((first, std::fs::metadata(path)?.len()))
+    Ok((first, crate::queue_support::records_end(&path)?))
 }
 
 #[test]

@@ -80,3 +80,37 @@ pub(crate) fn every_receipt_is_delivered(
     ensure!(got == receipted, "deliveries differ from receipts");
     Ok(())
 }
+
+/// Where the records of a segment file end (`FORMAT.md`): at the file's end, or where zeros
+/// written ahead of the log begin. Follows the record headers' lengths only.
+pub(crate) fn records_end(segment: &std::path::Path) -> Result<u64> {
+    let bytes = std::fs::read(segment)?;
+    let mut pos = 0usize;
+    while pos + 40 <= bytes.len() && bytes[pos..pos + 4] == *b"IPQR" {
+        let len = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into()?) as usize;
+        pos += 40 + len;
+    }
+    Ok(pos.min(bytes.len()) as u64)
+}
+
+/// Cuts the zeros written ahead off every segment of the queue at `queue` (after checking
+/// that only zeros follow the records), so that a test can damage a segment by its length
+/// as if the records ran to the file's end: a layout the format allows too (a segment
+/// written on a full disk has no zeros ahead).
+pub(crate) fn strip_zeros(queue: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(queue.join("segments"))? {
+        let path = entry?.path();
+        let end = records_end(&path)?;
+        let bytes = std::fs::read(&path)?;
+        ensure!(
+            bytes[end as usize..].iter().all(|&b| b == 0),
+            "{} holds more than zeros after its records",
+            path.display()
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .set_len(end)?;
+    }
+    Ok(())
+}

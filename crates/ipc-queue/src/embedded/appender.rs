@@ -14,8 +14,18 @@ use super::record::{self, HEADER_LEN, Kind, Parsed};
 use super::repair::{self, Bad, Mark, examine_bad};
 use crate::config::Faults;
 
-/// The smallest read when scanning a segment.
+/// The first read when scanning a segment (a segment usually ends in zeros written ahead,
+/// so a scan reads little at first); reads double from there up to [`SCAN_CHUNK`], and
+/// are at least one whole record.
+const FIRST_SCAN: usize = 64 << 10;
+/// The largest read when scanning a segment.
 const SCAN_CHUNK: usize = 1 << 20;
+/// Zeros written ahead of the log's end (`FORMAT.md`): an append into blocks that hold
+/// zeros changes neither the file's size nor its extents, so its `fdatasync` commits no
+/// journal transaction (measured 25-40% less time per sync). Written in steps of this
+/// many bytes, up to the segment length, once fewer than [`ZERO_AHEAD_LOW`] are left.
+const ZERO_AHEAD: u64 = 1 << 20;
+const ZERO_AHEAD_LOW: u64 = 512 << 10;
 
 /// One process's appending handle on a queue's log.
 pub(crate) struct Appender {
@@ -42,6 +52,9 @@ pub(crate) struct Appender {
     /// What this handle learnt about other producers, for the commit delay (boxed: it is
     /// touched once a sync, and keeps the producer types small).
     group: Box<GroupCommit>,
+    /// The end of the log (segment, offset) found at zeros and checked against the
+    /// watermark last: zeros found there again need no second check.
+    end_checked: Option<(u64, u64)>,
 }
 
 /// The adaptive commit delay (PostgreSQL's `commit_delay` / `commit_siblings`). With one
@@ -155,6 +168,7 @@ impl Appender {
             syncs: 0,
             suspect: true,
             group: Box::new(GroupCommit::new()),
+            end_checked: None,
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -181,6 +195,11 @@ impl Appender {
     /// The sequence number the next appended message gets (as of the last catch-up).
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The length of the current segment's file (zeros written ahead included).
+    pub(crate) fn segment_file_len(&self) -> Result<u64> {
+        fsx::file_len(&self.seg)
     }
 
     /// The first sequence number of the current segment and the bytes in it.
@@ -277,6 +296,7 @@ impl Appender {
         let result = self.write_at_end(&batch);
         self.batch = batch;
         result?;
+        self.zero_ahead();
         self.next_seq += self.bounds.len() as u64;
         self.group.own_unsynced += self.bounds.len() as u64;
         Ok(Some((first, (self.seg_first, self.seg_end))))
@@ -325,6 +345,30 @@ impl Appender {
                 ))
             }
         }
+    }
+
+    /// Writes zeros ahead of the log's end when little room written ahead is left (under
+    /// the append lock). Best effort: on a full disk the log just grows by appends, and
+    /// zeros written in part are as valid as zeros written whole.
+    fn zero_ahead(&mut self) {
+        if self.faults.write_limit.is_some() {
+            // A test's simulated disk limit counts the log's own bytes only.
+            return;
+        }
+        let Ok(len) = fsx::file_len(&self.seg) else {
+            return;
+        };
+        if len >= self.segment_len || len.saturating_sub(self.seg_end) >= ZERO_AHEAD_LOW {
+            return;
+        }
+        let to = ((len.max(self.seg_end) + ZERO_AHEAD) & !4095).min(self.segment_len);
+        if to <= len {
+            return;
+        }
+        let zeros = vec![0u8; (to - len) as usize];
+        // A failure (ENOSPC, EIO) leaves the log as it was or with fewer zeros ahead; the
+        // next append reports what is wrong with the disk.
+        let _ = self.seg.write_all_at(&zeros, len);
     }
 
     fn poison(&mut self, reason: String) {
@@ -384,7 +428,10 @@ impl Appender {
     /// seals into newer segments, truncates a torn tail left by a writer that died, and
     /// (when there is reason to) checks the tail against the watermark. Returns a note if
     /// the watermark itself was damaged (and has been rebuilt).
+    ///
+    /// The log ends at the file's end or at zeros written ahead (`FORMAT.md`).
     fn catch_up(&mut self) -> Result<Option<String>> {
+        let mut want = FIRST_SCAN;
         loop {
             let size = fsx::file_len(&self.seg)?;
             if size < self.seg_end {
@@ -394,34 +441,71 @@ impl Appender {
                 self.suspect = true;
                 continue;
             }
-            if size == self.seg_end {
-                if !self.suspect {
-                    return Ok(None);
+            if size > self.seg_end {
+                let len = ((size - self.seg_end) as usize).min(want);
+                let mut scan = std::mem::take(&mut self.scan);
+                let read = fsx::read_at(&self.seg, self.seg_end, len, &mut scan);
+                let outcome = read.and_then(|n| self.scan_chunk(&scan[..n], size));
+                self.scan = scan;
+                match outcome? {
+                    Scan::More(need) => {
+                        want = (want * 2).min(SCAN_CHUNK).max(need);
+                        continue;
+                    }
+                    Scan::Bad(offset, misplaced) => {
+                        self.repair(offset, misplaced)?;
+                        continue;
+                    }
+                    Scan::Sealed(next) => {
+                        self.follow_seal(next)?;
+                        continue;
+                    }
+                    Scan::End if self.zeros_behind_mark() => {
+                        // Zeros where the watermark says synced records lie: damage.
+                        let before = self.tail();
+                        self.repair(self.seg_end, false)?;
+                        if self.tail() != before || fsx::file_len(&self.seg)? != size {
+                            continue;
+                        }
+                        // Judged the end under the lock after all: the watermark check
+                        // below settles it.
+                        self.suspect = true;
+                    }
+                    Scan::End => {}
                 }
-                let note = self.check_watermark()?;
-                self.suspect = false;
-                if fsx::file_len(&self.seg)? == self.seg_end {
-                    return Ok(note);
-                }
-                // The check sealed this segment and moved on: scan on.
-                continue;
             }
-            let want =
-                ((size - self.seg_end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
-            let mut scan = std::mem::take(&mut self.scan);
-            let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
-            let outcome = read.and_then(|n| self.scan_chunk(&scan[..n], size));
-            self.scan = scan;
-            match outcome? {
-                Scan::More => {}
-                Scan::Bad(offset, misplaced) => self.repair(offset, misplaced)?,
-                Scan::Sealed(next) => self.follow_seal(next)?,
+            // At the end of the log.
+            if !self.suspect {
+                return Ok(None);
             }
+            let note = self.check_watermark()?;
+            self.suspect = false;
+            if !repair::data_at(&self.seg, self.seg_end)? {
+                return Ok(note);
+            }
+            // The check sealed this segment and moved on: scan on.
         }
+    }
+
+    /// Whether the watermark says synced records lie past the zeros this handle found at
+    /// its end (a look without the lock; zeros found at the same place again are not
+    /// checked again).
+    fn zeros_behind_mark(&mut self) -> bool {
+        let here = (self.seg_first, self.seg_end);
+        if self.end_checked == Some(here) {
+            return false;
+        }
+        let behind = mark_unlocked(&self.synced)
+            .is_some_and(|mark| mark.segment == self.seg_first && mark.offset > self.seg_end);
+        if !behind {
+            self.end_checked = Some(here);
+        }
+        behind
     }
 
     fn scan_chunk(&mut self, buf: &[u8], size: u64) -> Result<Scan> {
         let mut pos = 0;
+        let more = self.seg_end + (buf.len() as u64) < size;
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
                 Parsed::Valid(header)
@@ -440,7 +524,23 @@ impl Appender {
                     self.seg_end += pos as u64;
                     return Ok(Scan::Sealed(header.seq));
                 }
-                Parsed::Incomplete if self.seg_end + (buf.len() as u64) < size => break,
+                Parsed::Incomplete if more => {
+                    self.seg_end += pos as u64;
+                    return Ok(Scan::More(record::needed(&buf[pos..])));
+                }
+                Parsed::Zero if more && buf.len() - pos < record::ZERO_CHECK => {
+                    // Look at the zeros again with enough bytes after them.
+                    self.seg_end += pos as u64;
+                    return Ok(Scan::More(record::ZERO_CHECK));
+                }
+                Parsed::Zero => {
+                    self.seg_end += pos as u64;
+                    let check = &buf[pos..buf.len().min(pos + record::ZERO_CHECK)];
+                    if record::is_zero(check) {
+                        return Ok(Scan::End);
+                    }
+                    return Ok(Scan::Bad(self.seg_end, false));
+                }
                 parsed => {
                     self.seg_end += pos as u64;
                     let misplaced = matches!(parsed, Parsed::Valid(_));
@@ -449,7 +549,7 @@ impl Appender {
             }
         }
         self.seg_end += pos as u64;
-        Ok(Scan::More)
+        Ok(Scan::More(0))
     }
 
     fn follow_seal(&mut self, next: u64) -> Result<()> {
@@ -563,35 +663,47 @@ impl Appender {
     }
 
     /// Follows whole messages appended to the current segment since the last catch-up
-    /// (under the append lock), stopping at anything else: seals, damage and watermark
-    /// checks are left to `catch_up`, which may take the sync lock.
+    /// (under the append lock), stopping at anything else: seals, damage, zeros and
+    /// watermark checks are left to `catch_up`, which may take the sync lock.
     fn extend_tail(&mut self) -> Result<()> {
-        let size = fsx::file_len(&self.seg)?;
-        if size <= self.seg_end {
-            return Ok(());
-        }
-        let want =
-            ((size - self.seg_end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
-        let mut scan = std::mem::take(&mut self.scan);
-        let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
-        let n = match read {
-            Ok(n) => n,
-            Err(err) => {
-                self.scan = scan;
-                return Err(err);
+        let mut want = FIRST_SCAN;
+        loop {
+            let size = fsx::file_len(&self.seg)?;
+            if size <= self.seg_end {
+                return Ok(());
             }
-        };
-        let mut pos = 0;
-        while let Parsed::Valid(header) = record::parse(&scan[pos..n], self.max_payload) {
-            if header.kind != Kind::Message || header.seq != self.next_seq {
-                break;
+            let len = ((size - self.seg_end) as usize).min(want);
+            let mut scan = std::mem::take(&mut self.scan);
+            let read = fsx::read_at(&self.seg, self.seg_end, len, &mut scan);
+            let n = match read {
+                Ok(n) => n,
+                Err(err) => {
+                    self.scan = scan;
+                    return Err(err);
+                }
+            };
+            let mut pos = 0;
+            let stop = loop {
+                match record::parse(&scan[pos..n], self.max_payload) {
+                    Parsed::Valid(header)
+                        if header.kind == Kind::Message && header.seq == self.next_seq =>
+                    {
+                        self.next_seq += 1;
+                        pos += header.record_len();
+                    }
+                    Parsed::Incomplete if self.seg_end + (n as u64) < size => {
+                        break Some(record::needed(&scan[pos..n]));
+                    }
+                    _ => break None,
+                }
+            };
+            self.seg_end += pos as u64;
+            self.scan = scan;
+            match stop {
+                Some(need) => want = (want * 2).min(SCAN_CHUNK).max(need),
+                None => return Ok(()),
             }
-            self.next_seq += 1;
-            pos += header.record_len();
         }
-        self.seg_end += pos as u64;
-        self.scan = scan;
-        Ok(())
     }
 
     fn tail(&self) -> Mark {
@@ -763,17 +875,13 @@ impl Appender {
         };
         let started = Instant::now();
         let mut last_growth = started;
-        let mut last_len = 0;
+        // How far whole records reach past this handle's own end (the log's length is no
+        // signal: zeros are written ahead of it).
+        let mut reach = self.seg_end;
         let want = from.offset.saturating_add(target);
-        loop {
-            match fsx::file_len(&self.seg) {
-                Ok(len) if len < want => {
-                    if len != last_len {
-                        last_len = len;
-                        last_growth = Instant::now();
-                    }
-                }
-                _ => break,
+        while reach < want {
+            if self.probe(&mut reach) {
+                last_growth = Instant::now();
             }
             let now = Instant::now();
             if now.duration_since(last_growth) >= quiet
@@ -785,6 +893,26 @@ impl Appender {
         }
     }
 
+    /// Moves `reach` over the records that start there (by their headers alone: this only
+    /// paces the commit delay); returns whether it moved.
+    fn probe(&self, reach: &mut u64) -> bool {
+        let start = *reach;
+        let mut header = [0u8; HEADER_LEN];
+        for _ in 0..64 {
+            match fsx::read_at_into(&self.seg, *reach, &mut header) {
+                Ok(HEADER_LEN) if header[..4] == record::MAGIC => {
+                    let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+                    if len as usize > self.max_payload {
+                        break;
+                    }
+                    *reach += (HEADER_LEN + len as usize) as u64;
+                }
+                _ => break,
+            }
+        }
+        *reach != start
+    }
+
     /// Syncs whatever this handle appended, per `durability` (`force`: regardless of mode).
     pub(crate) fn sync_now(&mut self) -> Result<()> {
         self.sync_upto((self.seg_first, self.seg_end))
@@ -792,7 +920,10 @@ impl Appender {
 }
 
 enum Scan {
-    More,
+    /// Read on; the next read must take at least this many bytes.
+    More(usize),
+    /// Zeros written ahead: the end of the records.
+    End,
     /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
     Bad(u64, bool),
     Sealed(u64),

@@ -107,11 +107,31 @@ pub(crate) fn read_at(file: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -
     Ok(done)
 }
 
-/// Length of an open file.
+/// Reads up to `buf.len()` bytes at `offset` (fewer at the end of the file); returns how
+/// many were read.
+pub(crate) fn read_at_into(file: &File, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(Error::io(format!("read at offset {offset}"), err)),
+        }
+    }
+    Ok(done)
+}
+
+/// Length of an open segment file, by `lseek` to its end rather than `fstat`: since Linux 6.13 a
+/// `stat` of a file's times makes its next write take a fine-grained time stamp, and on
+/// ext4 that made every following `fdatasync` of a segment commit the journal (measured
+/// 170-200 µs a sync against 110-130 µs without the `stat`). Only `pread` and `pwrite`
+/// are used on these files, so the file offset `lseek` moves is never read.
 pub(crate) fn file_len(file: &File) -> Result<u64> {
-    file.metadata()
-        .map(|m| m.len())
-        .map_err(|err| Error::io("stat queue file", err))
+    use std::io::Seek;
+    let mut file = file;
+    file.seek(std::io::SeekFrom::End(0))
+        .map_err(|err| Error::io("find the length of a queue file", err))
 }
 
 /// Copies bytes `from..to` of `source` (damaged) into `quarantine/` of the queue directory,
@@ -173,7 +193,11 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) fn read_small(path: &Path, max_len: u64) -> Result<Vec<u8>> {
     let file =
         File::open(path).map_err(|err| Error::io(format!("open {}", path.display()), err))?;
-    let len = file_len(&file)?;
+    // `fstat`, not `file_len`: the read below starts at the file offset.
+    let len = file
+        .metadata()
+        .map(|meta| meta.len())
+        .map_err(|err| Error::io(format!("stat {}", path.display()), err))?;
     if len > max_len {
         return Err(Error::new(
             ErrorKind::Corrupted,

@@ -15,6 +15,9 @@ use super::record::{self, HEADER_LEN, Header, Kind, Parsed};
 use super::repair::{self, Bad, examine_bad};
 use super::state::View;
 
+/// The first read when scanning (segments usually end in zeros written ahead); reads
+/// double up to `SCAN_CHUNK`, and take at least one whole record.
+const FIRST_SCAN: usize = 64 << 10;
 const SCAN_CHUNK: usize = 1 << 20;
 const UNSEALED_CHECK: Duration = Duration::from_millis(50);
 
@@ -56,7 +59,10 @@ pub(crate) struct LogIndex {
 }
 
 enum Step {
-    Continue,
+    /// Read on; the next read must take at least this many bytes.
+    Continue(usize),
+    /// Zeros written ahead: the end of the records.
+    End,
     /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
     Bad(u64, bool),
 }
@@ -150,6 +156,7 @@ impl LogIndex {
 
     /// Indexes records appended since the last call.
     pub(crate) fn refresh(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<()> {
+        let mut want = FIRST_SCAN;
         loop {
             let cur = self.cur;
             let Some(seg) = self.segs.get(&cur) else {
@@ -168,29 +175,36 @@ impl LogIndex {
                 return Err(Error::new(ErrorKind::Other, "current segment is not open"));
             };
             let size = fsx::file_len(file)?;
-            if self.end >= size {
-                if self.check_unsealed_end(view, findings)? {
-                    continue;
+            if self.end < size {
+                let len = ((size - self.end) as usize).min(want);
+                let mut buf = std::mem::take(&mut self.buf);
+                let step = fsx::read_at(file, self.end, len, &mut buf)
+                    .map(|n| self.scan(&buf[..n], size, findings));
+                self.buf = buf;
+                match step? {
+                    Step::Continue(need) => {
+                        want = (want * 2).min(SCAN_CHUNK).max(need);
+                        continue;
+                    }
+                    Step::Bad(offset, misplaced) => {
+                        self.bad(offset, misplaced, view, findings)?;
+                        continue;
+                    }
+                    Step::End => {}
                 }
-                return Ok(());
             }
-            let want =
-                ((size - self.end) as usize).min(SCAN_CHUNK.max(HEADER_LEN + self.max_payload));
-            let mut buf = std::mem::take(&mut self.buf);
-            let step = fsx::read_at(file, self.end, want, &mut buf)
-                .map(|n| self.scan(&buf[..n], size, findings));
-            self.buf = buf;
-            match step? {
-                Step::Continue => {}
-                Step::Bad(offset, misplaced) => self.bad(offset, misplaced, view, findings)?,
+            if self.check_unsealed_end(view, findings)? {
+                continue;
             }
+            return Ok(());
         }
     }
 
     fn scan(&mut self, buf: &[u8], size: u64, findings: &mut Vec<Finding>) -> Step {
         let mut pos = 0;
         let cur = self.cur;
-        let mut step = Step::Continue;
+        let more = self.end + (buf.len() as u64) < size;
+        let mut step = Step::Continue(0);
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
                 Parsed::Valid(header) if matches!(header.kind, Kind::Message | Kind::Seal) => {
@@ -232,7 +246,24 @@ impl LogIndex {
                     self.next_seq = header.seq.saturating_add(1);
                     pos += header.record_len();
                 }
-                Parsed::Incomplete if self.end + (buf.len() as u64) < size => break,
+                Parsed::Incomplete if more => {
+                    step = Step::Continue(record::needed(&buf[pos..]));
+                    break;
+                }
+                Parsed::Zero if more && buf.len() - pos < record::ZERO_CHECK => {
+                    // Look at the zeros again with enough bytes after them.
+                    step = Step::Continue(record::ZERO_CHECK);
+                    break;
+                }
+                Parsed::Zero => {
+                    let check = &buf[pos..buf.len().min(pos + record::ZERO_CHECK)];
+                    step = if record::is_zero(check) {
+                        Step::End
+                    } else {
+                        Step::Bad(self.end + pos as u64, false)
+                    };
+                    break;
+                }
                 parsed => {
                     let misplaced = matches!(parsed, Parsed::Valid(_));
                     step = Step::Bad(self.end + pos as u64, misplaced);
@@ -267,7 +298,9 @@ impl LogIndex {
             let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref()) else {
                 return Ok(false);
             };
-            let len = fsx::file_len(file)?;
+            // The records end here, at zeros written ahead or at the file's end.
+            let file_len = fsx::file_len(file)?;
+            let len = self.end.min(file_len);
             let behind = match mark {
                 Ok(mark) => (cur, len) < mark.position(),
                 Err(_) => true,
@@ -275,6 +308,23 @@ impl LogIndex {
             if !behind || !self.repairs {
                 return Ok(false);
             }
+            if file_len > self.end && mark.is_ok() {
+                // Zeros where the watermark says synced records lie: examined (and the
+                // records after them found, or the zeros cut) under the append lock.
+                let before = self.end;
+                self.bad(self.end, false, view, findings)?;
+                let now_len = match self.segs.get(&cur).and_then(|seg| seg.file.as_ref()) {
+                    Some(file) => fsx::file_len(file)?,
+                    None => 0,
+                };
+                if self.end != before || now_len != file_len {
+                    self.unsealed_checked = None;
+                    return Ok(true);
+                }
+            }
+            let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref()) else {
+                return Ok(false);
+            };
             // Shorter than what was synced (or the watermark is damaged): let the log be
             // repaired as a producer would, then scan what the repair wrote.
             if let Some(note) = Appender::repair_tail(&self.layout, self.max_payload)? {
@@ -287,12 +337,12 @@ impl LogIndex {
                 return Ok(false);
             }
             self.unsealed_checked = None;
-            return Ok(fsx::file_len(file)? != len);
+            return Ok(fsx::file_len(file)? < self.end || repair::data_at(file, self.end)?);
         };
         // A writer seals a segment before it creates the next: if this one grew meanwhile,
         // the seal may be there now.
         if let Some(file) = self.segs.get(&cur).and_then(|seg| seg.file.as_ref())
-            && fsx::file_len(file)? > self.end
+            && repair::data_at(file, self.end)?
         {
             self.unsealed_checked = None;
             return Ok(true);

@@ -236,7 +236,10 @@ impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
                 if config.max_bytes != 0 {
                     let mut bytes = 0;
                     for first in fsx::list_segments(&layout.segments())? {
-                        if let Ok(meta) =
+                        if first == appender.position().0 {
+                            // Not by `stat`, which would slow this segment's syncs (`fsx::file_len`).
+                            bytes += appender.segment_file_len()?;
+                        } else if let Ok(meta) =
                             std::fs::metadata(layout.segments().join(fsx::segment_name(first)))
                         {
                             bytes += meta.len();

@@ -73,12 +73,18 @@ pub(crate) enum Parsed {
     Incomplete,
     /// Not a valid record: the reason says why.
     Invalid(&'static str),
+    /// Zeros where a record would start (as many as there are, up to a header): a
+    /// segment's room written ahead, past the last record (`FORMAT.md`).
+    Zero,
 }
 
 /// Parses the record at the start of `buf`. Payloads longer than `max_payload` are invalid,
 /// checked before anything depends on the length.
 pub(crate) fn parse(buf: &[u8], max_payload: usize) -> Parsed {
     let magic_len = buf.len().min(4);
+    if !buf.is_empty() && is_zero(&buf[..buf.len().min(HEADER_LEN)]) {
+        return Parsed::Zero;
+    }
     if buf[..magic_len] != MAGIC[..magic_len] {
         return Parsed::Invalid("bad magic");
     }
@@ -109,6 +115,27 @@ pub(crate) fn parse(buf: &[u8], max_payload: usize) -> Parsed {
         aux: u64_at(buf, 32),
         payload_len,
     })
+}
+
+/// Zeros where a record would start are the end of a segment's records only if this many
+/// bytes from there (or all up to the file's end, if fewer) are zeros: anything else there
+/// is damage (a record whose start was zeroed).
+pub(crate) const ZERO_CHECK: usize = 4096;
+
+/// How many bytes from the start of `buf` a parse that was [`Parsed::Incomplete`] needs:
+/// the header, then the whole record.
+pub(crate) fn needed(buf: &[u8]) -> usize {
+    if buf.len() < HEADER_LEN {
+        return HEADER_LEN;
+    }
+    HEADER_LEN + u32_at(buf, 8) as usize
+}
+
+/// Whether every byte of `buf` is zero (64 bytes at a time, which vectorises).
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(64);
+    chunks.all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
 }
 
 /// Appends a record header with a zero checksum; the caller appends the payload and then
@@ -210,6 +237,26 @@ mod tests {
             parse(&buf, 4),
             Parsed::Invalid("length exceeds the record limit")
         );
+    }
+
+    #[test]
+    fn zeros_parse_as_zeros_and_any_other_byte_does_not() {
+        assert_eq!(parse(&[0; 100], 100), Parsed::Zero);
+        assert_eq!(parse(&[0; 3], 100), Parsed::Zero);
+        for at in 0..HEADER_LEN {
+            let mut buf = [0u8; 100];
+            buf[at] = 1;
+            assert!(
+                matches!(parse(&buf, 100), Parsed::Invalid(_)),
+                "byte {at} set"
+            );
+        }
+        // Only the header's bytes decide; the caller checks what follows.
+        let mut buf = [0u8; 100];
+        buf[HEADER_LEN] = 1;
+        assert_eq!(parse(&buf, 100), Parsed::Zero);
+        assert!(is_zero(&[0; 4097]) && !is_zero(&[&[0u8; 4096][..], &[1]].concat()));
+        assert!(!is_zero(&[&[0u8; 63][..], &[1]].concat()) && is_zero(&[]));
     }
 
     #[test]

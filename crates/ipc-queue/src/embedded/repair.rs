@@ -164,11 +164,27 @@ pub(crate) fn examine_bad(
     if offset >= size {
         return Ok(Bad::ValidNow);
     }
-    let n = fsx::read_at(seg, offset, HEADER_LEN + max_payload, buf)?;
+    let n = fsx::read_at(
+        seg,
+        offset,
+        (HEADER_LEN + max_payload).max(record::ZERO_CHECK),
+        buf,
+    )?;
     // A record that was incomplete or invalid may have been a write in progress; one that
     // is whole but misplaced stays misplaced.
-    if !misplaced && let Parsed::Valid(_) = record::parse(&buf[..n], max_payload) {
-        return Ok(Bad::ValidNow);
+    if !misplaced {
+        match record::parse(&buf[..n], max_payload) {
+            Parsed::Valid(_) => return Ok(Bad::ValidNow),
+            // Zeros written ahead: the end of the records, unless the watermark says synced
+            // records lie past them.
+            Parsed::Zero
+                if record::is_zero(&buf[..n.min(record::ZERO_CHECK)])
+                    && !zeros_behind_mark(layout, seg_first, offset)? =>
+            {
+                return Ok(Bad::ValidNow);
+            }
+            _ => {}
+        }
     }
     if let Some((at, seq)) = find_valid_record(seg, offset + 1, size, max_payload, buf)? {
         return Ok(Bad::Resync { at, seq });
@@ -179,15 +195,17 @@ pub(crate) fn examine_bad(
     if let Some(later) = later {
         return Ok(Bad::LaterSegment(later));
     }
+    // The zeros written ahead after the torn bytes are no evidence: not copied.
+    let torn_end = data_end(seg, offset, size, buf)?.max(offset + 1);
     fsx::quarantine(
         layout.root(),
         &format!("torn-{seg_first:020}-{offset}"),
         seg,
         offset,
-        size,
+        torn_end,
         &format!(
             "torn tail of segment {seg_first}: {} bytes from offset {offset} did not form a valid record; truncated",
-            size - offset
+            torn_end - offset
         ),
     )?;
     seg.set_len(offset)
@@ -195,6 +213,40 @@ pub(crate) fn examine_bad(
     // The watermark is left alone: if it claims the cut bytes, they had been synced, and
     // the writer's check against it (`check_watermark`) turns them into a reported loss.
     Ok(Bad::TornTail)
+}
+
+/// Whether the watermark says that synced records lie past `offset` of segment
+/// `seg_first`, where zeros are (then the zeros are damage, not the end of the records).
+/// A damaged watermark says nothing here; the checks against it report it.
+pub(crate) fn zeros_behind_mark(layout: &Layout, seg_first: u64, offset: u64) -> Result<bool> {
+    let synced = fsx::open_rw(&layout.synced())?;
+    Ok(read_mark(&synced)?.is_ok_and(|mark| mark.segment == seg_first && mark.offset > offset))
+}
+
+/// Whether anything but zeros (or the file's end) is at `offset` of `seg`: the start of a
+/// record rather than zeros written ahead.
+pub(crate) fn data_at(seg: &File, offset: u64) -> Result<bool> {
+    let mut header = [0u8; HEADER_LEN];
+    let n = fsx::read_at_into(seg, offset, &mut header)?;
+    Ok(!record::is_zero(&header[..n]))
+}
+
+/// The end of the last byte that is not zero in `from..size` of `seg` (`from` if none).
+fn data_end(seg: &File, from: u64, size: u64, buf: &mut Vec<u8>) -> Result<u64> {
+    const WINDOW: usize = 1 << 16;
+    let mut end = from;
+    let mut pos = from;
+    while pos < size {
+        let n = fsx::read_at(seg, pos, WINDOW.min((size - pos) as usize), buf)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(last) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = pos + last as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    Ok(end)
 }
 
 /// The first valid record at or after `from` (before `size`) and its sequence number,

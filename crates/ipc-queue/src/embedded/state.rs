@@ -311,7 +311,7 @@ impl StateLog {
                         }
                         break;
                     }
-                    Parsed::Incomplete | Parsed::Invalid(_) => {
+                    Parsed::Incomplete | Parsed::Invalid(_) | Parsed::Zero => {
                         stop = Some(pos);
                         break;
                     }
