@@ -17,7 +17,7 @@ use crate::config::Faults;
 /// The first read when scanning a segment (a segment usually ends in zeros written ahead,
 /// so a scan reads little at first); reads double from there up to [`SCAN_CHUNK`], and
 /// are at least one whole record.
-const FIRST_SCAN: usize = 64 << 10;
+const FIRST_SCAN: usize = 16 << 10;
 /// The largest read when scanning a segment.
 const SCAN_CHUNK: usize = 1 << 20;
 /// Zeros written ahead of the log's end (`FORMAT.md`): an append into blocks that hold
@@ -55,6 +55,12 @@ pub(crate) struct Appender {
     /// The end of the log (segment, offset) found at zeros and checked against the
     /// watermark last: zeros found there again need no second check.
     end_checked: Option<(u64, u64)>,
+    /// Where this handle's last write ended (segment, offset): zeros found there are the
+    /// ones it checked before writing, so they need no second check either.
+    own_end: Option<(u64, u64)>,
+    /// A length the current segment's file is known to have reached (segment, bytes), so
+    /// that appends do not look it up while there are zeros enough ahead.
+    known_len: (u64, u64),
 }
 
 /// The adaptive commit delay (PostgreSQL's `commit_delay` / `commit_siblings`). With one
@@ -169,6 +175,8 @@ impl Appender {
             suspect: true,
             group: Box::new(GroupCommit::new()),
             end_checked: None,
+            own_end: None,
+            known_len: (0, 0),
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -296,6 +304,7 @@ impl Appender {
         let result = self.write_at_end(&batch);
         self.batch = batch;
         result?;
+        self.own_end = Some((self.seg_first, self.seg_end));
         self.zero_ahead();
         self.next_seq += self.bounds.len() as u64;
         self.group.own_unsynced += self.bounds.len() as u64;
@@ -355,20 +364,29 @@ impl Appender {
             // A test's simulated disk limit counts the log's own bytes only.
             return;
         }
+        let enough = |len: u64| {
+            len >= self.segment_len || len.saturating_sub(self.seg_end) >= ZERO_AHEAD_LOW
+        };
+        if self.known_len.0 == self.seg_first && enough(self.known_len.1) {
+            return;
+        }
         let Ok(len) = fsx::file_len(&self.seg) else {
             return;
         };
-        if len >= self.segment_len || len.saturating_sub(self.seg_end) >= ZERO_AHEAD_LOW {
+        self.known_len = (self.seg_first, len);
+        if enough(len) {
             return;
         }
-        let to = ((len.max(self.seg_end) + ZERO_AHEAD) & !4095).min(self.segment_len);
+        let to = ((self.seg_end + ZERO_AHEAD) & !4095).min(self.segment_len);
         if to <= len {
             return;
         }
         let zeros = vec![0u8; (to - len) as usize];
         // A failure (ENOSPC, EIO) leaves the log as it was or with fewer zeros ahead; the
         // next append reports what is wrong with the disk.
-        let _ = self.seg.write_all_at(&zeros, len);
+        if self.seg.write_all_at(&zeros, len).is_ok() {
+            self.known_len = (self.seg_first, to);
+        }
     }
 
     fn poison(&mut self, reason: String) {
@@ -431,48 +449,62 @@ impl Appender {
     ///
     /// The log ends at the file's end or at zeros written ahead (`FORMAT.md`).
     fn catch_up(&mut self) -> Result<Option<String>> {
-        let mut want = FIRST_SCAN;
+        // At its own end, a handle looks at one header first: zeros there (nobody appended
+        // since) are the usual case.
+        let mut want = if self.own_end == Some((self.seg_first, self.seg_end)) {
+            HEADER_LEN
+        } else {
+            FIRST_SCAN
+        };
         loop {
-            let size = fsx::file_len(&self.seg)?;
-            if size < self.seg_end {
-                // Shorter than what this handle saw: damaged from outside. Rescan.
-                self.seg_end = 0;
-                self.next_seq = self.seg_first;
-                self.suspect = true;
-                continue;
-            }
-            if size > self.seg_end {
-                let len = ((size - self.seg_end) as usize).min(want);
-                let mut scan = std::mem::take(&mut self.scan);
-                let read = fsx::read_at(&self.seg, self.seg_end, len, &mut scan);
-                let outcome = read.and_then(|n| self.scan_chunk(&scan[..n], size));
-                self.scan = scan;
-                match outcome? {
-                    Scan::More(need) => {
-                        want = (want * 2).min(SCAN_CHUNK).max(need);
-                        continue;
-                    }
-                    Scan::Bad(offset, misplaced) => {
-                        self.repair(offset, misplaced)?;
-                        continue;
-                    }
-                    Scan::Sealed(next) => {
-                        self.follow_seal(next)?;
-                        continue;
-                    }
-                    Scan::End if self.zeros_behind_mark() => {
-                        // Zeros where the watermark says synced records lie: damage.
-                        let before = self.tail();
-                        self.repair(self.seg_end, false)?;
-                        if self.tail() != before || fsx::file_len(&self.seg)? != size {
-                            continue;
-                        }
-                        // Judged the end under the lock after all: the watermark check
-                        // below settles it.
-                        self.suspect = true;
-                    }
-                    Scan::End => {}
+            let mut scan = std::mem::take(&mut self.scan);
+            let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
+            let outcome = match read {
+                // At the file's end, or past it.
+                Ok(0) => Ok(None),
+                Ok(n) => {
+                    let trusted = self.own_end == Some((self.seg_first, self.seg_end));
+                    self.scan_chunk(&scan[..n], n == want, trusted).map(Some)
                 }
+                Err(err) => Err(err),
+            };
+            self.scan = scan;
+            match outcome? {
+                None => {
+                    if fsx::file_len(&self.seg)? < self.seg_end {
+                        // Shorter than what this handle saw: damaged from outside. Rescan.
+                        self.seg_end = 0;
+                        self.next_seq = self.seg_first;
+                        self.suspect = true;
+                        want = FIRST_SCAN;
+                        continue;
+                    }
+                }
+                Some(Scan::More(need)) => {
+                    want = (want * 2).clamp(FIRST_SCAN, SCAN_CHUNK).max(need);
+                    continue;
+                }
+                Some(Scan::Bad(offset, misplaced)) => {
+                    self.repair(offset, misplaced)?;
+                    continue;
+                }
+                Some(Scan::Sealed(next)) => {
+                    self.follow_seal(next)?;
+                    continue;
+                }
+                Some(Scan::End) if self.zeros_behind_mark() => {
+                    // Zeros where the watermark says synced records lie: damage.
+                    let before = self.tail();
+                    let size = fsx::file_len(&self.seg)?;
+                    self.repair(self.seg_end, false)?;
+                    if self.tail() != before || fsx::file_len(&self.seg)? != size {
+                        continue;
+                    }
+                    // Judged the end under the lock after all: the watermark check
+                    // below settles it.
+                    self.suspect = true;
+                }
+                Some(Scan::End) => {}
             }
             // At the end of the log.
             if !self.suspect {
@@ -492,7 +524,7 @@ impl Appender {
     /// checked again).
     fn zeros_behind_mark(&mut self) -> bool {
         let here = (self.seg_first, self.seg_end);
-        if self.end_checked == Some(here) {
+        if self.end_checked == Some(here) || self.own_end == Some(here) {
             return false;
         }
         let behind = mark_unlocked(&self.synced)
@@ -503,9 +535,11 @@ impl Appender {
         behind
     }
 
-    fn scan_chunk(&mut self, buf: &[u8], size: u64) -> Result<Scan> {
+    /// Scans `buf`, read at the handle's end (`more`: the file may go on after it;
+    /// `trusted`: the end is where this handle's own last write ended, so zeros right there
+    /// are the ones it checked before that write).
+    fn scan_chunk(&mut self, buf: &[u8], more: bool, trusted: bool) -> Result<Scan> {
         let mut pos = 0;
-        let more = self.seg_end + (buf.len() as u64) < size;
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
                 Parsed::Valid(header)
@@ -528,6 +562,7 @@ impl Appender {
                     self.seg_end += pos as u64;
                     return Ok(Scan::More(record::needed(&buf[pos..])));
                 }
+                Parsed::Zero if pos == 0 && trusted => return Ok(Scan::End),
                 Parsed::Zero if more && buf.len() - pos < record::ZERO_CHECK => {
                     // Look at the zeros again with enough bytes after them.
                     self.seg_end += pos as u64;
