@@ -414,6 +414,13 @@ impl Channel {
                         waiting.store(0, Ordering::Relaxed);
                         return Ok(());
                     }
+                    // A peer that closed just before `observed` was loaded bumped `seq`
+                    // (and woke no one) before it: the sleep would last a whole slice. Its
+                    // state store came before that bump, so it is visible here.
+                    if let Err(err) = self.peer_status(false) {
+                        waiting.store(0, Ordering::Relaxed);
+                        return Err(err);
+                    }
                     sys::futex_wait(seq, observed, deadline.slice());
                     waiting.store(0, Ordering::Relaxed);
                 }
@@ -426,8 +433,12 @@ impl Channel {
                     while !changed() {
                         std::hint::spin_loop();
                         spins = spins.wrapping_add(1);
-                        if spins.is_multiple_of(1024) && started.elapsed() >= slice {
-                            break;
+                        if spins.is_multiple_of(1024) {
+                            // A close is seen within a thousand spins, not a slice.
+                            self.peer_status(false)?;
+                            if started.elapsed() >= slice {
+                                break;
+                            }
                         }
                     }
                 }
