@@ -768,10 +768,13 @@ enum Damage {
     ZeroStatePage,
     BitFlip,
     TamperSynced,
+    /// A run of whole records of the last segment zeroed, up to its end or not: what zeros
+    /// written ahead look like, where synced records were.
+    ZeroLastRecords,
 }
 
 impl Damage {
-    const ALL: [Damage; 8] = [
+    const ALL: [Damage; 9] = [
         Damage::CutLastAtRecord,
         Damage::CutLastMidRecord,
         Damage::CutFirstAtRecord,
@@ -780,6 +783,7 @@ impl Damage {
         Damage::ZeroStatePage,
         Damage::BitFlip,
         Damage::TamperSynced,
+        Damage::ZeroLastRecords,
     ];
 }
 
@@ -845,6 +849,16 @@ fn damage(path: &Path, damage: Damage, rng: &mut Rng) -> Result<()> {
             let at = rng.below(bytes.len() as u64) as usize;
             bytes[at] ^= 1 << rng.below(8);
             std::fs::write(segment, &bytes)?;
+        }
+        Damage::ZeroLastRecords => {
+            let records = last_len / RECORD_LEN;
+            let from = rng.below(records);
+            let to = from + 1 + rng.below(records - from);
+            let zeros = vec![0u8; ((to - from) * RECORD_LEN) as usize];
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(last)?
+                .write_all_at(&zeros, from * RECORD_LEN)?;
         }
         Damage::TamperSynced => {
             let synced = path.join("synced");
