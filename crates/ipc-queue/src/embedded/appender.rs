@@ -52,6 +52,13 @@ pub(crate) struct Appender {
     /// What this handle learnt about other producers, for the commit delay (boxed: it is
     /// touched once a sync, and keeps the producer types small).
     group: Box<GroupCommit>,
+    /// What this handle knows of the zeros ahead of the records (boxed, as `group`).
+    ahead: Box<Ahead>,
+}
+
+/// What an appending handle knows of the zeros written ahead of the records.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ahead {
     /// The end of the log (segment, offset) found at zeros and checked against the
     /// watermark last: zeros found there again need no second check.
     end_checked: Option<(u64, u64)>,
@@ -174,9 +181,7 @@ impl Appender {
             syncs: 0,
             suspect: true,
             group: Box::new(GroupCommit::new()),
-            end_checked: None,
-            own_end: None,
-            known_len: (0, 0),
+            ahead: Box::default(),
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -304,7 +309,7 @@ impl Appender {
         let result = self.write_at_end(&batch);
         self.batch = batch;
         result?;
-        self.own_end = Some((self.seg_first, self.seg_end));
+        self.ahead.own_end = Some((self.seg_first, self.seg_end));
         self.zero_ahead();
         self.next_seq += self.bounds.len() as u64;
         self.group.own_unsynced += self.bounds.len() as u64;
@@ -367,13 +372,13 @@ impl Appender {
         let enough = |len: u64| {
             len >= self.segment_len || len.saturating_sub(self.seg_end) >= ZERO_AHEAD_LOW
         };
-        if self.known_len.0 == self.seg_first && enough(self.known_len.1) {
+        if self.ahead.known_len.0 == self.seg_first && enough(self.ahead.known_len.1) {
             return;
         }
         let Ok(len) = fsx::file_len(&self.seg) else {
             return;
         };
-        self.known_len = (self.seg_first, len);
+        self.ahead.known_len = (self.seg_first, len);
         if enough(len) {
             return;
         }
@@ -385,7 +390,7 @@ impl Appender {
         // A failure (ENOSPC, EIO) leaves the log as it was or with fewer zeros ahead; the
         // next append reports what is wrong with the disk.
         if self.seg.write_all_at(&zeros, len).is_ok() {
-            self.known_len = (self.seg_first, to);
+            self.ahead.known_len = (self.seg_first, to);
         }
     }
 
@@ -451,7 +456,7 @@ impl Appender {
     fn catch_up(&mut self) -> Result<Option<String>> {
         // At its own end, a handle looks at one header first: zeros there (nobody appended
         // since) are the usual case.
-        let mut want = if self.own_end == Some((self.seg_first, self.seg_end)) {
+        let mut want = if self.ahead.own_end == Some((self.seg_first, self.seg_end)) {
             HEADER_LEN
         } else {
             FIRST_SCAN
@@ -463,7 +468,7 @@ impl Appender {
                 // At the file's end, or past it.
                 Ok(0) => Ok(None),
                 Ok(n) => {
-                    let trusted = self.own_end == Some((self.seg_first, self.seg_end));
+                    let trusted = self.ahead.own_end == Some((self.seg_first, self.seg_end));
                     self.scan_chunk(&scan[..n], n == want, trusted).map(Some)
                 }
                 Err(err) => Err(err),
@@ -524,13 +529,13 @@ impl Appender {
     /// checked again).
     fn zeros_behind_mark(&mut self) -> bool {
         let here = (self.seg_first, self.seg_end);
-        if self.end_checked == Some(here) || self.own_end == Some(here) {
+        if self.ahead.end_checked == Some(here) || self.ahead.own_end == Some(here) {
             return false;
         }
         let behind = mark_unlocked(&self.synced)
             .is_some_and(|mark| mark.segment == self.seg_first && mark.offset > self.seg_end);
         if !behind {
-            self.end_checked = Some(here);
+            self.ahead.end_checked = Some(here);
         }
         behind
     }
