@@ -47,7 +47,9 @@ pub(crate) struct QueueJob {
     pub(crate) incarnation: u32,
     /// Position in that run's stream, from 0.
     pub(crate) n: u64,
-    /// `fill_payload(job_seed(..))` bytes.
+    /// `fill_payload(job_seed(..))` bytes. `serde_bytes` makes postcard copy them in one go
+    /// (a plain `Vec<u8>` is a sequence, encoded byte by byte); the encoding is the same.
+    #[serde(with = "serde_bytes")]
     pub(crate) payload: Vec<u8>,
 }
 
