@@ -615,9 +615,7 @@ impl Pipeline {
                     }
                     let payloads: Vec<&[u8]> =
                         batch.iter().map(|job| job.payload.as_slice()).collect();
-                    let stored = producer
-                        .blocking_lock()
-                        .send_encoded_with(&payloads, false, None, None);
+                    let stored = producer.blocking_lock().send_encoded_pipelined(&payloads);
                     match stored {
                         Ok(receipts) => {
                             for (job, receipt) in batch.drain(..).zip(receipts) {

@@ -92,6 +92,10 @@ struct GroupCommit {
     sync_nanos: u64,
     /// Messages this handle appended since its last sync.
     own_unsynced: u64,
+    /// Sync without a commit delay: set while a pipelined producer stores a batch (its
+    /// next batch waits behind this sync, so a delay would only hold it up, and what other
+    /// producers append meanwhile goes into the next sync).
+    eager: bool,
 }
 
 impl GroupCommit {
@@ -103,6 +107,7 @@ impl GroupCommit {
             window_start: Instant::now(),
             sync_nanos: 0,
             own_unsynced: 0,
+            eager: false,
         }
     }
 
@@ -213,6 +218,11 @@ impl Appender {
     /// The length of the current segment's file (zeros written ahead included).
     pub(crate) fn segment_file_len(&self) -> Result<u64> {
         fsx::file_len(&self.seg)
+    }
+
+    /// Syncs without a commit delay while `eager` (see [`GroupCommit`]).
+    pub(crate) fn set_eager(&mut self, eager: bool) {
+        self.group.eager = eager;
     }
 
     /// The first sequence number of the current segment and the bytes in it.
@@ -904,6 +914,9 @@ impl Appender {
     /// one `fdatasync` time has passed.
     fn commit_delay(&mut self, from: Option<Mark>) {
         let Some(from) = from else { return };
+        if self.group.eager {
+            return;
+        }
         let Some(target) = self.group.target() else {
             return;
         };

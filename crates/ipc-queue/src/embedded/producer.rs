@@ -192,6 +192,20 @@ impl<T: Serialize + ?Sized> EmbeddedProducer<T> {
         Ok((first..first + n as u64).map(Receipt::new).collect())
     }
 
+    /// [`send_encoded_with`](Self::send_encoded_with) for a pipelined producer's batch:
+    /// waiting for room per [`WhenFull`], and syncing without a commit delay (the next
+    /// batch waits behind this sync).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_encoded_pipelined<P: AsRef<[u8]>>(
+        &mut self,
+        payloads: &[P],
+    ) -> Result<Vec<Receipt>> {
+        self.appender.set_eager(true);
+        let sent = self.send_encoded_with(payloads, false, None, None);
+        self.appender.set_eager(false);
+        sent
+    }
+
     fn push(&mut self, message: &T) -> Result<()> {
         self.push_with_ttl(message, None)
     }
