@@ -27,7 +27,7 @@ const SOAKS: &[Soak] = &[
     Soak {
         what: "queue corruption trials by damage kind",
         test: "queue_corruption",
-        filter: "trials",
+        filter: "corruption_trials",
     },
     Soak {
         what: "queue disk-full fill, drain and refill rounds",
