@@ -56,6 +56,9 @@ pub(crate) struct LogIndex {
     /// Whether a log found shorter than the watermark is repaired (a consumer) or only
     /// left for the next consumer or producer to repair and report (`Queue::stats`).
     repairs: bool,
+    /// Where (segment, offset) zeros were last found to end the records: a look at one
+    /// header there tells whether anything was appended since.
+    zeros_at: Option<(u64, u64)>,
 }
 
 enum Step {
@@ -139,6 +142,7 @@ impl LogIndex {
             unsealed_checked: None,
             read_cache: None,
             repairs: true,
+            zeros_at: None,
         };
         Ok((index, stale))
     }
@@ -156,7 +160,11 @@ impl LogIndex {
 
     /// Indexes records appended since the last call.
     pub(crate) fn refresh(&mut self, view: &View, findings: &mut Vec<Finding>) -> Result<()> {
-        let mut want = FIRST_SCAN;
+        let mut want = if self.zeros_at == Some((self.cur, self.end)) {
+            HEADER_LEN
+        } else {
+            FIRST_SCAN
+        };
         loop {
             let cur = self.cur;
             let Some(seg) = self.segs.get(&cur) else {
@@ -183,14 +191,14 @@ impl LogIndex {
                 self.buf = buf;
                 match step? {
                     Step::Continue(need) => {
-                        want = (want * 2).min(SCAN_CHUNK).max(need);
+                        want = (want * 2).clamp(FIRST_SCAN, SCAN_CHUNK).max(need);
                         continue;
                     }
                     Step::Bad(offset, misplaced) => {
                         self.bad(offset, misplaced, view, findings)?;
                         continue;
                     }
-                    Step::End => {}
+                    Step::End => self.zeros_at = Some((self.cur, self.end)),
                 }
             }
             if self.check_unsealed_end(view, findings)? {
@@ -204,6 +212,7 @@ impl LogIndex {
         let mut pos = 0;
         let cur = self.cur;
         let more = self.end + (buf.len() as u64) < size;
+        let checked = self.zeros_at == Some((cur, self.end));
         let mut step = Step::Continue(0);
         while pos < buf.len() {
             match record::parse(&buf[pos..], self.max_payload) {
@@ -248,6 +257,11 @@ impl LogIndex {
                 }
                 Parsed::Incomplete if more => {
                     step = Step::Continue(record::needed(&buf[pos..]));
+                    break;
+                }
+                Parsed::Zero if pos == 0 && checked => {
+                    // The zeros checked last time, still there: nothing was appended.
+                    step = Step::End;
                     break;
                 }
                 Parsed::Zero if more && buf.len() - pos < record::ZERO_CHECK => {
