@@ -221,6 +221,7 @@ impl Appender {
     }
 
     /// Syncs without a commit delay while `eager` (see [`GroupCommit`]).
+    #[cfg(feature = "tokio")]
     pub(crate) fn set_eager(&mut self, eager: bool) {
         self.group.eager = eager;
     }
