@@ -544,7 +544,7 @@ impl Appender {
             return false;
         }
         let behind = mark_unlocked(&self.synced)
-            .is_some_and(|mark| mark.segment == self.seg_first && mark.offset > self.seg_end);
+            .is_some_and(|mark| mark.covers_past(self.seg_first, self.seg_end));
         if !behind {
             self.ahead.end_checked = Some(here);
         }

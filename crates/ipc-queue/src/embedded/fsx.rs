@@ -95,16 +95,7 @@ pub(crate) fn read_at(file: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -
     if buf.len() < len {
         buf.resize(len, 0);
     }
-    let mut done = 0;
-    while done < len {
-        match file.read_at(&mut buf[done..len], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(Error::io(format!("read at offset {offset}"), err)),
-        }
-    }
-    Ok(done)
+    read_at_into(file, offset, &mut buf[..len])
 }
 
 /// Reads up to `buf.len()` bytes at `offset` (fewer at the end of the file); returns how

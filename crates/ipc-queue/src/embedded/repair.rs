@@ -32,6 +32,11 @@ impl Mark {
     pub(crate) fn position(&self) -> (u64, u64) {
         (self.segment, self.offset)
     }
+
+    /// Whether synced bytes of segment `segment` lie past `offset`.
+    pub(crate) fn covers_past(&self, segment: u64, offset: u64) -> bool {
+        self.segment == segment && self.offset > offset
+    }
 }
 
 /// Reads the watermark: `Ok(Err(why))` if the file is damaged (wrong length, magic or
@@ -220,7 +225,7 @@ pub(crate) fn examine_bad(
 /// A damaged watermark says nothing here; the checks against it report it.
 pub(crate) fn zeros_behind_mark(layout: &Layout, seg_first: u64, offset: u64) -> Result<bool> {
     let synced = fsx::open_rw(&layout.synced())?;
-    Ok(read_mark(&synced)?.is_ok_and(|mark| mark.segment == seg_first && mark.offset > offset))
+    Ok(read_mark(&synced)?.is_ok_and(|mark| mark.covers_past(seg_first, offset)))
 }
 
 /// Whether anything but zeros (or the file's end) is at `offset` of `seg`: the start of a
