@@ -1208,3 +1208,97 @@ fn a_segment_cut_in_its_zeros_loses_nothing() -> Result<()> {
     assert_eq!(send_after(&path)?, 20);
     Ok(())
 }
+
+/// The note of where the log ends in `append.lock` (FORMAT.md, "Writing"): checksum,
+/// segment, last record start, end, next sequence number.
+fn write_note(path: &Path, segment: u64, last_start: u64, end: u64, next_seq: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut note = Vec::new();
+    for value in [segment, last_start, end, next_seq] {
+        note.extend_from_slice(&value.to_le_bytes());
+    }
+    let crc = crc32c(&note);
+    note.extend_from_slice(&crc.to_le_bytes());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path.join("append.lock"))?
+        .write_all_at(&note, 0)?;
+    Ok(())
+}
+
+/// The note of where the log ends is a shortcut that producers check before they use it:
+/// garbage, a note past the records, one naming the wrong number or the wrong length, or a
+/// stale one, and the next send still gets the next number, nothing is lost or reported,
+/// and every message is delivered once.
+#[test]
+fn a_wrong_note_of_the_logs_end_is_checked_and_ignored() -> Result<()> {
+    let _watchdog = Watchdog::new("end note", WAIT);
+    let dir = Scratch::new("ipcq-note")?;
+    const COUNT: u64 = 20;
+    let count = COUNT;
+    type Spoil = fn(&Path) -> Result<()>;
+    let cases: [(&str, Spoil); 5] = [
+        ("garbage", |path| {
+            let garbage: Vec<u8> = (0..36u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+            std::fs::write(path.join("append.lock"), garbage)?;
+            Ok(())
+        }),
+        // Past the records, into the zeros ahead.
+        ("past the end", |path| {
+            write_note(path, 0, 29 * RECORD_LEN, 30 * RECORD_LEN, 30)
+        }),
+        // The last record the other handle wrote, with a number it does not have.
+        ("wrong number", |path| {
+            write_note(
+                path,
+                0,
+                (COUNT + 4) * RECORD_LEN,
+                (COUNT + 5) * RECORD_LEN,
+                COUNT + 9,
+            )
+        }),
+        // A real record, but not ending where the note says.
+        ("wrong length", |path| {
+            write_note(
+                path,
+                0,
+                (COUNT + 2) * RECORD_LEN,
+                (COUNT + 5) * RECORD_LEN,
+                COUNT + 3,
+            )
+        }),
+        // True, but stale: the other handle's later records follow it and are scanned.
+        ("stale", |path| {
+            write_note(
+                path,
+                0,
+                (COUNT + 1) * RECORD_LEN,
+                (COUNT + 2) * RECORD_LEN,
+                COUNT + 2,
+            )
+        }),
+    ];
+    for (name, spoil) in cases {
+        let path = dir.path().join(name);
+        template_with_zeros(&path, count)?;
+        let queue = Queue::open(&path)?;
+        // A handle at the end of the first 20, then another that appends 5 after it: the
+        // first one's next append finds records past its own end and reads the note.
+        let mut first = queue.producer::<String>(ProducerOptions::new())?;
+        let mut other = queue.producer::<String>(ProducerOptions::new())?;
+        for i in count..count + 5 {
+            assert_eq!(other.send(&message(i))?.seq(), i, "{name}");
+        }
+        spoil(&path)?;
+        assert_eq!(first.send(&message(count + 5))?.seq(), count + 5, "{name}");
+        assert_eq!(other.send(&message(count + 6))?.seq(), count + 6, "{name}");
+        drop((first, other, queue));
+        let drained = drain(&path)?;
+        assert_eq!(drained.seqs, (0..count + 7).collect(), "{name}");
+        assert!(drained.reports.is_empty(), "{name}: {:?}", drained.reports);
+        assert_eq!(lost(&path)?, 0, "{name}");
+        assert_eq!(quarantined(&path), 0, "{name}");
+        assert_eq!(send_after(&path)?, count + 7, "{name}");
+    }
+    Ok(())
+}

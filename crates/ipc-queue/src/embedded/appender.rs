@@ -68,6 +68,9 @@ struct Ahead {
     /// A length the current segment's file is known to have reached (segment, bytes), so
     /// that appends do not look it up while there are zeros enough ahead.
     known_len: (u64, u64),
+    /// The last catch-up found records of other producers: the next one looks for the
+    /// end the last of them noted first (see [`Appender::follow_hint`]).
+    others_appended: bool,
 }
 
 /// The adaptive commit delay (PostgreSQL's `commit_delay` / `commit_siblings`). With one
@@ -320,6 +323,18 @@ impl Appender {
         let result = self.write_at_end(&batch);
         self.batch = batch;
         result?;
+        if let Some(&(last_start, _)) = self.bounds.last() {
+            let last_start = self.seg_end - (self.batch.len() - last_start) as u64;
+            write_hint(
+                &self.append_lock,
+                Hint {
+                    segment: self.seg_first,
+                    last_start,
+                    end: self.seg_end,
+                    next_seq: first + self.bounds.len() as u64,
+                },
+            );
+        }
         self.ahead.own_end = Some((self.seg_first, self.seg_end));
         self.zero_ahead();
         self.next_seq += self.bounds.len() as u64;
@@ -467,11 +482,19 @@ impl Appender {
     fn catch_up(&mut self) -> Result<Option<String>> {
         // At its own end, a handle looks at one header first: zeros there (nobody appended
         // since) are the usual case.
-        let mut want = if self.ahead.own_end == Some((self.seg_first, self.seg_end)) {
+        let mut want = if self.ahead.own_end == Some((self.seg_first, self.seg_end))
+            && !self.ahead.others_appended
+        {
             HEADER_LEN
         } else {
             FIRST_SCAN
         };
+        let start = (self.seg_first, self.seg_end);
+        if want == FIRST_SCAN && !self.suspect && self.follow_hint() {
+            // At the end the last appender noted, checked: what is left to see is the
+            // zeros after it.
+            want = HEADER_LEN + record::ZERO_CHECK;
+        }
         loop {
             let mut scan = std::mem::take(&mut self.scan);
             let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
@@ -523,6 +546,7 @@ impl Appender {
                 Some(Scan::End) => {}
             }
             // At the end of the log.
+            self.ahead.others_appended = (self.seg_first, self.seg_end) != start;
             if !self.suspect {
                 return Ok(None);
             }
@@ -533,6 +557,44 @@ impl Appender {
             }
             // The check sealed this segment and moved on: scan on.
         }
+    }
+
+    /// Moves this handle over the records other producers appended since it last looked,
+    /// to the end the last of them noted in `append.lock` (`FORMAT.md`), without reading
+    /// them: each was checked whole by the producer that appended after it, as the last
+    /// one is checked here (whole, checksummed, numbered one before the noted next number
+    /// and ending where the note says). Returns whether it moved; a note that does not
+    /// check out (torn, stale, damaged) is ignored, and the records are scanned instead.
+    fn follow_hint(&mut self) -> bool {
+        let Some(hint) = read_hint(&self.append_lock) else {
+            return false;
+        };
+        if hint.segment != self.seg_first
+            || hint.last_start < self.seg_end
+            || hint.end <= hint.last_start
+            || hint.next_seq <= self.next_seq
+        {
+            return false;
+        }
+        let len = (hint.end - hint.last_start) as usize;
+        if len > HEADER_LEN + self.max_payload {
+            return false;
+        }
+        let mut scan = std::mem::take(&mut self.scan);
+        let ok = matches!(fsx::read_at(&self.seg, hint.last_start, len, &mut scan), Ok(n) if n == len)
+            && matches!(
+                record::parse(&scan[..len], self.max_payload),
+                Parsed::Valid(header)
+                    if header.kind == Kind::Message
+                        && header.seq.checked_add(1) == Some(hint.next_seq)
+                        && header.record_len() == len
+            );
+        self.scan = scan;
+        if ok {
+            self.seg_end = hint.end;
+            self.next_seq = hint.next_seq;
+        }
+        ok
     }
 
     /// Whether the watermark says synced records lie past the zeros this handle found at
@@ -981,6 +1043,58 @@ enum Scan {
     /// Offset, and whether the record there is whole but misplaced (wrong kind or sequence).
     Bad(u64, bool),
     Sealed(u64),
+}
+
+/// Where the log ended after the last append, as its producer noted it in the first
+/// [`HINT_LEN`] bytes of `append.lock` (`FORMAT.md`): a shortcut for the next producer to
+/// take the lock, which checks it before it relies on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hint {
+    segment: u64,
+    /// Where the last record starts.
+    last_start: u64,
+    end: u64,
+    next_seq: u64,
+}
+
+/// Four little-endian u64 (segment, last record's start, end, next sequence number) and
+/// the CRC-32C of those 32 bytes.
+const HINT_LEN: usize = 36;
+
+fn write_hint(append_lock: &File, hint: Hint) {
+    let mut buf = [0u8; HINT_LEN];
+    for (i, value) in [hint.segment, hint.last_start, hint.end, hint.next_seq]
+        .into_iter()
+        .enumerate()
+    {
+        buf[i * 8..i * 8 + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&buf[..32]);
+    buf[32..].copy_from_slice(&crc.to_le_bytes());
+    // Only a shortcut: without it the next producer scans.
+    let _ = append_lock.write_at(&buf, 0);
+}
+
+fn read_hint(append_lock: &File) -> Option<Hint> {
+    let mut buf = [0u8; HINT_LEN];
+    if !matches!(append_lock.read_at(&mut buf, 0), Ok(HINT_LEN)) {
+        return None;
+    }
+    let crc = u32::from_le_bytes([buf[32], buf[33], buf[34], buf[35]]);
+    if crc32c::crc32c(&buf[..32]) != crc {
+        return None;
+    }
+    let at = |i: usize| {
+        let mut value = [0u8; 8];
+        value.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(value)
+    };
+    Some(Hint {
+        segment: at(0),
+        last_start: at(1),
+        end: at(2),
+        next_seq: at(3),
+    })
 }
 
 /// Opens the newest segment.
