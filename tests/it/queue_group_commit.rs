@@ -2,6 +2,7 @@
 //! through the sync lock and the `synced` watermark; a leader that dies or fails in its sync
 //! blocks no one and makes no one else's bytes count as durable.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -142,6 +143,112 @@ fn a_failed_leader_sync_makes_no_follower_durable() -> Result<()> {
     ensure!(
         watermark(&path)? == before,
         "the watermark moved on a poisoned queue"
+    );
+    Ok(())
+}
+
+/// With many producers, the ones waiting for a sync sleep until its leader is done
+/// (`FORMAT.md`, group commit): a leader killed holding the sync lock, before its
+/// `fdatasync`, wakes no one, and the sleepers must find out by themselves. They all
+/// finish, and every message receipted to any of them (the killed one included) is
+/// delivered; the killed one's last message, appended but never receipted, may be too.
+#[test]
+fn a_leader_killed_in_its_sync_among_many_producers_blocks_no_one() -> Result<()> {
+    let _watchdog = Watchdog::new("killed leader among many", WAIT);
+    let dir = TempDir::new("ipcq-leaders")?;
+    let path = dir.path().join("q");
+    Queue::create(&path, &QueueConfig::new().with_segment_len(256 << 10))?;
+    let address = path_arg(&path);
+    let mut peers = Vec::new();
+    for id in 0..16u32 {
+        let id_s = id.to_string();
+        // Producer 0 dies in the 3rd sync it leads, which it reaches at the latest once
+        // it sends alone.
+        let each = if id == 0 { "2000" } else { "60" };
+        let mut args = vec![
+            "--address",
+            &address,
+            "--producer",
+            &id_s,
+            "--count",
+            each,
+            "--size",
+            "1000",
+        ];
+        if id == 0 {
+            args.extend_from_slice(&["--abort-in-sync", "3"]);
+        }
+        peers.push(Peer::spawn_role(
+            format!("producer {id}"),
+            "queue-produce",
+            args,
+        )?);
+    }
+    let mut receipted = BTreeMap::new();
+    for (id, peer) in peers.iter_mut().enumerate() {
+        loop {
+            let line = match peer.expect_line(WAIT) {
+                Ok(line) => line,
+                // The killed producer's output ends without an `ok`.
+                Err(_) if id == 0 => break,
+                Err(err) => return Err(err),
+            };
+            if line.starts_with("ok") {
+                break;
+            }
+            let words: Vec<&str> = line.split(' ').collect();
+            ensure!(words.len() == 5 && words[0] == "sent", "{line}");
+            receipted.insert(
+                words[4].parse::<u64>()?,
+                (words[1].to_owned(), words[3].to_owned()),
+            );
+        }
+        let status = peer.wait(WAIT)?;
+        if id == 0 {
+            ensure!(!status.success(), "producer 0 should have died in a sync");
+        } else {
+            ensure!(status.success(), "producer {id}: {status}");
+        }
+    }
+    ensure!(
+        receipted.len() >= 15 * 60,
+        "{} receipts from the 15 that lived",
+        receipted.len()
+    );
+    let mut consumer = Peer::spawn_role(
+        "consumer",
+        "queue-consume",
+        ["--address", &address, "--idle-exit-ms", "2000"],
+    )?;
+    let mut got = BTreeMap::new();
+    loop {
+        let line = consumer.expect_line(WAIT)?;
+        if let Some(rest) = line.strip_prefix("got ") {
+            let words: Vec<&str> = rest.split(' ').collect();
+            ensure!(words.len() >= 4, "{line}");
+            got.insert(
+                words[3].parse::<u64>()?,
+                (words[0].to_owned(), words[2].to_owned()),
+            );
+        } else if line.starts_with("ok") {
+            break;
+        }
+    }
+    consumer.wait_success(WAIT)?;
+    for (seq, receipt) in &receipted {
+        ensure!(
+            got.get(seq) == Some(receipt),
+            "message {seq} was receipted as {receipt:?} and delivered as {:?}",
+            got.get(seq)
+        );
+    }
+    let unreceipted: Vec<_> = got
+        .keys()
+        .filter(|seq| !receipted.contains_key(seq))
+        .collect();
+    ensure!(
+        unreceipted.len() <= 1,
+        "delivered without a receipt: {unreceipted:?}"
     );
     Ok(())
 }

@@ -12,6 +12,7 @@ use super::fsx::{self, LockGuard, lock, open_lock};
 use super::layout::Layout;
 use super::record::{self, HEADER_LEN, Kind, Parsed};
 use super::repair::{self, Bad, Mark, examine_bad};
+use super::wake::FileWatch;
 use crate::config::Faults;
 
 /// The first read when scanning a segment (a segment usually ends in zeros written ahead,
@@ -54,6 +55,24 @@ pub(crate) struct Appender {
     group: Box<GroupCommit>,
     /// What this handle knows of the zeros ahead of the records (boxed, as `group`).
     ahead: Box<Ahead>,
+    /// What group commit waits with (boxed, as `group`).
+    waits: Box<Waits>,
+}
+
+/// The watches group commit waits with, each made the first time it is needed (a lone
+/// producer never waits): `None` before, `Some(None)` where there is no watch to be had.
+#[derive(Default)]
+struct Waits {
+    /// On the sync lock's file: a producer waiting for the sync that covers its messages.
+    mark: Option<Option<FileWatch>>,
+}
+
+/// A sync leader: the exclusive sync lock, the watermark it read under it, and that
+/// watermark if its sync starts in this handle's segment.
+struct Leading {
+    _guard: LockGuard,
+    from: Option<Mark>,
+    current: std::result::Result<Mark, String>,
 }
 
 /// What an appending handle knows of the zeros written ahead of the records.
@@ -68,8 +87,8 @@ struct Ahead {
     /// A length the current segment's file is known to have reached (segment, bytes), so
     /// that appends do not look it up while there are zeros enough ahead.
     known_len: (u64, u64),
-    /// The last catch-up found records of other producers: the next one looks for the
-    /// end the last of them noted first (see [`Appender::follow_hint`]).
+    /// The last catch-up found records of other producers: the next one reads a whole
+    /// first chunk at once rather than one header first.
     others_appended: bool,
 }
 
@@ -81,7 +100,9 @@ struct Ahead {
 /// sync covered their messages, or theirs covered its), and at most until the log holds
 /// as many bytes past the watermark as the largest group of that time, while appends keep
 /// coming (a quiet spell of about one `fdatasync` time ends it, and so does
-/// [`MAX_COMMIT_DELAY`]). A lone producer never waits.
+/// [`MAX_COMMIT_DELAY`]). A lone producer never waits. Nor does a leader among many
+/// producers (its recent syncs covered [`LARGE_GROUP`] messages or more): there, the others
+/// append while it syncs, and the next sync covers them (see [`Appender::lead_large`]).
 #[derive(Clone, Copy, Debug)]
 struct GroupCommit {
     /// When the last sync this handle took part in covered other producers' messages.
@@ -95,6 +116,10 @@ struct GroupCommit {
     sync_nanos: u64,
     /// Messages this handle appended since its last sync.
     own_unsynced: u64,
+    /// The most messages a sync this handle led covered since `window_start`, and in the
+    /// window before.
+    most: u64,
+    most_before: u64,
     /// Sync without a commit delay: set while a pipelined producer stores a batch (its
     /// next batch waits behind this sync, so a delay would only hold it up, and what other
     /// producers append meanwhile goes into the next sync).
@@ -110,23 +135,33 @@ impl GroupCommit {
             window_start: Instant::now(),
             sync_nanos: 0,
             own_unsynced: 0,
+            most: 0,
+            most_before: 0,
             eager: false,
         }
     }
 
     /// Notes a sync that covered `bytes` past the watermark before it, with messages of
     /// other producers or not.
-    fn observe(&mut self, bytes: u64, others: bool) {
+    fn observe(&mut self, bytes: u64, messages: u64, others: bool) {
         let now = Instant::now();
         if now.duration_since(self.window_start) >= GROUP_WINDOW {
             self.largest_before = self.largest;
             self.largest = 0;
+            self.most_before = self.most;
+            self.most = 0;
             self.window_start = now;
         }
         self.largest = self.largest.max(bytes);
+        self.most = self.most.max(messages);
         if others {
             self.others_seen = Some(now);
         }
+    }
+
+    /// The most messages one of this handle's recent syncs covered.
+    fn most(&self) -> u64 {
+        self.most.max(self.most_before)
     }
 
     /// How many bytes past the watermark a leader waits for, if it waits at all.
@@ -151,6 +186,15 @@ const APPEND_LOCK_PATIENCE: Duration = Duration::from_micros(100);
 /// within these bounds).
 const MIN_QUIET: Duration = Duration::from_micros(50);
 const MAX_QUIET: Duration = Duration::from_millis(1);
+/// A handle whose last sync covered at least this many messages takes the way of many
+/// producers to the next (see [`Appender::lead_large`]).
+const LARGE_GROUP: u64 = 6;
+/// How many times a producer of many looks at the watermark (yielding between looks)
+/// before it sleeps on the leader.
+const FOLLOWER_SPINS: u32 = 100;
+/// The longest a producer waits for a sync leader's watermark before it looks at the lock
+/// again (the leader may have died).
+const LEADER_WAIT: Duration = Duration::from_millis(5);
 /// The commit delay of a handle that has not timed an `fdatasync` yet.
 const FIRST_COMMIT_DELAY: Duration = Duration::from_micros(200);
 
@@ -190,6 +234,7 @@ impl Appender {
             suspect: true,
             group: Box::new(GroupCommit::new()),
             ahead: Box::default(),
+            waits: Box::default(),
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -831,7 +876,8 @@ impl Appender {
     /// every other process through the sync lock and the `synced` watermark (group commit).
     ///
     /// A *follower* finds its bytes covered: by a look at the watermark without a lock, or
-    /// after waiting (with a shared lock) for the sync running now. A *leader* holds the
+    /// after waiting for the sync running now (with few producers, on the shared lock; with
+    /// many, asleep until the leader is done, see [`Appender::lead_large`]). A *leader* holds the
     /// exclusive sync lock, notes the tail (its own end, or further if the append lock is
     /// free: whatever other processes appended meanwhile), `fdatasync`s and only then
     /// writes that tail to the watermark. A leader that dies or fails releases the lock
@@ -846,61 +892,28 @@ impl Appender {
             self.covered_by_another();
             return Ok(());
         }
-        // Wait (with a shared lock) for a sync that is running now; the handles that
-        // sync covered all wake and leave at once, none of them behind the next leader.
-        // The exclusive lock is only ever tried, never waited for: a waiter for it could
-        // be passed over for as long as others keep taking the shared lock, though the
-        // sync it waits for covered it long ago.
-        let mut from = None;
-        let mut delayed = false;
-        let _guard = loop {
-            {
-                self.sync_lock
-                    .lock_shared()
-                    .map_err(|err| Error::io("lock queue sync lock (shared)", err))?;
-                let _shared = LockGuard(Arc::clone(&self.sync_lock));
-                let current = repair::read_mark(&self.synced)?;
-                if let Ok(mark) = current
-                    && mark.position() >= upto
-                {
+        let guard = if self.group.most() >= LARGE_GROUP {
+            match self.lead_large(upto)? {
+                Some(guard) => guard,
+                None => {
                     self.covered_by_another();
                     return Ok(());
                 }
-                if !delayed {
-                    // The commit delay runs under the shared lock, so that it holds up
-                    // neither the handles the last sync covered nor the appends it waits
-                    // for.
-                    delayed = true;
-                    from = match current {
-                        Ok(mark) if mark.segment == self.seg_first => Some(mark),
-                        _ => None,
-                    };
-                    self.commit_delay(from);
-                }
             }
-            match self.sync_lock.try_lock() {
-                Ok(()) => break LockGuard(Arc::clone(&self.sync_lock)),
-                // Another leader syncs (the shared lock then waits for it), or others look
-                // at the watermark or wait in their commit delay.
-                Err(std::fs::TryLockError::WouldBlock) => std::thread::yield_now(),
-                Err(std::fs::TryLockError::Error(err)) => {
-                    return Err(Error::io("lock queue sync lock", err));
+        } else {
+            match self.lead_small(upto)? {
+                Some(guard) => guard,
+                None => {
+                    self.covered_by_another();
+                    return Ok(());
                 }
             }
         };
-        let current = repair::read_mark(&self.synced)?;
-        if let Ok(mark) = current
-            && mark.position() >= upto
-        {
-            // Another leader's sync, after its own delay, covered this handle's bytes.
-            self.covered_by_another();
-            return Ok(());
-        }
-        let from = match current {
-            Ok(mark) if Some(mark) == from => from,
-            Ok(mark) if mark.segment == self.seg_first => Some(mark),
-            _ => None,
-        };
+        let Leading {
+            _guard,
+            from,
+            current,
+        } = guard;
         self.check_poison_file()?;
         let deadline = Instant::now() + APPEND_LOCK_PATIENCE;
         // This handle's own end: every byte before it is whole (appends are serialised by
@@ -920,7 +933,12 @@ impl Appender {
             if Instant::now() >= deadline {
                 break;
             }
-            std::thread::yield_now();
+            // Not a yield: with many producers runnable, a yielding leader gets its CPU
+            // back only after they all had theirs (measured: about 150 µs).
+            let spin = Instant::now();
+            while spin.elapsed() < Duration::from_micros(1) {
+                std::hint::spin_loop();
+            }
         }
         if upto.0 < tail.segment {
             // An older segment: sealing synced it.
@@ -942,10 +960,13 @@ impl Appender {
         {
             // Only this handle's messages in the sync (after any delay): alone for now.
             let others = tail.next_seq.saturating_sub(from.next_seq) > own;
-            self.group
-                .observe(tail.offset.saturating_sub(from.offset), others);
+            self.group.observe(
+                tail.offset.saturating_sub(from.offset),
+                tail.next_seq.saturating_sub(from.next_seq),
+                others,
+            );
         }
-        match current {
+        let written = match current {
             Ok(mark) if mark.position() >= tail.position() => Ok(()),
             Ok(_) => repair::write_mark(&self.synced, tail),
             Err(why) => {
@@ -960,7 +981,143 @@ impl Appender {
                 );
                 repair::replace_mark(&self.synced, tail)
             }
+        };
+        // Wakes the producers waiting for this sync, after the lock is released: a woken
+        // producer may take this one's CPU, and must not find the lock still held.
+        drop(_guard);
+        wake_waiters(&self.sync_lock);
+        written
+    }
+
+    /// Becomes the sync leader (returns the exclusive sync lock and the watermark its sync
+    /// starts from), or returns `None` once another leader's sync covered `upto`: the way
+    /// of a handle that saw few producers in its last sync. It waits for a running sync
+    /// with the shared lock, runs its commit delay under the shared lock too (so that it
+    /// holds up neither the handles the last sync covered nor the appends it waits for),
+    /// and then only tries the exclusive lock, yielding between tries: with few producers
+    /// the CPU is there to poll with, and a leader reacts at once.
+    fn lead_small(&mut self, upto: (u64, u64)) -> Result<Option<Leading>> {
+        let mut delayed = false;
+        loop {
+            {
+                self.sync_lock
+                    .lock_shared()
+                    .map_err(|err| Error::io("lock queue sync lock (shared)", err))?;
+                let _shared = LockGuard(Arc::clone(&self.sync_lock));
+                let current = repair::read_mark(&self.synced)?;
+                if let Ok(mark) = current
+                    && mark.position() >= upto
+                {
+                    return Ok(None);
+                }
+                if !delayed {
+                    delayed = true;
+                    let from = match current {
+                        Ok(mark) if mark.segment == self.seg_first => Some(mark),
+                        _ => None,
+                    };
+                    self.commit_delay(from);
+                }
+            }
+            match self.sync_lock.try_lock() {
+                Ok(()) => {
+                    let guard = LockGuard(Arc::clone(&self.sync_lock));
+                    return self.leader_start(guard, upto);
+                }
+                // Another leader syncs (the shared lock then waits for it), or others look
+                // at the watermark or wait in their commit delay.
+                Err(std::fs::TryLockError::WouldBlock) => std::thread::yield_now(),
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(Error::io("lock queue sync lock", err));
+                }
+            }
         }
+    }
+
+    /// [`lead_small`](Appender::lead_small) for a handle that saw many producers in its
+    /// last sync. Spinning waiters would take the CPU from the producers still appending,
+    /// so the others sleep (inotify, see [`FileWatch`]) until a leader is done, and a
+    /// leader has no commit delay: while it syncs, the others append, and the next leader
+    /// syncs them all (syncs follow one another, each covering what was appended during
+    /// the last).
+    fn lead_large(&mut self, upto: (u64, u64)) -> Result<Option<Leading>> {
+        loop {
+            match self.sync_lock.try_lock() {
+                Ok(()) => {
+                    let guard = LockGuard(Arc::clone(&self.sync_lock));
+                    return self.leader_start(guard, upto);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(Error::io("lock queue sync lock", err));
+                }
+            }
+            if self.wait_for_leader(upto)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// A leader's first look at the watermark, holding the exclusive sync lock: `None`
+    /// if another leader's sync covered `upto` meanwhile, else the lock and the watermark
+    /// the sync starts from (in this handle's segment).
+    fn leader_start(&mut self, guard: LockGuard, upto: (u64, u64)) -> Result<Option<Leading>> {
+        let current = repair::read_mark(&self.synced)?;
+        if let Ok(mark) = current
+            && mark.position() >= upto
+        {
+            return Ok(None);
+        }
+        let from = match current {
+            Ok(mark) if mark.segment == self.seg_first => Some(mark),
+            _ => None,
+        };
+        Ok(Some(Leading {
+            _guard: guard,
+            from,
+            current,
+        }))
+    }
+
+    /// Waits while another process leads a sync (it holds the sync lock) until that leader
+    /// is done, at most [`LEADER_WAIT`]; returns whether the watermark covers `upto` now.
+    fn wait_for_leader(&mut self, upto: (u64, u64)) -> Result<bool> {
+        let covered =
+            |synced: &File| mark_unlocked(synced).is_some_and(|mark| mark.position() >= upto);
+        let watch = self.waits.mark.get_or_insert_with(|| {
+            FileWatch::new()
+                .and_then(|mut watch| watch.watch(&self.layout.sync_lock()).then_some(watch))
+        });
+        if let Some(watch) = watch {
+            // A sync takes long enough for a leader to be done soon after others start
+            // to wait: a few looks first save most of them a sleep and a wake-up.
+            for _ in 0..FOLLOWER_SPINS {
+                if covered(&self.synced) {
+                    return Ok(true);
+                }
+                std::thread::yield_now();
+            }
+            watch.clear();
+            if covered(&self.synced) {
+                return Ok(true);
+            }
+            watch.wait(LEADER_WAIT);
+            return Ok(covered(&self.synced));
+        }
+        // Without a watch, a shared lock waits for the leader to finish.
+        self.sync_lock
+            .lock_shared()
+            .map_err(|err| Error::io("lock queue sync lock (shared)", err))?;
+        let _shared = LockGuard(Arc::clone(&self.sync_lock));
+        if let Ok(mark) = repair::read_mark(&self.synced)?
+            && mark.position() >= upto
+        {
+            return Ok(true);
+        }
+        drop(_shared);
+        // Others that the last sync did not cover either look at the watermark.
+        std::thread::yield_now();
+        Ok(false)
     }
 
     /// Another process's sync covered this handle's messages: there are other producers.
@@ -968,7 +1125,7 @@ impl Appender {
     /// than once since this handle looked. Groups are measured by their leaders.)
     fn covered_by_another(&mut self) {
         self.group.own_unsynced = 0;
-        self.group.observe(0, true);
+        self.group.observe(0, 0, true);
     }
 
     /// The commit delay of a leader whose sync would start from watermark `from` (in this
@@ -1095,6 +1252,13 @@ fn read_hint(append_lock: &File) -> Option<Hint> {
         end: at(2),
         next_seq: at(3),
     })
+}
+
+/// Wakes the producers that wait (with a [`FileWatch`]) for a sync leader to finish: one
+/// byte written to the sync lock's file, whose contents mean nothing (`FORMAT.md`).
+fn wake_waiters(sync_lock: &File) {
+    // A failure only leaves the waiters to their timeout.
+    let _ = sync_lock.write_at(&[0], 0);
 }
 
 /// Opens the newest segment.

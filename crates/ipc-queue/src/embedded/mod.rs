@@ -11,6 +11,7 @@ mod producer;
 mod record;
 mod repair;
 mod state;
+mod wake;
 
 use std::path::Path;
 use std::time::Duration;
