@@ -87,8 +87,9 @@ struct Ahead {
     /// A length the current segment's file is known to have reached (segment, bytes), so
     /// that appends do not look it up while there are zeros enough ahead.
     known_len: (u64, u64),
-    /// The last catch-up found records of other producers: the next one reads a whole
-    /// first chunk at once rather than one header first.
+    /// The last catch-up found records of other producers: the next one looks at the note
+    /// of where the log ends first (see [`Appender::follow_hint`]), and this handle's
+    /// appends leave such notes.
     others_appended: bool,
 }
 
@@ -186,8 +187,8 @@ const APPEND_LOCK_PATIENCE: Duration = Duration::from_micros(100);
 /// within these bounds).
 const MIN_QUIET: Duration = Duration::from_micros(50);
 const MAX_QUIET: Duration = Duration::from_millis(1);
-/// A handle whose last sync covered at least this many messages takes the way of many
-/// producers to the next (see [`Appender::lead_large`]).
+/// A handle whose syncs of the last [`GROUP_WINDOW`] or two covered this many messages
+/// or more takes the way of many producers (see [`Appender::lead_large`]).
 const LARGE_GROUP: u64 = 6;
 /// How many times a producer of many looks at the watermark (yielding between looks)
 /// before it sleeps on the leader.
@@ -368,7 +369,15 @@ impl Appender {
         let result = self.write_at_end(&batch);
         self.batch = batch;
         result?;
-        if let Some(&(last_start, _)) = self.bounds.last() {
+        // The note is for the other producers: a lone one (none seen lately) leaves none.
+        let others = self.ahead.others_appended
+            || self
+                .group
+                .others_seen
+                .is_some_and(|seen| seen.elapsed() < GROUP_WINDOW);
+        if let Some(&(last_start, _)) = self.bounds.last()
+            && others
+        {
             let last_start = self.seg_end - (self.batch.len() - last_start) as u64;
             write_hint(
                 &self.append_lock,
