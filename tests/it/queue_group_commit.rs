@@ -11,6 +11,8 @@ use ipc_core::ErrorKind;
 use ipc_queue::{Durability, ProducerOptions, Queue, QueueConfig};
 use ipc_tests::{Peer, TempDir, Watchdog};
 
+use crate::queue_support::{deliveries, read_receipts, spawn_producer};
+
 const WAIT: Duration = Duration::from_secs(120);
 
 fn path_arg(path: &Path) -> String {
@@ -161,53 +163,25 @@ fn a_leader_killed_in_its_sync_among_many_producers_blocks_no_one() -> Result<()
     let address = path_arg(&path);
     let mut peers = Vec::new();
     for id in 0..16u32 {
-        let id_s = id.to_string();
         // Producer 0 dies in the 3rd sync it leads, which it reaches at the latest once
         // it sends alone.
-        let each = if id == 0 { "2000" } else { "60" };
-        let mut args = vec![
-            "--address",
-            &address,
-            "--producer",
-            &id_s,
-            "--count",
-            each,
-            "--size",
-            "1000",
-        ];
-        if id == 0 {
-            args.extend_from_slice(&["--abort-in-sync", "3"]);
-        }
-        peers.push(Peer::spawn_role(
-            format!("producer {id}"),
-            "queue-produce",
-            args,
-        )?);
+        peers.push(if id == 0 {
+            spawn_producer(&address, id, 2000, &["--abort-in-sync", "3"])?
+        } else {
+            spawn_producer(&address, id, 60, &[])?
+        });
     }
     let mut receipted = BTreeMap::new();
     for (id, peer) in peers.iter_mut().enumerate() {
-        loop {
-            let line = match peer.expect_line(WAIT) {
-                Ok(line) => line,
-                // The killed producer's output ends without an `ok`.
-                Err(_) if id == 0 => break,
-                Err(err) => return Err(err),
-            };
-            if line.starts_with("ok") {
-                break;
-            }
-            let words: Vec<&str> = line.split(' ').collect();
-            ensure!(words.len() == 5 && words[0] == "sent", "{line}");
-            receipted.insert(
-                words[4].parse::<u64>()?,
-                (words[1].to_owned(), words[3].to_owned()),
-            );
-        }
+        let finished = read_receipts(peer, &mut receipted, WAIT)?;
         let status = peer.wait(WAIT)?;
         if id == 0 {
-            ensure!(!status.success(), "producer 0 should have died in a sync");
+            ensure!(
+                !finished && !status.success(),
+                "producer 0 should have died in a sync"
+            );
         } else {
-            ensure!(status.success(), "producer {id}: {status}");
+            ensure!(finished && status.success(), "producer {id}: {status}");
         }
     }
     ensure!(
@@ -215,26 +189,7 @@ fn a_leader_killed_in_its_sync_among_many_producers_blocks_no_one() -> Result<()
         "{} receipts from the 15 that lived",
         receipted.len()
     );
-    let mut consumer = Peer::spawn_role(
-        "consumer",
-        "queue-consume",
-        ["--address", &address, "--idle-exit-ms", "2000"],
-    )?;
-    let mut got = BTreeMap::new();
-    loop {
-        let line = consumer.expect_line(WAIT)?;
-        if let Some(rest) = line.strip_prefix("got ") {
-            let words: Vec<&str> = rest.split(' ').collect();
-            ensure!(words.len() >= 4, "{line}");
-            got.insert(
-                words[3].parse::<u64>()?,
-                (words[0].to_owned(), words[2].to_owned()),
-            );
-        } else if line.starts_with("ok") {
-            break;
-        }
-    }
-    consumer.wait_success(WAIT)?;
+    let (got, _) = deliveries(&address, &["--idle-exit-ms", "2000"], WAIT)?;
     for (seq, receipt) in &receipted {
         ensure!(
             got.get(seq) == Some(receipt),

@@ -20,47 +20,79 @@ pub(crate) fn every_receipt_is_delivered(
 ) -> Result<()> {
     let mut peers = Vec::new();
     for id in 0..producers {
-        let (id_s, each_s) = (id.to_string(), each.to_string());
-        let mut args = vec![
-            "--address",
-            address,
-            "--producer",
-            &id_s,
-            "--count",
-            &each_s,
-            "--size",
-            "1000",
-        ];
-        args.extend_from_slice(extra);
-        peers.push(Peer::spawn_role(
-            format!("producer {id}"),
-            "queue-produce",
-            args,
-        )?);
+        peers.push(spawn_producer(address, id, each, extra)?);
     }
     let mut receipted = BTreeMap::new();
     for peer in &mut peers {
-        loop {
-            let line = peer.expect_line(wait)?;
-            if line.starts_with("ok") {
-                break;
-            }
-            let words: Vec<&str> = line.split(' ').collect();
-            ensure!(words.len() == 5 && words[0] == "sent", "{line}");
-            receipted.insert(
-                words[4].parse::<u64>()?,
-                (words[1].to_owned(), words[3].to_owned()),
-            );
-        }
+        ensure!(
+            read_receipts(peer, &mut receipted, wait)?,
+            "{} ended early",
+            peer.name()
+        );
         peer.wait_success(wait)?;
     }
     ensure!(receipted.len() as u64 == u64::from(producers) * each);
     let total = receipted.len().to_string();
-    let mut consumer = Peer::spawn_role(
-        "consumer",
-        "queue-consume",
-        ["--address", address, "--expect", &total],
-    )?;
+    let (got, ok) = deliveries(address, &["--expect", &total], wait)?;
+    ensure!(ok.starts_with(&format!("ok received={total} ")), "{ok}");
+    ensure!(got == receipted, "deliveries differ from receipts");
+    Ok(())
+}
+
+/// A `queue-produce` process of `each` 1000-byte messages as producer `id` on the queue at
+/// `address`, with `extra` arguments.
+pub(crate) fn spawn_producer(address: &str, id: u32, each: u64, extra: &[&str]) -> Result<Peer> {
+    let (id_s, each_s) = (id.to_string(), each.to_string());
+    let mut args = vec![
+        "--address",
+        address,
+        "--producer",
+        &id_s,
+        "--count",
+        &each_s,
+        "--size",
+        "1000",
+    ];
+    args.extend_from_slice(extra);
+    Peer::spawn_role(format!("producer {id}"), "queue-produce", args)
+}
+
+/// A message's sequence number and what identifies it: its producer and its checksum.
+pub(crate) type Receipts = BTreeMap<u64, (String, String)>;
+
+/// Reads the `sent` lines of a `queue-produce` peer into `receipted` until its `ok` line
+/// (returns true) or the end of its output (false: it died).
+pub(crate) fn read_receipts(
+    peer: &mut Peer,
+    receipted: &mut Receipts,
+    wait: Duration,
+) -> Result<bool> {
+    loop {
+        let Ok(line) = peer.expect_line(wait) else {
+            return Ok(false);
+        };
+        if line.starts_with("ok") {
+            return Ok(true);
+        }
+        let words: Vec<&str> = line.split(' ').collect();
+        ensure!(words.len() == 5 && words[0] == "sent", "{line}");
+        receipted.insert(
+            words[4].parse::<u64>()?,
+            (words[1].to_owned(), words[3].to_owned()),
+        );
+    }
+}
+
+/// What one `queue-consume` process (with `args` besides the address) receives from the
+/// queue at `address`, and its closing `ok` line.
+pub(crate) fn deliveries(
+    address: &str,
+    args: &[&str],
+    wait: Duration,
+) -> Result<(Receipts, String)> {
+    let mut all = vec!["--address", address];
+    all.extend_from_slice(args);
+    let mut consumer = Peer::spawn_role("consumer", "queue-consume", all)?;
     let mut got = BTreeMap::new();
     loop {
         let line = consumer.expect_line(wait)?;
@@ -72,13 +104,10 @@ pub(crate) fn every_receipt_is_delivered(
                 (words[0].to_owned(), words[2].to_owned()),
             );
         } else if line.starts_with("ok") {
-            ensure!(line.starts_with(&format!("ok received={total} ")), "{line}");
-            break;
+            consumer.wait_success(wait)?;
+            return Ok((got, line));
         }
     }
-    consumer.wait_success(wait)?;
-    ensure!(got == receipted, "deliveries differ from receipts");
-    Ok(())
 }
 
 /// Where the records of a segment file end (`FORMAT.md`): at the file's end, or where zeros
