@@ -55,16 +55,10 @@ pub(crate) struct Appender {
     group: Box<GroupCommit>,
     /// What this handle knows of the zeros ahead of the records (boxed, as `group`).
     ahead: Box<Ahead>,
-    /// What group commit waits with (boxed, as `group`).
-    waits: Box<Waits>,
-}
-
-/// The watches group commit waits with, each made the first time it is needed (a lone
-/// producer never waits): `None` before, `Some(None)` where there is no watch to be had.
-#[derive(Default)]
-struct Waits {
-    /// On the sync lock's file: a producer waiting for the sync that covers its messages.
-    mark: Option<Option<FileWatch>>,
+    /// The watch on the sync lock's file that a producer of many waits for a sync leader
+    /// with, made the first time it is needed (a lone producer never waits): `None`
+    /// before, `Some(None)` where there is no watch to be had.
+    sync_watch: Option<Option<FileWatch>>,
 }
 
 /// A sync leader: the exclusive sync lock, the watermark it read under it, and that
@@ -235,7 +229,7 @@ impl Appender {
             suspect: true,
             group: Box::new(GroupCommit::new()),
             ahead: Box::default(),
-            waits: Box::default(),
+            sync_watch: None,
         };
         appender.check_poison_file()?;
         let _guard = lock(&appender.append_lock, "queue append lock")?;
@@ -901,28 +895,20 @@ impl Appender {
             self.covered_by_another();
             return Ok(());
         }
-        let guard = if self.group.most() >= LARGE_GROUP {
-            match self.lead_large(upto)? {
-                Some(guard) => guard,
-                None => {
-                    self.covered_by_another();
-                    return Ok(());
-                }
-            }
+        let leading = if self.group.most() >= LARGE_GROUP {
+            self.lead_large(upto)?
         } else {
-            match self.lead_small(upto)? {
-                Some(guard) => guard,
-                None => {
-                    self.covered_by_another();
-                    return Ok(());
-                }
-            }
+            self.lead_small(upto)?
         };
-        let Leading {
+        let Some(Leading {
             _guard,
             from,
             current,
-        } = guard;
+        }) = leading
+        else {
+            self.covered_by_another();
+            return Ok(());
+        };
         self.check_poison_file()?;
         let deadline = Instant::now() + APPEND_LOCK_PATIENCE;
         // This handle's own end: every byte before it is whole (appends are serialised by
@@ -1093,7 +1079,7 @@ impl Appender {
     fn wait_for_leader(&mut self, upto: (u64, u64)) -> Result<bool> {
         let covered =
             |synced: &File| mark_unlocked(synced).is_some_and(|mark| mark.position() >= upto);
-        let watch = self.waits.mark.get_or_insert_with(|| {
+        let watch = self.sync_watch.get_or_insert_with(|| {
             FileWatch::new()
                 .and_then(|mut watch| watch.watch(&self.layout.sync_lock()).then_some(watch))
         });
