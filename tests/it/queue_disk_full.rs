@@ -320,3 +320,96 @@ fn consumer_processes_drain_a_full_disk_that_producer_processes_filled() -> Resu
     assert_eq!(Queue::open(&path)?.stats()?.depth, 1);
     Ok(())
 }
+
+/// Producers taking turns follow each other's note of the log's end, and a write that
+/// follows a note does not look for the reserve (its writer did, and a consumer that
+/// deletes the reserve removes the note first). So after consumers drained a full disk
+/// from the reserve, a send that could follow a note written before the disk filled must
+/// still make the reserve again; and a reserve removed from outside (the note left in
+/// place) is made again within 64 sends, in the middle of a segment.
+#[test]
+fn producers_that_follow_each_others_notes_make_the_reserve_again_after_a_full_disk() -> Result<()>
+{
+    let rounds = disk_rounds();
+    let _watchdog = Watchdog::new("reserve and notes", WAIT + Duration::from_secs(rounds * 5));
+    let dir = TempDir::new("ipcq-tmpfs-notes")?;
+    let mount_point = dir.path().join("mnt");
+    std::fs::create_dir(&mount_point)?;
+    let Some(_mount) = mount_tmpfs(&mount_point, "2m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root?): the reserve after a full disk with notes is NOT tested"
+        );
+        return Ok(());
+    };
+    let config = QueueConfig::new().with_segment_len(512 << 10);
+    let queue = Queue::create(mount_point.join("q"), &config)?;
+    let reserve = queue.path().expect("a directory").join("reserve");
+    let mut producers = Vec::new();
+    for _ in 0..3 {
+        producers.push(queue.producer::<Vec<u8>>(ProducerOptions::new())?);
+    }
+    let mut next = 0u64;
+    for round in 0..rounds {
+        // Turns until the disk is full.
+        let first = next;
+        let mut failed = None;
+        while failed.is_none() {
+            for (i, producer) in producers.iter_mut().enumerate() {
+                match producer.send(&vec![next as u8; 1000]) {
+                    Ok(receipt) => {
+                        ensure!(
+                            receipt.seq() == next,
+                            "round {round}: receipt {}",
+                            receipt.seq()
+                        );
+                        next += 1;
+                    }
+                    Err(err) => {
+                        ensure!(
+                            err.to_string().starts_with("disk full"),
+                            "round {round}: {err}"
+                        );
+                        failed = Some(i);
+                        break;
+                    }
+                }
+            }
+            ensure!(next - first < 100_000, "the disk never filled");
+        }
+        ensure!(
+            next - first > 100,
+            "round {round}: only {} messages fit",
+            next - first
+        );
+        // The consumer takes the reserve to record its acknowledgements.
+        drain_range(&queue, first, next).with_context(|| format!("round {round}"))?;
+        // The producer after the one that failed last looked before the two others
+        // appended: its next send follows the note of the one before the failure.
+        let failed = failed.unwrap_or(0);
+        for i in [failed + 1, failed + 2, failed].map(|i| i % 3) {
+            let receipt = producers[i].send(&vec![next as u8; 1000])?;
+            ensure!(
+                receipt.seq() == next,
+                "round {round}, producer {i}: receipt {}",
+                receipt.seq()
+            );
+            next += 1;
+            ensure!(
+                reserve.exists(),
+                "round {round}: producer {i} sent after a full disk without making the reserve again"
+            );
+        }
+        // Removed from outside, with the note still there.
+        std::fs::remove_file(&reserve)?;
+        let mut sends = 0;
+        while !reserve.exists() {
+            ensure!(sends < 70, "round {round}: no reserve after {sends} sends");
+            ensure!(producers[sends % 3].send(&vec![next as u8; 1000])?.seq() == next);
+            next += 1;
+            sends += 1;
+        }
+        drain_range(&queue, next - sends as u64 - 3, next)?;
+    }
+    assert_eq!(queue.stats()?.depth, 0);
+    Ok(())
+}

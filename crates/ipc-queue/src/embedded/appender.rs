@@ -85,6 +85,12 @@ struct Ahead {
     /// of where the log ends first (see [`Appender::follow_hint`]), and this handle's
     /// appends leave such notes.
     others_appended: bool,
+    /// The last catch-up followed a note of the log's end: the reserve was there when
+    /// that note was written, and is still (whoever deletes the reserve first removes the
+    /// note, under the append lock).
+    hint_followed: bool,
+    /// Appends since this handle last looked at the reserve file itself.
+    since_reserve_look: u32,
 }
 
 /// The adaptive commit delay (PostgreSQL's `commit_delay` / `commit_siblings`). With one
@@ -190,6 +196,10 @@ const FOLLOWER_SPINS: u32 = 100;
 /// The longest a producer waits for a sync leader's watermark before it looks at the lock
 /// again (the leader may have died).
 const LEADER_WAIT: Duration = Duration::from_millis(5);
+/// An append that followed a note of the log's end knows the reserve file is there
+/// without looking (see [`Ahead::hint_followed`]); it looks all the same once in this
+/// many appends, in case someone other than a consumer removed it.
+const RESERVE_LOOK_EVERY: u32 = 64;
 /// The commit delay of a handle that has not timed an `fdatasync` yet.
 const FIRST_COMMIT_DELAY: Duration = Duration::from_micros(200);
 
@@ -350,7 +360,12 @@ impl Appender {
         }
         // Consumers release the reserve when the disk is full, to record acknowledgements
         // and so free segments: no producer writes until it is back.
-        fsx::ensure_reserve(self.layout.root())?;
+        if self.ahead.hint_followed && self.ahead.since_reserve_look < RESERVE_LOOK_EVERY {
+            self.ahead.since_reserve_look += 1;
+        } else {
+            fsx::ensure_reserve(self.layout.root())?;
+            self.ahead.since_reserve_look = 0;
+        }
         if self.seg_end > 0 && self.seg_end + self.batch.len() as u64 > self.segment_len {
             self.roll_over()?;
         }
@@ -538,14 +553,24 @@ impl Appender {
             FIRST_SCAN
         };
         let start = (self.seg_first, self.seg_end);
-        if want == FIRST_SCAN && !self.suspect && self.follow_hint() {
+        self.ahead.hint_followed = false;
+        // Bytes at the end already in `scan`, read with the note's record.
+        let mut read_ahead = None;
+        if want == FIRST_SCAN && !self.suspect {
             // At the end the last appender noted, checked: what is left to see is the
-            // zeros after it.
+            // zeros after it, read with that record.
             want = HEADER_LEN + record::ZERO_CHECK;
+            read_ahead = self.follow_hint(want);
+            if read_ahead.is_none() {
+                want = FIRST_SCAN;
+            }
         }
         loop {
             let mut scan = std::mem::take(&mut self.scan);
-            let read = fsx::read_at(&self.seg, self.seg_end, want, &mut scan);
+            let read = match read_ahead.take() {
+                Some(n) => Ok(n),
+                None => fsx::read_at(&self.seg, self.seg_end, want, &mut scan),
+            };
             let outcome = match read {
                 // At the file's end, or past it.
                 Ok(0) => Ok(None),
@@ -613,36 +638,44 @@ impl Appender {
     /// one is checked here (whole, checksummed, numbered one before the noted next number
     /// and ending where the note says). Returns whether it moved; a note that does not
     /// check out (torn, stale, damaged) is ignored, and the records are scanned instead.
-    fn follow_hint(&mut self) -> bool {
-        let Some(hint) = read_hint(&self.append_lock) else {
-            return false;
-        };
+    fn follow_hint(&mut self, after: usize) -> Option<usize> {
+        let hint = read_hint(&self.append_lock)?;
         if hint.segment != self.seg_first
             || hint.last_start < self.seg_end
             || hint.end <= hint.last_start
             || hint.next_seq <= self.next_seq
         {
-            return false;
+            return None;
         }
         let len = (hint.end - hint.last_start) as usize;
         if len > HEADER_LEN + self.max_payload {
-            return false;
+            return None;
         }
         let mut scan = std::mem::take(&mut self.scan);
-        let ok = matches!(fsx::read_at(&self.seg, hint.last_start, len, &mut scan), Ok(n) if n == len)
-            && matches!(
-                record::parse(&scan[..len], self.max_payload),
-                Parsed::Valid(header)
-                    if header.kind == Kind::Message
-                        && header.seq.checked_add(1) == Some(hint.next_seq)
-                        && header.record_len() == len
-            );
+        let read = fsx::read_at(&self.seg, hint.last_start, len + after, &mut scan);
+        let ahead = match read {
+            Ok(n)
+                if n >= len
+                    && matches!(
+                        record::parse(&scan[..len], self.max_payload),
+                        Parsed::Valid(header)
+                            if header.kind == Kind::Message
+                                && header.seq.checked_add(1) == Some(hint.next_seq)
+                                && header.record_len() == len
+                    ) =>
+            {
+                scan.copy_within(len..n, 0);
+                Some(n - len)
+            }
+            _ => None,
+        };
         self.scan = scan;
-        if ok {
+        if ahead.is_some() {
             self.seg_end = hint.end;
             self.next_seq = hint.next_seq;
+            self.ahead.hint_followed = true;
         }
-        ok
+        ahead
     }
 
     /// Whether the watermark says synced records lie past the zeros this handle found at

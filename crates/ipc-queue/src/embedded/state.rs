@@ -440,10 +440,16 @@ impl StateLog {
     }
 
     /// Deletes the reserve file (under the append lock, so that no producer is between
-    /// its check of the reserve and its write). Returns whether there was one.
+    /// its check of the reserve and its write). Returns whether there was one. Removes
+    /// the producers' note of the log's end first: a producer that follows a note takes
+    /// it as a sign that the reserve is there (`FORMAT.md`).
     fn release_reserve(&self) -> Result<bool> {
         let append_lock = fsx::open_lock(&self.layout.append_lock())?;
         let _guard = lock(&append_lock, "queue append lock")?;
+        // Cutting a file to nothing needs no room on the disk.
+        append_lock
+            .set_len(0)
+            .map_err(|err| Error::io("remove the note in the queue's append lock file", err))?;
         match std::fs::remove_file(self.layout.root().join("reserve")) {
             Ok(()) => Ok(true),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
