@@ -190,6 +190,9 @@ const MAX_QUIET: Duration = Duration::from_millis(1);
 /// A handle whose syncs of the last [`GROUP_WINDOW`] or two covered this many messages
 /// or more takes the way of many producers (see [`Appender::lead_large`]).
 const LARGE_GROUP: u64 = 6;
+/// How many times a producer of few tries the append lock (yielding between tries)
+/// before it sleeps on it.
+const APPEND_LOCK_TRIES: u32 = 30;
 /// How many times a producer of many looks at the watermark (yielding between looks)
 /// before it sleeps on the leader.
 const FOLLOWER_SPINS: u32 = 100;
@@ -351,7 +354,7 @@ impl Appender {
         if self.bounds.is_empty() {
             return Ok(Some((self.next_seq, (self.seg_first, self.seg_end))));
         }
-        let _guard = lock(&self.append_lock, "queue append lock")?;
+        let _guard = self.lock_append()?;
         if let Some(note) = self.catch_up()? {
             return Err(Error::new(ErrorKind::Corrupted, note));
         }
@@ -403,6 +406,27 @@ impl Appender {
         self.next_seq += self.bounds.len() as u64;
         self.group.own_unsynced += self.bounds.len() as u64;
         Ok(Some((first, (self.seg_first, self.seg_end))))
+    }
+
+    /// Takes the append lock. A handle of few producers tries it a few times, yielding
+    /// between tries, before it sleeps in `flock`: a sleeper is woken on the CPU of the
+    /// producer that released the lock and waits there for it, while the other CPU may
+    /// idle (measured with 4 producers on a 2-vCPU VM: the three appends after the first
+    /// of a round took 35-39 µs in all, 24-25 µs with the tries). Among many producers
+    /// the CPUs are busy anyway, and tries only take CPU from the others.
+    fn lock_append(&self) -> Result<LockGuard> {
+        if self.group.most() < LARGE_GROUP {
+            for _ in 0..APPEND_LOCK_TRIES {
+                match self.append_lock.try_lock() {
+                    Ok(()) => return Ok(LockGuard(Arc::clone(&self.append_lock))),
+                    Err(std::fs::TryLockError::WouldBlock) => std::thread::yield_now(),
+                    Err(std::fs::TryLockError::Error(err)) => {
+                        return Err(Error::io("lock queue append lock", err));
+                    }
+                }
+            }
+        }
+        lock(&self.append_lock, "queue append lock")
     }
 
     /// Writes `bytes` at the end of the current segment; on failure removes any partial
@@ -860,6 +884,11 @@ impl Appender {
     /// (under the append lock), stopping at anything else: seals, damage, zeros and
     /// watermark checks are left to `catch_up`, which may take the sync lock.
     fn extend_tail(&mut self) -> Result<()> {
+        // The note of the log's end, checked, saves reading the records up to it; what a
+        // producer that died before its note appended after it waits for the next sync.
+        if !self.suspect && self.follow_hint(0).is_some() {
+            return Ok(());
+        }
         let mut want = FIRST_SCAN;
         loop {
             let size = fsx::file_len(&self.seg)?;
