@@ -24,10 +24,10 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
     };
     let mut figures = Vec::new();
 
-    // The disk is shared and noisy: the baseline is the better of two runs, one before and
-    // one after the queue's durable figures (the ratios are then conservative).
-    let mut sync_baseline = raw_append(dir.path(), 1024, durable_n, true)?;
+    // The disk is shared and its `fdatasync` rate drifts within seconds: each durable row's
+    // baseline is the mean of a raw loop run just before the row and one just after it.
     let sync_name = "write + fdatasync per message";
+    let mut raw = Bracket::new(dir.path(), durable_n)?;
     for producers in [1u64, 4, 16] {
         // More producers, more messages: each sends at least a quarter of `durable_n`.
         let count = durable_n * producers.min(4);
@@ -37,7 +37,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
             1024,
             rate,
             sync_name,
-            sync_baseline,
+            raw.next()?,
         ));
     }
     for producers in [1u64, 4] {
@@ -47,7 +47,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
             1024,
             rate,
             sync_name,
-            sync_baseline,
+            raw.next()?,
         ));
     }
     let rate = end_to_end(dir.path(), durable_n * 10, 1024, 64)?;
@@ -56,7 +56,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         1024,
         rate,
         sync_name,
-        sync_baseline,
+        raw.next()?,
     ));
     // One message per send, pipelined (`send_pipelined`, a window of 256): no batching by
     // hand.
@@ -69,7 +69,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
             1024,
             rate,
             sync_name,
-            sync_baseline,
+            raw.next()?,
         ));
     }
     let rate = end_to_end_pipelined(dir.path(), 4, durable_n * 20, 1024, PIPELINE_WINDOW, 64)?;
@@ -80,13 +80,9 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         1024,
         rate,
         sync_name,
-        sync_baseline,
+        raw.next()?,
     ));
 
-    sync_baseline = sync_baseline.max(raw_append(dir.path(), 1024, durable_n, true)?);
-    for figure in &mut figures {
-        figure.baseline_value = sync_baseline;
-    }
     let rounds = durable_n / 4;
     let latency = round_trip(dir.path(), rounds, 1024)?;
     figures.push(Figure {
@@ -97,7 +93,7 @@ pub fn run(effort: Effort) -> Result<Vec<Figure>> {
         value: latency,
         unit: "ns".to_owned(),
         baseline_name: "two write + fdatasync".to_owned(),
-        baseline_value: 2.0 * 1e9 / sync_baseline,
+        baseline_value: 2.0 * 1e9 / raw.mean(),
     });
 
     let write_baseline = raw_append(dir.path(), 64, fast_n, false)?;
@@ -137,6 +133,41 @@ fn figure(
         unit: "msg/s".to_owned(),
         baseline_name: baseline_name.to_owned(),
         baseline_value,
+    }
+}
+
+/// The raw `write` + `fdatasync` loops that bracket the durable rows: each row's baseline
+/// is the mean of the loop before it and the loop after it.
+struct Bracket<'a> {
+    dir: &'a Path,
+    count: u64,
+    last: f64,
+    all: Vec<f64>,
+}
+
+impl<'a> Bracket<'a> {
+    fn new(dir: &'a Path, count: u64) -> Result<Bracket<'a>> {
+        let last = raw_append(dir, 1024, count, true)?;
+        Ok(Bracket {
+            dir,
+            count,
+            last,
+            all: vec![last],
+        })
+    }
+
+    /// Runs the loop after a row; returns that row's baseline.
+    fn next(&mut self) -> Result<f64> {
+        let after = raw_append(self.dir, 1024, self.count, true)?;
+        let baseline = (self.last + after) / 2.0;
+        self.last = after;
+        self.all.push(after);
+        Ok(baseline)
+    }
+
+    /// The mean of every loop so far.
+    fn mean(&self) -> f64 {
+        self.all.iter().sum::<f64>() / self.all.len() as f64
     }
 }
 
