@@ -80,6 +80,18 @@ impl Drop for Mount {
     }
 }
 
+/// A tmpfs of `size` mounted at `mnt` in `dir`, or `None` (saying that `untested` is not
+/// tested) where this process may not mount one.
+fn tmpfs_in(dir: &TempDir, size: &str, untested: &str) -> Result<Option<(PathBuf, Mount)>> {
+    let mount_point = dir.path().join("mnt");
+    std::fs::create_dir(&mount_point)?;
+    let Some(mount) = mount_tmpfs(&mount_point, size) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): {untested}");
+        return Ok(None);
+    };
+    Ok(Some((mount_point, mount)))
+}
+
 fn mount_tmpfs(at: &Path, size: &str) -> Option<Mount> {
     let status = Command::new("mount")
         .args([
@@ -159,12 +171,12 @@ fn disk_is_full(dir: &Path) -> bool {
 fn a_real_full_disk_fails_cleanly_and_the_queue_recovers_when_space_is_freed() -> Result<()> {
     let _watchdog = Watchdog::new("tmpfs full", WAIT);
     let dir = TempDir::new("ipcq-tmpfs")?;
-    let mount_point = dir.path().join("mnt");
-    std::fs::create_dir(&mount_point)?;
-    let Some(_mount) = mount_tmpfs(&mount_point, "1m") else {
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs here (not root?); the injected write limit test covers a full disk"
-        );
+    let Some((mount_point, _mount)) = tmpfs_in(
+        &dir,
+        "1m",
+        "the injected write limit test covers a full disk",
+    )?
+    else {
         return Ok(());
     };
     let config = QueueConfig::new().with_segment_len(64 << 10);
@@ -194,12 +206,8 @@ fn consumers_drain_a_full_disk_and_producers_go_on_after_it_round_after_round() 
     let rounds = disk_rounds();
     let _watchdog = Watchdog::new("drain a full disk", WAIT + Duration::from_secs(rounds * 5));
     let dir = TempDir::new("ipcq-tmpfs-drain")?;
-    let mount_point = dir.path().join("mnt");
-    std::fs::create_dir(&mount_point)?;
-    let Some(_mount) = mount_tmpfs(&mount_point, "2m") else {
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs here (not root?): draining a full disk is NOT tested"
-        );
+    let Some((mount_point, _mount)) = tmpfs_in(&dir, "2m", "draining a full disk is NOT tested")?
+    else {
         return Ok(());
     };
     let config = QueueConfig::new().with_segment_len(64 << 10);
@@ -252,12 +260,12 @@ fn consumer_processes_drain_a_full_disk_that_producer_processes_filled() -> Resu
         WAIT + Duration::from_secs(rounds * 5),
     );
     let dir = TempDir::new("ipcq-tmpfs-procs")?;
-    let mount_point = dir.path().join("mnt");
-    std::fs::create_dir(&mount_point)?;
-    let Some(_mount) = mount_tmpfs(&mount_point, "2m") else {
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs here (not root?): draining a full disk across processes is NOT tested"
-        );
+    let Some((mount_point, _mount)) = tmpfs_in(
+        &dir,
+        "2m",
+        "draining a full disk across processes is NOT tested",
+    )?
+    else {
         return Ok(());
     };
     let path = mount_point.join("q");
@@ -333,12 +341,12 @@ fn producers_that_follow_each_others_notes_make_the_reserve_again_after_a_full_d
     let rounds = disk_rounds();
     let _watchdog = Watchdog::new("reserve and notes", WAIT + Duration::from_secs(rounds * 5));
     let dir = TempDir::new("ipcq-tmpfs-notes")?;
-    let mount_point = dir.path().join("mnt");
-    std::fs::create_dir(&mount_point)?;
-    let Some(_mount) = mount_tmpfs(&mount_point, "2m") else {
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs here (not root?): the reserve after a full disk with notes is NOT tested"
-        );
+    let Some((mount_point, _mount)) = tmpfs_in(
+        &dir,
+        "2m",
+        "the reserve after a full disk with notes is NOT tested",
+    )?
+    else {
         return Ok(());
     };
     let config = QueueConfig::new().with_segment_len(512 << 10);
