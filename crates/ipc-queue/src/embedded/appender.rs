@@ -660,8 +660,10 @@ impl Appender {
     /// to the end the last of them noted in `append.lock` (`FORMAT.md`), without reading
     /// them: each was checked whole by the producer that appended after it, as the last
     /// one is checked here (whole, checksummed, numbered one before the noted next number
-    /// and ending where the note says). Returns whether it moved; a note that does not
-    /// check out (torn, stale, damaged) is ignored, and the records are scanned instead.
+    /// and ending where the note says). The same read takes up to `after` bytes past the
+    /// noted end, left at the start of `scan`. Returns how many of those it got if it
+    /// moved, `None` if not: a note that does not check out (torn, stale, damaged) is
+    /// ignored, and the records are scanned instead.
     fn follow_hint(&mut self, after: usize) -> Option<usize> {
         let hint = read_hint(&self.append_lock)?;
         if hint.segment != self.seg_first
