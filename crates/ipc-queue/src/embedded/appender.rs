@@ -577,7 +577,6 @@ impl Appender {
             FIRST_SCAN
         };
         let start = (self.seg_first, self.seg_end);
-        self.ahead.hint_followed = false;
         // Bytes at the end already in `scan`, read with the note's record.
         let mut read_ahead = None;
         if want == FIRST_SCAN && !self.suspect {
@@ -589,6 +588,7 @@ impl Appender {
                 want = FIRST_SCAN;
             }
         }
+        self.ahead.hint_followed = read_ahead.is_some();
         loop {
             let mut scan = std::mem::take(&mut self.scan);
             let read = match read_ahead.take() {
@@ -699,7 +699,6 @@ impl Appender {
         if ahead.is_some() {
             self.seg_end = hint.end;
             self.next_seq = hint.next_seq;
-            self.ahead.hint_followed = true;
         }
         ahead
     }
