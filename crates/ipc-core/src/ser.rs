@@ -509,9 +509,11 @@ mod tests {
             let signed = value as i128;
             let values = (value, signed, value as u64, value as i64, value as u32, value as i32);
             let expected = postcard::to_stdvec(&values).unwrap();
-            let mut buf = [0u8; 64];
+            let mut buf = [0xa5u8; 64];
             let n = to_slice(&values, &mut buf).unwrap();
             prop_assert_eq!(&buf[..n], &expected[..]);
+            // Nothing is written past the encoding.
+            prop_assert!(buf[n..].iter().all(|&b| b == 0xa5));
             let exact = to_slice(&values, &mut buf[..expected.len()]).unwrap();
             prop_assert_eq!(&buf[..exact], &expected[..]);
         }
