@@ -93,21 +93,6 @@ impl Mapping {
         }
     }
 
-    /// The word of `ring` at ring position `position` (its low three bits and everything
-    /// above the ring's capacity ignored): in bounds and aligned whatever the position, so
-    /// hot paths index rings without an offset check per access.
-    #[inline(always)]
-    pub(crate) fn ring_u64(&self, ring: Ring, position: u64) -> &AtomicU64 {
-        if ring.end > self.len {
-            ring_outside(ring, self.len);
-        }
-        let at = ring.offset_of(position);
-        // SAFETY: `at` is a multiple of 8 (`ring.offset` is, by `Ring::new`, and the masked
-        // position is) and `at + 8 <= ring.offset + capacity == ring.end <= self.len`, so
-        // the word is inside the mapping and aligned; otherwise as for `u32_at`.
-        unsafe { AtomicU64::from_ptr(self.base.add(at).cast::<u64>()) }
-    }
-
     /// The atomic `u32` at `offset` (a multiple of 4 inside the mapping).
     #[inline]
     pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
@@ -131,6 +116,7 @@ impl Mapping {
     /// Another process may write these bytes at any time. The ring protocol makes an honest
     /// peer leave a published record alone until it is released; a hostile peer can change
     /// the bytes under us, which yields wrong values but never an access outside the range.
+    #[cfg(any(test, feature = "baseline"))]
     #[inline]
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> Option<&[u8]> {
         let end = offset.checked_add(len)?;
@@ -148,6 +134,7 @@ impl Mapping {
     ///
     /// No other reference into this range may be alive in this process while the returned
     /// slice is (the ring's sender and the lock holder are the only writers of their ranges).
+    #[cfg(feature = "baseline")]
     #[allow(clippy::mut_from_ref)] // Exclusivity is the caller's contract, stated above.
     #[inline]
     pub(crate) unsafe fn bytes_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
@@ -176,6 +163,141 @@ impl Mapping {
     }
 }
 
+/// A ring of a mapping resolved to its address once, for the hot paths: its words and byte
+/// ranges without a look at the mapping, and one bounds check per range.
+///
+/// Made by [`Mapping::resolve_ring`], which checked that the ring lies inside the mapping;
+/// its user keeps the mapping alive for as long as it uses the value (both live in the same
+/// channel end and go together).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingPtr {
+    base: *mut u8,
+    mask: usize,
+}
+
+// SAFETY: as for `Mapping`: addresses in a shared mapping, valid in every thread.
+unsafe impl Send for RingPtr {}
+// SAFETY: as for `Mapping`: shared access goes through atomics or ranges whose exclusive use
+// the ring protocol arranges.
+unsafe impl Sync for RingPtr {}
+
+/// An atomic word of a mapping resolved to its address once (see [`RingPtr`]).
+#[derive(Debug)]
+pub(crate) struct WordPtr<T>(*const T);
+
+impl<T> Clone for WordPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for WordPtr<T> {}
+
+// SAFETY: as for `RingPtr`; `T` is an atomic type.
+unsafe impl<T: Sync> Send for WordPtr<T> {}
+// SAFETY: as for `RingPtr`; `T` is an atomic type.
+unsafe impl<T: Sync> Sync for WordPtr<T> {}
+
+impl<T> WordPtr<T> {
+    /// The word.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: made by `Mapping::resolve_u32` / `resolve_u64` from a checked, aligned
+        // offset of a mapping that outlives this value (the contract of those functions).
+        unsafe { &*self.0 }
+    }
+}
+
+impl Mapping {
+    /// The ring `ring` resolved to its address; panics if it does not lie inside the
+    /// mapping (a layout bug, never a consequence of what a peer wrote).
+    ///
+    /// # Safety
+    ///
+    /// The returned value, and every reference it hands out, must not be used after this
+    /// mapping is dropped.
+    pub(crate) unsafe fn resolve_ring(&self, ring: Ring) -> RingPtr {
+        if ring.end > self.len {
+            ring_outside(ring, self.len);
+        }
+        RingPtr {
+            // SAFETY: `ring.offset < ring.end <= self.len`: inside the mapping.
+            base: unsafe { self.base.add(ring.offset) },
+            mask: ring.mask,
+        }
+    }
+
+    /// The atomic `u64` at `offset` resolved to its address (checked as by `u64_at`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`resolve_ring`](Self::resolve_ring).
+    pub(crate) unsafe fn resolve_u64(&self, offset: usize) -> WordPtr<AtomicU64> {
+        WordPtr(self.u64_at(offset))
+    }
+
+    /// The atomic `u32` at `offset` resolved to its address (checked as by `u32_at`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`resolve_ring`](Self::resolve_ring).
+    pub(crate) unsafe fn resolve_u32(&self, offset: usize) -> WordPtr<AtomicU32> {
+        WordPtr(self.u32_at(offset))
+    }
+}
+
+impl RingPtr {
+    /// The ring's capacity in bytes.
+    #[inline(always)]
+    pub(crate) fn capacity(&self) -> u64 {
+        self.mask as u64 + 1
+    }
+
+    /// The word at ring position `position` (its low three bits and everything above the
+    /// capacity ignored): in bounds and aligned whatever the position, so hot paths index
+    /// the ring without an offset check per access.
+    #[inline(always)]
+    pub(crate) fn word(&self, position: u64) -> &AtomicU64 {
+        let at = position as usize & self.mask & !7;
+        // SAFETY: `at + 8 <= capacity` (the capacity is a power of two of at least 8 and
+        // `at` a multiple of 8 below it) and the ring lies inside a live mapping
+        // (`resolve_ring`'s contract), 8-byte aligned (`Ring::new`); as for `u64_at`.
+        unsafe { AtomicU64::from_ptr(self.base.add(at).cast::<u64>()) }
+    }
+
+    /// The ring's bytes `offset..offset + len` for writing, `None` unless inside the ring.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Mapping::bytes_mut`]: no other reference into this range may be alive in
+    /// this process while the returned slice is.
+    #[allow(clippy::mut_from_ref)] // Exclusivity is the caller's contract, stated above.
+    #[inline(always)]
+    pub(crate) unsafe fn bytes_mut(&self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        if offset > self.capacity() || len > self.capacity() - offset {
+            return None;
+        }
+        // SAFETY: inside the ring (checked above; an empty range may start at its end, at
+        // most one past the mapping), which lies inside a live mapping; the caller promises
+        // exclusivity in this process, other processes as in `bytes`.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.base.add(offset as usize), len as usize)
+        })
+    }
+
+    /// The ring's bytes `offset..offset + len`, `None` unless inside the ring (concurrent
+    /// writes as for [`Mapping::bytes`]).
+    #[inline(always)]
+    pub(crate) fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        if offset > self.capacity() || len > self.capacity() - offset {
+            return None;
+        }
+        // SAFETY: inside the ring (checked above; an empty range may start at its end, at
+        // most one past the mapping), which lies inside a live mapping; every bit pattern is a valid `u8`.
+        Some(unsafe { std::slice::from_raw_parts(self.base.add(offset as usize), len as usize) })
+    }
+}
+
 /// Where a ring of bytes lies in a mapping: an offset that is a multiple of 8 and a
 /// power-of-two capacity of at least 8 bytes.
 #[derive(Clone, Copy, Debug)]
@@ -197,15 +319,6 @@ impl Ring {
             mask: capacity - 1,
             end: offset.checked_add(capacity)?,
         })
-    }
-}
-
-impl Ring {
-    /// The mapping offset of ring position `position` (masked as in
-    /// [`Mapping::ring_u64`]).
-    #[inline(always)]
-    pub(crate) fn offset_of(self, position: u64) -> usize {
-        self.offset + (position as usize & self.mask & !7)
     }
 }
 

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::layout::record_len;
 use super::receiver::ShmReceiver;
+use crate::sys::RingPtr;
 
 /// A received message where it lies in shared memory. Dropping it gives its space back to
 /// the sender.
@@ -20,8 +21,10 @@ use super::receiver::ShmReceiver;
 /// ```
 pub struct RecvGuard<'a, T> {
     pub(super) receiver: &'a mut ShmReceiver<T>,
+    /// The ring of `slot`, and the ring offset of the payload.
+    pub(super) ring: RingPtr,
     pub(super) slot: usize,
-    pub(super) start: usize,
+    pub(super) start: u64,
     pub(super) len: usize,
     pub(super) next_cleared: bool,
 }
@@ -40,11 +43,7 @@ impl<T> RecvGuard<'_, T> {
     #[inline]
     pub fn bytes(&self) -> &[u8] {
         // In range: `next_record` checked the record against the ring's bounds.
-        self.receiver
-            .channel
-            .map()
-            .bytes(self.start, self.len)
-            .unwrap_or(&[])
+        self.ring.bytes(self.start, self.len as u64).unwrap_or(&[])
     }
 
     /// Decodes the message in place as `U`; borrowed fields point into shared memory.
@@ -66,6 +65,7 @@ impl<T> Deref for RecvGuard<'_, T> {
 }
 
 impl<T> Drop for RecvGuard<'_, T> {
+    #[inline(always)]
     fn drop(&mut self) {
         self.receiver
             .advance(self.slot, record_len(self.len as u64), self.next_cleared);

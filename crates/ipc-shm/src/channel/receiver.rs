@@ -1,7 +1,7 @@
 //! [`ShmReceiver`]: the receiving end.
 
 use std::marker::PhantomData;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipc_core::{Error, ErrorKind, MessageType, Result};
@@ -10,11 +10,11 @@ use serde::de::DeserializeOwned;
 use super::config::ChannelConfig;
 use super::guard::RecvGuard;
 use super::layout::{
-    DATA_SEQ, RECEIVER_WAITING, RECORD_HEADER, S_SENDER, S_SENDER_WAITING, S_SPACE_SEQ,
-    TAG_MESSAGE, TAG_PADDING, next_slot, parse_header, record_len, slot_base,
+    DATA_SEQ, END_SLEEPS, RECEIVER_WAITING, RECORD_HEADER, S_SENDER, S_SENDER_WAITING, S_SPACE_SEQ,
+    SLEEPS_NEVER, TAG_MESSAGE, TAG_PADDING, next_slot, parse_header, record_len, slot_base,
 };
 use super::shared::{Channel, Role};
-use crate::sys::Ring;
+use crate::sys::{Ring, RingPtr, WordPtr};
 use crate::wait::Deadline;
 
 /// The receiving end of a shared-memory channel of `T` messages.
@@ -33,9 +33,11 @@ pub struct ShmReceiver<T> {
 
 #[derive(Clone, Copy, Debug)]
 struct Cursor {
-    /// Where the ring lies, and the mapping offset of its `head` index.
-    ring: Ring,
-    head_at: usize,
+    /// The ring, its `head` index and its sender's `END_SLEEPS` word, resolved once for
+    /// the hot path (they live as long as `channel`'s mapping).
+    ring: RingPtr,
+    head_word: WordPtr<AtomicU64>,
+    sender_sleeps: WordPtr<AtomicU32>,
     head: u64,
     /// The `tail` last read; it may trail `head` (records are taken on their headers).
     tail: u64,
@@ -43,8 +45,9 @@ struct Cursor {
     cleared: bool,
 }
 
-/// A record found: `(slot, mapping offset, length, whether the word after it was zeroed)`.
-type Found = (usize, usize, usize, bool);
+/// A record found: `(slot, ring offset of its payload, length, whether the word after it
+/// was zeroed)`.
+type Found = (usize, u64, usize, bool);
 
 impl<T> std::fmt::Debug for ShmReceiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,10 +92,22 @@ impl<T> ShmReceiver<T> {
             }
             let ring = Ring::new(channel.ring_at(slot), channel.capacity as usize)
                 .ok_or_else(|| channel.corrupted(format!("ring {slot} misplaced")))?;
+            let map = channel.map();
+            // SAFETY: the resolved addresses are kept in the receiver beside `channel`,
+            // which owns the mapping; they are used only through it and dropped with it
+            // (a guard borrows the receiver), never handed out.
+            let (ring, head_word, sender_sleeps) = unsafe {
+                (
+                    map.resolve_ring(ring),
+                    map.resolve_u64(Channel::head_at(slot)),
+                    map.resolve_u32(slot_base(slot) + S_SENDER + END_SLEEPS),
+                )
+            };
             // The ring starts zeroed: position 0 holds zero or its record's header.
             cursors.push(Cursor {
                 ring,
-                head_at: Channel::head_at(slot),
+                head_word,
+                sender_sleeps,
                 head,
                 tail: head,
                 cleared: head == 0,
@@ -168,12 +183,7 @@ impl<T> ShmReceiver<T> {
             return None;
         }
         let capacity = self.channel.capacity;
-        let at = ring.offset_of(head);
-        let word = self
-            .channel
-            .map()
-            .ring_u64(ring, head)
-            .load(Ordering::Acquire);
+        let word = ring.word(head).load(Ordering::Acquire);
         let (payload_len, tag, next_cleared) = parse_header(word, head)?;
         let to_end = capacity - (head & (capacity - 1));
         let available = if tail > head { tail - head } else { to_end };
@@ -184,7 +194,7 @@ impl<T> ShmReceiver<T> {
         self.next_slot = next_slot(slot, self.channel.slots);
         Some((
             slot,
-            at + RECORD_HEADER as usize,
+            (head & (capacity - 1)) + RECORD_HEADER,
             payload_len as usize,
             next_cleared,
         ))
@@ -270,6 +280,7 @@ impl<T> ShmReceiver<T> {
 
     fn guard(&mut self, (slot, start, len, next_cleared): Found) -> RecvGuard<'_, T> {
         RecvGuard {
+            ring: self.cursors[slot].ring,
             receiver: self,
             slot,
             start,
@@ -303,7 +314,7 @@ impl<T> ShmReceiver<T> {
         &mut self,
         slot: usize,
         look_at_tail: bool,
-    ) -> Result<Option<(usize, usize, bool)>> {
+    ) -> Result<Option<(u64, usize, bool)>> {
         let capacity = self.channel.capacity;
         loop {
             let Cursor {
@@ -368,7 +379,7 @@ impl<T> ShmReceiver<T> {
                         )));
                     }
                     return Ok(Some((
-                        at + RECORD_HEADER as usize,
+                        offset + RECORD_HEADER,
                         payload_len as usize,
                         next_cleared,
                     )));
@@ -387,12 +398,13 @@ impl<T> ShmReceiver<T> {
         let cursor = &mut self.cursors[slot];
         cursor.head += bytes;
         cursor.cleared = next_cleared;
-        self.channel
-            .index(cursor.head_at)
-            .store(cursor.head, Ordering::Release);
-        let base = slot_base(slot);
-        self.channel
-            .notify(base + S_SENDER, base + S_SPACE_SEQ, base + S_SENDER_WAITING);
+        cursor.head_word.get().store(cursor.head, Ordering::Release);
+        // A polling sender never sleeps: nothing to wake (`notify` looks again).
+        if cursor.sender_sleeps.get().load(Ordering::Relaxed) != SLEEPS_NEVER {
+            let base = slot_base(slot);
+            self.channel
+                .notify(base + S_SENDER, base + S_SPACE_SEQ, base + S_SENDER_WAITING);
+        }
     }
 }
 

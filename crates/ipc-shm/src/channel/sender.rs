@@ -1,7 +1,7 @@
 //! [`ShmSender`]: the sending end.
 
 use std::marker::PhantomData;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipc_core::{Error, ErrorKind, MessageType, Result};
@@ -9,12 +9,13 @@ use serde::Serialize;
 
 use super::config::ChannelConfig;
 use super::layout::{
-    DATA_SEQ, RECEIVER_WAITING, RECORD_HEADER, RX_LINE, S_SENDER_WAITING, S_SPACE_SEQ, TAG_MESSAGE,
-    TAG_PADDING, header_word, parse_header, record_len, slot_base,
+    DATA_SEQ, END_ATTACHED, END_SLEEPS, END_STATE, RECEIVER_WAITING, RECORD_HEADER, RX_LINE,
+    S_SENDER_WAITING, S_SPACE_SEQ, SLEEPS_NEVER, TAG_MESSAGE, TAG_PADDING, header_word,
+    parse_header, record_len, slot_base,
 };
 use super::shared::{Channel, Role};
 use super::slot::SendSlot;
-use crate::sys::Ring;
+use crate::sys::{Ring, RingPtr, WordPtr};
 use crate::wait::Deadline;
 
 /// How many looks at the receiver's `head` a full ring's sender takes while it paces.
@@ -35,10 +36,12 @@ pub struct ShmSender<T: ?Sized> {
     pub(super) channel: Channel,
     pub(super) tail: u64,
     pub(super) head: u64,
-    /// Our ring, for the hot path's header words.
-    ring: Ring,
-    /// The mapping offsets of our `tail` index and of the receiver's `END_SLEEPS` word.
-    tail_at: usize,
+    /// Our ring, our `tail` index and the receiver's state and `END_SLEEPS` words,
+    /// resolved once for the hot path (they live as long as `channel`'s mapping).
+    pub(super) ring: RingPtr,
+    tail_word: WordPtr<AtomicU64>,
+    rx_state: WordPtr<AtomicU32>,
+    rx_sleeps: WordPtr<AtomicU32>,
     pub(super) _message: PhantomData<fn(&T)>,
 }
 
@@ -127,7 +130,10 @@ impl<T: Serialize + ?Sized> ShmSender<T> {
 
     #[inline(always)]
     fn send_until<U: Serialize + ?Sized>(&mut self, message: &U, deadline: Deadline) -> Result<()> {
-        self.channel.peer_status(false)?;
+        // One load of a line the receiver writes only when it attaches or closes.
+        if self.rx_state.get().load(Ordering::Acquire) != END_ATTACHED {
+            self.channel.peer_status(false)?;
+        }
         // Fast path: encode straight into the contiguous room, without measuring first.
         // `try_encode_into` says "does not fit" with a plain `None`, where an
         // `ipc_core::Error` would allocate its message: this path must not allocate. (It is
@@ -223,12 +229,26 @@ impl<T: ?Sized> ShmSender<T> {
         }
         let ring = Ring::new(channel.ring_at(channel.slot), channel.capacity as usize)
             .ok_or_else(|| channel.corrupted(format!("ring {} misplaced", channel.slot)))?;
+        let map = channel.map();
+        // SAFETY: the resolved addresses are kept in the sender beside `channel`, which
+        // owns the mapping; they are used only through `&self` / `&mut self` and dropped
+        // with it, never handed out.
+        let (ring, tail_word, rx_state, rx_sleeps) = unsafe {
+            (
+                map.resolve_ring(ring),
+                map.resolve_u64(Channel::tail_at(channel.slot)),
+                map.resolve_u32(RX_LINE + END_STATE),
+                map.resolve_u32(RX_LINE + END_SLEEPS),
+            )
+        };
         Ok(ShmSender {
-            tail_at: Channel::tail_at(channel.slot),
             channel,
             tail,
             head,
             ring,
+            tail_word,
+            rx_state,
+            rx_sleeps,
             _message: PhantomData,
         })
     }
@@ -414,11 +434,10 @@ impl<T: ?Sized> ShmSender<T> {
 
     #[inline(always)]
     pub(super) fn payload_mut(&mut self, offset: u64, len: u64) -> Result<&mut [u8]> {
-        let start = (self.channel.ring_at(self.channel.slot) as u64) + offset + RECORD_HEADER;
         // SAFETY: the range lies between our tail and the receiver's head (`make_room` or
         // `contiguous_room` checked it), which only the sender writes; the returned slice
         // borrows `self` mutably, so no other slice of this process overlaps it.
-        let bytes = unsafe { self.channel.map().bytes_mut(start as usize, len as usize) };
+        let bytes = unsafe { self.ring.bytes_mut(offset + RECORD_HEADER, len) };
         match bytes {
             Some(bytes) => Ok(bytes),
             None => Err(self.channel.outside_ring(offset, len)),
@@ -432,15 +451,14 @@ impl<T: ?Sized> ShmSender<T> {
     fn write_record_header(&mut self, payload_len: u64, tag: u32) {
         let capacity = self.channel.capacity;
         let end = self.tail + record_len(payload_len);
-        let map = self.channel.map();
         // The word at `end` is ours when it lies before the receiver's released bytes come
         // round again (`head` is never ahead of the real one, so this errs on the safe side).
         let next_cleared = end + RECORD_HEADER - self.head <= capacity;
         if next_cleared {
-            map.ring_u64(self.ring, end).store(0, Ordering::Relaxed);
+            self.ring.word(end).store(0, Ordering::Relaxed);
         }
         // Release: the payload and the zeroed word are visible before the stamp is.
-        map.ring_u64(self.ring, self.tail).store(
+        self.ring.word(self.tail).store(
             header_word(self.tail, payload_len, tag, next_cleared),
             Ordering::Release,
         );
@@ -452,10 +470,11 @@ impl<T: ?Sized> ShmSender<T> {
     pub(super) fn publish(&mut self, payload_len: u64) {
         self.write_record_header(payload_len, TAG_MESSAGE);
         self.tail += record_len(payload_len);
-        self.channel
-            .index(self.tail_at)
-            .store(self.tail, Ordering::Release);
-        self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
+        self.tail_word.get().store(self.tail, Ordering::Release);
+        // A polling receiver never sleeps: nothing to wake (`notify` looks again).
+        if self.rx_sleeps.get().load(Ordering::Relaxed) != SLEEPS_NEVER {
+            self.channel.notify(RX_LINE, DATA_SEQ, RECEIVER_WAITING);
+        }
     }
 }
 

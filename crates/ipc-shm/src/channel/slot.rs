@@ -40,12 +40,9 @@ impl<T: ?Sized> Deref for SendSlot<'_, T> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        let channel = &self.sender.channel;
-        let start = channel.ring_at(channel.slot) + (self.offset + RECORD_HEADER) as usize;
         self.sender
-            .channel
-            .map()
-            .bytes(start, self.len)
+            .ring
+            .bytes(self.offset + RECORD_HEADER, self.len as u64)
             .unwrap_or(&[])
     }
 }
